@@ -1,0 +1,59 @@
+"""A hidden Erlang node in asyncio Python: EPMD, the distribution handshake, RPC through rex,
+and the External Term Format. Standard library only.
+
+    node = Node(cookie="...", epmd_port=4369)
+    async with node.connect("counter@localhost", timeout=5.0) as conn:
+        releases = await conn.call("release_handler", "which_releases", [], timeout=30.0)
+"""
+
+from .codec import decode, encode
+from .epmd import NodeAddress
+from .errors import (
+    BadRpc,
+    BridgeError,
+    BridgeTimeout,
+    ConnectionLost,
+    CookieRejected,
+    DecodeError,
+    EncodeError,
+    EpmdUnreachable,
+    HandshakeFailed,
+    NetworkError,
+    NodeNotFound,
+    PeerError,
+    ProtocolError,
+    UsageError,
+)
+from .node import Connection, Node, split_node_name
+from .terms import Atom, BitString, Export, Fun, ImproperList, Pid, Port, Reference
+
+__all__ = [
+    "Node",
+    "Connection",
+    "NodeAddress",
+    "split_node_name",
+    "encode",
+    "decode",
+    "Atom",
+    "Pid",
+    "Reference",
+    "Port",
+    "ImproperList",
+    "BitString",
+    "Export",
+    "Fun",
+    "BridgeError",
+    "UsageError",
+    "EncodeError",
+    "PeerError",
+    "ProtocolError",
+    "DecodeError",
+    "HandshakeFailed",
+    "CookieRejected",
+    "NodeNotFound",
+    "BadRpc",
+    "NetworkError",
+    "EpmdUnreachable",
+    "ConnectionLost",
+    "BridgeTimeout",
+]

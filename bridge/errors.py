@@ -1,0 +1,97 @@
+"""The bridge's errors, split by who is at fault: our caller, the peer, or the network.
+
+Each message names what went wrong and, where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BridgeError",
+    "UsageError",
+    "EncodeError",
+    "PeerError",
+    "ProtocolError",
+    "DecodeError",
+    "HandshakeFailed",
+    "CookieRejected",
+    "NodeNotFound",
+    "BadRpc",
+    "NetworkError",
+    "EpmdUnreachable",
+    "ConnectionLost",
+    "BridgeTimeout",
+]
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+
+# --- the caller is at fault -------------------------------------------------------------
+
+
+class UsageError(BridgeError, ValueError):
+    """The caller asked for something impossible (a malformed node name, a bad cookie...)."""
+
+
+class EncodeError(UsageError, TypeError):
+    """A Python value has no Erlang equivalent (None, NaN, an object of an unknown type...)."""
+
+
+# --- the peer is at fault, or refused -----------------------------------------------------
+
+
+class PeerError(BridgeError):
+    """The remote side refused us or misbehaved."""
+
+
+class ProtocolError(PeerError):
+    """The peer sent bytes that break the distribution protocol."""
+
+
+class DecodeError(ProtocolError, ValueError):
+    """Bytes that are not a valid external term (or exceed the codec's limits)."""
+
+
+class HandshakeFailed(PeerError):
+    """The peer ended the distribution handshake (not allowed, name in use, flags missing)."""
+
+
+class CookieRejected(HandshakeFailed):
+    """The cookies differ: the peer rejected our digest, or its digest did not match ours."""
+
+
+class NodeNotFound(BridgeError, LookupError):
+    """epmd on the node's host does not know the node's name."""
+
+
+class BadRpc(BridgeError):
+    """The remote call failed on the node: ``{badrpc, Reason}``. ``reason`` is the decoded term."""
+
+    def __init__(self, reason: Any, *, mfa: str = "", node: str = "") -> None:
+        self.reason = reason
+        self.mfa = mfa
+        self.node = node
+        where = f"{mfa} on {node}" if mfa and node else (mfa or node or "rpc")
+        super().__init__(f"{where} failed: {reason!r}")
+
+
+# --- the network is at fault ------------------------------------------------------------
+
+
+class NetworkError(BridgeError, OSError):
+    """We could not reach the peer, or lost it."""
+
+
+class EpmdUnreachable(NetworkError):
+    """Nothing answers on the epmd port of the node's host."""
+
+
+class ConnectionLost(NetworkError):
+    """The distribution connection went away; every pending call fails with this."""
+
+
+class BridgeTimeout(BridgeError, TimeoutError):
+    """A deadline passed: connecting, or waiting for a call's reply."""

@@ -1,0 +1,456 @@
+"""The asyncio layer: EPMD look-ups, connecting as a hidden node, and RPC through ``rex``.
+
+This is the only module of the bridge that does I/O. It drives the sans-IO state machines in
+``handshake`` and ``session``; each pending call has exactly one future, one deadline timer,
+and is failed at once, with the reason, when the connection goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import secrets
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import Any, TypeVar
+
+from . import codec, epmd
+from .errors import (
+    BadRpc,
+    BridgeError,
+    BridgeTimeout,
+    ConnectionLost,
+    DecodeError,
+    EpmdUnreachable,
+    NetworkError,
+    NodeNotFound,
+    UsageError,
+)
+from .handshake import ClientHandshake, HandshakeResult
+from .session import CallReply, ExitSignal, Session, Undeliverable, reference_head
+from .terms import Atom, Pid, Reference
+
+__all__ = ["Node", "Connection", "split_node_name"]
+
+log = logging.getLogger("bridge")
+
+_T = TypeVar("_T")
+_GEN_CALL = Atom("$gen_call")
+_CALL = Atom("call")
+_USER = Atom("user")  # rex's group leader for us: we run no I/O server
+_REX = Atom("rex")
+_BADRPC = Atom("badrpc")
+_WORDS = struct.Struct(">III")
+_NIL = b"j"  # an empty argument list, pre-encoded
+
+
+def split_node_name(node: str) -> tuple[str, str]:
+    alive, sep, host = node.partition("@")
+    if not sep or not alive or not host or "@" in host:
+        raise UsageError(f"node name {node!r} must look like name@host")
+    return alive, host
+
+
+async def _within(timeout: float, what: str, work: Awaitable[_T]) -> _T:
+    """The one timeout helper: run ``work`` or raise BridgeTimeout naming ``what``."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await work
+    except TimeoutError:
+        raise BridgeTimeout(f"{what} took longer than {timeout:g} s") from None
+
+
+class Node:
+    """Our side of the cluster: a hidden node that only connects out.
+
+    ``name`` defaults to ``relctl_<random>@<this host>``. ``tick_time`` is our net_ticktime; use
+    at least the peers' value (OTP's default is 60 s) or we may think a quiet peer is gone.
+    """
+
+    def __init__(self, cookie: str, name: str | None = None, epmd_port: int = epmd.DEFAULT_PORT, *,
+                 tick_time: float = 60.0) -> None:
+        if not cookie:
+            raise UsageError("the cookie is empty")
+        self._cookie = cookie
+        self.name = name or f"relctl_{secrets.token_hex(4)}@{socket.gethostname().split('.')[0]}"
+        split_node_name(self.name)
+        self.epmd_port = epmd_port
+        self.tick_time = tick_time
+        # Non-zero and distinct from earlier incarnations of a same-named node (OTP uses >= 4).
+        self.creation = 4 + secrets.randbelow(0xFFFF_FFFF - 4)
+        self.atom = Atom(self.name)
+        self._pid_ids = itertools.count(1)
+
+    def __repr__(self) -> str:  # never show the cookie
+        return f"Node(name={self.name!r}, epmd_port={self.epmd_port})"
+
+    def connect(self, node: str, timeout: float = 5.0) -> _Connecting:
+        """Connect to ``node`` as a hidden node. Await it, or use it as ``async with``.
+
+        Raises NodeNotFound, EpmdUnreachable, CookieRejected, HandshakeFailed, NetworkError or
+        BridgeTimeout."""
+        return _Connecting(self._connect(node, timeout))
+
+    async def names(self, host: str = "localhost", timeout: float = 5.0) -> dict[str, int]:
+        """The alive names registered with EPMD on ``host``, and their ports (discovery)."""
+        reply = await _within(timeout, f"asking epmd on {host}:{self.epmd_port} for names",
+                              self._epmd_exchange(host, epmd.names_request()))
+        return epmd.parse_names_reply(reply)
+
+    async def lookup(self, node: str, timeout: float = 5.0) -> epmd.NodeAddress:
+        alive, host = split_node_name(node)
+        return await _within(timeout, f"looking up {node} in epmd", self._lookup(alive, host, node))
+
+    async def _lookup(self, alive: str, host: str, node: str) -> epmd.NodeAddress:
+        reply = await self._epmd_exchange(host, epmd.port_please2_request(alive))
+        address = epmd.parse_port_please2_reply(reply)
+        if address is not None:
+            return address
+        try:
+            known = ", ".join(sorted(epmd.parse_names_reply(await self._epmd_exchange(host, epmd.names_request()))))
+        except BridgeError:
+            known = ""
+        raise NodeNotFound(f"node {node} is not registered with epmd on {host}:{self.epmd_port}"
+                           f" (registered there: {known or 'none'}); check the name and that the node runs")
+
+    async def _epmd_exchange(self, host: str, request: bytes) -> bytes:
+        try:
+            reader, writer = await asyncio.open_connection(host, self.epmd_port)
+        except OSError as exc:
+            raise EpmdUnreachable(f"epmd not reachable on {host}:{self.epmd_port}: {exc.strerror or exc}; "
+                                  "is the host up and epmd running on that port (ERL_EPMD_PORT)?") from None
+        try:
+            writer.write(request)
+            return await reader.read()  # epmd answers, then closes
+        except OSError as exc:
+            raise EpmdUnreachable(f"epmd on {host}:{self.epmd_port} dropped the request: {exc}") from None
+        finally:
+            writer.close()
+
+    async def _connect(self, node: str, timeout: float) -> Connection:
+        alive, host = split_node_name(node)
+        return await _within(timeout, f"connecting to {node}", self._open(node, alive, host))
+
+    async def _open(self, node: str, alive: str, host: str) -> Connection:
+        address = await self._lookup(alive, host, node)
+        loop = asyncio.get_running_loop()
+        handshake = ClientHandshake(our_name=self.name, peer_name=node, cookie=self._cookie,
+                                    creation=self.creation)
+        pid = Pid(self.atom, next(self._pid_ids), 0, self.creation)
+        try:
+            _, protocol = await loop.create_connection(
+                lambda: _DistProtocol(handshake, self, pid), host, address.port)
+        except OSError as exc:
+            raise NetworkError(f"{node} is registered with epmd at port {address.port}, but connecting "
+                               f"there failed: {exc.strerror or exc}") from None
+        try:
+            return await protocol.connected
+        except BaseException:
+            protocol.abort_transport()
+            raise
+
+
+class _Connecting:
+    """What ``Node.connect`` returns: awaitable, or an async context manager that closes."""
+
+    def __init__(self, opening: Awaitable[Connection]) -> None:
+        self._opening = opening
+        self._conn: Connection | None = None
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await self._opening
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+class Connection:
+    """One hidden-node connection to a peer. Many calls may run on it at once."""
+
+    def __init__(self, protocol: _DistProtocol, result: HandshakeResult, pid: Pid, node: Node) -> None:
+        self._protocol = protocol
+        self.peer = result.peer_name
+        self.peer_creation = result.peer_creation
+        self.flags = result.flags
+        self.pid = pid
+        self.local_node = node.name
+        self._loop = asyncio.get_running_loop()
+        self._session = Session(flags=result.flags)
+        self._session.add_local_pid(pid)
+        self._pending: dict[bytes, asyncio.Future[Any]] = {}
+        self._ref_numbers = itertools.count(1)
+        self._ref_salt = secrets.randbits(32)
+        # {'$gen_call', {OurPid, Ref}, {call, M, F, A, user}}, pre-encoded around what varies.
+        head = bytearray(b"\x83\x68\x03")
+        codec.encode_term_into(_GEN_CALL, head)
+        head += b"\x68\x02"
+        codec.encode_term_into(pid, head)
+        self._call_head = bytes(head) + reference_head(pid.node, pid.creation)
+        call = bytearray(b"\x68\x05")
+        codec.encode_term_into(_CALL, call)
+        self._call_mid = bytes(call)
+        user = bytearray()
+        codec.encode_term_into(_USER, user)
+        self._call_tail = bytes(user)
+        # One timer for all deadlines: a heap of (when, ref words); finished calls are skipped.
+        self._deadlines: list[tuple[float, bytes]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._closed_reason: str | None = None
+        self._closed = self._loop.create_future()
+        self._tick_period = node.tick_time / 4
+        self._timer = self._loop.call_later(self._tick_period, self._on_timer)
+
+    def __repr__(self) -> str:
+        state = f"closed: {self._closed_reason}" if self._closed_reason else "open"
+        return f"<Connection {self.local_node} -> {self.peer} ({state}, {len(self._pending)} pending)>"
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed_reason is not None
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- RPC ----------------------------------------------------------------------------
+
+    async def call(self, module: str | Atom, function: str | Atom, args: Sequence[Any] = (), *,
+                   timeout: float = 30.0) -> Any:
+        """``rpc:call(Peer, Module, Function, Args)`` through the peer's ``rex`` server.
+
+        Raises BadRpc for ``{badrpc, Reason}``, BridgeTimeout past ``timeout`` (a reply that
+        comes later is dropped), ConnectionLost when the link goes first."""
+        if self._closed_reason is not None:
+            raise ConnectionLost(f"connection to {self.peer} is closed ({self._closed_reason})")
+        mod = module if type(module) is Atom else Atom(str(module))
+        fun = function if type(function) is Atom else Atom(str(function))
+        n = next(self._ref_numbers)
+        words = _WORDS.pack(n & 0x3FFFF, n >> 18 & 0xFFFF_FFFF, self._ref_salt)
+        payload = bytearray(self._call_head)
+        payload += words
+        payload += self._call_mid
+        codec.encode_term_into(mod, payload)
+        codec.encode_term_into(fun, payload)
+        if args:
+            codec.encode_term_into(list(args), payload)
+        else:
+            payload += _NIL
+        payload += self._call_tail
+        frame = self._session.reg_send_encoded(self.pid, _REX, payload)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[words] = future
+        self._add_deadline(timeout, words)
+        self._protocol.write(frame)
+        try:
+            reply = await future
+        except BridgeTimeout:
+            raise BridgeTimeout(f"{mod.name}:{fun.name}/{len(args)} on {self.peer} did not answer "
+                                f"within {timeout:g} s") from None
+        finally:
+            pending = self._pending
+            pending.pop(words, None)
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][1] not in pending:
+                heapq.heappop(deadlines)
+        if type(reply) is tuple and len(reply) == 2 and reply[0] == _BADRPC:
+            raise BadRpc(reply[1], mfa=f"{mod.name}:{fun.name}/{len(args)}", node=self.peer)
+        return reply
+
+    def _add_deadline(self, timeout: float, words: bytes) -> None:
+        when = self._loop.time() + timeout
+        heapq.heappush(self._deadlines, (when, words))
+        timer = self._deadline_timer
+        if timer is None or when < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._deadline_timer = self._loop.call_at(when, self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        now = self._loop.time()
+        while deadlines and deadlines[0][0] <= now:
+            _, words = heapq.heappop(deadlines)
+            future = self._pending.pop(words, None)
+            if future is not None and not future.done():
+                future.set_exception(BridgeTimeout())  # call() words it
+        if deadlines:
+            self._deadline_timer = self._loop.call_at(deadlines[0][0], self._expire_due)
+
+    # --- closing ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Flush what we wrote, close the socket, fail pending calls; wait until it is closed."""
+        self._protocol.close_transport()
+        self._mark_closed("closed by us")
+        await asyncio.shield(self._closed)
+
+    def abort(self) -> None:
+        """Drop the socket now, without flushing."""
+        self._protocol.abort_transport()
+        self._mark_closed("aborted by us")
+
+    async def wait_closed(self) -> str:
+        """Wait until the connection is gone; return why."""
+        await asyncio.shield(self._closed)
+        return self._closed_reason or ""
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed_reason is not None:
+            return
+        self._closed_reason = reason
+        self._timer.cancel()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadlines.clear()
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(f"connection to {self.peer} lost: {reason}"))
+
+    # --- called by the protocol ---------------------------------------------------------
+
+    def _on_data(self, data: bytes) -> None:
+        events, owed = self._session.receive_data(data)
+        if owed:
+            self._protocol.write(owed)
+        pending = self._pending
+        for event in events:
+            if type(event) is CallReply:
+                future = pending.pop(event.ref_words, None)
+                if future is not None and not future.done():
+                    future.set_result(event.reply)
+                else:
+                    log.debug("late reply from %s dropped", self.peer)
+            elif type(event) is Undeliverable:
+                self._on_undeliverable(event)
+            elif type(event) is ExitSignal:
+                log.info("exit signal from %s on %s: %r", event.sender, self.peer, event.reason)
+            else:
+                log.debug("ignored from %s: %r", self.peer, event)
+
+    def _on_undeliverable(self, event: Undeliverable) -> None:
+        key = event.tag if type(event.tag) is bytes else None
+        if type(event.tag) is Reference and len(event.tag.ids) == 3:
+            key = _WORDS.pack(*event.tag.ids)
+        if key is not None:
+            future = self._pending.pop(key, None)
+            if future is not None and not future.done():
+                future.set_exception(DecodeError(f"the reply from {self.peer} could not be decoded: {event.error}"))
+                return
+        log.warning("undecodable message from %s dropped: %s", self.peer, event.error)
+
+    def _on_timer(self) -> None:
+        tick, peer_gone = self._session.timer_fired()
+        if peer_gone:
+            self._protocol.abort_transport()
+            self._mark_closed(f"no data from {self.peer} for {self._tick_period * 4:g} s (net_ticktime)")
+            return
+        if tick:
+            self._protocol.write(tick)
+        self._timer = self._loop.call_later(self._tick_period, self._on_timer)
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._mark_closed(f"{exc}" if exc else "closed by the peer")
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+
+class _DistProtocol(asyncio.Protocol):
+    """Bytes from the socket go to the handshake until it completes, then to the Connection."""
+
+    def __init__(self, handshake: ClientHandshake, node: Node, pid: Pid) -> None:
+        self._handshake: ClientHandshake | None = handshake
+        self._node = node
+        self._pid = pid
+        self._transport: asyncio.Transport | None = None
+        self._conn: Connection | None = None
+        self._corked: list[bytes] | None = None
+        self.connected: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+        self._on_data: Callable[[bytes], None] = self._handshake_data
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        assert self._handshake is not None
+        transport.write(self._handshake.start())
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def _handshake_data(self, data: bytes) -> None:
+        handshake = self._handshake
+        assert handshake is not None and self._transport is not None
+        try:
+            reply = handshake.receive_data(data)
+        except BridgeError as exc:
+            self._fail_handshake(exc)
+            return
+        if reply:
+            self._transport.write(reply)
+        if handshake.result is None:
+            return
+        self._handshake = None
+        conn = self._conn = Connection(self, handshake.result, self._pid, self._node)
+        self._on_data = self._connected_data
+        if not self.connected.done():
+            self.connected.set_result(conn)
+        if handshake.result.leftover:
+            self._connected_data(handshake.result.leftover)
+
+    def _connected_data(self, data: bytes) -> None:
+        assert self._conn is not None
+        try:
+            self._conn._on_data(data)
+        except BridgeError as exc:  # the stream is broken beyond one message
+            log.error("protocol error from %s, closing: %s", self._conn.peer, exc)
+            self.abort_transport()
+            self._conn._mark_closed(f"protocol error: {exc}")
+
+    def _fail_handshake(self, exc: BaseException) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(exc)
+        self.abort_transport()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake is not None:
+            self._fail_handshake(self._handshake.connection_closed(exc))
+            return
+        if self._conn is not None:
+            self._conn._on_lost(exc)
+
+    def write(self, data: bytes) -> None:
+        # The first write of a loop iteration goes out at once (latency); the ones that follow
+        # in the same iteration are joined into one send (throughput under many callers).
+        if self._corked is not None:
+            self._corked.append(data)
+            return
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+            self._corked = []
+            asyncio.get_running_loop().call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        transport = self._transport
+        if corked and transport is not None and not transport.is_closing():
+            transport.write(b"".join(corked))
+
+    def close_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()

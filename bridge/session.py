@@ -1,0 +1,311 @@
+"""The connected phase of a distribution connection (sans-IO).
+
+Frames are a 32-bit length and a body; an empty frame is a tick. Each message body is
+``112, 131 control [, 131 payload]`` because we never negotiate the atom cache or fragments.
+
+``Session`` turns bytes into events, answers what the protocol obliges a node to answer (unlink
+acks, monitors and links to processes we do not have), and keeps tick accounting the way OTP's
+ticker does: the I/O layer calls ``timer_fired()`` every ``net_ticktime / 4`` seconds; a period
+with nothing written gets a tick, four periods with nothing read mean the peer is gone.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec
+from .errors import DecodeError, ProtocolError
+from .flags import DFlag
+from .terms import Atom, Pid, Reference
+
+__all__ = [
+    "Session", "Event", "CallReply", "Message", "Undeliverable", "ExitSignal", "MonitorDown", "Unhandled", "TICK",
+    "DEFAULT_MAX_FRAME",
+]
+
+TICK = b"\0\0\0\0"
+PASS_THROUGH = 112
+DEFAULT_MAX_FRAME = 128 * 1024 * 1024
+SILENT_PERIODS_BEFORE_DOWN = 4
+
+# Control message operations (erts/emulator/beam/dist.h).
+LINK, SEND, EXIT, UNLINK, NODE_LINK, REG_SEND, GROUP_LEADER, EXIT2 = 1, 2, 3, 4, 5, 6, 7, 8
+SEND_TT, EXIT_TT, REG_SEND_TT, EXIT2_TT = 12, 13, 16, 18
+MONITOR_P, DEMONITOR_P, MONITOR_P_EXIT = 19, 20, 21
+SEND_SENDER, SEND_SENDER_TT = 22, 23
+PAYLOAD_EXIT, PAYLOAD_EXIT_TT, PAYLOAD_EXIT2, PAYLOAD_EXIT2_TT, PAYLOAD_MONITOR_P_EXIT = 24, 25, 26, 27, 28
+SPAWN_REQUEST, SPAWN_REQUEST_TT, SPAWN_REPLY, SPAWN_REPLY_TT = 29, 30, 31, 32
+ALIAS_SEND, ALIAS_SEND_TT = 33, 34
+UNLINK_ID, UNLINK_ID_ACK = 35, 36
+
+_SENDS = {SEND: 2, SEND_TT: 2, SEND_SENDER: 2, SEND_SENDER_TT: 2, REG_SEND: 3, REG_SEND_TT: 3,
+          ALIAS_SEND: 2, ALIAS_SEND_TT: 2}  # op -> index of the destination in the control tuple
+_EXITS = {EXIT, EXIT_TT, EXIT2, EXIT2_TT}
+_PAYLOAD_EXITS = {PAYLOAD_EXIT, PAYLOAD_EXIT_TT, PAYLOAD_EXIT2, PAYLOAD_EXIT2_TT}
+
+_EMPTY_ATOM = Atom("")
+_NOPROC = Atom("noproc")
+_NO_PAYLOAD: Any = object()
+_LEN = struct.Struct(">I")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message for one of our pids (or a registered name, or an alias)."""
+
+    to: Pid | Atom | Reference
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CallReply:
+    """``{Ref, Reply}`` sent to one of our pids, where Ref is one of our references (an RPC
+    answer). ``ref_words`` are the reference's id words as sent (12 bytes), the key of the call."""
+
+    ref_words: bytes
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Undeliverable:
+    """A message whose payload (or control) could not be decoded. ``tag`` is the payload's first
+    tuple element when that much decoded (for an RPC reply: the call's reference)."""
+
+    to: Pid | Atom | Reference | None
+    tag: Any
+    error: DecodeError
+
+
+@dataclass(frozen=True, slots=True)
+class ExitSignal:
+    sender: Any
+    to: Pid
+    reason: Any
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorDown:
+    process: Any
+    to: Pid
+    ref: Reference
+    reason: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Unhandled:
+    """A control message we have no use for (kept for logging)."""
+
+    control: tuple[Any, ...]
+
+
+Event = CallReply | Message | Undeliverable | ExitSignal | MonitorDown | Unhandled
+
+
+class Session:
+    """State of one connected distribution link, independent of any socket."""
+
+    def __init__(self, *, flags: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.flags = flags
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._local_pids: set[Pid] = set()
+        self._read_since_timer = False
+        self._wrote_since_timer = False
+        self._silent_periods = 0
+        self._reg_send_controls: dict[tuple[Pid, Atom], bytes] = {}
+        # Bytes that start a reply to one of our calls: SEND to our pid, then {OurRef, ...}.
+        self._reply_heads: dict[bytes, Pid] = {}
+
+    # --- our processes ------------------------------------------------------------------
+
+    def add_local_pid(self, pid: Pid) -> None:
+        self._local_pids.add(pid)
+        control = bytearray(b"p\x83")
+        codec.encode_term_into((SEND, _EMPTY_ATOM, pid), control)
+        self._reply_heads[bytes(control) + b"\x83\x68\x02" + reference_head(pid.node, pid.creation)] = pid
+
+    def remove_local_pid(self, pid: Pid) -> None:
+        self._local_pids.discard(pid)
+        self._reply_heads = {head: owner for head, owner in self._reply_heads.items() if owner != pid}
+
+    # --- incoming -----------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> tuple[list[Event], bytes]:
+        """Feed bytes read from the socket. Returns the events, and bytes we owe the peer.
+
+        Raises ProtocolError only when the stream itself is broken (an oversized frame)."""
+        if data:
+            self._read_since_timer = True
+        buffer = self._buffer
+        buffer += data
+        events: list[Event] = []
+        out = bytearray()
+        pos = 0
+        end = len(buffer)
+        while end - pos >= 4:
+            (size,) = _LEN.unpack_from(buffer, pos)
+            if size == 0:  # a tick: answer it, so a peer with a short net_ticktime keeps us
+                pos += 4
+                out += TICK
+                continue
+            if size > self.max_frame:
+                raise ProtocolError(f"peer sent a frame of {size} bytes (limit {self.max_frame})")
+            if end - pos - 4 < size:
+                break
+            frame = bytes(buffer[pos + 4:pos + 4 + size])
+            pos += 4 + size
+            event = self._on_frame(frame, out)
+            if event is not None:
+                events.append(event)
+        if pos:
+            del buffer[:pos]
+        if out:
+            self._wrote_since_timer = True
+        return events, bytes(out)
+
+    def _on_frame(self, frame: bytes, out: bytearray) -> Event | None:
+        for head in self._reply_heads:
+            if frame.startswith(head):
+                n = len(head)
+                try:
+                    reply, end = codec.decode_body(frame, n + 12)
+                except DecodeError as exc:
+                    return Undeliverable(None, frame[n:n + 12], exc)
+                if end == len(frame):
+                    return CallReply(frame[n:n + 12], reply)
+                break  # odd trailing bytes: let the general path explain it
+        if frame[0] != PASS_THROUGH:
+            return Undeliverable(None, None, DecodeError(f"frame type {frame[0]} (only 112 was negotiated)"))
+        try:
+            control, pos = codec.decode_prefix(frame, 1)
+        except DecodeError as exc:
+            return Undeliverable(None, None, exc)
+        if type(control) is not tuple or not control or type(control[0]) is not int:
+            return Undeliverable(None, None, DecodeError(f"control message is not an operation tuple: {control!r:.80}"))
+        op = control[0]
+        try:
+            dest_index = _SENDS.get(op)
+            if dest_index is not None:
+                return self._on_send(control[dest_index], frame, pos)
+            return self._on_control(op, control, frame, pos, out)
+        except (IndexError, ValueError, TypeError):
+            return Undeliverable(None, None, DecodeError(f"malformed control message: {control!r:.80}"))
+
+    def _on_send(self, to: Any, frame: bytes, pos: int) -> Event:
+        try:
+            message, end = codec.decode_prefix(frame, pos)
+            if end != len(frame):
+                raise DecodeError(f"{len(frame) - end} bytes after the message payload")
+        except DecodeError as exc:
+            return Undeliverable(to, _first_element(frame, pos), exc)
+        return Message(to, message)
+
+    def _on_control(self, op: int, control: tuple[Any, ...], frame: bytes, pos: int, out: bytearray) -> Event | None:
+        if op in _EXITS:
+            return ExitSignal(control[1], control[2], control[3])
+        if op in _PAYLOAD_EXITS or op == PAYLOAD_MONITOR_P_EXIT:
+            try:
+                reason, _ = codec.decode_prefix(frame, pos)
+            except DecodeError as exc:
+                return Undeliverable(control[2], None, exc)
+            if op == PAYLOAD_MONITOR_P_EXIT:
+                return MonitorDown(control[1], control[2], control[3], reason)
+            return ExitSignal(control[1], control[2], reason)
+        if op == MONITOR_P_EXIT:
+            return MonitorDown(control[1], control[2], control[3], control[4])
+        if op == UNLINK_ID:
+            _, unlink_id, sender, to = control
+            out += self._frame((UNLINK_ID_ACK, unlink_id, to, sender))
+            return None
+        if op == LINK:
+            _, sender, to = control
+            if to not in self._local_pids:
+                out += self._exit_frame(to, sender, _NOPROC)
+            return None
+        if op == MONITOR_P:
+            _, sender, target, ref = control
+            if target not in self._local_pids:
+                out += self._monitor_exit_frame(target, sender, ref, _NOPROC)
+            return None
+        if op in (DEMONITOR_P, UNLINK, UNLINK_ID_ACK, NODE_LINK, GROUP_LEADER):
+            return None
+        return Unhandled(control)
+
+    # --- outgoing -----------------------------------------------------------------------
+
+    def send_to(self, to: Pid, payload: Any) -> bytes:
+        return self._frame((SEND, _EMPTY_ATOM, to), payload)
+
+    def reg_send(self, sender: Pid, name: Atom, payload: Any) -> bytes:
+        """A message to the process registered as ``name`` on the peer (``{Name, Node} ! Msg``)."""
+        encoded = bytearray((codec.VERSION,))
+        codec.encode_term_into(payload, encoded)
+        return self.reg_send_encoded(sender, name, encoded)
+
+    def reg_send_encoded(self, sender: Pid, name: Atom, payload: bytes | bytearray) -> bytes:
+        """Like ``reg_send`` for a payload already encoded (with its version byte)."""
+        control = self._reg_send_controls.get((sender, name))
+        if control is None:
+            encoded = bytearray(b"p\x83")
+            codec.encode_term_into((REG_SEND, sender, _EMPTY_ATOM, name), encoded)
+            control = self._reg_send_controls[(sender, name)] = bytes(encoded)
+        self._wrote_since_timer = True
+        return _LEN.pack(len(control) + len(payload)) + control + payload
+
+    def exit_signal(self, sender: Pid, to: Pid, reason: Any) -> bytes:
+        return self._exit_frame(sender, to, reason)
+
+    def _exit_frame(self, sender: Any, to: Any, reason: Any) -> bytes:
+        if self.flags & DFlag.EXIT_PAYLOAD:
+            return self._frame((PAYLOAD_EXIT, sender, to), reason)
+        return self._frame((EXIT, sender, to, reason))
+
+    def _monitor_exit_frame(self, process: Any, to: Any, ref: Any, reason: Any) -> bytes:
+        if self.flags & DFlag.EXIT_PAYLOAD:
+            return self._frame((PAYLOAD_MONITOR_P_EXIT, process, to, ref), reason)
+        return self._frame((MONITOR_P_EXIT, process, to, ref, reason))
+
+    def _frame(self, control: tuple[Any, ...], payload: Any = _NO_PAYLOAD) -> bytes:
+        body = bytearray(b"\0\0\0\0p\x83")
+        codec.encode_term_into(control, body)
+        if payload is not _NO_PAYLOAD:
+            body.append(codec.VERSION)
+            codec.encode_term_into(payload, body)
+        _LEN.pack_into(body, 0, len(body) - 4)
+        self._wrote_since_timer = True
+        return bytes(body)
+
+    # --- liveness -----------------------------------------------------------------------
+
+    def timer_fired(self) -> tuple[bytes, bool]:
+        """Call every net_ticktime/4. Returns (a tick to send or b"", whether the peer is gone)."""
+        if self._read_since_timer:
+            self._silent_periods = 0
+        else:
+            self._silent_periods += 1
+        tick = b"" if self._wrote_since_timer else TICK
+        self._read_since_timer = False
+        self._wrote_since_timer = False
+        return tick, self._silent_periods >= SILENT_PERIODS_BEFORE_DOWN
+
+
+def reference_head(node: Atom, creation: int) -> bytes:
+    """The encoding of a 3-word reference of ``node`` up to its id words."""
+    head = bytearray(b"\x5a\x00\x03")
+    codec.encode_term_into(node, head)
+    return bytes(head + _LEN.pack(creation))
+
+
+def _first_element(frame: bytes, pos: int) -> Any:
+    """The first element of the tuple payload at ``pos``, if that much decodes; else None."""
+    try:
+        if frame[pos] != codec.VERSION or frame[pos + 1] not in (codec.SMALL_TUPLE_EXT, codec.LARGE_TUPLE_EXT):
+            return None
+        skip = 2 if frame[pos + 1] == codec.SMALL_TUPLE_EXT else 5
+        # Re-wrap the first element as a standalone term so decode_prefix can read it.
+        first, _ = codec.decode_prefix(bytes((codec.VERSION,)) + frame[pos + 1 + skip:])
+        return first
+    except (DecodeError, IndexError):
+        return None

@@ -74,7 +74,7 @@ SMALL_ATOM_UTF8_EXT = 119
 V4_PORT_EXT = 120
 LOCAL_EXT = 121
 
-DEFAULT_MAX_DEPTH = 512
+DEFAULT_MAX_DEPTH = 256  # two Python frames a level; stays well inside the recursion limit
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024  # bytes a compressed term may inflate to
 
 _U16 = struct.Struct(">H")

@@ -169,13 +169,14 @@ class Session:
         for head in self._reply_heads:
             if frame.startswith(head):
                 n = len(head)
+                words = frame[n:n + 12]
                 try:
                     reply, end = codec.decode_body(frame, n + 12)
+                    if end != len(frame):
+                        raise DecodeError(f"{len(frame) - end} bytes after the reply")
                 except DecodeError as exc:
-                    return Undeliverable(None, frame[n:n + 12], exc)
-                if end == len(frame):
-                    return CallReply(frame[n:n + 12], reply)
-                break  # odd trailing bytes: let the general path explain it
+                    return Undeliverable(None, words, exc)
+                return CallReply(words, reply)
         if frame[0] != PASS_THROUGH:
             return Undeliverable(None, None, DecodeError(f"frame type {frame[0]} (only 112 was negotiated)"))
         try:

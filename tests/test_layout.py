@@ -1,0 +1,40 @@
+"""DESIGN.md section 2, enforced: what each package may import."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SANS_IO = {"codec", "epmd", "handshake", "session", "flags", "terms", "errors"}
+IO_MODULES = {"asyncio", "socket", "selectors", "select", "ssl", "subprocess", "threading"}
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_bridge_uses_only_the_standard_library() -> None:
+    for path in sorted((ROOT / "bridge").glob("*.py")):
+        foreign = {name for name in imports_of(path) if name not in sys.stdlib_module_names}
+        assert not foreign, f"{path.name} imports {foreign}; bridge is standard library only"
+
+
+def test_protocol_core_is_sans_io() -> None:
+    for name in sorted(SANS_IO):
+        used = imports_of(ROOT / "bridge" / f"{name}.py") & IO_MODULES
+        assert not used, f"bridge/{name}.py imports {used}; the protocol core does no I/O"
+
+
+def test_public_names_are_exported() -> None:
+    import bridge
+
+    for name in ("Node", "Atom", "Pid", "Reference", "BadRpc", "CookieRejected", "NodeNotFound", "ConnectionLost"):
+        assert name in bridge.__all__ and hasattr(bridge, name)

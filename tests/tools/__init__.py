@@ -1,0 +1,1 @@
+"""Test tooling: the OTP release fixture builder and process helpers."""

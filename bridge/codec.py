@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 from .errors import DecodeError, EncodeError
@@ -109,26 +111,25 @@ def decode_prefix(data: bytes, pos: int = 0, *, max_depth: int = DEFAULT_MAX_DEP
     """Decode the versioned term that starts at ``pos``; return it and the position after it.
 
     Distribution messages carry two terms back to back (control, then payload)."""
-    try:
+    with _as_decode_error():
         if data[pos] != VERSION:
             raise DecodeError(f"expected version byte 131 at offset {pos}, got {data[pos]}")
         if data[pos + 1] == COMPRESSED:
             return _decode_compressed(data, pos + 2, max_depth, max_size)
         return _Decoder(data, max_depth).term(pos + 1, 0)
-    except DecodeError:
-        raise
-    except (IndexError, struct.error):
-        raise DecodeError("term is truncated") from None
-    except RecursionError:
-        raise DecodeError("term is nested too deeply for this interpreter") from None
-    except (ValueError, OverflowError, UnicodeDecodeError, TypeError, MemoryError) as exc:
-        raise DecodeError(f"invalid term: {exc}") from None
 
 
 def decode_body(data: bytes, pos: int, *, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[Any, int]:
     """Decode the (unversioned) term that starts at ``pos``: a piece of a larger term."""
-    try:
+    with _as_decode_error():
         return _Decoder(data, max_depth).term(pos, 1)
+
+
+@contextmanager
+def _as_decode_error() -> Iterator[None]:
+    """Whatever hostile bytes make Python raise while decoding leaves as a DecodeError."""
+    try:
+        yield
     except DecodeError:
         raise
     except (IndexError, struct.error):

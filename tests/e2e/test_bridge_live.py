@@ -43,6 +43,13 @@ async def test_joins_as_a_hidden_node(counter_node: Any) -> None:
         assert node.name not in visible and node.name in hidden
 
 
+async def test_epmd_names_lists_the_hosts_nodes(counter_node: Any) -> None:
+    names = await bridge_node(counter_node).names("localhost")
+    alive = counter_node.name.split("@")[0]
+    address = await bridge_node(counter_node).lookup(counter_node.name)
+    assert names[alive] == address.port > 0 and not address.hidden and address.highest_version >= 6
+
+
 async def test_releases_match_what_the_node_reports(counter_node: Any) -> None:
     async with bridge_node(counter_node).connect(counter_node.name) as conn:
         releases = await conn.call("release_handler", "which_releases", [], timeout=30.0)

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 LOOPBACK = "127.0.0.1"
 SYSTEM_EPMD_PORT = 4369
@@ -256,20 +257,18 @@ def epmd_names(port: int, host: str = LOOPBACK, timeout: float = 2.0) -> dict[st
     return names
 
 
-class EpmdProc:
-    """A private epmd we started in the foreground; ``stop()`` is idempotent."""
+class _ManagedProcess:
+    """A process we started and own: its log, an optional directory it owns, an idempotent
+    ``stop()`` (by pid, SIGTERM then SIGKILL after the grace) and the context-manager form."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    stop_grace = 2.0
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, owned_dir: Path | None) -> None:
         self._proc = proc
-        self._owned_dir: Path | None = None  # removed by stop() if set
-        self.port = port
-        self.host = LOOPBACK
         self.pid = proc.pid
         self.log_path = log_path
-        self.final_log: str | None = None  # kept when stop() removes the log
-
-    def names(self, timeout: float = 2.0) -> dict[str, int]:
-        return epmd_names(self.port, self.host, timeout)
+        self._owned_dir = owned_dir  # removed by stop(), after its log is kept in final_log
+        self.final_log: str | None = None
 
     def running(self) -> bool:
         """Whether the process is still alive (not yet exited)."""
@@ -283,13 +282,13 @@ class EpmdProc:
         except OSError:
             return ""
 
-    def stop(self, grace: float = 2.0) -> None:
-        _terminate(self._proc, grace)
+    def stop(self, grace: float | None = None) -> None:
+        _terminate(self._proc, self.stop_grace if grace is None else grace)
         if self._owned_dir is not None and self.final_log is None:
             self.final_log = self.log_text()
             shutil.rmtree(self._owned_dir, ignore_errors=True)
 
-    def __enter__(self) -> EpmdProc:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -299,6 +298,18 @@ class EpmdProc:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class EpmdProc(_ManagedProcess):
+    """A private epmd we started in the foreground; ``stop()`` is idempotent."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        super().__init__(proc, log_path, None)
+        self.port = port
+        self.host = LOOPBACK
+
+    def names(self, timeout: float = 2.0) -> dict[str, int]:
+        return epmd_names(self.port, self.host, timeout)
 
     def __repr__(self) -> str:
         return f"EpmdProc(port={self.port}, pid={self.pid}, running={self.running()})"
@@ -407,13 +418,16 @@ def _erl_string(text: str | Path) -> str:
     return f'"{escaped}"'
 
 
-class NodeProc:
+class NodeProc(_ManagedProcess):
     """A release node started by :func:`start_node`; ``stop()`` is idempotent.
 
+    ``stop()`` sends SIGTERM (beam runs init:stop()) and SIGKILLs after 5 s.
     ``pid`` is the beam.smp pid itself (the start script execs erlexec,
     which execs the emulator). ``home`` holds the cookie file and is what
     probes use as HOME; ``log_path`` collects the node's stdout/stderr.
     """
+
+    stop_grace = 5.0
 
     def __init__(
         self,
@@ -426,53 +440,19 @@ class NodeProc:
         workdir: Path,
         owns_workdir: bool,
     ) -> None:
-        self._proc = proc
-        self._owns_workdir = owns_workdir
+        super().__init__(proc, workdir / "node.log", workdir if owns_workdir else None)
         self.name = name
         self.alive_name, self.host = _split_name(name)
         self.cookie = cookie
         self.epmd_port = epmd_port
         self.root = root
-        self.pid = proc.pid
         self.workdir = workdir
         self.home = workdir / "home"
-        self.log_path = workdir / "node.log"
         self.started_seconds = 0.0
-        self.final_log: str | None = None  # kept when stop() removes workdir
-
-    def running(self) -> bool:
-        """Whether the process is still alive (not yet exited)."""
-        return self._proc.poll() is None
 
     @property
     def returncode(self) -> int | None:
         return self._proc.poll()
-
-    def log_text(self) -> str:
-        if self.final_log is not None:
-            return self.final_log
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM (beam runs init:stop()), SIGKILL after ``grace``, reap."""
-        _terminate(self._proc, grace)
-        if self._owns_workdir and self.final_log is None:
-            self.final_log = self.log_text()
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> NodeProc:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"NodeProc(name={self.name!r}, pid={self.pid}, epmd_port={self.epmd_port})"

@@ -30,7 +30,7 @@ from .errors import (
     UsageError,
 )
 from .handshake import ClientHandshake, HandshakeResult
-from .session import CallReply, ExitSignal, Session, Undeliverable, reference_head
+from .session import CallReply, ExitSignal, Message, Session, Undeliverable, reference_head
 from .terms import Atom, Pid, Reference
 
 __all__ = ["Node", "Connection", "split_node_name"]
@@ -332,6 +332,8 @@ class Connection:
                     future.set_result(event.reply)
                 else:
                     log.debug("late reply from %s dropped", self.peer)
+            elif type(event) is Message:
+                self._on_message(event)
             elif type(event) is Undeliverable:
                 self._on_undeliverable(event)
             elif type(event) is ExitSignal:
@@ -339,15 +341,22 @@ class Connection:
             else:
                 log.debug("ignored from %s: %r", self.peer, event)
 
-    def _on_undeliverable(self, event: Undeliverable) -> None:
-        key = event.tag if type(event.tag) is bytes else None
-        if type(event.tag) is Reference and len(event.tag.ids) == 3:
-            key = _WORDS.pack(*event.tag.ids)
-        if key is not None:
-            future = self._pending.pop(key, None)
+    def _on_message(self, event: Message) -> None:
+        # A reply in a shape the session's byte-level fast path did not recognise (another
+        # encoding of the control, SEND_SENDER...) still answers its call.
+        message = event.message
+        if type(message) is tuple and len(message) == 2:
+            future = self._pending.pop(_call_key(message[0]) or b"", None)
             if future is not None and not future.done():
-                future.set_exception(DecodeError(f"the reply from {self.peer} could not be decoded: {event.error}"))
+                future.set_result(message[1])
                 return
+        log.debug("message from %s for %s dropped: %.200r", self.peer, event.to, message)
+
+    def _on_undeliverable(self, event: Undeliverable) -> None:
+        future = self._pending.pop(_call_key(event.tag) or b"", None)
+        if future is not None and not future.done():
+            future.set_exception(DecodeError(f"the reply from {self.peer} could not be decoded: {event.error}"))
+            return
         log.warning("undecodable message from %s dropped: %s", self.peer, event.error)
 
     def _on_timer(self) -> None:
@@ -364,6 +373,15 @@ class Connection:
         self._mark_closed(f"{exc}" if exc else "closed by the peer")
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+def _call_key(tag: Any) -> bytes | None:
+    """The pending-call key for a reply's tag: our reference's three id words, as sent."""
+    if type(tag) is bytes:
+        return tag
+    if type(tag) is Reference and len(tag.ids) == 3:
+        return _WORDS.pack(*tag.ids)
+    return None
 
 
 class _DistProtocol(asyncio.Protocol):

@@ -116,7 +116,7 @@ class Session:
         self._silent_periods = 0
         self._reg_send_controls: dict[tuple[Pid, Atom], bytes] = {}
         # Bytes that start a reply to one of our calls: SEND to our pid, then {OurRef, ...}.
-        self._reply_heads: dict[bytes, Pid] = {}
+        self._reply_heads: list[bytes] = []
 
     # --- our processes ------------------------------------------------------------------
 
@@ -124,11 +124,7 @@ class Session:
         self._local_pids.add(pid)
         control = bytearray(b"p\x83")
         codec.encode_term_into((SEND, _EMPTY_ATOM, pid), control)
-        self._reply_heads[bytes(control) + b"\x83\x68\x02" + reference_head(pid.node, pid.creation)] = pid
-
-    def remove_local_pid(self, pid: Pid) -> None:
-        self._local_pids.discard(pid)
-        self._reply_heads = {head: owner for head, owner in self._reply_heads.items() if owner != pid}
+        self._reply_heads.append(bytes(control) + b"\x83\x68\x02" + reference_head(pid.node, pid.creation))
 
     # --- incoming -----------------------------------------------------------------------
 
@@ -236,9 +232,6 @@ class Session:
 
     # --- outgoing -----------------------------------------------------------------------
 
-    def send_to(self, to: Pid, payload: Any) -> bytes:
-        return self._frame((SEND, _EMPTY_ATOM, to), payload)
-
     def reg_send(self, sender: Pid, name: Atom, payload: Any) -> bytes:
         """A message to the process registered as ``name`` on the peer (``{Name, Node} ! Msg``)."""
         encoded = bytearray((codec.VERSION,))
@@ -254,9 +247,6 @@ class Session:
             control = self._reg_send_controls[(sender, name)] = bytes(encoded)
         self._wrote_since_timer = True
         return _LEN.pack(len(control) + len(payload)) + control + payload
-
-    def exit_signal(self, sender: Pid, to: Pid, reason: Any) -> bytes:
-        return self._exit_frame(sender, to, reason)
 
     def _exit_frame(self, sender: Any, to: Any, reason: Any) -> bytes:
         if self.flags & DFlag.EXIT_PAYLOAD:

@@ -1,0 +1,133 @@
+"""`relctl-agent`: reads the config, keeps a connection to each node, serves the gRPC API and
+/metrics, and shuts down cleanly (exit 0) on SIGTERM or SIGINT.
+
+Exit codes: 0 clean shutdown, 78 configuration error (EX_CONFIG, so systemd need not retry),
+1 any other failure to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from . import __version__, logs
+from .config import AgentConfig, load_config
+from .errors import ConfigError
+from .metrics import AgentMetrics, MetricsServer
+from .nodes import NodeManager
+from .service import AgentService
+
+log = logging.getLogger("relctl.agent")
+
+EXIT_OK = 0
+EXIT_START_FAILED = 1
+EXIT_CONFIG = 78
+DEFAULT_CONFIG = "/etc/relctl/agent.toml"
+# How long start-up waits for the first connection attempt to each node before saying ready.
+FIRST_ATTEMPT_WAIT = 10.0
+
+
+class StartupError(Exception):
+    """The agent cannot start; the message says what to fix."""
+
+
+def _prepare_state_dir(config: AgentConfig) -> None:
+    try:
+        config.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"{config.path}: agent.state_dir: cannot create {config.state_dir}: "
+                           f"{exc.strerror or exc}") from None
+    if not os.access(config.state_dir, os.W_OK | os.X_OK):
+        raise StartupError(f"{config.path}: agent.state_dir: {config.state_dir} is not writable "
+                           "by this user")
+
+
+async def serve(config: AgentConfig) -> int:
+    _prepare_state_dir(config)
+    metrics: AgentMetrics | None = None
+
+    def observe_rpc(function: str, seconds: float) -> None:
+        if metrics is not None:
+            metrics.observe_rpc(function, seconds)
+
+    nodes = NodeManager.from_config(config, observe_rpc)
+    metrics = AgentMetrics(nodes.snapshot)
+
+    server = grpc.aio.server()
+    AgentService(nodes, rpc_timeout=config.rpc_timeout).add_to(server)
+    metrics_server: MetricsServer | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            server.add_insecure_port(str(config.listen))
+        except RuntimeError as exc:
+            raise StartupError(f"{config.path}: agent.listen: cannot listen on {config.listen} "
+                               f"({exc}); is another agent running there?") from None
+        if not config.listen.is_loopback:
+            log.warning("serving gRPC on %s without TLS or authentication: anyone who can "
+                        "reach this address can read node state", config.listen)
+        if config.metrics_listen is not None:
+            try:
+                metrics_server = metrics.serve(config.metrics_listen)
+            except OSError as exc:
+                raise StartupError(f"{config.path}: agent.metrics_listen: cannot listen on "
+                                   f"{config.metrics_listen} ({exc.strerror or exc})") from None
+        await server.start()
+        nodes.start()
+        await nodes.tried(FIRST_ATTEMPT_WAIT)
+        states = nodes.snapshot()
+        summary = ", ".join(f"{s.name} {'up' if s.up else 'down'}" for s in states) or "none"
+        log.info("ready: gRPC on %s, metrics %s, nodes: %s", config.listen,
+                 f"on http://{config.metrics_listen}/metrics" if metrics_server else "disabled",
+                 summary)
+        await stop.wait()
+        log.info("stopping: letting running calls finish (up to %g s)", config.shutdown_grace)
+    finally:
+        await server.stop(config.shutdown_grace)
+        await nodes.stop()
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.close)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="relctl-agent",
+        description="relctl's on-host agent: manages the BEAM nodes of this host.")
+    parser.add_argument("--config", "-c", metavar="PATH",
+                        default=os.environ.get("RELCTL_AGENT_CONFIG", DEFAULT_CONFIG),
+                        help=f"TOML config file (default: $RELCTL_AGENT_CONFIG or {DEFAULT_CONFIG})")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"relctl-agent {__version__}")
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(serve(config))
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_START_FAILED
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The agent's errors, split by who is at fault, each naming what went wrong and what to do.
+
+The gRPC servicer maps them to status codes; nothing below it knows about gRPC.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of the agent's own errors."""
+
+
+class ConfigError(AgentError):
+    """The configuration file is wrong: names the file, the key and the reason."""
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        self.path = path
+        self.key = key
+        self.reason = reason
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + reason)
+
+
+class RequestError(AgentError):
+    """The caller asked for something that cannot be (their fault)."""
+
+
+class UnknownNode(RequestError):
+    def __init__(self, node: str, managed: list[str]) -> None:
+        self.node = node
+        known = ", ".join(managed) if managed else "none"
+        super().__init__(f"this agent does not manage node {node} (it manages: {known}); "
+                         "check --node, or add the node to the agent's config")
+
+
+class NodeUnavailable(AgentError):
+    """The node cannot serve the request now (the node's or the network's fault)."""
+
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        super().__init__(message)
+
+
+class NodeDown(NodeUnavailable):
+    def __init__(self, node: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(node, f"node {node} is down: {reason}")
+
+
+class NodeTimeout(NodeUnavailable):
+    """Connected, but the node did not answer in time."""
+
+    def __init__(self, node: str, what: str, timeout: float) -> None:
+        super().__init__(node, f"node {node} did not answer {what} within {timeout:g} s; "
+                               "it may be overloaded")

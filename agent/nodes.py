@@ -1,0 +1,68 @@
+"""The nodes an agent manages: one :class:`NodeLink` each, looked up by name, and a snapshot
+of all their states for the metrics and the API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from .config import AgentConfig
+from .errors import UnknownNode
+from .link import NodeLink, NodeState, PingResult, RpcObserver, ignore_rpc
+
+
+class NodeManager:
+    def __init__(self, links: Sequence[NodeLink]) -> None:
+        self._links = {link.name: link for link in links}
+
+    @classmethod
+    def from_config(cls, config: AgentConfig,
+                    observe_rpc: RpcObserver = ignore_rpc) -> NodeManager:
+        return cls([
+            NodeLink(node, refresh_interval=config.refresh_interval,
+                     rpc_timeout=config.rpc_timeout, connect_timeout=config.connect_timeout,
+                     max_delay=config.reconnect_max_delay, observe_rpc=observe_rpc)
+            for node in config.nodes
+        ])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._links)
+
+    def get(self, name: str) -> NodeLink:
+        try:
+            return self._links[name]
+        except KeyError:
+            raise UnknownNode(name, self.names) from None
+
+    def select(self, name: str) -> list[NodeLink]:
+        """The named node, or every node for an empty name."""
+        return [self.get(name)] if name else list(self._links.values())
+
+    def snapshot(self) -> tuple[NodeState, ...]:
+        """Every node's last known state; safe to call from another thread (one read per link
+        of an immutable value)."""
+        return tuple(link.state for link in list(self._links.values()))
+
+    def start(self) -> None:
+        for link in self._links.values():
+            link.start()
+
+    async def tried(self, timeout: float) -> None:
+        """Wait (bounded) until every node had its first connection attempt."""
+        waits = [asyncio.ensure_future(link.tried()) for link in self._links.values()]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for w in pending:
+                w.cancel()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self._links.values()))
+
+    async def refresh(self, name: str, timeout: float | None = None) -> list[NodeState]:
+        links = self.select(name)
+        return list(await asyncio.gather(*(link.refresh(timeout) for link in links)))
+
+    async def ping(self, name: str, timeout: float | None = None) -> list[PingResult]:
+        links = self.select(name)
+        return list(await asyncio.gather(*(link.ping(timeout) for link in links)))

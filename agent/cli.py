@@ -197,7 +197,7 @@ def _node_problems(agent: str, nodes: Iterator[Any]) -> list[Problem]:
     problems: list[Problem] = []
     for n in nodes:
         if not n.up:
-            problems.append(Problem(f"node {n.node} (agent {agent}) is down: "
+            problems.append(Problem(f"node {n.node} is down (agent {agent}): "
                                     f"{n.error or 'not connected'}", ExitCode.UNAVAILABLE))
         elif n.error:
             problems.append(Problem(f"node {n.node} (agent {agent}): {n.error}", ExitCode.FAILED))
@@ -224,30 +224,29 @@ def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
 
 
 def _shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """-o and --node, accepted after the command too (`relctl versions -o json`)."""
+    """Options accepted before and after the command (`relctl versions -o json`)."""
     f = click.option("-o", "--output", type=click.Choice(["text", "json"]), default=None,
                      expose_value=False, callback=_store("output"),
                      help="Output format (default: text).")(f)
     f = click.option("--node", metavar="NAME", default=None, expose_value=False,
                      callback=_store("node"), help="Only this node (name@host).")(f)
+    f = click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
+                     expose_value=False, callback=_store("timeout"),
+                     help=f"Seconds to wait for each agent (default: {DEFAULT_TIMEOUT:g}).")(f)
+    f = click.option("--debug", is_flag=True, default=None, expose_value=False,
+                     callback=_store("debug"), help="Show tracebacks of errors.")(f)
     return f
 
 
 @click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--agent", "agents", multiple=True, metavar="HOST:PORT",
               help=f"Agent to ask; repeat for several. Default: $RELCTL_AGENT, then {DEFAULT_AGENT}.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT,
-              show_default=True, help="Seconds to wait for each agent.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 @_shared_options
 @click.version_option(package_name="relctl", prog_name="relctl")
 @click.pass_context
-def cli(ctx: click.Context, agents: tuple[str, ...], timeout: float, debug: bool) -> None:
+def cli(ctx: click.Context, agents: tuple[str, ...]) -> None:
     """relctl: see and upgrade the releases of BEAM nodes through their relctl agents."""
-    settings = ctx.ensure_object(Settings)
-    settings.agents = _agent_targets(agents)
-    settings.timeout = timeout
-    settings.debug = debug
+    ctx.ensure_object(Settings).agents = _agent_targets(agents)
 
 
 @cli.command()

@@ -15,14 +15,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-import grpc
-
 from . import __version__, logs
 from .config import AgentConfig, load_config
 from .errors import ConfigError
 from .metrics import AgentMetrics, MetricsServer
 from .nodes import NodeManager
-from .service import AgentService
+from .service import ApiServer
 
 log = logging.getLogger("relctl.agent")
 
@@ -60,8 +58,7 @@ async def serve(config: AgentConfig) -> int:
     nodes = NodeManager.from_config(config, observe_rpc)
     metrics = AgentMetrics(nodes.snapshot)
 
-    server = grpc.aio.server()
-    AgentService(nodes, rpc_timeout=config.rpc_timeout).add_to(server)
+    server = ApiServer(nodes, rpc_timeout=config.rpc_timeout)
     metrics_server: MetricsServer | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,8 +66,8 @@ async def serve(config: AgentConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            server.add_insecure_port(str(config.listen))
-        except RuntimeError as exc:
+            server.bind(str(config.listen))
+        except OSError as exc:
             raise StartupError(f"{config.path}: agent.listen: cannot listen on {config.listen} "
                                f"({exc}); is another agent running there?") from None
         if not config.listen.is_loopback:

@@ -157,3 +157,26 @@ class AgentService:
 
 def _map(fn: Callable[[Any], _T], items: Iterable[Any]) -> list[_T]:
     return [fn(item) for item in items]
+
+
+class ApiServer:
+    """The agent's gRPC server, so that the daemon needs no grpc of its own."""
+
+    def __init__(self, nodes: NodeManager, *, rpc_timeout: float = 30.0) -> None:
+        # Without SO_REUSEPORT a second agent on the same port fails to start instead of
+        # silently sharing the port with the first.
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        AgentService(nodes, rpc_timeout=rpc_timeout).add_to(self._server)
+
+    def bind(self, address: str) -> None:
+        """Listen on ``address`` (HOST:PORT); raises OSError when it cannot."""
+        try:
+            self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc reports bind failures this way
+            raise OSError(str(exc)) from None
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float) -> None:
+        await self._server.stop(grace)

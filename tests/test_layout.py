@@ -38,3 +38,36 @@ def test_public_names_are_exported() -> None:
 
     for name in ("Node", "Atom", "Pid", "Reference", "BadRpc", "CookieRejected", "NodeNotFound", "ConnectionLost"):
         assert name in bridge.__all__ and hasattr(bridge, name)
+
+
+def _agent_modules() -> list[Path]:
+    return sorted((ROOT / "agent").glob("*.py"))
+
+
+def test_agent_uses_the_bridge_through_its_public_names_only() -> None:
+    import bridge
+
+    for path in _agent_modules():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bridge"):
+                assert node.module == "bridge", f"{path.name} imports {node.module}"
+                private = [a.name for a in node.names if a.name not in bridge.__all__]
+                assert not private, f"{path.name} imports non-public bridge names {private}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("bridge.") for a in node.names), path.name
+
+
+def test_only_the_servicer_and_the_client_know_grpc_and_only_metrics_knows_prometheus() -> None:
+    for path in _agent_modules():
+        used = imports_of(path)
+        if "grpc" in used:
+            assert path.name in {"service.py", "cli.py"}, f"{path.name} imports grpc"
+        if "prometheus_client" in used:
+            assert path.name == "metrics.py", f"{path.name} imports prometheus_client"
+
+
+def test_the_client_imports_only_stubs_grpc_click_and_the_standard_library() -> None:
+    used = imports_of(ROOT / "agent" / "cli.py")
+    foreign = {n for n in used if n not in sys.stdlib_module_names} - {"grpc", "click", "relctl",
+                                                                       "__future__"}
+    assert not foreign, f"agent/cli.py imports {foreign}"

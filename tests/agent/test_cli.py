@@ -1,0 +1,60 @@
+"""The relctl client on its own: start-up imports, command line, errors without an agent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import ExitCode, main
+from tests.tools.otp_procs import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_importing_the_client_does_not_import_the_bridge_or_the_daemon() -> None:
+    code = ("import sys, agent.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('bridge', 'prometheus_client') or m in ('agent.service', 'agent.link', 'agent.daemon')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    assert out.strip() == "[]"
+
+
+def test_help_documents_the_exit_codes() -> None:
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    for code in ExitCode:
+        assert f"  {code.value}  " in proc.stdout
+
+
+def test_usage_errors_exit_2_without_traceback() -> None:
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "versions", "-o", "yaml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == ExitCode.USAGE == 2
+    assert "Invalid value for '-o' / '--output'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_command_exits_3_when_the_agent_is_unreachable(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    for command in ("versions", "nodes", "ping"):
+        assert main(["--agent", closed, command, "--timeout", "5"]) == ExitCode.UNAVAILABLE
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"relctl: agent {closed} is not reachable")
+
+
+def test_an_unreachable_agent_in_json_mode_prints_valid_json() -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--agent", closed, "versions",
+                           "-o", "json"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3
+    assert json.loads(proc.stdout) == {"nodes": []}
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"relctl: agent {closed} is not reachable (")
+    assert "is relctl-agent running there?" in line

@@ -1,0 +1,105 @@
+"""The gRPC service over a real loopback socket, with nodes that cannot be reached (no OTP
+needed): answers, status codes, and the agent's error metadata."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.config import NodeConfig
+from agent.link import NodeLink
+from agent.nodes import NodeManager
+from agent.service import AgentService
+from relctl.v1 import AGENT_ERROR_METADATA
+from relctl.v1 import agent_pb2 as pb
+from relctl.v1 import agent_pb2_grpc
+from tests.tools.otp_procs import free_port
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[agent_pb2_grpc.AgentStub]:
+    # A node whose epmd port has nothing listening: it stays down, with the reason.
+    config = NodeConfig("ghost@localhost", Path("/dev/null"), "cookie", epmd_port=free_port())
+    nodes = NodeManager([NodeLink(config, connect_timeout=1.0, max_delay=1.0)])
+    server = grpc.aio.server()
+    AgentService(nodes, rpc_timeout=2.0).add_to(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    nodes.start()
+    await nodes.tried(5.0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield agent_pb2_grpc.AgentStub(channel)
+    finally:
+        await server.stop(0)
+        await nodes.stop()
+
+
+async def test_list_nodes_shows_a_down_node_with_its_reason(stub: agent_pb2_grpc.AgentStub) -> None:
+    reply = await stub.ListNodes(pb.ListNodesRequest(), timeout=5)
+    [node] = reply.nodes
+    assert (node.node, node.up) == ("ghost@localhost", False)
+    assert node.error.startswith("epmd not reachable on localhost:")
+    assert reply.agent.version
+
+
+async def test_get_releases_of_a_down_node_is_an_answer_not_an_error(
+        stub: agent_pb2_grpc.AgentStub) -> None:
+    reply = await stub.GetReleases(pb.GetReleasesRequest(node="ghost@localhost"), timeout=5)
+    [node] = reply.nodes
+    assert not node.up and not node.releases and "epmd not reachable" in node.error
+
+
+async def test_unknown_node_is_not_found_with_the_agent_metadata(
+        stub: agent_pb2_grpc.AgentStub) -> None:
+    call = stub.GetReleases(pb.GetReleasesRequest(node="nosuch@localhost"), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == (
+        "this agent does not manage node nosuch@localhost (it manages: ghost@localhost); "
+        "check --node, or add the node to the agent's config")
+    assert AGENT_ERROR_METADATA in dict(info.value.trailing_metadata() or ())
+
+
+async def test_ping_says_why_the_node_did_not_answer(stub: agent_pb2_grpc.AgentStub) -> None:
+    reply = await stub.Ping(pb.PingRequest(), timeout=5)
+    [node] = reply.nodes
+    assert not node.up and not node.HasField("round_trip")
+    assert "epmd not reachable" in node.error
+
+
+@pytest.mark.parametrize(("rpc", "request_message", "streaming"), [
+    ("ListOperations", pb.ListOperationsRequest(), False),
+    ("GetOperation", pb.GetOperationRequest(id=1), False),
+    ("Unpack", pb.UnpackRequest(), False),
+    ("CheckInstall", pb.CheckInstallRequest(), False),
+    ("Install", pb.InstallRequest(), False),
+    ("MakePermanent", pb.MakePermanentRequest(), False),
+    ("Remove", pb.RemoveRequest(), False),
+    ("Upgrade", pb.UpgradeRequest(), True),
+    ("Downgrade", pb.DowngradeRequest(), True),
+    ("ReloadConfig", pb.ReloadConfigRequest(), True),
+])
+async def test_rpcs_not_built_yet_answer_unimplemented(
+        stub: agent_pb2_grpc.AgentStub, rpc: str, request_message: object, streaming: bool) -> None:
+    call = getattr(stub, rpc)(request_message, timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        if streaming:
+            async for _ in call:
+                pass
+        else:
+            await call
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert f"does not implement {rpc} yet" in (info.value.details() or "")
+
+
+async def test_upload_answers_unimplemented_too(stub: agent_pb2_grpc.AgentStub) -> None:
+    async def parts() -> AsyncIterator[pb.UploadRequest]:
+        yield pb.UploadRequest(header=pb.UploadHeader(node="ghost@localhost", version="0.0.2"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Upload(parts(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -1,0 +1,127 @@
+"""Run the real `relctl-agent` and `relctl` as subprocesses for end-to-end tests.
+
+The agent gets a config on free loopback ports and its own state dir; ``AgentProc.stop()``
+sends SIGTERM by pid (then SIGKILL after the grace) and keeps the exit code and log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.tools.otp_procs import _ManagedProcess, _track, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    name: str
+    cookie: str
+    epmd_port: int
+
+
+def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metrics_port: int,
+                 extra_agent: Mapping[str, Any] | None = None) -> Path:
+    """An agent config with one cookie file per node (mode 0600) beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["[agent]", f'listen = "127.0.0.1:{grpc_port}"',
+             f'metrics_listen = "127.0.0.1:{metrics_port}"' if metrics_port else 'metrics_listen = ""',
+             'state_dir = "state"']
+    for key, value in (extra_agent or {}).items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    for i, node in enumerate(nodes):
+        cookie_file = path.parent / f"node{i}.cookie"
+        cookie_file.write_text(node.cookie + "\n")
+        cookie_file.chmod(0o600)
+        lines += ["", "[[nodes]]", f'name = "{node.name}"', f'cookie_file = "{cookie_file.name}"',
+                  f"epmd_port = {node.epmd_port}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class AgentProc(_ManagedProcess):
+    stop_grace = 10.0
+
+    def __init__(self, proc: subprocess.Popen[bytes], config: Path, grpc_port: int,
+                 metrics_port: int, log_path: Path) -> None:
+        super().__init__(proc, log_path, None)
+        self.config = config
+        self.grpc_port = grpc_port
+        self.metrics_port = metrics_port
+        self.address = f"127.0.0.1:{grpc_port}"
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll()
+
+    def send_signal(self, sig: int) -> None:
+        self._proc.send_signal(sig)
+
+    def metrics_text(self, timeout: float = 5.0) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=timeout) as resp:
+            body: bytes = resp.read()
+        return body.decode()
+
+    def __repr__(self) -> str:
+        return f"AgentProc(pid={self.pid}, address={self.address})"
+
+
+def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = True,
+                extra_agent: Mapping[str, Any] | None = None, log_level: str = "info",
+                timeout: float = 20.0) -> AgentProc:
+    """Start relctl-agent and wait for its "ready" line."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    grpc_port = free_port()
+    metrics_port = free_port() if metrics else 0
+    config = write_config(workdir / "agent.toml", nodes, grpc_port=grpc_port,
+                          metrics_port=metrics_port, extra_agent=extra_agent)
+    log_path = workdir / "agent.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--config", str(config), "--log-level", log_level],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"})
+    agent = AgentProc(proc, config, grpc_port, metrics_port, log_path)
+    _track(proc.pid, agent.stop)
+    deadline = time.monotonic() + timeout
+    while "relctl.agent: ready:" not in agent.log_text():
+        if proc.poll() is not None:
+            raise RuntimeError(f"relctl-agent exited with {proc.returncode}:\n{agent.log_text()}")
+        if time.monotonic() > deadline:
+            agent.stop()
+            raise RuntimeError(f"relctl-agent not ready after {timeout} s:\n{agent.log_text()}")
+        time.sleep(0.02)
+    return agent
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def relctl(*args: str, agents: Sequence[str] = (), env: Mapping[str, str] | None = None,
+           timeout: float = 30.0) -> CliResult:
+    """Run the `relctl` client as a separate process, as a user would."""
+    argv = [sys.executable, "-m", "agent.cli"]
+    for agent in agents:
+        argv += ["--agent", agent]
+    full_env = {k: v for k, v in os.environ.items() if k != "RELCTL_AGENT"}
+    full_env.update(env or {})
+    proc = subprocess.run([*argv, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)

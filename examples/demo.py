@@ -1,6 +1,7 @@
 """The main job on the embedded sample, for now: build the counter release, start a node from
-it (with a private epmd on a free port), join it as a hidden node through the bridge, print its
-releases, and stop everything it started.
+it (with a private epmd on a free port), join it as a hidden node through the bridge, then start
+`relctl-agent` for that node and ask it with `relctl versions`, `relctl nodes` and `relctl ping`.
+Everything it started is stopped by pid at the end.
 
     bash examples/run-demo
 """
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge import Atom, Node  # noqa: E402
+from tests.tools.agent_proc import NodeEntry, relctl, start_agent  # noqa: E402
 from tests.tools.otp_procs import NodeProc, start_epmd, start_node  # noqa: E402
 from tests.tools.release_fixture import build_release, make_target_copy  # noqa: E402
 
@@ -34,6 +36,20 @@ async def show(target: NodeProc) -> None:
               f"(state {await conn.call('sys', 'get_state', [Atom('counter')])!r})")
 
 
+def ask_agent(work: Path, target: NodeProc) -> None:
+    agent = start_agent(work / "agent", [NodeEntry(target.name, target.cookie, target.epmd_port)])
+    with agent:
+        print(f"\nrelctl-agent running (pid {agent.pid}), gRPC on {agent.address}, "
+              f"metrics on http://127.0.0.1:{agent.metrics_port}/metrics")
+        for command in (["versions"], ["nodes"], ["ping"], ["versions", "-o", "json"]):
+            print(f"\n$ relctl --agent {agent.address} {' '.join(command)}")
+            result = relctl(*command, agents=[agent.address])
+            print(result.stdout + result.stderr, end="")
+        up = [line for line in agent.metrics_text().splitlines() if line.startswith("beam_")]
+        print("\n$ curl /metrics | grep ^beam_\n" + "\n".join(up))
+    print(f"\nrelctl-agent stopped (exit {agent.returncode})")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="relctl-demo-") as tmp:
         work = Path(tmp)
@@ -45,7 +61,8 @@ def main() -> None:
             with start_node(root, epmd_port=epmd.port, workdir=work / "node") as target:
                 print(f"node {target.name} running from {root} (pid {target.pid})")
                 asyncio.run(show(target))
-        print("\nnode and epmd stopped")
+                ask_agent(work, target)
+        print("node and epmd stopped")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -363,6 +362,12 @@ def ping(settings: Settings) -> None:
     _finish(problems)
 
 
+def _print_traceback() -> None:
+    import traceback  # only with --debug: keeps start-up lean
+
+    traceback.print_exc()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
@@ -370,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  standalone_mode=False)
     except CliError as exc:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         click.echo(f"relctl: {exc}", err=True)
         return exc.code
     except click.ClickException as exc:
@@ -383,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else ExitCode.FAILED
     except Exception as exc:  # a bug: still one line, unless --debug
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         click.echo(f"relctl: internal error: {exc!r} (run with --debug for the traceback)",
                    err=True)
         return ExitCode.FAILED

@@ -1,0 +1,634 @@
+"""Checks a release tarball before anything of it reaches a node's release root.
+
+`inspect_tarball` reads the .tar.gz as a stream, in memory, and never extracts it. It
+refuses what release_handler would unpack outside the release root (absolute paths, `..`,
+links that leave the root, devices), archive bombs, and tarballs that hold no release,
+and it answers what the upgrade needs: the release's name, version and applications, the
+name `release_handler:unpack_release/1` takes, its sys.config and relup, size and sha256.
+
+Any input, however hostile, ends in a `ReleaseTarball` or a `TarballError` that names the
+file (and member) and says what to do; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import posixpath
+import re
+import stat
+import tarfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeAlias
+
+from .errors import RequestError
+
+GZIP_MAGIC = b"\x1f\x8b"
+REL_MAX = 1024**2             # one .rel file: a few KiB in practice
+REL_TOTAL_MAX = 16 * 1024**2  # all .rel candidates together: bounds memory on hostile input
+EXTRA_MAX = 16 * 1024**2      # sys.config, relup
+HEADER_MAX = 1024**2          # one pax / GNU long-name header, which tarfile reads whole
+TRAILING_MAX = 1024**2        # bytes after the tar's end marker (record padding)
+PER_MEMBER_SLACK = 4096       # header blocks and padding a member adds to the stream
+CHUNK = 64 * 1024
+BLOCK = tarfile.BLOCKSIZE
+
+MAKERS = "systools:make_tar, rebar3 tar (relx) or mix release"
+
+
+class TarballError(RequestError):
+    """The tarball cannot be installed as it is: names the file, the member and what to do."""
+
+
+@dataclass(frozen=True)
+class ReleaseTarball:
+    path: Path
+    release_name: str          # from the .rel file, e.g. "counter"
+    version: str               # from the .rel file, e.g. "0.0.2"
+    erts_version: str
+    unpack_name: str           # for unpack_release/1: "NAME-VSN" (systools) or "VSN/NAME" (relx)
+    rel_member: str            # "releases/NAME-VSN.rel" or "releases/VSN/NAME.rel"
+    applications: tuple[tuple[str, str], ...]  # (app, vsn), in .rel order
+    sys_config: bytes | None   # releases/VSN/sys.config
+    relup: bytes | None        # releases/VSN/relup
+    size: int                  # bytes of the .tar.gz
+    sha256: str                # hex digest of the .tar.gz
+
+
+def inspect_tarball(path: Path, *, expected_version: str | None = None,
+                    max_size: int = 2 * 1024**3, max_members: int = 200_000,
+                    max_unpacked: int = 8 * 1024**3) -> ReleaseTarball:
+    """Check the tarball at `path` and say what it holds; raises TarballError otherwise."""
+    limits = _Limits(max_members, max_unpacked)
+    with _open_file(path, max_size) as (raw, size):
+        _require_gzip(path, raw)
+        with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+            stream = _TarStream(path, gz, limits.stream_max)
+            tar = _open_tar(path, stream)
+            with _reading(path):
+                scan = _scan_members(path, tar, limits)
+                _require_clean_end(path, stream, tar.offset)
+            rel = _choose_release(path, scan.rels, expected_version)
+            with _reading(path):
+                sys_config = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/sys.config")
+                relup = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/relup")
+        sha256 = _digest(path, raw, size)
+    return ReleaseTarball(path, rel.name, rel.vsn, rel.erts, rel.unpack_name, rel.member,
+                          rel.apps, sys_config, relup, size, sha256)
+
+
+# --- The file and its compression -----------------------------------------------------
+
+@dataclass(frozen=True)
+class _Limits:
+    max_members: int
+    max_unpacked: int
+
+    @property
+    def stream_max(self) -> int:
+        """The most the decompressed tar stream may hold: the members' data plus headers."""
+        return (self.max_unpacked + self.max_members * PER_MEMBER_SLACK
+                + HEADER_MAX + TRAILING_MAX)
+
+
+@contextmanager
+def _open_file(path: Path, max_size: int) -> Iterator[tuple[BinaryIO, int]]:
+    # stat first: opening a FIFO for reading would block.
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise TarballError(f"{path}: no such file; check the path the tarball was "
+                           "uploaded to") from None
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise TarballError(f"{path}: not a regular file; give the path of the release .tar.gz")
+    if info.st_size > max_size:
+        raise TarballError(f"{path}: {info.st_size} bytes, more than the {max_size}-byte "
+                           "limit for a release tarball; raise max_size if it is genuine")
+    try:
+        raw = path.open("rb")
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    with raw:
+        yield raw, info.st_size
+
+
+def _unreadable(path: Path, e: OSError) -> TarballError:
+    return TarballError(f"{path}: cannot read it ({e.strerror or e}); check that it exists "
+                        "and that the agent may read it")
+
+
+def _require_gzip(path: Path, raw: BinaryIO) -> None:
+    try:
+        head = raw.read(BLOCK)
+        raw.seek(0)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    if head[:2] == GZIP_MAGIC:
+        return
+    hint = ("it looks like an uncompressed tar: gzip it" if head[257:262] == b"ustar"
+            else f"make one with {MAKERS}")
+    raise TarballError(f"{path}: not a gzip file (it starts with {head[:4].hex(' ') or 'nothing'});"
+                       f" a release tarball is a .tar.gz: {hint}")
+
+
+def _corrupt(path: Path, reason: object) -> TarballError:
+    return TarballError(f"{path}: corrupt or truncated ({reason}); upload it again and "
+                        "compare its sha256 with the original's")
+
+
+# What a damaged or hostile stream makes gzip or tarfile raise, rather than a TarError.
+_BROKEN = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, IndexError,
+           OverflowError, RecursionError)  # RecursionError: a chain of pax headers
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except _BROKEN as e:
+        raise _corrupt(path, e) from None
+
+
+class _TarStream:
+    """The decompressed tar stream as tarfile sees it.
+
+    gzip's failures become TarballError here, before tarfile can mistake them for a bad
+    header; and no header, however large it claims to be, makes us read without bound.
+    """
+
+    def __init__(self, path: Path, gz: gzip.GzipFile, limit: int) -> None:
+        self._path = path
+        self._gz = gz
+        self._limit = limit
+
+    def read(self, size: int = -1) -> bytes:
+        if not 0 <= size <= HEADER_MAX:
+            raise TarballError(f"{self._path}: a tar header asks to read {size} bytes at once "
+                               f"(at most {HEADER_MAX} make sense); refused as hostile")
+        self._within_limit(self.tell() + size)
+        with self._guard():
+            return self._gz.read(size)
+
+    def seek(self, offset: int) -> int:
+        self._within_limit(offset)
+        with self._guard():
+            return self._gz.seek(offset)
+
+    def tell(self) -> int:
+        return self._gz.tell()
+
+    def write(self, b: bytes) -> int:
+        raise TypeError("read only")
+
+    def close(self) -> None:
+        pass  # the caller closes the file
+
+    def _within_limit(self, position: int) -> None:
+        if position > self._limit:
+            raise TarballError(f"{self._path}: decompresses to more than {self._limit} bytes, "
+                               "more than its members' sizes explain; refused as a possible "
+                               "archive bomb")
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (EOFError, zlib.error, OSError) as e:
+            raise _corrupt(self._path, e) from None
+
+
+def _open_tar(path: Path, stream: _TarStream) -> tarfile.TarFile:
+    # Only the first header is read here; gzip's own failures are already TarballError.
+    try:
+        return tarfile.open(fileobj=stream, mode="r:")
+    except tarfile.ReadError as e:
+        raise TarballError(f"{path}: gzip, but not a tar archive ({e}); a release tarball "
+                           f"is a gzipped tar: make one with {MAKERS}") from None
+    except _BROKEN as e:
+        raise _corrupt(path, e) from None
+
+
+def _require_clean_end(path: Path, stream: _TarStream, offset: int) -> None:
+    """tarfile stops quietly at a damaged header past the first; so the archive must end
+    with a zero block (or exactly at end of data), and gzip must reach its checksum."""
+    stream.seek(offset)
+    block = stream.read(BLOCK)
+    if block and block != bytes(BLOCK):
+        raise _corrupt(path, f"damaged or partial tar header at byte {offset}")
+    end = offset + len(block)
+    while stream.read(CHUNK):
+        if stream.tell() - end > TRAILING_MAX:
+            raise TarballError(f"{path}: more than {TRAILING_MAX} bytes follow the end of the "
+                               f"tar archive; rebuild the tarball with {MAKERS}")
+
+
+def _digest(path: Path, raw: BinaryIO, size: int) -> str:
+    digest = hashlib.sha256()
+    seen = 0
+    try:
+        raw.seek(0)
+        while seen <= size and (chunk := raw.read(CHUNK)):
+            digest.update(chunk)
+            seen += len(chunk)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    if seen != size:
+        raise TarballError(f"{path}: changed while being inspected ({size} bytes, then {seen}); "
+                           "inspect it again once the upload is complete")
+    return digest.hexdigest()
+
+
+# --- Members ---------------------------------------------------------------------------
+
+_REL_PATH = re.compile(r"releases/(?:[^/]+/)?[^/]+\.rel")
+_EXTRA_PATH = re.compile(r"releases/[^/]+/(?:sys\.config|relup)")
+_WINDOWS = re.compile(r"[A-Za-z]:|.*\\", re.DOTALL)
+
+_KINDS = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
+          tarfile.FIFOTYPE: "a FIFO", tarfile.SYMTYPE: "a symlink", tarfile.LNKTYPE: "a hard link",
+          tarfile.DIRTYPE: "a directory"}
+
+
+@dataclass(frozen=True)
+class _Scan:
+    rels: dict[str, _RelFile | _BadRel]    # normalised member -> its .rel, last copy wins
+    extras: dict[str, tarfile.TarInfo]     # normalised member -> sys.config / relup
+
+
+def _scan_members(path: Path, tar: tarfile.TarFile, limits: _Limits) -> _Scan:
+    rels: dict[str, _RelFile | _BadRel] = {}
+    extras: dict[str, tarfile.TarInfo] = {}
+    names: list[str] = []
+    symlinks: set[str] = set()
+    unpacked = rel_bytes = 0
+    for count, info in enumerate(tar, 1):
+        if count > limits.max_members:
+            raise TarballError(f"{path}: more than {limits.max_members} members; refused as a "
+                               "possible archive bomb (raise max_members if it is genuine)")
+        _check_member(path, info, tar.offset)
+        name = _normalise(info.name)
+        names.append(name)
+        if info.issym():
+            symlinks.add(name)
+        if info.isreg():
+            unpacked += info.size
+            if unpacked > limits.max_unpacked:
+                raise TarballError(f"{path}: members add up to more than {limits.max_unpacked} "
+                                   f"bytes unpacked (at member {info.name!r}); refused as a "
+                                   "possible archive bomb (raise max_unpacked if it is genuine)")
+        if _REL_PATH.fullmatch(name):
+            rel_bytes += info.size if info.isreg() and info.size <= REL_MAX else 0
+            if rel_bytes > REL_TOTAL_MAX:
+                raise TarballError(f"{path}: its .rel files add up to more than {REL_TOTAL_MAX} "
+                                   f"bytes (at member {info.name!r}); a release has one small "
+                                   ".rel file")
+            rels[name] = _read_rel(tar, info, name)
+        elif _EXTRA_PATH.fullmatch(name):
+            extras[name] = info
+    _check_not_under_symlink(path, names, symlinks)
+    return _Scan(rels, extras)
+
+
+def _normalise(name: str) -> str:
+    """The path a member unpacks to, relative to the root: "./a//b/" is "a/b"."""
+    return posixpath.normpath(name)
+
+
+def _check_member(path: Path, info: tarfile.TarInfo, next_offset: int) -> None:
+    where = f"{path}: member {info.name!r}"
+    problem = _path_problem(info.name)
+    if problem:
+        raise TarballError(f"{where} {problem}; a release tarball holds relative paths "
+                           "inside the release root only")
+    if info.size < 0 or next_offset <= info.offset:
+        raise _corrupt(path, f"member {info.name!r} has a size or position that makes no sense")
+    if info.issym() or info.islnk():
+        _check_link(where, info)
+    elif not (info.isdir() or (info.isreg() and not info.issparse())):
+        kind = "a sparse file" if info.issparse() else _kind(info)
+        raise TarballError(f"{where} is {kind}; a release tarball holds only files, "
+                           "directories and links, so rebuild it with " + MAKERS)
+
+
+def _path_problem(name: str) -> str | None:
+    if not name:
+        return "has an empty name"
+    if "\0" in name:
+        return "has a NUL byte in its name"
+    if _WINDOWS.match(name):
+        return "has a Windows drive or backslash in its name"
+    if name.startswith("/"):
+        return "has an absolute path"
+    if ".." in name.split("/"):
+        return "has a '..' component, which would unpack outside the release root"
+    return None
+
+
+def _check_link(where: str, info: tarfile.TarInfo) -> None:
+    """A symlink's target is relative to its directory, a hard link's to the root."""
+    kind = "symlink" if info.issym() else "hard link"
+    base = posixpath.dirname(_normalise(info.name)) if info.issym() else ""
+    target = info.linkname
+    problem = _link_problem(base, target)
+    if problem:
+        raise TarballError(f"{where} is a {kind} to {target!r}, {problem}; a release tarball "
+                           "may only link inside the release root")
+
+
+def _link_problem(base: str, target: str) -> str | None:
+    if not target or "\0" in target or _WINDOWS.match(target):
+        return "which is not a plain relative path"
+    if target.startswith("/"):
+        return "an absolute path"
+    resolved = posixpath.normpath(posixpath.join(base, target))
+    if resolved == ".." or resolved.startswith("../"):
+        return "which is outside the release root"
+    # Checked lexically, "a/../b" is only right if "a" is no link itself; refuse rather
+    # than guess. Leading ".." climb from the link's own directory, which is a real one.
+    parts = target.split("/")
+    climbs = next((i for i, part in enumerate(parts) if part != ".."), len(parts))
+    if ".." in parts[climbs:]:
+        return "whose '..' after a name cannot be checked without following links"
+    return None
+
+
+def _check_not_under_symlink(path: Path, names: list[str], symlinks: set[str]) -> None:
+    """A member below a symlink would be written through the link, wherever it points."""
+    if not symlinks:
+        return
+    for name in names:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in symlinks:
+                raise TarballError(f"{path}: member {name!r} lies under the symlink {prefix!r}, "
+                                   "so unpacking it would write through the link; rebuild "
+                                   "the tarball without it")
+
+
+def _read_capped(archive: tarfile.TarFile, info: tarfile.TarInfo, cap: int) -> bytes:
+    """At most `cap` bytes of a regular member, read in chunks the stream accepts."""
+    handle = archive.extractfile(info)
+    assert handle is not None  # a regular file, checked by the caller
+    data = bytearray()
+    while len(data) <= cap and (chunk := handle.read(CHUNK)):
+        data += chunk
+    return bytes(data)
+
+
+def _read_extra(path: Path, tar: tarfile.TarFile, extras: dict[str, tarfile.TarInfo],
+                member: str) -> bytes | None:
+    info = extras.get(member)
+    if info is None:
+        return None
+    if not info.isreg():
+        raise TarballError(f"{path}: member {info.name!r} is {_kind(info)}, not a regular "
+                           f"file; rebuild the tarball with {MAKERS}")
+    if info.size > EXTRA_MAX:
+        raise TarballError(f"{path}: member {info.name!r} is {info.size} bytes, more than the "
+                           f"{EXTRA_MAX} allowed for sys.config and relup")
+    return _read_capped(tar, info, EXTRA_MAX)
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    return _KINDS.get(info.type, f"of type {info.type!r}")
+
+
+# --- The .rel file -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _RelFile:
+    member: str   # normalised
+    name: str
+    vsn: str
+    erts: str
+    apps: tuple[tuple[str, str], ...]
+
+    @property
+    def unpack_name(self) -> str:
+        return self.member.removeprefix("releases/").removesuffix(".rel")
+
+    @property
+    def agrees(self) -> bool:
+        """Its path names the release it holds, as its layout does."""
+        named = f"{self.name}-{self.vsn}" if self.is_systools else f"{self.vsn}/{self.name}"
+        return self.unpack_name == named
+
+    @property
+    def is_systools(self) -> bool:
+        return "/" not in self.unpack_name
+
+
+@dataclass(frozen=True)
+class _BadRel:
+    member: str   # as in the archive
+    reason: str
+
+
+def _read_rel(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> _RelFile | _BadRel:
+    if not info.isreg():
+        return _BadRel(info.name, f"it is {_kind(info)}, not a regular file")
+    if info.size > REL_MAX:
+        return _BadRel(info.name, f"{info.size} bytes, more than the {REL_MAX} a .rel may have")
+    data = _read_capped(tar, info, REL_MAX)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")  # Erlang's encoding for source files before OTP 17
+    try:
+        rel_name, vsn, erts, apps = _release_of(_parse_term(text))
+    except _RelSyntaxError as e:
+        return _BadRel(info.name, str(e))
+    return _RelFile(name, rel_name, vsn, erts, apps)
+
+
+def _choose_release(path: Path, rels: dict[str, _RelFile | _BadRel],
+                    expected_version: str | None) -> _RelFile:
+    for rel in rels.values():
+        if isinstance(rel, _BadRel):
+            raise TarballError(f"{path}: member {rel.member!r} is not a .rel file it can read "
+                               f"({rel.reason}); a .rel holds {REL_SHAPE}.")
+    parsed = [rel for rel in rels.values() if isinstance(rel, _RelFile)]
+    agreeing = [rel for rel in parsed if rel.agrees]
+    if not agreeing:
+        raise _no_release(path, parsed)
+    if expected_version is not None:
+        held = _held(agreeing)
+        agreeing = [rel for rel in agreeing if rel.vsn == expected_version]
+        if not agreeing:
+            word = "release" if len(held) == 1 else "releases"
+            raise TarballError(f"{path}: tarball holds {word} {', '.join(held)}, not "
+                               f"{expected_version}; upload the tarball of {expected_version}, "
+                               "or ask for the version it holds")
+    if len({(rel.name, rel.vsn) for rel in agreeing}) > 1:
+        what = "give the expected version to choose one" if expected_version is None else \
+            "make one tarball per release"
+        raise TarballError(f"{path}: holds more than one release "
+                           f"({', '.join(_held(agreeing))}); {what}")
+    # Both layouts unpack the same release; prefer the one release_handler documents.
+    return min(agreeing, key=lambda rel: not rel.is_systools)
+
+
+def _held(rels: list[_RelFile]) -> list[str]:
+    return sorted({f"{rel.name} {rel.vsn}" for rel in rels})
+
+
+def _no_release(path: Path, disagreeing: list[_RelFile]) -> TarballError:
+    notes = "".join(f"; {rel.member} holds {rel.name} {rel.vsn}, which its path does not name"
+                    for rel in disagreeing[:3])
+    return TarballError(f"{path}: no release file found: expected releases/NAME-VSN.rel "
+                        "(systools layout) or releases/VSN/NAME.rel (relx layout) naming the "
+                        f"release it holds{notes}; this may not be a release tarball: make one "
+                        f"with {MAKERS}")
+
+
+# A .rel file is one Erlang term; only strings, atoms, tuples and lists occur in it.
+
+REL_SHAPE = '{release, {"Name", "Vsn"}, {erts, "EVsn"}, [{App, "AppVsn"}, ...]}'
+MAX_DEPTH = 8  # a .rel nests 4 deep; the bound keeps hostile nesting from recursing away
+
+
+class _RelSyntaxError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class _Atom:
+    name: str
+
+
+_Term: TypeAlias = "str | _Atom | tuple[_Term, ...] | list[_Term]"
+
+_TOKEN = re.compile(r"""
+    (?P<space> \s+ | %[^\n]* )
+  | (?P<punct> [{}\[\],.] )
+  | (?P<string> "(?:[^"\\]|\\.)*" )
+  | (?P<qatom> '(?:[^'\\]|\\.)*' )
+  | (?P<atom> [a-z][A-Za-z0-9_@]* )
+""", re.VERBOSE | re.DOTALL)
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "s": " ", "\\": "\\", '"': '"', "'": "'"}
+
+
+def _tokens(text: str) -> list[tuple[str, str, int]]:
+    """(kind, text, offset) of each token; a punctuation mark is its own kind."""
+    found: list[tuple[str, str, int]] = []
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise _RelSyntaxError(f"unexpected {text[pos]!r} at line {_line(text, pos)}")
+        kind = match.lastgroup or ""
+        if kind != "space":
+            found.append((match.group() if kind == "punct" else kind, match.group(), pos))
+        pos = match.end()
+    return found
+
+
+def _line(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _unescape(quoted: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        if match.group(1) not in _ESCAPES:
+            raise _RelSyntaxError(f"unsupported escape \\{match.group(1)}")
+        return _ESCAPES[match.group(1)]
+    return re.sub(r"\\(.)", one, quoted[1:-1], flags=re.DOTALL)
+
+
+def _parse_term(text: str) -> _Term:
+    """The one term of a .rel file, with an optional final '.'."""
+    parser = _Parser(text, _tokens(text))
+    term = parser.term(0)
+    parser.end()
+    return term
+
+
+class _Parser:
+    """Recursive descent over the tokens, nesting at most MAX_DEPTH deep."""
+
+    def __init__(self, text: str, tokens: list[tuple[str, str, int]]) -> None:
+        self._text = text
+        self._tokens = tokens
+        self._next = 0
+
+    def term(self, depth: int) -> _Term:
+        kind, text, pos = self._take()
+        if kind in ("{", "["):
+            if depth >= MAX_DEPTH:
+                raise _RelSyntaxError(f"terms nest too deep at line {_line(self._text, pos)}")
+            items = self._items("}" if kind == "{" else "]", depth + 1)
+            return tuple(items) if kind == "{" else items
+        if kind == "string":
+            return _unescape(text)
+        if kind == "qatom":
+            return _Atom(_unescape(text))
+        if kind == "atom":
+            return _Atom(text)
+        raise self._unexpected("a term", text, pos)
+
+    def end(self) -> None:
+        if self._peek() == ".":
+            self._take()
+        if self._peek() is not None:
+            _, text, pos = self._take()
+            raise self._unexpected("the end of the file", text, pos)
+
+    def _items(self, close: str, depth: int) -> list[_Term]:
+        items: list[_Term] = []
+        if self._peek() == close:
+            self._take()
+            return items
+        while True:
+            items.append(self.term(depth))
+            kind, text, pos = self._take()
+            if kind == close:
+                return items
+            if kind != ",":
+                raise self._unexpected(f"',' or '{close}'", text, pos)
+
+    def _peek(self) -> str | None:
+        return self._tokens[self._next][0] if self._next < len(self._tokens) else None
+
+    def _take(self) -> tuple[str, str, int]:
+        if self._next >= len(self._tokens):
+            raise _RelSyntaxError("the file ends in the middle of the term")
+        self._next += 1
+        return self._tokens[self._next - 1]
+
+    def _unexpected(self, expected: str, text: str, pos: int) -> _RelSyntaxError:
+        return _RelSyntaxError(f"expected {expected} at line {_line(self._text, pos)}, "
+                               f"found {text[:20]!r}")
+
+
+def _release_of(term: _Term) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
+    """Name, version, erts version and (app, vsn) pairs of a parsed .rel term."""
+    if not (isinstance(term, tuple) and len(term) == 4 and term[0] == _Atom("release")):
+        raise _RelSyntaxError("it is not a {release, ...} tuple of four elements")
+    _, name_vsn, erts, apps = term
+    if not (isinstance(name_vsn, tuple) and len(name_vsn) == 2
+            and isinstance(name_vsn[0], str) and isinstance(name_vsn[1], str)
+            and name_vsn[0] and name_vsn[1]):
+        raise _RelSyntaxError('the release is not named as {"Name", "Vsn"}')
+    if not (isinstance(erts, tuple) and len(erts) == 2 and erts[0] == _Atom("erts")
+            and isinstance(erts[1], str)):
+        raise _RelSyntaxError('its erts entry is not {erts, "Vsn"}')
+    if not isinstance(apps, list):
+        raise _RelSyntaxError("its applications are not a list")
+    pairs = tuple(_application(entry, i) for i, entry in enumerate(apps, 1))
+    return name_vsn[0], name_vsn[1], erts[1], pairs
+
+
+def _application(entry: _Term, index: int) -> tuple[str, str]:
+    if (isinstance(entry, tuple) and 2 <= len(entry) <= 4
+            and isinstance(entry[0], _Atom) and isinstance(entry[1], str)):
+        return entry[0].name, entry[1]
+    raise _RelSyntaxError(f'application {index} is not {{App, "Vsn"}}, {{App, "Vsn", Type}}, '
+                          f'{{App, "Vsn", IncApps}} or {{App, "Vsn", Type, IncApps}}')

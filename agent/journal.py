@@ -1,0 +1,320 @@
+"""The agent's operation journal: what it did to which node, step by step, in SQLite.
+
+Responsibility: record operations (start, steps, finish) durably in
+``<state_dir>/journal.sqlite3`` and read them back. The file outlives the agent, so an
+operation still marked "running" at the next start is one the agent died during; the daemon
+finds it with :meth:`Journal.running` and closes it with :meth:`Journal.mark_interrupted`.
+Nothing here talks to nodes or knows gRPC; callers are single-threaded (the asyncio loop).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+FILE_NAME = "journal.sqlite3"
+SCHEMA_VERSION = 1
+
+STEP_STATES = frozenset({"running", "succeeded", "failed", "skipped"})
+OUTCOMES = frozenset({"running", "succeeded", "failed_unchanged", "rolled_back", "failed",
+                      "interrupted", "dry_run"})
+
+# AUTOINCREMENT: ids are never reused, so an id a client pages from keeps meaning one operation.
+_SCHEMA = """
+CREATE TABLE operations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_version TEXT NOT NULL,
+    to_version TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    releases_after TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX operations_by_node ON operations (node, id);
+CREATE INDEX operations_by_outcome ON operations (outcome);
+CREATE TABLE steps (
+    op_id INTEGER NOT NULL REFERENCES operations (id),
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    duration REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (op_id, seq)
+);
+"""
+
+_OP_COLUMNS = ("id, node, kind, from_version, to_version, requested_by, started_at, finished_at, "
+               "outcome, error, releases_after")
+
+
+class JournalError(Exception):
+    """The journal cannot be opened, or was asked for something its records forbid."""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str                 # "preflight", "stage", "unpack", ..., "rollback"
+    state: str                # one of STEP_STATES
+    started_at: float         # unix seconds
+    duration: float | None    # seconds, None while running
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    """A release as the node reported it when the operation ended."""
+    name: str
+    version: str
+    status: str
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    id: int
+    node: str
+    kind: str                 # "upgrade", "downgrade", "unpack", "install", ...
+    from_version: str
+    to_version: str
+    requested_by: str
+    started_at: float
+    finished_at: float | None
+    outcome: str              # one of OUTCOMES
+    error: str
+    steps: tuple[StepRecord, ...]
+    releases_after: tuple[ReleaseRow, ...]
+
+
+class Journal:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Journal:
+        """Open the journal at ``path`` (normally ``state_dir / FILE_NAME``), creating it."""
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every write is in exactly
+        # the transaction we mean and nothing is left open between calls.
+        try:
+            conn = sqlite3.connect(path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot open the journal {path}: {e}") from e
+        try:
+            _prepare(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def start(self, node: str, kind: str, from_version: str, to_version: str,
+              requested_by: str, *, now: float | None = None) -> int:
+        with self._tx():
+            cur = self._conn.execute(
+                "INSERT INTO operations (node, kind, from_version, to_version, requested_by,"
+                " started_at, outcome) VALUES (?, ?, ?, ?, ?, ?, 'running')",
+                (node, kind, from_version, to_version, requested_by, _now(now)))
+            op_id = cur.lastrowid
+        assert op_id is not None
+        return op_id
+
+    def step(self, op_id: int, step: StepRecord) -> None:
+        """Record ``step``: it updates the same-named step if that is still running (so a step
+        goes running -> succeeded), else it is appended (a step may run twice, e.g. verify
+        after a rollback)."""
+        if step.state not in STEP_STATES:
+            raise ValueError(f"unknown step state {step.state!r}")
+        with self._tx():
+            self._require_running(op_id)
+            row = self._conn.execute(
+                "SELECT seq FROM steps WHERE op_id = ? AND name = ? AND state = 'running'"
+                " ORDER BY seq DESC LIMIT 1", (op_id, step.name)).fetchone()
+            values = (step.state, step.started_at, step.duration, step.detail)
+            if row is not None:
+                self._conn.execute(
+                    "UPDATE steps SET state = ?, started_at = ?, duration = ?, detail = ?"
+                    " WHERE op_id = ? AND seq = ?", (*values, op_id, row[0]))
+            else:
+                self._conn.execute(
+                    "INSERT INTO steps (op_id, seq, name, state, started_at, duration, detail)"
+                    " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ? FROM steps"
+                    " WHERE op_id = ?", (op_id, step.name, *values, op_id))
+
+    def set_from_version(self, op_id: int, version: str) -> None:
+        """The version the node ran before, known only once preflight has asked it."""
+        with self._tx():
+            self._require_running(op_id)
+            self._conn.execute("UPDATE operations SET from_version = ? WHERE id = ?",
+                               (version, op_id))
+
+    def finish(self, op_id: int, outcome: str, *, error: str = "",
+               releases_after: Sequence[ReleaseRow] = (),
+               now: float | None = None) -> OperationRecord:
+        if outcome not in OUTCOMES or outcome == "running":
+            raise ValueError(f"not a final outcome: {outcome!r}")
+        return self._end(op_id, outcome, error, releases_after, "did not finish", _now(now))
+
+    def mark_interrupted(self, op_id: int, note: str, releases_after: Sequence[ReleaseRow] = (),
+                         *, now: float | None = None) -> OperationRecord:
+        """Close an operation the agent died during (found by :meth:`running` at start)."""
+        return self._end(op_id, "interrupted", note, releases_after,
+                         "interrupted: agent stopped", _now(now))
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, op_id: int) -> OperationRecord | None:
+        with self._tx(write=False):
+            found = self._load(f"SELECT {_OP_COLUMNS} FROM operations WHERE id = ?", (op_id,))
+        return found[0] if found else None
+
+    def list(self, *, node: str | None = None, limit: int = 50,
+             before_id: int | None = None) -> builtins.list[OperationRecord]:
+        """Newest first; page on by passing the last id seen as ``before_id``."""
+        if limit <= 0:
+            return []   # SQLite reads a negative LIMIT as "no limit"
+        where: builtins.list[str] = []
+        args: builtins.list[object] = []
+        if node is not None:
+            where.append("node = ?")
+            args.append(node)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = f"SELECT {_OP_COLUMNS} FROM operations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._tx(write=False):
+            return self._load(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+
+    def running(self) -> builtins.list[OperationRecord]:
+        """Operations not finished, oldest first."""
+        with self._tx(write=False):
+            return self._load(f"SELECT {_OP_COLUMNS} FROM operations WHERE outcome = 'running'"
+                              " ORDER BY id", ())
+
+    # -- internals ------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front: a read-check-write never sees another
+        # writer slip in between (a second agent on the same state_dir, by mistake). Reads
+        # need no lock, only one snapshot for the operations and their steps.
+        self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _require_running(self, op_id: int) -> None:
+        row = self._conn.execute("SELECT outcome FROM operations WHERE id = ?",
+                                 (op_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"no operation {op_id} in the journal")
+        if row[0] != "running":
+            raise JournalError(f"operation {op_id} is not running (it ended: {row[0]})")
+
+    def _end(self, op_id: int, outcome: str, error: str, releases_after: Sequence[ReleaseRow],
+             step_detail: str, now: float) -> OperationRecord:
+        rows = json.dumps([{"name": r.name, "version": r.version, "status": r.status}
+                           for r in releases_after])
+        with self._tx():
+            self._require_running(op_id)
+            # A step left running never reported its end: it did not succeed.
+            self._conn.execute(
+                "UPDATE steps SET state = 'failed', detail = ?, duration = MAX(? - started_at, 0)"
+                " WHERE op_id = ? AND state = 'running'", (step_detail, now, op_id))
+            self._conn.execute(
+                "UPDATE operations SET outcome = ?, error = ?, finished_at = ?,"
+                " releases_after = ? WHERE id = ?", (outcome, error, now, rows, op_id))
+            [record] = self._load(f"SELECT {_OP_COLUMNS} FROM operations WHERE id = ?",
+                                  (op_id,))
+        return record
+
+    def _load(self, sql: str, args: Sequence[Any]) -> builtins.list[OperationRecord]:
+        ops = self._conn.execute(sql, args).fetchall()
+        if not ops:
+            return []
+        ids = [op[0] for op in ops]
+        steps: dict[int, builtins.list[StepRecord]] = {i: [] for i in ids}
+        marks = ", ".join("?" * len(ids))
+        for op_id, name, state, started_at, duration, detail in self._conn.execute(
+                "SELECT op_id, name, state, started_at, duration, detail FROM steps"
+                f" WHERE op_id IN ({marks}) ORDER BY op_id, seq", ids):
+            steps[op_id].append(StepRecord(name, state, started_at, duration, detail))
+        return [OperationRecord(
+            id=op[0], node=op[1], kind=op[2], from_version=op[3], to_version=op[4],
+            requested_by=op[5], started_at=op[6], finished_at=op[7], outcome=op[8],
+            error=op[9], steps=tuple(steps[op[0]]),
+            releases_after=tuple(ReleaseRow(r["name"], r["version"], r["status"])
+                                 for r in json.loads(op[10])),
+        ) for op in ops]
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Check the file is our journal at a version we know, and create the schema if new."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise JournalError(f"{path} is not a relctl journal (not an SQLite database: {e}); "
+                           "move it away and restart the agent, which then starts a new one"
+                           ) from e
+    if version > SCHEMA_VERSION:
+        raise JournalError(f"the journal {path} was written by a newer relctl (schema version "
+                           f"{version}, this relctl knows up to {SCHEMA_VERSION}); upgrade "
+                           "relctl, or move the file away to start a new journal")
+    # WAL: readers never block the writer; FULL: an operation recorded is on disk before we
+    # act on the node. The volume is a few rows per operation, so the fsyncs cost nothing.
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Asked again under the write lock: another process may have created it meanwhile.
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            _create_schema(conn, path)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
+    if conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]:
+        # An SQLite file someone else made: creating our tables in it would mix the two.
+        raise JournalError(f"{path} is an SQLite database but not a relctl journal; "
+                           "move it away and restart the agent, which then starts a new one")
+    # Statement by statement: executescript() would COMMIT and leave our transaction.
+    for statement in filter(str.strip, _SCHEMA.split(";")):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -48,6 +48,9 @@ class NodeConfig:
     cookie_file: Path
     cookie: str = field(repr=False)
     epmd_port: int = DEFAULT_EPMD_PORT
+    health_probes: tuple[tuple[str, str], ...] = ()  # (module, function): must return ok
+    health_soak: float = 0.0        # seconds the probes must keep passing after an install
+    install_timeout: float = 300.0  # install_release may run a long code_change
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class AgentConfig:
     connect_timeout: float = 5.0
     reconnect_max_delay: float = 30.0  # cap of the reconnect backoff
     shutdown_grace: float = 5.0      # how long running gRPC calls may finish on SIGTERM
+    operations_grace: float = 120.0  # how long a running upgrade may finish on SIGTERM
+    max_upload_bytes: int = 2 * 1024**3
 
 
 _AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
@@ -73,13 +78,19 @@ _AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "connect_timeout": (int, float),
     "reconnect_max_delay": (int, float),
     "shutdown_grace": (int, float),
+    "operations_grace": (int, float),
+    "max_upload_bytes": int,
 }
 _NODE_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "name": str,
     "cookie_file": str,
     "epmd_port": int,
+    "health_probes": list,
+    "health_soak": (int, float),
+    "install_timeout": (int, float),
 }
-_TYPE_NAMES = {str: "a string", int: "an integer", (int, float): "a number"}
+_TYPE_NAMES = {str: "a string", int: "an integer", (int, float): "a number",
+               list: "an array"}
 
 
 def parse_address(text: str, *, path: str, key: str) -> Address:
@@ -151,7 +162,23 @@ def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
         raise ConfigError(path, prefix + "epmd_port", f"{epmd_port} is outside 1-65535")
     cookie_file = base / Path(table["cookie_file"]).expanduser()
     cookie = _read_cookie(cookie_file, path=path, key=prefix + "cookie_file")
-    return NodeConfig(name=name, cookie_file=cookie_file, cookie=cookie, epmd_port=epmd_port)
+    probes = []
+    for i, probe in enumerate(table.get("health_probes", [])):
+        module, colon, function = str(probe).partition(":")
+        function = function.removesuffix("/0").removesuffix("()")
+        if not (isinstance(probe, str) and colon and module and function):
+            raise ConfigError(path, f"{prefix}health_probes[{i}]",
+                              f"{probe!r} is not \"module:function\" (a function of no "
+                              "arguments that returns ok)")
+        probes.append((module, function))
+    soak = float(table.get("health_soak", 0.0))
+    install_timeout = float(table.get("install_timeout", 300.0))
+    if soak < 0 or install_timeout <= 0:
+        key = "health_soak" if soak < 0 else "install_timeout"
+        raise ConfigError(path, prefix + key, "must be a positive number of seconds")
+    return NodeConfig(name=name, cookie_file=cookie_file, cookie=cookie, epmd_port=epmd_port,
+                      health_probes=tuple(probes), health_soak=soak,
+                      install_timeout=install_timeout)
 
 
 def load_config(file: str | Path) -> AgentConfig:
@@ -208,4 +235,6 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         connect_timeout=_positive(agent, "connect_timeout", 5.0, path=where),
         reconnect_max_delay=_positive(agent, "reconnect_max_delay", 30.0, path=where),
         shutdown_grace=_positive(agent, "shutdown_grace", 5.0, path=where),
+        operations_grace=_positive(agent, "operations_grace", 120.0, path=where),
+        max_upload_bytes=int(_positive(agent, "max_upload_bytes", 2 * 1024**3, path=where)),
     )

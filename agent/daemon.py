@@ -18,9 +18,14 @@ from collections.abc import Sequence
 from . import __version__, logs
 from .config import AgentConfig, load_config
 from .errors import ConfigError
+from .journal import FILE_NAME as JOURNAL_FILE
+from .journal import Journal, JournalError
 from .metrics import AgentMetrics, MetricsServer
 from .nodes import NodeManager
-from .service import ApiServer
+from .operations import Operations
+from .service import AgentService, ApiServer
+from .upgrade import Options, Probe
+from .uploads import UploadStore
 
 log = logging.getLogger("relctl.agent")
 
@@ -57,8 +62,21 @@ async def serve(config: AgentConfig) -> int:
 
     nodes = NodeManager.from_config(config, observe_rpc)
     metrics = AgentMetrics(nodes.snapshot)
+    try:
+        journal = Journal.open(config.state_dir / JOURNAL_FILE)
+    except JournalError as exc:
+        raise StartupError(f"{config.path}: agent.state_dir: {exc}") from None
+    operations = Operations(journal, nodes, rpc_timeout=config.rpc_timeout)
+    uploads = UploadStore(config.state_dir / "uploads", max_size=config.max_upload_bytes)
+    by_name = {n.name: n for n in config.nodes}
 
-    server = ApiServer(nodes, rpc_timeout=config.rpc_timeout)
+    def node_options(name: str) -> Options:
+        node = by_name[name]
+        return Options(install_timeout=node.install_timeout, health_timeout=node.health_soak,
+                       probes=tuple(Probe(m, f) for m, f in node.health_probes))
+
+    server = ApiServer(AgentService(nodes, operations, uploads, rpc_timeout=config.rpc_timeout,
+                                    node_options=node_options))
     metrics_server: MetricsServer | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -82,6 +100,7 @@ async def serve(config: AgentConfig) -> int:
         await server.start()
         nodes.start()
         await nodes.tried(FIRST_ATTEMPT_WAIT)
+        operations.reconcile()
         states = nodes.snapshot()
         summary = ", ".join(f"{s.name} {'up' if s.up else 'down'}" for s in states) or "none"
         log.info("ready: gRPC on %s, metrics %s, nodes: %s", config.listen,
@@ -90,8 +109,13 @@ async def serve(config: AgentConfig) -> int:
         await stop.wait()
         log.info("stopping: letting running calls finish (up to %g s)", config.shutdown_grace)
     finally:
+        # No new requests first; then running upgrades may finish (a half-done install is
+        # worse than a late exit); what is still running after the grace is journaled as
+        # interrupted.
         await server.stop(config.shutdown_grace)
+        await operations.stop(config.operations_grace)
         await nodes.stop()
+        journal.close()
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.close)
         for sig in (signal.SIGTERM, signal.SIGINT):

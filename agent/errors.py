@@ -25,7 +25,22 @@ class RequestError(AgentError):
     """The caller asked for something that cannot be (their fault)."""
 
 
-class UnknownNode(RequestError):
+class NotFound(RequestError):
+    """The caller named something that does not exist (node, upload, operation, version)."""
+
+
+class Conflict(AgentError):
+    """Another operation holds what this request needs; retrying later may succeed."""
+
+
+class OperationInProgress(Conflict):
+    def __init__(self, op_id: int, kind: str, node: str) -> None:
+        self.op_id = op_id
+        super().__init__(f"operation {op_id} ({kind}) is in progress on {node}; wait for it "
+                         f"(relctl operation {op_id}) and try again")
+
+
+class UnknownNode(NotFound):
     def __init__(self, node: str, managed: list[str]) -> None:
         self.node = node
         known = ", ".join(managed) if managed else "none"

@@ -138,6 +138,25 @@ class NodeLink:
             return PingResult(self.name, self._connected(), None, str(exc))
         return PingResult(self.name, True, time.perf_counter() - started)
 
+    async def wait_for_restart(self, *, down_within: float, up_within: float) -> bool:
+        """True when the node dropped us within ``down_within`` s and we were connected again
+        within ``up_within`` s more (release_handler restarts a node whose relup crashed)."""
+        old = self._conn
+        if old is not None and not old.is_closed:
+            try:
+                await asyncio.wait_for(old.wait_closed(), down_within)
+            except TimeoutError:
+                return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + up_within
+        while (remaining := deadline - loop.time()) > 0:
+            if self._connected() and self._conn is not old:
+                return True
+            await self._connect_now(min(remaining, self._connect_timeout + 1.0))
+            if not (self._connected() and self._conn is not old):
+                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+        return self._connected() and self._conn is not old
+
     # --- internals --------------------------------------------------------------------
 
     def _connected(self) -> bool:

@@ -6,33 +6,26 @@ Only this module (and later the interceptors) knows about grpc.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from relctl.v1 import AGENT_ERROR_METADATA
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
 from . import __version__
-from .errors import AgentError, NodeTimeout, NodeUnavailable, RequestError, UnknownNode
-from .link import NodeState, PingResult
+from .errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, NotFound, RequestError
+from .messages import node_message, operation_message, ping_message, progress_message
 from .nodes import NodeManager
-from .releases import Release
+from .operations import Operations
+from .upgrade import Options, Probe, ReleaseEngine, Result
+from .uploads import UploadStore
 
 log = logging.getLogger("relctl.agent.service")
-
-_STATUS = {
-    "permanent": pb.RELEASE_STATUS_PERMANENT,
-    "current": pb.RELEASE_STATUS_CURRENT,
-    "old": pb.RELEASE_STATUS_OLD,
-    "unpacked": pb.RELEASE_STATUS_UNPACKED,
-}
 
 _ERROR_METADATA = ((AGENT_ERROR_METADATA, __version__),)
 
@@ -43,43 +36,11 @@ _Ctx = grpc.aio.ServicerContext[Any, Any]
 _T = TypeVar("_T")
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def _duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
-
-
-def release_message(rel: Release) -> pb.Release:
-    return pb.Release(name=rel.name, version=rel.version, status=_STATUS[rel.status],
-                      running=rel.running, applications=rel.applications)
-
-
-def node_message(state: NodeState) -> pb.NodeStatus:
-    msg = pb.NodeStatus(node=state.name, up=state.up, error=state.error,
-                        since=_timestamp(state.since))
-    if state.refreshed_at is not None:
-        msg.refreshed_at.CopyFrom(_timestamp(state.refreshed_at))
-    if state.up:
-        msg.releases.extend(release_message(r) for r in state.releases)
-    return msg
-
-
-def ping_message(result: PingResult) -> pb.NodePing:
-    msg = pb.NodePing(node=result.name, up=result.up, error=result.error)
-    if result.round_trip is not None:
-        msg.round_trip.CopyFrom(_duration(result.round_trip))
-    return msg
-
-
 def _code_for(exc: AgentError) -> grpc.StatusCode:
-    if isinstance(exc, UnknownNode):
+    if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, Conflict):
+        return grpc.StatusCode.ABORTED
     if isinstance(exc, NodeTimeout):
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(exc, NodeUnavailable):
@@ -114,9 +75,14 @@ def _not_yet(rpc: str, lands_in: str) -> Callable[[Any, Any, _Ctx], Awaitable[No
 class AgentService:
     """Implements every RPC of relctl.v1.Agent; the ones not built yet answer UNIMPLEMENTED."""
 
-    def __init__(self, nodes: NodeManager, *, rpc_timeout: float = 30.0) -> None:
+    def __init__(self, nodes: NodeManager, operations: Operations | None = None,
+                 uploads: UploadStore | None = None, *, rpc_timeout: float = 30.0,
+                 node_options: Callable[[str], Options] = lambda node: Options()) -> None:
         self._nodes = nodes
+        self._ops = operations
+        self._uploads = uploads
         self._rpc_timeout = rpc_timeout
+        self._node_options = node_options
         self._info = pb.AgentInfo(version=__version__, hostname=socket.gethostname())
 
     def add_to(self, server: grpc.aio.Server) -> None:
@@ -128,6 +94,8 @@ class AgentService:
         if remaining is None:
             return self._rpc_timeout
         return max(0.05, min(self._rpc_timeout, remaining - _DEADLINE_MARGIN))
+
+    # --- read-only ----------------------------------------------------------------------
 
     async def Ping(self, request: pb.PingRequest, context: _Ctx) -> pb.PingResponse:
         results = await _answer(context, self._nodes.ping(request.node, self._timeout(context)))
@@ -142,17 +110,161 @@ class AgentService:
         states = await _answer(context, self._nodes.refresh(request.node, self._timeout(context)))
         return pb.GetReleasesResponse(nodes=_map(node_message, states))
 
-    ListOperations = _not_yet("ListOperations", "the operation journal comes with upgrades")
-    GetOperation = _not_yet("GetOperation", "the operation journal comes with upgrades")
-    Upload = _not_yet("Upload", "upgrades are the next milestone")
-    Unpack = _not_yet("Unpack", "upgrades are the next milestone")
-    CheckInstall = _not_yet("CheckInstall", "upgrades are the next milestone")
-    Install = _not_yet("Install", "upgrades are the next milestone")
-    MakePermanent = _not_yet("MakePermanent", "upgrades are the next milestone")
-    Remove = _not_yet("Remove", "upgrades are the next milestone")
-    Upgrade = _not_yet("Upgrade", "upgrades are the next milestone")
-    Downgrade = _not_yet("Downgrade", "upgrades are the next milestone")
+    async def ListOperations(self, request: pb.ListOperationsRequest,
+                             context: _Ctx) -> pb.ListOperationsResponse:
+        ops = self._operations()
+        limit = request.limit if request.limit > 0 else 50
+        records = ops.journal.list(node=request.node or None, limit=min(limit, 1000),
+                                   before_id=request.before_id or None)
+        return pb.ListOperationsResponse(operations=_map(operation_message, records))
+
+    async def GetOperation(self, request: pb.GetOperationRequest, context: _Ctx) -> pb.Operation:
+        ops = self._operations()
+        record = await _answer(context, _now(lambda: ops.get(request.id)))
+        return operation_message(record)
+
+    # --- mutating -----------------------------------------------------------------------
+
+    def _operations(self) -> Operations:
+        if self._ops is None:
+            raise RuntimeError("this AgentService has no operations (read-only test setup)")
+        return self._ops
+
+    def _node_name(self, name: str) -> str:
+        """The request's node; may be omitted when the agent manages exactly one."""
+        if name:
+            self._nodes.get(name)
+            return name
+        names = self._nodes.names
+        if len(names) == 1:
+            return names[0]
+        raise RequestError(f"this agent manages {len(names)} nodes ({', '.join(names) or 'none'}); "
+                           "pass --node NAME")
+
+    def _start(self, context: _Ctx, node: str, kind: str, version: str,
+               work: Callable[[ReleaseEngine], Awaitable[Result]]) -> int:
+        if not version:
+            raise RequestError("no release version given")
+        return self._operations().begin(node, kind, version, context.peer() or "unknown", work)
+
+    async def _unary(self, context: _Ctx, node: str, kind: str, version: str,
+                     work: Callable[[ReleaseEngine], Awaitable[Result]]) -> pb.OperationResult:
+        async def run() -> pb.OperationResult:
+            op_id = self._start(context, self._node_name(node), kind, version, work)
+            return pb.OperationResult(operation=operation_message(
+                await self._operations().wait(op_id)))
+        return await _answer(context, run())
+
+    async def _stream(self, context: _Ctx, node: str, kind: str, version: str,
+                      work: Callable[[ReleaseEngine], Awaitable[Result]]
+                      ) -> AsyncIterator[pb.ProgressEvent]:
+        async def begin() -> int:
+            return self._start(context, self._node_name(node), kind, version, work)
+        op_id = await _answer(context, begin())
+        # The operation runs on its own: if this client goes away, it still finishes.
+        async for event in self._operations().follow(op_id):
+            yield progress_message(event)
+
+    async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest],
+                     context: _Ctx) -> pb.UploadResponse:
+        async def receive() -> pb.UploadResponse:
+            if self._uploads is None:
+                raise RuntimeError("this AgentService has no upload store")
+            first = await anext(aiter(request_iterator), None)
+            if first is None or not first.HasField("header"):
+                raise RequestError("an upload starts with its header (node, version, size, sha256)")
+            header = first.header
+            writer = self._uploads.begin(self._node_name(header.node), header.version,
+                                         header.size, header.sha256)
+            try:
+                async for part in request_iterator:
+                    writer.write(part.chunk)
+            except BaseException:
+                writer.abort()
+                raise
+            upload = await asyncio.to_thread(writer.finish)
+            tb = upload.tarball
+            return pb.UploadResponse(upload_id=upload.id, size=tb.size, sha256=tb.sha256,
+                                     release_name=tb.release_name, version=tb.version)
+        return await _answer(context, receive())
+
+    def _tarball(self, node: str, upload_id: str) -> Any:
+        if not upload_id:
+            return None
+        if self._uploads is None:
+            raise RuntimeError("this AgentService has no upload store")
+        return self._uploads.get(upload_id, self._node_name(node)).tarball
+
+    def _options(self, node: str, *, permanent: bool = True, dry_run: bool = False,
+                 install_timeout: Any = None, health_timeout: Any = None) -> Options:
+        base = self._node_options(self._node_name(node))
+        return Options(
+            permanent=permanent, dry_run=dry_run,
+            install_timeout=(install_timeout.ToNanoseconds() / 1e9
+                             if install_timeout is not None and install_timeout.ToNanoseconds()
+                             else base.install_timeout),
+            health_timeout=(health_timeout.ToNanoseconds() / 1e9
+                            if health_timeout is not None and health_timeout.ToNanoseconds()
+                            else base.health_timeout),
+            probes=base.probes, restart_timeout=base.restart_timeout)
+
+    async def Unpack(self, request: pb.UnpackRequest, context: _Ctx) -> pb.OperationResult:
+        async def work(engine: ReleaseEngine) -> Result:
+            tarball = self._tarball(request.node, request.upload_id)
+            if tarball is None:
+                raise RequestError("unpack needs an uploaded tarball (relctl unpack VSN --tarball F)")
+            return await engine.unpack(request.version, tarball)
+        return await self._unary(context, request.node, "unpack", request.version, work)
+
+    async def CheckInstall(self, request: pb.CheckInstallRequest,
+                           context: _Ctx) -> pb.OperationResult:
+        return await self._unary(context, request.node, "check_install", request.version,
+                                 lambda engine: engine.check(request.version))
+
+    async def Install(self, request: pb.InstallRequest, context: _Ctx) -> pb.OperationResult:
+        options = await _answer(context, _now(lambda: self._options(
+            request.node, permanent=False, install_timeout=request.timeout)))
+        return await self._unary(context, request.node, "install", request.version,
+                                 lambda engine: engine.install(request.version, options))
+
+    async def MakePermanent(self, request: pb.MakePermanentRequest,
+                            context: _Ctx) -> pb.OperationResult:
+        return await self._unary(context, request.node, "make_permanent", request.version,
+                                 lambda engine: engine.make_permanent(request.version))
+
+    async def Remove(self, request: pb.RemoveRequest, context: _Ctx) -> pb.OperationResult:
+        return await self._unary(context, request.node, "remove", request.version,
+                                 lambda engine: engine.remove(request.version))
+
+    async def Upgrade(self, request: pb.UpgradeRequest,
+                      context: _Ctx) -> AsyncIterator[pb.ProgressEvent]:
+        def prepare() -> tuple[Any, Options]:
+            return (self._tarball(request.node, request.upload_id),
+                    self._options(request.node, permanent=not request.no_permanent,
+                                  dry_run=request.dry_run,
+                                  install_timeout=request.install_timeout,
+                                  health_timeout=request.health_timeout))
+        tarball, options = await _answer(context, _now(prepare))
+        async for event in self._stream(context, request.node, "upgrade", request.version,
+                                        lambda engine: engine.upgrade(request.version, tarball,
+                                                                      options)):
+            yield event
+
+    async def Downgrade(self, request: pb.DowngradeRequest,
+                        context: _Ctx) -> AsyncIterator[pb.ProgressEvent]:
+        options = await _answer(context, _now(lambda: self._options(
+            request.node, permanent=not request.no_permanent,
+            install_timeout=request.install_timeout)))
+        async for event in self._stream(context, request.node, "downgrade", request.version,
+                                        lambda engine: engine.downgrade(request.version, options)):
+            yield event
+
     ReloadConfig = _not_yet("ReloadConfig", "config reload comes after upgrades")
+
+
+async def _now(fn: Callable[[], _T]) -> _T:
+    """Run a synchronous check inside _answer, so its errors map to status codes too."""
+    return fn()
 
 
 def _map(fn: Callable[[Any], _T], items: Iterable[Any]) -> list[_T]:
@@ -162,11 +274,11 @@ def _map(fn: Callable[[Any], _T], items: Iterable[Any]) -> list[_T]:
 class ApiServer:
     """The agent's gRPC server, so that the daemon needs no grpc of its own."""
 
-    def __init__(self, nodes: NodeManager, *, rpc_timeout: float = 30.0) -> None:
+    def __init__(self, service: AgentService) -> None:
         # Without SO_REUSEPORT a second agent on the same port fails to start instead of
         # silently sharing the port with the first.
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        AgentService(nodes, rpc_timeout=rpc_timeout).add_to(self._server)
+        service.add_to(self._server)
 
     def bind(self, address: str) -> None:
         """Listen on ``address`` (HOST:PORT); raises OSError when it cannot."""

@@ -9,7 +9,7 @@
 %% new module's code_change/3 as OldVsn, so it must match the appup.
 -vsn("0.0.1").
 
--export([start_link/0, get/0, incr/0]).
+-export([start_link/0, get/0, incr/0, health/0]).
 -export([init/1, handle_call/3, handle_cast/2, code_change/3]).
 
 start_link() ->
@@ -22,6 +22,18 @@ get() ->
 -spec incr() -> pos_integer().
 incr() ->
     gen_server:call(?MODULE, incr).
+
+%% The health probe relctl's agent may be configured with: ok while the
+%% counter answers, unless the node was flagged unhealthy with
+%% persistent_term:put({counter, healthy}, false), which (unlike the
+%% application environment) survives an upgrade: how tests fail the gate.
+-spec health() -> ok | {error, unhealthy}.
+health() ->
+    _ = ?MODULE:get(),
+    case persistent_term:get({counter, healthy}, true) of
+        true -> ok;
+        false -> {error, unhealthy}
+    end.
 
 init([]) ->
     {ok, 0}.

@@ -1,0 +1,46 @@
+"""Erlang terms as Erlang-looking text, for messages users read ({error, {bad_relup, ...}}),
+never Python reprs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from bridge import Atom
+
+_PLAIN_ATOM = re.compile(r"[a-z][A-Za-z0-9_@]*")
+_MAX = 500
+
+
+def _atom(name: str) -> str:
+    return name if _PLAIN_ATOM.fullmatch(name) else "'" + name.replace("'", "\\'") + "'"
+
+
+def _fmt(value: Any, depth: int) -> str:
+    if depth > 20:
+        return "..."
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Atom):
+        return _atom(value.name)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bytes):
+        try:
+            return '<<"' + value.decode("utf-8").replace('"', '\\"') + '"/utf8>>'
+        except UnicodeDecodeError:
+            return "<<" + ",".join(str(b) for b in value) + ">>"
+    if isinstance(value, tuple):
+        return "{" + ",".join(_fmt(v, depth + 1) for v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_fmt(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        return "#{" + ",".join(f"{_fmt(k, depth + 1)} => {_fmt(v, depth + 1)}"
+                               for k, v in value.items()) + "}"
+    return str(value)
+
+
+def erlang_text(value: Any, limit: int = _MAX) -> str:
+    """``value`` as Erlang would print it (roughly ~p), cut at ``limit`` characters."""
+    text = _fmt(value, 0)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,613 @@
+"""The release engine: upgrade, downgrade and each release_handler step on its own, as DESIGN.md
+section 4 describes them (preflight, stage, unpack, check, install, verify, make permanent,
+rollback).
+
+It knows neither gRPC nor Prometheus nor the journal's storage: it talks to the node through
+the small :class:`Caller` protocol, reports steps to a callback, and returns a :class:`Result`
+whose outcome says exactly where the node stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bridge import Atom, BadRpc
+
+from .erlfmt import erlang_text
+from .errors import NodeUnavailable
+from .journal import StepRecord
+from .releases import Release, parse_which_releases
+from .tarball import ReleaseTarball
+
+SUCCEEDED = "succeeded"
+FAILED_UNCHANGED = "failed_unchanged"
+ROLLED_BACK = "rolled_back"
+FAILED = "failed"
+DRY_RUN = "dry_run"
+
+_OK = Atom("ok")
+_ERROR = Atom("error")
+
+
+class Caller(Protocol):
+    """What the engine needs of a node connection (NodeLink provides it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def call(self, module: str, function: str, args: Sequence[Any] = (), *,
+                   timeout: float | None = None) -> Any: ...
+
+    async def wait_for_restart(self, *, down_within: float, up_within: float) -> bool:
+        """True when the node dropped the connection within ``down_within`` seconds and was
+        connected again within ``up_within`` more."""
+        ...
+
+
+StepSink = Callable[[StepRecord], None]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A health probe: ``module:function()`` must return ``ok``."""
+
+    module: str
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.function}()"
+
+
+@dataclass(frozen=True)
+class Options:
+    permanent: bool = True
+    dry_run: bool = False
+    install_timeout: float = 300.0   # relup scripts may migrate big states
+    health_timeout: float = 0.0      # soak time of the probes; 0: probes run once
+    probes: tuple[Probe, ...] = ()
+    restart_timeout: float = 60.0    # how long a node restarted by release_handler may take
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: str
+    from_version: str
+    to_version: str
+    error: str = ""
+    releases: tuple[Release, ...] = ()
+    detail: str = ""
+
+
+@dataclass
+class _Failure(Exception):
+    outcome: str
+    message: str
+
+
+@dataclass
+class _StepState:
+    detail: str = ""
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class _NodeDirs:
+    root: str
+    releases: str
+
+
+@dataclass
+class _Context:
+    from_version: str = ""
+    releases: tuple[Release, ...] = ()
+    dirs: _NodeDirs | None = None
+    unpacked_here: bool = False
+    installed: bool = False
+    staged_file: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _term_text(value: Any) -> str:
+    """An Erlang reason as text, short enough for a step detail."""
+    return value if isinstance(value, str) and len(value) <= 500 else erlang_text(value)
+
+
+class ReleaseEngine:
+    def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float = 30.0) -> None:
+        self._node = node
+        self._on_step = on_step
+        self._rpc_timeout = rpc_timeout
+
+    # --- steps --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _step(self, name: str) -> AsyncIterator[_StepState]:
+        started = time.time()
+        clock = time.perf_counter()
+        self._on_step(StepRecord(name, "running", started, None))
+        state = _StepState()
+        try:
+            yield state
+        except _Failure as failure:
+            self._on_step(StepRecord(name, "failed", started, time.perf_counter() - clock,
+                                     failure.message))
+            raise
+        except NodeUnavailable as exc:
+            self._on_step(StepRecord(name, "failed", started, time.perf_counter() - clock, str(exc)))
+            raise
+        except BaseException as exc:
+            self._on_step(StepRecord(name, "failed", started, time.perf_counter() - clock,
+                                     f"internal error: {exc!r}"))
+            raise
+        self._on_step(StepRecord(name, "skipped" if state.skipped else "succeeded", started,
+                                 time.perf_counter() - clock, state.detail))
+
+    def _skip(self, name: str, detail: str) -> None:
+        now = time.time()
+        self._on_step(StepRecord(name, "skipped", now, 0.0, detail))
+
+    # --- node facts ---------------------------------------------------------------------
+
+    async def _call(self, module: str, function: str, args: Sequence[Any] = (),
+                    timeout: float | None = None) -> Any:
+        return await self._node.call(module, function, args,
+                                     timeout=self._rpc_timeout if timeout is None else timeout)
+
+    async def releases(self) -> tuple[Release, ...]:
+        return parse_which_releases(await self._call("release_handler", "which_releases"))
+
+    async def _dirs(self) -> _NodeDirs:
+        root = await self._call("code", "root_dir")
+        env = await self._call("application", "get_env", [Atom("sasl"), Atom("releases_dir")])
+        if isinstance(env, tuple) and len(env) == 2 and isinstance(env[1], str):
+            return _NodeDirs(root, env[1])
+        reldir = await self._call("os", "getenv", ["RELDIR"])
+        if isinstance(reldir, str) and reldir:
+            return _NodeDirs(root, reldir)
+        return _NodeDirs(root, os.path.join(root, "releases"))
+
+    async def _ensure_releases_file(self, ctx: _Context, state: _StepState) -> None:
+        """Without RELEASES, release_handler invents a release with no libraries, and a later
+        remove_release can delete the running code: create the file from the running .rel and
+        make release_handler read it, before anything else."""
+        assert ctx.dirs is not None
+        path = os.path.join(ctx.dirs.releases, "RELEASES")
+        if await self._call("filelib", "is_regular", [path]):
+            return
+        running = next((r for r in ctx.releases if r.running), None)
+        if running is None:
+            raise _Failure(FAILED_UNCHANGED, f"{path} is missing and the node runs no known release")
+        candidates = [os.path.join(ctx.dirs.releases, running.version, f"{running.name}.rel"),
+                      os.path.join(ctx.dirs.releases, f"{running.name}-{running.version}.rel")]
+        rel_file = None
+        for candidate in candidates:
+            if await self._call("filelib", "is_regular", [candidate]):
+                rel_file = candidate
+                break
+        if rel_file is None:
+            raise _Failure(FAILED_UNCHANGED, f"{path} is missing and no .rel file of the running "
+                                             f"release was found ({' or '.join(candidates)})")
+        made = await self._call("release_handler", "create_RELEASES",
+                                [ctx.dirs.root, ctx.dirs.releases, rel_file, []])
+        if made != _OK:
+            raise _Failure(FAILED_UNCHANGED, f"creating {path} failed: {_term_text(made)}")
+        # release_handler read its state at start: restart it so that it reads the new file.
+        for fn in ("terminate_child", "restart_child"):
+            await self._call("supervisor", fn, [Atom("sasl_sup"), Atom("release_handler")])
+        state.detail = f"created {path} from {rel_file}"
+
+    async def _check_config(self, version: str, text: bytes | None, ctx: _Context) -> str:
+        """release_handler silently treats a sys.config that does not parse as empty: refuse it.
+        Parsed by the node itself (erl_scan/erl_parse), so the judgement is Erlang's."""
+        assert ctx.dirs is not None
+        where = f"releases/{version}/sys.config"
+        if text is None:
+            path = os.path.join(ctx.dirs.releases, version, "sys.config")
+            res = await self._call("file", "consult", [path])
+            if isinstance(res, tuple) and res[0] == _OK:
+                return f"{where} parses"
+            if res == (_ERROR, Atom("enoent")):
+                return f"no {where}"
+            reason = await self._call("file", "format_error", [res[1]]) if isinstance(res, tuple) else res
+            raise _Failure(FAILED_UNCHANGED, f"{where} does not parse: {_term_text(reason)}")
+        try:
+            source = text.decode("utf-8")
+        except UnicodeDecodeError:
+            source = text.decode("latin-1")
+        scanned = await self._call("erl_scan", "string", [source])
+        if not (isinstance(scanned, tuple) and scanned[0] == _OK):
+            detail = await self._format_parse_error(scanned)
+            raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball does not parse: {detail}")
+        parsed = await self._call("erl_parse", "parse_term", [scanned[1]])
+        if not (isinstance(parsed, tuple) and parsed[0] == _OK):
+            detail = await self._format_parse_error(parsed)
+            raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball does not parse: {detail}")
+        if not isinstance(parsed[1], list):
+            raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball is not a list of "
+                                             "{Application, [{Key, Value}]}")
+        return f"{where} parses"
+
+    async def _format_parse_error(self, res: Any) -> str:
+        # {error, {Line, Module, Descriptor}, ...}: Module:format_error/1 words it.
+        try:
+            line, module, desc = res[1][0], res[1][1], res[1][2]
+            words = await self._call("lists", "flatten",
+                                     [await self._call(str(module.name), "format_error", [desc])])
+            loc = line[0] if isinstance(line, tuple) else line
+            return f"line {loc}: {_term_text(words)}"
+        except (TypeError, IndexError, AttributeError, BadRpc):
+            return _term_text(res)
+
+    # --- the operations -----------------------------------------------------------------
+
+    async def upgrade(self, version: str, tarball: ReleaseTarball | None,
+                      options: Options) -> Result:
+        ctx = _Context()
+        try:
+            return await self._upgrade(version, tarball, options, ctx)
+        except _Failure as failure:
+            return await self._failed(failure, ctx, version)
+
+    async def _preflight(self, ctx: _Context) -> None:
+        ctx.releases = await self.releases()
+        running = next((r for r in ctx.releases if r.running), None)
+        ctx.from_version = running.version if running else ""
+        ctx.dirs = await self._dirs()
+
+    async def _upgrade(self, version: str, tarball: ReleaseTarball | None, options: Options,
+                       ctx: _Context) -> Result:
+        async with self._step("preflight") as st:
+            await self._preflight(ctx)
+            target = next((r for r in ctx.releases if r.version == version), None)
+            if target is not None and target.running and target.status == "permanent":
+                raise _Failure(FAILED_UNCHANGED, f"{version} already runs and is permanent on "
+                                                 f"{self._node.name}; nothing to do")
+            if target is None and tarball is None:
+                raise _Failure(FAILED_UNCHANGED, f"release {version} is not on {self._node.name}; "
+                                                 "pass --tarball FILE to upload it")
+            if target is not None and tarball is not None:
+                tarball = None  # relx does the same: a release already there is not re-uploaded
+                st.detail = f"{version} is already {target.status}; the tarball is not needed. "
+            await self._ensure_releases_file(ctx, st)
+            if target is None or target.status != "current":
+                st.detail += await self._check_config(
+                    version, tarball.sys_config if tarball else None, ctx)
+            st.detail = (st.detail + f"; running {ctx.from_version}").lstrip("; ")
+
+        if target is not None and target.status == "current":
+            # Installed but not permanent (e.g. --no-permanent before): only make it permanent.
+            for name in ("stage", "unpack", "check", "install"):
+                self._skip(name, f"{version} is already current")
+            return await self._verify_and_commit(version, options, ctx, rollback=False)
+
+        if tarball is not None:
+            await self._stage(tarball, ctx)
+            await self._unpack(tarball, ctx)
+        else:
+            self._skip("stage", f"{version} is already {target.status if target else '?'}")
+            self._skip("unpack", f"{version} is already {target.status if target else '?'}")
+
+        async with self._step("check") as st:
+            res = await self._call("release_handler", "check_install_release", [version])
+            if not (isinstance(res, tuple) and res[0] == _OK):
+                raise _Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
+                                                 f"{_term_text(res[1] if isinstance(res, tuple) else res)}")
+            st.detail = f"relup from {res[1]} found"
+
+        if options.dry_run:
+            if ctx.unpacked_here:
+                await self._undo_unpack(version)
+            for name in ("install", "verify", "make_permanent"):
+                self._skip(name, "--dry-run")
+            return Result(DRY_RUN, ctx.from_version, version, releases=await self.releases(),
+                          detail="checks passed; nothing was changed")
+
+        await self._install(version, options, ctx)
+        return await self._verify_and_commit(version, options, ctx, rollback=True)
+
+    async def _stage(self, tarball: ReleaseTarball, ctx: _Context) -> None:
+        assert ctx.dirs is not None
+        async with self._step("stage") as st:
+            dest = Path(ctx.dirs.releases) / f"{tarball.unpack_name}.tar.gz"
+            tmp = dest.with_name(f".{dest.name}.relctl-tmp")
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                await asyncio.to_thread(shutil.copyfile, tarball.path, tmp)
+                os.replace(tmp, dest)  # atomic: release_handler never sees half a tarball
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise _Failure(FAILED_UNCHANGED, f"cannot write {dest}: {exc.strerror or exc}; "
+                                                 "the agent needs write access to the node's "
+                                                 "releases directory") from None
+            ctx.staged_file = dest
+            st.detail = f"{dest} ({tarball.size} bytes, sha256 {tarball.sha256[:12]}...)"
+
+    async def _unpack(self, tarball: ReleaseTarball, ctx: _Context) -> None:
+        async with self._step("unpack") as st:
+            res = await self._call("release_handler", "unpack_release", [tarball.unpack_name],
+                                   timeout=max(self._rpc_timeout, 120.0))
+            if isinstance(res, tuple) and res[0] == _OK:
+                ctx.unpacked_here = True
+                st.detail = f"unpack_release({tarball.unpack_name!r}) -> {res[1]}"
+                return
+            # release_handler deletes the tarball only on success; leave nothing to trip a retry.
+            if ctx.staged_file is not None:
+                ctx.staged_file.unlink(missing_ok=True)
+            raise _Failure(FAILED_UNCHANGED, f"unpack_release({tarball.unpack_name!r}) failed: "
+                                             f"{_term_text(res[1] if isinstance(res, tuple) else res)}")
+
+    async def _undo_unpack(self, version: str) -> None:
+        # set_removed, never remove_release: the latter deletes library directories.
+        async with self._step("undo_unpack") as st:
+            res = await self._call("release_handler", "set_removed", [version])
+            st.detail = f"set_removed({version}) -> {_term_text(res)}"
+
+    async def _install(self, version: str, options: Options, ctx: _Context) -> None:
+        async with self._step("install") as st:
+            try:
+                res = await self._call("release_handler", "install_release",
+                                       [version, [(Atom("update_paths"), True)]],
+                                       timeout=options.install_timeout)
+            except NodeUnavailable as exc:
+                res = (_ERROR, f"connection lost during install ({exc})")
+            if isinstance(res, tuple) and res[0] == _OK:
+                ctx.installed = True
+                st.detail = f"installed over {res[1]}"
+                return
+            if isinstance(res, tuple) and res[0] == Atom("continue_after_restart"):
+                ctx.installed = True
+                if not await self._node.wait_for_restart(down_within=30.0,
+                                                         up_within=options.restart_timeout):
+                    raise _Failure(FAILED, "the node restarted into a new emulator for "
+                                           f"{version} and did not come back within "
+                                           f"{options.restart_timeout:g} s")
+                st.detail = "installed; the node restarted into the new emulator"
+                return
+            reason = _term_text(res[1] if isinstance(res, tuple) and len(res) > 1 else res)
+            # A crashing relup script makes release_handler restart the node on its
+            # permanent release.
+            if await self._node.wait_for_restart(down_within=5.0,
+                                                 up_within=options.restart_timeout):
+                raise _Failure(ROLLED_BACK, f"install of {version} failed ({reason}); the node "
+                                            "restarted on its permanent release (rolled back by "
+                                            "node restart)")
+            if ctx.unpacked_here:
+                await self._undo_unpack(version)
+            raise _Failure(FAILED_UNCHANGED, f"install_release({version}) failed: {reason}")
+
+    async def _verify(self, version: str, options: Options) -> str:
+        releases = await self.releases()
+        target = next((r for r in releases if r.version == version), None)
+        if target is None or not target.running:
+            state = target.status if target else "not listed"
+            raise _Failure(FAILED, f"after install, {version} is {state}, not running")
+        apps = await self._call("application", "which_applications")
+        running = {a[0].name: a[2] for a in apps
+                   if isinstance(a, tuple) and len(a) == 3 and isinstance(a[0], Atom)}
+        wrong = []
+        for lib in target.applications:
+            name, _, vsn = lib.rpartition("-")
+            if name in running and running[name] != vsn:
+                wrong.append(f"{name} runs {running[name]}, release has {vsn}")
+        if wrong:
+            raise _Failure(FAILED, "applications not switched: " + "; ".join(wrong))
+        detail = f"{version} is {target.status}; {len(running)} applications run"
+        if options.probes:
+            detail += "; " + await self._soak(options)
+        return detail
+
+    async def _soak(self, options: Options) -> str:
+        deadline = time.monotonic() + options.health_timeout
+        rounds = 0
+        while True:
+            for probe in options.probes:
+                try:
+                    res = await self._call(probe.module, probe.function, [])
+                except BadRpc as exc:
+                    res = exc.reason
+                if res != _OK:
+                    raise _Failure(FAILED, f"health probe {probe} returned {_term_text(res)}")
+            rounds += 1
+            if time.monotonic() >= deadline:
+                return f"probes ok {rounds}x over {options.health_timeout:g} s"
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    async def _verify_and_commit(self, version: str, options: Options, ctx: _Context,
+                                 *, rollback: bool) -> Result:
+        try:
+            async with self._step("verify") as st:
+                st.detail = await self._verify(version, options)
+        except _Failure as failure:
+            if not rollback or not ctx.from_version:
+                raise
+            return await self._rollback(version, failure, options, ctx)
+        if options.permanent:
+            await self._make_permanent(version, ctx)
+        else:
+            self._skip("make_permanent", "--no-permanent: the node boots the old release on "
+                                         "restart until `relctl make-permanent`")
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
+
+    async def _make_permanent(self, version: str, ctx: _Context) -> None:
+        async with self._step("make_permanent") as st:
+            res = await self._call("release_handler", "make_permanent", [version])
+            if res != _OK:
+                raise _Failure(FAILED, f"make_permanent({version}) failed: "
+                                       f"{_term_text(res[1] if isinstance(res, tuple) else res)}; "
+                                       f"{version} runs but the node would boot the old release")
+            st.detail = f"{version} is permanent"
+            copied = await self._copy_start_script(version, ctx)
+            if copied:
+                st.detail += f"; {copied}"
+
+    async def _copy_start_script(self, version: str, ctx: _Context) -> str:
+        """relx writes bin/NAME-VSN; the permanent release's script becomes bin/NAME."""
+        if ctx.dirs is None:
+            return ""
+        name = next((r.name for r in await self.releases() if r.version == version), "")
+        src = Path(ctx.dirs.root) / "bin" / f"{name}-{version}"
+        if not name or not src.is_file():
+            return ""
+        dest = Path(ctx.dirs.root) / "bin" / name
+        tmp = dest.with_name(f".{name}.relctl-tmp")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+        return f"copied bin/{src.name} to bin/{name}"
+
+    async def _rollback(self, version: str, failure: _Failure, options: Options,
+                        ctx: _Context) -> Result:
+        async with self._step("rollback") as st:
+            res = await self._call("release_handler", "install_release", [ctx.from_version],
+                                   timeout=options.install_timeout)
+            if not (isinstance(res, tuple) and res[0] == _OK):
+                raise _Failure(FAILED, f"{failure.message}; rollback to {ctx.from_version} "
+                                       f"failed too: {_term_text(res)}")
+            st.detail = f"installed {ctx.from_version} again (relup down script)"
+        async with self._step("verify") as st:
+            st.detail = await self._verify(ctx.from_version, Options())
+        return Result(ROLLED_BACK, ctx.from_version, version, error=failure.message,
+                      releases=await self.releases(),
+                      detail=f"back on {ctx.from_version}")
+
+    async def _failed(self, failure: _Failure, ctx: _Context, version: str) -> Result:
+        try:
+            releases = await self.releases()
+        except (NodeUnavailable, BadRpc):
+            releases = ()
+        return Result(failure.outcome, ctx.from_version, version, error=failure.message,
+                      releases=releases)
+
+    # --- downgrade and single steps -------------------------------------------------------
+
+    async def downgrade(self, version: str, options: Options) -> Result:
+        ctx = _Context()
+        try:
+            async with self._step("preflight") as st:
+                await self._preflight(ctx)
+                target = next((r for r in ctx.releases if r.version == version), None)
+                if target is None:
+                    known = ", ".join(f"{r.version} ({r.status})" for r in ctx.releases)
+                    raise _Failure(FAILED_UNCHANGED, f"release {version} is not on "
+                                                     f"{self._node.name} (it has: {known})")
+                if target.running:
+                    raise _Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
+                if target.status == "unpacked":
+                    raise _Failure(FAILED_UNCHANGED, f"{version} was never installed on "
+                                                     f"{self._node.name}; use `relctl upgrade "
+                                                     f"{version}` to install it")
+                await self._ensure_releases_file(ctx, st)
+                st.detail = await self._check_config(version, None, ctx)
+                st.detail += f"; running {ctx.from_version}"
+            async with self._step("check") as st:
+                res = await self._call("release_handler", "check_install_release", [version])
+                if not (isinstance(res, tuple) and res[0] == _OK):
+                    raise _Failure(FAILED_UNCHANGED, f"the running release cannot go down to "
+                                                     f"{version}: {_term_text(res)}")
+                st.detail = f"relup of {ctx.from_version} goes down to {version}"
+            if options.dry_run:
+                for name in ("install", "verify", "make_permanent"):
+                    self._skip(name, "--dry-run")
+                return Result(DRY_RUN, ctx.from_version, version, releases=await self.releases())
+            await self._install(version, options, ctx)
+            return await self._verify_and_commit(version, options, ctx, rollback=False)
+        except _Failure as failure:
+            return await self._failed(failure, ctx, version)
+
+    async def unpack(self, version: str, tarball: ReleaseTarball) -> Result:
+        ctx = _Context()
+        try:
+            async with self._step("preflight") as st:
+                await self._preflight(ctx)
+                existing = next((r for r in ctx.releases if r.version == version), None)
+                if existing is not None:
+                    raise _Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
+                                                     f"{self._node.name}; nothing to unpack")
+                await self._ensure_releases_file(ctx, st)
+                st.detail = await self._check_config(version, tarball.sys_config, ctx)
+            await self._stage(tarball, ctx)
+            await self._unpack(tarball, ctx)
+            return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
+        except _Failure as failure:
+            return await self._failed(failure, ctx, version)
+
+    async def check(self, version: str) -> Result:
+        ctx = _Context()
+        try:
+            async with self._step("check") as st:
+                await self._preflight(ctx)
+                res = await self._call("release_handler", "check_install_release", [version])
+                if not (isinstance(res, tuple) and res[0] == _OK):
+                    raise _Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
+                                                     f"{_term_text(res)}")
+                st.detail = f"can be installed over {res[1]}"
+            return Result(SUCCEEDED, ctx.from_version, version, releases=ctx.releases)
+        except _Failure as failure:
+            return await self._failed(failure, ctx, version)
+
+    async def install(self, version: str, options: Options) -> Result:
+        """install_release and verify; not made permanent (that is its own step)."""
+        ctx = _Context()
+        try:
+            async with self._step("preflight") as st:
+                await self._preflight(ctx)
+                target = next((r for r in ctx.releases if r.version == version), None)
+                if target is None:
+                    raise _Failure(FAILED_UNCHANGED, f"release {version} is not on "
+                                                     f"{self._node.name}; unpack it first")
+                if target.running:
+                    raise _Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
+                await self._ensure_releases_file(ctx, st)
+                st.detail = await self._check_config(version, None, ctx)
+            await self._install(version, options, ctx)
+            async with self._step("verify") as st:
+                st.detail = await self._verify(version, options)
+            return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
+        except _Failure as failure:
+            return await self._failed(failure, ctx, version)
+
+    async def make_permanent(self, version: str) -> Result:
+        ctx = _Context()
+        try:
+            async with self._step("preflight") as st:
+                await self._preflight(ctx)
+                target = next((r for r in ctx.releases if r.version == version), None)
+                if target is None or not target.running:
+                    state = target.status if target else "not on the node"
+                    raise _Failure(FAILED_UNCHANGED, f"{version} is {state}; only the running "
+                                                     "release can be made permanent")
+                st.detail = f"{version} is {target.status}"
+            await self._make_permanent(version, ctx)
+            return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
+        except _Failure as failure:
+            return await self._failed(failure, ctx, version)
+
+    async def remove(self, version: str) -> Result:
+        ctx = _Context()
+        try:
+            async with self._step("preflight") as st:
+                await self._preflight(ctx)
+                target = next((r for r in ctx.releases if r.version == version), None)
+                if target is None:
+                    raise _Failure(FAILED_UNCHANGED, f"release {version} is not on {self._node.name}")
+                if target.running or target.status in ("permanent", "current"):
+                    raise _Failure(FAILED_UNCHANGED, f"{version} is {target.status} on "
+                                                     f"{self._node.name}; the running or "
+                                                     "permanent release cannot be removed")
+                await self._ensure_releases_file(ctx, st)
+                st.detail = f"{version} is {target.status}"
+            async with self._step("remove") as st:
+                res = await self._call("release_handler", "remove_release", [version])
+                if res != _OK:
+                    raise _Failure(FAILED, f"remove_release({version}) failed: {_term_text(res)}")
+                st.detail = f"{version} removed"
+            return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
+        except _Failure as failure:
+            return await self._failed(failure, ctx, version)

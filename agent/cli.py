@@ -32,19 +32,25 @@ class ExitCode(IntEnum):
     """What `relctl`'s exit status means (documented in `relctl --help` and the README)."""
 
     OK = 0
-    FAILED = 1        # the command failed (the message says why)
-    USAGE = 2         # bad command line or request (click uses 2 as well)
-    UNAVAILABLE = 3   # an agent could not be reached, or a node is down
-    NOT_FOUND = 4     # unknown node (or version, operation)
+    FAILED = 1          # the command failed; the node is unchanged
+    USAGE = 2           # bad command line or request (click uses 2 as well)
+    UNAVAILABLE = 3     # an agent could not be reached, or a node is down
+    NOT_FOUND = 4       # unknown node, upload or operation
+    ROLLED_BACK = 5     # the operation failed and the node was rolled back
+    FAILED_CHANGED = 6  # failed part-way: the node is not as before (see its releases)
+    BUSY = 7            # another operation is in progress on the node; retry later
 
 
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  ok
-  1  the command failed
+  1  the command failed; the node is unchanged
   2  bad command line or request
   3  an agent could not be reached, or a node is down
-  4  unknown node
+  4  unknown node, upload or operation
+  5  the operation failed and the node was rolled back
+  6  the operation failed part-way; check the node's releases
+  7  another operation is in progress on the node
 """
 
 _STATUS_NAMES = {
@@ -362,6 +368,9 @@ def ping(settings: Settings) -> None:
     _finish(problems)
 
 
+from . import cli_ops as _cli_ops  # noqa: E402,F401  (registers its commands on `cli`)
+
+
 def _print_traceback() -> None:
     import traceback  # only with --debug: keeps start-up lean
 
@@ -396,4 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m agent.cli`: use the importable module, on whose group cli_ops
+    # registered its commands (this file's __main__ copy has none of them).
+    from .cli import main as _main
+
+    sys.exit(_main())

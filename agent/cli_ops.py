@@ -1,0 +1,357 @@
+"""`relctl` commands that change a node (upgrade, downgrade, the single steps) and the journal
+commands (operations, operation). Registered on the group in agent/cli.py.
+
+One agent per command here: fleet rollouts over several agents are their own command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import grpc
+
+from relctl.v1 import agent_pb2 as pb
+from relctl.v1 import agent_pb2_grpc
+
+from .cli import (
+    _STATUS_NAMES,
+    CliError,
+    ExitCode,
+    Settings,
+    _shared_options,
+    _table,
+    cli,
+    describe_rpc_error,
+)
+
+CHUNK = 1024 * 1024
+_OUTCOME_NAMES = {v: k.removeprefix("OUTCOME_").lower() for k, v in pb.Outcome.items()}
+_KIND_NAMES = {v: k.removeprefix("OPERATION_KIND_").lower() for k, v in pb.OperationKind.items()}
+_STATE_NAMES = {v: k.removeprefix("STEP_STATE_").lower() for k, v in pb.StepState.items()}
+_OUTCOME_EXIT = {
+    "succeeded": ExitCode.OK,
+    "dry_run": ExitCode.OK,
+    "failed_unchanged": ExitCode.FAILED,
+    "rolled_back": ExitCode.ROLLED_BACK,
+    "failed": ExitCode.FAILED_CHANGED,
+    "interrupted": ExitCode.FAILED_CHANGED,
+}
+# Long enough for a big code_change; the agent enforces its own install timeout.
+OPERATION_TIMEOUT = 3600.0
+
+
+def _one_agent(settings: Settings) -> str:
+    if len(settings.agents) != 1:
+        raise CliError("this command acts on one agent; give exactly one --agent",
+                       ExitCode.USAGE)
+    return settings.agents[0]
+
+
+def _stub(agent: str) -> tuple[grpc.Channel, agent_pb2_grpc.AgentStub]:
+    channel = grpc.insecure_channel(agent)
+    return channel, agent_pb2_grpc.AgentStub(channel)
+
+
+def _rpc_error(agent: str, err: grpc.RpcError, timeout: float) -> CliError:
+    problem = describe_rpc_error(agent, err, timeout)
+    code = problem.code
+    if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.ABORTED:
+        code = ExitCode.BUSY
+    return CliError(problem.message, code)
+
+
+# --- values as JSON and text ------------------------------------------------------------
+
+def _ts(ts: Any) -> str | None:
+    return ts.ToJsonString() if ts.seconds or ts.nanos else None
+
+
+def step_json(step: pb.Step) -> dict[str, Any]:
+    return {"name": step.name, "state": _STATE_NAMES.get(step.state, "?"),
+            "started_at": _ts(step.started_at),
+            "duration_ms": round(step.duration.ToNanoseconds() / 1e6, 3)
+            if step.HasField("duration") else None,
+            "detail": step.detail}
+
+
+def operation_json(op: pb.Operation) -> dict[str, Any]:
+    return {"id": op.id, "node": op.node, "kind": _KIND_NAMES.get(op.kind, "?"),
+            "from_version": op.from_version, "to_version": op.to_version,
+            "requested_by": op.requested_by, "started_at": _ts(op.started_at),
+            "finished_at": _ts(op.finished_at), "outcome": _OUTCOME_NAMES.get(op.outcome, "?"),
+            "error": op.error, "steps": [step_json(s) for s in op.steps],
+            "releases_after": [{"name": r.name, "version": r.version,
+                                "status": _STATUS_NAMES.get(r.status, "?")}
+                               for r in op.releases_after]}
+
+
+def _duration_text(step: pb.Step) -> str:
+    if not step.HasField("duration"):
+        return ""
+    ms = step.duration.ToNanoseconds() / 1e6
+    return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1e3:.1f} s"
+
+
+def _step_line(step: pb.Step) -> str:
+    state = _STATE_NAMES.get(step.state, "?")
+    mark = {"succeeded": "ok", "failed": "FAILED", "skipped": "skip"}.get(state, state)
+    return f"  {step.name:<15} {mark:<6} {_duration_text(step):>9}  {step.detail}".rstrip()
+
+
+def _summary(op: pb.Operation) -> str:
+    outcome = _OUTCOME_NAMES.get(op.outcome, "?")
+    what = f"{_KIND_NAMES.get(op.kind, '?')} {op.to_version} on {op.node}"
+    words = {"succeeded": "done", "dry_run": "dry run: checks passed, nothing changed",
+             "failed_unchanged": "FAILED, node unchanged",
+             "rolled_back": "FAILED, rolled back", "failed": "FAILED",
+             "interrupted": "INTERRUPTED"}.get(outcome, outcome)
+    lines = [f"{what}: {words} (operation {op.id})"]
+    if op.error:
+        lines.append(f"  {op.error}")
+    if op.releases_after:
+        rows = [["RELEASE", "VERSION", "STATUS"]] + [
+            [r.name, r.version, _STATUS_NAMES.get(r.status, "?")] for r in op.releases_after]
+        lines.append(_table(rows))
+    return "\n".join(lines)
+
+
+def _finish_operation(settings: Settings, op: pb.Operation) -> None:
+    if settings.output == "json":
+        click.echo(json.dumps({"operation": operation_json(op)}, indent=2))
+    else:
+        click.echo(_summary(op))
+    code = _OUTCOME_EXIT.get(_OUTCOME_NAMES.get(op.outcome, ""), ExitCode.FAILED_CHANGED)
+    raise SystemExit(code)
+
+
+# --- upload -----------------------------------------------------------------------------
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node: str,
+           version: str, tarball: Path) -> str:
+    """Stream ``tarball`` to the agent; return its upload id."""
+    try:
+        size, sha = _file_digest(tarball)
+    except OSError as exc:
+        raise CliError(f"cannot read {tarball}: {exc.strerror or exc}", ExitCode.USAGE) from None
+    show = settings.output == "text" and sys.stderr.isatty()
+
+    def parts() -> Iterator[pb.UploadRequest]:
+        yield pb.UploadRequest(header=pb.UploadHeader(node=node, version=version, size=size,
+                                                      sha256=sha, file_name=tarball.name))
+        with open(tarball, "rb") as f, click.progressbar(
+                length=size, label=f"uploading {tarball.name}", file=sys.stderr,
+                hidden=not show) as bar:
+            while chunk := f.read(CHUNK):
+                yield pb.UploadRequest(chunk=chunk)
+                bar.update(len(chunk))
+
+    started = time.perf_counter()
+    try:
+        reply = stub.Upload(parts(), timeout=max(settings.timeout, OPERATION_TIMEOUT))
+    except grpc.RpcError as err:
+        raise _rpc_error(agent, err, settings.timeout) from None
+    if settings.output == "text":
+        click.echo(f"  {'upload':<15} {'ok':<6} {(time.perf_counter() - started) * 1e3:>6.0f} ms"
+                   f"  {reply.release_name} {reply.version}, {reply.size} bytes, "
+                   f"sha256 {reply.sha256[:12]}...")
+    return str(reply.upload_id)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+def _follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent]) -> pb.Operation:
+    op_id = 0
+    try:
+        for event in events:
+            op_id = event.operation_id
+            if event.HasField("finished"):
+                return event.finished
+            if event.HasField("step") and settings.output == "text":
+                state = _STATE_NAMES.get(event.step.state, "")
+                if state != "running":
+                    click.echo(_step_line(event.step))
+    except grpc.RpcError as err:
+        raise _rpc_error(agent, err, settings.timeout) from None
+    except KeyboardInterrupt:
+        raise CliError(f"stopped following; operation {op_id} goes on on the agent "
+                       f"(relctl operation {op_id})", ExitCode.FAILED) from None
+    raise CliError(f"the agent ended the stream before operation {op_id} finished; "
+                   f"see relctl operation {op_id}", ExitCode.FAILED_CHANGED)
+
+
+def _streamed(settings: Settings, call: Callable[[agent_pb2_grpc.AgentStub, str], Any]) -> None:
+    agent = _one_agent(settings)
+    channel, stub = _stub(agent)
+    with channel:
+        op = _follow(settings, agent, call(stub, agent))
+    _finish_operation(settings, op)
+
+
+def _unary(settings: Settings, method: str, request: Any) -> None:
+    agent = _one_agent(settings)
+    channel, stub = _stub(agent)
+    with channel:
+        try:
+            reply = getattr(stub, method)(request, timeout=OPERATION_TIMEOUT)
+        except grpc.RpcError as err:
+            raise _rpc_error(agent, err, settings.timeout) from None
+    if settings.output == "text":
+        for step in reply.operation.steps:
+            click.echo(_step_line(step))
+    _finish_operation(settings, reply.operation)
+
+
+def _seconds(value: float | None) -> Any:
+    from google.protobuf.duration_pb2 import Duration
+
+    d = Duration()
+    if value:
+        d.FromNanoseconds(int(value * 1e9))
+    return d
+
+
+@cli.command()
+@click.argument("version")
+@click.option("--tarball", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Release tarball to upload first (not needed for an unpacked or old release).")
+@click.option("--no-permanent", is_flag=True, help="Install but do not make permanent.")
+@click.option("--dry-run", is_flag=True, help="Stop after check_install_release; change nothing.")
+@click.option("--health-timeout", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Soak time of the health probes (default: the agent's config).")
+@click.option("--install-timeout", type=click.FloatRange(min=1), default=None, metavar="S",
+              help="Time limit of install_release (default: the agent's config).")
+@_shared_options
+@click.pass_obj
+def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent: bool,
+            dry_run: bool, health_timeout: float | None, install_timeout: float | None) -> None:
+    """Upgrade the node to VERSION live: upload, unpack, check, install, verify, make permanent."""
+    def call(stub: agent_pb2_grpc.AgentStub, agent: str) -> Any:
+        upload_id = (upload(settings, stub, agent, settings.node, version, tarball)
+                     if tarball else "")
+        return stub.Upgrade(pb.UpgradeRequest(
+            node=settings.node, version=version, upload_id=upload_id, no_permanent=no_permanent,
+            dry_run=dry_run, health_timeout=_seconds(health_timeout),
+            install_timeout=_seconds(install_timeout)), timeout=OPERATION_TIMEOUT)
+    _streamed(settings, call)
+
+
+@cli.command()
+@click.argument("version")
+@click.option("--no-permanent", is_flag=True, help="Install but do not make permanent.")
+@click.option("--dry-run", is_flag=True, help="Stop after check_install_release; change nothing.")
+@_shared_options
+@click.pass_obj
+def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: bool) -> None:
+    """Go back to an old VERSION through the running release's relup (its down script)."""
+    _streamed(settings, lambda stub, agent: stub.Downgrade(pb.DowngradeRequest(
+        node=settings.node, version=version, no_permanent=no_permanent), timeout=OPERATION_TIMEOUT))
+
+
+@cli.command()
+@click.argument("version")
+@click.option("--tarball", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_shared_options
+@click.pass_obj
+def unpack(settings: Settings, version: str, tarball: Path) -> None:
+    """Upload and unpack VERSION ahead of time (the upgrade then takes milliseconds)."""
+    agent = _one_agent(settings)
+    channel, stub = _stub(agent)
+    with channel:
+        upload_id = upload(settings, stub, agent, settings.node, version, tarball)
+    _unary(settings, "Unpack", pb.UnpackRequest(node=settings.node, version=version,
+                                                upload_id=upload_id))
+
+
+@cli.command()
+@click.argument("version")
+@_shared_options
+@click.pass_obj
+def install(settings: Settings, version: str) -> None:
+    """Install an unpacked VERSION (not made permanent)."""
+    _unary(settings, "Install", pb.InstallRequest(node=settings.node, version=version))
+
+
+@cli.command("make-permanent")
+@click.argument("version")
+@_shared_options
+@click.pass_obj
+def make_permanent(settings: Settings, version: str) -> None:
+    """Make the running VERSION the one the node boots."""
+    _unary(settings, "MakePermanent", pb.MakePermanentRequest(node=settings.node, version=version))
+
+
+@cli.command()
+@click.argument("version")
+@_shared_options
+@click.pass_obj
+def remove(settings: Settings, version: str) -> None:
+    """Remove an old or unpacked VERSION (never the running or permanent one)."""
+    _unary(settings, "Remove", pb.RemoveRequest(node=settings.node, version=version))
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1, max=1000), default=20, show_default=True)
+@_shared_options
+@click.pass_obj
+def operations(settings: Settings, limit: int) -> None:
+    """The operation journal, newest first."""
+    agent = _one_agent(settings)
+    channel, stub = _stub(agent)
+    with channel:
+        try:
+            reply = stub.ListOperations(pb.ListOperationsRequest(node=settings.node, limit=limit),
+                                        timeout=settings.timeout)
+        except grpc.RpcError as err:
+            raise _rpc_error(agent, err, settings.timeout) from None
+    if settings.output == "json":
+        click.echo(json.dumps({"operations": [operation_json(o) for o in reply.operations]},
+                              indent=2))
+        return
+    rows = [["ID", "NODE", "KIND", "FROM", "TO", "OUTCOME", "STARTED", "BY"]]
+    for op in reply.operations:
+        started = datetime.fromtimestamp(op.started_at.seconds).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append([str(op.id), op.node, _KIND_NAMES.get(op.kind, "?"), op.from_version or "-",
+                     op.to_version, _OUTCOME_NAMES.get(op.outcome, "?"), started,
+                     op.requested_by])
+    if len(rows) > 1:
+        click.echo(_table(rows))
+
+
+@cli.command()
+@click.argument("op_id", metavar="ID", type=int)
+@_shared_options
+@click.pass_obj
+def operation(settings: Settings, op_id: int) -> None:
+    """One operation of the journal, with its steps."""
+    agent = _one_agent(settings)
+    channel, stub = _stub(agent)
+    with channel:
+        try:
+            op = stub.GetOperation(pb.GetOperationRequest(id=op_id), timeout=settings.timeout)
+        except grpc.RpcError as err:
+            raise _rpc_error(agent, err, settings.timeout) from None
+    if settings.output == "json":
+        click.echo(json.dumps({"operation": operation_json(op)}, indent=2))
+        return
+    for step in op.steps:
+        click.echo(_step_line(step))
+    click.echo(_summary(op))

@@ -11,7 +11,10 @@ import pytest
 
 from agent.config import NodeConfig
 from agent.link import NodeLink
+from agent.journal import Journal
 from agent.nodes import NodeManager
+from agent.operations import Operations
+from agent.uploads import UploadStore
 from agent.service import AgentService
 from relctl.v1 import AGENT_ERROR_METADATA
 from relctl.v1 import agent_pb2 as pb
@@ -20,12 +23,15 @@ from tests.tools.otp_procs import free_port
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[agent_pb2_grpc.AgentStub]:
+async def stub(tmp_path: Path) -> AsyncIterator[agent_pb2_grpc.AgentStub]:
     # A node whose epmd port has nothing listening: it stays down, with the reason.
     config = NodeConfig("ghost@localhost", Path("/dev/null"), "cookie", epmd_port=free_port())
     nodes = NodeManager([NodeLink(config, connect_timeout=1.0, max_delay=1.0)])
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    operations = Operations(journal, nodes, rpc_timeout=2.0)
+    uploads = UploadStore(tmp_path / "uploads")
     server = grpc.aio.server()
-    AgentService(nodes, rpc_timeout=2.0).add_to(server)
+    AgentService(nodes, operations, uploads, rpc_timeout=2.0).add_to(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     nodes.start()
@@ -36,6 +42,7 @@ async def stub() -> AsyncIterator[agent_pb2_grpc.AgentStub]:
     finally:
         await server.stop(0)
         await nodes.stop()
+        journal.close()
 
 
 async def test_list_nodes_shows_a_down_node_with_its_reason(stub: agent_pb2_grpc.AgentStub) -> None:
@@ -72,34 +79,49 @@ async def test_ping_says_why_the_node_did_not_answer(stub: agent_pb2_grpc.AgentS
     assert "epmd not reachable" in node.error
 
 
-@pytest.mark.parametrize(("rpc", "request_message", "streaming"), [
-    ("ListOperations", pb.ListOperationsRequest(), False),
-    ("GetOperation", pb.GetOperationRequest(id=1), False),
-    ("Unpack", pb.UnpackRequest(), False),
-    ("CheckInstall", pb.CheckInstallRequest(), False),
-    ("Install", pb.InstallRequest(), False),
-    ("MakePermanent", pb.MakePermanentRequest(), False),
-    ("Remove", pb.RemoveRequest(), False),
-    ("Upgrade", pb.UpgradeRequest(), True),
-    ("Downgrade", pb.DowngradeRequest(), True),
-    ("ReloadConfig", pb.ReloadConfigRequest(), True),
-])
-async def test_rpcs_not_built_yet_answer_unimplemented(
-        stub: agent_pb2_grpc.AgentStub, rpc: str, request_message: object, streaming: bool) -> None:
-    call = getattr(stub, rpc)(request_message, timeout=5)
+async def test_reload_config_is_not_built_yet(stub: agent_pb2_grpc.AgentStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        if streaming:
-            async for _ in call:
-                pass
-        else:
-            await call
+        async for _ in stub.ReloadConfig(pb.ReloadConfigRequest(), timeout=5):
+            pass
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert f"does not implement {rpc} yet" in (info.value.details() or "")
+    assert "does not implement ReloadConfig yet" in (info.value.details() or "")
 
 
-async def test_upload_answers_unimplemented_too(stub: agent_pb2_grpc.AgentStub) -> None:
+async def test_operations_on_a_down_node_are_refused_before_anything_starts(
+        stub: agent_pb2_grpc.AgentStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stub.Upgrade(pb.UpgradeRequest(version="0.0.2"), timeout=5):
+            pass
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (info.value.details() or "").startswith("node ghost@localhost is down: epmd not reachable")
+    listed = await stub.ListOperations(pb.ListOperationsRequest(), timeout=5)
+    assert list(listed.operations) == []
+
+
+async def test_unknown_operation_is_not_found(stub: agent_pb2_grpc.AgentStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetOperation(pb.GetOperationRequest(id=42), timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no operation 42" in (info.value.details() or "")
+
+
+async def test_an_upload_must_start_with_its_header(stub: agent_pb2_grpc.AgentStub) -> None:
     async def parts() -> AsyncIterator[pb.UploadRequest]:
-        yield pb.UploadRequest(header=pb.UploadHeader(node="ghost@localhost", version="0.0.2"))
+        yield pb.UploadRequest(chunk=b"data")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Upload(parts(), timeout=5)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "an upload starts with its header" in (info.value.details() or "")
+
+
+async def test_an_upload_with_a_wrong_checksum_is_refused_and_not_kept(
+        stub: agent_pb2_grpc.AgentStub, tmp_path: Path) -> None:
+    async def parts() -> AsyncIterator[pb.UploadRequest]:
+        yield pb.UploadRequest(header=pb.UploadHeader(node="ghost@localhost", version="0.0.2",
+                                                      size=4, sha256="0" * 64))
+        yield pb.UploadRequest(chunk=b"data")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Upload(parts(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sha256 mismatch" in (info.value.details() or "")
+    assert list((tmp_path / "uploads").iterdir()) == []

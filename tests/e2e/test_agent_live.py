@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -15,25 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 from tests.conftest import NodeFactory
-from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
-from tests.tools.otp_procs import NodeProc, erl_eval, free_port, pid_exists
+from tests.tools.agent_proc import AgentProc, NodeEntry, eventually, relctl, start_agent
+from tests.tools.otp_procs import NodeProc, erl_eval, free_port
 
 pytestmark = pytest.mark.otp
-
-_T = TypeVar("_T")
-
-
-def eventually(check: Callable[[], _T], timeout: float = 15.0, what: str = "") -> _T:
-    """Poll ``check`` until it returns a truthy value (or raise with its last result)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or check} (last: {value!r})")
-        time.sleep(0.1)
-
 
 def node_releases(node: NodeProc) -> list[dict[str, str]]:
     """What the node itself says, through an independent Erlang probe."""
@@ -49,17 +32,6 @@ def metrics(agent: AgentProc) -> dict[str, list[Any]]:
         for sample in family.samples:
             samples.setdefault(sample.name, []).append(sample)
     return samples
-
-
-@pytest.fixture
-def agents(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[AgentProc]]:
-    """Agents a test starts (via ``start``), all stopped by pid at teardown."""
-    started: list[AgentProc] = []
-    yield started
-    for agent in started:
-        agent.stop()
-    for agent in started:
-        assert not pid_exists(agent.pid), f"agent pid {agent.pid} survived stop()"
 
 
 @pytest.fixture
@@ -189,10 +161,9 @@ def test_rpcs_not_built_yet_answer_unimplemented(agent: AgentProc) -> None:
     with grpc.insecure_channel(agent.address) as channel:
         stub = agent_pb2_grpc.AgentStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            list(stub.Upgrade(pb.UpgradeRequest(node="counter@localhost", version="0.0.2"),
-                              timeout=5))
+            list(stub.ReloadConfig(pb.ReloadConfigRequest(node="counter@localhost"), timeout=5))
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "does not implement Upgrade yet" in info.value.details()
+        assert "does not implement ReloadConfig yet" in info.value.details()
         # The agent is still serving afterwards.
         reply = stub.ListNodes(pb.ListNodesRequest(), timeout=5)
         assert [n.node for n in reply.nodes] == ["counter@localhost"]

@@ -12,14 +12,27 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.tools.otp_procs import _ManagedProcess, _track, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+_T = TypeVar("_T")
+
+
+def eventually(check: Callable[[], _T], timeout: float = 15.0, what: str = "") -> _T:
+    """Poll ``check`` until it returns a truthy value (or raise with its last result)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or check} (last: {value!r})")
+        time.sleep(0.1)
 
 
 @dataclass(frozen=True)
@@ -30,7 +43,8 @@ class NodeEntry:
 
 
 def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metrics_port: int,
-                 extra_agent: Mapping[str, Any] | None = None) -> Path:
+                 extra_agent: Mapping[str, Any] | None = None,
+                 node_extra: Mapping[str, Any] | None = None) -> Path:
     """An agent config with one cookie file per node (mode 0600) beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["[agent]", f'listen = "127.0.0.1:{grpc_port}"',
@@ -44,6 +58,7 @@ def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metr
         cookie_file.chmod(0o600)
         lines += ["", "[[nodes]]", f'name = "{node.name}"', f'cookie_file = "{cookie_file.name}"',
                   f"epmd_port = {node.epmd_port}"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in (node_extra or {}).items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -77,14 +92,16 @@ class AgentProc(_ManagedProcess):
 
 
 def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = True,
-                extra_agent: Mapping[str, Any] | None = None, log_level: str = "info",
+                extra_agent: Mapping[str, Any] | None = None,
+                node_extra: Mapping[str, Any] | None = None, log_level: str = "info",
                 timeout: float = 20.0) -> AgentProc:
     """Start relctl-agent and wait for its "ready" line."""
     workdir.mkdir(parents=True, exist_ok=True)
     grpc_port = free_port()
     metrics_port = free_port() if metrics else 0
     config = write_config(workdir / "agent.toml", nodes, grpc_port=grpc_port,
-                          metrics_port=metrics_port, extra_agent=extra_agent)
+                          metrics_port=metrics_port, extra_agent=extra_agent,
+                          node_extra=node_extra)
     log_path = workdir / "agent.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(

@@ -1,0 +1,195 @@
+"""Hot upgrades through relctl and a real agent, on a real node whose state is read back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.tools.agent_proc import ROOT, AgentProc, NodeEntry, eventually, relctl, start_agent
+from tests.tools.otp_procs import NodeProc, erl_eval
+from tests.tools.release_fixture import ReleaseBuild
+
+pytestmark = pytest.mark.otp
+
+
+def counter_state(node: NodeProc) -> str:
+    return erl_eval(node, "sys:get_state(counter)")
+
+
+def counter_pid(node: NodeProc) -> str:
+    return erl_eval(node, "whereis(counter)")
+
+
+def incr(node: NodeProc, times: int) -> None:
+    erl_eval(node, f"[counter:incr() || _ <- lists:seq(1, {times})], ok")
+
+
+def step_names(op: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(s["name"], s["state"]) for s in op["steps"]]
+
+
+@pytest.fixture
+def agent(agents: list[AgentProc], counter_node: NodeProc, tmp_path: Path) -> AgentProc:
+    started = start_agent(tmp_path / "agent", [
+        NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)],
+        extra_agent={"refresh_interval": 2, "reconnect_max_delay": 1})
+    agents.append(started)
+    return started
+
+
+def test_upgrade_then_downgrade_keeps_the_state_and_the_process(
+        agent: AgentProc, counter_node: NodeProc, release_build: ReleaseBuild) -> None:
+    incr(counter_node, 5)
+    pid = counter_pid(counter_node)
+    tarball = release_build.tarball("0.0.2")
+
+    up = relctl("upgrade", "0.0.2", "--tarball", str(tarball), "-o", "json",
+                agents=[agent.address], timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    op = up.json()["operation"]
+    assert op["outcome"] == "succeeded" and op["from_version"] == "0.0.1"
+    assert step_names(op) == [("preflight", "succeeded"), ("stage", "succeeded"),
+                              ("unpack", "succeeded"), ("check", "succeeded"),
+                              ("install", "succeeded"), ("verify", "succeeded"),
+                              ("make_permanent", "succeeded")]
+    assert op["releases_after"] == [
+        {"name": "counter", "version": "0.0.2", "status": "permanent"},
+        {"name": "counter", "version": "0.0.1", "status": "old"}]
+    # The hot upgrade migrated the state in code_change: same process, count carried over.
+    assert counter_state(counter_node) == '#{count => 5,upgraded_from => "0.0.1"}'
+    assert counter_pid(counter_node) == pid
+    versions = relctl("versions", "-o", "json", agents=[agent.address]).json()
+    assert versions["nodes"][0]["releases"][0] == {
+        "name": "counter", "version": "0.0.2", "status": "permanent"}
+    # The tarball staged into releases/ was consumed by unpack_release.
+    assert not (counter_node.root / "releases" / "counter-0.0.2.tar.gz").exists()
+
+    incr(counter_node, 1)
+    down = relctl("downgrade", "0.0.1", agents=[agent.address], timeout=180)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "downgrade 0.0.1 on counter@localhost: done" in down.stdout
+    assert counter_state(counter_node) == "6"
+    assert counter_pid(counter_node) == pid
+
+    ops = relctl("operations", "-o", "json", agents=[agent.address]).json()["operations"]
+    assert [(o["kind"], o["to_version"], o["outcome"]) for o in ops] == [
+        ("downgrade", "0.0.1", "succeeded"), ("upgrade", "0.0.2", "succeeded")]
+
+
+def test_text_output_shows_each_step_with_its_duration(
+        agent: AgentProc, release_build: ReleaseBuild) -> None:
+    result = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
+                    agents=[agent.address], timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    steps = [line.split()[0] for line in lines if line.startswith("  ")][:8]
+    assert steps == ["upload", "preflight", "stage", "unpack", "check", "install", "verify",
+                     "make_permanent"]
+    assert all(" ms" in line or " s " in line for line in lines[:8])
+    assert "upgrade 0.0.2 on counter@localhost: done (operation 1)" in result.stdout
+
+
+def test_unpack_ahead_then_upgrade_without_a_tarball(
+        agent: AgentProc, counter_node: NodeProc, release_build: ReleaseBuild) -> None:
+    unpacked = relctl("unpack", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
+                      "-o", "json", agents=[agent.address], timeout=120)
+    assert unpacked.returncode == 0, unpacked.stdout + unpacked.stderr
+    assert unpacked.json()["operation"]["releases_after"][0]["status"] == "unpacked"
+
+    up = relctl("upgrade", "0.0.2", "-o", "json", agents=[agent.address], timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    op = up.json()["operation"]
+    assert ("stage", "skipped") in step_names(op) and ("unpack", "skipped") in step_names(op)
+    assert counter_state(counter_node).startswith("#{count => 0")
+
+
+def test_no_permanent_then_upgrade_only_makes_it_permanent(
+        agent: AgentProc, counter_node: NodeProc, release_build: ReleaseBuild) -> None:
+    first = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
+                   "--no-permanent", "-o", "json", agents=[agent.address], timeout=180)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.json()["operation"]["releases_after"] == [
+        {"name": "counter", "version": "0.0.2", "status": "current"},
+        {"name": "counter", "version": "0.0.1", "status": "permanent"}]
+    second = relctl("upgrade", "0.0.2", "-o", "json", agents=[agent.address], timeout=60)
+    assert second.returncode == 0, second.stdout + second.stderr
+    names = step_names(second.json()["operation"])
+    assert ("install", "skipped") in names and ("make_permanent", "succeeded") in names
+    assert second.json()["operation"]["releases_after"][0]["status"] == "permanent"
+
+
+def test_unknown_version_without_tarball_changes_nothing(
+        agent: AgentProc, counter_node: NodeProc) -> None:
+    result = relctl("upgrade", "9.9.9", agents=[agent.address])
+    assert result.returncode == 1
+    assert "release 9.9.9 is not on counter@localhost; pass --tarball FILE to upload it" \
+        in result.stdout
+    assert counter_state(counter_node) == "0"
+
+
+def test_a_failing_health_gate_rolls_back_with_the_state_intact(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    agent = start_agent(tmp_path / "gated", [
+        NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)],
+        node_extra={"health_probes": ["counter:health"], "health_soak": 1})
+    agents.append(agent)
+    incr(counter_node, 3)
+    erl_eval(counter_node, "persistent_term:put({counter, healthy}, false)")
+    result = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
+                    "-o", "json", agents=[agent.address], timeout=180)
+    assert result.returncode == 5, result.stdout + result.stderr
+    op = result.json()["operation"]
+    assert op["outcome"] == "rolled_back"
+    assert "health probe counter:health() returned {error,unhealthy}" in op["error"]
+    assert ("rollback", "succeeded") in step_names(op)
+    assert counter_state(counter_node) == "3"
+    statuses = {r["version"]: r["status"] for r in op["releases_after"]}
+    assert statuses["0.0.1"] == "permanent"
+
+
+def test_a_second_operation_on_the_node_is_refused_while_one_runs(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    agent = start_agent(tmp_path / "slow", [
+        NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)],
+        node_extra={"health_probes": ["counter:health"], "health_soak": 4})
+    agents.append(agent)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--agent", agent.address, "upgrade", "0.0.2",
+         "--tarball", str(release_build.tarball("0.0.2")), "-o", "json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        eventually(lambda: any(o["outcome"] == "running" for o in relctl(
+            "operations", "-o", "json", agents=[agent.address]).json()["operations"]),
+            what="the first upgrade is running")
+        second = relctl("upgrade", "0.0.2", agents=[agent.address])
+        assert second.returncode == 7
+        assert second.stderr == (f"relctl: agent {agent.address}: operation 1 (upgrade) is in "
+                                 "progress on counter@localhost; wait for it (relctl operation 1) "
+                                 "and try again\n")
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, out + err
+
+
+def test_client_going_away_does_not_cancel_the_upgrade(
+        agent: AgentProc, counter_node: NodeProc, release_build: ReleaseBuild) -> None:
+    client = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--agent", agent.address, "upgrade", "0.0.2",
+         "--tarball", str(release_build.tarball("0.0.2"))],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Kill the client as soon as the operation exists on the agent.
+    eventually(lambda: relctl("operations", "-o", "json", agents=[agent.address])
+               .json()["operations"], what="operation started", timeout=60)
+    client.kill()
+    client.communicate()
+    op = eventually(lambda: (o := relctl("operation", "1", "-o", "json", agents=[agent.address])
+                             .json()["operation"])["outcome"] != "running" and o,
+                    what="operation finished", timeout=120)
+    assert op["outcome"] == "succeeded"
+    assert counter_state(counter_node).startswith("#{count => 0")

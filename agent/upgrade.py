@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bridge import Atom, BadRpc
+from bridge import Atom, BadRpc, format_term
 
-from .erlfmt import erlang_text
 from .errors import NodeUnavailable
 from .journal import StepRecord
 from .releases import Release, parse_which_releases
@@ -112,12 +111,13 @@ class _Context:
     unpacked_here: bool = False
     installed: bool = False
     staged_file: Path | None = None
+    tarball: ReleaseTarball | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _term_text(value: Any) -> str:
     """An Erlang reason as text, short enough for a step detail."""
-    return value if isinstance(value, str) and len(value) <= 500 else erlang_text(value)
+    return value if isinstance(value, str) and len(value) <= 500 else format_term(value)
 
 
 class ReleaseEngine:
@@ -185,8 +185,12 @@ class ReleaseEngine:
         running = next((r for r in ctx.releases if r.running), None)
         if running is None:
             raise _Failure(FAILED_UNCHANGED, f"{path} is missing and the node runs no known release")
-        candidates = [os.path.join(ctx.dirs.releases, running.version, f"{running.name}.rel"),
-                      os.path.join(ctx.dirs.releases, f"{running.name}-{running.version}.rel")]
+        # Where unpack_release (releases/VSN/NAME-VSN.rel), relx (releases/VSN/NAME.rel) and
+        # systools:make_tar (releases/NAME-VSN.rel) leave the running release's .rel.
+        candidates = [
+            os.path.join(ctx.dirs.releases, running.version, f"{running.name}-{running.version}.rel"),
+            os.path.join(ctx.dirs.releases, running.version, f"{running.name}.rel"),
+            os.path.join(ctx.dirs.releases, f"{running.name}-{running.version}.rel")]
         rel_file = None
         for candidate in candidates:
             if await self._call("filelib", "is_regular", [candidate]):
@@ -226,7 +230,13 @@ class ReleaseEngine:
         if not (isinstance(scanned, tuple) and scanned[0] == _OK):
             detail = await self._format_parse_error(scanned)
             raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball does not parse: {detail}")
-        parsed = await self._call("erl_parse", "parse_term", [scanned[1]])
+        tokens = scanned[1]
+        last = tokens[-1] if isinstance(tokens, list) and tokens else None
+        if not (isinstance(last, tuple) and last and last[0] == Atom("dot")):
+            # file:consult (what release_handler uses) needs the final dot, or it reads nothing.
+            raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball does not end with '.' "
+                                             "(a sys.config is one Erlang list and a dot)")
+        parsed = await self._call("erl_parse", "parse_term", [tokens])
         if not (isinstance(parsed, tuple) and parsed[0] == _OK):
             detail = await self._format_parse_error(parsed)
             raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball does not parse: {detail}")
@@ -295,16 +305,22 @@ class ReleaseEngine:
             self._skip("stage", f"{version} is already {target.status if target else '?'}")
             self._skip("unpack", f"{version} is already {target.status if target else '?'}")
 
-        async with self._step("check") as st:
-            res = await self._call("release_handler", "check_install_release", [version])
-            if not (isinstance(res, tuple) and res[0] == _OK):
-                raise _Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
-                                                 f"{_term_text(res[1] if isinstance(res, tuple) else res)}")
-            st.detail = f"relup from {res[1]} found"
+        try:
+            async with self._step("check") as st:
+                res = await self._call("release_handler", "check_install_release", [version])
+                if not (isinstance(res, tuple) and res[0] == _OK):
+                    reason = res[1] if isinstance(res, tuple) and len(res) > 1 else res
+                    raise _Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
+                                                     f"{_term_text(reason)}")
+                st.detail = f"relup from {res[1]} found"
+        except _Failure:
+            if ctx.unpacked_here:  # leave the node's releases as they were (and retryable)
+                await self._undo_unpack(version, ctx)
+            raise
 
         if options.dry_run:
             if ctx.unpacked_here:
-                await self._undo_unpack(version)
+                await self._undo_unpack(version, ctx)
             for name in ("install", "verify", "make_permanent"):
                 self._skip(name, "--dry-run")
             return Result(DRY_RUN, ctx.from_version, version, releases=await self.releases(),
@@ -336,6 +352,7 @@ class ReleaseEngine:
                                    timeout=max(self._rpc_timeout, 120.0))
             if isinstance(res, tuple) and res[0] == _OK:
                 ctx.unpacked_here = True
+                ctx.tarball = tarball
                 st.detail = f"unpack_release({tarball.unpack_name!r}) -> {res[1]}"
                 return
             # release_handler deletes the tarball only on success; leave nothing to trip a retry.
@@ -344,11 +361,30 @@ class ReleaseEngine:
             raise _Failure(FAILED_UNCHANGED, f"unpack_release({tarball.unpack_name!r}) failed: "
                                              f"{_term_text(res[1] if isinstance(res, tuple) else res)}")
 
-    async def _undo_unpack(self, version: str) -> None:
-        # set_removed, never remove_release: the latter deletes library directories.
+    async def _undo_unpack(self, version: str, ctx: _Context) -> None:
+        """Take back what this operation's unpack did, so that a retry starts clean.
+
+        set_removed (never remove_release, which deletes libraries by its own rules) takes the
+        release out of RELEASES. Then the files it extracted go too: release_handler extracts
+        with keep_old_files, so a bad relup or beam left behind would be used by the retry.
+        Only releases/VSN and the lib directories no other release uses are deleted."""
         async with self._step("undo_unpack") as st:
             res = await self._call("release_handler", "set_removed", [version])
-            st.detail = f"set_removed({version}) -> {_term_text(res)}"
+            if res != _OK:
+                raise _Failure(FAILED, f"set_removed({version}) failed: {_term_text(res)}; "
+                                       f"{version} stays unpacked")
+            removed: list[str] = []
+            if ctx.dirs is not None and ctx.tarball is not None:
+                others = {lib for r in await self.releases() for lib in r.applications}
+                root = Path(ctx.dirs.root)
+                doomed = [Path(ctx.dirs.releases) / version] + [
+                    root / "lib" / f"{app}-{vsn}" for app, vsn in ctx.tarball.applications
+                    if f"{app}-{vsn}" not in others]
+                for path in doomed:
+                    if path.is_dir() and root in path.resolve().parents:
+                        await asyncio.to_thread(shutil.rmtree, path)
+                        removed.append(str(path.relative_to(root)))
+            st.detail = f"set_removed({version}); deleted {', '.join(removed) or 'nothing'}"
 
     async def _install(self, version: str, options: Options, ctx: _Context) -> None:
         async with self._step("install") as st:
@@ -380,7 +416,7 @@ class ReleaseEngine:
                                             "restarted on its permanent release (rolled back by "
                                             "node restart)")
             if ctx.unpacked_here:
-                await self._undo_unpack(version)
+                await self._undo_unpack(version, ctx)
             raise _Failure(FAILED_UNCHANGED, f"install_release({version}) failed: {reason}")
 
     async def _verify(self, version: str, options: Options) -> str:

@@ -7,6 +7,7 @@ and the External Term Format. Standard library only.
 """
 
 from .codec import decode, encode
+from .erlfmt import format_term
 from .epmd import NodeAddress
 from .errors import (
     BadRpc,
@@ -34,6 +35,7 @@ __all__ = [
     "split_node_name",
     "encode",
     "decode",
+    "format_term",
     "Atom",
     "Pid",
     "Reference",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .erlfmt import format_term
+
 __all__ = [
     "BridgeError",
     "UsageError",
@@ -75,7 +77,7 @@ class BadRpc(BridgeError):
         self.mfa = mfa
         self.node = node
         where = f"{mfa} on {node}" if mfa and node else (mfa or node or "rpc")
-        super().__init__(f"{where} failed: {reason!r}")
+        super().__init__(f"{where} failed: {format_term(reason)}")
 
 
 # --- the network is at fault ------------------------------------------------------------

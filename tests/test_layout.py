@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SANS_IO = {"codec", "epmd", "handshake", "session", "flags", "terms", "errors"}
+SANS_IO = {"codec", "epmd", "handshake", "session", "flags", "terms", "errors", "erlfmt"}
 IO_MODULES = {"asyncio", "socket", "selectors", "select", "ssl", "subprocess", "threading"}
 
 

@@ -1,12 +1,12 @@
-"""Erlang terms as Erlang-looking text, for messages users read ({error, {bad_relup, ...}}),
-never Python reprs."""
+"""Erlang terms as Erlang-looking text ({error,{bad_relup,"0.0.1"}}) for messages people read,
+never Python reprs. Sans-IO."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from bridge import Atom
+from .terms import Atom
 
 _PLAIN_ATOM = re.compile(r"[a-z][A-Za-z0-9_@]*")
 _MAX = 500
@@ -37,10 +37,10 @@ def _fmt(value: Any, depth: int) -> str:
     if isinstance(value, dict):
         return "#{" + ",".join(f"{_fmt(k, depth + 1)} => {_fmt(v, depth + 1)}"
                                for k, v in value.items()) + "}"
-    return str(value)
+    return str(value)  # numbers; Pid, Reference and Port print themselves the Erlang way
 
 
-def erlang_text(value: Any, limit: int = _MAX) -> str:
+def format_term(value: Any, limit: int = _MAX) -> str:
     """``value`` as Erlang would print it (roughly ~p), cut at ``limit`` characters."""
     text = _fmt(value, 0)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -103,6 +103,8 @@ def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = Tr
                           metrics_port=metrics_port, extra_agent=extra_agent,
                           node_extra=node_extra)
     log_path = workdir / "agent.log"
+    # A restarted agent appends to the same log: only what it writes counts as its "ready".
+    offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--config", str(config), "--log-level", log_level],
@@ -111,7 +113,7 @@ def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = Tr
     agent = AgentProc(proc, config, grpc_port, metrics_port, log_path)
     _track(proc.pid, agent.stop)
     deadline = time.monotonic() + timeout
-    while "relctl.agent: ready:" not in agent.log_text():
+    while "relctl.agent: ready:" not in agent.log_text()[offset:]:
         if proc.poll() is not None:
             raise RuntimeError(f"relctl-agent exited with {proc.returncode}:\n{agent.log_text()}")
         if time.monotonic() > deadline:

@@ -19,7 +19,7 @@ from . import __version__, logs
 from .config import AgentConfig, load_config
 from .errors import ConfigError
 from .journal import FILE_NAME as JOURNAL_FILE
-from .journal import Journal, JournalError
+from .journal import Journal, JournalError, OperationRecord
 from .metrics import AgentMetrics, MetricsServer
 from .nodes import NodeManager
 from .operations import Operations
@@ -66,7 +66,13 @@ async def serve(config: AgentConfig) -> int:
         journal = Journal.open(config.state_dir / JOURNAL_FILE)
     except JournalError as exc:
         raise StartupError(f"{config.path}: agent.state_dir: {exc}") from None
-    operations = Operations(journal, nodes, rpc_timeout=config.rpc_timeout)
+    def operation_finished(record: OperationRecord) -> None:
+        if metrics is not None and record.finished_at is not None:
+            metrics.observe_operation(record.node, record.kind, record.outcome,
+                                      record.finished_at - record.started_at)
+
+    operations = Operations(journal, nodes, rpc_timeout=config.rpc_timeout,
+                            on_finished=operation_finished)
     uploads = UploadStore(config.state_dir / "uploads", max_size=config.max_upload_bytes)
     by_name = {n.name: n for n in config.nodes}
 

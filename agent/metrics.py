@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
+    Counter,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -29,6 +30,9 @@ log = logging.getLogger("relctl.agent.metrics")
 # RPCs range from sub-millisecond reads to relup scripts that migrate big states.
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+OPERATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                     600.0, 1800.0)
 
 Snapshot = Callable[[], Sequence[NodeState]]
 
@@ -78,12 +82,22 @@ class AgentMetrics:
             "relctl_rpc_duration_seconds",
             "Duration of RPCs from the agent to its nodes, by module:function",
             ["function"], buckets=RPC_BUCKETS, registry=self.registry)
+        self._ops = Counter(
+            "relctl_operations", "Operations the agent ran on its nodes, by outcome",
+            ["node", "operation", "outcome"], registry=self.registry)
+        self._op_seconds = Histogram(
+            "relctl_operation_duration_seconds", "Duration of operations (upgrade, downgrade, ...)",
+            ["operation"], buckets=OPERATION_BUCKETS, registry=self.registry)
         self.registry.register(NodeStateCollector(snapshot))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
     def observe_rpc(self, function: str, seconds: float) -> None:
         self._rpc.labels(function).observe(seconds)
+
+    def observe_operation(self, node: str, operation: str, outcome: str, seconds: float) -> None:
+        self._ops.labels(node, operation, outcome).inc()
+        self._op_seconds.labels(operation).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

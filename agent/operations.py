@@ -53,8 +53,10 @@ class _Running:
 
 
 class Operations:
-    def __init__(self, journal: Journal, nodes: NodeManager, *, rpc_timeout: float = 30.0) -> None:
+    def __init__(self, journal: Journal, nodes: NodeManager, *, rpc_timeout: float = 30.0,
+                 on_finished: Callable[[OperationRecord], None] = lambda record: None) -> None:
         self._journal = journal
+        self._on_finished = on_finished
         self._nodes = nodes
         self._rpc_timeout = rpc_timeout
         self._running: dict[str, _Running] = {}
@@ -107,6 +109,7 @@ class Operations:
             log.exception("operation %d failed inside the agent", op_id)
             outcome, error, releases = FAILED, f"internal error in relctl-agent: {exc!r}", ()
         record = self._journal.finish(op_id, outcome, error=error, releases_after=_rows(releases))
+        self._on_finished(record)
         log.info("operation %d: %s on %s: %s%s", op_id, kind, link.name, outcome,
                  f" ({error})" if error else "")
         self._close(link.name, record)

@@ -43,6 +43,17 @@ def test_node_state_and_rpc_histogram() -> None:
     assert (buckets["0.0025"], buckets["0.25"], buckets["+Inf"]) == (1.0, 2.0, 2.0)
 
 
+def test_operations_are_counted_by_outcome_and_timed() -> None:
+    m = AgentMetrics(lambda: ())
+    m.observe_operation("a@h", "upgrade", "succeeded", 1.5)
+    m.observe_operation("a@h", "upgrade", "rolled_back", 20.0)
+    got = samples(m.exposition().decode())
+    assert sorted((labels["outcome"], v) for labels, v in got["relctl_operations_total"]) == [
+        ("rolled_back", 1.0), ("succeeded", 1.0)]
+    assert got["relctl_operation_duration_seconds_count"] == [({"operation": "upgrade"}, 2.0)]
+    assert got["relctl_operation_duration_seconds_sum"] == [({"operation": "upgrade"}, 21.5)]
+
+
 def test_each_agent_has_its_own_registry() -> None:
     one, two = AgentMetrics(lambda: STATES), AgentMetrics(lambda: ())
     one.observe_rpc("erlang:node", 0.001)

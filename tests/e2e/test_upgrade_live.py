@@ -79,6 +79,14 @@ def test_upgrade_then_downgrade_keeps_the_state_and_the_process(
     assert [(o["kind"], o["to_version"], o["outcome"]) for o in ops] == [
         ("downgrade", "0.0.1", "succeeded"), ("upgrade", "0.0.2", "succeeded")]
 
+    exposition = agent.metrics_text()
+    for kind in ("upgrade", "downgrade"):
+        assert (f'relctl_operations_total{{node="counter@localhost",operation="{kind}",'
+                f'outcome="succeeded"}} 1.0') in exposition
+    assert 'relctl_operation_duration_seconds_count{operation="upgrade"} 1.0' in exposition
+    assert eventually(lambda: 'release="counter",status="permanent",version="0.0.1"'
+                      in agent.metrics_text())
+
 
 def test_text_output_shows_each_step_with_its_duration(
         agent: AgentProc, release_build: ReleaseBuild) -> None:
@@ -120,6 +128,41 @@ def test_no_permanent_then_upgrade_only_makes_it_permanent(
     names = step_names(second.json()["operation"])
     assert ("install", "skipped") in names and ("make_permanent", "succeeded") in names
     assert second.json()["operation"]["releases_after"][0]["status"] == "permanent"
+
+
+def test_dry_run_checks_everything_and_changes_nothing(
+        agent: AgentProc, counter_node: NodeProc, release_build: ReleaseBuild) -> None:
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(counter_node.root))
+                      for d in ("releases", "lib") for p in (counter_node.root / d).rglob("*"))
+    before = files()
+    result = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
+                    "--dry-run", "-o", "json", agents=[agent.address], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    op = result.json()["operation"]
+    assert op["outcome"] == "dry_run"
+    assert step_names(op) == [
+        ("preflight", "succeeded"), ("stage", "succeeded"), ("unpack", "succeeded"),
+        ("check", "succeeded"), ("undo_unpack", "succeeded"), ("install", "skipped"),
+        ("verify", "skipped"), ("make_permanent", "skipped")]
+    assert op["releases_after"] == [{"name": "counter", "version": "0.0.1", "status": "permanent"}]
+    assert files() == before
+    assert counter_state(counter_node) == "0"
+
+
+def test_remove_refuses_the_running_release_and_removes_an_old_one(
+        agent: AgentProc, release_build: ReleaseBuild) -> None:
+    refused = relctl("remove", "0.0.1", agents=[agent.address])
+    assert refused.returncode == 1
+    assert "0.0.1 is permanent on counter@localhost; the running or permanent release cannot " \
+           "be removed" in refused.stdout
+    up = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
+                agents=[agent.address], timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    removed = relctl("remove", "0.0.1", "-o", "json", agents=[agent.address])
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert removed.json()["operation"]["releases_after"] == [
+        {"name": "counter", "version": "0.0.2", "status": "permanent"}]
 
 
 def test_unknown_version_without_tarball_changes_nothing(

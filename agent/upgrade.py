@@ -396,7 +396,7 @@ class ReleaseEngine:
                 res = (_ERROR, f"connection lost during install ({exc})")
             if isinstance(res, tuple) and res[0] == _OK:
                 ctx.installed = True
-                st.detail = f"installed over {res[1]}"
+                st.detail = f"{ctx.from_version} -> {version}"
                 return
             if isinstance(res, tuple) and res[0] == Atom("continue_after_restart"):
                 ctx.installed = True

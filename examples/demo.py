@@ -1,7 +1,9 @@
-"""The main job on the embedded sample, for now: build the counter release, start a node from
-it (with a private epmd on a free port), join it as a hidden node through the bridge, then start
-`relctl-agent` for that node and ask it with `relctl versions`, `relctl nodes` and `relctl ping`.
-Everything it started is stopped by pid at the end.
+"""The main job on the embedded sample: build the counter release (0.0.1, and 0.0.2 whose
+gen_server state changes shape), start a node from it (with a private epmd on a free port),
+start `relctl-agent` for that node, show `relctl versions`, then upgrade the node live with
+`relctl upgrade 0.0.2 --tarball ...` while a client keeps calling `counter:incr/0`, show that no
+call failed and the count carried over into the new state, and downgrade again. Everything it
+started is stopped by pid at the end.
 
     bash examples/run-demo
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge import Atom, Node  # noqa: E402
+from bridge import Atom, BridgeError, Node, format_term  # noqa: E402
 from tests.tools.agent_proc import NodeEntry, relctl, start_agent  # noqa: E402
 from tests.tools.otp_procs import NodeProc, start_epmd, start_node  # noqa: E402
 from tests.tools.release_fixture import build_release, make_target_copy  # noqa: E402
@@ -36,7 +38,50 @@ async def show(target: NodeProc) -> None:
               f"(state {await conn.call('sys', 'get_state', [Atom('counter')])!r})")
 
 
-def ask_agent(work: Path, target: NodeProc) -> None:
+async def incr_while(target: NodeProc, stop: asyncio.Event) -> tuple[int, list[str], int, object]:
+    """Call counter:incr() back to back until ``stop``; return (ok, errors, last count, state)."""
+    node = Node(cookie=target.cookie, epmd_port=target.epmd_port)
+    async with node.connect(target.name, timeout=5.0) as conn:
+        ok, errors = 0, []
+        while not stop.is_set():
+            try:
+                await conn.call("counter", "incr", [], timeout=10.0)
+                ok += 1
+            except BridgeError as exc:
+                errors.append(str(exc))
+        return ok, errors, await conn.call("counter", "get", []), await conn.call(
+            "sys", "get_state", [Atom("counter")])
+
+
+async def upgrade_under_load(target: NodeProc, agent_address: str, command: list[str]) -> None:
+    before = await _count(target)
+    stop = asyncio.Event()
+    calls = asyncio.create_task(incr_while(target, stop))
+    await asyncio.sleep(0.3)
+    print(f"\n$ relctl --agent {agent_address} {' '.join(command)}   "
+          "(while a client calls counter:incr() in a loop)")
+    result = await asyncio.to_thread(relctl, *command, agents=[agent_address], timeout=300)
+    print(result.stdout + result.stderr, end="")
+    await asyncio.sleep(0.3)
+    stop.set()
+    ok, errors, count, state = await calls
+    print(f"\n{ok} counter:incr() calls during the {command[0]}, {len(errors)} failed; "
+          f"count {before} -> {count} ({'nothing lost' if count == before + ok else 'MISMATCH'}); "
+          f"state now {format_term(state)}")
+    for error in errors[:3]:
+        print(f"  failed call: {error}")
+    if result.returncode != 0 or errors or count != before + ok:
+        raise SystemExit(f"demo: the live {command[0]} did not go as it should")
+
+
+async def _count(target: NodeProc) -> int:
+    node = Node(cookie=target.cookie, epmd_port=target.epmd_port)
+    async with node.connect(target.name, timeout=5.0) as conn:
+        count: int = await conn.call("counter", "get", [])
+        return count
+
+
+def ask_agent(work: Path, target: NodeProc, tarball: Path) -> None:
     agent = start_agent(work / "agent", [NodeEntry(target.name, target.cookie, target.epmd_port)])
     with agent:
         print(f"\nrelctl-agent running (pid {agent.pid}), gRPC on {agent.address}, "
@@ -47,6 +92,11 @@ def ask_agent(work: Path, target: NodeProc) -> None:
             print(result.stdout + result.stderr, end="")
         up = [line for line in agent.metrics_text().splitlines() if line.startswith("beam_")]
         print("\n$ curl /metrics | grep ^beam_\n" + "\n".join(up))
+        asyncio.run(upgrade_under_load(target, agent.address,
+                                       ["upgrade", "0.0.2", "--tarball", str(tarball)]))
+        asyncio.run(upgrade_under_load(target, agent.address, ["downgrade", "0.0.1"]))
+        print(f"\n$ relctl --agent {agent.address} operations")
+        print(relctl("operations", agents=[agent.address]).stdout, end="")
     print(f"\nrelctl-agent stopped (exit {agent.returncode})")
 
 
@@ -61,7 +111,7 @@ def main() -> None:
             with start_node(root, epmd_port=epmd.port, workdir=work / "node") as target:
                 print(f"node {target.name} running from {root} (pid {target.pid})")
                 asyncio.run(show(target))
-                ask_agent(work, target)
+                ask_agent(work, target, build.tarball("0.0.2"))
         print("node and epmd stopped")
 
 

@@ -1,0 +1,149 @@
+"""The hot-upgrade cycle 0.0.1 -> 0.0.2 -> 0.0.1, same tarballs, same node, three ways per round:
+
+    .venv/bin/python bench/upgrade.py [--rounds 5]
+
+  - relctl: `relctl upgrade 0.0.2 --tarball T` then `relctl downgrade 0.0.1`, whole processes;
+  - relx-style: bench/relx_upgrade.escript, the driver relx's start script runs (a new VM per
+    command: copy, unpack, check, install, make permanent; then install, make permanent);
+  - release_handler's own time: the same release_handler calls, each timed by timer:tc inside
+    the node.
+The agent's overhead is its operations' durations (from the journal; the upload is a separate
+RPC, excluded) minus release_handler's own time. Also measured: `relctl upgrade` of a release
+unpacked ahead with `relctl unpack`. Between cycles `relctl remove 0.0.2` resets the node
+(not timed). Goals (issue 4): relctl <= 0.75x the escript; agent overhead <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.tools.agent_proc import NodeEntry, start_agent  # noqa: E402
+from tests.tools.otp_procs import NodeProc, start_epmd, start_node  # noqa: E402
+from tests.tools.release_fixture import build_release, make_target_copy  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+ESCRIPT = ROOT / "bench" / "relx_upgrade.escript"
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} ... failed ({proc.returncode}):\n"
+                         f"{proc.stdout}{proc.stderr}")
+    return elapsed, proc.stdout
+
+
+def op_seconds(op: dict[str, Any]) -> float:
+    start = datetime.fromisoformat(op["started_at"])
+    end = datetime.fromisoformat(op["finished_at"])
+    return (end - start).total_seconds()
+
+
+class Bench:
+    def __init__(self, target: NodeProc, agent_address: str, tarball: Path, unpack_name: str,
+                 ) -> None:
+        self.relctl = [str(VENV_BIN / "relctl"), "--agent", agent_address]
+        self.env = {k: v for k, v in os.environ.items() if k != "RELCTL_AGENT"}
+        self.escript_env = dict(os.environ, HOME=str(target.home),
+                                ERL_EPMD_PORT=str(target.epmd_port))
+        self.target = target
+        self.tarball = tarball
+        self.unpack_name = unpack_name
+
+    def reset(self) -> None:
+        run([*self.relctl, "remove", "0.0.2"], self.env)
+
+    def last_ops(self, n: int) -> list[dict[str, Any]]:
+        _, out = run([*self.relctl, "operations", "--limit", str(n), "-o", "json"], self.env)
+        ops: list[dict[str, Any]] = json.loads(out)["operations"]
+        return ops
+
+    def relctl_cycle(self) -> tuple[float, float]:
+        up, _ = run([*self.relctl, "upgrade", "0.0.2", "--tarball", str(self.tarball)], self.env)
+        down, _ = run([*self.relctl, "downgrade", "0.0.1"], self.env)
+        ops = self.last_ops(2)
+        self.reset()
+        return up + down, sum(op_seconds(o) for o in ops)
+
+    def escript(self, mode: str) -> tuple[float, str]:
+        up = run(["escript", str(ESCRIPT), self.target.name, mode, "upgrade", "0.0.2",
+                  str(self.tarball), self.unpack_name], self.escript_env)
+        down = run(["escript", str(ESCRIPT), self.target.name, mode, "downgrade", "0.0.1"],
+                   self.escript_env)
+        self.reset()
+        return up[0] + down[0], up[1] + down[1]
+
+    def release_handler_seconds(self) -> float:
+        _, out = self.escript("tc")
+        return sum(json.loads(line)["release_handler_us"] for line in out.splitlines()) / 1e6
+
+    def unpacked_ahead(self) -> tuple[float, float]:
+        run([*self.relctl, "unpack", "0.0.2", "--tarball", str(self.tarball)], self.env)
+        up, _ = run([*self.relctl, "upgrade", "0.0.2"], self.env)
+        [op] = self.last_ops(1)
+        run([*self.relctl, "downgrade", "0.0.1"], self.env)
+        self.reset()
+        return up, op_seconds(op)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="relctl-bench-") as tmp:
+        work = Path(tmp)
+        build = build_release(work / "build")
+        root = make_target_copy(build, work / "target")
+        with start_epmd(log_dir=work) as epmd, \
+                start_node(root, epmd_port=epmd.port, workdir=work / "node") as target, \
+                start_agent(work / "agent", [NodeEntry(target.name, target.cookie, epmd.port)],
+                            metrics=False) as agent:
+            bench = Bench(target, agent.address, build.tarball("0.0.2"), build.unpack_name("0.0.2"))
+            bench.relctl_cycle()  # warm up both paths once
+            bench.escript("relx")
+            rows: list[dict[str, float]] = []
+            print(f"{'round':>5} {'relctl s':>9} {'escript s':>10} {'ratio':>6} "
+                  f"{'agent ops ms':>13} {'rh own ms':>10} {'overhead ms':>12} "
+                  f"{'ahead: relctl ms':>17} {'op ms':>7}")
+            for rnd in range(1, args.rounds + 1):
+                r_total, r_ops = bench.relctl_cycle()
+                e_total, _ = bench.escript("relx")
+                rh = bench.release_handler_seconds()
+                ahead_total, ahead_op = bench.unpacked_ahead()
+                row = {"relctl": r_total, "escript": e_total, "ops": r_ops, "rh": rh,
+                       "overhead": r_ops - rh, "ahead": ahead_total, "ahead_op": ahead_op}
+                rows.append(row)
+                print(f"{rnd:>5} {r_total:>9.3f} {e_total:>10.3f} {r_total / e_total:>5.2f}x "
+                      f"{r_ops * 1e3:>13.1f} {rh * 1e3:>10.1f} {(r_ops - rh) * 1e3:>12.1f} "
+                      f"{ahead_total * 1e3:>17.1f} {ahead_op * 1e3:>7.1f}")
+            med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+            print(f"\nmedians over {args.rounds} rounds (one cycle = upgrade + downgrade):")
+            print(f"  relctl, whole processes:          {med['relctl'] * 1e3:8.1f} ms")
+            print(f"  relx-style escript driver:        {med['escript'] * 1e3:8.1f} ms")
+            print(f"  ratio relctl / escript:           {med['relctl'] / med['escript']:8.2f}x "
+                  "(goal: at most 0.75x)")
+            print(f"  release_handler's own time:       {med['rh'] * 1e3:8.1f} ms")
+            print(f"  the agent's operations:           {med['ops'] * 1e3:8.1f} ms")
+            print(f"  agent overhead per cycle:         {med['overhead'] * 1e3:8.1f} ms "
+                  "(goal: at most 10 ms)")
+            print(f"  upgrade of a release unpacked ahead: relctl {med['ahead'] * 1e3:.1f} ms "
+                  f"whole process, operation {med['ahead_op'] * 1e3:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -208,12 +208,29 @@ class AgentService:
                             else base.health_timeout),
             probes=base.probes, restart_timeout=base.restart_timeout)
 
+    def _consume(self, upload_id: str,
+                 work: Callable[[ReleaseEngine], Awaitable[Result]]
+                 ) -> Callable[[ReleaseEngine], Awaitable[Result]]:
+        """``work``, after which the upload it used is deleted (unpack copied what it needs)."""
+        async def run(engine: ReleaseEngine) -> Result:
+            try:
+                return await work(engine)
+            finally:
+                if upload_id and self._uploads is not None:
+                    self._uploads.discard(upload_id)
+        return run
+
     async def Unpack(self, request: pb.UnpackRequest, context: _Ctx) -> pb.OperationResult:
-        async def work(engine: ReleaseEngine) -> Result:
-            tarball = self._tarball(request.node, request.upload_id)
-            if tarball is None:
-                raise RequestError("unpack needs an uploaded tarball (relctl unpack VSN --tarball F)")
+        tarball = await _answer(context, _now(lambda: self._tarball(request.node,
+                                                                    request.upload_id)))
+        if tarball is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "unpack needs an uploaded tarball (relctl unpack VSN --tarball F)",
+                                _ERROR_METADATA)
+
+        async def unpack(engine: ReleaseEngine) -> Result:
             return await engine.unpack(request.version, tarball)
+        work = self._consume(request.upload_id, unpack)
         return await self._unary(context, request.node, "unpack", request.version, work)
 
     async def CheckInstall(self, request: pb.CheckInstallRequest,
@@ -245,9 +262,9 @@ class AgentService:
                                   install_timeout=request.install_timeout,
                                   health_timeout=request.health_timeout))
         tarball, options = await _answer(context, _now(prepare))
-        async for event in self._stream(context, request.node, "upgrade", request.version,
-                                        lambda engine: engine.upgrade(request.version, tarball,
-                                                                      options)):
+        work = self._consume(request.upload_id,
+                             lambda engine: engine.upgrade(request.version, tarball, options))
+        async for event in self._stream(context, request.node, "upgrade", request.version, work):
             yield event
 
     async def Downgrade(self, request: pb.DowngradeRequest,

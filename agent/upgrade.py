@@ -336,7 +336,11 @@ class ReleaseEngine:
             tmp = dest.with_name(f".{dest.name}.relctl-tmp")
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                await asyncio.to_thread(shutil.copyfile, tarball.path, tmp)
+                tmp.unlink(missing_ok=True)
+                try:  # same file system: a hard link costs nothing, whatever the size
+                    os.link(tarball.path, tmp)
+                except OSError:
+                    await asyncio.to_thread(shutil.copyfile, tarball.path, tmp)
                 os.replace(tmp, dest)  # atomic: release_handler never sees half a tarball
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
@@ -488,7 +492,7 @@ class ReleaseEngine:
         """relx writes bin/NAME-VSN; the permanent release's script becomes bin/NAME."""
         if ctx.dirs is None:
             return ""
-        name = next((r.name for r in await self.releases() if r.version == version), "")
+        name = next((r.name for r in ctx.releases if r.running), "")
         src = Path(ctx.dirs.root) / "bin" / f"{name}-{version}"
         if not name or not src.is_file():
             return ""

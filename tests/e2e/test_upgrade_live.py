@@ -65,8 +65,9 @@ def test_upgrade_then_downgrade_keeps_the_state_and_the_process(
     versions = relctl("versions", "-o", "json", agents=[agent.address]).json()
     assert versions["nodes"][0]["releases"][0] == {
         "name": "counter", "version": "0.0.2", "status": "permanent"}
-    # The tarball staged into releases/ was consumed by unpack_release.
+    # The tarball staged into releases/ was consumed by unpack_release, the upload deleted.
     assert not (counter_node.root / "releases" / "counter-0.0.2.tar.gz").exists()
+    assert list((agent.config.parent / "state" / "uploads").iterdir()) == []
 
     incr(counter_node, 1)
     down = relctl("downgrade", "0.0.1", agents=[agent.address], timeout=180)

@@ -205,14 +205,19 @@ def _streamed(settings: Settings, call: Callable[[agent_pb2_grpc.AgentStub, str]
     _finish_operation(settings, op)
 
 
-def _unary(settings: Settings, method: str, request: Any) -> None:
+def _ask_one(settings: Settings, method: str, request: Any, timeout: float | None = None) -> Any:
+    """One unary RPC to the one agent; errors become CliError."""
     agent = _one_agent(settings)
     channel, stub = _stub(agent)
     with channel:
         try:
-            reply = getattr(stub, method)(request, timeout=OPERATION_TIMEOUT)
+            return getattr(stub, method)(request, timeout=timeout or settings.timeout)
         except grpc.RpcError as err:
             raise _rpc_error(agent, err, settings.timeout) from None
+
+
+def _unary(settings: Settings, method: str, request: Any) -> None:
+    reply = _ask_one(settings, method, request, OPERATION_TIMEOUT)
     if settings.output == "text":
         for step in reply.operation.steps:
             click.echo(_step_line(step))
@@ -314,14 +319,8 @@ def remove(settings: Settings, version: str) -> None:
 @click.pass_obj
 def operations(settings: Settings, limit: int) -> None:
     """The operation journal, newest first."""
-    agent = _one_agent(settings)
-    channel, stub = _stub(agent)
-    with channel:
-        try:
-            reply = stub.ListOperations(pb.ListOperationsRequest(node=settings.node, limit=limit),
-                                        timeout=settings.timeout)
-        except grpc.RpcError as err:
-            raise _rpc_error(agent, err, settings.timeout) from None
+    reply = _ask_one(settings, "ListOperations",
+                     pb.ListOperationsRequest(node=settings.node, limit=limit))
     if settings.output == "json":
         click.echo(json.dumps({"operations": [operation_json(o) for o in reply.operations]},
                               indent=2))
@@ -342,13 +341,7 @@ def operations(settings: Settings, limit: int) -> None:
 @click.pass_obj
 def operation(settings: Settings, op_id: int) -> None:
     """One operation of the journal, with its steps."""
-    agent = _one_agent(settings)
-    channel, stub = _stub(agent)
-    with channel:
-        try:
-            op = stub.GetOperation(pb.GetOperationRequest(id=op_id), timeout=settings.timeout)
-        except grpc.RpcError as err:
-            raise _rpc_error(agent, err, settings.timeout) from None
+    op = _ask_one(settings, "GetOperation", pb.GetOperationRequest(id=op_id))
     if settings.output == "json":
         click.echo(json.dumps({"operation": operation_json(op)}, indent=2))
         return

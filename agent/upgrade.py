@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol
 
 from bridge import Atom, BadRpc, format_term
 
@@ -118,6 +119,27 @@ class _Context:
 def _term_text(value: Any) -> str:
     """An Erlang reason as text, short enough for a step detail."""
     return value if isinstance(value, str) and len(value) <= 500 else format_term(value)
+
+
+def _find(ctx: _Context, version: str) -> Release | None:
+    return next((r for r in ctx.releases if r.version == version), None)
+
+
+_P = ParamSpec("_P")
+
+
+def _guarded(method: Callable[Concatenate[ReleaseEngine, _Context, str, _P], Awaitable[Result]]
+             ) -> Callable[Concatenate[ReleaseEngine, str, _P], Awaitable[Result]]:
+    """An operation with a fresh context; a refusal or failure becomes its Result."""
+    @functools.wraps(method)
+    async def run(self: ReleaseEngine, version: str, /, *args: _P.args,
+                  **kwargs: _P.kwargs) -> Result:
+        ctx = _Context()
+        try:
+            return await method(self, ctx, version, *args, **kwargs)
+        except _Failure as failure:
+            return await self._failed(failure, ctx, version)
+    return run
 
 
 class ReleaseEngine:
@@ -258,13 +280,10 @@ class ReleaseEngine:
 
     # --- the operations -----------------------------------------------------------------
 
-    async def upgrade(self, version: str, tarball: ReleaseTarball | None,
+    @_guarded
+    async def upgrade(self, ctx: _Context, version: str, tarball: ReleaseTarball | None,
                       options: Options) -> Result:
-        ctx = _Context()
-        try:
-            return await self._upgrade(version, tarball, options, ctx)
-        except _Failure as failure:
-            return await self._failed(failure, ctx, version)
+        return await self._upgrade(version, tarball, options, ctx)
 
     async def _preflight(self, ctx: _Context) -> None:
         ctx.releases = await self.releases()
@@ -276,7 +295,7 @@ class ReleaseEngine:
                        ctx: _Context) -> Result:
         async with self._step("preflight") as st:
             await self._preflight(ctx)
-            target = next((r for r in ctx.releases if r.version == version), None)
+            target = _find(ctx, version)
             if target is not None and target.running and target.status == "permanent":
                 raise _Failure(FAILED_UNCHANGED, f"{version} already runs and is permanent on "
                                                  f"{self._node.name}; nothing to do")
@@ -527,127 +546,109 @@ class ReleaseEngine:
 
     # --- downgrade and single steps -------------------------------------------------------
 
-    async def downgrade(self, version: str, options: Options) -> Result:
-        ctx = _Context()
-        try:
-            async with self._step("preflight") as st:
-                await self._preflight(ctx)
-                target = next((r for r in ctx.releases if r.version == version), None)
-                if target is None:
-                    known = ", ".join(f"{r.version} ({r.status})" for r in ctx.releases)
-                    raise _Failure(FAILED_UNCHANGED, f"release {version} is not on "
-                                                     f"{self._node.name} (it has: {known})")
-                if target.running:
-                    raise _Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
-                if target.status == "unpacked":
-                    raise _Failure(FAILED_UNCHANGED, f"{version} was never installed on "
-                                                     f"{self._node.name}; use `relctl upgrade "
-                                                     f"{version}` to install it")
-                await self._ensure_releases_file(ctx, st)
-                st.detail = await self._check_config(version, None, ctx)
-                st.detail += f"; running {ctx.from_version}"
-            async with self._step("check") as st:
-                res = await self._call("release_handler", "check_install_release", [version])
-                if not (isinstance(res, tuple) and res[0] == _OK):
-                    raise _Failure(FAILED_UNCHANGED, f"the running release cannot go down to "
-                                                     f"{version}: {_term_text(res)}")
-                st.detail = f"relup of {ctx.from_version} goes down to {version}"
-            if options.dry_run:
-                for name in ("install", "verify", "make_permanent"):
-                    self._skip(name, "--dry-run")
-                return Result(DRY_RUN, ctx.from_version, version, releases=await self.releases())
-            await self._install(version, options, ctx)
-            return await self._verify_and_commit(version, options, ctx, rollback=False)
-        except _Failure as failure:
-            return await self._failed(failure, ctx, version)
+    @_guarded
+    async def downgrade(self, ctx: _Context, version: str, options: Options) -> Result:
+        async with self._step("preflight") as st:
+            await self._preflight(ctx)
+            target = _find(ctx, version)
+            if target is None:
+                known = ", ".join(f"{r.version} ({r.status})" for r in ctx.releases)
+                raise _Failure(FAILED_UNCHANGED, f"release {version} is not on "
+                                                 f"{self._node.name} (it has: {known})")
+            if target.running:
+                raise _Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
+            if target.status == "unpacked":
+                raise _Failure(FAILED_UNCHANGED, f"{version} was never installed on "
+                                                 f"{self._node.name}; use `relctl upgrade "
+                                                 f"{version}` to install it")
+            await self._ensure_releases_file(ctx, st)
+            st.detail = await self._check_config(version, None, ctx)
+            st.detail += f"; running {ctx.from_version}"
+        async with self._step("check") as st:
+            res = await self._call("release_handler", "check_install_release", [version])
+            if not (isinstance(res, tuple) and res[0] == _OK):
+                raise _Failure(FAILED_UNCHANGED, f"the running release cannot go down to "
+                                                 f"{version}: {_term_text(res)}")
+            st.detail = f"relup of {ctx.from_version} goes down to {version}"
+        if options.dry_run:
+            for name in ("install", "verify", "make_permanent"):
+                self._skip(name, "--dry-run")
+            return Result(DRY_RUN, ctx.from_version, version, releases=await self.releases())
+        await self._install(version, options, ctx)
+        return await self._verify_and_commit(version, options, ctx, rollback=False)
 
-    async def unpack(self, version: str, tarball: ReleaseTarball) -> Result:
-        ctx = _Context()
-        try:
-            async with self._step("preflight") as st:
-                await self._preflight(ctx)
-                existing = next((r for r in ctx.releases if r.version == version), None)
-                if existing is not None:
-                    raise _Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
-                                                     f"{self._node.name}; nothing to unpack")
-                await self._ensure_releases_file(ctx, st)
-                st.detail = await self._check_config(version, tarball.sys_config, ctx)
-            await self._stage(tarball, ctx)
-            await self._unpack(tarball, ctx)
-            return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
-        except _Failure as failure:
-            return await self._failed(failure, ctx, version)
+    @_guarded
+    async def unpack(self, ctx: _Context, version: str, tarball: ReleaseTarball) -> Result:
+        async with self._step("preflight") as st:
+            await self._preflight(ctx)
+            existing = _find(ctx, version)
+            if existing is not None:
+                raise _Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
+                                                 f"{self._node.name}; nothing to unpack")
+            await self._ensure_releases_file(ctx, st)
+            st.detail = await self._check_config(version, tarball.sys_config, ctx)
+        await self._stage(tarball, ctx)
+        await self._unpack(tarball, ctx)
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
 
-    async def check(self, version: str) -> Result:
-        ctx = _Context()
-        try:
-            async with self._step("check") as st:
-                await self._preflight(ctx)
-                res = await self._call("release_handler", "check_install_release", [version])
-                if not (isinstance(res, tuple) and res[0] == _OK):
-                    raise _Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
-                                                     f"{_term_text(res)}")
-                st.detail = f"can be installed over {res[1]}"
-            return Result(SUCCEEDED, ctx.from_version, version, releases=ctx.releases)
-        except _Failure as failure:
-            return await self._failed(failure, ctx, version)
+    @_guarded
+    async def check(self, ctx: _Context, version: str) -> Result:
+        async with self._step("check") as st:
+            await self._preflight(ctx)
+            res = await self._call("release_handler", "check_install_release", [version])
+            if not (isinstance(res, tuple) and res[0] == _OK):
+                raise _Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
+                                                 f"{_term_text(res)}")
+            st.detail = f"can be installed over {res[1]}"
+        return Result(SUCCEEDED, ctx.from_version, version, releases=ctx.releases)
 
-    async def install(self, version: str, options: Options) -> Result:
+    @_guarded
+    async def install(self, ctx: _Context, version: str, options: Options) -> Result:
         """install_release and verify; not made permanent (that is its own step)."""
-        ctx = _Context()
-        try:
-            async with self._step("preflight") as st:
-                await self._preflight(ctx)
-                target = next((r for r in ctx.releases if r.version == version), None)
-                if target is None:
-                    raise _Failure(FAILED_UNCHANGED, f"release {version} is not on "
-                                                     f"{self._node.name}; unpack it first")
-                if target.running:
-                    raise _Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
-                await self._ensure_releases_file(ctx, st)
-                st.detail = await self._check_config(version, None, ctx)
-            await self._install(version, options, ctx)
-            async with self._step("verify") as st:
-                st.detail = await self._verify(version, options)
-            return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
-        except _Failure as failure:
-            return await self._failed(failure, ctx, version)
+        async with self._step("preflight") as st:
+            await self._preflight(ctx)
+            target = _find(ctx, version)
+            if target is None:
+                raise _Failure(FAILED_UNCHANGED, f"release {version} is not on "
+                                                 f"{self._node.name}; unpack it first")
+            if target.running:
+                raise _Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
+            await self._ensure_releases_file(ctx, st)
+            st.detail = await self._check_config(version, None, ctx)
+        await self._install(version, options, ctx)
+        async with self._step("verify") as st:
+            st.detail = await self._verify(version, options)
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
 
-    async def make_permanent(self, version: str) -> Result:
-        ctx = _Context()
-        try:
-            async with self._step("preflight") as st:
-                await self._preflight(ctx)
-                target = next((r for r in ctx.releases if r.version == version), None)
-                if target is None or not target.running:
-                    state = target.status if target else "not on the node"
-                    raise _Failure(FAILED_UNCHANGED, f"{version} is {state}; only the running "
-                                                     "release can be made permanent")
-                st.detail = f"{version} is {target.status}"
-            await self._make_permanent(version, ctx)
-            return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
-        except _Failure as failure:
-            return await self._failed(failure, ctx, version)
+    @_guarded
+    async def make_permanent(self, ctx: _Context, version: str) -> Result:
+        async with self._step("preflight") as st:
+            await self._preflight(ctx)
+            target = _find(ctx, version)
+            if target is None or not target.running:
+                state = target.status if target else "not on the node"
+                raise _Failure(FAILED_UNCHANGED, f"{version} is {state}; only the running "
+                                                 "release can be made permanent")
+            st.detail = f"{version} is {target.status}"
+        await self._make_permanent(version, ctx)
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
 
-    async def remove(self, version: str) -> Result:
-        ctx = _Context()
-        try:
-            async with self._step("preflight") as st:
-                await self._preflight(ctx)
-                target = next((r for r in ctx.releases if r.version == version), None)
-                if target is None:
-                    raise _Failure(FAILED_UNCHANGED, f"release {version} is not on {self._node.name}")
-                if target.running or target.status in ("permanent", "current"):
-                    raise _Failure(FAILED_UNCHANGED, f"{version} is {target.status} on "
-                                                     f"{self._node.name}; the running or "
-                                                     "permanent release cannot be removed")
-                await self._ensure_releases_file(ctx, st)
-                st.detail = f"{version} is {target.status}"
-            async with self._step("remove") as st:
-                res = await self._call("release_handler", "remove_release", [version])
-                if res != _OK:
-                    raise _Failure(FAILED, f"remove_release({version}) failed: {_term_text(res)}")
-                st.detail = f"{version} removed"
-            return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
-        except _Failure as failure:
-            return await self._failed(failure, ctx, version)
+    @_guarded
+    async def remove(self, ctx: _Context, version: str) -> Result:
+        async with self._step("preflight") as st:
+            await self._preflight(ctx)
+            target = _find(ctx, version)
+            if target is None:
+                raise _Failure(FAILED_UNCHANGED, f"release {version} is not on {self._node.name}")
+            if target.running or target.status in ("permanent", "current"):
+                raise _Failure(FAILED_UNCHANGED, f"{version} is {target.status} on "
+                                                 f"{self._node.name}; the running or "
+                                                 "permanent release cannot be removed")
+            await self._ensure_releases_file(ctx, st)
+            st.detail = f"{version} is {target.status}"
+        async with self._step("remove") as st:
+            res = await self._call("release_handler", "remove_release", [version])
+            if res != _OK:
+                raise _Failure(FAILED, f"remove_release({version}) failed: {_term_text(res)}")
+            st.detail = f"{version} removed"
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())

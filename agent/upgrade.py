@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol
 
@@ -95,7 +95,6 @@ class _Failure(Exception):
 @dataclass
 class _StepState:
     detail: str = ""
-    skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,10 +109,8 @@ class _Context:
     releases: tuple[Release, ...] = ()
     dirs: _NodeDirs | None = None
     unpacked_here: bool = False
-    installed: bool = False
     staged_file: Path | None = None
     tarball: ReleaseTarball | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _term_text(value: Any) -> str:
@@ -169,7 +166,7 @@ class ReleaseEngine:
             self._on_step(StepRecord(name, "failed", started, time.perf_counter() - clock,
                                      f"internal error: {exc!r}"))
             raise
-        self._on_step(StepRecord(name, "skipped" if state.skipped else "succeeded", started,
+        self._on_step(StepRecord(name, "succeeded", started,
                                  time.perf_counter() - clock, state.detail))
 
     def _skip(self, name: str, detail: str) -> None:
@@ -418,11 +415,9 @@ class ReleaseEngine:
             except NodeUnavailable as exc:
                 res = (_ERROR, f"connection lost during install ({exc})")
             if isinstance(res, tuple) and res[0] == _OK:
-                ctx.installed = True
                 st.detail = f"{ctx.from_version} -> {version}"
                 return
             if isinstance(res, tuple) and res[0] == Atom("continue_after_restart"):
-                ctx.installed = True
                 if not await self._node.wait_for_restart(down_within=30.0,
                                                          up_within=options.restart_timeout):
                     raise _Failure(FAILED, "the node restarted into a new emulator for "

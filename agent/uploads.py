@@ -89,7 +89,7 @@ class UploadWriter:
             self._path.unlink(missing_ok=True)
             raise
         upload = Upload(self.id, self.node, tarball)
-        self._store._uploads[self.id] = upload
+        self._store.keep(upload)
         log.info("upload %s for %s: %s %s, %d bytes, sha256 %s", self.id, self.node,
                  tarball.release_name, tarball.version, tarball.size, tarball.sha256)
         return upload
@@ -122,6 +122,10 @@ class UploadStore:
         upload_id = secrets.token_hex(8)
         path = self._dir / f"{upload_id}.tar.gz.part"
         return UploadWriter(self, upload_id, node, version, size, sha, path)
+
+    def keep(self, upload: Upload) -> None:
+        """Offer a checked and validated upload to operations."""
+        self._uploads[upload.id] = upload
 
     def get(self, upload_id: str, node: str) -> Upload:
         upload = self._uploads.get(upload_id)

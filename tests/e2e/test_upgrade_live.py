@@ -227,11 +227,12 @@ def test_client_going_away_does_not_cancel_the_upgrade(
         [sys.executable, "-m", "agent.cli", "--agent", agent.address, "upgrade", "0.0.2",
          "--tarball", str(release_build.tarball("0.0.2"))],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Kill the client as soon as the operation exists on the agent.
-    eventually(lambda: relctl("operations", "-o", "json", agents=[agent.address])
-               .json()["operations"], what="operation started", timeout=60)
-    client.kill()
-    client.communicate()
+    try:  # kill the client as soon as the operation exists on the agent
+        eventually(lambda: relctl("operations", "-o", "json", agents=[agent.address])
+                   .json()["operations"], what="operation started", timeout=60)
+    finally:
+        client.kill()
+        client.communicate()
     op = eventually(lambda: (o := relctl("operation", "1", "-o", "json", agents=[agent.address])
                              .json()["operation"])["outcome"] != "running" and o,
                     what="operation finished", timeout=120)

@@ -6,12 +6,10 @@ One agent per command here: fleet rollouts over several agents are their own com
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +133,8 @@ def _finish_operation(settings: Settings, op: pb.Operation) -> None:
 # --- upload -----------------------------------------------------------------------------
 
 def _file_digest(path: Path) -> tuple[int, str]:
+    import hashlib  # here, not at start-up: only uploads need it
+
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
@@ -325,6 +325,8 @@ def operations(settings: Settings, limit: int) -> None:
         click.echo(json.dumps({"operations": [operation_json(o) for o in reply.operations]},
                               indent=2))
         return
+    from datetime import datetime  # here, not at start-up: only this table needs it
+
     rows = [["ID", "NODE", "KIND", "FROM", "TO", "OUTCOME", "STARTED", "BY"]]
     for op in reply.operations:
         started = datetime.fromtimestamp(op.started_at.seconds).strftime("%Y-%m-%d %H:%M:%S")

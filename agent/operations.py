@@ -60,6 +60,7 @@ class Operations:
         self._nodes = nodes
         self._rpc_timeout = rpc_timeout
         self._running: dict[str, _Running] = {}
+        self._background: set[asyncio.Task[object]] = set()
 
     @property
     def journal(self) -> Journal:
@@ -114,7 +115,9 @@ class Operations:
                  f" ({error})" if error else "")
         self._close(link.name, record)
         # The snapshot (metrics, versions) should show the new releases now, not at the next tick.
-        asyncio.get_running_loop().create_task(link.refresh())
+        refresh = asyncio.get_running_loop().create_task(link.refresh())
+        self._background.add(refresh)  # a task nobody references may be collected mid-run
+        refresh.add_done_callback(self._background.discard)
         return record
 
     def _close(self, node: str, record: OperationRecord) -> None:

@@ -22,7 +22,7 @@ from .errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, NotFound
 from .messages import node_message, operation_message, ping_message, progress_message
 from .nodes import NodeManager
 from .operations import Operations
-from .upgrade import Options, Probe, ReleaseEngine, Result
+from .upgrade import Options, ReleaseEngine, Result
 from .uploads import UploadStore
 
 log = logging.getLogger("relctl.agent.service")

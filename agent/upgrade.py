@@ -448,7 +448,7 @@ class ReleaseEngine:
                    if isinstance(a, tuple) and len(a) == 3 and isinstance(a[0], Atom)}
         wrong = []
         for lib in target.applications:
-            name, _, vsn = lib.rpartition("-")
+            name, _, vsn = lib.partition("-")  # app names have no '-'; versions may
             if name in running and running[name] != vsn:
                 wrong.append(f"{name} runs {running[name]}, release has {vsn}")
         if wrong:

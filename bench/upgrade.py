@@ -21,7 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,9 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.tools.agent_proc import NodeEntry, start_agent  # noqa: E402
-from tests.tools.otp_procs import NodeProc, start_epmd, start_node  # noqa: E402
-from tests.tools.release_fixture import build_release, make_target_copy  # noqa: E402
+from bench.harness import node_and_agent  # noqa: E402
+from tests.tools.otp_procs import NodeProc  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 ESCRIPT = ROOT / "bench" / "relx_upgrade.escript"
@@ -115,48 +113,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="relctl-bench-") as tmp:
-        work = Path(tmp)
-        build = build_release(work / "build")
-        root = make_target_copy(build, work / "target")
-        with start_epmd(log_dir=work) as epmd, \
-                start_node(root, epmd_port=epmd.port, workdir=work / "node") as target, \
-                start_agent(work / "agent", [NodeEntry(target.name, target.cookie, epmd.port)],
-                            metrics=False) as agent:
-            bench = Bench(target, agent.address, build.tarball("0.0.2"), build.unpack_name("0.0.2"))
-            bench.relctl_cycle()  # warm up both paths once
-            bench.escript("relx")
-            rows: list[dict[str, float]] = []
-            print(f"{'round':>5} {'relctl s':>9} {'escript s':>10} {'ratio':>6} "
-                  f"{'agent ops ms':>13} {'rh own ms':>10} {'ops-rh ms':>10} {'own ms':>7} "
-                  f"{'ahead: relctl ms':>17} {'op ms':>7}")
-            for rnd in range(1, args.rounds + 1):
-                r_total, r_ops, own = bench.relctl_cycle()
-                e_total, _ = bench.escript("relx")
-                rh = bench.release_handler_seconds()
-                ahead_total, ahead_op = bench.unpacked_ahead()
-                row = {"relctl": r_total, "escript": e_total, "ops": r_ops, "rh": rh,
-                       "overhead": r_ops - rh, "own": own, "ahead": ahead_total,
-                       "ahead_op": ahead_op}
-                rows.append(row)
-                print(f"{rnd:>5} {r_total:>9.3f} {e_total:>10.3f} {r_total / e_total:>5.2f}x "
-                      f"{r_ops * 1e3:>13.1f} {rh * 1e3:>10.1f} {(r_ops - rh) * 1e3:>10.1f} "
-                      f"{own * 1e3:>7.1f} "
-                      f"{ahead_total * 1e3:>17.1f} {ahead_op * 1e3:>7.1f}")
-            med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-            print(f"\nmedians over {args.rounds} rounds (one cycle = upgrade + downgrade):")
-            print(f"  relctl, whole processes:          {med['relctl'] * 1e3:8.1f} ms")
-            print(f"  relx-style escript driver:        {med['escript'] * 1e3:8.1f} ms")
-            print(f"  ratio relctl / escript:           {med['relctl'] / med['escript']:8.2f}x "
-                  "(goal: at most 0.75x)")
-            print(f"  release_handler's own time:       {med['rh'] * 1e3:8.1f} ms")
-            print(f"  the agent's operations:           {med['ops'] * 1e3:8.1f} ms")
-            print(f"  agent ops minus release_handler:  {med['overhead'] * 1e3:8.1f} ms "
-                  "(across runs: release_handler's own time varies run to run)")
-            print(f"  agent's own time per cycle:       {med['own'] * 1e3:8.1f} ms "
-                  "(same operations, outside their release_handler calls; goal: at most 10 ms)")
-            print(f"  upgrade of a release unpacked ahead: relctl {med['ahead'] * 1e3:.1f} ms "
-                  f"whole process, operation {med['ahead_op'] * 1e3:.1f} ms")
+    with node_and_agent() as setup:
+        build, target, agent = setup.build, setup.target, setup.agent
+        bench = Bench(target, agent.address, build.tarball("0.0.2"), build.unpack_name("0.0.2"))
+        bench.relctl_cycle()  # warm up both paths once
+        bench.escript("relx")
+        rows: list[dict[str, float]] = []
+        print(f"{'round':>5} {'relctl s':>9} {'escript s':>10} {'ratio':>6} "
+              f"{'agent ops ms':>13} {'rh own ms':>10} {'ops-rh ms':>10} {'own ms':>7} "
+              f"{'ahead: relctl ms':>17} {'op ms':>7}")
+        for rnd in range(1, args.rounds + 1):
+            r_total, r_ops, own = bench.relctl_cycle()
+            e_total, _ = bench.escript("relx")
+            rh = bench.release_handler_seconds()
+            ahead_total, ahead_op = bench.unpacked_ahead()
+            row = {"relctl": r_total, "escript": e_total, "ops": r_ops, "rh": rh,
+                   "overhead": r_ops - rh, "own": own, "ahead": ahead_total,
+                   "ahead_op": ahead_op}
+            rows.append(row)
+            print(f"{rnd:>5} {r_total:>9.3f} {e_total:>10.3f} {r_total / e_total:>5.2f}x "
+                  f"{r_ops * 1e3:>13.1f} {rh * 1e3:>10.1f} {(r_ops - rh) * 1e3:>10.1f} "
+                  f"{own * 1e3:>7.1f} "
+                  f"{ahead_total * 1e3:>17.1f} {ahead_op * 1e3:>7.1f}")
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print(f"\nmedians over {args.rounds} rounds (one cycle = upgrade + downgrade):")
+        print(f"  relctl, whole processes:          {med['relctl'] * 1e3:8.1f} ms")
+        print(f"  relx-style escript driver:        {med['escript'] * 1e3:8.1f} ms")
+        print(f"  ratio relctl / escript:           {med['relctl'] / med['escript']:8.2f}x "
+              "(goal: at most 0.75x)")
+        print(f"  release_handler's own time:       {med['rh'] * 1e3:8.1f} ms")
+        print(f"  the agent's operations:           {med['ops'] * 1e3:8.1f} ms")
+        print(f"  agent ops minus release_handler:  {med['overhead'] * 1e3:8.1f} ms "
+              "(across runs: release_handler's own time varies run to run)")
+        print(f"  agent's own time per cycle:       {med['own'] * 1e3:8.1f} ms "
+              "(same operations, outside their release_handler calls; goal: at most 10 ms)")
+        print(f"  upgrade of a release unpacked ahead: relctl {med['ahead'] * 1e3:.1f} ms "
+              f"whole process, operation {med['ahead_op'] * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,9 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.tools.agent_proc import NodeEntry, start_agent  # noqa: E402
-from tests.tools.otp_procs import start_epmd, start_node  # noqa: E402
-from tests.tools.release_fixture import build_release, make_target_copy  # noqa: E402
+from bench.harness import node_and_agent  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -60,37 +57,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="relctl-bench-") as tmp:
-        work = Path(tmp)
-        build = build_release(work / "build")
-        root = make_target_copy(build, work / "target")
-        with start_epmd(log_dir=work) as epmd, \
-                start_node(root, epmd_port=epmd.port, workdir=work / "node") as target, \
-                start_agent(work / "agent", [NodeEntry(target.name, target.cookie, epmd.port)],
-                            metrics=False) as agent:
-            escript_env = dict(os.environ, HOME=str(target.home), ERL_EPMD_PORT=str(epmd.port))
-            escript = ["escript", str(ROOT / "bench" / "relx_versions.escript"), target.name]
-            relctl = [str(VENV_BIN / "relctl"), "--agent", agent.address, "versions"]
-            relctl_env = {k: v for k, v in os.environ.items() if k != "RELCTL_AGENT"}
-            timed(escript, escript_env, "0.0.1")  # warm the page cache for both
-            timed(relctl, relctl_env, "0.0.1")
+    with node_and_agent() as setup:
+        target, agent = setup.target, setup.agent
+        escript_env = dict(os.environ, HOME=str(target.home), ERL_EPMD_PORT=str(target.epmd_port))
+        escript = ["escript", str(ROOT / "bench" / "relx_versions.escript"), target.name]
+        relctl = [str(VENV_BIN / "relctl"), "--agent", agent.address, "versions"]
+        relctl_env = {k: v for k, v in os.environ.items() if k != "RELCTL_AGENT"}
+        timed(escript, escript_env, "0.0.1")  # warm the page cache for both
+        timed(relctl, relctl_env, "0.0.1")
 
-            medians: dict[str, list[float]] = {"escript": [], "relctl": []}
-            print(f"{'round':>5}  {'relx-style escript ms':>22}  {'relctl versions ms':>19}  ratio")
-            for rnd in range(1, args.rounds + 1):
-                e = [timed(escript, escript_env, "0.0.1") for _ in range(args.runs)]
-                r = [timed(relctl, relctl_env, "0.0.1") for _ in range(args.runs)]
-                me, mr = statistics.median(e), statistics.median(r)
-                medians["escript"].append(me)
-                medians["relctl"].append(mr)
-                print(f"{rnd:>5}  {me * 1e3:>22.1f}  {mr * 1e3:>19.1f}  {mr / me:.2f}x")
-            esc = statistics.median(medians["escript"])
-            rel = statistics.median(medians["relctl"])
-            print(f"\nmedian over {args.rounds} rounds of {args.runs} runs each:")
-            print(f"  relx-style escript (new VM per command): {esc * 1e3:7.1f} ms")
-            print(f"  relctl versions (whole process):         {rel * 1e3:7.1f} ms")
-            print(f"  ratio relctl / escript: {rel / esc:.2f}x (goal: at most 0.50x)")
-            print(f"  import agent.cli: {import_time_ms():.1f} ms over a bare interpreter start")
+        medians: dict[str, list[float]] = {"escript": [], "relctl": []}
+        print(f"{'round':>5}  {'relx-style escript ms':>22}  {'relctl versions ms':>19}  ratio")
+        for rnd in range(1, args.rounds + 1):
+            e = [timed(escript, escript_env, "0.0.1") for _ in range(args.runs)]
+            r = [timed(relctl, relctl_env, "0.0.1") for _ in range(args.runs)]
+            me, mr = statistics.median(e), statistics.median(r)
+            medians["escript"].append(me)
+            medians["relctl"].append(mr)
+            print(f"{rnd:>5}  {me * 1e3:>22.1f}  {mr * 1e3:>19.1f}  {mr / me:.2f}x")
+        esc = statistics.median(medians["escript"])
+        rel = statistics.median(medians["relctl"])
+        print(f"\nmedian over {args.rounds} rounds of {args.runs} runs each:")
+        print(f"  relx-style escript (new VM per command): {esc * 1e3:7.1f} ms")
+        print(f"  relctl versions (whole process):         {rel * 1e3:7.1f} ms")
+        print(f"  ratio relctl / escript: {rel / esc:.2f}x (goal: at most 0.50x)")
+        print(f"  import agent.cli: {import_time_ms():.1f} ms over a bare interpreter start")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ CHUNK = 1024 * 1024
 _OUTCOME_NAMES = {v: k.removeprefix("OUTCOME_").lower() for k, v in pb.Outcome.items()}
 _KIND_NAMES = {v: k.removeprefix("OPERATION_KIND_").lower() for k, v in pb.OperationKind.items()}
 _STATE_NAMES = {v: k.removeprefix("STEP_STATE_").lower() for k, v in pb.StepState.items()}
+_CHANGE_NAMES = {v: k.removeprefix("CONFIG_CHANGE_KIND_").lower()
+                 for k, v in pb.ConfigChangeKind.items()}
 _OUTCOME_EXIT = {
     "succeeded": ExitCode.OK,
     "dry_run": ExitCode.OK,
@@ -88,7 +90,29 @@ def operation_json(op: pb.Operation) -> dict[str, Any]:
             "error": op.error, "steps": [step_json(s) for s in op.steps],
             "releases_after": [{"name": r.name, "version": r.version,
                                 "status": _STATUS_NAMES.get(r.status, "?")}
-                               for r in op.releases_after]}
+                               for r in op.releases_after],
+            "config_changes": [change_json(c) for c in op.config_changes]}
+
+
+def change_json(change: pb.ConfigChange) -> dict[str, Any]:
+    out: dict[str, Any] = {"application": change.application, "key": change.key,
+                           "change": _CHANGE_NAMES.get(change.kind, "?")}
+    if change.old_value or change.new_value:
+        out.update(old_value=change.old_value or None, new_value=change.new_value or None)
+    return out
+
+
+def _changes_table(changes: Any) -> str:
+    with_values = any(c.old_value or c.new_value for c in changes)
+    rows = [["APPLICATION", "KEY", "CHANGE"] + (["OLD", "NEW"] if with_values else [])]
+    for c in changes:
+        row = [c.application, c.key, _CHANGE_NAMES.get(c.kind, "?")]
+        if with_values:
+            row += [c.old_value or "-", c.new_value or "-"]
+        rows.append(row)
+    table = _table(rows)
+    return table if with_values else table + "\n(values hidden: they may be secrets; " \
+                                              "--show-values prints them)"
 
 
 def _duration_text(step: pb.Step) -> str:
@@ -106,7 +130,9 @@ def _step_line(step: pb.Step) -> str:
 
 def _summary(op: pb.Operation) -> str:
     outcome = _OUTCOME_NAMES.get(op.outcome, "?")
-    what = f"{_KIND_NAMES.get(op.kind, '?')} {op.to_version} on {op.node}"
+    kind = _KIND_NAMES.get(op.kind, "?")
+    what = (f"reload-config of {op.to_version} on {op.node}"
+            if op.kind == pb.OPERATION_KIND_RELOAD_CONFIG else f"{kind} {op.to_version} on {op.node}")
     words = {"succeeded": "done", "dry_run": "dry run: checks passed, nothing changed",
              "failed_unchanged": "FAILED, node unchanged",
              "rolled_back": "FAILED, rolled back", "failed": "FAILED",
@@ -114,7 +140,11 @@ def _summary(op: pb.Operation) -> str:
     lines = [f"{what}: {words} (operation {op.id})"]
     if op.error:
         lines.append(f"  {op.error}")
-    if op.releases_after:
+    if op.config_changes:
+        lines.append(_changes_table(op.config_changes))
+    elif op.kind == pb.OPERATION_KIND_RELOAD_CONFIG and outcome in ("succeeded", "dry_run"):
+        lines.append("no configuration changes")
+    if op.releases_after and op.kind != pb.OPERATION_KIND_RELOAD_CONFIG:
         rows = [["RELEASE", "VERSION", "STATUS"]] + [
             [r.name, r.version, _STATUS_NAMES.get(r.status, "?")] for r in op.releases_after]
         lines.append(_table(rows))
@@ -268,6 +298,19 @@ def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: boo
     """Go back to an old VERSION through the running release's relup (its down script)."""
     _streamed(settings, lambda stub, agent: stub.Downgrade(pb.DowngradeRequest(
         node=settings.node, version=version, no_permanent=no_permanent), timeout=OPERATION_TIMEOUT))
+
+
+@cli.command("reload-config")
+@click.option("--dry-run", is_flag=True, help="Show what would change; apply nothing.")
+@click.option("--show-values", is_flag=True,
+              help="Print old and new values too (they may be secrets; keys only by default).")
+@_shared_options
+@click.pass_obj
+def reload_config(settings: Settings, dry_run: bool, show_values: bool) -> None:
+    """Re-read the running release's sys.config and apply what changed, calling each
+    application's config_change/3, as a release upgrade does."""
+    _streamed(settings, lambda stub, agent: stub.ReloadConfig(pb.ReloadConfigRequest(
+        node=settings.node, dry_run=dry_run, show_values=show_values), timeout=OPERATION_TIMEOUT))
 
 
 @cli.command()

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 FILE_NAME = "journal.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: operations.config_changes
 
 STEP_STATES = frozenset({"running", "succeeded", "failed", "skipped"})
 OUTCOMES = frozenset({"running", "succeeded", "failed_unchanged", "rolled_back", "failed",
@@ -40,7 +40,8 @@ CREATE TABLE operations (
     finished_at REAL,
     outcome TEXT NOT NULL,
     error TEXT NOT NULL DEFAULT '',
-    releases_after TEXT NOT NULL DEFAULT '[]'
+    releases_after TEXT NOT NULL DEFAULT '[]',
+    config_changes TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX operations_by_node ON operations (node, id);
 CREATE INDEX operations_by_outcome ON operations (outcome);
@@ -57,7 +58,12 @@ CREATE TABLE steps (
 """
 
 _OP_COLUMNS = ("id, node, kind, from_version, to_version, requested_by, started_at, finished_at, "
-               "outcome, error, releases_after")
+               "outcome, error, releases_after, config_changes")
+
+# Schema upgrades of an existing journal, by the version they lead to.
+_MIGRATIONS = {
+    2: "ALTER TABLE operations ADD COLUMN config_changes TEXT NOT NULL DEFAULT '[]'",
+}
 
 
 class JournalError(Exception):
@@ -82,6 +88,18 @@ class ReleaseRow:
 
 
 @dataclass(frozen=True)
+class ConfigChange:
+    """One application environment key a config reload added, changed or removed. The values
+    (Erlang terms as text, empty unless the requester asked for them) are never journaled:
+    they may be secrets, and the journal is readable by every viewer."""
+    application: str
+    key: str                  # the key as an Erlang term, e.g. "greeting"
+    kind: str                 # "added", "changed" or "removed"
+    old_value: str = ""
+    new_value: str = ""
+
+
+@dataclass(frozen=True)
 class OperationRecord:
     id: int
     node: str
@@ -95,6 +113,7 @@ class OperationRecord:
     error: str
     steps: tuple[StepRecord, ...]
     releases_after: tuple[ReleaseRow, ...]
+    config_changes: tuple[ConfigChange, ...] = ()
 
 
 class Journal:
@@ -172,10 +191,12 @@ class Journal:
 
     def finish(self, op_id: int, outcome: str, *, error: str = "",
                releases_after: Sequence[ReleaseRow] = (),
+               config_changes: Sequence[ConfigChange] = (),
                now: float | None = None) -> OperationRecord:
         if outcome not in OUTCOMES or outcome == "running":
             raise ValueError(f"not a final outcome: {outcome!r}")
-        return self._end(op_id, outcome, error, releases_after, "did not finish", _now(now))
+        return self._end(op_id, outcome, error, releases_after, "did not finish", _now(now),
+                         config_changes)
 
     def mark_interrupted(self, op_id: int, note: str, releases_after: Sequence[ReleaseRow] = (),
                          *, now: float | None = None) -> OperationRecord:
@@ -239,9 +260,12 @@ class Journal:
             raise JournalError(f"operation {op_id} is not running (it ended: {row[0]})")
 
     def _end(self, op_id: int, outcome: str, error: str, releases_after: Sequence[ReleaseRow],
-             step_detail: str, now: float) -> OperationRecord:
+             step_detail: str, now: float,
+             config_changes: Sequence[ConfigChange] = ()) -> OperationRecord:
         rows = json.dumps([{"name": r.name, "version": r.version, "status": r.status}
                            for r in releases_after])
+        changes = json.dumps([{"application": c.application, "key": c.key, "kind": c.kind}
+                              for c in config_changes])
         with self._tx():
             self._require_running(op_id)
             # A step left running never reported its end: it did not succeed.
@@ -250,7 +274,8 @@ class Journal:
                 " WHERE op_id = ? AND state = 'running'", (step_detail, now, op_id))
             self._conn.execute(
                 "UPDATE operations SET outcome = ?, error = ?, finished_at = ?,"
-                " releases_after = ? WHERE id = ?", (outcome, error, now, rows, op_id))
+                " releases_after = ?, config_changes = ? WHERE id = ?",
+                (outcome, error, now, rows, changes, op_id))
             [record] = self._load(f"SELECT {_OP_COLUMNS} FROM operations WHERE id = ?",
                                   (op_id,))
         return record
@@ -272,6 +297,8 @@ class Journal:
             error=op[9], steps=tuple(steps[op[0]]),
             releases_after=tuple(ReleaseRow(r["name"], r["version"], r["status"])
                                  for r in json.loads(op[10])),
+            config_changes=tuple(ConfigChange(c["application"], c["key"], c["kind"])
+                                 for c in json.loads(op[11])),
         ) for op in ops]
 
 
@@ -302,9 +329,14 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        # Asked again under the write lock: another process may have created it meanwhile.
-        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        # Asked again under the write lock: another process may have created or upgraded it.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
             _create_schema(conn, path)
+        elif version < SCHEMA_VERSION:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                conn.execute(_MIGRATIONS[target])
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         conn.execute("ROLLBACK")
         raise

@@ -38,6 +38,11 @@ _OUTCOME = {
     "interrupted": pb.OUTCOME_INTERRUPTED,
     "dry_run": pb.OUTCOME_DRY_RUN,
 }
+_CHANGE_KIND = {
+    "added": pb.CONFIG_CHANGE_KIND_ADDED,
+    "changed": pb.CONFIG_CHANGE_KIND_CHANGED,
+    "removed": pb.CONFIG_CHANGE_KIND_REMOVED,
+}
 _STEP_STATE = {
     "running": pb.STEP_STATE_RUNNING,
     "succeeded": pb.STEP_STATE_SUCCEEDED,
@@ -97,7 +102,11 @@ def operation_message(op: OperationRecord) -> pb.Operation:
         steps=[step_message(s) for s in op.steps],
         releases_after=[pb.Release(name=r.name, version=r.version,
                                    status=_STATUS.get(r.status, pb.RELEASE_STATUS_UNSPECIFIED))
-                        for r in op.releases_after])
+                        for r in op.releases_after],
+        config_changes=[pb.ConfigChange(
+            application=c.application, key=c.key,
+            kind=_CHANGE_KIND.get(c.kind, pb.CONFIG_CHANGE_KIND_UNSPECIFIED),
+            old_value=c.old_value, new_value=c.new_value) for c in op.config_changes])
     if op.finished_at is not None:
         msg.finished_at.CopyFrom(timestamp(op.finished_at))
     return msg

@@ -11,14 +11,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import NodeDown, NodeUnavailable, NotFound, OperationInProgress
-from .journal import Journal, OperationRecord, ReleaseRow, StepRecord
+from .journal import ConfigChange, Journal, OperationRecord, ReleaseRow, StepRecord
 from .link import NodeLink
 from .nodes import NodeManager
 from .releases import Release
-from .upgrade import FAILED, ReleaseEngine, Result
+from .steps import FAILED, Result
+from .upgrade import ReleaseEngine
 
 log = logging.getLogger("relctl.agent.operations")
 
@@ -76,7 +77,9 @@ class Operations:
         if not link.state.up:
             raise NodeDown(node, link.state.error or "not connected")
         running = next((r for r in link.state.releases if r.running), None)
-        op_id = self._journal.start(node, kind, running.version if running else "", to_version,
+        from_version = running.version if running else ""
+        # An operation without a target version (a config reload) acts on the running one.
+        op_id = self._journal.start(node, kind, from_version, to_version or from_version,
                                     requested_by)
         listeners: list[asyncio.Queue[Progress | None]] = []
 
@@ -89,15 +92,17 @@ class Operations:
         task = asyncio.create_task(self._run(op_id, link, kind, work(engine)),
                                    name=f"relctl operation {op_id}")
         self._running[node] = _Running(op_id, kind, task, listeners)
-        log.info("operation %d: %s %s on %s (requested by %s)", op_id, kind, to_version, node,
-                 requested_by)
+        log.info("operation %d: %s %s on %s (requested by %s)", op_id, kind,
+                 to_version or "(running release)", node, requested_by)
         return op_id
 
     async def _run(self, op_id: int, link: NodeLink, kind: str,
                    work: Awaitable[Result]) -> OperationRecord:
+        changes: tuple[ConfigChange, ...] = ()
         try:
             result = await work
             outcome, error, releases = result.outcome, result.error, result.releases
+            changes = result.config_changes
             if result.from_version:
                 self._journal.set_from_version(op_id, result.from_version)
         except NodeUnavailable as exc:
@@ -109,7 +114,11 @@ class Operations:
         except Exception as exc:
             log.exception("operation %d failed inside the agent", op_id)
             outcome, error, releases = FAILED, f"internal error in relctl-agent: {exc!r}", ()
-        record = self._journal.finish(op_id, outcome, error=error, releases_after=_rows(releases))
+        record = self._journal.finish(op_id, outcome, error=error, releases_after=_rows(releases),
+                                      config_changes=changes)
+        if any(c.old_value or c.new_value for c in changes):
+            # Values (asked for with --show-values) go to this operation's listeners only.
+            record = replace(record, config_changes=changes)
         self._on_finished(record)
         log.info("operation %d: %s on %s: %s%s", op_id, kind, link.name, outcome,
                  f" ({error})" if error else "")

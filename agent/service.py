@@ -10,7 +10,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from relctl.v1 import AGENT_ERROR_METADATA
@@ -22,7 +22,9 @@ from .errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, NotFound
 from .messages import node_message, operation_message, ping_message, progress_message
 from .nodes import NodeManager
 from .operations import Operations
-from .upgrade import Options, ReleaseEngine, Result
+from .reload import ConfigReload, ReloadOptions
+from .steps import Result
+from .upgrade import Options, ReleaseEngine
 from .uploads import UploadStore
 
 log = logging.getLogger("relctl.agent.service")
@@ -63,17 +65,8 @@ async def _answer(context: _Ctx, work: Awaitable[_T]) -> _T:
                             "has the details", _ERROR_METADATA)
 
 
-def _not_yet(rpc: str, lands_in: str) -> Callable[[Any, Any, _Ctx], Awaitable[NoReturn]]:
-    async def handler(self: Any, request: Any, context: _Ctx) -> NoReturn:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f"relctl-agent {__version__} does not implement {rpc} yet "
-                            f"({lands_in}); upgrade the agent", _ERROR_METADATA)
-    handler.__name__ = rpc
-    return handler
-
-
 class AgentService:
-    """Implements every RPC of relctl.v1.Agent; the ones not built yet answer UNIMPLEMENTED."""
+    """Implements every RPC of relctl.v1.Agent."""
 
     def __init__(self, nodes: NodeManager, operations: Operations | None = None,
                  uploads: UploadStore | None = None, *, rpc_timeout: float = 30.0,
@@ -142,8 +135,9 @@ class AgentService:
                            "pass --node NAME")
 
     def _start(self, context: _Ctx, node: str, kind: str, version: str,
-               work: Callable[[ReleaseEngine], Awaitable[Result]]) -> int:
-        if not version:
+               work: Callable[[ReleaseEngine], Awaitable[Result]], needs_version: bool = True
+               ) -> int:
+        if needs_version and not version:
             raise RequestError("no release version given")
         return self._operations().begin(node, kind, version, context.peer() or "unknown", work)
 
@@ -156,10 +150,11 @@ class AgentService:
         return await _answer(context, run())
 
     async def _stream(self, context: _Ctx, node: str, kind: str, version: str,
-                      work: Callable[[ReleaseEngine], Awaitable[Result]]
-                      ) -> AsyncIterator[pb.ProgressEvent]:
+                      work: Callable[[ReleaseEngine], Awaitable[Result]],
+                      needs_version: bool = True) -> AsyncIterator[pb.ProgressEvent]:
         async def begin() -> int:
-            return self._start(context, self._node_name(node), kind, version, work)
+            return self._start(context, self._node_name(node), kind, version, work,
+                               needs_version)
         op_id = await _answer(context, begin())
         # The operation runs on its own: if this client goes away, it still finishes.
         async for event in self._operations().follow(op_id):
@@ -276,7 +271,16 @@ class AgentService:
                                         lambda engine: engine.downgrade(request.version, options)):
             yield event
 
-    ReloadConfig = _not_yet("ReloadConfig", "config reload comes after upgrades")
+    async def ReloadConfig(self, request: pb.ReloadConfigRequest,
+                           context: _Ctx) -> AsyncIterator[pb.ProgressEvent]:
+        options = ReloadOptions(dry_run=request.dry_run, show_values=request.show_values)
+
+        def work(engine: ReleaseEngine) -> Awaitable[Result]:
+            reload = ConfigReload(engine.node, engine.steps, rpc_timeout=engine.rpc_timeout)
+            return reload.run(options)
+        async for event in self._stream(context, request.node, "reload_config", "", work,
+                                        needs_version=False):
+            yield event
 
 
 async def _now(fn: Callable[[], _T]) -> _T:

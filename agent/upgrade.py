@@ -10,49 +10,44 @@ whose outcome says exactly where the node stands.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, Protocol
+from typing import Any, Concatenate, ParamSpec
 
-from bridge import Atom, BadRpc, format_term
+from bridge import Atom, BadRpc
 
 from .errors import NodeUnavailable
-from .journal import StepRecord
 from .releases import Release, parse_which_releases
+from .steps import (
+    DRY_RUN,
+    FAILED,
+    FAILED_UNCHANGED,
+    ROLLED_BACK,
+    SUCCEEDED,
+    Caller,
+    Failure,
+    NodeDirs,
+    Result,
+    StepSink,
+    Steps,
+    StepState,
+    node_dirs,
+    term_text,
+)
 from .tarball import ReleaseTarball
-
-SUCCEEDED = "succeeded"
-FAILED_UNCHANGED = "failed_unchanged"
-ROLLED_BACK = "rolled_back"
-FAILED = "failed"
-DRY_RUN = "dry_run"
 
 _OK = Atom("ok")
 _ERROR = Atom("error")
 
-
-class Caller(Protocol):
-    """What the engine needs of a node connection (NodeLink provides it)."""
-
-    @property
-    def name(self) -> str: ...
-
-    async def call(self, module: str, function: str, args: Sequence[Any] = (), *,
-                   timeout: float | None = None) -> Any: ...
-
-    async def wait_for_restart(self, *, down_within: float, up_within: float) -> bool:
-        """True when the node dropped the connection within ``down_within`` seconds and was
-        connected again within ``up_within`` more."""
-        ...
-
-
-StepSink = Callable[[StepRecord], None]
+# Older names of what now lives in steps.py.
+_Failure = Failure
+_StepState = StepState
+_term_text = term_text
 
 
 @dataclass(frozen=True)
@@ -76,46 +71,14 @@ class Options:
     restart_timeout: float = 60.0    # how long a node restarted by release_handler may take
 
 
-@dataclass(frozen=True)
-class Result:
-    outcome: str
-    from_version: str
-    to_version: str
-    error: str = ""
-    releases: tuple[Release, ...] = ()
-    detail: str = ""
-
-
-@dataclass
-class _Failure(Exception):
-    outcome: str
-    message: str
-
-
-@dataclass
-class _StepState:
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class _NodeDirs:
-    root: str
-    releases: str
-
-
 @dataclass
 class _Context:
     from_version: str = ""
     releases: tuple[Release, ...] = ()
-    dirs: _NodeDirs | None = None
+    dirs: NodeDirs | None = None
     unpacked_here: bool = False
     staged_file: Path | None = None
     tarball: ReleaseTarball | None = None
-
-
-def _term_text(value: Any) -> str:
-    """An Erlang reason as text, short enough for a step detail."""
-    return value if isinstance(value, str) and len(value) <= 500 else format_term(value)
 
 
 def _find(ctx: _Context, version: str) -> Release | None:
@@ -143,35 +106,22 @@ class ReleaseEngine:
     def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float = 30.0) -> None:
         self._node = node
         self._on_step = on_step
+        self._steps = Steps(on_step)
         self._rpc_timeout = rpc_timeout
 
+    @property
+    def node(self) -> Caller:
+        return self._node
+
+    @property
+    def steps(self) -> Steps:
+        return self._steps
+
+    @property
+    def rpc_timeout(self) -> float:
+        return self._rpc_timeout
+
     # --- steps --------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _step(self, name: str) -> AsyncIterator[_StepState]:
-        started = time.time()
-        clock = time.perf_counter()
-        self._on_step(StepRecord(name, "running", started, None))
-        state = _StepState()
-        try:
-            yield state
-        except _Failure as failure:
-            self._on_step(StepRecord(name, "failed", started, time.perf_counter() - clock,
-                                     failure.message))
-            raise
-        except NodeUnavailable as exc:
-            self._on_step(StepRecord(name, "failed", started, time.perf_counter() - clock, str(exc)))
-            raise
-        except BaseException as exc:
-            self._on_step(StepRecord(name, "failed", started, time.perf_counter() - clock,
-                                     f"internal error: {exc!r}"))
-            raise
-        self._on_step(StepRecord(name, "succeeded", started,
-                                 time.perf_counter() - clock, state.detail))
-
-    def _skip(self, name: str, detail: str) -> None:
-        now = time.time()
-        self._on_step(StepRecord(name, "skipped", now, 0.0, detail))
 
     # --- node facts ---------------------------------------------------------------------
 
@@ -182,16 +132,6 @@ class ReleaseEngine:
 
     async def releases(self) -> tuple[Release, ...]:
         return parse_which_releases(await self._call("release_handler", "which_releases"))
-
-    async def _dirs(self) -> _NodeDirs:
-        root = await self._call("code", "root_dir")
-        env = await self._call("application", "get_env", [Atom("sasl"), Atom("releases_dir")])
-        if isinstance(env, tuple) and len(env) == 2 and isinstance(env[1], str):
-            return _NodeDirs(root, env[1])
-        reldir = await self._call("os", "getenv", ["RELDIR"])
-        if isinstance(reldir, str) and reldir:
-            return _NodeDirs(root, reldir)
-        return _NodeDirs(root, os.path.join(root, "releases"))
 
     async def _ensure_releases_file(self, ctx: _Context, state: _StepState) -> None:
         """Without RELEASES, release_handler invents a release with no libraries, and a later
@@ -286,11 +226,11 @@ class ReleaseEngine:
         ctx.releases = await self.releases()
         running = next((r for r in ctx.releases if r.running), None)
         ctx.from_version = running.version if running else ""
-        ctx.dirs = await self._dirs()
+        ctx.dirs = await node_dirs(self._node, self._rpc_timeout)
 
     async def _upgrade(self, version: str, tarball: ReleaseTarball | None, options: Options,
                        ctx: _Context) -> Result:
-        async with self._step("preflight") as st:
+        async with self._steps.step("preflight") as st:
             await self._preflight(ctx)
             target = _find(ctx, version)
             if target is not None and target.running and target.status == "permanent":
@@ -311,18 +251,18 @@ class ReleaseEngine:
         if target is not None and target.status == "current":
             # Installed but not permanent (e.g. --no-permanent before): only make it permanent.
             for name in ("stage", "unpack", "check", "install"):
-                self._skip(name, f"{version} is already current")
+                self._steps.skip(name, f"{version} is already current")
             return await self._verify_and_commit(version, options, ctx, rollback=False)
 
         if tarball is not None:
             await self._stage(tarball, ctx)
             await self._unpack(tarball, ctx)
         else:
-            self._skip("stage", f"{version} is already {target.status if target else '?'}")
-            self._skip("unpack", f"{version} is already {target.status if target else '?'}")
+            self._steps.skip("stage", f"{version} is already {target.status if target else '?'}")
+            self._steps.skip("unpack", f"{version} is already {target.status if target else '?'}")
 
         try:
-            async with self._step("check") as st:
+            async with self._steps.step("check") as st:
                 res = await self._call("release_handler", "check_install_release", [version])
                 if not (isinstance(res, tuple) and res[0] == _OK):
                     reason = res[1] if isinstance(res, tuple) and len(res) > 1 else res
@@ -338,7 +278,7 @@ class ReleaseEngine:
             if ctx.unpacked_here:
                 await self._undo_unpack(version, ctx)
             for name in ("install", "verify", "make_permanent"):
-                self._skip(name, "--dry-run")
+                self._steps.skip(name, "--dry-run")
             return Result(DRY_RUN, ctx.from_version, version, releases=await self.releases(),
                           detail="checks passed; nothing was changed")
 
@@ -347,7 +287,7 @@ class ReleaseEngine:
 
     async def _stage(self, tarball: ReleaseTarball, ctx: _Context) -> None:
         assert ctx.dirs is not None
-        async with self._step("stage") as st:
+        async with self._steps.step("stage") as st:
             dest = Path(ctx.dirs.releases) / f"{tarball.unpack_name}.tar.gz"
             tmp = dest.with_name(f".{dest.name}.relctl-tmp")
             try:
@@ -367,7 +307,7 @@ class ReleaseEngine:
             st.detail = f"{dest} ({tarball.size} bytes, sha256 {tarball.sha256[:12]}...)"
 
     async def _unpack(self, tarball: ReleaseTarball, ctx: _Context) -> None:
-        async with self._step("unpack") as st:
+        async with self._steps.step("unpack") as st:
             res = await self._call("release_handler", "unpack_release", [tarball.unpack_name],
                                    timeout=max(self._rpc_timeout, 120.0))
             if isinstance(res, tuple) and res[0] == _OK:
@@ -388,7 +328,7 @@ class ReleaseEngine:
         release out of RELEASES. Then the files it extracted go too: release_handler extracts
         with keep_old_files, so a bad relup or beam left behind would be used by the retry.
         Only releases/VSN and the lib directories no other release uses are deleted."""
-        async with self._step("undo_unpack") as st:
+        async with self._steps.step("undo_unpack") as st:
             res = await self._call("release_handler", "set_removed", [version])
             if res != _OK:
                 raise _Failure(FAILED, f"set_removed({version}) failed: {_term_text(res)}; "
@@ -407,7 +347,7 @@ class ReleaseEngine:
             st.detail = f"set_removed({version}); deleted {', '.join(removed) or 'nothing'}"
 
     async def _install(self, version: str, options: Options, ctx: _Context) -> None:
-        async with self._step("install") as st:
+        async with self._steps.step("install") as st:
             try:
                 res = await self._call("release_handler", "install_release",
                                        [version, [(Atom("update_paths"), True)]],
@@ -477,7 +417,7 @@ class ReleaseEngine:
     async def _verify_and_commit(self, version: str, options: Options, ctx: _Context,
                                  *, rollback: bool) -> Result:
         try:
-            async with self._step("verify") as st:
+            async with self._steps.step("verify") as st:
                 st.detail = await self._verify(version, options)
         except _Failure as failure:
             if not rollback or not ctx.from_version:
@@ -486,12 +426,12 @@ class ReleaseEngine:
         if options.permanent:
             await self._make_permanent(version, ctx)
         else:
-            self._skip("make_permanent", "--no-permanent: the node boots the old release on "
+            self._steps.skip("make_permanent", "--no-permanent: the node boots the old release on "
                                          "restart until `relctl make-permanent`")
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
 
     async def _make_permanent(self, version: str, ctx: _Context) -> None:
-        async with self._step("make_permanent") as st:
+        async with self._steps.step("make_permanent") as st:
             res = await self._call("release_handler", "make_permanent", [version])
             if res != _OK:
                 raise _Failure(FAILED, f"make_permanent({version}) failed: "
@@ -518,14 +458,14 @@ class ReleaseEngine:
 
     async def _rollback(self, version: str, failure: _Failure, options: Options,
                         ctx: _Context) -> Result:
-        async with self._step("rollback") as st:
+        async with self._steps.step("rollback") as st:
             res = await self._call("release_handler", "install_release", [ctx.from_version],
                                    timeout=options.install_timeout)
             if not (isinstance(res, tuple) and res[0] == _OK):
                 raise _Failure(FAILED, f"{failure.message}; rollback to {ctx.from_version} "
                                        f"failed too: {_term_text(res)}")
             st.detail = f"installed {ctx.from_version} again (relup down script)"
-        async with self._step("verify") as st:
+        async with self._steps.step("verify") as st:
             st.detail = await self._verify(ctx.from_version, Options())
         return Result(ROLLED_BACK, ctx.from_version, version, error=failure.message,
                       releases=await self.releases(),
@@ -543,7 +483,7 @@ class ReleaseEngine:
 
     @_guarded
     async def downgrade(self, ctx: _Context, version: str, options: Options) -> Result:
-        async with self._step("preflight") as st:
+        async with self._steps.step("preflight") as st:
             await self._preflight(ctx)
             target = _find(ctx, version)
             if target is None:
@@ -559,7 +499,7 @@ class ReleaseEngine:
             await self._ensure_releases_file(ctx, st)
             st.detail = await self._check_config(version, None, ctx)
             st.detail += f"; running {ctx.from_version}"
-        async with self._step("check") as st:
+        async with self._steps.step("check") as st:
             res = await self._call("release_handler", "check_install_release", [version])
             if not (isinstance(res, tuple) and res[0] == _OK):
                 raise _Failure(FAILED_UNCHANGED, f"the running release cannot go down to "
@@ -567,14 +507,14 @@ class ReleaseEngine:
             st.detail = f"relup of {ctx.from_version} goes down to {version}"
         if options.dry_run:
             for name in ("install", "verify", "make_permanent"):
-                self._skip(name, "--dry-run")
+                self._steps.skip(name, "--dry-run")
             return Result(DRY_RUN, ctx.from_version, version, releases=await self.releases())
         await self._install(version, options, ctx)
         return await self._verify_and_commit(version, options, ctx, rollback=False)
 
     @_guarded
     async def unpack(self, ctx: _Context, version: str, tarball: ReleaseTarball) -> Result:
-        async with self._step("preflight") as st:
+        async with self._steps.step("preflight") as st:
             await self._preflight(ctx)
             existing = _find(ctx, version)
             if existing is not None:
@@ -588,7 +528,7 @@ class ReleaseEngine:
 
     @_guarded
     async def check(self, ctx: _Context, version: str) -> Result:
-        async with self._step("check") as st:
+        async with self._steps.step("check") as st:
             await self._preflight(ctx)
             res = await self._call("release_handler", "check_install_release", [version])
             if not (isinstance(res, tuple) and res[0] == _OK):
@@ -600,7 +540,7 @@ class ReleaseEngine:
     @_guarded
     async def install(self, ctx: _Context, version: str, options: Options) -> Result:
         """install_release and verify; not made permanent (that is its own step)."""
-        async with self._step("preflight") as st:
+        async with self._steps.step("preflight") as st:
             await self._preflight(ctx)
             target = _find(ctx, version)
             if target is None:
@@ -611,13 +551,13 @@ class ReleaseEngine:
             await self._ensure_releases_file(ctx, st)
             st.detail = await self._check_config(version, None, ctx)
         await self._install(version, options, ctx)
-        async with self._step("verify") as st:
+        async with self._steps.step("verify") as st:
             st.detail = await self._verify(version, options)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
 
     @_guarded
     async def make_permanent(self, ctx: _Context, version: str) -> Result:
-        async with self._step("preflight") as st:
+        async with self._steps.step("preflight") as st:
             await self._preflight(ctx)
             target = _find(ctx, version)
             if target is None or not target.running:
@@ -630,7 +570,7 @@ class ReleaseEngine:
 
     @_guarded
     async def remove(self, ctx: _Context, version: str) -> Result:
-        async with self._step("preflight") as st:
+        async with self._steps.step("preflight") as st:
             await self._preflight(ctx)
             target = _find(ctx, version)
             if target is None:
@@ -641,7 +581,7 @@ class ReleaseEngine:
                                                  "permanent release cannot be removed")
             await self._ensure_releases_file(ctx, st)
             st.detail = f"{version} is {target.status}"
-        async with self._step("remove") as st:
+        async with self._steps.step("remove") as st:
             res = await self._call("release_handler", "remove_release", [version])
             if res != _OK:
                 raise _Failure(FAILED, f"remove_release({version}) failed: {_term_text(res)}")

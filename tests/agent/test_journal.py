@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import FILE_NAME, Journal, JournalError, ReleaseRow, StepRecord
+from agent.journal import (FILE_NAME, SCHEMA_VERSION, ConfigChange, Journal, JournalError,
+                           ReleaseRow, StepRecord)
 
 
 @pytest.fixture
@@ -104,6 +105,55 @@ def test_releases_after_round_trip(path: Path) -> None:
     assert record is not None and record.releases_after == tuple(after)
 
 
+def test_config_changes_are_journaled_without_values(path: Path) -> None:
+    changes = [ConfigChange("counter", "greeting", "changed"),
+               ConfigChange("counter", "{db,password}", "added")]
+    secret = ConfigChange("counter", "{db,password}", "changed", '"old-pw"', '"new-pw"')
+    with Journal.open(path) as journal:
+        op = journal.start("a@h", "reload_config", "0.0.2", "0.0.2", "alice")
+        journal.finish(op, "succeeded", config_changes=[*changes, secret])
+    with Journal.open(path) as journal:
+        record = journal.get(op)
+    assert record is not None
+    assert record.config_changes == (*changes, ConfigChange("counter", "{db,password}", "changed"))
+    stored = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    assert b"counter" in stored and b"-pw" not in stored
+
+
+_V1_SCHEMA = """
+CREATE TABLE operations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL, kind TEXT NOT NULL,
+    from_version TEXT NOT NULL, to_version TEXT NOT NULL, requested_by TEXT NOT NULL,
+    started_at REAL NOT NULL, finished_at REAL, outcome TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '', releases_after TEXT NOT NULL DEFAULT '[]');
+CREATE TABLE steps (
+    op_id INTEGER NOT NULL REFERENCES operations (id), seq INTEGER NOT NULL,
+    name TEXT NOT NULL, state TEXT NOT NULL, started_at REAL NOT NULL, duration REAL,
+    detail TEXT NOT NULL DEFAULT '', PRIMARY KEY (op_id, seq));
+INSERT INTO operations (node, kind, from_version, to_version, requested_by, started_at,
+    finished_at, outcome) VALUES ('a@h', 'upgrade', '0.0.1', '0.0.2', 'alice', 1.0, 2.0,
+    'succeeded');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_journal_of_the_previous_schema_is_upgraded_in_place(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_V1_SCHEMA)
+    conn.close()
+    with Journal.open(path) as journal:
+        old = journal.get(1)
+        op = journal.start("a@h", "reload_config", "0.0.2", "0.0.2", "bob")
+        journal.finish(op, "succeeded", config_changes=[ConfigChange("c", "k", "removed")])
+        new = journal.get(op)
+    assert old is not None and (old.kind, old.outcome, old.config_changes) == (
+        "upgrade", "succeeded", ())
+    assert new is not None and new.config_changes == (ConfigChange("c", "k", "removed"),)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
 def test_an_operation_ends_once(path: Path) -> None:
     with Journal.open(path) as journal:
         op = journal.start("a@h", "upgrade", "0.0.1", "0.0.2", "alice")
@@ -125,7 +175,7 @@ def test_an_operation_ends_once(path: Path) -> None:
 def test_a_journal_from_a_newer_relctl_is_refused(path: Path) -> None:
     Journal.open(path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(JournalError, match="newer relctl"):
         Journal.open(path)

@@ -79,12 +79,12 @@ async def test_ping_says_why_the_node_did_not_answer(stub: agent_pb2_grpc.AgentS
     assert "epmd not reachable" in node.error
 
 
-async def test_reload_config_is_not_built_yet(stub: agent_pb2_grpc.AgentStub) -> None:
+async def test_a_config_reload_of_a_down_node_is_refused(stub: agent_pb2_grpc.AgentStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in stub.ReloadConfig(pb.ReloadConfigRequest(), timeout=5):
+        async for _ in stub.ReloadConfig(pb.ReloadConfigRequest(dry_run=True), timeout=5):
             pass
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "does not implement ReloadConfig yet" in (info.value.details() or "")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "ghost@localhost" in (info.value.details() or "")
 
 
 async def test_operations_on_a_down_node_are_refused_before_anything_starts(

@@ -6,12 +6,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relctl.v1 import agent_pb2 as pb
-from relctl.v1 import agent_pb2_grpc
 from tests.conftest import NodeFactory
 from tests.tools.agent_proc import AgentProc, NodeEntry, eventually, relctl, start_agent
 from tests.tools.otp_procs import NodeProc, erl_eval, free_port
@@ -155,18 +152,6 @@ def test_two_agents_answer_together(
     assert result.returncode == 0, result.stderr
     assert [(n["agent"], n["up"]) for n in result.json()["nodes"]] == [
         (agent.address, True), (second.address, True)]
-
-
-def test_rpcs_not_built_yet_answer_unimplemented(agent: AgentProc) -> None:
-    with grpc.insecure_channel(agent.address) as channel:
-        stub = agent_pb2_grpc.AgentStub(channel)
-        with pytest.raises(grpc.RpcError) as info:
-            list(stub.ReloadConfig(pb.ReloadConfigRequest(node="counter@localhost"), timeout=5))
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "does not implement ReloadConfig yet" in info.value.details()
-        # The agent is still serving afterwards.
-        reply = stub.ListNodes(pb.ListNodesRequest(), timeout=5)
-        assert [n.node for n in reply.nodes] == ["counter@localhost"]
 
 
 def test_the_cookie_is_never_logged_or_printed(agents: list[AgentProc], counter_node: NodeProc,

@@ -10,7 +10,7 @@
 %% with counter.app and counter.appup.
 -vsn("0.0.2").
 
--export([start_link/0, get/0, incr/0, health/0]).
+-export([start_link/0, get/0, incr/0, health/0, greeting/0]).
 -export([init/1, handle_call/3, handle_cast/2, code_change/3]).
 
 -type state() :: #{count := non_neg_integer(),
@@ -23,9 +23,16 @@ start_link() ->
 get() ->
     gen_server:call(?MODULE, get).
 
+%% Adds the configured step (1 unless counter's env says otherwise), read
+%% at every call: a reloaded config changes what incr does, live.
 -spec incr() -> pos_integer().
 incr() ->
     gen_server:call(?MODULE, incr).
+
+%% Read from the application environment at every call.
+-spec greeting() -> string().
+greeting() ->
+    application:get_env(counter, greeting, "hello").
 
 %% The health probe relctl's agent may be configured with: ok while the
 %% counter answers, unless the node was flagged unhealthy with
@@ -46,7 +53,8 @@ init([]) ->
 handle_call(get, _From, #{count := N} = S) ->
     {reply, N, S};
 handle_call(incr, _From, #{count := N} = S) ->
-    {reply, N + 1, S#{count := N + 1}}.
+    Step = application:get_env(counter, step, 1),
+    {reply, N + Step, S#{count := N + Step}}.
 
 handle_cast(_Msg, S) ->
     {noreply, S}.

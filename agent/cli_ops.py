@@ -125,7 +125,7 @@ def _duration_text(step: pb.Step) -> str:
 def _step_line(step: pb.Step) -> str:
     state = _STATE_NAMES.get(step.state, "?")
     mark = {"succeeded": "ok", "failed": "FAILED", "skipped": "skip"}.get(state, state)
-    return f"  {step.name:<15} {mark:<6} {_duration_text(step):>9}  {step.detail}".rstrip()
+    return f"  {step.name:<22} {mark:<6} {_duration_text(step):>9}  {step.detail}".rstrip()
 
 
 def _summary(op: pb.Operation) -> str:
@@ -199,7 +199,7 @@ def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node:
     except grpc.RpcError as err:
         raise _rpc_error(agent, err, settings.timeout) from None
     if settings.output == "text":
-        click.echo(f"  {'upload':<15} {'ok':<6} {(time.perf_counter() - started) * 1e3:>6.0f} ms"
+        click.echo(f"  {'upload':<22} {'ok':<6} {(time.perf_counter() - started) * 1e3:>6.0f} ms"
                    f"  {reply.release_name} {reply.version}, {reply.size} bytes, "
                    f"sha256 {reply.sha256[:12]}...")
     return str(reply.upload_id)

@@ -8,13 +8,19 @@ fall back to a default. Cookies are read here and kept out of every repr.
 from __future__ import annotations
 
 import ipaddress
+import math
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge import Atom
+
 from .errors import ConfigError
+from .hooks import DEFAULT_TIMEOUT, FAIL, ON_FAILURE, WHEN, Hook
 
 DEFAULT_LISTEN = "127.0.0.1:7079"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9568"
@@ -51,6 +57,27 @@ class NodeConfig:
     health_probes: tuple[tuple[str, str], ...] = ()  # (module, function): must return ok
     health_soak: float = 0.0        # seconds the probes must keep passing after an install
     install_timeout: float = 300.0  # install_release may run a long code_change
+    hooks: tuple[Hook, ...] = ()    # [[nodes.hooks]], in file order
+
+
+# Short-lived helper nodes, not services: remote shells and rpc of the mix and relx start
+# scripts, erl_call, and relctl itself.
+DEFAULT_DISCOVERY_EXCLUDE = ("rem-*", "remsh*", "rpc-*", "erl_call*", "erlcall*",
+                             "maint_*", "relctl*")
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """[discovery]: used when the config has no [[nodes]]."""
+
+    path: Path                      # the config file, for error messages
+    host: str                       # the host part of the discovered node names
+    epmd_port: int = DEFAULT_EPMD_PORT
+    cookie_file: Path | None = None  # the default cookie; None: only cookie_dir's
+    cookie: str | None = field(default=None, repr=False)
+    cookie_dir: Path | None = None  # per-node cookies: cookie_dir/ALIVE
+    exclude: tuple[str, ...] = DEFAULT_DISCOVERY_EXCLUDE  # fnmatch patterns on ALIVE
+    interval: float = 15.0          # seconds between two looks at EPMD
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,7 @@ class AgentConfig:
     shutdown_grace: float = 5.0      # how long running gRPC calls may finish on SIGTERM
     operations_grace: float = 120.0  # how long a running upgrade may finish on SIGTERM
     max_upload_bytes: int = 2 * 1024**3
+    discovery: DiscoveryConfig | None = None  # set when [[nodes]] is omitted
 
 
 _AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
@@ -88,6 +116,23 @@ _NODE_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "health_probes": list,
     "health_soak": (int, float),
     "install_timeout": (int, float),
+    "hooks": list,
+}
+_HOOK_KEYS: Mapping[str, type | tuple[type, ...]] = {
+    "name": str,
+    "when": str,
+    "call": str,
+    "args": list,
+    "timeout": (int, float),
+    "on_failure": str,
+}
+_DISCOVERY_KEYS: Mapping[str, type | tuple[type, ...]] = {
+    "host": str,
+    "epmd_port": int,
+    "cookie_file": str,
+    "cookie_dir": str,
+    "exclude": list,
+    "interval": (int, float),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", (int, float): "a number",
                list: "an array"}
@@ -128,7 +173,7 @@ def _positive(table: Mapping[str, Any], key: str, default: float, *, path: str) 
     return value
 
 
-def _read_cookie(cookie_file: Path, *, path: str, key: str) -> str:
+def read_cookie(cookie_file: Path, *, path: str, key: str) -> str:
     try:
         text = cookie_file.read_text("utf-8")
     except FileNotFoundError:
@@ -143,6 +188,82 @@ def _read_cookie(cookie_file: Path, *, path: str, key: str) -> str:
     if any(ch.isspace() for ch in cookie):
         raise ConfigError(path, key, f"cookie file {cookie_file} holds more than one word")
     return cookie
+
+
+# A hook's name is part of its step name ("post_install:NAME"): keep it short and plain.
+_HOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# An atom written bare in "module:function": no quotes (they would become part of the name)
+# and nothing that reads as call syntax.
+_CALL_ATOM = re.compile(r"[^\s:()/,'\"]{1,255}")
+_ARG_KINDS = ('a string (passed as a binary), an integer, a float, true/false, '
+              '{atom = "name"} or {charlist = "text"}')
+
+
+def _hook_arg(value: Any, *, path: str, key: str) -> Any:
+    """A TOML value as the Erlang term the hook receives."""
+    if isinstance(value, bool | int):
+        return value  # true/false travel as the atoms
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(path, key, f"{value} has no Erlang form (Erlang floats are finite)")
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")  # Elixir strings and modern Erlang APIs take binaries
+    if isinstance(value, dict) and len(value) == 1:
+        [(kind, text)] = value.items()
+        if kind == "atom" and isinstance(text, str):
+            if len(text) > 255:
+                raise ConfigError(path, key, "an atom has at most 255 characters")
+            return Atom(text)
+        if kind == "charlist" and isinstance(text, str):
+            return text  # the bridge sends a str as an Erlang string (a list of characters)
+    raise ConfigError(path, key, f"{value!r} is not a hook argument: use {_ARG_KINDS}")
+
+
+def _hook(table: Any, key: str, *, path: str) -> Hook:
+    if not isinstance(table, dict):
+        raise ConfigError(path, key, "must be a table ([[nodes.hooks]])")
+    _check_keys(table, _HOOK_KEYS, path=path, prefix=key + ".")
+    for required in ("name", "when", "call"):
+        if required not in table:
+            raise ConfigError(path, f"{key}.{required}", "is required")
+    name: str = table["name"]
+    if not _HOOK_NAME.fullmatch(name):
+        raise ConfigError(path, f"{key}.name", f"{name!r} is not a hook name: 1 to 64 letters, "
+                                               "digits, '-', '_' or '.' (it names the step)")
+    when: str = table["when"]
+    if when not in WHEN:
+        raise ConfigError(path, f"{key}.when", f"{when!r} is not one of "
+                                               + ", ".join(f'"{w}"' for w in WHEN))
+    call: str = table["call"]
+    module, colon, function = call.partition(":")
+    if not (colon and _CALL_ATOM.fullmatch(module) and _CALL_ATOM.fullmatch(function)):
+        raise ConfigError(path, f"{key}.call", f"{call!r} is not \"module:function\" (arguments "
+                                               "go in args = [...]; an Elixir module keeps its "
+                                               "prefix: \"Elixir.MyApp.Hooks:clear_cache\")")
+    timeout = float(table.get("timeout", DEFAULT_TIMEOUT))
+    if not (0 < timeout < math.inf):
+        raise ConfigError(path, f"{key}.timeout", "must be a positive number of seconds")
+    on_failure: str = table.get("on_failure", FAIL)
+    if on_failure not in ON_FAILURE:
+        raise ConfigError(path, f"{key}.on_failure", f"{on_failure!r} is not one of "
+                                                     + ", ".join(f'"{o}"' for o in ON_FAILURE))
+    args = tuple(_hook_arg(value, path=path, key=f"{key}.args[{i}]")
+                 for i, value in enumerate(table.get("args", [])))
+    return Hook(name=name, when=when, module=module, function=function, args=args,
+                timeout=timeout, on_failure=on_failure)
+
+
+def _hooks(tables: list[Any], prefix: str, *, path: str) -> tuple[Hook, ...]:
+    hooks: list[Hook] = []
+    for i, table in enumerate(tables):
+        hook = _hook(table, f"{prefix}hooks[{i}]", path=path)
+        if any(h.step == hook.step for h in hooks):
+            # Steps are told apart by name in the journal.
+            raise ConfigError(path, f"{prefix}hooks[{i}].name",
+                              f"a {hook.when} hook named {hook.name!r} is configured twice")
+        hooks.append(hook)
+    return tuple(hooks)
 
 
 def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
@@ -161,7 +282,7 @@ def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
     if not 0 < epmd_port < 65536:
         raise ConfigError(path, prefix + "epmd_port", f"{epmd_port} is outside 1-65535")
     cookie_file = base / Path(table["cookie_file"]).expanduser()
-    cookie = _read_cookie(cookie_file, path=path, key=prefix + "cookie_file")
+    cookie = read_cookie(cookie_file, path=path, key=prefix + "cookie_file")
     probes = []
     for i, probe in enumerate(table.get("health_probes", [])):
         module, colon, function = str(probe).partition(":")
@@ -178,7 +299,8 @@ def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
         raise ConfigError(path, prefix + key, "must be a positive number of seconds")
     return NodeConfig(name=name, cookie_file=cookie_file, cookie=cookie, epmd_port=epmd_port,
                       health_probes=tuple(probes), health_soak=soak,
-                      install_timeout=install_timeout)
+                      install_timeout=install_timeout,
+                      hooks=_hooks(table.get("hooks", []), prefix, path=path))
 
 
 def load_config(file: str | Path) -> AgentConfig:
@@ -198,9 +320,10 @@ def load_config(file: str | Path) -> AgentConfig:
 
 def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
     where = str(path)
-    unknown = sorted(set(raw) - {"agent", "nodes"})
+    unknown = sorted(set(raw) - {"agent", "nodes", "discovery"})
     if unknown:
-        raise ConfigError(where, unknown[0], "unknown table (known: [agent], [[nodes]])")
+        raise ConfigError(where, unknown[0],
+                          "unknown table (known: [agent], [[nodes]], [discovery])")
     agent = raw.get("agent", {})
     if not isinstance(agent, dict):
         raise ConfigError(where, "agent", "must be a table ([agent])")
@@ -223,6 +346,10 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         if node.name in seen:
             raise ConfigError(where, f"nodes[{i}].name", f"{node.name} is configured twice")
         seen.add(node.name)
+    if nodes and "discovery" in raw:
+        raise ConfigError(where, "discovery", "applies only without [[nodes]]: list the nodes, "
+                                              "or remove [[nodes]] to discover them through EPMD")
+    discovery = None if nodes else _discovery(raw.get("discovery", {}), path=where, base=base)
 
     return AgentConfig(
         path=path,
@@ -237,4 +364,40 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         shutdown_grace=_positive(agent, "shutdown_grace", 5.0, path=where),
         operations_grace=_positive(agent, "operations_grace", 120.0, path=where),
         max_upload_bytes=int(_positive(agent, "max_upload_bytes", 2 * 1024**3, path=where)),
+        discovery=discovery,
     )
+
+
+def _discovery(table: Any, *, path: str, base: Path) -> DiscoveryConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(path, "discovery", "must be a table ([discovery])")
+    _check_keys(table, _DISCOVERY_KEYS, path=path, prefix="discovery.")
+    host = table.get("host") or socket.gethostname().split(".")[0]
+    if not host or "@" in host or any(ch.isspace() for ch in host):
+        raise ConfigError(path, "discovery.host", f"{host!r} is not a host name")
+    epmd_port = table.get("epmd_port", DEFAULT_EPMD_PORT)
+    if not 0 < epmd_port < 65536:
+        raise ConfigError(path, "discovery.epmd_port", f"{epmd_port} is not a TCP port")
+    cookie_dir = (base / Path(table["cookie_dir"]).expanduser()) if "cookie_dir" in table else None
+    if cookie_dir is not None and not cookie_dir.is_dir():
+        raise ConfigError(path, "discovery.cookie_dir", f"{cookie_dir} is not a directory")
+    # Like erl itself: without a cookie file named, the agent user's ~/.erlang.cookie. When
+    # that is missing too, only cookie_dir's nodes are managed (the agent says so at start).
+    if "cookie_file" in table:
+        cookie_file: Path | None = base / Path(table["cookie_file"]).expanduser()
+    else:
+        cookie_file = Path("~/.erlang.cookie").expanduser()
+        if not cookie_file.exists():
+            cookie_file = None
+    cookie = (read_cookie(cookie_file, path=path, key="discovery.cookie_file")
+              if cookie_file is not None else None)
+    exclude = table.get("exclude", list(DEFAULT_DISCOVERY_EXCLUDE))
+    if not all(isinstance(p, str) and p for p in exclude):
+        raise ConfigError(path, "discovery.exclude", "must be an array of name patterns "
+                                                     '(e.g. ["rpc-*", "remsh*"])')
+    interval = float(table.get("interval", 15.0))
+    if interval <= 0:
+        raise ConfigError(path, "discovery.interval", "must be a positive number of seconds")
+    return DiscoveryConfig(path=Path(path), host=host, epmd_port=epmd_port,
+                           cookie_file=cookie_file, cookie=cookie, cookie_dir=cookie_dir,
+                           exclude=tuple(exclude), interval=interval)

@@ -15,8 +15,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from bridge import Node
+
 from . import __version__, logs
 from .config import AgentConfig, load_config
+from .discovery import Discovery
 from .errors import ConfigError
 from .journal import FILE_NAME as JOURNAL_FILE
 from .journal import Journal, JournalError, OperationRecord
@@ -52,6 +55,20 @@ def _prepare_state_dir(config: AgentConfig) -> None:
                            "by this user")
 
 
+def _discovery(config: AgentConfig, nodes: NodeManager) -> Discovery | None:
+    cfg = config.discovery
+    if cfg is None:
+        return None
+    # Only EPMD's names are asked here; no connection is made, so no cookie is used.
+    epmd = Node(cookie="unused", epmd_port=cfg.epmd_port)
+    log.info("no [[nodes]] configured: managing the nodes registered with epmd on port %d "
+             "(as NAME@%s)", cfg.epmd_port, cfg.host)
+    if cfg.cookie is None and cfg.cookie_dir is None:
+        log.warning("discovery has no cookie (no ~/.erlang.cookie, no discovery.cookie_file or "
+                    "cookie_dir): it will manage no node; configure [[nodes]] or a cookie")
+    return Discovery(cfg, nodes, lambda: epmd.names("localhost", timeout=config.connect_timeout))
+
+
 async def serve(config: AgentConfig) -> int:
     _prepare_state_dir(config)
     metrics: AgentMetrics | None = None
@@ -74,15 +91,15 @@ async def serve(config: AgentConfig) -> int:
     operations = Operations(journal, nodes, rpc_timeout=config.rpc_timeout,
                             on_finished=operation_finished)
     uploads = UploadStore(config.state_dir / "uploads", max_size=config.max_upload_bytes)
-    by_name = {n.name: n for n in config.nodes}
-
     def node_options(name: str) -> Options:
-        node = by_name[name]
+        node = nodes.config(name)
         return Options(install_timeout=node.install_timeout, health_timeout=node.health_soak,
-                       probes=tuple(Probe(m, f) for m, f in node.health_probes))
+                       probes=tuple(Probe(m, f) for m, f in node.health_probes),
+                       hooks=node.hooks)
 
     server = ApiServer(AgentService(nodes, operations, uploads, rpc_timeout=config.rpc_timeout,
                                     node_options=node_options))
+    discovery = _discovery(config, nodes)
     metrics_server: MetricsServer | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,6 +121,9 @@ async def serve(config: AgentConfig) -> int:
                 raise StartupError(f"{config.path}: agent.metrics_listen: cannot listen on "
                                    f"{config.metrics_listen} ({exc.strerror or exc})") from None
         await server.start()
+        if discovery is not None:
+            await discovery.scan()
+            discovery.start()
         nodes.start()
         await nodes.tried(FIRST_ATTEMPT_WAIT)
         operations.reconcile()
@@ -120,6 +140,8 @@ async def serve(config: AgentConfig) -> int:
         # interrupted.
         await server.stop(config.shutdown_grace)
         await operations.stop(config.operations_grace)
+        if discovery is not None:
+            await discovery.stop()
         await nodes.stop()
         journal.close()
         if metrics_server is not None:

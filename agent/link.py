@@ -59,6 +59,7 @@ class NodeLink:
                  rpc_timeout: float = 30.0, connect_timeout: float = 5.0,
                  max_delay: float = 30.0, observe_rpc: RpcObserver = ignore_rpc) -> None:
         self.name = config.name
+        self.config = config
         self._bridge = Node(cookie=config.cookie, epmd_port=config.epmd_port)
         self._refresh_interval = refresh_interval
         self._rpc_timeout = rpc_timeout

@@ -4,30 +4,46 @@ of all their states for the metrics and the API."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from .config import AgentConfig
+from .config import AgentConfig, NodeConfig
 from .errors import UnknownNode
 from .link import NodeLink, NodeState, PingResult, RpcObserver, ignore_rpc
 
 
 class NodeManager:
-    def __init__(self, links: Sequence[NodeLink]) -> None:
+    def __init__(self, links: Sequence[NodeLink],
+                 new_link: Callable[[NodeConfig], NodeLink] | None = None) -> None:
         self._links = {link.name: link for link in links}
+        self._new_link = new_link
+        self._started = False
 
     @classmethod
     def from_config(cls, config: AgentConfig,
                     observe_rpc: RpcObserver = ignore_rpc) -> NodeManager:
-        return cls([
-            NodeLink(node, refresh_interval=config.refresh_interval,
-                     rpc_timeout=config.rpc_timeout, connect_timeout=config.connect_timeout,
-                     max_delay=config.reconnect_max_delay, observe_rpc=observe_rpc)
-            for node in config.nodes
-        ])
+        def new_link(node: NodeConfig) -> NodeLink:
+            return NodeLink(node, refresh_interval=config.refresh_interval,
+                            rpc_timeout=config.rpc_timeout, connect_timeout=config.connect_timeout,
+                            max_delay=config.reconnect_max_delay, observe_rpc=observe_rpc)
+        return cls([new_link(node) for node in config.nodes], new_link)
+
+    def add(self, node: NodeConfig) -> NodeLink:
+        """Manage one more node (found by discovery); started at once if the others are."""
+        if self._new_link is None:
+            raise RuntimeError("this NodeManager was built without a link factory")
+        if node.name in self._links:
+            raise ValueError(f"{node.name} is already managed")
+        link = self._links[node.name] = self._new_link(node)
+        if self._started:
+            link.start()
+        return link
 
     @property
     def names(self) -> list[str]:
         return list(self._links)
+
+    def config(self, name: str) -> NodeConfig:
+        return self.get(name).config
 
     def get(self, name: str) -> NodeLink:
         try:
@@ -45,6 +61,7 @@ class NodeManager:
         return tuple(link.state for link in list(self._links.values()))
 
     def start(self) -> None:
+        self._started = True
         for link in self._links.values():
             link.start()
 
@@ -57,7 +74,7 @@ class NodeManager:
                 w.cancel()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(link.stop() for link in self._links.values()))
+        await asyncio.gather(*(link.stop() for link in list(self._links.values())))
 
     async def refresh(self, name: str, timeout: float | None = None) -> list[NodeState]:
         links = self.select(name)

@@ -201,7 +201,7 @@ class AgentService:
             health_timeout=(health_timeout.ToNanoseconds() / 1e9
                             if health_timeout is not None and health_timeout.ToNanoseconds()
                             else base.health_timeout),
-            probes=base.probes, restart_timeout=base.restart_timeout)
+            probes=base.probes, restart_timeout=base.restart_timeout, hooks=base.hooks)
 
     def _consume(self, upload_id: str,
                  work: Callable[[ReleaseEngine], Awaitable[Result]]

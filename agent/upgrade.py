@@ -22,6 +22,7 @@ from typing import Any, Concatenate, ParamSpec
 from bridge import Atom, BadRpc
 
 from .errors import NodeUnavailable
+from .hooks import POST_INSTALL, PRE_INSTALL, Hook, run_hooks, skip_hooks
 from .releases import Release, parse_which_releases
 from .steps import (
     DRY_RUN,
@@ -69,6 +70,7 @@ class Options:
     health_timeout: float = 0.0      # soak time of the probes; 0: probes run once
     probes: tuple[Probe, ...] = ()
     restart_timeout: float = 60.0    # how long a node restarted by release_handler may take
+    hooks: tuple[Hook, ...] = ()     # RPCs before and after each install_release
 
 
 @dataclass
@@ -165,7 +167,7 @@ class ReleaseEngine:
         # release_handler read its state at start: restart it so that it reads the new file.
         for fn in ("terminate_child", "restart_child"):
             await self._call("supervisor", fn, [Atom("sasl_sup"), Atom("release_handler")])
-        state.detail = f"created {path} from {rel_file}"
+        state.detail += f"created {path} from {rel_file}; "  # what follows is appended
 
     async def _check_config(self, version: str, text: bytes | None, ctx: _Context) -> str:
         """release_handler silently treats a sys.config that does not parse as empty: refuse it.
@@ -250,9 +252,11 @@ class ReleaseEngine:
 
         if target is not None and target.status == "current":
             # Installed but not permanent (e.g. --no-permanent before): only make it permanent.
-            for name in ("stage", "unpack", "check", "install"):
+            for name in ("stage", "unpack", "check"):
                 self._steps.skip(name, f"{version} is already current")
-            return await self._verify_and_commit(version, options, ctx, rollback=False)
+            self._skip_install(options, f"{version} is already current")
+            return await self._verify_and_commit(version, options, ctx, rollback=False,
+                                                 installed=False)
 
         if tarball is not None:
             await self._stage(tarball, ctx)
@@ -277,11 +281,13 @@ class ReleaseEngine:
         if options.dry_run:
             if ctx.unpacked_here:
                 await self._undo_unpack(version, ctx)
-            for name in ("install", "verify", "make_permanent"):
+            self._skip_install(options, "--dry-run")
+            for name in ("verify", "make_permanent"):
                 self._steps.skip(name, "--dry-run")
             return Result(DRY_RUN, ctx.from_version, version, releases=await self.releases(),
                           detail="checks passed; nothing was changed")
 
+        await self._pre_install_hooks(version, options, ctx)
         await self._install(version, options, ctx)
         return await self._verify_and_commit(version, options, ctx, rollback=True)
 
@@ -345,6 +351,23 @@ class ReleaseEngine:
                         await asyncio.to_thread(shutil.rmtree, path)
                         removed.append(str(path.relative_to(root)))
             st.detail = f"set_removed({version}); deleted {', '.join(removed) or 'nothing'}"
+
+    async def _pre_install_hooks(self, version: str, options: Options, ctx: _Context) -> None:
+        """A failing pre_install hook stops the operation before install_release: the node is
+        unchanged, and a release this operation unpacked is taken back, as a failed check is."""
+        try:
+            await run_hooks(self._node, self._steps, options.hooks, PRE_INSTALL,
+                            outcome=FAILED_UNCHANGED)
+        except _Failure:
+            if ctx.unpacked_here:
+                await self._undo_unpack(version, ctx)
+            raise
+
+    def _skip_install(self, options: Options, reason: str) -> None:
+        """The install and the hooks around it, shown skipped in the order they would run."""
+        skip_hooks(self._steps, options.hooks, PRE_INSTALL, reason)
+        self._steps.skip("install", reason)
+        skip_hooks(self._steps, options.hooks, POST_INSTALL, reason)
 
     async def _install(self, version: str, options: Options, ctx: _Context) -> None:
         async with self._steps.step("install") as st:
@@ -415,8 +438,12 @@ class ReleaseEngine:
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     async def _verify_and_commit(self, version: str, options: Options, ctx: _Context,
-                                 *, rollback: bool) -> Result:
+                                 *, rollback: bool, installed: bool = True) -> Result:
         try:
+            if installed:
+                # Post-install hooks are part of the health gate: a failure rolls back too.
+                await run_hooks(self._node, self._steps, options.hooks, POST_INSTALL,
+                                outcome=FAILED)
             async with self._steps.step("verify") as st:
                 st.detail = await self._verify(version, options)
         except _Failure as failure:
@@ -465,9 +492,17 @@ class ReleaseEngine:
                 raise _Failure(FAILED, f"{failure.message}; rollback to {ctx.from_version} "
                                        f"failed too: {_term_text(res)}")
             st.detail = f"installed {ctx.from_version} again (relup down script)"
+        # The code changed again, so what the post-install hooks clear is stale again; pre-install
+        # hooks do not run, as nothing may stop a rollback. A failure here is only reported.
+        note = ""
+        try:
+            await run_hooks(self._node, self._steps, options.hooks, POST_INSTALL,
+                            outcome=ROLLED_BACK)
+        except _Failure as again:
+            note = f"; after the rollback, {again.message}"
         async with self._steps.step("verify") as st:
             st.detail = await self._verify(ctx.from_version, Options())
-        return Result(ROLLED_BACK, ctx.from_version, version, error=failure.message,
+        return Result(ROLLED_BACK, ctx.from_version, version, error=failure.message + note,
                       releases=await self.releases(),
                       detail=f"back on {ctx.from_version}")
 
@@ -506,9 +541,11 @@ class ReleaseEngine:
                                                  f"{version}: {_term_text(res)}")
             st.detail = f"relup of {ctx.from_version} goes down to {version}"
         if options.dry_run:
-            for name in ("install", "verify", "make_permanent"):
+            self._skip_install(options, "--dry-run")
+            for name in ("verify", "make_permanent"):
                 self._steps.skip(name, "--dry-run")
             return Result(DRY_RUN, ctx.from_version, version, releases=await self.releases())
+        await self._pre_install_hooks(version, options, ctx)
         await self._install(version, options, ctx)
         return await self._verify_and_commit(version, options, ctx, rollback=False)
 
@@ -521,7 +558,7 @@ class ReleaseEngine:
                 raise _Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
                                                  f"{self._node.name}; nothing to unpack")
             await self._ensure_releases_file(ctx, st)
-            st.detail = await self._check_config(version, tarball.sys_config, ctx)
+            st.detail += await self._check_config(version, tarball.sys_config, ctx)
         await self._stage(tarball, ctx)
         await self._unpack(tarball, ctx)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())
@@ -550,7 +587,9 @@ class ReleaseEngine:
                 raise _Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
             await self._ensure_releases_file(ctx, st)
             st.detail = await self._check_config(version, None, ctx)
+        await self._pre_install_hooks(version, options, ctx)
         await self._install(version, options, ctx)
+        await run_hooks(self._node, self._steps, options.hooks, POST_INSTALL, outcome=FAILED)
         async with self._steps.step("verify") as st:
             st.detail = await self._verify(version, options)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())

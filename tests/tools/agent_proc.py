@@ -35,6 +35,16 @@ def eventually(check: Callable[[], _T], timeout: float = 15.0, what: str = "") -
         time.sleep(0.1)
 
 
+def toml_value(value: Any) -> str:
+    """``value`` as TOML: JSON's spelling for scalars and arrays, inline tables for dicts
+    (``hooks = [{name = "a", when = "pre_install", ...}]``)."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 @dataclass(frozen=True)
 class NodeEntry:
     name: str
@@ -44,21 +54,25 @@ class NodeEntry:
 
 def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metrics_port: int,
                  extra_agent: Mapping[str, Any] | None = None,
-                 node_extra: Mapping[str, Any] | None = None) -> Path:
-    """An agent config with one cookie file per node (mode 0600) beside it."""
+                 node_extra: Mapping[str, Any] | None = None,
+                 discovery: Mapping[str, Any] | None = None) -> Path:
+    """An agent config with one cookie file per node (mode 0600) beside it; without nodes,
+    ``discovery`` is its [discovery] table."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["[agent]", f'listen = "127.0.0.1:{grpc_port}"',
              f'metrics_listen = "127.0.0.1:{metrics_port}"' if metrics_port else 'metrics_listen = ""',
              'state_dir = "state"']
     for key, value in (extra_agent or {}).items():
-        lines.append(f"{key} = {json.dumps(value)}")
+        lines.append(f"{key} = {toml_value(value)}")
+    if discovery is not None:
+        lines += ["", "[discovery]"] + [f"{k} = {toml_value(v)}" for k, v in discovery.items()]
     for i, node in enumerate(nodes):
         cookie_file = path.parent / f"node{i}.cookie"
         cookie_file.write_text(node.cookie + "\n")
         cookie_file.chmod(0o600)
         lines += ["", "[[nodes]]", f'name = "{node.name}"', f'cookie_file = "{cookie_file.name}"',
                   f"epmd_port = {node.epmd_port}"]
-        lines += [f"{key} = {json.dumps(value)}" for key, value in (node_extra or {}).items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in (node_extra or {}).items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -94,14 +108,14 @@ class AgentProc(_ManagedProcess):
 def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = True,
                 extra_agent: Mapping[str, Any] | None = None,
                 node_extra: Mapping[str, Any] | None = None, log_level: str = "info",
-                timeout: float = 20.0) -> AgentProc:
+                timeout: float = 20.0, discovery: Mapping[str, Any] | None = None) -> AgentProc:
     """Start relctl-agent and wait for its "ready" line."""
     workdir.mkdir(parents=True, exist_ok=True)
     grpc_port = free_port()
     metrics_port = free_port() if metrics else 0
     config = write_config(workdir / "agent.toml", nodes, grpc_port=grpc_port,
                           metrics_port=metrics_port, extra_agent=extra_agent,
-                          node_extra=node_extra)
+                          node_extra=node_extra, discovery=discovery)
     log_path = workdir / "agent.log"
     # A restarted agent appends to the same log: only what it writes counts as its "ready".
     offset = log_path.stat().st_size if log_path.exists() else 0

@@ -3,7 +3,7 @@
 {application, counter,
  [{description, "relctl example: a counter to hot-upgrade"},
   {vsn, "0.0.2"},
-  {modules, [counter, counter_app, counter_sup]},
+  {modules, [counter, counter_app, counter_hooks, counter_sup]},
   {registered, [counter, counter_sup]},
   {applications, [kernel, stdlib, sasl]},
   {mod, {counter_app, []}},

@@ -369,6 +369,7 @@ def ping(settings: Settings) -> None:
 
 
 from . import cli_ops as _cli_ops  # noqa: E402,F401  (registers its commands on `cli`)
+from . import cli_build as _cli_build  # noqa: E402,F401  (registers make-relup)
 
 
 def _print_traceback() -> None:

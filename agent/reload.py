@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge import Atom, format_term
+from bridge import Atom, BadRpc, format_term
 
 from .journal import ConfigChange
 from .releases import parse_which_releases
@@ -147,7 +147,10 @@ class ConfigReload:
                 st.detail = f"{current.name} {version}: {path}"
             async with self._steps.step("read_config") as st:
                 config, files = await self._read(path)
-                st.detail = f"read {', '.join(files)}"
+                config, providers = await self._run_providers(config)
+                st.detail = f"read {', '.join(files)}" + (
+                    f"; then the release's config providers: {', '.join(providers)}"
+                    if providers else "")
             async with self._steps.step("diff") as st:
                 diffs, ignored = await self._diff(config)
                 changes = _changes(diffs, options.show_values)
@@ -228,6 +231,50 @@ class ConfigReload:
                 entry[1], f"the {entry[0].name} entry of {path}"))])
         return config
 
+    async def _run_providers(self, config: Config) -> tuple[Config, list[str]]:
+        """A mix release with runtime config (config/runtime.exs) names config providers in
+        its sys.config, with the state mix got from their init/1 at build time; the node ran
+        them at boot, so run them again, on the node, in order: ``Mod:load(Config, State)``."""
+        elixir = next((env for app, env in config if app == Atom("elixir")), [])
+        i = _find(elixir, Atom("config_provider_init"))
+        init = elixir[i][1] if i >= 0 else None
+        if not isinstance(init, dict):
+            return config, []
+        providers = init.get(Atom("providers"), [])
+        names = []
+        for entry in providers if isinstance(providers, list) else []:
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Atom)):
+                continue
+            module, state = entry
+            name = module.name.removeprefix("Elixir.")
+            names.append(name)
+            try:
+                loaded = await self._call(module.name, "load", [config, state])
+            except BadRpc as exc:
+                raise Failure(FAILED_UNCHANGED, f"the config provider {name} failed: "
+                                                f"{await self._exception_text(exc.reason)}; "
+                                                "nothing was applied. Fix the runtime config "
+                                                "and run relctl reload-config again") from None
+            config = [(app, _as_env(env, f"{app} from {name}"))
+                      for app, env in _as_env(loaded, f"the config {name} returned")]
+        extra = init.get(Atom("extra_config"), [])
+        if isinstance(extra, list) and extra:
+            config = merge_config(config, [(a, _as_env(e, "extra_config")) for a, e in extra])
+        return config, names
+
+    async def _exception_text(self, reason: Any) -> str:
+        """An Elixir exception's own message ({'EXIT', {Exception, Stack}}), else the term."""
+        exc = reason[1][0] if (isinstance(reason, tuple) and len(reason) == 2
+                               and isinstance(reason[1], tuple) and reason[1]) else reason
+        if isinstance(exc, dict) and exc.get(Atom("__exception__")) is True:
+            try:
+                message = await self._call("Elixir.Exception", "message", [exc])
+                if isinstance(message, bytes):
+                    return message.decode("utf-8", "replace")
+            except BadRpc:
+                pass
+        return term_text(reason)
+
     # --- diff ---------------------------------------------------------------------------
 
     async def _diff(self, config: Config) -> tuple[list[_AppDiff], list[str]]:
@@ -243,6 +290,10 @@ class ConfigReload:
             old = _as_env(await self._call("application", "get_all_env", [app]),
                           f"the environment of {app.name}")
             changed, added, removed = diff_env(old, new)
+            if all(a != app for a, _ in config):
+                # No section for it in the config: what it has beyond its defaults was set at
+                # run time (Elixir's Logger sets kernel's logger), not by a config: keep it.
+                removed = []
             if changed or added or removed:
                 diffs.append(_AppDiff(app, old, changed, added, removed))
         return diffs, ignored
@@ -302,7 +353,7 @@ class ConfigReload:
     async def _apply(self, diffs: list[_AppDiff]) -> str:
         before = await self._call("application_controller", "prep_config_change")
         await self._set(diffs, forward=True)
-        res = await self._call("application_controller", "config_change", [before])
+        res = _refusals(await self._call("application_controller", "config_change", [before]))
         if res == _OK:
             return f"config_change/3 called for {', '.join(d.app.name for d in diffs)}"
         refused = term_text(res[1] if isinstance(res, tuple) and len(res) == 2 else res)
@@ -310,7 +361,7 @@ class ConfigReload:
         # another one refused.
         now = await self._call("application_controller", "prep_config_change")
         await self._set(diffs, forward=False)
-        back = await self._call("application_controller", "config_change", [now])
+        back = _refusals(await self._call("application_controller", "config_change", [now]))
         if back == _OK:
             raise Failure(ROLLED_BACK, f"config_change/3 refused the new config: {refused}; the "
                                        "previous environment is back. Fix the config (or the "
@@ -318,6 +369,16 @@ class ConfigReload:
         raise Failure(FAILED, f"config_change/3 refused the new config: {refused}; restoring the "
                               f"previous environment was refused too: {term_text(back)}. The "
                               "environment is the previous one; check the applications")
+
+
+def _refusals(res: Any) -> Any:
+    """config_change/1's answer without {module_not_defined, App}: an application without a
+    callback module (a library) has nothing to refuse with."""
+    if isinstance(res, tuple) and len(res) == 2 and res[0] == _ERROR and isinstance(res[1], list):
+        left = [e for e in res[1] if not (isinstance(e, tuple) and len(e) == 2
+                                          and e[0] == Atom("module_not_defined"))]
+        return (_ERROR, left) if left else _OK
+    return res
 
 
 def _changes(diffs: list[_AppDiff], show_values: bool) -> tuple[ConfigChange, ...]:

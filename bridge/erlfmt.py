@@ -26,10 +26,15 @@ def _fmt(value: Any, depth: int) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, bytes):
+        # As Erlang prints them: printable ASCII as <<"text">>, other UTF-8 text marked /utf8.
         try:
-            return '<<"' + value.decode("utf-8").replace('"', '\\"') + '"/utf8>>'
+            text = value.decode("utf-8")
         except UnicodeDecodeError:
-            return "<<" + ",".join(str(b) for b in value) + ">>"
+            text = ""
+        if text and text.isprintable():
+            quoted = '<<"' + text.replace("\\", "\\\\").replace('"', '\\"')
+            return quoted + ('">>' if text.isascii() else '"/utf8>>')
+        return "<<" + ",".join(str(b) for b in value) + ">>"
     if isinstance(value, tuple):
         return "{" + ",".join(_fmt(v, depth + 1) for v in value) + "}"
     if isinstance(value, list):

@@ -145,7 +145,7 @@ def test_hooks_keep_their_order_and_args_become_erlang_terms(tmp_path: Path) -> 
     assert clear.args == (Atom("Elixir.MyAppWeb.Endpoint"), b"text", "abc", 42, 1.5, True)
     assert (clear.timeout, clear.on_failure) == (10.0, "continue")
     assert str(clear) == ("'Elixir.Phoenix.Config':clear_cache('Elixir.MyAppWeb.Endpoint', "
-                          '<<"text"/utf8>>, "abc", 42, 1.5, true)')
+                          '<<"text">>, "abc", 42, 1.5, true)')
 
 
 HOOK_NODE = '[[nodes]]\nname = "a@h"\ncookie_file = "counter.cookie"\n[[nodes.hooks]]\n'

@@ -107,11 +107,11 @@ def test_hooks_run_in_order_around_install_as_steps_for_upgrade_and_downgrade(
         ("make_permanent", "succeeded")]
     assert steps(op) == expected
     assert detail(op, "pre_install:pre-a") == \
-        'counter_hooks:run(<<"pre-a"/utf8>>) returned ok'
+        'counter_hooks:run(<<"pre-a">>) returned ok'
     assert detail(op, "pre_install:pre-b") == \
-        'counter_hooks:run(<<"pre-b"/utf8>>, "tag") returned {ok,"tag"}'
+        'counter_hooks:run(<<"pre-b">>, "tag") returned {ok,"tag"}'
     assert detail(op, "post_install:optional") == (
-        'hook optional: counter_hooks:run(<<"optional"/utf8>>) returned {error,busy}, not ok '
+        'hook optional: counter_hooks:run(<<"optional">>) returned {error,busy}, not ok '
         'or {ok, _}; on_failure = "continue": the operation goes on')
     # Pre-install hooks ran on the old release, post-install hooks on the new one.
     assert hook_calls(counter_node) == [
@@ -156,7 +156,7 @@ def test_a_failing_pre_install_hook_stops_before_any_change(
     assert result.returncode == 1, result.stdout + result.stderr
     op = result.json()["operation"]
     assert op["outcome"] == "failed_unchanged"
-    assert op["error"] == ('hook gate: counter_hooks:run(<<"gate"/utf8>>) returned '
+    assert op["error"] == ('hook gate: counter_hooks:run(<<"gate">>) returned '
                            '{error,not_now}, not ok or {ok, _}; the release was not installed')
     # The unpack this upgrade made is taken back, as after a failed check.
     assert steps(op)[3:] == [
@@ -174,7 +174,7 @@ def test_a_failing_pre_install_hook_stops_before_any_change(
     slow_op = slow.json()["operation"]
     assert slow_op["outcome"] == "failed_unchanged"
     assert slow_op["error"] == (
-        'hook gate: counter_hooks:run(<<"gate"/utf8>>) did not return within its timeout of '
+        'hook gate: counter_hooks:run(<<"gate">>) did not return within its timeout of '
         "0.5 s (it may still be running on the node; raise the hook's timeout if it needs "
         "longer); the release was not installed")
     assert steps(slow_op)[-2:] == [("pre_install:gate", "failed"), ("undo_unpack", "succeeded")]
@@ -198,8 +198,8 @@ def test_a_failing_post_install_hook_rolls_back_with_the_state_intact(
     assert result.returncode == 5, result.stdout + result.stderr
     op = result.json()["operation"]
     assert op["outcome"] == "rolled_back"
-    assert op["error"].startswith('hook clear: counter_hooks:run(<<"clear"/utf8>>) failed on '
-                                  "the node: {'EXIT',{{hook_crashed,<<\"clear\"/utf8>>},")
+    assert op["error"].startswith('hook clear: counter_hooks:run(<<"clear">>) failed on '
+                                  "the node: {'EXIT',{{hook_crashed,<<\"clear\">>},")
     assert "after the rollback" not in op["error"]
     assert steps(op)[4:] == [
         ("install", "succeeded"), ("post_install:clear", "failed"),

@@ -1,0 +1,417 @@
+"""`relctl make-relup`: the relup and the upgrade tarball of a release, made in the user's build.
+
+mix releases have no relup at all, and relx's or systools' need the old release's files at hand.
+This module takes the roots of two built releases of one name (the directories holding `lib/`
+and `releases/`, as `mix release`, `rebar3 release` or an unpacked `systools:make_tar` leave
+them), runs the local `erl` with `systools:make_relup` over their `.rel` files with the lib
+directories of both as the path, and writes `releases/NEW_VSN/relup` into the new release. It
+can then pack the new release as a tarball in the systools layout (`releases/NAME-VSN.rel`, the
+version's `releases/VSN/` and the `lib/APP-VSN/` of each application in the `.rel`), which
+`release_handler:unpack_release/1` and relctl's agent accept.
+
+Standard library only and cheap to import: it is part of the `relctl` client. Every failure is
+a :class:`RelupError` that says what went wrong and what to do; systools' own words are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DOCS = "docs/preparing-releases.md"
+ERL_TIMEOUT = 120.0
+
+# Environment variables that would change what the build-time erl does behind our back.
+_ERL_ENV_NOISE = ("ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS", "ERL_LIBS", "ERL_ROOTDIR",
+                  "ERL_COMPILER_OPTIONS")
+
+
+class RelupError(Exception):
+    """What went wrong and what to do. ``bad_input``: the paths or versions given do not fit
+    (rather than systools or the machine failing)."""
+
+    def __init__(self, message: str, *, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
+
+
+@dataclass(frozen=True)
+class ReleaseDir:
+    """One version of a release inside a release root."""
+
+    root: Path
+    name: str
+    version: str
+    erts_version: str
+    rel_file: Path
+    applications: tuple[tuple[str, str], ...]  # (app, vsn) in .rel order
+
+    @property
+    def version_dir(self) -> Path:
+        return self.root / "releases" / self.version
+
+
+@dataclass(frozen=True)
+class Tarball:
+    path: Path
+    size: int
+    sha256: str
+    members: int
+    erts_included: bool
+
+
+@dataclass(frozen=True)
+class RelupResult:
+    old: ReleaseDir
+    new: ReleaseDir
+    relup: Path
+    warnings: tuple[str, ...]
+    tarball: Tarball | None = None
+
+
+# --- finding the releases --------------------------------------------------------------
+
+_COMMENT = re.compile(r"%[^\n]*")
+_STRING = r'"((?:[^"\\]|\\.)*)"'
+_ATOM = r"([a-z][A-Za-z0-9_@]*|'(?:[^'\\]|\\.)*')"
+_REL_HEAD = re.compile(r"\{\s*release\s*,\s*\{\s*" + _STRING + r"\s*,\s*" + _STRING
+                       + r"\s*\}\s*,\s*\{\s*erts\s*,\s*" + _STRING + r"\s*\}\s*,")
+_REL_APP = re.compile(r"\{\s*" + _ATOM + r"\s*,\s*" + _STRING)
+
+
+def read_rel(path: Path) -> ReleaseDir | None:
+    """Name, version, ERTS and applications of a .rel file, or None if it is no release file.
+
+    A light reading, enough to find and pack a release: systools reads the file for real."""
+    try:
+        text = _COMMENT.sub("", path.read_bytes().decode("utf-8", "replace"))
+    except OSError:
+        return None
+    head = _REL_HEAD.search(text)
+    if head is None:
+        return None
+    apps = tuple((app.strip("'"), vsn) for app, vsn in _REL_APP.findall(text, head.end()))
+    # releases/NAME-VSN.rel or releases/VSN/NAME.rel: the root is above releases/
+    root = path.parent.parent if path.parent.name == "releases" else path.parent.parent.parent
+    return ReleaseDir(root, head.group(1), head.group(2), head.group(3), path, apps)
+
+
+def _start_erl_version(releases: Path) -> str | None:
+    """The version releases/start_erl.data ("ERTS_VSN REL_VSN") says the root boots."""
+    try:
+        fields = (releases / "start_erl.data").read_text("utf-8", "replace").split()
+    except OSError:
+        return None
+    return fields[1] if len(fields) == 2 else None
+
+
+def find_release(root: Path, version: str | None = None, *, role: str = "new") -> ReleaseDir:
+    """The release of ``version`` in the release root ``root``.
+
+    Without a version, the one releases/start_erl.data names (mix, relx and installed targets
+    have it), or the only one there is. The .rel is looked for where each tool leaves it:
+    releases/VSN/NAME.rel (mix, relx), releases/VSN/NAME-VSN.rel and releases/NAME-VSN.rel
+    (systools)."""
+    root = Path(os.path.abspath(root))
+    what = f"the {role} release"
+    if not root.is_dir():
+        raise RelupError(f"{what}: {root} is not a directory; give the release's root (the "
+                         "directory holding lib/ and releases/, e.g. _build/prod/rel/NAME)",
+                         bad_input=True)
+    releases = root / "releases"
+    if not releases.is_dir():
+        raise RelupError(f"{what}: {root} has no releases/ directory, so it is no release root; "
+                         "give the directory `mix release` or `rebar3 release` built (e.g. "
+                         "_build/prod/rel/NAME), or one a release tarball was unpacked into",
+                         bad_input=True)
+    found = [rel for path in sorted(releases.glob("*/*.rel")) + sorted(releases.glob("*.rel"))
+             if (rel := read_rel(path)) is not None]
+    versions = sorted({rel.version for rel in found})
+    if version is None:
+        version = _start_erl_version(releases)
+        if version is None:
+            if len(versions) != 1:
+                raise RelupError(f"{what}: {root} holds "
+                                 + (f"releases {', '.join(versions)}" if versions else "no .rel")
+                                 + f" and no releases/start_erl.data to choose; give "
+                                   f"--{role}-version", bad_input=True)
+            version = versions[0]
+    matching = [rel for rel in found if rel.version == version]
+    if not matching:
+        held = f" (it has {', '.join(versions)})" if versions else ""
+        raise RelupError(f"{what}: no .rel file of version {version} under {releases}{held}; "
+                         f"build that version there or give --{role}-version", bad_input=True)
+    names = sorted({rel.name for rel in matching})
+    if len(names) > 1:
+        raise RelupError(f"{what}: {releases} holds several releases of version {version} "
+                         f"({', '.join(names)}); give each release its own root", bad_input=True)
+    return dataclasses.replace(matching[0], root=root)
+
+
+# --- running systools ------------------------------------------------------------------
+
+# Runs in a fresh erl; inputs come from the environment, so nothing needs quoting. On success
+# it prints systools' warnings, on failure systools' own description of the error.
+_MAKE_RELUP = r"""
+io:setopts(standard_io, [{encoding, unicode}]),
+Get = fun(Key) -> os:getenv(Key) end,
+Rel = fun(Key) -> filename:rootname(Get(Key), ".rel") end,
+Opts = [{path, string:split(Get("RELCTL_PATH"), "\n", all)},
+        {outdir, Get("RELCTL_OUTDIR")}, silent]
+       ++ [restart_emulator || Get("RELCTL_RESTART_EMULATOR") =:= "true"],
+Result = try systools:make_relup(Rel("RELCTL_NEW_REL"), [Rel("RELCTL_OLD_REL")],
+                                 [Rel("RELCTL_OLD_REL")], Opts)
+         catch Class:Reason -> {error, none, {Class, Reason}} end,
+case Result of
+    {ok, _Relup, Mod, Warnings} ->
+        [io:put_chars(Mod:format_warning(W)) || W <- Warnings],
+        halt(0);
+    {error, none, Crash} ->
+        io:format("systools:make_relup crashed: ~tp~n", [Crash]),
+        halt(1);
+    {error, Mod, Error} ->
+        io:put_chars(Mod:format_error(Error)),
+        halt(1);
+    Other ->
+        io:format("systools:make_relup returned ~tp~n", [Other]),
+        halt(1)
+end.
+"""
+
+
+def _erl_path(erl: str) -> str:
+    found = shutil.which(erl)
+    if found is None:
+        where = "on PATH" if os.sep not in erl else "there"
+        raise RelupError(f"erl not found ({erl!r} is not {where}); install Erlang/OTP (the "
+                         "version the release was built with, whose sasl has systools) or "
+                         "pass --erl /path/to/erl")
+    return found
+
+
+def _hint(text: str, old: ReleaseDir, new: ReleaseDir) -> str:
+    """What to do about the systools errors users meet most."""
+    if "No release upgrade script entry" in text:
+        return (f"the .appup has no entry for going from {old.version} (and back); add one "
+                f"for each version you upgrade from; see {DOCS}")
+    if ".appup" in text:
+        before = dict(old.applications)
+        changed = [f"{app} {before[app]} -> {vsn}" for app, vsn in new.applications
+                   if before.get(app) not in (None, vsn)]
+        return ("every application whose version changed needs APP.appup next to its .app, "
+                f"with instructions up from {old.version} and down to it (changed: "
+                f"{', '.join(changed) or 'none found'}): put it into the new release's "
+                "lib/APP-VSN/ebin, or pass --path with the build's ebin holding it "
+                f"(systools:make_tar leaves appups out); see {DOCS}")
+    if "File not found" in text or "Could not" in text:
+        return ("the application files must be in lib/APP-VSN/ebin of one of the two "
+                "release roots")
+    return f"see {DOCS}"
+
+
+def make_relup(old: ReleaseDir, new: ReleaseDir, *, erl: str = "erl",
+               extra_paths: Sequence[Path] = (), restart_emulator: bool = False,
+               timeout: float = ERL_TIMEOUT) -> RelupResult:
+    """Write NEW_ROOT/releases/NEW_VSN/relup: up from ``old``, and down to it.
+
+    systools takes each application's .app, and the .appup beside it, from the first
+    directory of the path holding that version: ``extra_paths`` first, then the lib
+    directories of the new root and of the old one."""
+    if old.name != new.name:
+        raise RelupError(f"the old release is {old.name} {old.version} ({old.rel_file}) and the "
+                         f"new one {new.name} {new.version}: a relup goes between versions of "
+                         "one release; check the two roots", bad_input=True)
+    if old.version == new.version:
+        raise RelupError(f"both roots give {new.name} {new.version}; give the versions to go "
+                         "between with --old-version and --new-version", bad_input=True)
+    out_dir = new.version_dir
+    if not out_dir.is_dir():
+        raise RelupError(f"{out_dir} does not exist; the new release root must hold its "
+                         "version's directory releases/VSN (build it with mix release, rebar3 "
+                         "release or systools)", bad_input=True)
+    for extra in extra_paths:
+        if not Path(extra).is_dir():
+            raise RelupError(f"--path {extra}: no such directory; give the ebin directory "
+                             "holding the .app and .appup files", bad_input=True)
+    paths = [*(os.path.abspath(p) for p in extra_paths),
+             str(new.root / "lib" / "*" / "ebin"), str(old.root / "lib" / "*" / "ebin")]
+    for value in (*paths, str(new.rel_file), str(old.rel_file), str(out_dir)):
+        if "\n" in value:
+            raise RelupError(f"{value!r}: a path with a newline cannot be passed to systools",
+                             bad_input=True)
+    env = {k: v for k, v in os.environ.items() if k not in _ERL_ENV_NOISE}
+    env.update({"RELCTL_PATH": "\n".join(paths), "RELCTL_OUTDIR": str(out_dir),
+                "RELCTL_NEW_REL": str(new.rel_file), "RELCTL_OLD_REL": str(old.rel_file),
+                "RELCTL_RESTART_EMULATOR": "true" if restart_emulator else "false"})
+    argv = [_erl_path(erl), "-boot", "no_dot_erlang", "-noshell", "-noinput",
+            "-eval", _MAKE_RELUP]
+    try:
+        proc = subprocess.run(argv, cwd=out_dir, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise RelupError(f"systools:make_relup did not finish within {timeout:g} s") from None
+    except OSError as exc:
+        raise RelupError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    out = proc.stdout.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        # One line, as relctl prints errors; systools' words are kept as they are.
+        said = " ".join((out or proc.stderr.decode("utf-8", "replace")).split()) or "no output"
+        raise RelupError(f"systools:make_relup {new.name} {old.version} -> {new.version} "
+                         f"failed: {said} (hint: {_hint(said, old, new)})")
+    relup = out_dir / "relup"
+    if not relup.is_file():
+        raise RelupError(f"systools:make_relup reported success but wrote no {relup}")
+    warnings = tuple(line.removeprefix("*WARNING* ").strip()
+                     for line in out.splitlines() if line.strip())
+    return RelupResult(old, new, relup, warnings)
+
+
+# --- the tarball -----------------------------------------------------------------------
+
+def _walk(top: Path, arcname: str) -> Iterator[tuple[Path, str]]:
+    """(path, member name) of ``top`` and everything under it, sorted, links followed (a relx
+    dev-mode release links lib/ into _build) but each real directory entered once."""
+    seen: set[tuple[int, int]] = set()
+    stack = [(top, arcname)]
+    while stack:
+        path, name = stack.pop()
+        info = path.stat()
+        yield path, name
+        if stat.S_ISDIR(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            children = sorted(path.iterdir(), key=lambda p: p.name, reverse=True)
+            stack.extend((child, f"{name}/{child.name}") for child in children)
+
+
+def _add(tar: tarfile.TarFile, path: Path, name: str) -> bool:
+    """Add one file or directory, owned by root and with its mode and time; False if it is
+    neither (sockets, FIFOs and the like have no place in a release)."""
+    info = path.stat()
+    member = tarfile.TarInfo(name)
+    member.mode = stat.S_IMODE(info.st_mode)
+    member.mtime = int(info.st_mtime)
+    if stat.S_ISDIR(info.st_mode):
+        member.type = tarfile.DIRTYPE
+        tar.addfile(member)
+        return True
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    member.size = info.st_size
+    with path.open("rb") as fh:
+        tar.addfile(member, fh)
+    return True
+
+
+def _tar_sources(new: ReleaseDir, include_erts: bool) -> list[tuple[Path, str]]:
+    sources: list[tuple[Path, str]] = [(new.version_dir, f"releases/{new.version}")]
+    missing = []
+    for app, vsn in new.applications:
+        lib = new.root / "lib" / f"{app}-{vsn}"
+        if lib.is_dir():
+            sources.append((lib, f"lib/{app}-{vsn}"))
+        else:
+            missing.append(f"lib/{app}-{vsn}")
+    if missing:
+        raise RelupError(f"{new.root} lacks {', '.join(missing)} of {new.name} {new.version}; "
+                         "the tarball must carry every application of the release: build it "
+                         "with its applications (mix and relx do by default)", bad_input=True)
+    script = new.root / "bin" / f"{new.name}-{new.version}"
+    if script.is_file():  # relx: the agent makes it bin/NAME when the release goes permanent
+        sources.append((script, f"bin/{script.name}"))
+    if include_erts:
+        erts = new.root / f"erts-{new.erts_version}"
+        if not erts.is_dir():
+            raise RelupError(f"{erts} is missing, so it cannot go into the tarball; build the "
+                             "release with its ERTS (mix: include_erts: true; relx: "
+                             "{include_erts, true}) or leave it out with --no-include-erts",
+                             bad_input=True)
+        sources.append((erts, erts.name))
+    return sources
+
+
+def write_tarball(new: ReleaseDir, dest: Path, *, include_erts: bool = False) -> Tarball:
+    """Pack ``new`` for `release_handler:unpack_release("NAME-VSN")` (systools layout).
+
+    release_handler extracts with keep_old_files, so only what the running node lacks is
+    written; the start scripts, RELEASES and start_erl.data of the node are never part of it.
+    The same files give the same bytes: sorted members, owner root, no time in the gzip
+    header."""
+    dest = Path(os.path.abspath(dest))
+    if dest.is_dir():
+        raise RelupError(f"{dest} is a directory; give the tarball's file name, e.g. "
+                         f"{new.name}-{new.version}.tar.gz", bad_input=True)
+    sources = _tar_sources(new, include_erts)
+    tmp = dest.with_name(f".{dest.name}.relctl-tmp")
+    count = 0
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6,
+                              mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            # First, as systools:make_tar puts it: what unpack_release/1 reads before the rest.
+            rel = tarfile.TarInfo(f"releases/{new.name}-{new.version}.rel")
+            data = new.rel_file.read_bytes()
+            rel.size, rel.mode, rel.mtime = len(data), 0o644, int(new.rel_file.stat().st_mtime)
+            tar.addfile(rel, io.BytesIO(data))
+            count += 1
+            for top, arcname in sources:
+                for path, name in _walk(top, arcname):
+                    count += _add(tar, path, name)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RelupError(f"cannot make the tarball {dest}: {exc.strerror or exc} "
+                         f"({exc.filename or 'while packing'}); check that the release root "
+                         "is complete and readable and that the target directory is "
+                         "writable") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    digest = hashlib.sha256()
+    with dest.open("rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return Tarball(dest, dest.stat().st_size, digest.hexdigest(), count, include_erts)
+
+
+# --- the whole job ---------------------------------------------------------------------
+
+def build(old_root: Path, new_root: Path, *, old_version: str | None = None,
+          new_version: str | None = None, tarball: Path | None = None,
+          include_erts: bool | None = None, extra_paths: Sequence[Path] = (),
+          restart_emulator: bool = False, erl: str = "erl") -> RelupResult:
+    """Find both releases, write the relup into the new one and, with ``tarball``, pack it.
+
+    ``include_erts=None`` puts the new ERTS into the tarball only when it differs from the old
+    release's (release_handler then restarts the node into it)."""
+    new = find_release(new_root, new_version, role="new")
+    same_root = Path(os.path.abspath(old_root)) == new.root
+    if same_root and old_version is None:
+        raise RelupError(f"both releases are in {new.root}; give the version to upgrade from "
+                         "with --old-version", bad_input=True)
+    old = find_release(old_root, old_version, role="old")
+    result = make_relup(old, new, erl=erl, extra_paths=extra_paths,
+                        restart_emulator=restart_emulator)
+    if tarball is None:
+        return result
+    erts_changed = old.erts_version != new.erts_version
+    packed = write_tarball(new, tarball,
+                           include_erts=erts_changed if include_erts is None else include_erts)
+    warnings: Sequence[str] = result.warnings
+    if erts_changed and not packed.erts_included:
+        warnings = (*warnings, f"ERTS changes from {old.erts_version} to {new.erts_version} "
+                               f"but erts-{new.erts_version} is not in the tarball: the node "
+                               "must have it already")
+    return RelupResult(old, new, result.relup, tuple(warnings), packed)

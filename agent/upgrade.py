@@ -45,12 +45,6 @@ from .tarball import ReleaseTarball
 _OK = Atom("ok")
 _ERROR = Atom("error")
 
-# Older names of what now lives in steps.py.
-_Failure = Failure
-_StepState = StepState
-_term_text = term_text
-
-
 @dataclass(frozen=True)
 class Probe:
     """A health probe: ``module:function()`` must return ``ok``."""
@@ -99,7 +93,7 @@ def _guarded(method: Callable[Concatenate[ReleaseEngine, _Context, str, _P], Awa
         ctx = _Context()
         try:
             return await method(self, ctx, version, *args, **kwargs)
-        except _Failure as failure:
+        except Failure as failure:
             return await self._failed(failure, ctx, version)
     return run
 
@@ -135,7 +129,7 @@ class ReleaseEngine:
     async def releases(self) -> tuple[Release, ...]:
         return parse_which_releases(await self._call("release_handler", "which_releases"))
 
-    async def _ensure_releases_file(self, ctx: _Context, state: _StepState) -> None:
+    async def _ensure_releases_file(self, ctx: _Context, state: StepState) -> None:
         """Without RELEASES, release_handler invents a release with no libraries, and a later
         remove_release can delete the running code: create the file from the running .rel and
         make release_handler read it, before anything else."""
@@ -145,7 +139,7 @@ class ReleaseEngine:
             return
         running = next((r for r in ctx.releases if r.running), None)
         if running is None:
-            raise _Failure(FAILED_UNCHANGED, f"{path} is missing and the node runs no known release")
+            raise Failure(FAILED_UNCHANGED, f"{path} is missing and the node runs no known release")
         # Where unpack_release (releases/VSN/NAME-VSN.rel), relx (releases/VSN/NAME.rel) and
         # systools:make_tar (releases/NAME-VSN.rel) leave the running release's .rel.
         candidates = [
@@ -158,12 +152,12 @@ class ReleaseEngine:
                 rel_file = candidate
                 break
         if rel_file is None:
-            raise _Failure(FAILED_UNCHANGED, f"{path} is missing and no .rel file of the running "
+            raise Failure(FAILED_UNCHANGED, f"{path} is missing and no .rel file of the running "
                                              f"release was found ({' or '.join(candidates)})")
         made = await self._call("release_handler", "create_RELEASES",
                                 [ctx.dirs.root, ctx.dirs.releases, rel_file, []])
         if made != _OK:
-            raise _Failure(FAILED_UNCHANGED, f"creating {path} failed: {_term_text(made)}")
+            raise Failure(FAILED_UNCHANGED, f"creating {path} failed: {term_text(made)}")
         # release_handler read its state at start: restart it so that it reads the new file.
         for fn in ("terminate_child", "restart_child"):
             await self._call("supervisor", fn, [Atom("sasl_sup"), Atom("release_handler")])
@@ -182,7 +176,7 @@ class ReleaseEngine:
             if res == (_ERROR, Atom("enoent")):
                 return f"no {where}"
             reason = await self._call("file", "format_error", [res[1]]) if isinstance(res, tuple) else res
-            raise _Failure(FAILED_UNCHANGED, f"{where} does not parse: {_term_text(reason)}")
+            raise Failure(FAILED_UNCHANGED, f"{where} does not parse: {term_text(reason)}")
         try:
             source = text.decode("utf-8")
         except UnicodeDecodeError:
@@ -190,19 +184,19 @@ class ReleaseEngine:
         scanned = await self._call("erl_scan", "string", [source])
         if not (isinstance(scanned, tuple) and scanned[0] == _OK):
             detail = await self._format_parse_error(scanned)
-            raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball does not parse: {detail}")
+            raise Failure(FAILED_UNCHANGED, f"{where} in the tarball does not parse: {detail}")
         tokens = scanned[1]
         last = tokens[-1] if isinstance(tokens, list) and tokens else None
         if not (isinstance(last, tuple) and last and last[0] == Atom("dot")):
             # file:consult (what release_handler uses) needs the final dot, or it reads nothing.
-            raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball does not end with '.' "
+            raise Failure(FAILED_UNCHANGED, f"{where} in the tarball does not end with '.' "
                                              "(a sys.config is one Erlang list and a dot)")
         parsed = await self._call("erl_parse", "parse_term", [tokens])
         if not (isinstance(parsed, tuple) and parsed[0] == _OK):
             detail = await self._format_parse_error(parsed)
-            raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball does not parse: {detail}")
+            raise Failure(FAILED_UNCHANGED, f"{where} in the tarball does not parse: {detail}")
         if not isinstance(parsed[1], list):
-            raise _Failure(FAILED_UNCHANGED, f"{where} in the tarball is not a list of "
+            raise Failure(FAILED_UNCHANGED, f"{where} in the tarball is not a list of "
                                              "{Application, [{Key, Value}]}")
         return f"{where} parses"
 
@@ -213,9 +207,9 @@ class ReleaseEngine:
             words = await self._call("lists", "flatten",
                                      [await self._call(str(module.name), "format_error", [desc])])
             loc = line[0] if isinstance(line, tuple) else line
-            return f"line {loc}: {_term_text(words)}"
+            return f"line {loc}: {term_text(words)}"
         except (TypeError, IndexError, AttributeError, BadRpc):
-            return _term_text(res)
+            return term_text(res)
 
     # --- the operations -----------------------------------------------------------------
 
@@ -236,10 +230,10 @@ class ReleaseEngine:
             await self._preflight(ctx)
             target = _find(ctx, version)
             if target is not None and target.running and target.status == "permanent":
-                raise _Failure(FAILED_UNCHANGED, f"{version} already runs and is permanent on "
+                raise Failure(FAILED_UNCHANGED, f"{version} already runs and is permanent on "
                                                  f"{self._node.name}; nothing to do")
             if target is None and tarball is None:
-                raise _Failure(FAILED_UNCHANGED, f"release {version} is not on {self._node.name}; "
+                raise Failure(FAILED_UNCHANGED, f"release {version} is not on {self._node.name}; "
                                                  "pass --tarball FILE to upload it")
             if target is not None and tarball is not None:
                 tarball = None  # relx does the same: a release already there is not re-uploaded
@@ -270,10 +264,10 @@ class ReleaseEngine:
                 res = await self._call("release_handler", "check_install_release", [version])
                 if not (isinstance(res, tuple) and res[0] == _OK):
                     reason = res[1] if isinstance(res, tuple) and len(res) > 1 else res
-                    raise _Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
-                                                     f"{_term_text(reason)}")
+                    raise Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
+                                                     f"{term_text(reason)}")
                 st.detail = f"relup from {res[1]} found"
-        except _Failure:
+        except Failure:
             if ctx.unpacked_here:  # leave the node's releases as they were (and retryable)
                 await self._undo_unpack(version, ctx)
             raise
@@ -306,7 +300,7 @@ class ReleaseEngine:
                 os.replace(tmp, dest)  # atomic: release_handler never sees half a tarball
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
-                raise _Failure(FAILED_UNCHANGED, f"cannot write {dest}: {exc.strerror or exc}; "
+                raise Failure(FAILED_UNCHANGED, f"cannot write {dest}: {exc.strerror or exc}; "
                                                  "the agent needs write access to the node's "
                                                  "releases directory") from None
             ctx.staged_file = dest
@@ -324,8 +318,8 @@ class ReleaseEngine:
             # release_handler deletes the tarball only on success; leave nothing to trip a retry.
             if ctx.staged_file is not None:
                 ctx.staged_file.unlink(missing_ok=True)
-            raise _Failure(FAILED_UNCHANGED, f"unpack_release({tarball.unpack_name!r}) failed: "
-                                             f"{_term_text(res[1] if isinstance(res, tuple) else res)}")
+            raise Failure(FAILED_UNCHANGED, f"unpack_release({tarball.unpack_name!r}) failed: "
+                                             f"{term_text(res[1] if isinstance(res, tuple) else res)}")
 
     async def _undo_unpack(self, version: str, ctx: _Context) -> None:
         """Take back what this operation's unpack did, so that a retry starts clean.
@@ -337,7 +331,7 @@ class ReleaseEngine:
         async with self._steps.step("undo_unpack") as st:
             res = await self._call("release_handler", "set_removed", [version])
             if res != _OK:
-                raise _Failure(FAILED, f"set_removed({version}) failed: {_term_text(res)}; "
+                raise Failure(FAILED, f"set_removed({version}) failed: {term_text(res)}; "
                                        f"{version} stays unpacked")
             removed: list[str] = []
             if ctx.dirs is not None and ctx.tarball is not None:
@@ -358,7 +352,7 @@ class ReleaseEngine:
         try:
             await run_hooks(self._node, self._steps, options.hooks, PRE_INSTALL,
                             outcome=FAILED_UNCHANGED)
-        except _Failure:
+        except Failure:
             if ctx.unpacked_here:
                 await self._undo_unpack(version, ctx)
             raise
@@ -383,29 +377,29 @@ class ReleaseEngine:
             if isinstance(res, tuple) and res[0] == Atom("continue_after_restart"):
                 if not await self._node.wait_for_restart(down_within=30.0,
                                                          up_within=options.restart_timeout):
-                    raise _Failure(FAILED, "the node restarted into a new emulator for "
+                    raise Failure(FAILED, "the node restarted into a new emulator for "
                                            f"{version} and did not come back within "
                                            f"{options.restart_timeout:g} s")
                 st.detail = "installed; the node restarted into the new emulator"
                 return
-            reason = _term_text(res[1] if isinstance(res, tuple) and len(res) > 1 else res)
+            reason = term_text(res[1] if isinstance(res, tuple) and len(res) > 1 else res)
             # A crashing relup script makes release_handler restart the node on its
             # permanent release.
             if await self._node.wait_for_restart(down_within=5.0,
                                                  up_within=options.restart_timeout):
-                raise _Failure(ROLLED_BACK, f"install of {version} failed ({reason}); the node "
+                raise Failure(ROLLED_BACK, f"install of {version} failed ({reason}); the node "
                                             "restarted on its permanent release (rolled back by "
                                             "node restart)")
             if ctx.unpacked_here:
                 await self._undo_unpack(version, ctx)
-            raise _Failure(FAILED_UNCHANGED, f"install_release({version}) failed: {reason}")
+            raise Failure(FAILED_UNCHANGED, f"install_release({version}) failed: {reason}")
 
     async def _verify(self, version: str, options: Options) -> str:
         releases = await self.releases()
         target = next((r for r in releases if r.version == version), None)
         if target is None or not target.running:
             state = target.status if target else "not listed"
-            raise _Failure(FAILED, f"after install, {version} is {state}, not running")
+            raise Failure(FAILED, f"after install, {version} is {state}, not running")
         apps = await self._call("application", "which_applications")
         running = {a[0].name: a[2] for a in apps
                    if isinstance(a, tuple) and len(a) == 3 and isinstance(a[0], Atom)}
@@ -415,7 +409,7 @@ class ReleaseEngine:
             if name in running and running[name] != vsn:
                 wrong.append(f"{name} runs {running[name]}, release has {vsn}")
         if wrong:
-            raise _Failure(FAILED, "applications not switched: " + "; ".join(wrong))
+            raise Failure(FAILED, "applications not switched: " + "; ".join(wrong))
         detail = f"{version} is {target.status}; {len(running)} applications run"
         if options.probes:
             detail += "; " + await self._soak(options)
@@ -431,7 +425,7 @@ class ReleaseEngine:
                 except BadRpc as exc:
                     res = exc.reason
                 if res != _OK:
-                    raise _Failure(FAILED, f"health probe {probe} returned {_term_text(res)}")
+                    raise Failure(FAILED, f"health probe {probe} returned {term_text(res)}")
             rounds += 1
             if time.monotonic() >= deadline:
                 return f"probes ok {rounds}x over {options.health_timeout:g} s"
@@ -446,7 +440,7 @@ class ReleaseEngine:
                                 outcome=FAILED)
             async with self._steps.step("verify") as st:
                 st.detail = await self._verify(version, options)
-        except _Failure as failure:
+        except Failure as failure:
             if not rollback or not ctx.from_version:
                 raise
             return await self._rollback(version, failure, options, ctx)
@@ -461,8 +455,8 @@ class ReleaseEngine:
         async with self._steps.step("make_permanent") as st:
             res = await self._call("release_handler", "make_permanent", [version])
             if res != _OK:
-                raise _Failure(FAILED, f"make_permanent({version}) failed: "
-                                       f"{_term_text(res[1] if isinstance(res, tuple) else res)}; "
+                raise Failure(FAILED, f"make_permanent({version}) failed: "
+                                       f"{term_text(res[1] if isinstance(res, tuple) else res)}; "
                                        f"{version} runs but the node would boot the old release")
             st.detail = f"{version} is permanent"
             copied = await self._copy_start_script(version, ctx)
@@ -483,14 +477,14 @@ class ReleaseEngine:
         os.replace(tmp, dest)
         return f"copied bin/{src.name} to bin/{name}"
 
-    async def _rollback(self, version: str, failure: _Failure, options: Options,
+    async def _rollback(self, version: str, failure: Failure, options: Options,
                         ctx: _Context) -> Result:
         async with self._steps.step("rollback") as st:
             res = await self._call("release_handler", "install_release", [ctx.from_version],
                                    timeout=options.install_timeout)
             if not (isinstance(res, tuple) and res[0] == _OK):
-                raise _Failure(FAILED, f"{failure.message}; rollback to {ctx.from_version} "
-                                       f"failed too: {_term_text(res)}")
+                raise Failure(FAILED, f"{failure.message}; rollback to {ctx.from_version} "
+                                       f"failed too: {term_text(res)}")
             st.detail = f"installed {ctx.from_version} again (relup down script)"
         # The code changed again, so what the post-install hooks clear is stale again; pre-install
         # hooks do not run, as nothing may stop a rollback. A failure here is only reported.
@@ -498,7 +492,7 @@ class ReleaseEngine:
         try:
             await run_hooks(self._node, self._steps, options.hooks, POST_INSTALL,
                             outcome=ROLLED_BACK)
-        except _Failure as again:
+        except Failure as again:
             note = f"; after the rollback, {again.message}"
         async with self._steps.step("verify") as st:
             st.detail = await self._verify(ctx.from_version, Options())
@@ -506,7 +500,7 @@ class ReleaseEngine:
                       releases=await self.releases(),
                       detail=f"back on {ctx.from_version}")
 
-    async def _failed(self, failure: _Failure, ctx: _Context, version: str) -> Result:
+    async def _failed(self, failure: Failure, ctx: _Context, version: str) -> Result:
         try:
             releases = await self.releases()
         except (NodeUnavailable, BadRpc):
@@ -523,12 +517,12 @@ class ReleaseEngine:
             target = _find(ctx, version)
             if target is None:
                 known = ", ".join(f"{r.version} ({r.status})" for r in ctx.releases)
-                raise _Failure(FAILED_UNCHANGED, f"release {version} is not on "
+                raise Failure(FAILED_UNCHANGED, f"release {version} is not on "
                                                  f"{self._node.name} (it has: {known})")
             if target.running:
-                raise _Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
+                raise Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
             if target.status == "unpacked":
-                raise _Failure(FAILED_UNCHANGED, f"{version} was never installed on "
+                raise Failure(FAILED_UNCHANGED, f"{version} was never installed on "
                                                  f"{self._node.name}; use `relctl upgrade "
                                                  f"{version}` to install it")
             await self._ensure_releases_file(ctx, st)
@@ -537,8 +531,8 @@ class ReleaseEngine:
         async with self._steps.step("check") as st:
             res = await self._call("release_handler", "check_install_release", [version])
             if not (isinstance(res, tuple) and res[0] == _OK):
-                raise _Failure(FAILED_UNCHANGED, f"the running release cannot go down to "
-                                                 f"{version}: {_term_text(res)}")
+                raise Failure(FAILED_UNCHANGED, f"the running release cannot go down to "
+                                                 f"{version}: {term_text(res)}")
             st.detail = f"relup of {ctx.from_version} goes down to {version}"
         if options.dry_run:
             self._skip_install(options, "--dry-run")
@@ -555,7 +549,7 @@ class ReleaseEngine:
             await self._preflight(ctx)
             existing = _find(ctx, version)
             if existing is not None:
-                raise _Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
+                raise Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
                                                  f"{self._node.name}; nothing to unpack")
             await self._ensure_releases_file(ctx, st)
             st.detail += await self._check_config(version, tarball.sys_config, ctx)
@@ -569,8 +563,8 @@ class ReleaseEngine:
             await self._preflight(ctx)
             res = await self._call("release_handler", "check_install_release", [version])
             if not (isinstance(res, tuple) and res[0] == _OK):
-                raise _Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
-                                                 f"{_term_text(res)}")
+                raise Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
+                                                 f"{term_text(res)}")
             st.detail = f"can be installed over {res[1]}"
         return Result(SUCCEEDED, ctx.from_version, version, releases=ctx.releases)
 
@@ -581,10 +575,10 @@ class ReleaseEngine:
             await self._preflight(ctx)
             target = _find(ctx, version)
             if target is None:
-                raise _Failure(FAILED_UNCHANGED, f"release {version} is not on "
+                raise Failure(FAILED_UNCHANGED, f"release {version} is not on "
                                                  f"{self._node.name}; unpack it first")
             if target.running:
-                raise _Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
+                raise Failure(FAILED_UNCHANGED, f"{version} already runs on {self._node.name}")
             await self._ensure_releases_file(ctx, st)
             st.detail = await self._check_config(version, None, ctx)
         await self._pre_install_hooks(version, options, ctx)
@@ -601,7 +595,7 @@ class ReleaseEngine:
             target = _find(ctx, version)
             if target is None or not target.running:
                 state = target.status if target else "not on the node"
-                raise _Failure(FAILED_UNCHANGED, f"{version} is {state}; only the running "
+                raise Failure(FAILED_UNCHANGED, f"{version} is {state}; only the running "
                                                  "release can be made permanent")
             st.detail = f"{version} is {target.status}"
         await self._make_permanent(version, ctx)
@@ -613,9 +607,9 @@ class ReleaseEngine:
             await self._preflight(ctx)
             target = _find(ctx, version)
             if target is None:
-                raise _Failure(FAILED_UNCHANGED, f"release {version} is not on {self._node.name}")
+                raise Failure(FAILED_UNCHANGED, f"release {version} is not on {self._node.name}")
             if target.running or target.status in ("permanent", "current"):
-                raise _Failure(FAILED_UNCHANGED, f"{version} is {target.status} on "
+                raise Failure(FAILED_UNCHANGED, f"{version} is {target.status} on "
                                                  f"{self._node.name}; the running or "
                                                  "permanent release cannot be removed")
             await self._ensure_releases_file(ctx, st)
@@ -623,6 +617,6 @@ class ReleaseEngine:
         async with self._steps.step("remove") as st:
             res = await self._call("release_handler", "remove_release", [version])
             if res != _OK:
-                raise _Failure(FAILED, f"remove_release({version}) failed: {_term_text(res)}")
+                raise Failure(FAILED, f"remove_release({version}) failed: {term_text(res)}")
             st.detail = f"{version} removed"
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self.releases())

@@ -37,9 +37,8 @@ from tests.tools.otp_procs import (
     OtpProcessError,
     _clean_env,
     _split_name,
-    _track,
-    _wait_node_ready,
     _write_cookie_home,
+    await_started,
     epmd_names,
 )
 from tests.tools.release_fixture import REPO_ROOT, ReleaseBuildError, _erl_env
@@ -196,14 +195,7 @@ def start_elixir_node(target_root: Path, name: str = f"{REL_NAME}@localhost", *,
                                 env=env, start_new_session=True)
     node = NodeProc(proc, name=full_name, cookie=cookie, epmd_port=epmd_port, root=root,
                     workdir=wdir, owns_workdir=False)
-    _track(proc.pid, node.stop)
-    try:
-        _wait_node_ready(node, proc, ready_file, timeout)
-    except BaseException:
-        node.stop(grace=1.0)
-        raise
-    node.started_seconds = time.monotonic() - t0
-    return node
+    return await_started(node, proc, ready_file, timeout, t0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -541,6 +541,13 @@ def start_node(
         workdir=wdir,
         owns_workdir=owns_workdir,
     )
+    return await_started(node, proc, ready_file, timeout, t0)
+
+
+def await_started(node: NodeProc, proc: subprocess.Popen[bytes], ready_file: Path,
+                  timeout: float, t0: float) -> NodeProc:
+    """Track a just-started node for the end-of-session sweep and wait until it is ready; a
+    node that does not get ready is stopped before the error goes up."""
     _track(proc.pid, node.stop)
     try:
         _wait_node_ready(node, proc, ready_file, timeout)

@@ -39,8 +39,8 @@ class Discovery:
     def excluded(self, alive: str) -> bool:
         return any(fnmatch.fnmatchcase(alive, pattern) for pattern in self._config.exclude)
 
-    def _cookie(self, alive: str) -> tuple[str, Path] | None:
-        """(cookie, where it came from) for ``alive``, or None when the agent has none."""
+    def _cookie(self, alive: str) -> tuple[str, Path] | str:
+        """(cookie, where it came from) for ``alive``, or why the agent has none."""
         cfg = self._config
         if cfg.cookie_dir is not None:
             own = cfg.cookie_dir / alive
@@ -48,11 +48,11 @@ class Discovery:
                 try:
                     return read_cookie(own, path=str(cfg.path), key="discovery.cookie_dir"), own
                 except ConfigError as exc:
-                    log.warning("not managing %s@%s: %s", alive, cfg.host, exc)
-                    return None
+                    return str(exc)
         if cfg.cookie is not None and cfg.cookie_file is not None:
             return cfg.cookie, cfg.cookie_file
-        return None
+        return (f"no cookie for it (add {cfg.cookie_dir or 'COOKIE_DIR'}/{alive} or a default "
+                "discovery.cookie_file)")
 
     async def scan(self) -> list[str]:
         """One look at EPMD; returns the names of the nodes added."""
@@ -75,10 +75,9 @@ class Discovery:
                 log.debug("discovery: %s is excluded", name)
                 continue
             cookie = self._cookie(alive)
-            if cookie is None:
+            if isinstance(cookie, str):
                 self._skipped.add(name)
-                log.info("discovery: not managing %s: no cookie for it (add %s/%s or a default "
-                         "discovery.cookie_file)", name, cfg.cookie_dir or "COOKIE_DIR", alive)
+                log.info("discovery: not managing %s: %s", name, cookie)
                 continue
             self._nodes.add(NodeConfig(name=name, cookie_file=cookie[1], cookie=cookie[0],
                                        epmd_port=cfg.epmd_port))

@@ -32,6 +32,7 @@ from .steps import (
     Failure,
     Result,
     Steps,
+    consult_error,
     node_dirs,
     term_text,
 )
@@ -175,34 +176,34 @@ class ConfigReload:
         if isinstance(res, tuple) and len(res) == 2 and res[0] == _OK:
             return list(res[1]) if isinstance(res[1], list) else [res[1]]
         reason = res[1] if isinstance(res, tuple) and len(res) == 2 else res
-        words = term_text(await self._call(
-            "lists", "flatten", [await self._call("file", "format_error", [reason])]))
-        # {Line, Module, Term} comes out as "Line: text"; a bare reason as its text.
-        if isinstance(reason, tuple) and len(reason) == 3 and isinstance(reason[0], int):
-            words = f"line {words}"
+        words = await consult_error(self._node, reason, self._rpc_timeout)
         raise Failure(FAILED_UNCHANGED, f"{what} {path}: {words}; nothing was applied. Fix the "
                                         "file and run relctl reload-config again")
 
-    async def _read(self, path: str) -> tuple[Config, list[str]]:
-        """The merged config of ``path`` and the files it names, as the node boots with it."""
-        terms = await self._consult(path, "cannot read")
+    async def _read(self, path: str, *, included: bool = False) -> tuple[Config, list[str]]:
+        """The merged config of ``path`` and the files it names, as the node boots with it
+        (only sys.config itself may name files)."""
+        terms = await self._consult(path, "cannot read the included config file" if included
+                                    else "cannot read")
         if len(terms) != 1 or not isinstance(terms[0], list):
             raise Failure(FAILED_UNCHANGED, f"{path} must hold one list of {{Application, "
-                                            "[{Key, Value}]}} (and file names) ending with a dot; "
-                                            "nothing was applied")
+                                            "[{Key, Value}]}} ending with a dot; nothing was "
+                                            "applied")
         config: Config = []
         files = [path]
         for i, entry in enumerate(terms[0]):
-            if isinstance(entry, str):
-                included = await self._include(entry, os.path.dirname(path))
-                files.append(included)
-                config = merge_config(config, await self._read_included(included))
+            if isinstance(entry, str) and not included:
+                more, named = await self._read(await self._include(entry, os.path.dirname(path)),
+                                               included=True)
+                files += named
+                config = merge_config(config, more)
             elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Atom):
                 config = merge_config(config, [(entry[0], _as_env(
                     entry[1], f"the {entry[0].name} entry of {path}"))])
             else:
-                raise Failure(FAILED_UNCHANGED, f"entry {i + 1} of {path} is neither "
-                                                "{Application, [{Key, Value}]} nor a file name: "
+                allowed = ("not {Application, [{Key, Value}]}" if included else
+                           "neither {Application, [{Key, Value}]} nor a file name")
+                raise Failure(FAILED_UNCHANGED, f"entry {i + 1} of {path} is {allowed}: "
                                                 f"{term_text(entry)}; nothing was applied")
         return config, files
 
@@ -216,20 +217,6 @@ class ConfigReload:
             if await self._call("filelib", "is_regular", [beside]):
                 return beside
         return file
-
-    async def _read_included(self, path: str) -> Config:
-        terms = await self._consult(path, "cannot read the included config file")
-        if len(terms) != 1 or not isinstance(terms[0], list):
-            raise Failure(FAILED_UNCHANGED, f"{path} must hold one list of {{Application, "
-                                            "[{Key, Value}]}}; nothing was applied")
-        config: Config = []
-        for entry in terms[0]:
-            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Atom)):
-                raise Failure(FAILED_UNCHANGED, f"{path} holds {term_text(entry)}, not "
-                                                "{Application, [{Key, Value}]}; nothing was applied")
-            config = merge_config(config, [(entry[0], _as_env(
-                entry[1], f"the {entry[0].name} entry of {path}"))])
-        return config
 
     async def _run_providers(self, config: Config) -> tuple[Config, list[str]]:
         """A mix release with runtime config (config/runtime.exs) names config providers in

@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import io
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -28,6 +27,8 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .relfile import RelSyntaxError, parse_rel
 
 DOCS = "docs/preparing-releases.md"
 ERL_TIMEOUT = 120.0
@@ -82,29 +83,23 @@ class RelupResult:
 
 # --- finding the releases --------------------------------------------------------------
 
-_COMMENT = re.compile(r"%[^\n]*")
-_STRING = r'"((?:[^"\\]|\\.)*)"'
-_ATOM = r"([a-z][A-Za-z0-9_@]*|'(?:[^'\\]|\\.)*')"
-_REL_HEAD = re.compile(r"\{\s*release\s*,\s*\{\s*" + _STRING + r"\s*,\s*" + _STRING
-                       + r"\s*\}\s*,\s*\{\s*erts\s*,\s*" + _STRING + r"\s*\}\s*,")
-_REL_APP = re.compile(r"\{\s*" + _ATOM + r"\s*,\s*" + _STRING)
-
-
 def read_rel(path: Path) -> ReleaseDir | None:
-    """Name, version, ERTS and applications of a .rel file, or None if it is no release file.
-
-    A light reading, enough to find and pack a release: systools reads the file for real."""
+    """Name, version, ERTS and applications of a .rel file, or None if it is no release file."""
     try:
-        text = _COMMENT.sub("", path.read_bytes().decode("utf-8", "replace"))
+        data = path.read_bytes()
     except OSError:
         return None
-    head = _REL_HEAD.search(text)
-    if head is None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")  # Erlang's encoding for source files before OTP 17
+    try:
+        name, version, erts, apps = parse_rel(text)
+    except RelSyntaxError:
         return None
-    apps = tuple((app.strip("'"), vsn) for app, vsn in _REL_APP.findall(text, head.end()))
     # releases/NAME-VSN.rel or releases/VSN/NAME.rel: the root is above releases/
     root = path.parent.parent if path.parent.name == "releases" else path.parent.parent.parent
-    return ReleaseDir(root, head.group(1), head.group(2), head.group(3), path, apps)
+    return ReleaseDir(root, name, version, erts, path, apps)
 
 
 def _start_erl_version(releases: Path) -> str | None:

@@ -107,6 +107,18 @@ def term_text(value: Any) -> str:
     return value if isinstance(value, str) and len(value) <= 500 else format_term(value)
 
 
+async def consult_error(node: Caller, reason: Any, timeout: float) -> str:
+    """Why file:consult failed, in file:format_error's words: "line 2: syntax error before:
+    '{'" for a parse error, "no such file or directory" for enoent."""
+    words = await node.call("lists", "flatten",
+                            [await node.call("file", "format_error", [reason], timeout=timeout)],
+                            timeout=timeout)
+    text = term_text(words)
+    # {Line, Module, Term} comes out as "Line: text".
+    return f"line {text}" if (isinstance(reason, tuple) and len(reason) == 3
+                              and isinstance(reason[0], int)) else text
+
+
 @dataclass(frozen=True)
 class NodeDirs:
     root: str

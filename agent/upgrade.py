@@ -37,6 +37,7 @@ from .steps import (
     StepSink,
     Steps,
     StepState,
+    consult_error,
     node_dirs,
     term_text,
 )
@@ -175,8 +176,9 @@ class ReleaseEngine:
                 return f"{where} parses"
             if res == (_ERROR, Atom("enoent")):
                 return f"no {where}"
-            reason = await self._call("file", "format_error", [res[1]]) if isinstance(res, tuple) else res
-            raise Failure(FAILED_UNCHANGED, f"{where} does not parse: {term_text(reason)}")
+            reason = res[1] if isinstance(res, tuple) and len(res) == 2 else res
+            raise Failure(FAILED_UNCHANGED, f"{where} does not parse: "
+                          f"{await consult_error(self._node, reason, self._rpc_timeout)}")
         try:
             source = text.decode("utf-8")
         except UnicodeDecodeError:

@@ -40,8 +40,8 @@ def test_public_names_are_exported() -> None:
         assert name in bridge.__all__ and hasattr(bridge, name)
 
 
-CLIENT = {"cli.py", "cli_ops.py", "cli_build.py",
-          "relup_tool.py"}  # the `relctl` client: no bridge, no daemon code
+CLIENT = {"cli.py", "cli_ops.py", "cli_build.py", "relup_tool.py",
+          "relfile.py"}  # the `relctl` client: no bridge, no daemon code
 
 
 def _agent_modules() -> list[Path]:

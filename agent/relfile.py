@@ -1,0 +1,156 @@
+"""The .rel file, read without Erlang: a small parser for the one term it holds.
+
+Used where no node is at hand: the agent checks an uploaded tarball before anything of it
+reaches a node, and `relctl make-relup` finds the releases in a build. Standard library only
+(it is part of the `relctl` client), bounded on hostile input (nesting, no backtracking).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TypeAlias
+
+MAX_DEPTH = 8  # a .rel nests 4 deep; the bound keeps hostile nesting from recursing away
+
+
+class RelSyntaxError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class _Atom:
+    name: str
+
+
+_Term: TypeAlias = "str | _Atom | tuple[_Term, ...] | list[_Term]"
+
+_TOKEN = re.compile(r"""
+    (?P<space> \s+ | %[^\n]* )
+  | (?P<punct> [{}\[\],.] )
+  | (?P<string> "(?:[^"\\]|\\.)*" )
+  | (?P<qatom> '(?:[^'\\]|\\.)*' )
+  | (?P<atom> [a-z][A-Za-z0-9_@]* )
+""", re.VERBOSE | re.DOTALL)
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "s": " ", "\\": "\\", '"': '"', "'": "'"}
+
+
+def _tokens(text: str) -> list[tuple[str, str, int]]:
+    """(kind, text, offset) of each token; a punctuation mark is its own kind."""
+    found: list[tuple[str, str, int]] = []
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise RelSyntaxError(f"unexpected {text[pos]!r} at line {_line(text, pos)}")
+        kind = match.lastgroup or ""
+        if kind != "space":
+            found.append((match.group() if kind == "punct" else kind, match.group(), pos))
+        pos = match.end()
+    return found
+
+
+def _line(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _unescape(quoted: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        if match.group(1) not in _ESCAPES:
+            raise RelSyntaxError(f"unsupported escape \\{match.group(1)}")
+        return _ESCAPES[match.group(1)]
+    return re.sub(r"\\(.)", one, quoted[1:-1], flags=re.DOTALL)
+
+
+def _parse_term(text: str) -> _Term:
+    """The one term of a .rel file, with an optional final '.'."""
+    parser = _Parser(text, _tokens(text))
+    term = parser.term(0)
+    parser.end()
+    return term
+
+
+class _Parser:
+    """Recursive descent over the tokens, nesting at most MAX_DEPTH deep."""
+
+    def __init__(self, text: str, tokens: list[tuple[str, str, int]]) -> None:
+        self._text = text
+        self._tokens = tokens
+        self._next = 0
+
+    def term(self, depth: int) -> _Term:
+        kind, text, pos = self._take()
+        if kind in ("{", "["):
+            if depth >= MAX_DEPTH:
+                raise RelSyntaxError(f"terms nest too deep at line {_line(self._text, pos)}")
+            items = self._items("}" if kind == "{" else "]", depth + 1)
+            return tuple(items) if kind == "{" else items
+        if kind == "string":
+            return _unescape(text)
+        if kind == "qatom":
+            return _Atom(_unescape(text))
+        if kind == "atom":
+            return _Atom(text)
+        raise self._unexpected("a term", text, pos)
+
+    def end(self) -> None:
+        if self._peek() == ".":
+            self._take()
+        if self._peek() is not None:
+            _, text, pos = self._take()
+            raise self._unexpected("the end of the file", text, pos)
+
+    def _items(self, close: str, depth: int) -> list[_Term]:
+        items: list[_Term] = []
+        if self._peek() == close:
+            self._take()
+            return items
+        while True:
+            items.append(self.term(depth))
+            kind, text, pos = self._take()
+            if kind == close:
+                return items
+            if kind != ",":
+                raise self._unexpected(f"',' or '{close}'", text, pos)
+
+    def _peek(self) -> str | None:
+        return self._tokens[self._next][0] if self._next < len(self._tokens) else None
+
+    def _take(self) -> tuple[str, str, int]:
+        if self._next >= len(self._tokens):
+            raise RelSyntaxError("the file ends in the middle of the term")
+        self._next += 1
+        return self._tokens[self._next - 1]
+
+    def _unexpected(self, expected: str, text: str, pos: int) -> RelSyntaxError:
+        return RelSyntaxError(f"expected {expected} at line {_line(self._text, pos)}, "
+                               f"found {text[:20]!r}")
+
+
+def parse_rel(text: str) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
+    """Name, version, erts version and (app, vsn) pairs of a .rel file's text; RelSyntaxError
+    says what is wrong, with the line."""
+    term = _parse_term(text)
+    if not (isinstance(term, tuple) and len(term) == 4 and term[0] == _Atom("release")):
+        raise RelSyntaxError("it is not a {release, ...} tuple of four elements")
+    _, name_vsn, erts, apps = term
+    if not (isinstance(name_vsn, tuple) and len(name_vsn) == 2
+            and isinstance(name_vsn[0], str) and isinstance(name_vsn[1], str)
+            and name_vsn[0] and name_vsn[1]):
+        raise RelSyntaxError('the release is not named as {"Name", "Vsn"}')
+    if not (isinstance(erts, tuple) and len(erts) == 2 and erts[0] == _Atom("erts")
+            and isinstance(erts[1], str)):
+        raise RelSyntaxError('its erts entry is not {erts, "Vsn"}')
+    if not isinstance(apps, list):
+        raise RelSyntaxError("its applications are not a list")
+    pairs = tuple(_application(entry, i) for i, entry in enumerate(apps, 1))
+    return name_vsn[0], name_vsn[1], erts[1], pairs
+
+
+def _application(entry: _Term, index: int) -> tuple[str, str]:
+    if (isinstance(entry, tuple) and 2 <= len(entry) <= 4
+            and isinstance(entry[0], _Atom) and isinstance(entry[1], str)):
+        return entry[0].name, entry[1]
+    raise RelSyntaxError(f'application {index} is not {{App, "Vsn"}}, {{App, "Vsn", Type}}, '
+                          f'{{App, "Vsn", IncApps}} or {{App, "Vsn", Type, IncApps}}')

@@ -137,9 +137,14 @@ class Answer:
     seconds: float = 0.0
 
 
+def open_channel(settings: Settings, agent: str) -> grpc.Channel:
+    """The channel to one agent; every command opens its channels here."""
+    return grpc.insecure_channel(agent)
+
+
 def ask_agents(settings: Settings, method: str, request: Any) -> list[Answer]:
     """Send ``request`` to every agent at once; answers in the order of ``settings.agents``."""
-    channels = [grpc.insecure_channel(a) for a in settings.agents]
+    channels = [open_channel(settings, a) for a in settings.agents]
     try:
         started = time.perf_counter()
         futures: list[Future[Any]] = [

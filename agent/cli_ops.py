@@ -28,6 +28,7 @@ from .cli import (
     _table,
     cli,
     describe_rpc_error,
+    open_channel,
 )
 
 CHUNK = 1024 * 1024
@@ -55,8 +56,8 @@ def _one_agent(settings: Settings) -> str:
     return settings.agents[0]
 
 
-def _stub(agent: str) -> tuple[grpc.Channel, agent_pb2_grpc.AgentStub]:
-    channel = grpc.insecure_channel(agent)
+def _stub(settings: Settings, agent: str) -> tuple[grpc.Channel, agent_pb2_grpc.AgentStub]:
+    channel = open_channel(settings, agent)
     return channel, agent_pb2_grpc.AgentStub(channel)
 
 
@@ -229,7 +230,7 @@ def _follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent]) 
 
 def _streamed(settings: Settings, call: Callable[[agent_pb2_grpc.AgentStub, str], Any]) -> None:
     agent = _one_agent(settings)
-    channel, stub = _stub(agent)
+    channel, stub = _stub(settings, agent)
     with channel:
         op = _follow(settings, agent, call(stub, agent))
     _finish_operation(settings, op)
@@ -238,7 +239,7 @@ def _streamed(settings: Settings, call: Callable[[agent_pb2_grpc.AgentStub, str]
 def _ask_one(settings: Settings, method: str, request: Any, timeout: float | None = None) -> Any:
     """One unary RPC to the one agent; errors become CliError."""
     agent = _one_agent(settings)
-    channel, stub = _stub(agent)
+    channel, stub = _stub(settings, agent)
     with channel:
         try:
             return getattr(stub, method)(request, timeout=timeout or settings.timeout)
@@ -322,7 +323,7 @@ def reload_config(settings: Settings, dry_run: bool, show_values: bool) -> None:
 def unpack(settings: Settings, version: str, tarball: Path) -> None:
     """Upload and unpack VERSION ahead of time (the upgrade then takes milliseconds)."""
     agent = _one_agent(settings)
-    channel, stub = _stub(agent)
+    channel, stub = _stub(settings, agent)
     with channel:
         upload_id = upload(settings, stub, agent, settings.node, version, tarball)
     _unary(settings, "Unpack", pb.UnpackRequest(node=settings.node, version=version,

@@ -12,6 +12,7 @@ file (and member) and says what to do; nothing else escapes.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import hashlib
 import posixpath
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 from .errors import RequestError
 from .relfile import RelSyntaxError, parse_rel
@@ -33,6 +34,9 @@ REL_MAX = 1024**2             # one .rel file: a few KiB in practice
 REL_TOTAL_MAX = 16 * 1024**2  # all .rel candidates together: bounds memory on hostile input
 EXTRA_MAX = 16 * 1024**2      # sys.config, relup
 HEADER_MAX = 1024**2          # one pax / GNU long-name header, which tarfile reads whole
+MEMBER_HEADERS_MAX = 2 * HEADER_MAX  # all the headers of one member (pax, long name, sparse map)
+PAX_DIGITS_MAX = 64           # longest run of digits in a pax header (see _pax_problem)
+GLOBAL_PAX_KEYS_MAX = 16      # keys of global pax headers, which tarfile copies into every member
 TRAILING_MAX = 1024**2        # bytes after the tar's end marker (record padding)
 PER_MEMBER_SLACK = 4096       # header blocks and padding a member adds to the stream
 CHUNK = 64 * 1024
@@ -68,10 +72,10 @@ def inspect_tarball(path: Path, *, expected_version: str | None = None,
     with _open_file(path, max_size) as (raw, size):
         _require_gzip(path, raw)
         with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-            stream = _TarStream(path, gz, limits.stream_max)
+            stream = _TarStream(path, gz, limits.stream_max, limits.headers_max)
             tar = _open_tar(path, stream)
             with _reading(path):
-                scan = _scan_members(path, tar, limits)
+                scan = _scan_members(path, tar, stream, limits)
                 _require_clean_end(path, stream, tar.offset)
             rel = _choose_release(path, scan.rels, expected_version)
             with _reading(path):
@@ -94,6 +98,12 @@ class _Limits:
         """The most the decompressed tar stream may hold: the members' data plus headers."""
         return (self.max_unpacked + self.max_members * PER_MEMBER_SLACK
                 + HEADER_MAX + TRAILING_MAX)
+
+    @property
+    def headers_max(self) -> int:
+        """The most tarfile may read while parsing headers, all members together. Header
+        data stays in memory (tarfile keeps every member), unlike the members' data."""
+        return self.max_members * PER_MEMBER_SLACK + MEMBER_HEADERS_MAX
 
 
 @contextmanager
@@ -161,28 +171,96 @@ class _TarStream:
 
     gzip's failures become TarballError here, before tarfile can mistake them for a bad
     header; and no header, however large it claims to be, makes us read without bound.
+    Inside `headers()` the reads are tarfile parsing headers, which it keeps in memory (and
+    for sparse maps, loops over block by block): those are bounded per member and in all.
     """
 
-    def __init__(self, path: Path, gz: gzip.GzipFile, limit: int) -> None:
+    def __init__(self, path: Path, gz: gzip.GzipFile, limit: int, headers_max: int) -> None:
         self._path = path
         self._gz = gz
         self._limit = limit
+        self._ahead = b""  # peeked, not yet read
+        self._in_headers = False
+        self._member_header_bytes = 0
+        self._header_bytes = 0
+        self._headers_max = headers_max
 
     def read(self, size: int = -1) -> bytes:
         if not 0 <= size <= HEADER_MAX:
             raise TarballError(f"{self._path}: a tar header asks to read {size} bytes at once "
                                f"(at most {HEADER_MAX} make sense); refused as hostile")
         self._within_limit(self.tell() + size)
-        with self._guard():
-            return self._gz.read(size)
+        if self._in_headers:
+            self._count_header_bytes(size)
+        ahead, self._ahead = self._ahead[:size], self._ahead[size:]
+        return ahead + self._read_gz(size - len(ahead))
+
+    def peek(self, size: int) -> bytes:
+        """The next `size` bytes (fewer at the end of the stream), still to be read."""
+        if len(self._ahead) < size:
+            self._within_limit(self.tell() + size)
+            self._ahead += self._read_gz(size - len(self._ahead))
+        return self._ahead[:size]
 
     def seek(self, offset: int) -> int:
         self._within_limit(offset)
+        self._ahead = b""
         with self._guard():
             return self._gz.seek(offset)
 
     def tell(self) -> int:
-        return self._gz.tell()
+        return self._gz.tell() - len(self._ahead)
+
+    @contextmanager
+    def headers(self) -> Iterator[None]:
+        """Around tarfile's parsing of one member's headers."""
+        self._in_headers = True
+        self._member_header_bytes = 0
+        try:
+            yield
+        finally:
+            self._in_headers = False
+
+    def check_pax(self, archive: tarfile.TarFile, info_class: type[tarfile.TarInfo]) -> None:
+        """Refuse a pax header that is next in the stream unless its records are well formed."""
+        block = self.peek(BLOCK)
+        if len(block) < BLOCK or block[156:157] not in _PAX_TYPES:
+            return
+        try:
+            size = info_class.frombuf(block, archive.encoding, archive.errors).size
+        except tarfile.HeaderError:
+            return  # tarfile refuses it in its own words
+        padded = -(-size // BLOCK) * BLOCK
+        if not 0 <= padded <= HEADER_MAX:
+            return  # read() refuses that size
+        problem = _pax_problem(self.peek(BLOCK + padded)[BLOCK:])
+        if problem:
+            raise TarballError(f"{self._path}: a pax header at byte {self.tell()} {problem}; "
+                               f"refused as damaged or hostile (rebuild it with {MAKERS})")
+
+    def check_global_pax(self, keys: int) -> None:
+        if keys > GLOBAL_PAX_KEYS_MAX:
+            raise TarballError(f"{self._path}: its global pax headers set {keys} keys (at most "
+                               f"{GLOBAL_PAX_KEYS_MAX} are accepted); refused as a possible "
+                               "archive bomb, since each member gets a copy of them")
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._member_header_bytes += size
+        self._header_bytes += size
+        if self._member_header_bytes > MEMBER_HEADERS_MAX:
+            raise TarballError(f"{self._path}: the headers of one member take more than "
+                               f"{MEMBER_HEADERS_MAX} bytes (at byte {self.tell()}); refused as "
+                               "hostile")
+        if self._header_bytes > self._headers_max:
+            raise TarballError(f"{self._path}: its tar headers take more than {self._headers_max}"
+                               " bytes in all; refused as a possible archive bomb (raise "
+                               "max_members if it is genuine)")
+
+    def _read_gz(self, size: int) -> bytes:
+        if size <= 0:
+            return b""
+        with self._guard():
+            return self._gz.read(size)
 
     def write(self, b: bytes) -> int:
         raise TypeError("read only")
@@ -204,10 +282,54 @@ class _TarStream:
             raise _corrupt(self._path, e) from None
 
 
+_PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (PAX_DIGITS_MAX + 1))
+
+
+def _pax_problem(body: bytes) -> str | None:
+    """What is wrong with the records of a pax header, as tarfile will read them, if anything.
+
+    Python before 3.11.10 and 3.12.6 (CVE-2024-6232) parses these records with regular
+    expressions that take quadratic time, and keep quadratic memory, on crafted input: a
+    1 MiB header takes minutes, or all the memory there is. Here, in linear time, each record
+    must be "LENGTH KEY=VALUE\n" of exactly LENGTH bytes up to the NUL padding, as every tar
+    writer makes them, and no run of digits may be long enough to make a regex backtrack.
+    """
+    pos = 0
+    while pos < len(body) and body[pos] != 0:
+        space = body.find(b" ", pos, pos + 21)
+        if space <= pos or not body[pos:space].isdigit():
+            return f"has a record that does not start with its length (at offset {pos})"
+        end = pos + int(body[pos:space])
+        if not space + 2 < end <= len(body) or body[end - 1] != 0x0A:
+            return f"has a record whose length does not end at its newline (at offset {pos})"
+        if body.find(b"=", space + 2, end) < 0:
+            return f"has a record without KEY=VALUE (at offset {pos})"
+        pos = end
+    if _LONG_DIGITS.search(body):
+        return f"has a run of more than {PAX_DIGITS_MAX} digits"
+    return None
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """tarfile's member class, given to it through its documented `tarinfo` argument: each
+    header is checked (pax records, global pax keys) around tarfile's own parsing of it."""
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
+        stream = archive.fileobj
+        assert isinstance(stream, _TarStream)
+        stream.check_pax(archive, cls)
+        member = super().fromtarfile(archive)
+        stream.check_global_pax(len(archive.pax_headers))
+        return member
+
+
 def _open_tar(path: Path, stream: _TarStream) -> tarfile.TarFile:
     # Only the first header is read here; gzip's own failures are already TarballError.
     try:
-        return tarfile.open(fileobj=stream, mode="r:")
+        with stream.headers():
+            return tarfile.open(fileobj=stream, mode="r:", tarinfo=_CheckedTarInfo)
     except tarfile.ReadError as e:
         raise TarballError(f"{path}: gzip, but not a tar archive ({e}); a release tarball "
                            f"is a gzipped tar: make one with {MAKERS}") from None
@@ -262,13 +384,19 @@ class _Scan:
     extras: dict[str, tarfile.TarInfo]     # normalised member -> sys.config / relup
 
 
-def _scan_members(path: Path, tar: tarfile.TarFile, limits: _Limits) -> _Scan:
+def _scan_members(path: Path, tar: tarfile.TarFile, stream: _TarStream,
+                  limits: _Limits) -> _Scan:
     rels: dict[str, _RelFile | _BadRel] = {}
     extras: dict[str, tarfile.TarInfo] = {}
     names: list[str] = []
     symlinks: set[str] = set()
-    unpacked = rel_bytes = 0
-    for count, info in enumerate(tar, 1):
+    unpacked = rel_bytes = count = 0
+    while True:
+        with stream.headers():
+            info = tar.next()
+        if info is None:
+            break
+        count += 1
         if count > limits.max_members:
             raise TarballError(f"{path}: more than {limits.max_members} members; refused as a "
                                "possible archive bomb (raise max_members if it is genuine)")
@@ -363,14 +491,17 @@ def _check_not_under_symlink(path: Path, names: list[str], symlinks: set[str]) -
     """A member below a symlink would be written through the link, wherever it points."""
     if not symlinks:
         return
-    for name in names:
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            prefix = "/".join(parts[:i])
-            if prefix in symlinks:
-                raise TarballError(f"{path}: member {name!r} lies under the symlink {prefix!r}, "
-                                   "so unpacking it would write through the link; rebuild "
-                                   "the tarball without it")
+    # Sorted, the names below "link/" come right at or after it: a binary search per link.
+    # Trying every prefix of every name was quadratic in a name's depth (a 40,000-component
+    # name in a 264-byte tarball took 6 s).
+    ordered = sorted(names)
+    for link in sorted(symlinks):
+        below = link + "/"
+        i = bisect.bisect_left(ordered, below)
+        if i < len(ordered) and ordered[i].startswith(below):
+            raise TarballError(f"{path}: member {ordered[i]!r} lies under the symlink {link!r}, "
+                               "so unpacking it would write through the link; rebuild "
+                               "the tarball without it")
 
 
 def _read_capped(archive: tarfile.TarFile, info: tarfile.TarInfo, cap: int) -> bytes:
@@ -477,12 +608,18 @@ def _choose_release(path: Path, rels: dict[str, _RelFile | _BadRel],
 
 
 def _held(rels: list[_RelFile]) -> list[str]:
-    return sorted({f"{rel.name} {rel.vsn}" for rel in rels})
+    return sorted({f"{_shown(rel.name)} {_shown(rel.vsn)}" for rel in rels})
+
+
+def _shown(text: str) -> str:
+    """`text` as is when printable, else escaped: a member name may hold undecodable bytes
+    (lone surrogates, which no UTF-8 channel can carry) or terminal escapes."""
+    return text if text.isprintable() else repr(text)
 
 
 def _no_release(path: Path, disagreeing: list[_RelFile]) -> TarballError:
-    notes = "".join(f"; {rel.member} holds {rel.name} {rel.vsn}, which its path does not name"
-                    for rel in disagreeing[:3])
+    notes = "".join(f"; {_shown(rel.member)} holds {_shown(rel.name)} {_shown(rel.vsn)}, which "
+                    "its path does not name" for rel in disagreeing[:3])
     return TarballError(f"{path}: no release file found: expected releases/NAME-VSN.rel "
                         "(systools layout) or releases/VSN/NAME.rel (relx layout) naming the "
                         f"release it holds{notes}; this may not be a release tarball: make one "

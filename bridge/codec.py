@@ -22,8 +22,9 @@ other funs                  Fun (opaque, re-encoded byte for byte)
 ==========================  =====================================================
 
 Decoding bytes from the network raises nothing but ``DecodeError``: counts are checked against
-the bytes that remain before anything is allocated, nesting depth is bounded, and a compressed
-term may not inflate past ``max_size``.
+the bytes that remain before anything is allocated, nesting depth is bounded, a compressed
+term may not inflate past ``max_size``, and a map whose keys crowd one Python hash (which would
+make building the dict quadratic) is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -78,6 +80,10 @@ LOCAL_EXT = 121
 
 DEFAULT_MAX_DEPTH = 256  # two Python frames a level; stays well inside the recursion limit
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024  # bytes a compressed term may inflate to
+# Python's int hash is not randomised: a peer can send map keys that all share one hash and
+# make building the dict quadratic. Legitimate maps have next to no full-hash collisions.
+_HASH_CHECK_FROM = 32  # keys; smaller maps cost at most 32 probes a key
+_MAX_SHARED_HASH = 8
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -89,6 +95,7 @@ _PORT_TAIL = struct.Struct(">II")  # id, creation
 
 _TRUE = Atom("true")
 _FALSE = Atom("false")
+_ATOM_TAGS = frozenset((ATOM_UTF8_EXT, SMALL_ATOM_UTF8_EXT, ATOM_EXT, SMALL_ATOM_EXT))
 
 
 # ======================================================================================
@@ -201,15 +208,18 @@ class _Decoder:
         if tag == INTEGER_EXT:
             return _I32.unpack_from(data, pos)[0], pos + 4
         if tag == NEWER_REFERENCE_EXT:
-            return self._reference(pos, depth, words_are_32_bit=True)
+            return self._reference(pos, words_are_32_bit=True)
         if tag == NEW_PID_EXT:
-            node, pos = self._node_atom(pos, depth)
+            node, pos = self._node_atom(pos)
             pid_id, serial, creation = _PID_TAIL.unpack_from(data, pos)
             return Pid(node, pid_id, serial, creation), pos + 12
         if tag == MAP_EXT:
             return self._map(pos, depth)
         if tag == NEW_FLOAT_EXT:
-            return _F64.unpack_from(data, pos)[0], pos + 8
+            value = _F64.unpack_from(data, pos)[0]
+            if not math.isfinite(value):  # Erlang never sends these, and we could not send them back
+                raise DecodeError("float is not finite")
+            return value, pos + 8
         if tag == ATOM_UTF8_EXT:
             (n,) = _U16.unpack_from(data, pos)
             return self._atom(pos + 2, n, "utf-8")
@@ -229,36 +239,37 @@ class _Decoder:
         if tag == SMALL_ATOM_EXT:
             return self._atom(pos + 1, data[pos], "latin-1")
         if tag == NEW_REFERENCE_EXT:
-            return self._reference(pos, depth, words_are_32_bit=False)
+            return self._reference(pos, words_are_32_bit=False)
         if tag == PID_EXT:
-            node, pos = self._node_atom(pos, depth)
+            node, pos = self._node_atom(pos)
             pid_id, serial = struct.unpack_from(">II", data, pos)
             return Pid(node, pid_id, serial, data[pos + 8]), pos + 9
         if tag == V4_PORT_EXT:
-            node, pos = self._node_atom(pos, depth)
+            node, pos = self._node_atom(pos)
             port_id, creation = struct.unpack_from(">QI", data, pos)
             return Port(node, port_id, creation), pos + 12
         if tag == NEW_PORT_EXT:
-            node, pos = self._node_atom(pos, depth)
+            node, pos = self._node_atom(pos)
             port_id, creation = _PORT_TAIL.unpack_from(data, pos)
             return Port(node, port_id, creation), pos + 8
         if tag == PORT_EXT:
-            node, pos = self._node_atom(pos, depth)
+            node, pos = self._node_atom(pos)
             (port_id,) = _U32.unpack_from(data, pos)
             return Port(node, port_id, data[pos + 4]), pos + 5
         if tag == REFERENCE_EXT:
-            node, pos = self._node_atom(pos, depth)
+            node, pos = self._node_atom(pos)
             (ref_id,) = _U32.unpack_from(data, pos)
             return Reference(node, data[pos + 4], (ref_id,)), pos + 5
         if tag == EXPORT_EXT:
-            module, pos = self._atom_term(pos, depth, "export module")
-            function, pos = self._atom_term(pos, depth, "export function")
-            arity, pos = self.term(pos, depth + 1)
-            if type(arity) is not int or not 0 <= arity <= 255:
-                raise DecodeError(f"export arity must be a small integer, got {arity!r}")
-            return Export(module, function, arity), pos
+            module, pos = self._atom_term(pos, "export module")
+            function, pos = self._atom_term(pos, "export function")
+            # Erlang writes the arity as SMALL_INTEGER_EXT; reading any term there would let a
+            # peer hide a huge structure in it.
+            if data[pos] != SMALL_INTEGER_EXT:
+                raise DecodeError(f"export arity must be a small integer, got tag {data[pos]}")
+            return Export(module, function, data[pos + 1]), pos + 2
         if tag == NEW_FUN_EXT:
-            return self._new_fun(pos, depth)
+            return self._new_fun(pos)
         if tag == FLOAT_EXT:
             self._need(pos, 31, "old float")
             value = float(data[pos:pos + 31].split(b"\0", 1)[0].decode("ascii"))
@@ -325,15 +336,20 @@ class _Decoder:
         pos += 4
         self._count(pos, n, 2, "map")
         depth = self._enter(depth)
-        result: dict[Any, Any] = {}
+        pairs: list[tuple[Any, Any]] = []
+        append = pairs.append
         term = self.term
         for _ in range(n):
             key, pos = term(pos, depth)
             value, pos = term(pos, depth)
-            try:
-                result[key] = value
-            except TypeError:
-                raise DecodeError(f"map key {key!r} has no hashable Python form") from None
+            append((key, value))
+        try:
+            if n > _HASH_CHECK_FROM and max(Counter(hash(k) for k, _ in pairs).values()) > _MAX_SHARED_HASH:
+                raise DecodeError(f"map of {n} keys of which many share one Python hash; refused as hash flooding")
+            result = dict(pairs)
+        except TypeError:
+            # No repr of the key here: it may be huge, or an int repr() refuses.
+            raise DecodeError("a map key has no hashable Python form (it holds a list or a map)") from None
         if len(result) != n:
             raise DecodeError("map has keys that are distinct in Erlang but equal in Python (e.g. 1 and 1.0)")
         return result, pos
@@ -349,22 +365,25 @@ class _Decoder:
             raise DecodeError(f"atom of {len(name)} characters (Erlang allows {MAX_ATOM_CHARACTERS})")
         return Atom(name), pos + n
 
-    def _atom_term(self, pos: int, depth: int, what: str) -> tuple[Atom, int]:
-        value, pos = self.term(pos, depth + 1)
+    def _atom_term(self, pos: int, what: str) -> tuple[Atom, int]:
+        # Only an atom's own tags: decoding any term and checking it afterwards let a peer put
+        # nested containers (or funs, each copying the buffer) where a name belongs.
+        tag = self.data[pos]
+        if tag not in _ATOM_TAGS:
+            raise DecodeError(f"{what} must be an atom, got tag {tag}")
+        value, pos = self.term(pos, 0)
         if value is True or value is False:
             return (_TRUE if value else _FALSE), pos
-        if type(value) is not Atom:
-            raise DecodeError(f"{what} must be an atom, got {type(value).__name__}")
         return value, pos
 
-    def _node_atom(self, pos: int, depth: int) -> tuple[Atom, int]:
-        return self._atom_term(pos, depth, "node name")
+    def _node_atom(self, pos: int) -> tuple[Atom, int]:
+        return self._atom_term(pos, "node name")
 
-    def _reference(self, pos: int, depth: int, *, words_are_32_bit: bool) -> tuple[Reference, int]:
+    def _reference(self, pos: int, *, words_are_32_bit: bool) -> tuple[Reference, int]:
         (n,) = _U16.unpack_from(self.data, pos)
         if not 1 <= n <= 5:
             raise DecodeError(f"reference with {n} words (1..5 allowed)")
-        node, pos = self._node_atom(pos + 2, depth)
+        node, pos = self._node_atom(pos + 2)
         if words_are_32_bit:
             (creation,) = _U32.unpack_from(self.data, pos)
             pos += 4
@@ -400,7 +419,7 @@ class _Decoder:
         chunk = chunk[:-1] + bytes((chunk[-1] & mask,))
         return BitString(chunk, bits), pos + n
 
-    def _new_fun(self, pos: int, depth: int) -> tuple[Fun, int]:
+    def _new_fun(self, pos: int) -> tuple[Fun, int]:
         (size,) = _U32.unpack_from(self.data, pos)
         # Size counts itself; the fixed part (arity, uniq, index, numfree) takes 25 more bytes.
         if size < 29:
@@ -408,9 +427,11 @@ class _Decoder:
         self._need(pos, size, "fun")
         end = pos + size
         arity = self.data[pos + 4]
-        # Decode the module from a view limited to the fun, so a lying size cannot reach past it.
-        inner = _Decoder(self.data[:end], self.max_depth)
-        module, _ = inner._atom_term(pos + 29, depth, "fun module")
+        # An atom is at most 64 KiB, so reading it in place is cheap even when the size lies;
+        # a copy of the buffer per fun made a list of funs quadratic.
+        module, after = self._atom_term(pos + 29, "fun module")
+        if after > end:
+            raise DecodeError("the fun's module runs past the fun's size")
         return Fun(module, arity, self.data[pos:end]), end
 
 

@@ -74,7 +74,7 @@ def names_request() -> bytes:
     return _request(bytes((NAMES_REQ,)))
 
 
-_NAME_LINE = re.compile(r"^name (\S+) at port (\d+)$")
+_NAME_LINE = re.compile(r"^name (\S+) at port (\d{1,5})$")  # a TCP port has 5 digits at most
 
 
 def parse_names_reply(data: bytes) -> dict[str, int]:
@@ -84,6 +84,6 @@ def parse_names_reply(data: bytes) -> dict[str, int]:
     names: dict[str, int] = {}
     for line in data[4:].decode("utf-8", "replace").splitlines():
         match = _NAME_LINE.match(line.strip())
-        if match:
+        if match and 0 < int(match.group(2)) <= 0xFFFF:
             names[match.group(1)] = int(match.group(2))
     return names

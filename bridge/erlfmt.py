@@ -42,6 +42,9 @@ def _fmt(value: Any, depth: int) -> str:
     if isinstance(value, dict):
         return "#{" + ",".join(f"{_fmt(k, depth + 1)} => {_fmt(v, depth + 1)}"
                                for k, v in value.items()) + "}"
+    if isinstance(value, int) and value.bit_length() > 10_000:
+        # Python refuses str() of ints past 4300 digits (a DoS guard); Erlang reads 16#... too.
+        return ("-" if value < 0 else "") + f"16#{abs(value):X}"
     return str(value)  # numbers; Pid, Reference and Port print themselves the Erlang way
 
 

@@ -18,11 +18,11 @@ from typing import Any
 from . import codec
 from .errors import DecodeError, ProtocolError
 from .flags import DFlag
-from .terms import Atom, Pid, Reference
+from .terms import Atom, Pid, Port, Reference
 
 __all__ = [
     "Session", "Event", "CallReply", "Message", "Undeliverable", "ExitSignal", "MonitorDown", "Unhandled", "TICK",
-    "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_FRAME", "describe_term",
 ]
 
 TICK = b"\0\0\0\0"
@@ -180,7 +180,8 @@ class Session:
         except DecodeError as exc:
             return Undeliverable(None, None, exc)
         if type(control) is not tuple or not control or type(control[0]) is not int:
-            return Undeliverable(None, None, DecodeError(f"control message is not an operation tuple: {control!r:.80}"))
+            problem = f"control message is not an operation tuple: {describe_term(control)}"
+            return Undeliverable(None, None, DecodeError(problem))
         op = control[0]
         try:
             dest_index = _SENDS.get(op)
@@ -188,7 +189,7 @@ class Session:
                 return self._on_send(control[dest_index], frame, pos)
             return self._on_control(op, control, frame, pos, out)
         except (IndexError, ValueError, TypeError):
-            return Undeliverable(None, None, DecodeError(f"malformed control message: {control!r:.80}"))
+            return Undeliverable(None, None, DecodeError(f"malformed control message: {describe_term(control)}"))
 
     def _on_send(self, to: Any, frame: bytes, pos: int) -> Event:
         try:
@@ -287,6 +288,24 @@ def reference_head(node: Atom, creation: int) -> bytes:
     head = bytearray(b"\x5a\x00\x03")
     codec.encode_term_into(node, head)
     return bytes(head + _LEN.pack(creation))
+
+
+def describe_term(term: Any, depth: int = 0) -> str:
+    """A short picture of a term from the peer, for messages and logs. Not repr(): that is as
+    big and as deep as the term, and raises ValueError for an int of more than 4300 digits."""
+    kind = type(term)
+    if kind is tuple or kind is list:
+        if depth >= 2:
+            return "(...)" if kind is tuple else "[...]"
+        inner = ", ".join(describe_term(item, depth + 1) for item in term[:4]) + (", ..." if len(term) > 4 else "")
+        return f"({inner})" if kind is tuple else f"[{inner}]"
+    if kind is int:
+        return repr(term) if term.bit_length() <= 64 else f"<integer of {term.bit_length()} bits>"
+    if kind in (bool, float, Atom, Pid, Reference, Port):
+        return repr(term)  # bounded: atoms have at most 255 characters
+    if kind is str or kind is bytes:
+        return repr(term[:40]) + ("..." if len(term) > 40 else "")
+    return f"<{kind.__name__}>"
 
 
 def _first_element(frame: bytes, pos: int) -> Any:

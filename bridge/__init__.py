@@ -4,6 +4,8 @@ and the External Term Format. Standard library only.
     node = Node(cookie="...", epmd_port=4369)
     async with node.connect("counter@localhost", timeout=5.0) as conn:
         releases = await conn.call("release_handler", "which_releases", [], timeout=30.0)
+
+Nodes started with ``-proto_dist inet_tls`` take ``Node(..., tls=ssl_context)``.
 """
 
 from .codec import decode, encode
@@ -27,6 +29,7 @@ from .errors import (
 )
 from .node import Connection, Node, split_node_name
 from .terms import Atom, BitString, Export, Fun, ImproperList, Pid, Port, Reference
+from .tls import TlsCause, TlsHandshakeFailed
 
 __all__ = [
     "Node",
@@ -52,6 +55,8 @@ __all__ = [
     "DecodeError",
     "HandshakeFailed",
     "CookieRejected",
+    "TlsHandshakeFailed",
+    "TlsCause",
     "NodeNotFound",
     "BadRpc",
     "NetworkError",

@@ -2,7 +2,8 @@
 
 This is the only module of the bridge that does I/O. It drives the sans-IO state machines in
 ``handshake`` and ``session``; each pending call has exactly one future, one deadline timer,
-and is failed at once, with the reason, when the connection goes.
+and is failed at once, with the reason, when the connection goes. With an ``ssl.SSLContext``
+the connection to the node runs over TLS, as with ``-proto_dist inet_tls`` (see ``tls``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import itertools
 import logging
 import secrets
 import socket
+import ssl
 import struct
+import typing
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
@@ -30,8 +33,17 @@ from .errors import (
     UsageError,
 )
 from .handshake import ClientHandshake, HandshakeResult
-from .session import CallReply, ExitSignal, Message, Session, Undeliverable, reference_head
+from .session import (
+    CallReply,
+    ExitSignal,
+    Message,
+    Session,
+    Undeliverable,
+    describe_term,
+    reference_head,
+)
 from .terms import Atom, Pid, Reference
+from .tls import Packet4Handshake, looks_like_tls, no_tls_answer, requires_tls, tls_failure
 
 __all__ = ["Node", "Connection", "split_node_name"]
 
@@ -68,12 +80,22 @@ class Node:
 
     ``name`` defaults to ``relctl_<random>@<this host>``. ``tick_time`` is our net_ticktime; use
     at least the peers' value (OTP's default is 60 s) or we may think a quiet peer is gone.
+
+    ``tls``: a client context to reach nodes started with ``-proto_dist inet_tls`` (EPMD stays
+    plain TCP). Its name check, when on, uses ``tls_server_name``, by default the host part of
+    the node name, which is what OTP nodes send as SNI and check.
     """
 
     def __init__(self, cookie: str, name: str | None = None, epmd_port: int = epmd.DEFAULT_PORT, *,
-                 tick_time: float = 60.0) -> None:
+                 tick_time: float = 60.0, tls: ssl.SSLContext | None = None,
+                 tls_server_name: str | None = None) -> None:
         if not cookie:
             raise UsageError("the cookie is empty")
+        if tls is not None and tls.protocol == ssl.PROTOCOL_TLS_SERVER:
+            raise UsageError("the TLS context is a server context; make it with "
+                             "ssl.create_default_context() or ssl.PROTOCOL_TLS_CLIENT")
+        self.tls = tls
+        self.tls_server_name = tls_server_name or None
         self._cookie = cookie
         self.name = name or f"relctl_{secrets.token_hex(4)}@{socket.gethostname().split('.')[0]}"
         split_node_name(self.name)
@@ -85,13 +107,14 @@ class Node:
         self._pid_ids = itertools.count(1)
 
     def __repr__(self) -> str:  # never show the cookie
-        return f"Node(name={self.name!r}, epmd_port={self.epmd_port})"
+        tls = ", tls=True" if self.tls is not None else ""
+        return f"Node(name={self.name!r}, epmd_port={self.epmd_port}{tls})"
 
     def connect(self, node: str, timeout: float = 5.0) -> _Connecting:
         """Connect to ``node`` as a hidden node. Await it, or use it as ``async with``.
 
         Raises NodeNotFound, EpmdUnreachable, CookieRejected, HandshakeFailed, NetworkError or
-        BridgeTimeout."""
+        BridgeTimeout; TlsHandshakeFailed (a HandshakeFailed) for TLS failures either way."""
         return _Connecting(self._connect(node, timeout))
 
     async def names(self, host: str = "localhost", timeout: float = 5.0) -> dict[str, int]:
@@ -132,25 +155,66 @@ class Node:
 
     async def _connect(self, node: str, timeout: float) -> Connection:
         alive, host = split_node_name(node)
-        return await _within(timeout, f"connecting to {node}", self._open(node, alive, host))
+        attempt = _Attempt()
+        try:
+            return await _within(timeout, f"connecting to {node}", self._open(node, alive, host, attempt))
+        except BridgeTimeout:
+            if attempt.tls_port is None:
+                raise
+            # A node without TLS waits in silence for the rest of what it takes as a long message.
+            raise no_tls_answer(node, attempt.tls_port, timeout) from None
 
-    async def _open(self, node: str, alive: str, host: str) -> Connection:
+    async def _open(self, node: str, alive: str, host: str, attempt: _Attempt) -> Connection:
         address = await self._lookup(alive, host, node)
         loop = asyncio.get_running_loop()
         handshake = ClientHandshake(our_name=self.name, peer_name=node, cookie=self._cookie,
                                     creation=self.creation)
         pid = Pid(self.atom, next(self._pid_ids), 0, self.creation)
+        tls = self.tls
+        server_name = self.tls_server_name or host
+        protocol = _DistProtocol(handshake if tls is None else Packet4Handshake(handshake), self, pid)
         try:
-            _, protocol = await loop.create_connection(
-                lambda: _DistProtocol(handshake, self, pid), host, address.port)
+            # With TLS the TCP connection comes first, so that a timeout can tell which step hung.
+            transport, _ = await loop.create_connection(
+                (lambda: protocol) if tls is None else asyncio.Protocol, host, address.port)
         except OSError as exc:
             raise NetworkError(f"{node} is registered with epmd at port {address.port}, but connecting "
                                f"there failed: {exc.strerror or exc}") from None
+        if tls is not None:
+            attempt.tls_port = address.port
+            try:
+                secured = await loop.start_tls(transport, protocol, tls, server_hostname=server_name,
+                                               ssl_shutdown_timeout=_TLS_SHUTDOWN_TIMEOUT)
+            except BaseException as exc:
+                # start_tls tells our protocol too; only the error raised here is to be seen.
+                protocol.connected.cancel()
+                if isinstance(exc, OSError | ssl.CertificateError):  # SSLError is an OSError
+                    raise tls_failure(exc, node=node, port=address.port,
+                                      server_name=server_name) from None
+                raise
+            attempt.tls_port = None  # kept when a timeout cancels start_tls: _connect reads it
+            protocol.tls_failure = lambda exc: tls_failure(exc, node=node, port=address.port,
+                                                           server_name=server_name)
+            if secured is None:  # never, by asyncio's docs; typeshed allows it
+                transport.abort()
+                raise NetworkError(f"TLS with {node} (port {address.port}) could not be set up")
+            protocol.connection_made(secured)  # start_tls leaves that to us
         try:
             return await protocol.connected
         except BaseException:
             protocol.abort_transport()
             raise
+
+
+# How long closing waits for the node's close_notify before it drops the socket.
+_TLS_SHUTDOWN_TIMEOUT = 2.0
+
+
+class _Attempt:
+    """How far one connection attempt got: the port while its TLS handshake runs."""
+
+    def __init__(self) -> None:
+        self.tls_port: int | None = None
 
 
 class _Connecting:
@@ -215,6 +279,11 @@ class Connection:
     @property
     def is_closed(self) -> bool:
         return self._closed_reason is not None
+
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version of the link ("TLSv1.2"), or None over plain TCP."""
+        return self._protocol.tls_version()
 
     async def __aenter__(self) -> Connection:
         return self
@@ -337,9 +406,11 @@ class Connection:
             elif type(event) is Undeliverable:
                 self._on_undeliverable(event)
             elif type(event) is ExitSignal:
-                log.info("exit signal from %s on %s: %r", event.sender, self.peer, event.reason)
+                # Terms from the peer are described, not repr()'d: no size or digit limit there.
+                log.info("exit signal from %s on %s: %s", event.sender, self.peer,
+                         describe_term(event.reason))
             else:
-                log.debug("ignored from %s: %r", self.peer, event)
+                log.debug("ignored from %s: %s", self.peer, type(event).__name__)
 
     def _on_message(self, event: Message) -> None:
         # A reply in a shape the session's byte-level fast path did not recognise (another
@@ -384,11 +455,27 @@ def _call_key(tag: Any) -> bytes | None:
     return None
 
 
+class _Handshake(typing.Protocol):
+    """A ClientHandshake, or one that frames its messages for TLS (tls.Packet4Handshake)."""
+
+    result: HandshakeResult | None
+    peer_name: str
+
+    def start(self) -> bytes: ...
+    def receive_data(self, data: bytes) -> bytes: ...
+    def connection_closed(self, exc: Exception | None = None) -> BridgeError: ...
+
+
 class _DistProtocol(asyncio.Protocol):
     """Bytes from the socket go to the handshake until it completes, then to the Connection."""
 
-    def __init__(self, handshake: ClientHandshake, node: Node, pid: Pid) -> None:
-        self._handshake: ClientHandshake | None = handshake
+    def __init__(self, handshake: _Handshake, node: Node, pid: Pid) -> None:
+        self._handshake: _Handshake | None = handshake
+        self._peer = handshake.peer_name
+        # Set when the socket is TLS: explains a TLS error that ends the handshake (with TLS
+        # 1.3 the node judges our certificate after our side of the TLS handshake is done).
+        self.tls_failure: Callable[[Exception], BridgeError] | None = None
+        self._first_data = True
         self._node = node
         self._pid = pid
         self._transport: asyncio.Transport | None = None
@@ -409,6 +496,11 @@ class _DistProtocol(asyncio.Protocol):
     def _handshake_data(self, data: bytes) -> None:
         handshake = self._handshake
         assert handshake is not None and self._transport is not None
+        if self._first_data:
+            self._first_data = False
+            if self.tls_failure is None and looks_like_tls(data):
+                self._fail_handshake(requires_tls(self._peer))
+                return
         try:
             reply = handshake.receive_data(data)
         except BridgeError as exc:
@@ -442,7 +534,10 @@ class _DistProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._handshake is not None:
-            self._fail_handshake(self._handshake.connection_closed(exc))
+            if self.tls_failure is not None and isinstance(exc, ssl.SSLError):
+                self._fail_handshake(self.tls_failure(exc))
+            else:
+                self._fail_handshake(self._handshake.connection_closed(exc))
             return
         if self._conn is not None:
             self._conn._on_lost(exc)
@@ -464,6 +559,10 @@ class _DistProtocol(asyncio.Protocol):
         transport = self._transport
         if corked and transport is not None and not transport.is_closing():
             transport.write(b"".join(corked))
+
+    def tls_version(self) -> str | None:
+        info = self._transport.get_extra_info("ssl_object") if self._transport is not None else None
+        return info.version() if isinstance(info, ssl.SSLObject) else None
 
     def close_transport(self) -> None:
         if self._transport is not None:

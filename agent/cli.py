@@ -24,7 +24,7 @@ import grpc
 from relctl.v1 import AGENT_ERROR_METADATA, agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
-DEFAULT_AGENT = "127.0.0.1:7079"
+DEFAULT_AGENT = "unix:/run/relctl/agent.sock"
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -39,6 +39,7 @@ class ExitCode(IntEnum):
     ROLLED_BACK = 5     # the operation failed and the node was rolled back
     FAILED_CHANGED = 6  # failed part-way: the node is not as before (see its releases)
     BUSY = 7            # another operation is in progress on the node; retry later
+    DENIED = 8          # missing or wrong credentials, or a role that does not allow it
 
 
 EXIT_CODES_HELP = """\b
@@ -51,6 +52,7 @@ Exit codes:
   5  the operation failed and the node was rolled back
   6  the operation failed part-way; check the node's releases
   7  another operation is in progress on the node
+  8  not allowed: missing or wrong credentials, or the role does not allow it
 """
 
 _STATUS_NAMES = {
@@ -74,6 +76,10 @@ class Settings:
     node: str = ""
     timeout: float = DEFAULT_TIMEOUT
     debug: bool = False
+    token_file: str = ""   # bearer token for TCP agents
+    ca: str = ""           # CA of the agents' certificates: TLS on
+    cert: str = ""         # client certificate and key, for agents that require them (mTLS)
+    key: str = ""
 
 
 @dataclass
@@ -113,13 +119,16 @@ def describe_rpc_error(agent: str, err: grpc.RpcError, timeout: float) -> Proble
             grpc.StatusCode.UNAVAILABLE: ExitCode.UNAVAILABLE,
             grpc.StatusCode.DEADLINE_EXCEEDED: ExitCode.UNAVAILABLE,
             grpc.StatusCode.INVALID_ARGUMENT: ExitCode.USAGE,
+            grpc.StatusCode.UNAUTHENTICATED: ExitCode.DENIED,
+            grpc.StatusCode.PERMISSION_DENIED: ExitCode.DENIED,
         }.get(code, ExitCode.FAILED)
         return Problem(f"agent {agent}: {details}", exit_code)
     if code == grpc.StatusCode.UNAVAILABLE:
-        reason = details.rsplit(": ", 1)[-1] if details else "no answer"
-        return Problem(f"agent {agent} is not reachable ({reason}); is relctl-agent running "
-                       "there? (choose the agent with --agent or $RELCTL_AGENT)",
-                       ExitCode.UNAVAILABLE)
+        from .cli_auth import transport_hint
+
+        reason = _transport_reason(details)
+        return Problem(f"agent {agent} is not reachable ({reason}); "
+                       + transport_hint(agent, details), ExitCode.UNAVAILABLE)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return Problem(f"agent {agent} did not answer within {timeout:g} s (raise --timeout if "
                        "it is busy)", ExitCode.UNAVAILABLE)
@@ -127,6 +136,14 @@ def describe_rpc_error(agent: str, err: grpc.RpcError, timeout: float) -> Proble
         return Problem(f"agent {agent} does not know this command ({details}); it may be older "
                        "than this relctl", ExitCode.FAILED)
     return Problem(f"agent {agent}: {code.name.lower()}: {details}", ExitCode.FAILED)
+
+
+def _transport_reason(details: str) -> str:
+    """The useful end of grpc's "failed to connect to all addresses; last error: ..." text."""
+    if not details:
+        return "no answer"
+    parts = [p for p in details.split(": ") if p and p != "OK"]
+    return parts[-1] if parts else details
 
 
 @dataclass
@@ -138,8 +155,11 @@ class Answer:
 
 
 def open_channel(settings: Settings, agent: str) -> grpc.Channel:
-    """The channel to one agent; every command opens its channels here."""
-    return grpc.insecure_channel(agent)
+    """The channel to one agent, with the token and TLS the settings give; every command
+    opens its channels here."""
+    from .cli_auth import channel  # grpc credentials: loaded when a channel is opened
+
+    return channel(settings, agent)
 
 
 def ask_agents(settings: Settings, method: str, request: Any) -> list[Answer]:
@@ -249,14 +269,29 @@ def _shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--agent", "agents", multiple=True, metavar="HOST:PORT",
+@click.option("--agent", "agents", multiple=True, metavar="HOST:PORT|unix:PATH",
               help=f"Agent to ask; repeat for several. Default: $RELCTL_AGENT, then {DEFAULT_AGENT}.")
+@click.option("--token-file", envvar="RELCTL_TOKEN_FILE", default="", metavar="FILE",
+              help="Bearer token for agents on TCP (default: $RELCTL_TOKEN_FILE).")
+@click.option("--ca", envvar="RELCTL_CA", default="", metavar="FILE",
+              help="CA certificate of the agents: talk TLS (default: $RELCTL_CA).")
+@click.option("--cert", envvar="RELCTL_CERT", default="", metavar="FILE",
+              help="Client certificate, for agents that verify clients (mTLS).")
+@click.option("--key", envvar="RELCTL_KEY", default="", metavar="FILE",
+              help="Private key of --cert.")
 @_shared_options
 @click.version_option(package_name="relctl", prog_name="relctl")
 @click.pass_context
-def cli(ctx: click.Context, agents: tuple[str, ...]) -> None:
-    """relctl: see and upgrade the releases of BEAM nodes through their relctl agents."""
-    ctx.ensure_object(Settings).agents = _agent_targets(agents)
+def cli(ctx: click.Context, agents: tuple[str, ...], token_file: str, ca: str, cert: str,
+        key: str) -> None:
+    """relctl: see and upgrade the releases of BEAM nodes through their relctl agents.
+
+    On the agent's host, relctl talks to its Unix socket (access: the socket's group). Across
+    the network it needs a token (--token-file) and, off loopback, the agent's CA (--ca).
+    """
+    settings = ctx.ensure_object(Settings)
+    settings.agents = _agent_targets(agents)
+    settings.token_file, settings.ca, settings.cert, settings.key = token_file, ca, cert, key
 
 
 @cli.command()
@@ -375,6 +410,7 @@ def ping(settings: Settings) -> None:
 
 from . import cli_ops as _cli_ops  # noqa: E402,F401  (registers its commands on `cli`)
 from . import cli_build as _cli_build  # noqa: E402,F401  (registers make-relup)
+from . import cli_audit as _cli_audit  # noqa: E402,F401  (registers audit)
 
 
 def _print_traceback() -> None:

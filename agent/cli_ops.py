@@ -1,7 +1,8 @@
 """`relctl` commands that change a node (upgrade, downgrade, the single steps) and the journal
 commands (operations, operation). Registered on the group in agent/cli.py.
 
-One agent per command here: fleet rollouts over several agents are their own command.
+One agent per command here, except `upgrade` with several agents, which hands over to the
+rolling upgrade of agent/cli_fleet.py (it reuses this module's per-agent upgrade).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,13 +178,15 @@ def _file_digest(path: Path) -> tuple[int, str]:
 
 
 def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node: str,
-           version: str, tarball: Path) -> str:
-    """Stream ``tarball`` to the agent; return its upload id."""
+           version: str, tarball: Path, *, say: Callable[[str], None] = click.echo,
+           bar: bool = True) -> str:
+    """Stream ``tarball`` to the agent; return its upload id. Text output goes through ``say``;
+    ``bar=False`` hides the progress bar (concurrent uploads would garble it)."""
     try:
         size, sha = _file_digest(tarball)
     except OSError as exc:
         raise CliError(f"cannot read {tarball}: {exc.strerror or exc}", ExitCode.USAGE) from None
-    show = settings.output == "text" and sys.stderr.isatty()
+    show = bar and settings.output == "text" and sys.stderr.isatty()
 
     def parts() -> Iterator[pb.UploadRequest]:
         yield pb.UploadRequest(header=pb.UploadHeader(node=node, version=version, size=size,
@@ -200,15 +204,16 @@ def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node:
     except grpc.RpcError as err:
         raise _rpc_error(agent, err, settings.timeout) from None
     if settings.output == "text":
-        click.echo(f"  {'upload':<22} {'ok':<6} {(time.perf_counter() - started) * 1e3:>6.0f} ms"
-                   f"  {reply.release_name} {reply.version}, {reply.size} bytes, "
-                   f"sha256 {reply.sha256[:12]}...")
+        say(f"  {'upload':<22} {'ok':<6} {(time.perf_counter() - started) * 1e3:>6.0f} ms"
+            f"  {reply.release_name} {reply.version}, {reply.size} bytes, "
+            f"sha256 {reply.sha256[:12]}...")
     return str(reply.upload_id)
 
 
 # --- commands ---------------------------------------------------------------------------
 
-def _follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent]) -> pb.Operation:
+def _follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent], *,
+            say: Callable[[str], None] = click.echo) -> pb.Operation:
     op_id = 0
     try:
         for event in events:
@@ -218,7 +223,7 @@ def _follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent]) 
             if event.HasField("step") and settings.output == "text":
                 state = _STATE_NAMES.get(event.step.state, "")
                 if state != "running":
-                    click.echo(_step_line(event.step))
+                    say(_step_line(event.step))
     except grpc.RpcError as err:
         raise _rpc_error(agent, err, settings.timeout) from None
     except KeyboardInterrupt:
@@ -264,6 +269,33 @@ def _seconds(value: float | None) -> Any:
     return d
 
 
+@dataclass(frozen=True)
+class UpgradeSpec:
+    """What `relctl upgrade` asks of every agent it talks to."""
+
+    version: str
+    tarball: Path | None = None
+    no_permanent: bool = False
+    dry_run: bool = False
+    health_timeout: float | None = None
+    install_timeout: float | None = None
+
+
+def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
+               spec: UpgradeSpec, *, say: Callable[[str], None] = click.echo,
+               bar: bool = True) -> pb.Operation:
+    """One agent's upgrade: upload the tarball (if any), then follow the Upgrade stream to the
+    finished operation. Errors before the operation's end raise CliError."""
+    upload_id = (upload(settings, stub, agent, settings.node, spec.version, spec.tarball,
+                        say=say, bar=bar) if spec.tarball else "")
+    events = stub.Upgrade(pb.UpgradeRequest(
+        node=settings.node, version=spec.version, upload_id=upload_id,
+        no_permanent=spec.no_permanent, dry_run=spec.dry_run,
+        health_timeout=_seconds(spec.health_timeout),
+        install_timeout=_seconds(spec.install_timeout)), timeout=OPERATION_TIMEOUT)
+    return _follow(settings, agent, events, say=say)
+
+
 @cli.command()
 @click.argument("version")
 @click.option("--tarball", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -274,19 +306,36 @@ def _seconds(value: float | None) -> Any:
               help="Soak time of the health probes (default: the agent's config).")
 @click.option("--install-timeout", type=click.FloatRange(min=1), default=None, metavar="S",
               help="Time limit of install_release (default: the agent's config).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="With several agents: how many agents upgrade at once.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="K", help="With several agents: stop before the next batch once more "
+                                "than K agents failed.")
 @_shared_options
 @click.pass_obj
 def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent: bool,
-            dry_run: bool, health_timeout: float | None, install_timeout: float | None) -> None:
-    """Upgrade the node to VERSION live: upload, unpack, check, install, verify, make permanent."""
-    def call(stub: agent_pb2_grpc.AgentStub, agent: str) -> Any:
-        upload_id = (upload(settings, stub, agent, settings.node, version, tarball)
-                     if tarball else "")
-        return stub.Upgrade(pb.UpgradeRequest(
-            node=settings.node, version=version, upload_id=upload_id, no_permanent=no_permanent,
-            dry_run=dry_run, health_timeout=_seconds(health_timeout),
-            install_timeout=_seconds(install_timeout)), timeout=OPERATION_TIMEOUT)
-    _streamed(settings, call)
+            dry_run: bool, health_timeout: float | None, install_timeout: float | None,
+            batch: int, max_failures: int) -> None:
+    """Upgrade the node to VERSION live: upload, unpack, check, install, verify, make permanent.
+
+    With several --agent options it is a rolling upgrade: --batch agents at a time, in the
+    order given, each upgrading its node (the --node given, else its only node); a node that
+    already runs VERSION as permanent is left alone (up_to_date). After each batch, if more
+    than --max-failures agents failed (any result but succeeded, dry_run or up_to_date, so
+    also an agent that could not be reached or refused), the rollout stops and the agents of
+    later batches are reported as skipped. It ends with one row per agent; the exit code is
+    the worst row's, in this order: 6, 5, 1, 3, 8, 7, 4, 2 (0 when none failed).
+    """
+    spec = UpgradeSpec(version, tarball, no_permanent, dry_run, health_timeout, install_timeout)
+    if len(settings.agents) > 1:
+        from .cli_fleet import fleet_upgrade  # here: cli_fleet builds on this module
+
+        fleet_upgrade(settings, spec, batch=batch, max_failures=max_failures)
+    agent = _one_agent(settings)
+    channel, stub = _stub(settings, agent)
+    with channel:
+        op = upgrade_on(settings, stub, agent, spec)
+    _finish_operation(settings, op)
 
 
 @cli.command()

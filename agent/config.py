@@ -19,10 +19,24 @@ from typing import Any
 
 from bridge import Atom
 
+from .access_config import (
+    DEFAULT_SOCKET,
+    ApiTls,
+    UnixAddress,
+    check_listeners,
+    parse_tls,
+    parse_tokens,
+    parse_unix,
+    socket_gid,
+    socket_mode,
+)
+from .auth import Token
+from .credentials import read_secret, secret_source
+from .dist_tls import DistributionTls, parse_distribution_tls
 from .errors import ConfigError
 from .hooks import DEFAULT_TIMEOUT, FAIL, ON_FAILURE, WHEN, Hook
 
-DEFAULT_LISTEN = "127.0.0.1:7079"
+DEFAULT_LISTEN = f"unix:{DEFAULT_SOCKET}"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9568"
 DEFAULT_STATE_DIR = "/var/lib/relctl"
 DEFAULT_EPMD_PORT = 4369
@@ -46,6 +60,9 @@ class Address:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+Endpoint = Address | UnixAddress
 
 
 @dataclass(frozen=True)
@@ -83,7 +100,7 @@ class DiscoveryConfig:
 @dataclass(frozen=True)
 class AgentConfig:
     path: Path
-    listen: Address
+    listen: tuple[Endpoint, ...]
     metrics_listen: Address | None  # None: /metrics disabled
     state_dir: Path
     nodes: tuple[NodeConfig, ...]
@@ -95,10 +112,20 @@ class AgentConfig:
     operations_grace: float = 120.0  # how long a running upgrade may finish on SIGTERM
     max_upload_bytes: int = 2 * 1024**3
     discovery: DiscoveryConfig | None = None  # set when [[nodes]] is omitted
+    tokens: tuple[Token, ...] = ()
+    tls: ApiTls | None = None        # [agent.tls]: TLS on the TCP listeners
+    insecure_no_auth: bool = False   # loopback TCP without tokens (tests, demos)
+    socket_mode: int = 0o660
+    socket_gid: int | None = None    # group of the Unix socket; None: the agent's
+    distribution_tls: DistributionTls | None = None  # [distribution_tls]: TLS to every node
 
 
 _AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
-    "listen": str,
+    "listen": (str, list),
+    "socket_group": str,
+    "socket_mode": int,
+    "insecure_no_auth": bool,
+    "tls": dict,
     "metrics_listen": str,
     "state_dir": str,
     "refresh_interval": (int, float),
@@ -112,6 +139,7 @@ _AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
 _NODE_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "name": str,
     "cookie_file": str,
+    "cookie_credential": str,
     "epmd_port": int,
     "health_probes": list,
     "health_soak": (int, float),
@@ -130,12 +158,14 @@ _DISCOVERY_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "host": str,
     "epmd_port": int,
     "cookie_file": str,
+    "cookie_credential": str,
     "cookie_dir": str,
     "exclude": list,
     "interval": (int, float),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", (int, float): "a number",
-               list: "an array"}
+               list: "an array", bool: "true or false", dict: "a table",
+               (str, list): "a string or an array of strings"}
 
 
 def parse_address(text: str, *, path: str, key: str) -> Address:
@@ -161,7 +191,7 @@ def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, type | tuple[typ
             known = ", ".join(sorted(allowed))
             raise ConfigError(path, prefix + key, f"unknown key (known keys: {known})")
         # bool is an int in Python; a TOML true is never a number or a port here.
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if (isinstance(value, bool) != (expected is bool)) or not isinstance(value, expected):
             raise ConfigError(path, prefix + key,
                               f"must be {_TYPE_NAMES[expected]}, not {type(value).__name__}")
 
@@ -174,20 +204,7 @@ def _positive(table: Mapping[str, Any], key: str, default: float, *, path: str) 
 
 
 def read_cookie(cookie_file: Path, *, path: str, key: str) -> str:
-    try:
-        text = cookie_file.read_text("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(path, key, f"cookie file {cookie_file} does not exist") from None
-    except PermissionError:
-        raise ConfigError(path, key, f"cookie file {cookie_file} is not readable by this user") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, key, f"cannot read cookie file {cookie_file}: {exc}") from None
-    cookie = text.strip()
-    if not cookie:
-        raise ConfigError(path, key, f"cookie file {cookie_file} is empty")
-    if any(ch.isspace() for ch in cookie):
-        raise ConfigError(path, key, f"cookie file {cookie_file} holds more than one word")
-    return cookie
+    return read_secret(cookie_file, "cookie file", path=path, key=key)
 
 
 # A hook's name is part of its step name ("post_install:NAME"): keep it short and plain.
@@ -271,9 +288,8 @@ def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
     if not isinstance(table, dict):
         raise ConfigError(path, f"nodes[{index}]", "must be a table ([[nodes]])")
     _check_keys(table, _NODE_KEYS, path=path, prefix=prefix)
-    for required in ("name", "cookie_file"):
-        if required not in table:
-            raise ConfigError(path, prefix + required, "is required")
+    if "name" not in table:
+        raise ConfigError(path, prefix + "name", "is required")
     name: str = table["name"]
     alive, at, host = name.partition("@")
     if not (alive and at and host) or "@" in host:
@@ -281,8 +297,13 @@ def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
     epmd_port: int = table.get("epmd_port", DEFAULT_EPMD_PORT)
     if not 0 < epmd_port < 65536:
         raise ConfigError(path, prefix + "epmd_port", f"{epmd_port} is outside 1-65535")
-    cookie_file = base / Path(table["cookie_file"]).expanduser()
-    cookie = read_cookie(cookie_file, path=path, key=prefix + "cookie_file")
+    source = secret_source(table, file_key="cookie_file", credential_key="cookie_credential",
+                           base=base, path=path, prefix=prefix)
+    if source is None:
+        raise ConfigError(path, prefix + "cookie_file", "is required (or cookie_credential = "
+                                                        "\"NAME\" for a systemd credential)")
+    cookie_file, cookie_key = source
+    cookie = read_cookie(cookie_file, path=path, key=cookie_key)
     probes = []
     for i, probe in enumerate(table.get("health_probes", [])):
         module, colon, function = str(probe).partition(":")
@@ -320,10 +341,11 @@ def load_config(file: str | Path) -> AgentConfig:
 
 def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
     where = str(path)
-    unknown = sorted(set(raw) - {"agent", "nodes", "discovery"})
+    unknown = sorted(set(raw) - {"agent", "nodes", "discovery", "tokens", "distribution_tls"})
     if unknown:
         raise ConfigError(where, unknown[0],
-                          "unknown table (known: [agent], [[nodes]], [discovery])")
+                          "unknown table (known: [agent], [[nodes]], [discovery], [[tokens]], "
+                          "[distribution_tls])")
     agent = raw.get("agent", {})
     if not isinstance(agent, dict):
         raise ConfigError(where, "agent", "must be a table ([agent])")
@@ -331,7 +353,12 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
     # Relative paths in the file are relative to the file, not to wherever the agent started.
     base = path.resolve().parent
 
-    listen = parse_address(agent.get("listen", DEFAULT_LISTEN), path=where, key="agent.listen")
+    listen = _listen(agent.get("listen", DEFAULT_LISTEN), path=where)
+    tokens = parse_tokens(raw.get("tokens", []), path=where, base=base)
+    tls = parse_tls(agent["tls"], path=where, base=base) if "tls" in agent else None
+    insecure_no_auth = bool(agent.get("insecure_no_auth", False))
+    check_listeners(listen, tokens=tokens, tls=tls, insecure_no_auth=insecure_no_auth,
+                    path=where)
     metrics_text = agent.get("metrics_listen", DEFAULT_METRICS_LISTEN)
     metrics = (parse_address(metrics_text, path=where, key="agent.metrics_listen")
                if metrics_text else None)
@@ -365,7 +392,30 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         operations_grace=_positive(agent, "operations_grace", 120.0, path=where),
         max_upload_bytes=int(_positive(agent, "max_upload_bytes", 2 * 1024**3, path=where)),
         discovery=discovery,
+        tokens=tokens,
+        tls=tls,
+        insecure_no_auth=insecure_no_auth,
+        socket_mode=socket_mode(agent, path=where),
+        socket_gid=socket_gid(agent, path=where),
+        distribution_tls=(parse_distribution_tls(raw["distribution_tls"], path=where, base=base)
+                          if "distribution_tls" in raw else None),
     )
+
+
+def _listen(value: str | list[Any], *, path: str) -> tuple[Endpoint, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not items or not all(isinstance(v, str) and v for v in items):
+        raise ConfigError(path, "agent.listen", "must be an address or an array of addresses "
+                                                "(\"unix:PATH\" or \"HOST:PORT\")")
+    found: list[Endpoint] = []
+    for i, text in enumerate(items):
+        key = "agent.listen" if isinstance(value, str) else f"agent.listen[{i}]"
+        address: Endpoint = (parse_unix(text, path=path, key=key) if text.startswith("unix:")
+                             else parse_address(text, path=path, key=key))
+        if address in found:
+            raise ConfigError(path, key, f"{address} is listed twice")
+        found.append(address)
+    return tuple(found)
 
 
 def _discovery(table: Any, *, path: str, base: Path) -> DiscoveryConfig:
@@ -383,13 +433,16 @@ def _discovery(table: Any, *, path: str, base: Path) -> DiscoveryConfig:
         raise ConfigError(path, "discovery.cookie_dir", f"{cookie_dir} is not a directory")
     # Like erl itself: without a cookie file named, the agent user's ~/.erlang.cookie. When
     # that is missing too, only cookie_dir's nodes are managed (the agent says so at start).
-    if "cookie_file" in table:
-        cookie_file: Path | None = base / Path(table["cookie_file"]).expanduser()
+    source = secret_source(table, file_key="cookie_file", credential_key="cookie_credential",
+                           base=base, path=path, prefix="discovery.")
+    cookie_file: Path | None
+    if source is not None:
+        cookie_file, cookie_key = source
     else:
-        cookie_file = Path("~/.erlang.cookie").expanduser()
+        cookie_file, cookie_key = Path("~/.erlang.cookie").expanduser(), "discovery.cookie_file"
         if not cookie_file.exists():
             cookie_file = None
-    cookie = (read_cookie(cookie_file, path=path, key="discovery.cookie_file")
+    cookie = (read_cookie(cookie_file, path=path, key=cookie_key)
               if cookie_file is not None else None)
     exclude = table.get("exclude", list(DEFAULT_DISCOVERY_EXCLUDE))
     if not all(isinstance(p, str) and p for p in exclude):

@@ -18,15 +18,22 @@ from collections.abc import Sequence
 from bridge import Node
 
 from . import __version__, logs
+from .access_config import UnixAddress
+from .audit import FILE_NAME as AUDIT_FILE
+from .audit import AuditLog
+from .auth import Authenticator
 from .config import AgentConfig, load_config
 from .discovery import Discovery
 from .errors import ConfigError
+from .interceptor import AccessInterceptor
 from .journal import FILE_NAME as JOURNAL_FILE
 from .journal import Journal, JournalError, OperationRecord
 from .metrics import AgentMetrics, MetricsServer
 from .nodes import NodeManager
 from .operations import Operations
+from .sdnotify import Notifier, nodes_status
 from .service import AgentService, ApiServer
+from .unix_front import SocketError, UnixFront
 from .upgrade import Options, Probe
 from .uploads import UploadStore
 
@@ -69,6 +76,20 @@ def _discovery(config: AgentConfig, nodes: NodeManager) -> Discovery | None:
     return Discovery(cfg, nodes, lambda: epmd.names("localhost", timeout=config.connect_timeout))
 
 
+def _bind(server: ApiServer, config: AgentConfig, fronts: list[UnixFront]) -> None:
+    inner = iter(fronts)
+    for address in config.listen:
+        target = next(inner).inner_address if isinstance(address, UnixAddress) else str(address)
+        try:
+            server.bind(target, None if isinstance(address, UnixAddress) else config.tls)
+        except OSError as exc:
+            raise StartupError(f"{config.path}: agent.listen: cannot listen on {address} "
+                               f"({exc}); is another agent running there?") from None
+        if not isinstance(address, UnixAddress) and config.insecure_no_auth:
+            log.warning("insecure_no_auth = true: calls to %s without a token are accepted as "
+                        "operator \"anonymous\"; for tests and demos only", address)
+
+
 async def serve(config: AgentConfig) -> int:
     _prepare_state_dir(config)
     metrics: AgentMetrics | None = None
@@ -97,23 +118,32 @@ async def serve(config: AgentConfig) -> int:
                        probes=tuple(Probe(m, f) for m, f in node.health_probes),
                        hooks=node.hooks)
 
+    try:
+        audit = AuditLog(config.state_dir / AUDIT_FILE)
+    except OSError as exc:
+        raise StartupError(f"{config.path}: agent.state_dir: cannot open the audit trail "
+                           f"{config.state_dir / AUDIT_FILE}: {exc.strerror or exc}") from None
+    fronts = [UnixFront(a.path, mode=config.socket_mode, gid=config.socket_gid)
+              for a in config.listen if isinstance(a, UnixAddress)]
+
+    def unix_caller(peer: str) -> tuple[int, str] | None:
+        return next((found for f in fronts if (found := f.caller(peer)) is not None), None)
+
+    access = AccessInterceptor(Authenticator(config.tokens,
+                                             insecure_no_auth=config.insecure_no_auth),
+                               audit, unix_caller)
     server = ApiServer(AgentService(nodes, operations, uploads, rpc_timeout=config.rpc_timeout,
-                                    node_options=node_options))
+                                    node_options=node_options, audit=audit), [access])
     discovery = _discovery(config, nodes)
     metrics_server: MetricsServer | None = None
     stop = asyncio.Event()
+    notifier = Notifier.from_environ()
+    watchdog: asyncio.Task[None] | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        try:
-            server.bind(str(config.listen))
-        except OSError as exc:
-            raise StartupError(f"{config.path}: agent.listen: cannot listen on {config.listen} "
-                               f"({exc}); is another agent running there?") from None
-        if not config.listen.is_loopback:
-            log.warning("serving gRPC on %s without TLS or authentication: anyone who can "
-                        "reach this address can read node state", config.listen)
+        _bind(server, config, fronts)
         if config.metrics_listen is not None:
             try:
                 metrics_server = metrics.serve(config.metrics_listen)
@@ -121,6 +151,11 @@ async def serve(config: AgentConfig) -> int:
                 raise StartupError(f"{config.path}: agent.metrics_listen: cannot listen on "
                                    f"{config.metrics_listen} ({exc.strerror or exc})") from None
         await server.start()
+        for front in fronts:
+            try:
+                await front.start()
+            except SocketError as exc:
+                raise StartupError(f"{config.path}: agent.listen: {exc}") from None
         if discovery is not None:
             await discovery.scan()
             discovery.start()
@@ -129,16 +164,26 @@ async def serve(config: AgentConfig) -> int:
         operations.reconcile()
         states = nodes.snapshot()
         summary = ", ".join(f"{s.name} {'up' if s.up else 'down'}" for s in states) or "none"
-        log.info("ready: gRPC on %s, metrics %s, nodes: %s", config.listen,
+        log.info("ready: gRPC on %s, metrics %s, nodes: %s",
+                 ", ".join(str(a) for a in config.listen),
                  f"on http://{config.metrics_listen}/metrics" if metrics_server else "disabled",
                  summary)
+        notifier.ready(nodes_status(states))
+        watchdog = asyncio.create_task(
+            notifier.run_watchdog(lambda: nodes_status(nodes.snapshot())))
         await stop.wait()
+        notifier.stopping("stopping: letting running calls and operations finish")
         log.info("stopping: letting running calls finish (up to %g s)", config.shutdown_grace)
     finally:
         # No new requests first; then running upgrades may finish (a half-done install is
         # worse than a late exit); what is still running after the grace is journaled as
         # interrupted.
+        for front in fronts:
+            front.stop_accepting()
         await server.stop(config.shutdown_grace)
+        for front in fronts:
+            await front.stop()
+        audit.close()
         await operations.stop(config.operations_grace)
         if discovery is not None:
             await discovery.stop()
@@ -146,6 +191,10 @@ async def serve(config: AgentConfig) -> int:
         journal.close()
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.close)
+        # Pings went on through the grace: a slow but live shutdown must not look hung.
+        if watchdog is not None:
+            watchdog.cancel()
+        notifier.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")

@@ -11,14 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bridge import BadRpc, BridgeError, BridgeTimeout, Connection, ConnectionLost, Node
+from bridge import (
+    BadRpc,
+    BridgeError,
+    BridgeTimeout,
+    Connection,
+    ConnectionLost,
+    Node,
+    TlsHandshakeFailed,
+)
 
 from .config import NodeConfig
+from .dist_tls import hint as tls_hint
 from .errors import NodeDown, NodeTimeout
 from .releases import Release, UnexpectedReply, parse_which_releases
 
@@ -51,16 +61,19 @@ def ignore_rpc(function: str, seconds: float) -> None:
 
 class NodeLink:
     """Owns the connection to one node. ``start()`` it inside the event loop; ``stop()`` it
-    before the loop ends."""
+    before the loop ends. ``tls``: the [distribution_tls] context, for nodes started with
+    ``-proto_dist inet_tls``."""
 
     MIN_DELAY = 0.25
 
     def __init__(self, config: NodeConfig, *, refresh_interval: float = 15.0,
                  rpc_timeout: float = 30.0, connect_timeout: float = 5.0,
-                 max_delay: float = 30.0, observe_rpc: RpcObserver = ignore_rpc) -> None:
+                 max_delay: float = 30.0, observe_rpc: RpcObserver = ignore_rpc,
+                 tls: ssl.SSLContext | None = None, tls_server_name: str | None = None) -> None:
         self.name = config.name
         self.config = config
-        self._bridge = Node(cookie=config.cookie, epmd_port=config.epmd_port)
+        self._bridge = Node(cookie=config.cookie, epmd_port=config.epmd_port, tls=tls,
+                            tls_server_name=tls_server_name)
         self._refresh_interval = refresh_interval
         self._rpc_timeout = rpc_timeout
         self._connect_timeout = connect_timeout
@@ -216,7 +229,10 @@ class NodeLink:
                 conn = await self._bridge.connect(self.name, timeout=self._connect_timeout)
             except (BridgeError, OSError) as exc:
                 delay = min(max(delay * 2, self.MIN_DELAY), self._max_delay)
-                self._set_down(str(exc), retry_in=delay)
+                reason = str(exc)
+                if isinstance(exc, TlsHandshakeFailed):  # name the setting to change
+                    reason = f"{reason}; {tls_hint(exc.cause)}"
+                self._set_down(reason, retry_in=delay)
                 self._tried.set()
                 continue
             finally:

@@ -21,10 +21,17 @@ class NodeManager:
     @classmethod
     def from_config(cls, config: AgentConfig,
                     observe_rpc: RpcObserver = ignore_rpc) -> NodeManager:
+        dist_tls = config.distribution_tls
+        # One context for every link, discovered ones included ([distribution_tls] applies
+        # to all nodes, as -ssl_dist_optfile does to all connections of a node).
+        tls = dist_tls.context() if dist_tls is not None else None
+        server_name = dist_tls.server_name if dist_tls is not None else None
+
         def new_link(node: NodeConfig) -> NodeLink:
             return NodeLink(node, refresh_interval=config.refresh_interval,
                             rpc_timeout=config.rpc_timeout, connect_timeout=config.connect_timeout,
-                            max_delay=config.reconnect_max_delay, observe_rpc=observe_rpc)
+                            max_delay=config.reconnect_max_delay, observe_rpc=observe_rpc,
+                            tls=tls, tls_server_name=server_name)
         return cls([new_link(node) for node in config.nodes], new_link)
 
     def add(self, node: NodeConfig) -> NodeLink:

@@ -1,15 +1,16 @@
 """The gRPC face of the agent (`relctl.v1.Agent`, grpc.aio): turns requests into calls on the
 node manager, agent values into messages, and the agent's errors into status codes.
 
-Only this module (and later the interceptors) knows about grpc.
+Only this module and the interceptor (agent/interceptor.py) know about grpc.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -18,7 +19,10 @@ from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
 from . import __version__
+from .access_config import ApiTls
+from .audit import AuditLog, AuditRecord
 from .errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, NotFound, RequestError
+from .interceptor import CALLER
 from .messages import node_message, operation_message, ping_message, progress_message
 from .nodes import NodeManager
 from .operations import Operations
@@ -70,8 +74,10 @@ class AgentService:
 
     def __init__(self, nodes: NodeManager, operations: Operations | None = None,
                  uploads: UploadStore | None = None, *, rpc_timeout: float = 30.0,
-                 node_options: Callable[[str], Options] = lambda node: Options()) -> None:
+                 node_options: Callable[[str], Options] = lambda node: Options(),
+                 audit: AuditLog | None = None) -> None:
         self._nodes = nodes
+        self._audit = audit
         self._ops = operations
         self._uploads = uploads
         self._rpc_timeout = rpc_timeout
@@ -139,7 +145,10 @@ class AgentService:
                ) -> int:
         if needs_version and not version:
             raise RequestError("no release version given")
-        return self._operations().begin(node, kind, version, context.peer() or "unknown", work)
+        caller = CALLER.get()
+        requested_by = (f"{caller.name} from {caller.peer}" if caller is not None
+                        else context.peer() or "unknown")
+        return self._operations().begin(node, kind, version, requested_by, work)
 
     async def _unary(self, context: _Ctx, node: str, kind: str, version: str,
                      work: Callable[[ReleaseEngine], Awaitable[Result]]) -> pb.OperationResult:
@@ -283,6 +292,26 @@ class AgentService:
             yield event
 
 
+    async def ListAudit(self, request: pb.ListAuditRequest,
+                        context: _Ctx) -> pb.ListAuditResponse:
+        audit = self._audit
+        if audit is None:
+            raise RuntimeError("this AgentService has no audit trail")
+        limit = min(request.limit if request.limit > 0 else 50, 1000)
+        records = await asyncio.to_thread(audit.tail, limit, node=request.node or None)
+        return pb.ListAuditResponse(records=_map(_audit_message, records))
+
+
+def _audit_message(record: AuditRecord) -> pb.AuditRecord:
+    message = pb.AuditRecord(peer=record.peer, identity=record.identity,
+                             certificate=record.certificate, rpc=record.rpc, node=record.node,
+                             arguments=json.dumps(dict(record.arguments), sort_keys=True),
+                             result=record.result, detail=record.detail,
+                             operation_id=record.operation_id)
+    message.time.FromNanoseconds(int(record.time * 1e9))
+    return message
+
+
 async def _now(fn: Callable[[], _T]) -> _T:
     """Run a synchronous check inside _answer, so its errors map to status codes too."""
     return fn()
@@ -295,16 +324,25 @@ def _map(fn: Callable[[Any], _T], items: Iterable[Any]) -> list[_T]:
 class ApiServer:
     """The agent's gRPC server, so that the daemon needs no grpc of its own."""
 
-    def __init__(self, service: AgentService) -> None:
+    def __init__(self, service: AgentService,
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
         # Without SO_REUSEPORT a second agent on the same port fails to start instead of
         # silently sharing the port with the first.
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(interceptors=list(interceptors),
+                                       options=[("grpc.so_reuseport", 0)])
         service.add_to(self._server)
 
-    def bind(self, address: str) -> None:
-        """Listen on ``address`` (HOST:PORT); raises OSError when it cannot."""
+    def bind(self, address: str, tls: ApiTls | None = None) -> None:
+        """Listen on ``address`` (HOST:PORT or unix:PATH), with TLS when ``tls`` is given;
+        raises OSError when it cannot."""
         try:
-            self._server.add_insecure_port(address)
+            if tls is None:
+                self._server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.key, tls.cert)], root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None)
+                self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:  # grpc reports bind failures this way
             raise OSError(str(exc)) from None
 

@@ -82,21 +82,27 @@ async def _count(target: NodeProc) -> int:
 
 
 def ask_agent(work: Path, target: NodeProc, tarball: Path) -> None:
-    agent = start_agent(work / "agent", [NodeEntry(target.name, target.cookie, target.epmd_port)])
+    # As on a production host: relctl reaches the agent through its Unix socket (here in the
+    # demo's directory instead of /run/relctl), with no token; TCP would need one.
+    socket = f"unix:{work / 'agent.sock'}"
+    agent = start_agent(work / "agent", [NodeEntry(target.name, target.cookie, target.epmd_port)],
+                        extra_agent={"listen": socket})
     with agent:
-        print(f"\nrelctl-agent running (pid {agent.pid}), gRPC on {agent.address}, "
+        print(f"\nrelctl-agent running (pid {agent.pid}), gRPC on {socket}, "
               f"metrics on http://127.0.0.1:{agent.metrics_port}/metrics")
         for command in (["versions"], ["nodes"], ["ping"], ["versions", "-o", "json"]):
-            print(f"\n$ relctl --agent {agent.address} {' '.join(command)}")
-            result = relctl(*command, agents=[agent.address])
+            print(f"\n$ relctl --agent {socket} {' '.join(command)}")
+            result = relctl(*command, agents=[socket])
             print(result.stdout + result.stderr, end="")
         up = [line for line in agent.metrics_text().splitlines() if line.startswith("beam_")]
         print("\n$ curl /metrics | grep ^beam_\n" + "\n".join(up))
-        asyncio.run(upgrade_under_load(target, agent.address,
+        asyncio.run(upgrade_under_load(target, socket,
                                        ["upgrade", "0.0.2", "--tarball", str(tarball)]))
-        asyncio.run(upgrade_under_load(target, agent.address, ["downgrade", "0.0.1"]))
-        print(f"\n$ relctl --agent {agent.address} operations")
-        print(relctl("operations", agents=[agent.address]).stdout, end="")
+        asyncio.run(upgrade_under_load(target, socket, ["downgrade", "0.0.1"]))
+        print(f"\n$ relctl --agent {socket} operations")
+        print(relctl("operations", agents=[socket]).stdout, end="")
+        print(f"\n$ relctl --agent {socket} audit")
+        print(relctl("audit", agents=[socket]).stdout, end="")
     print(f"\nrelctl-agent stopped (exit {agent.returncode})")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.access_config import UnixAddress
 from agent.config import Address, load_config
 from agent.errors import ConfigError
 from bridge import Atom
@@ -25,12 +26,21 @@ refresh_interval = 2.5
 name = "counter@localhost"
 cookie_file = "counter.cookie"
 epmd_port = 4370
+
+[[tokens]]
+name = "deploy-bot"
+role = "operator"
+file = "deploy.token"
 """
+TOKEN = "0123456789abcdef0123"
 
 
 def write(tmp_path: Path, text: str, cookie: str | None = "s3cret\n") -> Path:
     if cookie is not None:
         (tmp_path / "counter.cookie").write_text(cookie)
+        (tmp_path / "counter.cookie").chmod(0o600)
+    (tmp_path / "deploy.token").write_text(TOKEN + "\n")
+    (tmp_path / "deploy.token").chmod(0o600)
     path = tmp_path / "agent.toml"
     path.write_text(text)
     return path
@@ -38,7 +48,10 @@ def write(tmp_path: Path, text: str, cookie: str | None = "s3cret\n") -> Path:
 
 def test_a_good_config(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, GOOD))
-    assert config.listen == Address("127.0.0.1", 7079) and config.listen.is_loopback
+    assert config.listen == (Address("127.0.0.1", 7079),) and config.listen[0].is_loopback
+    [token] = config.tokens
+    assert (token.name, token.role, token.secret) == ("deploy-bot", "operator", TOKEN)
+    assert TOKEN not in repr(config)
     assert config.metrics_listen == Address("::1", 9568) and str(config.metrics_listen) == "[::1]:9568"
     # Relative paths are relative to the config file, not to the current directory.
     assert config.state_dir == tmp_path / "state"
@@ -50,14 +63,16 @@ def test_a_good_config(tmp_path: Path) -> None:
 
 def test_defaults_and_metrics_disabled(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, '[agent]\nmetrics_listen = ""\n'))
-    assert config.listen == Address("127.0.0.1", 7079)
+    # On the host, a Unix socket: no token needed, its permissions decide.
+    assert config.listen == (UnixAddress(Path("/run/relctl/agent.sock")),)
     assert config.metrics_listen is None
     assert config.state_dir == Path("/var/lib/relctl")
     assert config.nodes == ()
 
 
 @pytest.mark.parametrize(("text", "key", "reason"), [
-    ("[agent]\nlisten = 7079\n", "agent.listen", "must be a string, not int"),
+    ("[agent]\nlisten = 7079\n", "agent.listen", "must be a string or an array of strings, "
+                                                  "not int"),
     ("[agent]\nlisten = \"7079\"\n", "agent.listen", "is not HOST:PORT"),
     ("[agent]\nlisten = \"localhost:http\"\n", "agent.listen", "port 'http' is not a number"),
     ("[agent]\nlisten = \"localhost:70000\"\n", "agent.listen", "outside 1-65535"),

@@ -26,7 +26,8 @@ def test_a_taken_grpc_port_is_a_clear_start_failure(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "agent.toml"
-        config.write_text(f'[agent]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = ""\n'
+        config.write_text(f'[agent]\nlisten = "127.0.0.1:{port}"\ninsecure_no_auth = true\n'
+                          'metrics_listen = ""\n'
                           'state_dir = "state"\n')
         proc = run_agent(config)
     assert proc.returncode == 1
@@ -38,7 +39,7 @@ def test_a_second_agent_on_the_same_port_does_not_share_it(tmp_path: Path) -> No
     first = start_agent(tmp_path / "first", [], metrics=False)
     try:
         config = tmp_path / "second.toml"
-        config.write_text(f'[agent]\nlisten = "127.0.0.1:{first.grpc_port}"\n'
+        config.write_text(f'[agent]\nlisten = "127.0.0.1:{first.grpc_port}"\ninsecure_no_auth = true\n'
                           'metrics_listen = ""\nstate_dir = "state"\n')
         proc = run_agent(config)
         assert proc.returncode == 1
@@ -54,7 +55,7 @@ def test_a_taken_metrics_port_is_a_clear_start_failure(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "agent.toml"
-        config.write_text(f'[agent]\nlisten = "127.0.0.1:{free_port()}"\n'
+        config.write_text(f'[agent]\nlisten = "127.0.0.1:{free_port()}"\ninsecure_no_auth = true\n'
                           f'metrics_listen = "127.0.0.1:{port}"\nstate_dir = "state"\n')
         proc = run_agent(config)
     assert proc.returncode == 1
@@ -65,7 +66,8 @@ def test_a_taken_metrics_port_is_a_clear_start_failure(tmp_path: Path) -> None:
 def test_an_unwritable_state_dir_is_a_clear_start_failure(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     config = tmp_path / "agent.toml"
-    config.write_text(f'[agent]\nlisten = "127.0.0.1:{free_port()}"\nmetrics_listen = ""\n'
+    config.write_text(f'[agent]\nlisten = "127.0.0.1:{free_port()}"\ninsecure_no_auth = true\n'
+                      'metrics_listen = ""\n'
                       'state_dir = "file/state"\n')
     proc = run_agent(config)
     assert proc.returncode == 1

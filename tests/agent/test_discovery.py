@@ -52,6 +52,7 @@ async def test_a_cookie_in_cookie_dir_wins_and_without_one_a_node_is_not_managed
     cookies = tmp_path / "cookies"
     cookies.mkdir()
     (cookies / "billing").write_text("billing-cookie\n")
+    (cookies / "billing").chmod(0o600)
     nodes = manager()
     found = discovery(tmp_path, nodes, {"billing": 1, "shop": 2}, cookie=None, cookie_dir=cookies)
     with caplog.at_level(logging.INFO, logger="relctl.agent.discovery"):
@@ -99,6 +100,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_without_nodes_the_agent_discovers(tmp_path: Path) -> None:
     (tmp_path / "cookie").write_text("abc\n")
+    (tmp_path / "cookie").chmod(0o600)
     (tmp_path / "cookies").mkdir()
     config = load_config(write(tmp_path, """
 [discovery]
@@ -124,6 +126,7 @@ def test_discovery_defaults_without_any_table(tmp_path: Path, monkeypatch: pytes
     assert config.discovery.cookie is None and config.discovery.epmd_port == 4369
     assert "rpc-*" in config.discovery.exclude and "@" not in config.discovery.host
     (tmp_path / ".erlang.cookie").write_text("home-cookie\n")
+    (tmp_path / ".erlang.cookie").chmod(0o600)
     again = load_config(write(tmp_path, "[agent]\n"))
     assert again.discovery is not None and again.discovery.cookie == "home-cookie"
 
@@ -141,6 +144,7 @@ def test_discovery_defaults_without_any_table(tmp_path: Path, monkeypatch: pytes
 ])
 def test_discovery_mistakes_name_the_key(tmp_path: Path, text: str, key: str, reason: str) -> None:
     (tmp_path / "cookie").write_text("abc\n")
+    (tmp_path / "cookie").chmod(0o600)
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     assert info.value.key == key and reason in str(info.value)

@@ -23,9 +23,11 @@ def test_discovered_nodes_are_managed_each_with_its_cookie(
         release_build: ReleaseBuild, tmp_path: Path) -> None:
     shop = node_factory("shop@localhost")
     (tmp_path / "cookie").write_text(node_cookie + "\n")
+    (tmp_path / "cookie").chmod(0o600)
     cookies = tmp_path / "cookies"
     cookies.mkdir()
     (cookies / "billing").write_text("billing-only-cookie\n")
+    (cookies / "billing").chmod(0o600)
     agent = start_agent(tmp_path / "agent", [], discovery={
         "host": "localhost", "epmd_port": epmd.port, "cookie_file": str(tmp_path / "cookie"),
         "cookie_dir": str(cookies), "interval": 0.5,
@@ -65,6 +67,7 @@ def test_one_agent_upgrades_an_erlang_and_an_elixir_node(
         tmp_path: Path) -> None:
     counter = node_factory("counter@localhost")
     (tmp_path / "cookie").write_text(node_cookie + "\n")
+    (tmp_path / "cookie").chmod(0o600)
     agent = start_agent(tmp_path / "agent", [], discovery={
         "host": "localhost", "epmd_port": epmd.port, "cookie_file": str(tmp_path / "cookie"),
         "exclude": [*DEFAULT_DISCOVERY_EXCLUDE, "probe_*"]})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +11,16 @@ from typing import Any
 
 import pytest
 
-from tests.tools.agent_proc import ROOT, AgentProc, NodeEntry, eventually, relctl, start_agent
-from tests.tools.otp_procs import NodeProc, erl_eval
+from tests.tools.agent_proc import (
+    ROOT,
+    AgentProc,
+    NodeEntry,
+    eventually,
+    relctl,
+    relctl_env,
+    start_agent,
+)
+from tests.tools.otp_procs import NodeProc, erl_eval, free_port
 from tests.tools.release_fixture import ReleaseBuild
 
 pytestmark = pytest.mark.otp
@@ -36,7 +46,8 @@ def step_names(op: dict[str, Any]) -> list[tuple[str, str]]:
 def agent(agents: list[AgentProc], counter_node: NodeProc, tmp_path: Path) -> AgentProc:
     started = start_agent(tmp_path / "agent", [
         NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)],
-        extra_agent={"refresh_interval": 2, "reconnect_max_delay": 1})
+        extra_agent={"refresh_interval": 2, "reconnect_max_delay": 1,
+                     "listen": [f"unix:{tmp_path / 'agent.sock'}", f"127.0.0.1:{free_port()}"]})
     agents.append(started)
     return started
 
@@ -47,8 +58,9 @@ def test_upgrade_then_downgrade_keeps_the_state_and_the_process(
     pid = counter_pid(counter_node)
     tarball = release_build.tarball("0.0.2")
 
+    # On the host, through the agent's Unix socket (no token: the socket's group decides).
     up = relctl("upgrade", "0.0.2", "--tarball", str(tarball), "-o", "json",
-                agents=[agent.address], timeout=180)
+                agents=[agent.socket], env={"RELCTL_TOKEN_FILE": ""}, timeout=180)
     assert up.returncode == 0, up.stdout + up.stderr
     op = up.json()["operation"]
     assert op["outcome"] == "succeeded" and op["from_version"] == "0.0.1"
@@ -79,6 +91,17 @@ def test_upgrade_then_downgrade_keeps_the_state_and_the_process(
     ops = relctl("operations", "-o", "json", agents=[agent.address]).json()["operations"]
     assert [(o["kind"], o["to_version"], o["outcome"]) for o in ops] == [
         ("downgrade", "0.0.1", "succeeded"), ("upgrade", "0.0.2", "succeeded")]
+    # The journal and the audit trail name the same callers: the token, and the local user.
+    me = f"uid {os.getuid()} ({pwd.getpwuid(os.getuid()).pw_name})"
+    assert ops[0]["requested_by"].startswith("test-operator from ipv4:127.0.0.1:")
+    assert ops[1]["requested_by"].startswith(f"{me} from unix:")
+    trail = relctl("audit", "-o", "json", agents=[agent.address]).json()["records"]
+    assert [(r["identity"], r["rpc"], r["result"], r["detail"]) for r in trail] == [
+        ("test-operator", "Downgrade", "ok", f"operation {ops[0]['id']}: succeeded"),
+        (me, "Upgrade", "ok", f"operation {ops[1]['id']}: succeeded"),
+        (me, "Upload", "ok", trail[2]["detail"])]
+    assert trail[1]["arguments"]["version"] == "0.0.2" and trail[1]["node"] == counter_node.name
+    assert trail[2]["detail"].startswith("upload ") and "counter 0.0.2" in trail[2]["detail"]
 
     exposition = agent.metrics_text()
     for kind in ("upgrade", "downgrade"):
@@ -206,7 +229,8 @@ def test_a_second_operation_on_the_node_is_refused_while_one_runs(
     first = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "--agent", agent.address, "upgrade", "0.0.2",
          "--tarball", str(release_build.tarball("0.0.2")), "-o", "json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=relctl_env())
     try:
         eventually(lambda: any(o["outcome"] == "running" for o in relctl(
             "operations", "-o", "json", agents=[agent.address]).json()["operations"]),
@@ -226,7 +250,8 @@ def test_client_going_away_does_not_cancel_the_upgrade(
     client = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "--agent", agent.address, "upgrade", "0.0.2",
          "--tarball", str(release_build.tarball("0.0.2"))],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=relctl_env())
     try:  # kill the client as soon as the operation exists on the agent
         eventually(lambda: relctl("operations", "-o", "json", agents=[agent.address])
                    .json()["operations"], what="operation started", timeout=60)

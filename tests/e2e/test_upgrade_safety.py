@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NodeFactory
-from tests.tools.agent_proc import ROOT, AgentProc, NodeEntry, eventually, relctl, start_agent
+from tests.tools.agent_proc import (
+    ROOT,
+    AgentProc,
+    NodeEntry,
+    eventually,
+    relctl,
+    relctl_env,
+    start_agent,
+)
 from tests.tools.otp_procs import NodeProc, erl_eval
 from tests.tools.release_fixture import ReleaseBuild, make_target_copy
 from tests.tools.tarball_variants import compile_module, rewrite_tarball
@@ -169,7 +177,8 @@ def test_an_agent_killed_mid_upgrade_journals_it_as_interrupted(
     client = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "--agent", agent.address, "upgrade", "0.0.2",
          "--tarball", str(release_build.tarball("0.0.2"))],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=relctl_env())
     try:
         def installed() -> bool:
             shown = relctl("operation", "1", "-o", "json", agents=[agent.address])

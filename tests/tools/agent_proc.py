@@ -1,15 +1,21 @@
 """Run the real `relctl-agent` and `relctl` as subprocesses for end-to-end tests.
 
 The agent gets a config on free loopback ports and its own state dir; ``AgentProc.stop()``
-sends SIGTERM by pid (then SIGKILL after the grace) and keeps the exit code and log.
+sends SIGTERM by pid (then SIGKILL after the grace) and keeps the exit code and log. Its TCP
+listener requires a bearer token, as in production: every test agent accepts the session's
+operator token (:func:`operator_token_file`), which :func:`relctl` passes by default.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +27,25 @@ from tests.tools.otp_procs import _ManagedProcess, _track, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 _T = TypeVar("_T")
+# What systemd gives the process running the tests is not for the agents they start: an
+# inherited NOTIFY_SOCKET would have them report to the test runner's service manager.
+_SERVICE_MANAGER_ENV = frozenset({"JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC",
+                                  "WATCHDOG_PID"})
+
+
+_token_file: Path | None = None
+
+
+def operator_token_file() -> Path:
+    """A file (mode 0600) with the operator token of this test session's agents."""
+    global _token_file
+    if _token_file is None:
+        directory = Path(tempfile.mkdtemp(prefix="relctl-test-token-"))
+        atexit.register(shutil.rmtree, directory, True)
+        _token_file = directory / "operator.token"
+        _token_file.write_text(secrets.token_hex(24) + "\n")
+        _token_file.chmod(0o600)
+    return _token_file
 
 
 def eventually(check: Callable[[], _T], timeout: float = 15.0, what: str = "") -> _T:
@@ -55,15 +80,25 @@ class NodeEntry:
 def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metrics_port: int,
                  extra_agent: Mapping[str, Any] | None = None,
                  node_extra: Mapping[str, Any] | None = None,
-                 discovery: Mapping[str, Any] | None = None) -> Path:
+                 discovery: Mapping[str, Any] | None = None,
+                 tokens: Sequence[Mapping[str, str]] = (),
+                 tables: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """An agent config with one cookie file per node (mode 0600) beside it; without nodes,
-    ``discovery`` is its [discovery] table."""
+    ``discovery`` is its [discovery] table. The session's operator token is always accepted
+    (unless ``insecure_no_auth``); ``tokens`` are more [[tokens]] tables."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["[agent]", f'listen = "127.0.0.1:{grpc_port}"',
+    extra = dict(extra_agent or {})
+    listen = extra.pop("listen", f"127.0.0.1:{grpc_port}")
+    lines = ["[agent]", f"listen = {toml_value(listen)}",
              f'metrics_listen = "127.0.0.1:{metrics_port}"' if metrics_port else 'metrics_listen = ""',
              'state_dir = "state"']
-    for key, value in (extra_agent or {}).items():
+    for key, value in extra.items():
         lines.append(f"{key} = {toml_value(value)}")
+    if not extra.get("insecure_no_auth"):
+        lines += ["", "[[tokens]]", 'name = "test-operator"', 'role = "operator"',
+                  f"file = {toml_value(str(operator_token_file()))}"]
+    for table in tokens:
+        lines += ["", "[[tokens]]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
     if discovery is not None:
         lines += ["", "[discovery]"] + [f"{k} = {toml_value(v)}" for k, v in discovery.items()]
     for i, node in enumerate(nodes):
@@ -73,6 +108,8 @@ def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metr
         lines += ["", "[[nodes]]", f'name = "{node.name}"', f'cookie_file = "{cookie_file.name}"',
                   f"epmd_port = {node.epmd_port}"]
         lines += [f"{key} = {toml_value(value)}" for key, value in (node_extra or {}).items()]
+    for name, table in (tables or {}).items():  # more top-level tables, e.g. distribution_tls
+        lines += ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -87,6 +124,7 @@ class AgentProc(_ManagedProcess):
         self.grpc_port = grpc_port
         self.metrics_port = metrics_port
         self.address = f"127.0.0.1:{grpc_port}"
+        self.socket = ""  # "unix:PATH" when the agent listens on a Unix socket too
 
     @property
     def returncode(self) -> int | None:
@@ -108,14 +146,18 @@ class AgentProc(_ManagedProcess):
 def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = True,
                 extra_agent: Mapping[str, Any] | None = None,
                 node_extra: Mapping[str, Any] | None = None, log_level: str = "info",
-                timeout: float = 20.0, discovery: Mapping[str, Any] | None = None) -> AgentProc:
-    """Start relctl-agent and wait for its "ready" line."""
+                timeout: float = 20.0, discovery: Mapping[str, Any] | None = None,
+                tokens: Sequence[Mapping[str, str]] = (),
+                env: Mapping[str, str] | None = None,
+                tables: Mapping[str, Mapping[str, Any]] | None = None) -> AgentProc:
+    """Start relctl-agent and wait for its "ready" line; ``env`` is added to its environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     grpc_port = free_port()
     metrics_port = free_port() if metrics else 0
     config = write_config(workdir / "agent.toml", nodes, grpc_port=grpc_port,
                           metrics_port=metrics_port, extra_agent=extra_agent,
-                          node_extra=node_extra, discovery=discovery)
+                          node_extra=node_extra, discovery=discovery, tokens=tokens,
+                          tables=tables)
     log_path = workdir / "agent.log"
     # A restarted agent appends to the same log: only what it writes counts as its "ready".
     offset = log_path.stat().st_size if log_path.exists() else 0
@@ -123,8 +165,14 @@ def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = Tr
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--config", str(config), "--log-level", log_level],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"})
+            env={**{k: v for k, v in os.environ.items() if k not in _SERVICE_MANAGER_ENV},
+                 **(env or {})})
     agent = AgentProc(proc, config, grpc_port, metrics_port, log_path)
+    listen = (extra_agent or {}).get("listen", [])
+    listen = [listen] if isinstance(listen, str) else list(listen)
+    # An explicit listen list: address is its first TCP entry, socket its first unix: one.
+    agent.address = next((a for a in listen if not a.startswith("unix:")), agent.address)
+    agent.socket = next((a for a in listen if a.startswith("unix:")), "")
     _track(proc.pid, agent.stop)
     deadline = time.monotonic() + timeout
     while "relctl.agent: ready:" not in agent.log_text()[offset:]:
@@ -147,14 +195,20 @@ class CliResult:
         return json.loads(self.stdout)
 
 
+def relctl_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment `relctl` runs with in tests: the session's operator token, no agent."""
+    full_env = {k: v for k, v in os.environ.items() if k != "RELCTL_AGENT"}
+    full_env["RELCTL_TOKEN_FILE"] = str(operator_token_file())
+    full_env.update(env or {})
+    return full_env
+
+
 def relctl(*args: str, agents: Sequence[str] = (), env: Mapping[str, str] | None = None,
            timeout: float = 30.0) -> CliResult:
     """Run the `relctl` client as a separate process, as a user would."""
     argv = [sys.executable, "-m", "agent.cli"]
     for agent in agents:
         argv += ["--agent", agent]
-    full_env = {k: v for k, v in os.environ.items() if k != "RELCTL_AGENT"}
-    full_env.update(env or {})
     proc = subprocess.run([*argv, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+                          timeout=timeout, env=relctl_env(env))
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

@@ -405,3 +405,41 @@ class ReloadConfigRequest(_message.Message):
     dry_run: bool
     show_values: bool
     def __init__(self, node: _Optional[str] = ..., dry_run: _Optional[bool] = ..., show_values: _Optional[bool] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("limit", "node")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    node: str
+    def __init__(self, limit: _Optional[int] = ..., node: _Optional[str] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("time", "peer", "identity", "certificate", "rpc", "node", "arguments", "result", "detail", "operation_id")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    peer: str
+    identity: str
+    certificate: str
+    rpc: str
+    node: str
+    arguments: str
+    result: str
+    detail: str
+    operation_id: int
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., peer: _Optional[str] = ..., identity: _Optional[str] = ..., certificate: _Optional[str] = ..., rpc: _Optional[str] = ..., node: _Optional[str] = ..., arguments: _Optional[str] = ..., result: _Optional[str] = ..., detail: _Optional[str] = ..., operation_id: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...

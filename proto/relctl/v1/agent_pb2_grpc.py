@@ -106,6 +106,11 @@ class AgentStub:
                 request_serializer=relctl_dot_v1_dot_agent__pb2.ReloadConfigRequest.SerializeToString,
                 response_deserializer=relctl_dot_v1_dot_agent__pb2.ProgressEvent.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/relctl.v1.Agent/ListAudit',
+                request_serializer=relctl_dot_v1_dot_agent__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=relctl_dot_v1_dot_agent__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -211,6 +216,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The audit trail, newest first (operator): every mutating call and every refused call,
+        with who made it, from where, and what came of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +296,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ReloadConfig,
                     request_deserializer=relctl_dot_v1_dot_agent__pb2.ReloadConfigRequest.FromString,
                     response_serializer=relctl_dot_v1_dot_agent__pb2.ProgressEvent.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=relctl_dot_v1_dot_agent__pb2.ListAuditRequest.FromString,
+                    response_serializer=relctl_dot_v1_dot_agent__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -665,6 +683,33 @@ class Agent:
             '/relctl.v1.Agent/ReloadConfig',
             relctl_dot_v1_dot_agent__pb2.ReloadConfigRequest.SerializeToString,
             relctl_dot_v1_dot_agent__pb2.ProgressEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relctl.v1.Agent/ListAudit',
+            relctl_dot_v1_dot_agent__pb2.ListAuditRequest.SerializeToString,
+            relctl_dot_v1_dot_agent__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,139 @@
+"""How `relctl` reaches an agent: its Unix socket as is, TCP with a bearer token, and TLS
+(with a client certificate for mTLS) when a CA is given. The token never leaves this host in
+clear: without TLS it is sent to loopback addresses only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import namedtuple
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:
+    from .cli import Settings
+
+
+def _error(message: str) -> Exception:
+    from .cli import CliError, ExitCode
+
+    return CliError(message, ExitCode.USAGE)
+
+
+def _read(path: str, what: str, option: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise _error(f"cannot read the {what} {path} ({option}): {exc.strerror or exc}") from None
+
+
+def read_token(path: str) -> str:
+    token = _read(path, "token file", "--token-file / $RELCTL_TOKEN_FILE").decode(
+        "utf-8", "replace").strip()
+    if not token or any(ch.isspace() for ch in token):
+        raise _error(f"the token file {path} must hold one token (one word)")
+    return token
+
+
+def _host(agent: str) -> str:
+    host = agent.rpartition(":")[0] or agent
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def is_loopback(agent: str) -> bool:
+    host = _host(agent)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Details(namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
+                                       "wait_for_ready", "compression")),
+               grpc.ClientCallDetails):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor,
+                   grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor,
+                   grpc.StreamStreamClientInterceptor):
+    """Adds "authorization: Bearer TOKEN" to every call of a plaintext (loopback) channel;
+    grpc's own token credentials insist on TLS."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> _Details:
+        metadata = [*(details.metadata or ()), self._header]
+        return _Details(details.method, details.timeout, metadata, details.credentials,
+                        getattr(details, "wait_for_ready", None),
+                        getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any,
+                              request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any,
+                               request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any,
+                               requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any,
+                                requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def channel(settings: Settings, agent: str) -> grpc.Channel:
+    if agent.startswith("unix:"):
+        return grpc.insecure_channel(agent)  # the socket's permissions decide
+    if bool(settings.cert) != bool(settings.key):
+        raise _error("--cert and --key go together (the client certificate and its key)")
+    token = read_token(settings.token_file) if settings.token_file else ""
+    if settings.ca or settings.cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(settings.ca, "CA certificate", "--ca") if settings.ca else None,
+            private_key=_read(settings.key, "client key", "--key") if settings.key else None,
+            certificate_chain=(_read(settings.cert, "client certificate", "--cert")
+                               if settings.cert else None))
+        if token:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(token))
+        return grpc.secure_channel(agent, credentials)
+    if token and not is_loopback(agent):
+        raise _error(f"refusing to send the token to {agent} unencrypted: pass --ca FILE (the CA "
+                     "of the agent's certificate) to talk TLS")
+    plain = grpc.insecure_channel(agent)
+    return grpc.intercept_channel(plain, _BearerToken(token)) if token else plain
+
+
+_HINTS: Sequence[tuple[str, str]] = (
+    ("permission denied", "you may not use this socket: add your user to the agent's socket "
+                          "group (agent.socket_group; e.g. usermod -aG relctl $USER), or ask "
+                          "from an account that is in it"),
+    ("no such file", "no agent socket there: is relctl-agent running on this host? "
+                     "(systemctl status relctl-agent; choose another agent with --agent)"),
+    ("certificate", "the TLS handshake failed: check --ca (the CA that signed the agent's "
+                    "certificate) and, if the agent verifies clients, --cert and --key"),
+    ("handshake", "the TLS handshake failed: check --ca (the CA that signed the agent's "
+                  "certificate) and, if the agent verifies clients, --cert and --key"),
+    ("socket closed", "the agent closed the connection: if it serves TLS on this address, pass "
+                      "--ca FILE; if it verifies clients, --cert and --key too"),
+)
+
+
+def transport_hint(agent: str, details: str) -> str:
+    """What to do about an agent that could not be reached, judging by grpc's details."""
+    lowered = details.lower()
+    for needle, hint in _HINTS:
+        if needle in lowered:
+            return hint
+    return "is relctl-agent running there? (choose the agent with --agent or $RELCTL_AGENT)"

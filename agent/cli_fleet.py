@@ -1,0 +1,336 @@
+"""Rolling upgrades over several agents: `relctl --agent A --agent B ... upgrade VSN`.
+
+edeliver upgrades every host at once; a rollout here goes in batches so that a bad release
+stops after the first hosts that show it. The decisions, also in `relctl upgrade --help` and
+the README:
+
+- The plan is batches of ``--batch`` agents in the order given. The agents of a batch upgrade
+  at once, one thread each (the gRPC stubs are synchronous); a batch ends when all of its
+  agents have finished.
+- A failure is any result but ``succeeded``, ``dry_run`` or ``up_to_date``: an outcome such as
+  rolled_back or failed_unchanged, but also an agent that could not be reached, was busy, or
+  refused the request (an agent managing several nodes without ``--node`` says so itself; its
+  message is the reason). After each batch, when the failures so far are more than
+  ``--max-failures``, the rollout stops; the agents of later batches are reported as
+  ``skipped`` (never contacted).
+- ``up_to_date``: before uploading, each agent is asked for its node's releases; a node that
+  already runs VSN as permanent is not upgraded again, so that a stopped rollout can be run
+  again as it was, once the cause is fixed.
+- ``--node`` is sent to every agent (fleets whose nodes share a name, e.g. app@127.0.0.1);
+  without it each agent upgrades the only node it manages.
+- Progress (text output only) is the single-agent progress with ``[AGENT]`` in front of each
+  line, as the lines of concurrent upgrades interleave. Then one table row per agent and a
+  last line saying whether the rollout completed or stopped and why; ``-o json`` prints the
+  same data instead.
+- The exit code is the most serious one among the failed agents (:data:`WORST_FIRST`), 0 when
+  none failed.
+
+The planner, the stop rule, the exit code and the rendering are functions of plain values,
+tested without agents; :func:`fleet_upgrade` wires them to the agents.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+import grpc
+
+from relctl.v1 import agent_pb2 as pb
+from relctl.v1 import agent_pb2_grpc
+
+from .cli import CliError, ExitCode, Settings, _table, open_channel
+from .cli_ops import _OUTCOME_EXIT, _OUTCOME_NAMES, UpgradeSpec, _rpc_error, upgrade_on
+
+SUCCEEDED = "succeeded"
+UP_TO_DATE = "up_to_date"
+ERROR = "error"      # no finished operation: unreachable, refused, busy, stream lost
+SKIPPED = "skipped"  # not started: the rollout stopped before the agent's batch
+OK_RESULTS = frozenset({SUCCEEDED, "dry_run", UP_TO_DATE})
+
+# Most serious first: a node left part-way needs a person now; a rolled back node ran the new
+# release and it failed, so the release is suspect; the rest changed nothing.
+WORST_FIRST = (ExitCode.FAILED_CHANGED, ExitCode.ROLLED_BACK, ExitCode.FAILED,
+               ExitCode.UNAVAILABLE, ExitCode.DENIED, ExitCode.BUSY, ExitCode.NOT_FOUND,
+               ExitCode.USAGE)
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """What happened on one agent's node during the rollout."""
+
+    agent: str
+    node: str
+    batch: int
+    result: str                   # an operation outcome, or UP_TO_DATE, ERROR, SKIPPED
+    code: ExitCode = ExitCode.OK
+    from_version: str = ""
+    to_version: str = ""
+    seconds: float | None = None
+    operation_id: int | None = None
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.result not in OK_RESULTS and self.result != SKIPPED
+
+    def versions(self) -> str:
+        if not self.to_version:
+            return "-"
+        return f"{self.from_version} -> {self.to_version}" if self.from_version else self.to_version
+
+    def as_json(self) -> dict[str, Any]:
+        return {"agent": self.agent, "node": self.node or None, "batch": self.batch,
+                "result": self.result, "exit_code": int(self.code),
+                "from_version": self.from_version or None, "to_version": self.to_version or None,
+                "duration_s": None if self.seconds is None else round(self.seconds, 3),
+                "operation_id": self.operation_id, "reason": self.reason or None}
+
+
+def plan(agents: Sequence[str], batch: int) -> list[tuple[str, ...]]:
+    """Batches of ``batch`` agents, in the order given (the last one may be smaller)."""
+    if batch < 1:
+        raise ValueError(f"batch size must be at least 1, not {batch}")
+    return [tuple(agents[i:i + batch]) for i in range(0, len(agents), batch)]
+
+
+def over_budget(failures: int, max_failures: int) -> bool:
+    """The stop rule: more than ``max_failures`` failures (so 0 means stop at the first)."""
+    return failures > max_failures
+
+
+def worst_code(codes: Iterable[ExitCode]) -> ExitCode:
+    """The most serious of ``codes``; a code missing from WORST_FIRST still beats OK."""
+    failed = set(codes) - {ExitCode.OK}
+    return min(failed, default=ExitCode.OK,
+               key=lambda c: WORST_FIRST.index(c) if c in WORST_FIRST else len(WORST_FIRST))
+
+
+def result_of(agent: str, batch: int, op: pb.Operation, seconds: float | None) -> NodeResult:
+    """The row of an agent whose upgrade ran to its end."""
+    outcome = _OUTCOME_NAMES.get(op.outcome, "?")
+    reason = op.error
+    if not reason and outcome == "dry_run":
+        reason = "dry run: checks passed, nothing changed"
+    return NodeResult(agent, op.node, batch, outcome,
+                      _OUTCOME_EXIT.get(outcome, ExitCode.FAILED_CHANGED), op.from_version,
+                      op.to_version, seconds, op.id, reason)
+
+
+def result_of_error(agent: str, node: str, batch: int, version: str, error: CliError,
+                    seconds: float | None) -> NodeResult:
+    """The row of an agent that gave no finished operation; the reason is the error's one
+    line, without the agent's name (the row has it)."""
+    reason = str(error).removeprefix(f"agent {agent}: ")
+    return NodeResult(agent, node, batch, ERROR, error.code, to_version=version,
+                      seconds=seconds, reason=reason)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    version: str
+    batch: int
+    max_failures: int
+    batches: int
+    results: tuple[NodeResult, ...]
+    stopped_after: int | None = None  # the batch after which it stopped; None: all attempted
+
+    @property
+    def failures(self) -> int:
+        return sum(r.failed for r in self.results)
+
+    @property
+    def not_attempted(self) -> int:
+        return sum(r.result == SKIPPED for r in self.results)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return worst_code(r.code for r in self.results if r.failed)
+
+    def summary(self) -> str:
+        if self.stopped_after is not None:
+            return (f"rollout of {self.version} stopped after batch {self.stopped_after} of "
+                    f"{self.batches}: {self.failures} failure(s) > --max-failures "
+                    f"{self.max_failures}; {self.not_attempted} agent(s) not attempted "
+                    "(fix what failed, then run the same command again: nodes already on "
+                    f"{self.version} are left alone)")
+        counts = Counter(r.result for r in self.results)
+        line = (f"rollout of {self.version} completed: "
+                + ", ".join(f"{n} {result}" for result, n in counts.items()))
+        if self.failures:
+            sign = ">" if over_budget(self.failures, self.max_failures) else "<="
+            line += f"; {self.failures} failure(s) {sign} --max-failures {self.max_failures}"
+        return line
+
+    def table(self) -> str:
+        rows = [["AGENT", "NODE", "RESULT", "FROM -> TO", "DURATION", "OPERATION", "REASON"]]
+        for r in self.results:
+            rows.append([r.agent, r.node or "-", r.result, r.versions(),
+                         "-" if r.seconds is None else f"{r.seconds:.1f} s",
+                         "-" if r.operation_id is None else str(r.operation_id),
+                         _short(r.reason)])
+        return _table(rows)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rollout": {
+            "version": self.version, "batch": self.batch, "max_failures": self.max_failures,
+            "batches": self.batches,
+            "status": "completed" if self.stopped_after is None else "stopped",
+            "stopped_after_batch": self.stopped_after, "failures": self.failures,
+            "not_attempted": self.not_attempted, "exit_code": int(self.exit_code),
+            "summary": self.summary()},
+            "nodes": [r.as_json() for r in self.results]}
+
+
+def _short(text: str) -> str:
+    """The first line only: a table row stays one line (agents' errors are one line anyway,
+    and naming what to do, so they are not cut)."""
+    return text.splitlines()[0] if text else ""
+
+
+Attempt = Callable[[str, int], NodeResult]
+
+
+def run_rollout(agents: Sequence[str], *, version: str, batch: int, max_failures: int,
+                attempt: Attempt, node: str = "",
+                on_batch: Callable[[int, int, tuple[str, ...]], None] | None = None) -> Rollout:
+    """Call ``attempt(agent, batch_number)`` for every agent, a batch at a time, and stop
+    after a batch that brings the failures over ``max_failures``."""
+    batches = plan(agents, batch)
+    results: list[NodeResult] = []
+    for number, members in enumerate(batches, 1):
+        if on_batch is not None:
+            on_batch(number, len(batches), members)
+        results += _concurrently(members, lambda agent: attempt(agent, number))
+        failures = sum(r.failed for r in results)
+        if over_budget(failures, max_failures) and number < len(batches):
+            reason = f"not started: the rollout stopped after batch {number}"
+            results += [NodeResult(agent, node, later, SKIPPED, reason=reason)
+                        for later, rest in enumerate(batches[number:], number + 1)
+                        for agent in rest]
+            return Rollout(version, batch, max_failures, len(batches), tuple(results), number)
+    return Rollout(version, batch, max_failures, len(batches), tuple(results))
+
+
+def _concurrently(agents: Sequence[str], work: Callable[[str], NodeResult]) -> list[NodeResult]:
+    """``work(agent)`` for each agent at once; results in the order of ``agents``. Daemon
+    threads, even for one agent: the main thread only waits, so Ctrl-C reaches it and the
+    process need not wait for operations that go on on the agents anyway."""
+    results: dict[int, NodeResult] = {}
+    crashes: list[BaseException] = []
+
+    def run(i: int, agent: str) -> None:
+        try:
+            results[i] = work(agent)
+        except BaseException as exc:  # a bug: re-raised in the main thread below
+            crashes.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, a), name=f"relctl-upgrade-{a}",
+                                daemon=True) for i, a in enumerate(agents)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            # Timed: a Ctrl-C may be delivered to a worker thread, and the main thread only
+            # acts on it when it wakes up.
+            t.join(0.2)
+    if crashes:
+        raise crashes[0]
+    return [results[i] for i in range(len(agents))]
+
+
+# --- talking to the agents ------------------------------------------------------------------
+
+class _Printer:
+    """Progress lines of concurrent upgrades, whole lines only, each with its agent."""
+
+    def __init__(self, agents: Sequence[str]) -> None:
+        self._lock = threading.Lock()
+        self._width = max(len(a) for a in agents) + 2
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            click.echo(text)
+
+    def for_agent(self, agent: str) -> Callable[[str], None]:
+        prefix = f"[{agent}]".ljust(self._width)
+        return lambda text: self.line(prefix + text)
+
+
+def _finished_line(r: NodeResult) -> str:
+    what = f"  => {r.result}"
+    if r.operation_id is not None:
+        what += f" (operation {r.operation_id})"
+    return what + (f": {_short(r.reason)}" if r.reason else "")
+
+
+def _already_there(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
+                   version: str) -> tuple[str, bool]:
+    """The node the agent would upgrade ("" when it manages several and no --node was given)
+    and whether it already runs ``version`` as permanent."""
+    try:
+        reply = stub.GetReleases(pb.GetReleasesRequest(node=settings.node),
+                                 timeout=settings.timeout)
+    except grpc.RpcError as err:
+        raise _rpc_error(agent, err, settings.timeout) from None
+    if len(reply.nodes) != 1:
+        return settings.node, False
+    node = reply.nodes[0]
+    done = any(r.version == version and r.running and r.status == pb.RELEASE_STATUS_PERMANENT
+               for r in node.releases)
+    return node.node, done
+
+
+def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int,
+                  max_failures: int) -> NoReturn:
+    """`relctl upgrade` with several agents: roll out, print the table, exit with the code."""
+    text = settings.output == "text"
+    printer = _Printer(settings.agents)
+
+    def attempt(agent: str, number: int) -> NodeResult:
+        say = printer.for_agent(agent)
+        node = settings.node
+        started = time.monotonic()
+        try:
+            with open_channel(settings, agent) as channel:
+                stub = agent_pb2_grpc.AgentStub(channel)
+                node, done = _already_there(settings, stub, agent, spec.version)
+                if done:
+                    row = NodeResult(agent, node, number, UP_TO_DATE, to_version=spec.version,
+                                     seconds=time.monotonic() - started,
+                                     reason=f"already runs {spec.version} (permanent)")
+                else:
+                    op = upgrade_on(settings, stub, agent, spec, say=say, bar=False)
+                    row = result_of(agent, number, op, time.monotonic() - started)
+        except CliError as exc:
+            row = result_of_error(agent, node, number, spec.version, exc,
+                                  time.monotonic() - started)
+        if text:
+            say(_finished_line(row))
+        return row
+
+    def on_batch(number: int, total: int, members: tuple[str, ...]) -> None:
+        if text:
+            printer.line(f"batch {number}/{total}: {', '.join(members)}")
+
+    try:
+        rollout = run_rollout(settings.agents, version=spec.version, batch=batch,
+                              max_failures=max_failures, attempt=attempt, node=settings.node,
+                              on_batch=on_batch)
+    except KeyboardInterrupt:
+        raise CliError("interrupted: upgrades already started go on on their agents (see "
+                       "relctl operations on each); no further batch was started",
+                       ExitCode.FAILED) from None
+    if text:
+        click.echo("")
+        click.echo(rollout.table())
+        click.echo(rollout.summary())
+    else:
+        click.echo(json.dumps(rollout.as_json(), indent=2))
+    raise SystemExit(rollout.exit_code)

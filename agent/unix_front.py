@@ -1,0 +1,240 @@
+"""The agent's Unix socket, with the caller's uid as its identity.
+
+grpc does not tell a servicer who is at the other end of a Unix socket (no SO_PEERCRED in
+its API), so the public socket is served here: each accepted connection's peer credentials
+are read from the kernel, and its bytes are relayed to the gRPC server's private socket (in
+a 0700 directory) from an abstract address of our choosing. grpc reports that address as the
+call's peer, and :meth:`UnixFront.caller` maps it back to the uid. A connection that did not
+come through here has no such address and is refused by the interceptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import shutil
+import socket
+import stat
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("relctl.agent.unix")
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+ABSTRACT_PEER = "unix-abstract:"
+
+
+@dataclass(frozen=True)
+class PeerCred:
+    pid: int
+    uid: int
+    gid: int
+
+
+class SocketError(Exception):
+    """The socket cannot be set up; the message says what to fix."""
+
+
+class _Relay(asyncio.Protocol):
+    """One direction-pair end: what it receives goes to its partner, with flow control."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.partner: _Relay | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.partner is not None and self.partner.transport is not None:
+            self.partner.transport.write(data)
+
+    def pause_writing(self) -> None:  # our outgoing buffer is full: stop reading the partner
+        if self.partner is not None and self.partner.transport is not None:
+            self.partner.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.partner is not None and self.partner.transport is not None:
+            self.partner.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        self._close_partner()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close_partner()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _close_partner(self) -> None:
+        # close() sends what is still buffered first.
+        if self.partner is not None and self.partner.transport is not None:
+            self.partner.transport.close()
+
+
+class _Accepted(_Relay):
+    """A connection to the public socket: it waits (not reading) until its relay exists."""
+
+    def __init__(self, front: UnixFront) -> None:
+        super().__init__()
+        self._front = front
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self._front._relay_later(self, transport)
+
+
+class UnixFront:
+    """The public Unix socket at ``path`` (mode ``mode``, group ``gid``), relayed to the gRPC
+    server listening on :attr:`inner_address`."""
+
+    def __init__(self, path: Path, *, mode: int = 0o660, gid: int | None = None) -> None:
+        self.path = path
+        self._mode = mode
+        self._gid = gid
+        self._private = Path(tempfile.mkdtemp(prefix="relctl-agent-"))  # 0700
+        self._inner = str(self._private / "grpc.sock")
+        # Unguessable, so no other local process can take our abstract names first.
+        self._prefix = f"relctl-{os.getpid()}-{secrets.token_hex(6)}-"
+        self._count = 0
+        self._peers: dict[str, PeerCred] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._relays: set[_Relay] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def inner_address(self) -> str:
+        """Where the gRPC server must listen (grpc's "unix:PATH" form)."""
+        return f"unix:{self._inner}"
+
+    def caller(self, grpc_peer: str) -> tuple[int, str] | None:
+        """The uid of the caller behind a gRPC peer string, and a description of where it
+        came from; None when it did not come through this front."""
+        if not grpc_peer.startswith(ABSTRACT_PEER):
+            return None
+        cred = self._peers.get(grpc_peer.removeprefix(ABSTRACT_PEER))
+        if cred is None:
+            return None
+        return cred.uid, f"unix:{self.path} (pid {cred.pid})"
+
+    async def start(self) -> None:
+        sock = _bind(self.path, self._mode, self._gid)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            self._accepted, sock=sock)
+
+    def _accepted(self) -> _Relay:
+        return _Accepted(self)
+
+    def _relay_later(self, outer: _Relay, transport: asyncio.Transport) -> None:
+        task = asyncio.get_running_loop().create_task(self._connect_inner(outer, transport))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect_inner(self, outer: _Relay, transport: asyncio.Transport) -> None:
+        self._relays.add(outer)
+        raw = transport.get_extra_info("socket")
+        self._count += 1
+        name = f"{self._prefix}{self._count}"
+        try:
+            pid, uid, gid = _UCRED.unpack(raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         _UCRED.size))
+            self._peers[name] = PeerCred(pid, uid, gid)
+            inner_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            inner_sock.setblocking(False)
+            inner_sock.bind("\0" + name)
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(inner_sock, self._inner)
+            inner = _Relay()
+            await loop.create_unix_connection(lambda: inner, sock=inner_sock)
+        except OSError as exc:
+            log.warning("local connection dropped: cannot reach the gRPC server (%s)", exc)
+            self._peers.pop(name, None)
+            transport.close()
+            self._relays.discard(outer)
+            return
+        inner.partner, outer.partner = outer, inner
+        self._relays.add(inner)
+        transport.resume_reading()
+        await asyncio.gather(outer.closed, inner.closed)
+        self._peers.pop(name, None)
+        self._relays.discard(outer)
+        self._relays.discard(inner)
+
+    def stop_accepting(self) -> None:
+        """No new connections; the relayed ones go on until :meth:`stop`."""
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def stop(self) -> None:
+        self.stop_accepting()
+        self._server = None
+        for relay in list(self._relays):
+            if relay.transport is not None:
+                relay.transport.close()
+        for task in list(self._tasks):
+            task.cancel()
+        shutil.rmtree(self._private, ignore_errors=True)
+
+
+def _bind(path: Path, mode: int, gid: int | None) -> socket.socket:
+    """A listening socket at ``path`` with its mode and group set before anyone can connect."""
+    if not path.parent.is_dir():
+        raise SocketError(f"directory {path.parent} does not exist (systemd's "
+                          "RuntimeDirectory=relctl creates /run/relctl; or choose another "
+                          "path in agent.listen)")
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, mode)
+        if gid is not None:
+            try:
+                os.chown(path, -1, gid)
+            except PermissionError:
+                raise SocketError(f"cannot give {path} the group {gid}: the agent's user must "
+                                  "be a member of agent.socket_group") from None
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if isinstance(exc, SocketError):
+            raise
+        raise SocketError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove a socket left by an agent that died; refuse when one still answers there."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketError(f"{path} exists and is not a socket; remove it or choose another "
+                          "path in agent.listen")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise SocketError(f"cannot check {path}: {exc.strerror or exc}") from None
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise SocketError(f"another process listens on {path}; is another agent running?")

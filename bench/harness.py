@@ -1,5 +1,9 @@
 """What the benchmarks share: the counter release built, a private epmd, a node from the
-0.0.1 target and a relctl-agent for it, all stopped by pid when the block ends."""
+0.0.1 target and a relctl-agent for it, all stopped by pid when the block ends.
+
+The agent listens where production agents do: on a Unix socket (``agent.socket``, what
+`relctl` uses on the host) and on loopback TCP with a bearer token (``agent.address``; the
+token is in :func:`tests.tools.agent_proc.relctl_env`)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.tools.agent_proc import AgentProc, NodeEntry, start_agent  # noqa: E402
-from tests.tools.otp_procs import NodeProc, start_epmd, start_node  # noqa: E402
+from tests.tools.otp_procs import NodeProc, free_port, start_epmd, start_node  # noqa: E402
 from tests.tools.release_fixture import ReleaseBuild, build_release, make_target_copy  # noqa: E402
 
 
@@ -34,5 +38,7 @@ def node_and_agent() -> Iterator[Setup]:
         with start_epmd(log_dir=work) as epmd, \
                 start_node(root, epmd_port=epmd.port, workdir=work / "node") as target, \
                 start_agent(work / "agent", [NodeEntry(target.name, target.cookie, epmd.port)],
-                            metrics=False) as agent:
+                            metrics=False,
+                            extra_agent={"listen": [f"unix:{work / 'agent.sock'}",
+                                                    f"127.0.0.1:{free_port()}"]}) as agent:
             yield Setup(build, target, agent)

@@ -115,7 +115,8 @@ def main() -> None:
     args = parser.parse_args()
     with node_and_agent() as setup:
         build, target, agent = setup.build, setup.target, setup.agent
-        bench = Bench(target, agent.address, build.tarball("0.0.2"), build.unpack_name("0.0.2"))
+        # On the host, as an operator would: through the agent's Unix socket.
+        bench = Bench(target, agent.socket, build.tarball("0.0.2"), build.unpack_name("0.0.2"))
         bench.relctl_cycle()  # warm up both paths once
         bench.escript("relx")
         rows: list[dict[str, float]] = []

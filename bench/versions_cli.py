@@ -61,7 +61,8 @@ def main() -> None:
         target, agent = setup.target, setup.agent
         escript_env = dict(os.environ, HOME=str(target.home), ERL_EPMD_PORT=str(target.epmd_port))
         escript = ["escript", str(ROOT / "bench" / "relx_versions.escript"), target.name]
-        relctl = [str(VENV_BIN / "relctl"), "--agent", agent.address, "versions"]
+        # On the host, as an operator would: through the agent's Unix socket.
+        relctl = [str(VENV_BIN / "relctl"), "--agent", agent.socket, "versions"]
         relctl_env = {k: v for k, v in os.environ.items() if k != "RELCTL_AGENT"}
         timed(escript, escript_env, "0.0.1")  # warm the page cache for both
         timed(relctl, relctl_env, "0.0.1")

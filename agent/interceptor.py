@@ -8,10 +8,11 @@ journal names the same caller as the audit trail.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -156,6 +157,21 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             arguments=call.arguments))
 
 
+@contextlib.contextmanager
+def _serving(access: AccessInterceptor, call: _Call, context: _Ctx) -> Iterator[None]:
+    """The caller in CALLER while the handler runs; the audit record when it ends, either way."""
+    token = CALLER.set(call.identity)
+    failed: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        failed = exc
+        raise
+    finally:
+        CALLER.reset(token)
+        access.finish(call, context, failed)
+
+
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
           access: AccessInterceptor) -> grpc.RpcMethodHandler[Any, Any]:
     """``handler`` with admission, the caller in CALLER, and the audit record around it."""
@@ -169,18 +185,10 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
         async def unary_unary(request: Message, context: _Ctx) -> Message:
             call = await access.admit(rpc, context)
             call.request(request)
-            token = CALLER.set(call.identity)
-            failed: BaseException | None = None
-            try:
+            with _serving(access, call, context):
                 response: Message = await inner_uu(request, context)
                 call.response(response)
                 return response
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                CALLER.reset(token)
-                access.finish(call, context, failed)
         return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
 
     if h.unary_stream is not None:
@@ -189,45 +197,31 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
         async def unary_stream(request: Message, context: _Ctx) -> AsyncIterator[Message]:
             call = await access.admit(rpc, context)
             call.request(request)
-            token = CALLER.set(call.identity)
-            failed: BaseException | None = None
-            try:
+            with _serving(access, call, context):
                 async for message in inner_us(request, context):
                     call.response(message)
                     yield message
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                CALLER.reset(token)
-                access.finish(call, context, failed)
         return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+
+    def watched(call: _Call, requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
+        async def first_recorded() -> AsyncIterator[Message]:
+            first = True
+            async for message in requests:
+                if first:  # an upload's header: the part of a stream worth auditing
+                    call.request(message)
+                    first = False
+                yield message
+        return first_recorded()
 
     if h.stream_unary is not None:
         inner_su = h.stream_unary
 
         async def stream_unary(requests: AsyncIterator[Message], context: _Ctx) -> Message:
             call = await access.admit(rpc, context)
-            token = CALLER.set(call.identity)
-            failed: BaseException | None = None
-
-            async def watched() -> AsyncIterator[Message]:
-                first = True
-                async for message in requests:
-                    if first:
-                        call.request(message)
-                        first = False
-                    yield message
-            try:
-                response: Message = await inner_su(watched(), context)
+            with _serving(access, call, context):
+                response: Message = await inner_su(watched(call, requests), context)
                 call.response(response)
                 return response
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                CALLER.reset(token)
-                access.finish(call, context, failed)
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
 
     inner_ss = h.stream_stream
@@ -235,15 +229,8 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
     async def stream_stream(requests: AsyncIterator[Message],
                             context: _Ctx) -> AsyncIterator[Message]:
         call = await access.admit(rpc, context)
-        token = CALLER.set(call.identity)
-        failed: BaseException | None = None
-        try:
-            async for message in inner_ss(requests, context):
+        with _serving(access, call, context):
+            async for message in inner_ss(watched(call, requests), context):
+                call.response(message)
                 yield message
-        except BaseException as exc:
-            failed = exc
-            raise
-        finally:
-            CALLER.reset(token)
-            access.finish(call, context, failed)
     return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)

@@ -111,6 +111,7 @@ class UnixFront:
         self._server: asyncio.AbstractServer | None = None
         self._relays: set[_Relay] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._bound = False
 
     @property
     def inner_address(self) -> str:
@@ -131,6 +132,7 @@ class UnixFront:
         sock = _bind(self.path, self._mode, self._gid)
         self._server = await asyncio.get_running_loop().create_unix_server(
             self._accepted, sock=sock)
+        self._bound = True
 
     def _accepted(self) -> _Relay:
         return _Accepted(self)
@@ -145,6 +147,7 @@ class UnixFront:
         raw = transport.get_extra_info("socket")
         self._count += 1
         name = f"{self._prefix}{self._count}"
+        inner_sock: socket.socket | None = None
         try:
             pid, uid, gid = _UCRED.unpack(raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                          _UCRED.size))
@@ -158,12 +161,17 @@ class UnixFront:
             await loop.create_unix_connection(lambda: inner, sock=inner_sock)
         except OSError as exc:
             log.warning("local connection dropped: cannot reach the gRPC server (%s)", exc)
+            if inner_sock is not None:
+                inner_sock.close()
             self._peers.pop(name, None)
             transport.close()
             self._relays.discard(outer)
             return
         inner.partner, outer.partner = outer, inner
         self._relays.add(inner)
+        if outer.closed.done():  # the caller left while we connected: nothing to relay
+            if inner.transport is not None:
+                inner.transport.close()
         transport.resume_reading()
         await asyncio.gather(outer.closed, inner.closed)
         self._peers.pop(name, None)
@@ -174,8 +182,10 @@ class UnixFront:
         """No new connections; the relayed ones go on until :meth:`stop`."""
         if self._server is not None:
             self._server.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._bound:  # only our own socket: never a file or another agent's socket
+            self._bound = False
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     async def stop(self) -> None:
         self.stop_accepting()

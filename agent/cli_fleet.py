@@ -36,7 +36,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 import click
@@ -46,7 +46,14 @@ from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
 from .cli import CliError, ExitCode, Settings, _table, open_channel
-from .cli_ops import _OUTCOME_EXIT, _OUTCOME_NAMES, UpgradeSpec, _rpc_error, upgrade_on
+from .cli_ops import (
+    _OUTCOME_EXIT,
+    _OUTCOME_NAMES,
+    UpgradeSpec,
+    _rpc_error,
+    file_digest,
+    upgrade_on,
+)
 
 SUCCEEDED = "succeeded"
 UP_TO_DATE = "up_to_date"
@@ -290,6 +297,8 @@ def _already_there(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: st
 def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int,
                   max_failures: int) -> NoReturn:
     """`relctl upgrade` with several agents: roll out, print the table, exit with the code."""
+    if spec.tarball is not None and spec.digest is None:  # hashed once, not once per agent
+        spec = replace(spec, digest=file_digest(spec.tarball))
     text = settings.output == "text"
     printer = _Printer(settings.agents)
 

@@ -165,27 +165,29 @@ def _finish_operation(settings: Settings, op: pb.Operation) -> None:
 
 # --- upload -----------------------------------------------------------------------------
 
-def _file_digest(path: Path) -> tuple[int, str]:
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of ``path``; CliError when it cannot be read."""
     import hashlib  # here, not at start-up: only uploads need it
 
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", ExitCode.USAGE) from None
     return size, digest.hexdigest()
 
 
 def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node: str,
            version: str, tarball: Path, *, say: Callable[[str], None] = click.echo,
-           bar: bool = True) -> str:
+           bar: bool = True, digest: tuple[int, str] | None = None) -> str:
     """Stream ``tarball`` to the agent; return its upload id. Text output goes through ``say``;
-    ``bar=False`` hides the progress bar (concurrent uploads would garble it)."""
-    try:
-        size, sha = _file_digest(tarball)
-    except OSError as exc:
-        raise CliError(f"cannot read {tarball}: {exc.strerror or exc}", ExitCode.USAGE) from None
+    ``bar=False`` hides the progress bar (concurrent uploads would garble it); ``digest`` is
+    the tarball's :func:`file_digest` when the caller has it already."""
+    size, sha = digest or file_digest(tarball)
     show = bar and settings.output == "text" and sys.stderr.isatty()
 
     def parts() -> Iterator[pb.UploadRequest]:
@@ -279,6 +281,7 @@ class UpgradeSpec:
     dry_run: bool = False
     health_timeout: float | None = None
     install_timeout: float | None = None
+    digest: tuple[int, str] | None = None  # file_digest(tarball), read once for every agent
 
 
 def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
@@ -287,7 +290,7 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
     """One agent's upgrade: upload the tarball (if any), then follow the Upgrade stream to the
     finished operation. Errors before the operation's end raise CliError."""
     upload_id = (upload(settings, stub, agent, settings.node, spec.version, spec.tarball,
-                        say=say, bar=bar) if spec.tarball else "")
+                        say=say, bar=bar, digest=spec.digest) if spec.tarball else "")
     events = stub.Upgrade(pb.UpgradeRequest(
         node=settings.node, version=spec.version, upload_id=upload_id,
         no_permanent=spec.no_permanent, dry_run=spec.dry_run,

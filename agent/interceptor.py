@@ -55,10 +55,11 @@ def _certificate(context: _Ctx) -> str:
 class _Call:
     """What the audit record of one call collects while it runs."""
 
-    def __init__(self, rpc: str, identity: Identity) -> None:
+    def __init__(self, rpc: str, identity: Identity, *, audited: bool | None = None) -> None:
         self.rpc = rpc
         self.identity = identity
-        self.audited = needs_audit(rpc)  # reads that got in are not recorded: skip the work
+        # Reads that got in are not recorded: skip the work. Refusals always are.
+        self.audited = needs_audit(rpc) if audited is None else audited
         self.started = time.time()
         self.node = ""
         self.arguments: dict[str, Any] = {}
@@ -122,17 +123,25 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
     # --- the parts each wrapped handler uses -----------------------------------------------
 
-    async def admit(self, rpc: str, context: _Ctx) -> _Call:
+    async def admit(self, rpc: str, context: _Ctx, request: Message | None = None) -> _Call:
+        """The call of an allowed caller; a refused one is audited (with its request, when
+        there is one before any stream) and aborted."""
         try:
             identity = self.identify(context)
             self._auth.authorize(identity, rpc)
         except AuthError as exc:
             who = exc.identity or Identity("anonymous", "", context.peer() or "unknown")
-            self._record(_Call(rpc, who), _CODES[exc.code].name, str(exc))
+            refused = _Call(rpc, who, audited=True)
+            if request is not None:
+                refused.request(request)
+            self._record(refused, _CODES[exc.code].name, str(exc))
             log.warning("refused %s from %s (%s): %s", rpc, who.peer, who.name, exc)
             await context.abort(_CODES[exc.code], str(exc), _ERROR_METADATA)
             raise  # abort raised already; this line is for the type checker
-        return _Call(rpc, identity)
+        call = _Call(rpc, identity)
+        if request is not None:
+            call.request(request)
+        return call
 
     def finish(self, call: _Call, context: _Ctx, failed: BaseException | None) -> None:
         if not call.audited:
@@ -140,7 +149,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         if failed is None:
             result, detail = "ok", call.detail
         else:
-            code = context.code() if hasattr(context, "code") else None
+            code = context.code()
             if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
                 result, detail = code.name, str(context.details() or "")
             else:
@@ -183,8 +192,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
         inner_uu = h.unary_unary
 
         async def unary_unary(request: Message, context: _Ctx) -> Message:
-            call = await access.admit(rpc, context)
-            call.request(request)
+            call = await access.admit(rpc, context, request)
             with _serving(access, call, context):
                 response: Message = await inner_uu(request, context)
                 call.response(response)
@@ -195,8 +203,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
         inner_us = h.unary_stream
 
         async def unary_stream(request: Message, context: _Ctx) -> AsyncIterator[Message]:
-            call = await access.admit(rpc, context)
-            call.request(request)
+            call = await access.admit(rpc, context, request)
             with _serving(access, call, context):
                 async for message in inner_us(request, context):
                     call.response(message)

@@ -111,6 +111,8 @@ def test_tcp_needs_a_token_and_a_role_and_every_refusal_is_audited(
         ("anonymous", "ListNodes", "UNAUTHENTICATED"),
     ]
     assert all(str(r["peer"]).startswith("ipv4:127.0.0.1:") for r in records)
+    # A refused call is recorded with what it asked for, as an accepted one is.
+    assert records[2]["arguments"] == {"version": "0.0.9"} == records[0]["arguments"]
     text = relctl("audit", agents=tcp)
     assert "PERMISSION_DENIED" in text.stdout and "dashboard" in text.stdout
     # No secret reaches the trail.

@@ -1,5 +1,5 @@
 """`python -m agent` runs the agent daemon (the same as `relctl-agent`)."""
 
-from .daemon import main
+from agent.daemon.app import main
 
 raise SystemExit(main())

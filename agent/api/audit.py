@@ -1,0 +1,135 @@
+"""The audit trail: one JSON object per line in ``state_dir/audit.jsonl``, appended and never
+rewritten, so that `tail -f` and log shippers can follow it.
+
+Each record: time, peer, identity, certificate, rpc, node, arguments (no secrets, no
+tarball bytes), result ("ok" or the status code), detail and operation id. A write that
+fails is logged as an error and does not fail the call: the journal still has the operation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("relctl.agent.api.audit")
+
+FILE_NAME = "audit.jsonl"
+_TAIL_BLOCK = 64 * 1024
+# Request fields never written, whatever the RPC: what could carry a secret or bulk data.
+_SECRET_FIELDS = frozenset({"token", "cookie", "password", "secret", "chunk"})
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    time: float
+    peer: str
+    identity: str
+    rpc: str
+    node: str
+    result: str                    # "ok" or the status code name, e.g. "PERMISSION_DENIED"
+    detail: str = ""
+    certificate: str = ""
+    operation_id: int = 0
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, line: str) -> AuditRecord:
+        raw = json.loads(line)
+        return cls(time=float(raw["time"]), peer=str(raw.get("peer", "")),
+                   identity=str(raw.get("identity", "")), rpc=str(raw.get("rpc", "")),
+                   node=str(raw.get("node", "")), result=str(raw.get("result", "")),
+                   detail=str(raw.get("detail", "")),
+                   certificate=str(raw.get("certificate", "")),
+                   operation_id=int(raw.get("operation_id", 0)),
+                   arguments=dict(raw.get("arguments", {})))
+
+
+def without_secrets(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    for key, value in arguments.items():
+        if key in _SECRET_FIELDS:
+            continue
+        clean[key] = without_secrets(value) if isinstance(value, Mapping) else value
+    return clean
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        # 0640: the operators' group may read it; nobody else (it names users and hosts).
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        self._file = os.fdopen(fd, "a+", encoding="utf-8")
+        if _ends_torn(fd):  # a crash mid-line: the next record starts on its own line
+            self._file.write("\n")
+            self._file.flush()
+        self._failed = False
+
+    def append(self, record: AuditRecord) -> None:
+        line = record.to_json() + "\n"
+        try:
+            with self._lock:
+                self._file.write(line)
+                self._file.flush()
+            self._failed = False
+        except OSError as exc:
+            if not self._failed:  # once per outage, not once per call
+                log.error("cannot write the audit trail %s: %s", self.path, exc)
+            self._failed = True
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def tail(self, limit: int, *, node: str | None = None) -> list[AuditRecord]:
+        """The last ``limit`` records (of ``node`` only, if given), newest first."""
+        found: list[AuditRecord] = []
+        for line in _lines_backwards(self.path):
+            try:
+                record = AuditRecord.from_json(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line after a crash: skip it, keep the rest
+            if node and record.node != node:
+                continue
+            found.append(record)
+            if len(found) >= limit:
+                break
+        return found
+
+
+def _ends_torn(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def _lines_backwards(path: Path) -> Iterator[str]:
+    """The file's lines from the last to the first, read in blocks from the end."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        f.seek(0, os.SEEK_END)
+        position = f.tell()
+        rest = b""
+        while position > 0:
+            size = min(_TAIL_BLOCK, position)
+            position -= size
+            f.seek(position)
+            block = f.read(size) + rest
+            lines = block.split(b"\n")
+            rest = lines[0]
+            for raw in reversed(lines[1:]):
+                if raw.strip():
+                    yield raw.decode("utf-8", "replace")
+        if rest.strip():
+            yield rest.decode("utf-8", "replace")

@@ -1,0 +1,244 @@
+"""Every gRPC call passes here first: who is calling (token, Unix uid, or anonymous on an
+insecure loopback listener), whether the role allows the RPC, and an audit record for each
+mutating call and each refused call.
+
+The identity is handed to the servicer through :data:`CALLER` (a context variable), so the
+journal names the same caller as the audit trail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from agent import __version__
+from relctl.v1 import AGENT_ERROR_METADATA
+from relctl.v1 import agent_pb2 as pb
+
+from .audit import AuditLog, AuditRecord, without_secrets
+from .auth import Authenticator, AuthError, Identity, needs_audit
+
+log = logging.getLogger("relctl.agent.access")
+
+CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("relctl_caller",
+                                                                          default=None)
+_ERROR_METADATA = ((AGENT_ERROR_METADATA, __version__),)
+_CODES = {"unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+          "permission_denied": grpc.StatusCode.PERMISSION_DENIED}
+
+_Ctx = grpc.aio.ServicerContext[Any, Any]
+# grpc peer -> (uid, where from) of a caller that came through the agent's Unix socket
+UnixCaller = Callable[[str], "tuple[int, str] | None"]
+
+
+def _is_unix(peer: str) -> bool:
+    return peer.startswith("unix:") or peer.startswith("unix-abstract:")
+
+
+def _certificate(context: _Ctx) -> str:
+    """The verified client certificate's subject (mTLS), or its common name."""
+    auth = context.auth_context()
+    for key in ("x509_subject", "x509_common_name"):
+        values = list(auth.get(key, ()))
+        if values:
+            return b", ".join(values).decode("utf-8", "replace")
+    return ""
+
+
+class _Call:
+    """What the audit record of one call collects while it runs."""
+
+    def __init__(self, rpc: str, identity: Identity, *, audited: bool | None = None) -> None:
+        self.rpc = rpc
+        self.identity = identity
+        # Reads that got in are not recorded: skip the work. Refusals always are.
+        self.audited = needs_audit(rpc) if audited is None else audited
+        self.started = time.time()
+        self.node = ""
+        self.arguments: dict[str, Any] = {}
+        self.detail = ""
+        self.operation_id = 0
+
+    def request(self, message: Message) -> None:
+        if not self.audited:
+            return
+        fields = MessageToDict(message, preserving_proto_field_name=True)
+        # An upload's header is the part worth keeping; its chunks are not.
+        fields = fields.get("header", fields)
+        self.node = str(fields.pop("node", "") or self.node)
+        self.arguments = without_secrets(fields)
+
+    def response(self, message: Message) -> None:
+        if not self.audited:
+            return
+        op: pb.Operation | None = None
+        if isinstance(message, pb.OperationResult):
+            op = message.operation
+        elif isinstance(message, pb.ProgressEvent):
+            self.operation_id = self.operation_id or message.operation_id
+            if message.HasField("finished"):
+                op = message.finished
+        elif isinstance(message, pb.UploadResponse):
+            self.detail = (f"upload {message.upload_id}: {message.release_name} "
+                           f"{message.version}, {message.size} bytes")
+        if op is not None and op.id:
+            self.operation_id = op.id
+            self.node = op.node or self.node
+            outcome = pb.Outcome.Name(op.outcome).removeprefix("OUTCOME_").lower()
+            self.detail = f"operation {op.id}: {outcome}" + (f": {op.error}" if op.error else "")
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator, audit: AuditLog | None,
+                 unix_caller: UnixCaller = lambda peer: None) -> None:
+        self._auth = authenticator
+        self._audit = audit
+        self._unix_caller = unix_caller
+
+    def identify(self, context: _Ctx) -> Identity:
+        peer = context.peer() or "unknown"
+        if _is_unix(peer):
+            found = self._unix_caller(peer)
+            return self._auth.from_unix_peer(*(found or (None, peer)))
+        return self._auth.from_token(
+            [(k, v) for k, v in (context.invocation_metadata() or ())], peer,
+            _certificate(context))
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        rpc = str(details.method).rsplit("/", 1)[-1]
+        return _wrap(handler, rpc, self)
+
+    # --- the parts each wrapped handler uses -----------------------------------------------
+
+    async def admit(self, rpc: str, context: _Ctx, request: Message | None = None) -> _Call:
+        """The call of an allowed caller; a refused one is audited (with its request, when
+        there is one before any stream) and aborted."""
+        try:
+            identity = self.identify(context)
+            self._auth.authorize(identity, rpc)
+        except AuthError as exc:
+            who = exc.identity or Identity("anonymous", "", context.peer() or "unknown")
+            refused = _Call(rpc, who, audited=True)
+            if request is not None:
+                refused.request(request)
+            self._record(refused, _CODES[exc.code].name, str(exc))
+            log.warning("refused %s from %s (%s): %s", rpc, who.peer, who.name, exc)
+            await context.abort(_CODES[exc.code], str(exc), _ERROR_METADATA)
+            raise  # abort raised already; this line is for the type checker
+        call = _Call(rpc, identity)
+        if request is not None:
+            call.request(request)
+        return call
+
+    def finish(self, call: _Call, context: _Ctx, failed: BaseException | None) -> None:
+        if not call.audited:
+            return
+        if failed is None:
+            result, detail = "ok", call.detail
+        else:
+            code = context.code()
+            if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
+                result, detail = code.name, str(context.details() or "")
+            else:
+                result, detail = "CANCELLED", "the client went away"
+        self._record(call, result, detail)
+
+    def _record(self, call: _Call, result: str, detail: str) -> None:
+        if self._audit is None:
+            return
+        self._audit.append(AuditRecord(
+            time=call.started, peer=call.identity.peer, identity=call.identity.name,
+            certificate=call.identity.certificate, rpc=call.rpc, node=call.node,
+            result=result, detail=detail, operation_id=call.operation_id,
+            arguments=call.arguments))
+
+
+@contextlib.contextmanager
+def _serving(access: AccessInterceptor, call: _Call, context: _Ctx) -> Iterator[None]:
+    """The caller in CALLER while the handler runs; the audit record when it ends, either way."""
+    token = CALLER.set(call.identity)
+    failed: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        failed = exc
+        raise
+    finally:
+        CALLER.reset(token)
+        access.finish(call, context, failed)
+
+
+def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
+          access: AccessInterceptor) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with admission, the caller in CALLER, and the audit record around it."""
+    h: Any = handler  # grpc's stubs type the sync handlers only
+    kw = {"request_deserializer": h.request_deserializer,
+          "response_serializer": h.response_serializer}
+
+    if h.unary_unary is not None:
+        inner_uu = h.unary_unary
+
+        async def unary_unary(request: Message, context: _Ctx) -> Message:
+            call = await access.admit(rpc, context, request)
+            with _serving(access, call, context):
+                response: Message = await inner_uu(request, context)
+                call.response(response)
+                return response
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+
+    if h.unary_stream is not None:
+        inner_us = h.unary_stream
+
+        async def unary_stream(request: Message, context: _Ctx) -> AsyncIterator[Message]:
+            call = await access.admit(rpc, context, request)
+            with _serving(access, call, context):
+                async for message in inner_us(request, context):
+                    call.response(message)
+                    yield message
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+
+    def watched(call: _Call, requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
+        async def first_recorded() -> AsyncIterator[Message]:
+            first = True
+            async for message in requests:
+                if first:  # an upload's header: the part of a stream worth auditing
+                    call.request(message)
+                    first = False
+                yield message
+        return first_recorded()
+
+    if h.stream_unary is not None:
+        inner_su = h.stream_unary
+
+        async def stream_unary(requests: AsyncIterator[Message], context: _Ctx) -> Message:
+            call = await access.admit(rpc, context)
+            with _serving(access, call, context):
+                response: Message = await inner_su(watched(call, requests), context)
+                call.response(response)
+                return response
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
+
+    inner_ss = h.stream_stream
+
+    async def stream_stream(requests: AsyncIterator[Message],
+                            context: _Ctx) -> AsyncIterator[Message]:
+        call = await access.admit(rpc, context)
+        with _serving(access, call, context):
+            async for message in inner_ss(watched(call, requests), context):
+                call.response(message)
+                yield message
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)

@@ -1,0 +1,118 @@
+"""Agent values as relctl.v1 messages (protobuf only; no grpc here)."""
+
+from __future__ import annotations
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent.nodes.link import NodeState, PingResult
+from agent.operations.journal import OperationRecord, StepRecord
+from agent.operations.runner import Progress
+from agent.release.releases import Release
+from relctl.v1 import agent_pb2 as pb
+
+_STATUS = {
+    "permanent": pb.RELEASE_STATUS_PERMANENT,
+    "current": pb.RELEASE_STATUS_CURRENT,
+    "old": pb.RELEASE_STATUS_OLD,
+    "unpacked": pb.RELEASE_STATUS_UNPACKED,
+}
+_KIND = {
+    "upload": pb.OPERATION_KIND_UPLOAD,
+    "unpack": pb.OPERATION_KIND_UNPACK,
+    "check_install": pb.OPERATION_KIND_CHECK_INSTALL,
+    "install": pb.OPERATION_KIND_INSTALL,
+    "make_permanent": pb.OPERATION_KIND_MAKE_PERMANENT,
+    "remove": pb.OPERATION_KIND_REMOVE,
+    "upgrade": pb.OPERATION_KIND_UPGRADE,
+    "downgrade": pb.OPERATION_KIND_DOWNGRADE,
+    "reload_config": pb.OPERATION_KIND_RELOAD_CONFIG,
+}
+_OUTCOME = {
+    "running": pb.OUTCOME_RUNNING,
+    "succeeded": pb.OUTCOME_SUCCEEDED,
+    "failed_unchanged": pb.OUTCOME_FAILED_UNCHANGED,
+    "rolled_back": pb.OUTCOME_ROLLED_BACK,
+    "failed": pb.OUTCOME_FAILED,
+    "interrupted": pb.OUTCOME_INTERRUPTED,
+    "dry_run": pb.OUTCOME_DRY_RUN,
+}
+_CHANGE_KIND = {
+    "added": pb.CONFIG_CHANGE_KIND_ADDED,
+    "changed": pb.CONFIG_CHANGE_KIND_CHANGED,
+    "removed": pb.CONFIG_CHANGE_KIND_REMOVED,
+}
+_STEP_STATE = {
+    "running": pb.STEP_STATE_RUNNING,
+    "succeeded": pb.STEP_STATE_SUCCEEDED,
+    "failed": pb.STEP_STATE_FAILED,
+    "skipped": pb.STEP_STATE_SKIPPED,
+}
+
+
+def timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def release_message(rel: Release) -> pb.Release:
+    return pb.Release(name=rel.name, version=rel.version, status=_STATUS[rel.status],
+                      running=rel.running, applications=rel.applications)
+
+
+def node_message(state: NodeState) -> pb.NodeStatus:
+    msg = pb.NodeStatus(node=state.name, up=state.up, error=state.error,
+                        since=timestamp(state.since))
+    if state.refreshed_at is not None:
+        msg.refreshed_at.CopyFrom(timestamp(state.refreshed_at))
+    if state.up:
+        msg.releases.extend(release_message(r) for r in state.releases)
+    return msg
+
+
+def ping_message(result: PingResult) -> pb.NodePing:
+    msg = pb.NodePing(node=result.name, up=result.up, error=result.error)
+    if result.round_trip is not None:
+        msg.round_trip.CopyFrom(duration(result.round_trip))
+    return msg
+
+
+def step_message(step: StepRecord) -> pb.Step:
+    msg = pb.Step(name=step.name, state=_STEP_STATE.get(step.state, pb.STEP_STATE_UNSPECIFIED),
+                  started_at=timestamp(step.started_at), detail=step.detail)
+    if step.duration is not None:
+        msg.duration.CopyFrom(duration(step.duration))
+    return msg
+
+
+def operation_message(op: OperationRecord) -> pb.Operation:
+    msg = pb.Operation(
+        id=op.id, node=op.node, kind=_KIND.get(op.kind, pb.OPERATION_KIND_UNSPECIFIED),
+        from_version=op.from_version, to_version=op.to_version, requested_by=op.requested_by,
+        started_at=timestamp(op.started_at),
+        outcome=_OUTCOME.get(op.outcome, pb.OUTCOME_UNSPECIFIED), error=op.error,
+        steps=[step_message(s) for s in op.steps],
+        releases_after=[pb.Release(name=r.name, version=r.version,
+                                   status=_STATUS.get(r.status, pb.RELEASE_STATUS_UNSPECIFIED))
+                        for r in op.releases_after],
+        config_changes=[pb.ConfigChange(
+            application=c.application, key=c.key,
+            kind=_CHANGE_KIND.get(c.kind, pb.CONFIG_CHANGE_KIND_UNSPECIFIED),
+            old_value=c.old_value, new_value=c.new_value) for c in op.config_changes])
+    if op.finished_at is not None:
+        msg.finished_at.CopyFrom(timestamp(op.finished_at))
+    return msg
+
+
+def progress_message(event: Progress) -> pb.ProgressEvent:
+    if event.finished is not None:
+        return pb.ProgressEvent(operation_id=event.op_id, finished=operation_message(event.finished))
+    assert event.step is not None
+    return pb.ProgressEvent(operation_id=event.op_id, step=step_message(event.step))

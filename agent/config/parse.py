@@ -1,0 +1,456 @@
+"""The agent's configuration file (TOML), read and checked in one place.
+
+Every mistake is reported before anything starts, with the file, the key and the reason
+(`agent.toml: nodes[0].name: ...`). Unknown keys are errors too: a typo must not silently
+fall back to a default. Cookies are read here and kept out of every repr.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.api.auth import Token
+from agent.errors import ConfigError
+from agent.release.hooks import DEFAULT_TIMEOUT, FAIL, ON_FAILURE, WHEN, Hook
+from bridge import Atom
+
+from .access import (
+    DEFAULT_SOCKET,
+    ApiTls,
+    UnixAddress,
+    check_listeners,
+    parse_tls,
+    parse_tokens,
+    parse_unix,
+    socket_gid,
+    socket_mode,
+)
+from .dist_tls import DistributionTls, parse_distribution_tls
+from .secrets import read_secret, secret_source
+
+DEFAULT_LISTEN = f"unix:{DEFAULT_SOCKET}"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9568"
+DEFAULT_STATE_DIR = "/var/lib/relctl"
+DEFAULT_EPMD_PORT = 4369
+
+
+@dataclass(frozen=True)
+class Address:
+    """A TCP listen address; ``host`` is bare (no brackets for IPv6)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+Endpoint = Address | UnixAddress
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    cookie_file: Path
+    cookie: str = field(repr=False)
+    epmd_port: int = DEFAULT_EPMD_PORT
+    health_probes: tuple[tuple[str, str], ...] = ()  # (module, function): must return ok
+    health_soak: float = 0.0        # seconds the probes must keep passing after an install
+    install_timeout: float = 300.0  # install_release may run a long code_change
+    hooks: tuple[Hook, ...] = ()    # [[nodes.hooks]], in file order
+
+
+# Short-lived helper nodes, not services: remote shells and rpc of the mix and relx start
+# scripts, erl_call, and relctl itself.
+DEFAULT_DISCOVERY_EXCLUDE = ("rem-*", "remsh*", "rpc-*", "erl_call*", "erlcall*",
+                             "maint_*", "relctl*")
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """[discovery]: used when the config has no [[nodes]]."""
+
+    path: Path                      # the config file, for error messages
+    host: str                       # the host part of the discovered node names
+    epmd_port: int = DEFAULT_EPMD_PORT
+    cookie_file: Path | None = None  # the default cookie; None: only cookie_dir's
+    cookie: str | None = field(default=None, repr=False)
+    cookie_dir: Path | None = None  # per-node cookies: cookie_dir/ALIVE
+    exclude: tuple[str, ...] = DEFAULT_DISCOVERY_EXCLUDE  # fnmatch patterns on ALIVE
+    interval: float = 15.0          # seconds between two looks at EPMD
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path
+    listen: tuple[Endpoint, ...]
+    metrics_listen: Address | None  # None: /metrics disabled
+    state_dir: Path
+    nodes: tuple[NodeConfig, ...]
+    refresh_interval: float = 15.0   # seconds between which_releases refreshes of an up node
+    rpc_timeout: float = 30.0        # default for read RPCs to a node
+    connect_timeout: float = 5.0
+    reconnect_max_delay: float = 30.0  # cap of the reconnect backoff
+    shutdown_grace: float = 5.0      # how long running gRPC calls may finish on SIGTERM
+    operations_grace: float = 120.0  # how long a running upgrade may finish on SIGTERM
+    max_upload_bytes: int = 2 * 1024**3
+    discovery: DiscoveryConfig | None = None  # set when [[nodes]] is omitted
+    tokens: tuple[Token, ...] = ()
+    tls: ApiTls | None = None        # [agent.tls]: TLS on the TCP listeners
+    insecure_no_auth: bool = False   # loopback TCP without tokens (tests, demos)
+    socket_mode: int = 0o660
+    socket_gid: int | None = None    # group of the Unix socket; None: the agent's
+    distribution_tls: DistributionTls | None = None  # [distribution_tls]: TLS to every node
+
+
+_AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
+    "listen": (str, list),
+    "socket_group": str,
+    "socket_mode": int,
+    "insecure_no_auth": bool,
+    "tls": dict,
+    "metrics_listen": str,
+    "state_dir": str,
+    "refresh_interval": (int, float),
+    "rpc_timeout": (int, float),
+    "connect_timeout": (int, float),
+    "reconnect_max_delay": (int, float),
+    "shutdown_grace": (int, float),
+    "operations_grace": (int, float),
+    "max_upload_bytes": int,
+}
+_NODE_KEYS: Mapping[str, type | tuple[type, ...]] = {
+    "name": str,
+    "cookie_file": str,
+    "cookie_credential": str,
+    "epmd_port": int,
+    "health_probes": list,
+    "health_soak": (int, float),
+    "install_timeout": (int, float),
+    "hooks": list,
+}
+_HOOK_KEYS: Mapping[str, type | tuple[type, ...]] = {
+    "name": str,
+    "when": str,
+    "call": str,
+    "args": list,
+    "timeout": (int, float),
+    "on_failure": str,
+}
+_DISCOVERY_KEYS: Mapping[str, type | tuple[type, ...]] = {
+    "host": str,
+    "epmd_port": int,
+    "cookie_file": str,
+    "cookie_credential": str,
+    "cookie_dir": str,
+    "exclude": list,
+    "interval": (int, float),
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", (int, float): "a number",
+               list: "an array", bool: "true or false", dict: "a table",
+               (str, list): "a string or an array of strings"}
+
+
+def parse_address(text: str, *, path: str, key: str) -> Address:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(path, key, f"{text!r} is not HOST:PORT (for example \"127.0.0.1:7079\")")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(path, key, f"{text!r}: port {port_text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(path, key, f"{text!r}: port {port} is outside 1-65535")
+    return Address(host, port)
+
+
+def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, type | tuple[type, ...]],
+                *, path: str, prefix: str) -> None:
+    for key, value in table.items():
+        expected = allowed.get(key)
+        if expected is None:
+            known = ", ".join(sorted(allowed))
+            raise ConfigError(path, prefix + key, f"unknown key (known keys: {known})")
+        # bool is an int in Python; a TOML true is never a number or a port here.
+        if (isinstance(value, bool) != (expected is bool)) or not isinstance(value, expected):
+            raise ConfigError(path, prefix + key,
+                              f"must be {_TYPE_NAMES[expected]}, not {type(value).__name__}")
+
+
+def _positive(table: Mapping[str, Any], key: str, default: float, *, path: str) -> float:
+    value = float(table.get(key, default))
+    if value <= 0:
+        raise ConfigError(path, f"agent.{key}", f"must be greater than 0, not {value:g}")
+    return value
+
+
+def read_cookie(cookie_file: Path, *, path: str, key: str) -> str:
+    return read_secret(cookie_file, "cookie file", path=path, key=key)
+
+
+# A hook's name is part of its step name ("post_install:NAME"): keep it short and plain.
+_HOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# An atom written bare in "module:function": no quotes (they would become part of the name)
+# and nothing that reads as call syntax.
+_CALL_ATOM = re.compile(r"[^\s:()/,'\"]{1,255}")
+_ARG_KINDS = ('a string (passed as a binary), an integer, a float, true/false, '
+              '{atom = "name"} or {charlist = "text"}')
+
+
+def _hook_arg(value: Any, *, path: str, key: str) -> Any:
+    """A TOML value as the Erlang term the hook receives."""
+    if isinstance(value, bool | int):
+        return value  # true/false travel as the atoms
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(path, key, f"{value} has no Erlang form (Erlang floats are finite)")
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")  # Elixir strings and modern Erlang APIs take binaries
+    if isinstance(value, dict) and len(value) == 1:
+        [(kind, text)] = value.items()
+        if kind == "atom" and isinstance(text, str):
+            if len(text) > 255:
+                raise ConfigError(path, key, "an atom has at most 255 characters")
+            return Atom(text)
+        if kind == "charlist" and isinstance(text, str):
+            return text  # the bridge sends a str as an Erlang string (a list of characters)
+    raise ConfigError(path, key, f"{value!r} is not a hook argument: use {_ARG_KINDS}")
+
+
+def _hook(table: Any, key: str, *, path: str) -> Hook:
+    if not isinstance(table, dict):
+        raise ConfigError(path, key, "must be a table ([[nodes.hooks]])")
+    _check_keys(table, _HOOK_KEYS, path=path, prefix=key + ".")
+    for required in ("name", "when", "call"):
+        if required not in table:
+            raise ConfigError(path, f"{key}.{required}", "is required")
+    name: str = table["name"]
+    if not _HOOK_NAME.fullmatch(name):
+        raise ConfigError(path, f"{key}.name", f"{name!r} is not a hook name: 1 to 64 letters, "
+                                               "digits, '-', '_' or '.' (it names the step)")
+    when: str = table["when"]
+    if when not in WHEN:
+        raise ConfigError(path, f"{key}.when", f"{when!r} is not one of "
+                                               + ", ".join(f'"{w}"' for w in WHEN))
+    call: str = table["call"]
+    module, colon, function = call.partition(":")
+    if not (colon and _CALL_ATOM.fullmatch(module) and _CALL_ATOM.fullmatch(function)):
+        raise ConfigError(path, f"{key}.call", f"{call!r} is not \"module:function\" (arguments "
+                                               "go in args = [...]; an Elixir module keeps its "
+                                               "prefix: \"Elixir.MyApp.Hooks:clear_cache\")")
+    timeout = float(table.get("timeout", DEFAULT_TIMEOUT))
+    if not (0 < timeout < math.inf):
+        raise ConfigError(path, f"{key}.timeout", "must be a positive number of seconds")
+    on_failure: str = table.get("on_failure", FAIL)
+    if on_failure not in ON_FAILURE:
+        raise ConfigError(path, f"{key}.on_failure", f"{on_failure!r} is not one of "
+                                                     + ", ".join(f'"{o}"' for o in ON_FAILURE))
+    args = tuple(_hook_arg(value, path=path, key=f"{key}.args[{i}]")
+                 for i, value in enumerate(table.get("args", [])))
+    return Hook(name=name, when=when, module=module, function=function, args=args,
+                timeout=timeout, on_failure=on_failure)
+
+
+def _hooks(tables: list[Any], prefix: str, *, path: str) -> tuple[Hook, ...]:
+    hooks: list[Hook] = []
+    for i, table in enumerate(tables):
+        hook = _hook(table, f"{prefix}hooks[{i}]", path=path)
+        if any(h.step == hook.step for h in hooks):
+            # Steps are told apart by name in the journal.
+            raise ConfigError(path, f"{prefix}hooks[{i}].name",
+                              f"a {hook.when} hook named {hook.name!r} is configured twice")
+        hooks.append(hook)
+    return tuple(hooks)
+
+
+def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
+    prefix = f"nodes[{index}]."
+    if not isinstance(table, dict):
+        raise ConfigError(path, f"nodes[{index}]", "must be a table ([[nodes]])")
+    _check_keys(table, _NODE_KEYS, path=path, prefix=prefix)
+    if "name" not in table:
+        raise ConfigError(path, prefix + "name", "is required")
+    name: str = table["name"]
+    alive, at, host = name.partition("@")
+    if not (alive and at and host) or "@" in host:
+        raise ConfigError(path, prefix + "name", f"{name!r} is not a node name like \"app@host\"")
+    epmd_port: int = table.get("epmd_port", DEFAULT_EPMD_PORT)
+    if not 0 < epmd_port < 65536:
+        raise ConfigError(path, prefix + "epmd_port", f"{epmd_port} is outside 1-65535")
+    source = secret_source(table, file_key="cookie_file", credential_key="cookie_credential",
+                           base=base, path=path, prefix=prefix)
+    if source is None:
+        raise ConfigError(path, prefix + "cookie_file", "is required (or cookie_credential = "
+                                                        "\"NAME\" for a systemd credential)")
+    cookie_file, cookie_key = source
+    cookie = read_cookie(cookie_file, path=path, key=cookie_key)
+    probes = []
+    for i, probe in enumerate(table.get("health_probes", [])):
+        module, colon, function = str(probe).partition(":")
+        function = function.removesuffix("/0").removesuffix("()")
+        if not (isinstance(probe, str) and colon and module and function):
+            raise ConfigError(path, f"{prefix}health_probes[{i}]",
+                              f"{probe!r} is not \"module:function\" (a function of no "
+                              "arguments that returns ok)")
+        probes.append((module, function))
+    soak = float(table.get("health_soak", 0.0))
+    install_timeout = float(table.get("install_timeout", 300.0))
+    if soak < 0 or install_timeout <= 0:
+        key = "health_soak" if soak < 0 else "install_timeout"
+        raise ConfigError(path, prefix + key, "must be a positive number of seconds")
+    return NodeConfig(name=name, cookie_file=cookie_file, cookie=cookie, epmd_port=epmd_port,
+                      health_probes=tuple(probes), health_soak=soak,
+                      install_timeout=install_timeout,
+                      hooks=_hooks(table.get("hooks", []), prefix, path=path))
+
+
+def load_config(file: str | Path) -> AgentConfig:
+    """Read and check the agent's config; raises ConfigError naming file, key and reason."""
+    path = Path(file)
+    where = str(path)
+    try:
+        raw = tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(where, "", "file not found; pass --config PATH") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(where, "", f"not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(where, "", f"cannot read: {exc}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
+    where = str(path)
+    unknown = sorted(set(raw) - {"agent", "nodes", "discovery", "tokens", "distribution_tls"})
+    if unknown:
+        raise ConfigError(where, unknown[0],
+                          "unknown table (known: [agent], [[nodes]], [discovery], [[tokens]], "
+                          "[distribution_tls])")
+    agent = raw.get("agent", {})
+    if not isinstance(agent, dict):
+        raise ConfigError(where, "agent", "must be a table ([agent])")
+    _check_keys(agent, _AGENT_KEYS, path=where, prefix="agent.")
+    # Relative paths in the file are relative to the file, not to wherever the agent started.
+    base = path.resolve().parent
+
+    listen = _listen(agent.get("listen", DEFAULT_LISTEN), path=where)
+    tokens = parse_tokens(raw.get("tokens", []), path=where, base=base)
+    tls = parse_tls(agent["tls"], path=where, base=base) if "tls" in agent else None
+    insecure_no_auth = bool(agent.get("insecure_no_auth", False))
+    check_listeners(listen, tokens=tokens, tls=tls, insecure_no_auth=insecure_no_auth,
+                    path=where)
+    metrics_text = agent.get("metrics_listen", DEFAULT_METRICS_LISTEN)
+    metrics = (parse_address(metrics_text, path=where, key="agent.metrics_listen")
+               if metrics_text else None)
+    state_dir = base / Path(agent.get("state_dir", DEFAULT_STATE_DIR)).expanduser()
+
+    nodes_raw = raw.get("nodes", [])
+    if not isinstance(nodes_raw, list):
+        raise ConfigError(where, "nodes", "must be an array of tables ([[nodes]])")
+    nodes = tuple(_node(t, i, path=where, base=base) for i, t in enumerate(nodes_raw))
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        if node.name in seen:
+            raise ConfigError(where, f"nodes[{i}].name", f"{node.name} is configured twice")
+        seen.add(node.name)
+    if nodes and "discovery" in raw:
+        raise ConfigError(where, "discovery", "applies only without [[nodes]]: list the nodes, "
+                                              "or remove [[nodes]] to discover them through EPMD")
+    discovery = None if nodes else _discovery(raw.get("discovery", {}), path=where, base=base)
+
+    return AgentConfig(
+        path=path,
+        listen=listen,
+        metrics_listen=metrics,
+        state_dir=state_dir,
+        nodes=nodes,
+        refresh_interval=_positive(agent, "refresh_interval", 15.0, path=where),
+        rpc_timeout=_positive(agent, "rpc_timeout", 30.0, path=where),
+        connect_timeout=_positive(agent, "connect_timeout", 5.0, path=where),
+        reconnect_max_delay=_positive(agent, "reconnect_max_delay", 30.0, path=where),
+        shutdown_grace=_positive(agent, "shutdown_grace", 5.0, path=where),
+        operations_grace=_positive(agent, "operations_grace", 120.0, path=where),
+        max_upload_bytes=int(_positive(agent, "max_upload_bytes", 2 * 1024**3, path=where)),
+        discovery=discovery,
+        tokens=tokens,
+        tls=tls,
+        insecure_no_auth=insecure_no_auth,
+        socket_mode=socket_mode(agent, path=where),
+        socket_gid=socket_gid(agent, path=where),
+        distribution_tls=(parse_distribution_tls(raw["distribution_tls"], path=where, base=base)
+                          if "distribution_tls" in raw else None),
+    )
+
+
+def _listen(value: str | list[Any], *, path: str) -> tuple[Endpoint, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not items or not all(isinstance(v, str) and v for v in items):
+        raise ConfigError(path, "agent.listen", "must be an address or an array of addresses "
+                                                "(\"unix:PATH\" or \"HOST:PORT\")")
+    found: list[Endpoint] = []
+    for i, text in enumerate(items):
+        key = "agent.listen" if isinstance(value, str) else f"agent.listen[{i}]"
+        address: Endpoint = (parse_unix(text, path=path, key=key) if text.startswith("unix:")
+                             else parse_address(text, path=path, key=key))
+        if address in found:
+            raise ConfigError(path, key, f"{address} is listed twice")
+        found.append(address)
+    return tuple(found)
+
+
+def _discovery(table: Any, *, path: str, base: Path) -> DiscoveryConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(path, "discovery", "must be a table ([discovery])")
+    _check_keys(table, _DISCOVERY_KEYS, path=path, prefix="discovery.")
+    host = table.get("host") or socket.gethostname().split(".")[0]
+    if not host or "@" in host or any(ch.isspace() for ch in host):
+        raise ConfigError(path, "discovery.host", f"{host!r} is not a host name")
+    epmd_port = table.get("epmd_port", DEFAULT_EPMD_PORT)
+    if not 0 < epmd_port < 65536:
+        raise ConfigError(path, "discovery.epmd_port", f"{epmd_port} is not a TCP port")
+    cookie_dir = (base / Path(table["cookie_dir"]).expanduser()) if "cookie_dir" in table else None
+    if cookie_dir is not None and not cookie_dir.is_dir():
+        raise ConfigError(path, "discovery.cookie_dir", f"{cookie_dir} is not a directory")
+    # Like erl itself: without a cookie file named, the agent user's ~/.erlang.cookie. When
+    # that is missing too, only cookie_dir's nodes are managed (the agent says so at start).
+    source = secret_source(table, file_key="cookie_file", credential_key="cookie_credential",
+                           base=base, path=path, prefix="discovery.")
+    cookie_file: Path | None
+    if source is not None:
+        cookie_file, cookie_key = source
+    else:
+        cookie_file, cookie_key = Path("~/.erlang.cookie").expanduser(), "discovery.cookie_file"
+        if not cookie_file.exists():
+            cookie_file = None
+    cookie = (read_cookie(cookie_file, path=path, key=cookie_key)
+              if cookie_file is not None else None)
+    exclude = table.get("exclude", list(DEFAULT_DISCOVERY_EXCLUDE))
+    if not all(isinstance(p, str) and p for p in exclude):
+        raise ConfigError(path, "discovery.exclude", "must be an array of name patterns "
+                                                     '(e.g. ["rpc-*", "remsh*"])')
+    interval = float(table.get("interval", 15.0))
+    if interval <= 0:
+        raise ConfigError(path, "discovery.interval", "must be a positive number of seconds")
+    return DiscoveryConfig(path=Path(path), host=host, epmd_port=epmd_port,
+                           cookie_file=cookie_file, cookie=cookie, cookie_dir=cookie_dir,
+                           exclude=tuple(exclude), interval=interval)

@@ -1,0 +1,89 @@
+"""The Unix socket front: the caller's uid reaches the servicer through grpc's peer string, the
+socket is set up safely, and nothing stays behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.api.unix_front import SocketError, UnixFront
+from relctl.v1 import agent_pb2 as pb
+from relctl.v1 import agent_pb2_grpc
+
+
+class _Peers(agent_pb2_grpc.AgentServicer):
+    def __init__(self, front: UnixFront) -> None:
+        self.front = front
+        self.seen: list[tuple[str, tuple[int, str] | None]] = []
+
+    async def ListNodes(self, request: pb.ListNodesRequest,
+                        context: grpc.aio.ServicerContext) -> pb.ListNodesResponse:
+        self.seen.append((context.peer(), self.front.caller(context.peer())))
+        return pb.ListNodesResponse()
+
+
+async def test_callers_are_named_by_uid_and_forgotten_when_they_leave(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+    front = UnixFront(path, mode=0o660)
+    server = grpc.aio.server()
+    servicer = _Peers(front)
+    agent_pb2_grpc.add_AgentServicer_to_server(servicer, server)
+    server.add_insecure_port(front.inner_address)
+    await server.start()
+    await front.start()
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        for _ in range(2):
+            async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
+                await agent_pb2_grpc.AgentStub(channel).ListNodes(pb.ListNodesRequest())
+        (peer1, found1), (peer2, found2) = servicer.seen
+        assert peer1.startswith("unix-abstract:relctl-") and peer1 != peer2
+        assert found1 is not None and found1[0] == os.getuid()
+        assert found1[1].startswith(f"unix:{path} (pid ")
+        # The private socket, reached directly, names nobody: the interceptor refuses it.
+        async with grpc.aio.insecure_channel(front.inner_address) as channel:
+            await agent_pb2_grpc.AgentStub(channel).ListNodes(pb.ListNodesRequest())
+        assert servicer.seen[2][1] is None
+        assert front.caller("ipv4:127.0.0.1:1") is None
+    finally:
+        front.stop_accepting()
+        await server.stop(0)
+        await front.stop()
+    assert not path.exists()
+    assert not Path(front.inner_address.removeprefix("unix:")).parent.exists()
+    assert front.caller(peer1) is None  # forgotten once the connection ended
+
+
+async def test_a_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # left behind by an agent that died
+    first = UnixFront(path)
+    await first.start()
+    try:
+        second = UnixFront(path)
+        with pytest.raises(SocketError, match="another process listens on .*another agent"):
+            await second.start()
+        await second.stop()
+    finally:
+        await first.stop()
+
+
+async def test_socket_mistakes_say_what_to_fix(tmp_path: Path) -> None:
+    plain = tmp_path / "not-a-socket"
+    plain.write_text("x")
+    front = UnixFront(plain)
+    with pytest.raises(SocketError, match="exists and is not a socket"):
+        await front.start()
+    await front.stop()
+    assert plain.exists()  # never deleted: it was not ours
+    missing = UnixFront(tmp_path / "no-such-dir" / "agent.sock")
+    with pytest.raises(SocketError, match="does not exist .*RuntimeDirectory=relctl"):
+        await missing.start()
+    await missing.stop()

@@ -1,5 +1,5 @@
 """`python -m agent` runs the agent daemon (the same as `relctl-agent`)."""
 
-from agent.daemon.app import main
+from agent.daemon.main import main
 
 raise SystemExit(main())

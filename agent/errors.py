@@ -1,6 +1,17 @@
 """The agent's errors, split by who is at fault, each naming what went wrong and what to do.
 
-The gRPC servicer maps them to status codes; nothing below it knows about gRPC.
+    AgentError
+    ├── ConfigError        the operator's config file
+    ├── RequestError       the caller: NotFound (UnknownNode), AuthError (api), TarballError,
+    │                      UploadRefused (release, operations)
+    ├── Conflict           another operation holds the node: OperationInProgress
+    ├── NodeUnavailable    the node or the network: NodeDown, NodeTimeout
+    ├── NodeFault          the node answered what the agent cannot use: UnexpectedReply
+    └── HostError          the agent's own host (disk, sockets): StartupError, SocketError,
+                           JournalError
+
+Subclasses live with the package that raises them. The gRPC servicer maps them to status
+codes; nothing below it knows about gRPC.
 """
 
 from __future__ import annotations
@@ -60,6 +71,14 @@ class NodeDown(NodeUnavailable):
     def __init__(self, node: str, reason: str) -> None:
         self.reason = reason
         super().__init__(node, f"node {node} is down: {reason}")
+
+
+class NodeFault(AgentError):
+    """The node answered, but not in a form the agent can use (the node's fault)."""
+
+
+class HostError(AgentError):
+    """The agent's own host failed it: a file, a directory or a socket (the host's fault)."""
 
 
 class NodeTimeout(NodeUnavailable):

@@ -1,8 +1,8 @@
 """The .rel file, read without Erlang: a small parser for the one term it holds.
 
 Used where no node is at hand: the agent checks an uploaded tarball before anything of it
-reaches a node, and `relctl make-relup` finds the releases in a build. Standard library only
-(it is part of the `relctl` client), bounded on hostile input (nesting, no backtracking).
+reaches a node, and `relctl make-relup` finds the releases in a build. Standard library and
+agent.errors only (it is part of the `relctl` client), bounded on hostile input (nesting, no backtracking).
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from agent.errors import RequestError
+
 MAX_DEPTH = 8  # a .rel nests 4 deep; the bound keeps hostile nesting from recursing away
 
 
-class RelSyntaxError(ValueError):
-    pass
+class RelSyntaxError(RequestError, ValueError):
+    """A .rel file that does not parse: whoever supplied the release is at fault."""
 
 
 @dataclass(frozen=True)

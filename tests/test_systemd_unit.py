@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.access import DEFAULT_SOCKET
-from agent.config.parse import DEFAULT_STATE_DIR, AgentConfig
-from agent.daemon.app import DEFAULT_CONFIG, EXIT_CONFIG
+from agent.config import DEFAULT_SOCKET, DEFAULT_STATE_DIR, AgentConfig
+from agent.daemon.main import DEFAULT_CONFIG, EXIT_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_NAME = "relctl-agent.service"

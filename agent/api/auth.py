@@ -11,11 +11,10 @@ import hashlib
 import hmac
 import pwd
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-VIEWER = "viewer"
-OPERATOR = "operator"
-ROLES = (VIEWER, OPERATOR)
+from agent.config import OPERATOR, VIEWER, Token
+from agent.errors import RequestError
 
 # The RPCs a viewer may call: they read and change nothing. Everything else (including RPCs
 # added later and not listed here) needs the operator role.
@@ -24,22 +23,7 @@ READ_ONLY_RPCS = frozenset({"Ping", "ListNodes", "GetReleases", "ListOperations"
 # Read, but operator only: the audit trail shows who did what from where.
 OPERATOR_READS = frozenset({"ListAudit"})
 
-MIN_TOKEN_LENGTH = 16
 BEARER = "bearer "
-
-
-@dataclass(frozen=True)
-class Token:
-    name: str                     # the identity in the audit trail
-    role: str
-    secret: str = field(repr=False)
-    source: str = ""              # the file or credential it came from, for messages
-
-    @property
-    def digest(self) -> bytes:
-        # Compared as fixed-length digests, so the comparison time does not depend on
-        # the length of what the caller sent either.
-        return hashlib.sha256(self.secret.encode()).digest()
 
 
 @dataclass(frozen=True)
@@ -55,7 +39,7 @@ class Identity:
         return self.name
 
 
-class AuthError(Exception):
+class AuthError(RequestError):
     """A refused call; ``code`` is "unauthenticated" or "permission_denied"."""
 
     def __init__(self, code: str, message: str, identity: Identity | None = None) -> None:

@@ -6,8 +6,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.nodes.link import NodeState, PingResult
-from agent.operations.journal import OperationRecord, StepRecord
+from agent.operations.journal import OperationRecord
 from agent.operations.runner import Progress
+from agent.release.records import StepRecord
 from agent.release.releases import Release
 from relctl.v1 import agent_pb2 as pb
 

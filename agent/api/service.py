@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from agent import __version__
-from agent.config.access import ApiTls
+from agent.config import ApiTls
 from agent.errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, NotFound, RequestError
 from agent.nodes.manager import NodeManager
 from agent.operations.runner import Operations

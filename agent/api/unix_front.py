@@ -24,6 +24,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.errors import HostError
+
 log = logging.getLogger("relctl.agent.unix")
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -37,7 +39,7 @@ class PeerCred:
     gid: int
 
 
-class SocketError(Exception):
+class SocketError(HostError):
     """The socket cannot be set up; the message says what to fix."""
 
 

@@ -18,44 +18,21 @@
 
 from __future__ import annotations
 
-import grp
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.api.auth import MIN_TOKEN_LENGTH, ROLES, Token
 from agent.errors import ConfigError
 
-from .secrets import read_pem, read_secret, secret_source
-
-DEFAULT_SOCKET = "/run/relctl/agent.sock"
-DEFAULT_SOCKET_MODE = 0o660
-
-
-@dataclass(frozen=True)
-class UnixAddress:
-    path: Path
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}"
-
-    @property
-    def is_loopback(self) -> bool:
-        return True
-
-
-@dataclass(frozen=True)
-class ApiTls:
-    """The gRPC server's certificate, and the CA of client certificates when mTLS is on."""
-
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None
-    cert: bytes = field(repr=False)
-    key: bytes = field(repr=False)
-    client_ca: bytes | None = field(repr=False, default=None)
-
+from .values import (
+    DEFAULT_SOCKET,
+    DEFAULT_SOCKET_MODE,
+    ROLES,
+    ApiTls,
+    SecretRef,
+    Token,
+    UnixAddress,
+)
 
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file"}
 _TOKEN_KEYS = {"name", "role", "file", "credential"}
@@ -72,17 +49,13 @@ def parse_unix(text: str, *, path: str, key: str) -> UnixAddress:
     return UnixAddress(socket_path)
 
 
-def socket_gid(agent: Mapping[str, Any], *, path: str) -> int | None:
+def socket_group(agent: Mapping[str, Any], *, path: str) -> str | None:
     group = agent.get("socket_group")
     if group is None:
         return None
     if not isinstance(group, str) or not group:
         raise ConfigError(path, "agent.socket_group", "must be a group name")
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError(path, "agent.socket_group",
-                          f"no group {group!r} on this host (create it: groupadd {group})") from None
+    return group
 
 
 def socket_mode(agent: Mapping[str, Any], *, path: str) -> int:
@@ -96,6 +69,7 @@ def socket_mode(agent: Mapping[str, Any], *, path: str) -> int:
 
 
 def parse_tls(table: Any, *, path: str, base: Path) -> ApiTls:
+    """[agent.tls]: the files it names (read when the secrets are loaded)."""
     if not isinstance(table, dict):
         raise ConfigError(path, "agent.tls", "must be a table ([agent.tls])")
     for key in table:
@@ -106,23 +80,41 @@ def parse_tls(table: Any, *, path: str, base: Path) -> ApiTls:
         if required not in table:
             raise ConfigError(path, f"agent.tls.{required}", "is required")
 
-    def read(key: str, marker: bytes, what: str, private: bool = False) -> tuple[Path, bytes]:
+    def file(key: str) -> Path:
         value = table[key]
         if not isinstance(value, str) or not value:
             raise ConfigError(path, f"agent.tls.{key}", "must be a file path")
-        file = base / Path(value).expanduser()
-        return file, read_pem(file, marker, what, path=path, key=f"agent.tls.{key}",
-                              private=private)
+        return base / Path(value).expanduser()
 
-    cert_file, cert = read("cert_file", b"CERTIFICATE-----", "a certificate")
-    key_file, key = read("key_file", b"PRIVATE KEY-----", "a private key", private=True)
-    ca_file, ca = (read("client_ca_file", b"CERTIFICATE-----", "a CA certificate")
-                   if "client_ca_file" in table else (None, None))
-    return ApiTls(cert_file=cert_file, key_file=key_file, client_ca_file=ca_file,
-                  cert=cert, key=key, client_ca=ca)
+    return ApiTls(cert_file=file("cert_file"), key_file=file("key_file"),
+                  client_ca_file=file("client_ca_file") if "client_ca_file" in table else None)
+
+
+def secret_ref(table: Mapping[str, object], *, file_key: str, credential_key: str,
+               base: Path, path: str, prefix: str) -> SecretRef | None:
+    """The file named by ``file_key`` or the credential named by ``credential_key`` (exactly
+    one may be given); None when neither is."""
+    has_file, has_cred = file_key in table, credential_key in table
+    if has_file and has_cred:
+        raise ConfigError(path, prefix + credential_key,
+                          f"give {file_key} or {credential_key}, not both")
+    if has_file:
+        value = table[file_key]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(path, prefix + file_key, "must be a file path")
+        return SecretRef(prefix + file_key, file=base / Path(value).expanduser())
+    if has_cred:
+        name = table[credential_key]
+        key = prefix + credential_key
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise ConfigError(path, key, f"{name!r} is not a credential name (the NAME of "
+                                         "LoadCredential=NAME:FILE in the unit)")
+        return SecretRef(key, credential=name)
+    return None
 
 
 def parse_tokens(tables: Any, *, path: str, base: Path) -> tuple[Token, ...]:
+    """[[tokens]]: names, roles and where each secret is (read when the secrets are loaded)."""
     if not isinstance(tables, list):
         raise ConfigError(path, "tokens", "must be an array of tables ([[tokens]])")
     tokens: list[Token] = []
@@ -140,24 +132,14 @@ def parse_tokens(tables: Any, *, path: str, base: Path) -> tuple[Token, ...]:
         if role not in ROLES:
             raise ConfigError(path, prefix + "role",
                               f"{role!r} is not one of " + ", ".join(f'"{r}"' for r in ROLES))
-        source = secret_source(table, file_key="file", credential_key="credential", base=base,
-                               path=path, prefix=prefix)
-        if source is None:
+        ref = secret_ref(table, file_key="file", credential_key="credential", base=base,
+                         path=path, prefix=prefix)
+        if ref is None:
             raise ConfigError(path, prefix + "file",
                               "is required (or credential = \"NAME\" for a systemd credential)")
-        file, key = source
-        secret = read_secret(file, "token file", path=path, key=key)
-        if len(secret) < MIN_TOKEN_LENGTH:
-            raise ConfigError(path, key, f"the token in {file} has {len(secret)} characters; use "
-                                         f"at least {MIN_TOKEN_LENGTH} (openssl rand -hex 32 > "
-                                         f"{file})")
-        for other in tokens:
-            if other.name == name:
-                raise ConfigError(path, prefix + "name", f"token {name!r} is configured twice")
-            if other.secret == secret:
-                raise ConfigError(path, key, f"{file} holds the same token as {other.source}: "
-                                             "each identity needs its own token")
-        tokens.append(Token(name=name, role=role, secret=secret, source=str(file)))
+        if any(other.name == name for other in tokens):
+            raise ConfigError(path, prefix + "name", f"token {name!r} is configured twice")
+        tokens.append(Token(name=name, role=role, source=str(ref), ref=ref))
     return tuple(tokens)
 
 

@@ -8,76 +8,63 @@
     server_name = "node.example.com"          # optional: the name to check instead
 
 Like a node's ``-ssl_dist_optfile``, the table applies to every node the agent manages; EPMD
-stays plain TCP. Files are checked when the config is read, so a wrong path or a key every
-user can read stops the agent at start with the file, the key and the reason.
+stays plain TCP. Parsing checks the table; the files are read when the secrets are loaded
+(agent/config/secrets.py), so a wrong path or a key every user can read stops the agent at
+start with the file, the key and the reason.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
 from bridge import TlsCause
 
-from .secrets import read_pem
+from .values import DistributionTls
 
 TABLE = "distribution_tls"
 _KEYS: Mapping[str, type] = {"ca_file": str, "cert_file": str, "key_file": str,
                              "verify_hostname": bool, "server_name": str}
 
 
-@dataclass(frozen=True)
-class DistributionTls:
-    path: Path  # the config file, for errors
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    # On by default, as OTP does: a node that verifies its peers checks the other node's
-    # certificate against the host part of that node's name (sent as SNI), so certificates
-    # that work between OTP nodes name their hosts and pass this check too. Off, any
-    # certificate the CA signed is accepted for any node: only for a CA private to the cluster.
-    verify_hostname: bool = True
-    server_name: str | None = None  # checked instead of the host part of each node's name
+def client_context(tls: DistributionTls) -> ssl.SSLContext:
+    """A client context trusting ``ca_file`` only, with our certificate when configured.
 
-    def context(self) -> ssl.SSLContext:
-        """A client context trusting ``ca_file`` only, with our certificate when configured.
+    Raises ConfigError naming the key whose file cannot be used."""
+    where = str(tls.path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer by default
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2   # OTP nodes speak 1.2 unless told more
+    ctx.check_hostname = tls.verify_hostname
+    try:
+        ctx.load_verify_locations(cafile=str(tls.ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(where, f"{TABLE}.ca_file",
+                          f"cannot use {tls.ca_file} as the CA: {_said(exc)}") from None
+    if tls.cert_file is not None and tls.key_file is not None:
+        asked: list[bool] = []
 
-        Raises ConfigError naming the key whose file cannot be used."""
-        where = str(self.path)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer by default
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2   # OTP nodes speak 1.2 unless told more
-        ctx.check_hostname = self.verify_hostname
+        def no_password() -> bytes:
+            # Without this OpenSSL would prompt on the terminal, and a daemon would hang.
+            asked.append(True)
+            return b""
+
         try:
-            ctx.load_verify_locations(cafile=str(self.ca_file))
+            ctx.load_cert_chain(tls.cert_file, tls.key_file, password=no_password)
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(where, f"{TABLE}.ca_file",
-                              f"cannot use {self.ca_file} as the CA: {_said(exc)}") from None
-        if self.cert_file is not None and self.key_file is not None:
-            asked: list[bool] = []
-
-            def no_password() -> bytes:
-                # Without this OpenSSL would prompt on the terminal, and a daemon would hang.
-                asked.append(True)
-                return b""
-
-            try:
-                ctx.load_cert_chain(self.cert_file, self.key_file, password=no_password)
-            except (ssl.SSLError, OSError) as exc:
-                if asked:
-                    raise ConfigError(where, f"{TABLE}.key_file",
-                                      f"{self.key_file} is encrypted; the agent needs an "
-                                      "unencrypted key (readable by the agent's user only)") from None
-                if "KEY_VALUES_MISMATCH" in str(exc):
-                    raise ConfigError(where, f"{TABLE}.key_file",
-                                      f"{self.key_file} is not the key of {self.cert_file}") from None
-                raise ConfigError(where, f"{TABLE}.cert_file",
-                                  f"cannot use {self.cert_file} with {self.key_file}: "
-                                  f"{_said(exc)}") from None
-        return ctx
+            if asked:
+                raise ConfigError(where, f"{TABLE}.key_file",
+                                  f"{tls.key_file} is encrypted; the agent needs an "
+                                  "unencrypted key (readable by the agent's user only)") from None
+            if "KEY_VALUES_MISMATCH" in str(exc):
+                raise ConfigError(where, f"{TABLE}.key_file",
+                                  f"{tls.key_file} is not the key of {tls.cert_file}") from None
+            raise ConfigError(where, f"{TABLE}.cert_file",
+                              f"cannot use {tls.cert_file} with {tls.key_file}: "
+                              f"{_said(exc)}") from None
+    return ctx
 
 
 def _said(exc: BaseException) -> str:
@@ -88,19 +75,15 @@ def _said(exc: BaseException) -> str:
     return str(exc)
 
 
-def _pem_file(table: Mapping[str, Any], key: str, marker: bytes, what: str, *, path: str,
-              base: Path, private: bool = False) -> Path:
+def _file(table: Mapping[str, Any], key: str, *, path: str, base: Path) -> Path:
     value = table[key]
-    full_key = f"{TABLE}.{key}"
     if not value:
-        raise ConfigError(path, full_key, "must be a file path")
-    file = base / Path(value).expanduser()
-    read_pem(file, marker, what, path=path, key=full_key, private=private)
-    return file
+        raise ConfigError(path, f"{TABLE}.{key}", "must be a file path")
+    return base / Path(value).expanduser()
 
 
 def parse_distribution_tls(table: Any, *, path: str, base: Path) -> DistributionTls:
-    """Check ``[distribution_tls]`` and the files it names; raises ConfigError."""
+    """Check ``[distribution_tls]``; the files it names are read by the load step."""
     if not isinstance(table, dict):
         raise ConfigError(path, TABLE, f"must be a table ([{TABLE}])")
     for key, value in table.items():
@@ -120,13 +103,9 @@ def parse_distribution_tls(table: Any, *, path: str, base: Path) -> Distribution
         raise ConfigError(path, f"{TABLE}.{missing}",
                           "is required with " + ("cert_file" if has_cert else "key_file") +
                           ": the agent's client certificate and its key go together")
-    ca_file = _pem_file(table, "ca_file", b"CERTIFICATE-----", "a CA certificate", path=path, base=base)
-    cert_file = key_file = None
-    if has_cert:
-        cert_file = _pem_file(table, "cert_file", b"CERTIFICATE-----", "a certificate",
-                              path=path, base=base)
-        key_file = _pem_file(table, "key_file", b"PRIVATE KEY-----", "a private key",
-                             path=path, base=base, private=True)
+    ca_file = _file(table, "ca_file", path=path, base=base)
+    cert_file = _file(table, "cert_file", path=path, base=base) if has_cert else None
+    key_file = _file(table, "key_file", path=path, base=base) if has_key else None
     verify_hostname: bool = table.get("verify_hostname", True)
     server_name: str | None = table.get("server_name")
     if server_name is not None:
@@ -136,11 +115,9 @@ def parse_distribution_tls(table: Any, *, path: str, base: Path) -> Distribution
             raise ConfigError(path, f"{TABLE}.server_name", "is the name to check, and "
                                                             "verify_hostname = false turns the "
                                                             "check off: remove one of them")
-    tls = DistributionTls(path=Path(path), ca_file=ca_file, cert_file=cert_file,
-                          key_file=key_file, verify_hostname=verify_hostname,
-                          server_name=server_name)
-    tls.context()  # the files load together: found now, not at the first connection
-    return tls
+    return DistributionTls(path=Path(path), ca_file=ca_file, cert_file=cert_file,
+                           key_file=key_file, verify_hostname=verify_hostname,
+                           server_name=server_name)
 
 
 _HINTS: Mapping[TlsCause, str] = {

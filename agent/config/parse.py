@@ -1,124 +1,50 @@
-"""The agent's configuration file (TOML), read and checked in one place.
+"""The agent's configuration file (TOML), parsed and checked in one place.
 
 Every mistake is reported before anything starts, with the file, the key and the reason
 (`agent.toml: nodes[0].name: ...`). Unknown keys are errors too: a typo must not silently
-fall back to a default. Cookies are read here and kept out of every repr.
+fall back to a default. Parsing is pure: it reads the config file and nothing else (no
+secrets, no sockets, no SSL); agent/config/secrets.py loads what the file names.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.api.auth import Token
 from agent.errors import ConfigError
-from agent.release.hooks import DEFAULT_TIMEOUT, FAIL, ON_FAILURE, WHEN, Hook
 from bridge import Atom
 
 from .access import (
-    DEFAULT_SOCKET,
-    ApiTls,
-    UnixAddress,
     check_listeners,
     parse_tls,
     parse_tokens,
     parse_unix,
-    socket_gid,
+    secret_ref,
+    socket_group,
     socket_mode,
 )
-from .dist_tls import DistributionTls, parse_distribution_tls
-from .secrets import read_secret, secret_source
-
-DEFAULT_LISTEN = f"unix:{DEFAULT_SOCKET}"
-DEFAULT_METRICS_LISTEN = "127.0.0.1:9568"
-DEFAULT_STATE_DIR = "/var/lib/relctl"
-DEFAULT_EPMD_PORT = 4369
-
-
-@dataclass(frozen=True)
-class Address:
-    """A TCP listen address; ``host`` is bare (no brackets for IPv6)."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-
-Endpoint = Address | UnixAddress
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    name: str
-    cookie_file: Path
-    cookie: str = field(repr=False)
-    epmd_port: int = DEFAULT_EPMD_PORT
-    health_probes: tuple[tuple[str, str], ...] = ()  # (module, function): must return ok
-    health_soak: float = 0.0        # seconds the probes must keep passing after an install
-    install_timeout: float = 300.0  # install_release may run a long code_change
-    hooks: tuple[Hook, ...] = ()    # [[nodes.hooks]], in file order
-
-
-# Short-lived helper nodes, not services: remote shells and rpc of the mix and relx start
-# scripts, erl_call, and relctl itself.
-DEFAULT_DISCOVERY_EXCLUDE = ("rem-*", "remsh*", "rpc-*", "erl_call*", "erlcall*",
-                             "maint_*", "relctl*")
-
-
-@dataclass(frozen=True)
-class DiscoveryConfig:
-    """[discovery]: used when the config has no [[nodes]]."""
-
-    path: Path                      # the config file, for error messages
-    host: str                       # the host part of the discovered node names
-    epmd_port: int = DEFAULT_EPMD_PORT
-    cookie_file: Path | None = None  # the default cookie; None: only cookie_dir's
-    cookie: str | None = field(default=None, repr=False)
-    cookie_dir: Path | None = None  # per-node cookies: cookie_dir/ALIVE
-    exclude: tuple[str, ...] = DEFAULT_DISCOVERY_EXCLUDE  # fnmatch patterns on ALIVE
-    interval: float = 15.0          # seconds between two looks at EPMD
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    path: Path
-    listen: tuple[Endpoint, ...]
-    metrics_listen: Address | None  # None: /metrics disabled
-    state_dir: Path
-    nodes: tuple[NodeConfig, ...]
-    refresh_interval: float = 15.0   # seconds between which_releases refreshes of an up node
-    rpc_timeout: float = 30.0        # default for read RPCs to a node
-    connect_timeout: float = 5.0
-    reconnect_max_delay: float = 30.0  # cap of the reconnect backoff
-    shutdown_grace: float = 5.0      # how long running gRPC calls may finish on SIGTERM
-    operations_grace: float = 120.0  # how long a running upgrade may finish on SIGTERM
-    max_upload_bytes: int = 2 * 1024**3
-    discovery: DiscoveryConfig | None = None  # set when [[nodes]] is omitted
-    tokens: tuple[Token, ...] = ()
-    tls: ApiTls | None = None        # [agent.tls]: TLS on the TCP listeners
-    insecure_no_auth: bool = False   # loopback TCP without tokens (tests, demos)
-    socket_mode: int = 0o660
-    socket_gid: int | None = None    # group of the Unix socket; None: the agent's
-    distribution_tls: DistributionTls | None = None  # [distribution_tls]: TLS to every node
-
+from .dist_tls import parse_distribution_tls
+from .values import (
+    DEFAULT_EPMD_PORT,
+    DEFAULT_LISTEN,
+    DEFAULT_METRICS_LISTEN,
+    DEFAULT_STATE_DIR,
+    FAIL,
+    ON_FAILURE,
+    WHEN,
+    Address,
+    AgentConfig,
+    DiscoveryConfig,
+    Endpoint,
+    Hook,
+    NodeConfig,
+    default,
+)
 
 _AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "listen": (str, list),
@@ -196,15 +122,11 @@ def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, type | tuple[typ
                               f"must be {_TYPE_NAMES[expected]}, not {type(value).__name__}")
 
 
-def _positive(table: Mapping[str, Any], key: str, default: float, *, path: str) -> float:
-    value = float(table.get(key, default))
+def _positive(table: Mapping[str, Any], key: str, *, path: str) -> float:
+    value = float(table.get(key, default(AgentConfig, key)))
     if value <= 0:
         raise ConfigError(path, f"agent.{key}", f"must be greater than 0, not {value:g}")
     return value
-
-
-def read_cookie(cookie_file: Path, *, path: str, key: str) -> str:
-    return read_secret(cookie_file, "cookie file", path=path, key=key)
 
 
 # A hook's name is part of its step name ("post_install:NAME"): keep it short and plain.
@@ -258,7 +180,7 @@ def _hook(table: Any, key: str, *, path: str) -> Hook:
         raise ConfigError(path, f"{key}.call", f"{call!r} is not \"module:function\" (arguments "
                                                "go in args = [...]; an Elixir module keeps its "
                                                "prefix: \"Elixir.MyApp.Hooks:clear_cache\")")
-    timeout = float(table.get("timeout", DEFAULT_TIMEOUT))
+    timeout = float(table.get("timeout", default(Hook, "timeout")))
     if not (0 < timeout < math.inf):
         raise ConfigError(path, f"{key}.timeout", "must be a positive number of seconds")
     on_failure: str = table.get("on_failure", FAIL)
@@ -297,13 +219,11 @@ def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
     epmd_port: int = table.get("epmd_port", DEFAULT_EPMD_PORT)
     if not 0 < epmd_port < 65536:
         raise ConfigError(path, prefix + "epmd_port", f"{epmd_port} is outside 1-65535")
-    source = secret_source(table, file_key="cookie_file", credential_key="cookie_credential",
-                           base=base, path=path, prefix=prefix)
-    if source is None:
+    ref = secret_ref(table, file_key="cookie_file", credential_key="cookie_credential",
+                     base=base, path=path, prefix=prefix)
+    if ref is None:
         raise ConfigError(path, prefix + "cookie_file", "is required (or cookie_credential = "
                                                         "\"NAME\" for a systemd credential)")
-    cookie_file, cookie_key = source
-    cookie = read_cookie(cookie_file, path=path, key=cookie_key)
     probes = []
     for i, probe in enumerate(table.get("health_probes", [])):
         module, colon, function = str(probe).partition(":")
@@ -313,19 +233,20 @@ def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
                               f"{probe!r} is not \"module:function\" (a function of no "
                               "arguments that returns ok)")
         probes.append((module, function))
-    soak = float(table.get("health_soak", 0.0))
-    install_timeout = float(table.get("install_timeout", 300.0))
+    soak = float(table.get("health_soak", default(NodeConfig, "health_soak")))
+    install_timeout = float(table.get("install_timeout", default(NodeConfig, "install_timeout")))
     if soak < 0 or install_timeout <= 0:
         key = "health_soak" if soak < 0 else "install_timeout"
         raise ConfigError(path, prefix + key, "must be a positive number of seconds")
-    return NodeConfig(name=name, cookie_file=cookie_file, cookie=cookie, epmd_port=epmd_port,
+    return NodeConfig(name=name, cookie_file=ref.file, cookie_ref=ref, epmd_port=epmd_port,
                       health_probes=tuple(probes), health_soak=soak,
                       install_timeout=install_timeout,
                       hooks=_hooks(table.get("hooks", []), prefix, path=path))
 
 
-def load_config(file: str | Path) -> AgentConfig:
-    """Read and check the agent's config; raises ConfigError naming file, key and reason."""
+def read_config(file: str | Path) -> AgentConfig:
+    """Read and check the agent's config file, and nothing else; raises ConfigError naming
+    file, key and reason. The secrets it names are loaded by secrets.load_secrets."""
     path = Path(file)
     where = str(path)
     try:
@@ -384,19 +305,19 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         metrics_listen=metrics,
         state_dir=state_dir,
         nodes=nodes,
-        refresh_interval=_positive(agent, "refresh_interval", 15.0, path=where),
-        rpc_timeout=_positive(agent, "rpc_timeout", 30.0, path=where),
-        connect_timeout=_positive(agent, "connect_timeout", 5.0, path=where),
-        reconnect_max_delay=_positive(agent, "reconnect_max_delay", 30.0, path=where),
-        shutdown_grace=_positive(agent, "shutdown_grace", 5.0, path=where),
-        operations_grace=_positive(agent, "operations_grace", 120.0, path=where),
-        max_upload_bytes=int(_positive(agent, "max_upload_bytes", 2 * 1024**3, path=where)),
+        refresh_interval=_positive(agent, "refresh_interval", path=where),
+        rpc_timeout=_positive(agent, "rpc_timeout", path=where),
+        connect_timeout=_positive(agent, "connect_timeout", path=where),
+        reconnect_max_delay=_positive(agent, "reconnect_max_delay", path=where),
+        shutdown_grace=_positive(agent, "shutdown_grace", path=where),
+        operations_grace=_positive(agent, "operations_grace", path=where),
+        max_upload_bytes=int(_positive(agent, "max_upload_bytes", path=where)),
         discovery=discovery,
         tokens=tokens,
         tls=tls,
         insecure_no_auth=insecure_no_auth,
         socket_mode=socket_mode(agent, path=where),
-        socket_gid=socket_gid(agent, path=where),
+        socket_group=socket_group(agent, path=where),
         distribution_tls=(parse_distribution_tls(raw["distribution_tls"], path=where, base=base)
                           if "distribution_tls" in raw else None),
     )
@@ -429,28 +350,16 @@ def _discovery(table: Any, *, path: str, base: Path) -> DiscoveryConfig:
     if not 0 < epmd_port < 65536:
         raise ConfigError(path, "discovery.epmd_port", f"{epmd_port} is not a TCP port")
     cookie_dir = (base / Path(table["cookie_dir"]).expanduser()) if "cookie_dir" in table else None
-    if cookie_dir is not None and not cookie_dir.is_dir():
-        raise ConfigError(path, "discovery.cookie_dir", f"{cookie_dir} is not a directory")
-    # Like erl itself: without a cookie file named, the agent user's ~/.erlang.cookie. When
-    # that is missing too, only cookie_dir's nodes are managed (the agent says so at start).
-    source = secret_source(table, file_key="cookie_file", credential_key="cookie_credential",
-                           base=base, path=path, prefix="discovery.")
-    cookie_file: Path | None
-    if source is not None:
-        cookie_file, cookie_key = source
-    else:
-        cookie_file, cookie_key = Path("~/.erlang.cookie").expanduser(), "discovery.cookie_file"
-        if not cookie_file.exists():
-            cookie_file = None
-    cookie = (read_cookie(cookie_file, path=path, key=cookie_key)
-              if cookie_file is not None else None)
-    exclude = table.get("exclude", list(DEFAULT_DISCOVERY_EXCLUDE))
+    ref = secret_ref(table, file_key="cookie_file", credential_key="cookie_credential",
+                     base=base, path=path, prefix="discovery.")
+    exclude = table.get("exclude", list(default(DiscoveryConfig, "exclude")))
     if not all(isinstance(p, str) and p for p in exclude):
         raise ConfigError(path, "discovery.exclude", "must be an array of name patterns "
                                                      '(e.g. ["rpc-*", "remsh*"])')
-    interval = float(table.get("interval", 15.0))
+    interval = float(table.get("interval", default(DiscoveryConfig, "interval")))
     if interval <= 0:
         raise ConfigError(path, "discovery.interval", "must be a positive number of seconds")
     return DiscoveryConfig(path=Path(path), host=host, epmd_port=epmd_port,
-                           cookie_file=cookie_file, cookie=cookie, cookie_dir=cookie_dir,
+                           cookie_file=ref.file if ref else None, cookie_ref=ref,
+                           cookie_dir=cookie_dir,
                            exclude=tuple(exclude), interval=interval)

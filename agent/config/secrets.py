@@ -1,5 +1,9 @@
-"""Reading secrets (cookies, tokens) from files or systemd credentials, refusing files that
-every user of the host can read: such a secret is no longer one.
+"""Loading what a parsed config names: secrets (cookies, tokens) from files or systemd
+credentials, refusing files that every user of the host can read (such a secret is no longer
+one), PEM files, the socket's group, and a trial TLS context for [distribution_tls].
+
+This is the step after parsing (agent/config/parse.py), which touches nothing but the
+config file: `relctl-agent --check-config` runs both, and nothing else.
 
 A systemd credential (``LoadCredential=NAME:/etc/relctl/...`` in the unit) is a file in
 ``$CREDENTIALS_DIRECTORY``, readable by the service only; configs name it with
@@ -8,12 +12,27 @@ A systemd credential (``LoadCredential=NAME:/etc/relctl/...`` in the unit) is a 
 
 from __future__ import annotations
 
+import grp
 import os
 import stat
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from agent.errors import ConfigError
+
+from .dist_tls import client_context
+from .values import (
+    DEFAULT_COOKIE_FILE,
+    MIN_TOKEN_LENGTH,
+    AgentConfig,
+    ApiTls,
+    DiscoveryConfig,
+    DistributionTls,
+    NodeConfig,
+    SecretRef,
+    Token,
+)
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 
@@ -86,17 +105,112 @@ def read_secret(file: Path, what: str, *, path: str, key: str) -> str:
     return secret
 
 
-def secret_source(table: Mapping[str, object], *, file_key: str, credential_key: str,
-                  base: Path, path: str, prefix: str) -> tuple[Path, str] | None:
-    """The file named by ``file_key`` or by ``credential_key`` (exactly one may be given), and
-    the key it came from; None when neither is."""
-    has_file, has_cred = file_key in table, credential_key in table
-    if has_file and has_cred:
-        raise ConfigError(path, prefix + credential_key,
-                          f"give {file_key} or {credential_key}, not both")
-    if has_file:
-        return base / Path(str(table[file_key])).expanduser(), prefix + file_key
-    if has_cred:
-        key = prefix + credential_key
-        return credential_path(str(table[credential_key]), path=path, key=key), key
-    return None
+def resolve(ref: SecretRef, *, path: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """The file that holds the secret ``ref`` names."""
+    if ref.file is not None:
+        return ref.file
+    assert ref.credential is not None
+    return credential_path(ref.credential, path=path, key=ref.key, environ=environ)
+
+
+def read_cookie(cookie_file: Path, *, path: str, key: str) -> str:
+    return read_secret(cookie_file, "cookie file", path=path, key=key)
+
+
+def load_secrets(cfg: AgentConfig, environ: Mapping[str, str] = os.environ) -> AgentConfig:
+    """``cfg`` with every secret it names read, and every file it names checked; raises
+    ConfigError naming the file, the key and the reason."""
+    if cfg.loaded:
+        return cfg
+    where = str(cfg.path)
+    tokens = _tokens(cfg.tokens, path=where, environ=environ)
+    nodes = tuple(_node(n, path=where, environ=environ) for n in cfg.nodes)
+    discovery = (_discovery(cfg.discovery, path=where, environ=environ)
+                 if cfg.discovery is not None else None)
+    return replace(cfg, tokens=tokens, nodes=nodes, discovery=discovery,
+                   tls=_api_tls(cfg.tls, path=where) if cfg.tls is not None else None,
+                   socket_gid=_gid(cfg.socket_group, path=where),
+                   distribution_tls=(_dist_tls(cfg.distribution_tls)
+                                     if cfg.distribution_tls is not None else None),
+                   loaded=True)
+
+
+def _node(node: NodeConfig, *, path: str, environ: Mapping[str, str]) -> NodeConfig:
+    if node.cookie_ref is None:
+        return node  # made in code with its cookie (discovery, tests)
+    file = resolve(node.cookie_ref, path=path, environ=environ)
+    return replace(node, cookie_file=file,
+                   cookie=read_cookie(file, path=path, key=node.cookie_ref.key))
+
+
+def _discovery(cfg: DiscoveryConfig, *, path: str,
+               environ: Mapping[str, str]) -> DiscoveryConfig:
+    if cfg.cookie_dir is not None and not cfg.cookie_dir.is_dir():
+        raise ConfigError(path, "discovery.cookie_dir", f"{cfg.cookie_dir} is not a directory")
+    # Like erl itself: without a cookie file named, the agent user's ~/.erlang.cookie. When
+    # that is missing too, only cookie_dir's nodes are managed (the agent says so at start).
+    if cfg.cookie_ref is not None:
+        file: Path | None = resolve(cfg.cookie_ref, path=path, environ=environ)
+        key = cfg.cookie_ref.key
+    else:
+        file, key = Path(DEFAULT_COOKIE_FILE).expanduser(), "discovery.cookie_file"
+        if not file.exists():
+            file = None
+    cookie = read_cookie(file, path=path, key=key) if file is not None else None
+    return replace(cfg, cookie_file=file, cookie=cookie)
+
+
+def _tokens(tokens: tuple[Token, ...], *, path: str,
+            environ: Mapping[str, str]) -> tuple[Token, ...]:
+    loaded: list[Token] = []
+    for token in tokens:
+        if token.ref is None:
+            loaded.append(token)  # made in code with its secret
+            continue
+        file, key = resolve(token.ref, path=path, environ=environ), token.ref.key
+        secret = read_secret(file, "token file", path=path, key=key)
+        if len(secret) < MIN_TOKEN_LENGTH:
+            raise ConfigError(path, key, f"the token in {file} has {len(secret)} characters; use "
+                                         f"at least {MIN_TOKEN_LENGTH} (openssl rand -hex 32 > "
+                                         f"{file})")
+        for other in loaded:
+            if other.secret == secret:
+                raise ConfigError(path, key, f"{file} holds the same token as {other.source}: "
+                                             "each identity needs its own token")
+        loaded.append(replace(token, secret=secret, source=str(file)))
+    return tuple(loaded)
+
+
+def _api_tls(tls: ApiTls, *, path: str) -> ApiTls:
+    ca = (read_pem(tls.client_ca_file, b"CERTIFICATE-----", "a CA certificate", path=path,
+                   key="agent.tls.client_ca_file")
+          if tls.client_ca_file is not None else None)
+    return replace(tls,
+                   cert=read_pem(tls.cert_file, b"CERTIFICATE-----", "a certificate", path=path,
+                                 key="agent.tls.cert_file"),
+                   key=read_pem(tls.key_file, b"PRIVATE KEY-----", "a private key", path=path,
+                                key="agent.tls.key_file", private=True),
+                   client_ca=ca)
+
+
+def _gid(group: str | None, *, path: str) -> int | None:
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(path, "agent.socket_group",
+                          f"no group {group!r} on this host (create it: groupadd {group})") from None
+
+
+def _dist_tls(tls: DistributionTls) -> DistributionTls:
+    where = str(tls.path)
+    read_pem(tls.ca_file, b"CERTIFICATE-----", "a CA certificate", path=where,
+             key="distribution_tls.ca_file")
+    if tls.cert_file is not None and tls.key_file is not None:
+        read_pem(tls.cert_file, b"CERTIFICATE-----", "a certificate", path=where,
+                 key="distribution_tls.cert_file")
+        read_pem(tls.key_file, b"PRIVATE KEY-----", "a private key", path=where,
+                 key="distribution_tls.key_file", private=True)
+    client_context(tls)  # the files load together: found now, not at the first connection
+    return tls

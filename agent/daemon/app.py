@@ -1,30 +1,24 @@
-"""`relctl-agent`: reads the config, keeps a connection to each node, serves the gRPC API and
-/metrics, and shuts down cleanly (exit 0) on SIGTERM or SIGINT.
-
-Exit codes: 0 clean shutdown, 78 configuration error (EX_CONFIG, so systemd need not retry),
-1 any other failure to start.
+"""The composition root of `relctl-agent`: builds the node links, journal, operations, gRPC
+service and /metrics from a loaded config, runs them until SIGTERM or SIGINT, and stops them
+in the order that loses nothing (no new calls, running operations finish, then the links).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import signal
-import sys
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from agent import __version__
 from agent.api.audit import FILE_NAME as AUDIT_FILE
 from agent.api.audit import AuditLog
 from agent.api.auth import Authenticator
 from agent.api.interceptor import AccessInterceptor
 from agent.api.service import AgentService, ApiServer
 from agent.api.unix_front import SocketError, UnixFront
-from agent.config.access import UnixAddress
-from agent.config.parse import AgentConfig, load_config
-from agent.errors import ConfigError
+from agent.config import AgentConfig, UnixAddress
+from agent.errors import HostError
 from agent.nodes.discovery import Discovery
 from agent.nodes.manager import NodeManager
 from agent.operations.journal import FILE_NAME as JOURNAL_FILE
@@ -34,21 +28,16 @@ from agent.operations.uploads import UploadStore
 from agent.release.upgrade import Options, Probe
 from bridge import Node
 
-from . import logs
 from .metrics import AgentMetrics, MetricsServer
 from .sdnotify import Notifier, nodes_status
 
 log = logging.getLogger("relctl.agent")
 
-EXIT_OK = 0
-EXIT_START_FAILED = 1
-EXIT_CONFIG = 78
-DEFAULT_CONFIG = "/etc/relctl/agent.toml"
 # How long start-up waits for the first connection attempt to each node before saying ready.
 FIRST_ATTEMPT_WAIT = 10.0
 
 
-class StartupError(Exception):
+class StartupError(HostError):
     """The agent cannot start; the message says what to fix."""
 
 
@@ -91,7 +80,26 @@ def _bind(server: ApiServer, config: AgentConfig, fronts: list[UnixFront]) -> No
                         "operator \"anonymous\"; for tests and demos only", address)
 
 
-async def serve(config: AgentConfig) -> int:
+@dataclass
+class Parts:
+    """What one running agent is made of, built from its config."""
+
+    config: AgentConfig
+    nodes: NodeManager
+    metrics: AgentMetrics
+    journal: Journal
+    operations: Operations
+    audit: AuditLog
+    fronts: list[UnixFront]
+    server: ApiServer
+    discovery: Discovery | None
+    notifier: Notifier = field(default_factory=Notifier.from_environ)
+    metrics_server: MetricsServer | None = None
+    watchdog: asyncio.Task[None] | None = None
+
+
+def build(config: AgentConfig) -> Parts:
+    """Every part of the agent, wired; nothing listens or connects yet."""
     _prepare_state_dir(config)
     metrics: AgentMetrics | None = None
 
@@ -105,6 +113,7 @@ async def serve(config: AgentConfig) -> int:
         journal = Journal.open(config.state_dir / JOURNAL_FILE)
     except JournalError as exc:
         raise StartupError(f"{config.path}: agent.state_dir: {exc}") from None
+
     def operation_finished(record: OperationRecord) -> None:
         if metrics is not None and record.finished_at is not None:
             metrics.observe_operation(record.node, record.kind, record.outcome,
@@ -113,6 +122,7 @@ async def serve(config: AgentConfig) -> int:
     operations = Operations(journal, nodes, rpc_timeout=config.rpc_timeout,
                             on_finished=operation_finished)
     uploads = UploadStore(config.state_dir / "uploads", max_size=config.max_upload_bytes)
+
     def node_options(name: str) -> Options:
         node = nodes.config(name)
         return Options(install_timeout=node.install_timeout, health_timeout=node.health_soak,
@@ -135,98 +145,80 @@ async def serve(config: AgentConfig) -> int:
                                audit, unix_caller)
     server = ApiServer(AgentService(nodes, operations, uploads, rpc_timeout=config.rpc_timeout,
                                     node_options=node_options, audit=audit), [access])
-    discovery = _discovery(config, nodes)
-    metrics_server: MetricsServer | None = None
-    stop = asyncio.Event()
-    notifier = Notifier.from_environ()
-    watchdog: asyncio.Task[None] | None = None
+    return Parts(config, nodes, metrics, journal, operations, audit, fronts, server,
+                 _discovery(config, nodes))
+
+
+async def start(parts: Parts) -> None:
+    """Listen, connect to the nodes, and tell systemd the agent is ready."""
+    config = parts.config
+    _bind(parts.server, config, parts.fronts)
+    if config.metrics_listen is not None:
+        try:
+            parts.metrics_server = parts.metrics.serve(config.metrics_listen)
+        except OSError as exc:
+            raise StartupError(f"{config.path}: agent.metrics_listen: cannot listen on "
+                               f"{config.metrics_listen} ({exc.strerror or exc})") from None
+    await parts.server.start()
+    for front in parts.fronts:
+        try:
+            await front.start()
+        except SocketError as exc:
+            raise StartupError(f"{config.path}: agent.listen: {exc}") from None
+    if parts.discovery is not None:
+        await parts.discovery.scan()
+        parts.discovery.start()
+    parts.nodes.start()
+    await parts.nodes.tried(FIRST_ATTEMPT_WAIT)
+    parts.operations.reconcile()
+    states = parts.nodes.snapshot()
+    summary = ", ".join(f"{s.name} {'up' if s.up else 'down'}" for s in states) or "none"
+    log.info("ready: gRPC on %s, metrics %s, nodes: %s",
+             ", ".join(str(a) for a in config.listen),
+             f"on http://{config.metrics_listen}/metrics" if parts.metrics_server else "disabled",
+             summary)
+    parts.notifier.ready(nodes_status(states))
+    parts.watchdog = asyncio.create_task(
+        parts.notifier.run_watchdog(lambda: nodes_status(parts.nodes.snapshot())))
+
+
+async def stop(parts: Parts) -> None:
+    """No new requests first; then running upgrades may finish (a half-done install is worse
+    than a late exit); what is still running after the grace is journaled as interrupted."""
+    config = parts.config
+    for front in parts.fronts:
+        front.stop_accepting()
+    await parts.server.stop(config.shutdown_grace)
+    for front in parts.fronts:
+        await front.stop()
+    parts.audit.close()
+    await parts.operations.stop(config.operations_grace)
+    if parts.discovery is not None:
+        await parts.discovery.stop()
+    await parts.nodes.stop()
+    parts.journal.close()
+    if parts.metrics_server is not None:
+        await asyncio.to_thread(parts.metrics_server.close)
+    # Pings went on through the grace: a slow but live shutdown must not look hung.
+    if parts.watchdog is not None:
+        parts.watchdog.cancel()
+    parts.notifier.close()
+
+
+async def serve(config: AgentConfig) -> None:
+    """Run the agent for ``config`` until SIGTERM or SIGINT; raises StartupError."""
+    parts = build(config)
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping.set)
     try:
-        _bind(server, config, fronts)
-        if config.metrics_listen is not None:
-            try:
-                metrics_server = metrics.serve(config.metrics_listen)
-            except OSError as exc:
-                raise StartupError(f"{config.path}: agent.metrics_listen: cannot listen on "
-                                   f"{config.metrics_listen} ({exc.strerror or exc})") from None
-        await server.start()
-        for front in fronts:
-            try:
-                await front.start()
-            except SocketError as exc:
-                raise StartupError(f"{config.path}: agent.listen: {exc}") from None
-        if discovery is not None:
-            await discovery.scan()
-            discovery.start()
-        nodes.start()
-        await nodes.tried(FIRST_ATTEMPT_WAIT)
-        operations.reconcile()
-        states = nodes.snapshot()
-        summary = ", ".join(f"{s.name} {'up' if s.up else 'down'}" for s in states) or "none"
-        log.info("ready: gRPC on %s, metrics %s, nodes: %s",
-                 ", ".join(str(a) for a in config.listen),
-                 f"on http://{config.metrics_listen}/metrics" if metrics_server else "disabled",
-                 summary)
-        notifier.ready(nodes_status(states))
-        watchdog = asyncio.create_task(
-            notifier.run_watchdog(lambda: nodes_status(nodes.snapshot())))
-        await stop.wait()
-        notifier.stopping("stopping: letting running calls and operations finish")
+        await start(parts)
+        await stopping.wait()
+        parts.notifier.stopping("stopping: letting running calls and operations finish")
         log.info("stopping: letting running calls finish (up to %g s)", config.shutdown_grace)
     finally:
-        # No new requests first; then running upgrades may finish (a half-done install is
-        # worse than a late exit); what is still running after the grace is journaled as
-        # interrupted.
-        for front in fronts:
-            front.stop_accepting()
-        await server.stop(config.shutdown_grace)
-        for front in fronts:
-            await front.stop()
-        audit.close()
-        await operations.stop(config.operations_grace)
-        if discovery is not None:
-            await discovery.stop()
-        await nodes.stop()
-        journal.close()
-        if metrics_server is not None:
-            await asyncio.to_thread(metrics_server.close)
-        # Pings went on through the grace: a slow but live shutdown must not look hung.
-        if watchdog is not None:
-            watchdog.cancel()
-        notifier.close()
+        await stop(parts)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")
-    return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="relctl-agent",
-        description="relctl's on-host agent: manages the BEAM nodes of this host.")
-    parser.add_argument("--config", "-c", metavar="PATH",
-                        default=os.environ.get("RELCTL_AGENT_CONFIG", DEFAULT_CONFIG),
-                        help=f"TOML config file (default: $RELCTL_AGENT_CONFIG or {DEFAULT_CONFIG})")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--version", action="version", version=f"relctl-agent {__version__}")
-    args = parser.parse_args(argv)
-    logs.configure(args.log_level)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return EXIT_CONFIG
-    try:
-        return asyncio.run(serve(config))
-    except StartupError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_START_FAILED
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

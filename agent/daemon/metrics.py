@@ -22,7 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.config.parse import Address
+from agent.config import Address
 from agent.nodes.link import NodeState
 
 log = logging.getLogger("relctl.agent.daemon.metrics")

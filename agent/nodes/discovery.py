@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent.config.parse import DiscoveryConfig, NodeConfig, read_cookie
+from agent.config import DiscoveryConfig, NodeConfig, read_cookie
 from agent.errors import ConfigError
 from bridge import BridgeError
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.config.dist_tls import hint as tls_hint
-from agent.config.parse import NodeConfig
+from agent.config import NodeConfig
+from agent.config import hint as tls_hint
 from agent.errors import NodeDown, NodeTimeout
 from agent.release.releases import Release, UnexpectedReply, parse_which_releases
 from bridge import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from agent.config.parse import AgentConfig, NodeConfig
+from agent.config import AgentConfig, NodeConfig, client_context
 from agent.errors import UnknownNode
 
 from .link import NodeLink, NodeState, PingResult, RpcObserver, ignore_rpc
@@ -25,7 +25,7 @@ class NodeManager:
         dist_tls = config.distribution_tls
         # One context for every link, discovered ones included ([distribution_tls] applies
         # to all nodes, as -ssl_dist_optfile does to all connections of a node).
-        tls = dist_tls.context() if dist_tls is not None else None
+        tls = client_context(dist_tls) if dist_tls is not None else None
         server_name = dist_tls.server_name if dist_tls is not None else None
 
         def new_link(node: NodeConfig) -> NodeLink:

@@ -20,12 +20,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from agent.errors import HostError
+from agent.release.records import OUTCOMES, STEP_STATES, ConfigChange, StepRecord
+
 FILE_NAME = "journal.sqlite3"
 SCHEMA_VERSION = 2  # 2: operations.config_changes
-
-STEP_STATES = frozenset({"running", "succeeded", "failed", "skipped"})
-OUTCOMES = frozenset({"running", "succeeded", "failed_unchanged", "rolled_back", "failed",
-                      "interrupted", "dry_run"})
 
 # AUTOINCREMENT: ids are never reused, so an id a client pages from keeps meaning one operation.
 _SCHEMA = """
@@ -66,17 +65,8 @@ _MIGRATIONS = {
 }
 
 
-class JournalError(Exception):
+class JournalError(HostError):
     """The journal cannot be opened, or was asked for something its records forbid."""
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    name: str                 # "preflight", "stage", "unpack", ..., "rollback"
-    state: str                # one of STEP_STATES
-    started_at: float         # unix seconds
-    duration: float | None    # seconds, None while running
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,18 +75,6 @@ class ReleaseRow:
     name: str
     version: str
     status: str
-
-
-@dataclass(frozen=True)
-class ConfigChange:
-    """One application environment key a config reload added, changed or removed. The values
-    (Erlang terms as text, empty unless the requester asked for them) are never journaled:
-    they may be secrets, and the journal is readable by every viewer."""
-    application: str
-    key: str                  # the key as an Erlang term, e.g. "greeting"
-    kind: str                 # "added", "changed" or "removed"
-    old_value: str = ""
-    new_value: str = ""
 
 
 @dataclass(frozen=True)

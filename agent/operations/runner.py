@@ -16,11 +16,12 @@ from dataclasses import dataclass, replace
 from agent.errors import NodeDown, NodeUnavailable, NotFound, OperationInProgress
 from agent.nodes.link import NodeLink
 from agent.nodes.manager import NodeManager
+from agent.release.records import ConfigChange, StepRecord
 from agent.release.releases import Release
 from agent.release.steps import FAILED, Result
 from agent.release.upgrade import ReleaseEngine
 
-from .journal import ConfigChange, Journal, OperationRecord, ReleaseRow, StepRecord
+from .journal import Journal, OperationRecord, ReleaseRow
 
 log = logging.getLogger("relctl.agent.operations.runner")
 

@@ -11,42 +11,14 @@ is the engine's choice: it names the outcome, and :func:`run_hooks` raises it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
+from agent.config import CONTINUE, PRE_INSTALL, Hook
 from agent.errors import NodeTimeout, NodeUnavailable
 from bridge import Atom, BadRpc, format_term
 
 from .steps import Caller, Failure, Steps
 
-PRE_INSTALL = "pre_install"
-POST_INSTALL = "post_install"
-WHEN = (PRE_INSTALL, POST_INSTALL)
-FAIL = "fail"          # a failing hook fails the operation (the default)
-CONTINUE = "continue"  # a failing hook is shown failed and the operation goes on
-ON_FAILURE = (FAIL, CONTINUE)
-DEFAULT_TIMEOUT = 30.0
-
 _OK = Atom("ok")
-
-
-@dataclass(frozen=True)
-class Hook:
-    name: str                  # names its step: "pre_install:NAME"
-    when: str                  # PRE_INSTALL or POST_INSTALL
-    module: str
-    function: str
-    args: tuple[Any, ...] = ()  # Erlang terms as the bridge encodes them
-    timeout: float = DEFAULT_TIMEOUT
-    on_failure: str = FAIL
-
-    @property
-    def step(self) -> str:
-        return f"{self.when}:{self.name}"
-
-    def __str__(self) -> str:
-        args = ", ".join(format_term(a) for a in self.args)
-        return f"{format_term(Atom(self.module))}:{format_term(Atom(self.function))}({args})"
 
 
 async def run_hooks(node: Caller, steps: Steps, hooks: Sequence[Hook], when: str, *,

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.errors import NodeFault
 from bridge import Atom
 
 STATUSES = ("permanent", "current", "old", "unpacked")
 
 
-class UnexpectedReply(ValueError):
+class UnexpectedReply(NodeFault, ValueError):
     """The node answered with a shape release_handler never sends."""
 
 

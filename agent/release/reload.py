@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.operations.journal import ConfigChange
 from bridge import Atom, BadRpc, format_term
 
+from .records import ConfigChange
 from .releases import parse_which_releases
 from .steps import (
     DRY_RUN,

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.errors import NodeUnavailable
-from agent.operations.journal import ConfigChange, StepRecord
 from bridge import Atom, format_term
 
+from .records import ConfigChange, StepRecord
 from .releases import Release
 
 SUCCEEDED = "succeeded"

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec
 
+from agent.config import POST_INSTALL, PRE_INSTALL, Hook
 from agent.errors import NodeUnavailable
 from bridge import Atom, BadRpc
 
-from .hooks import POST_INSTALL, PRE_INSTALL, Hook, run_hooks, skip_hooks
+from .hooks import run_hooks, skip_hooks
 from .releases import Release, parse_which_releases
 from .steps import (
     DRY_RUN,

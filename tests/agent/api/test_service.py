@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from agent.api.service import AgentService
-from agent.config.parse import NodeConfig
+from agent.config import NodeConfig
 from agent.nodes.link import NodeLink
 from agent.nodes.manager import NodeManager
 from agent.operations.journal import Journal

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.api.auth import OPERATOR, READ_ONLY_RPCS, VIEWER, Authenticator, AuthError, Token
-from agent.config.access import UnixAddress
-from agent.config.parse import Address, load_config
+from agent.api.auth import READ_ONLY_RPCS, Authenticator, AuthError
+from agent.config import OPERATOR, VIEWER, Address, Token, UnixAddress, load_config
 from agent.errors import ConfigError
 
 TOKEN = "a" * 12 + "0123456789"

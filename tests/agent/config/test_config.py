@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.access import UnixAddress
-from agent.config.parse import Address, load_config
+from agent.config import Address, UnixAddress, load_config
 from agent.errors import ConfigError
 from bridge import Atom
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 GOOD = """
 [agent]

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.dist_tls import hint
-from agent.config.parse import NodeConfig, load_config
+from agent.config import NodeConfig, client_context, hint, load_config
 from agent.errors import ConfigError
 from agent.nodes.manager import NodeManager
 from bridge import TlsCause
@@ -69,7 +68,7 @@ def test_full_table(tmp_path: Path, pki: tuple[TestCA, CertPair]) -> None:
     assert (tls.ca_file, tls.cert_file, tls.key_file) == (
         tmp_path / "ca.crt", tmp_path / "agent.crt", tmp_path / "agent.key")
     assert tls.verify_hostname and tls.server_name is None
-    ctx = tls.context()
+    ctx = client_context(tls)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "relctl test CA"),),)]
@@ -86,7 +85,7 @@ def test_ca_only_and_no_name_check(tmp_path: Path, pki: tuple[TestCA, CertPair])
     tls = load_config(write(tmp_path, pki, 'ca_file = "ca.crt"\nverify_hostname = false\n')
                       ).distribution_tls
     assert tls is not None and tls.cert_file is None and tls.key_file is None
-    ctx = tls.context()
+    ctx = client_context(tls)
     assert not ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED  # the chain still counts
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.tools.agent_proc import start_agent
 from tests.tools.otp_procs import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_agent(config: Path) -> subprocess.CompletedProcess[str]:

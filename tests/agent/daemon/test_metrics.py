@@ -6,7 +6,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.config.parse import Address
+from agent.config import Address
 from agent.daemon.metrics import AgentMetrics
 from agent.nodes.link import NodeState
 from agent.release.releases import Release

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.parse import DiscoveryConfig, NodeConfig, load_config
+from agent.config import DiscoveryConfig, NodeConfig, load_config
 from agent.errors import ConfigError
 from agent.nodes.discovery import Discovery
 from agent.nodes.link import NodeLink

@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.operations.journal import (
-    FILE_NAME,
-    SCHEMA_VERSION,
-    ConfigChange,
-    Journal,
-    JournalError,
-    ReleaseRow,
-    StepRecord,
-)
+from agent.operations.journal import FILE_NAME, SCHEMA_VERSION, Journal, JournalError, ReleaseRow
+from agent.release.records import ConfigChange, StepRecord
 
 
 @pytest.fixture

@@ -43,13 +43,27 @@ class SocketError(HostError):
     """The socket cannot be set up; the message says what to fix."""
 
 
+# Abstract names we bind: random per connection, so that no local process can learn the next
+# one and bind it first (every user sees the names in use in /proc/net/unix).
+_NAME_TRIES = 8
+
+
+def abstract_name() -> str:
+    return f"relctl-{secrets.token_hex(16)}"
+
+
 class _Relay(asyncio.Protocol):
-    """One direction-pair end: what it receives goes to its partner, with flow control."""
+    """One direction-pair end: what it receives goes to its partner, with flow control.
+
+    Bytes that arrive before the partner exists are kept, not dropped: pause_reading() in
+    connection_made is ignored by Python before 3.11.4 (CPython gh-103607), and Debian 12's
+    Python is 3.11.2."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.partner: _Relay | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -58,6 +72,15 @@ class _Relay(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.partner is not None and self.partner.transport is not None:
             self.partner.transport.write(data)
+        else:
+            self._early.append(data)
+
+    def pair(self, partner: _Relay) -> None:
+        """Relay to ``partner`` from now on, starting with what arrived before it existed."""
+        self.partner = partner
+        early, self._early = self._early, []
+        if early and partner.transport is not None:
+            partner.transport.write(b"".join(early))
 
     def pause_writing(self) -> None:  # our outgoing buffer is full: stop reading the partner
         if self.partner is not None and self.partner.transport is not None:
@@ -106,9 +129,6 @@ class UnixFront:
         self._gid = gid
         self._private = Path(tempfile.mkdtemp(prefix="relctl-agent-"))  # 0700
         self._inner = str(self._private / "grpc.sock")
-        # Unguessable, so no other local process can take our abstract names first.
-        self._prefix = f"relctl-{os.getpid()}-{secrets.token_hex(6)}-"
-        self._count = 0
         self._peers: dict[str, PeerCred] = {}
         self._server: asyncio.AbstractServer | None = None
         self._relays: set[_Relay] = set()
@@ -147,16 +167,13 @@ class UnixFront:
     async def _connect_inner(self, outer: _Relay, transport: asyncio.Transport) -> None:
         self._relays.add(outer)
         raw = transport.get_extra_info("socket")
-        self._count += 1
-        name = f"{self._prefix}{self._count}"
+        name = ""
         inner_sock: socket.socket | None = None
         try:
             pid, uid, gid = _UCRED.unpack(raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                          _UCRED.size))
+            inner_sock, name = _bind_abstract()
             self._peers[name] = PeerCred(pid, uid, gid)
-            inner_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            inner_sock.setblocking(False)
-            inner_sock.bind("\0" + name)
             loop = asyncio.get_running_loop()
             await loop.sock_connect(inner_sock, self._inner)
             inner = _Relay()
@@ -169,7 +186,8 @@ class UnixFront:
             transport.close()
             self._relays.discard(outer)
             return
-        inner.partner, outer.partner = outer, inner
+        inner.pair(outer)
+        outer.pair(inner)
         self._relays.add(inner)
         if outer.closed.done():  # the caller left while we connected: nothing to relay
             if inner.transport is not None:
@@ -198,6 +216,23 @@ class UnixFront:
         for task in list(self._tasks):
             task.cancel()
         shutil.rmtree(self._private, ignore_errors=True)
+
+
+def _bind_abstract() -> tuple[socket.socket, str]:
+    """A non-blocking socket bound to a fresh random abstract name, and the name."""
+    for _ in range(_NAME_TRIES):
+        name = abstract_name()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.bind("\0" + name)
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue  # taken: 128 random bits make this a squatter, not chance; pick again
+        return sock, name
+    raise OSError(errno.EADDRINUSE, f"{_NAME_TRIES} random abstract names were all in use")
 
 
 def _bind(path: Path, mode: int, gid: int | None) -> socket.socket:

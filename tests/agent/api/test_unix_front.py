@@ -87,3 +87,68 @@ async def test_socket_mistakes_say_what_to_fix(tmp_path: Path) -> None:
     with pytest.raises(SocketError, match="does not exist .*RuntimeDirectory=relctl"):
         await missing.start()
     await missing.stop()
+
+
+async def _serve(tmp_path: Path) -> tuple[UnixFront, grpc.aio.Server, _Peers]:
+    front = UnixFront(tmp_path / "agent.sock", mode=0o660)
+    server = grpc.aio.server()
+    servicer = _Peers(front)
+    agent_pb2_grpc.add_AgentServicer_to_server(servicer, server)
+    server.add_insecure_port(front.inner_address)
+    await server.start()
+    await front.start()
+    return front, server, servicer
+
+
+async def _shut(front: UnixFront, server: grpc.aio.Server) -> None:
+    front.stop_accepting()
+    await server.stop(0)
+    await front.stop()
+
+
+async def test_bytes_sent_before_the_relay_exists_are_relayed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python before 3.11.4 ignores pause_reading() in connection_made (gh-103607): the caller's
+    first bytes then arrive before the inner connection exists. Made so here on purpose."""
+    import asyncio.selector_events as selector_events
+
+    monkeypatch.setattr(selector_events._SelectorSocketTransport, "pause_reading",
+                        lambda self: None)
+    front, server, servicer = await _serve(tmp_path)
+    try:
+        for _ in range(20):
+            async with grpc.aio.insecure_channel(f"unix:{front.path}") as channel:
+                await agent_pb2_grpc.AgentStub(channel).ListNodes(pb.ListNodesRequest(),
+                                                                  timeout=5)
+        assert len(servicer.seen) == 20
+        assert all(found is not None and found[0] == os.getuid() for _, found in servicer.seen)
+    finally:
+        await _shut(front, server)
+
+
+async def test_abstract_names_are_random_and_a_squatted_one_is_skipped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.api import unix_front
+
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind("\0relctl-squatted")
+    names = iter(["relctl-squatted"])
+    real = unix_front.abstract_name
+    monkeypatch.setattr(unix_front, "abstract_name", lambda: next(names, None) or real())
+    front, server, servicer = await _serve(tmp_path)
+    try:
+        for _ in range(5):
+            async with grpc.aio.insecure_channel(f"unix:{front.path}") as channel:
+                await agent_pb2_grpc.AgentStub(channel).ListNodes(pb.ListNodesRequest(),
+                                                                  timeout=5)
+        assert len(servicer.seen) == 5
+        assert all(found is not None and found[0] == os.getuid() for _, found in servicer.seen)
+        # grpc may share one connection between channels: each connection has its own name.
+        peers = {peer.removeprefix("unix-abstract:") for peer, _ in servicer.seen}
+        assert "relctl-squatted" not in peers
+        # 128 random bits each: nothing in one name tells the next.
+        assert all(len(p) == len("relctl-") + 32 for p in peers)
+        assert len({p[len("relctl-"):][:8] for p in peers}) == len(peers)
+    finally:
+        squatter.close()
+        await _shut(front, server)

@@ -25,6 +25,7 @@ from relctl.v1 import agent_pb2 as pb
 
 from .audit import AuditLog, AuditRecord, without_secrets
 from .auth import Authenticator, AuthError, Identity, needs_audit
+from .limits import bounded, request_problem
 
 log = logging.getLogger("relctl.agent.access")
 
@@ -66,15 +67,22 @@ class _Call:
         self.arguments: dict[str, Any] = {}
         self.detail = ""
         self.operation_id = 0
+        self.recorded = False  # its record is written (a refused request): not again at the end
 
-    def request(self, message: Message) -> None:
-        if not self.audited:
-            return
+    def request(self, message: Message) -> str | None:
+        """Take the request's fields for the audit record; what is wrong with them, if anything
+        (checked before anything of them is journaled or logged)."""
         fields = MessageToDict(message, preserving_proto_field_name=True)
         # An upload's header is the part worth keeping; its chunks are not.
         fields = fields.get("header", fields)
-        self.node = str(fields.pop("node", "") or self.node)
-        self.arguments = without_secrets(fields)
+        problem = request_problem(fields)
+        if problem is not None:
+            self.audited = True  # a refusal is always recorded
+        if self.audited:
+            kept = bounded(fields)
+            self.node = str(kept.pop("node", "") or self.node)
+            self.arguments = without_secrets(kept)
+        return problem
 
     def response(self, message: Message) -> None:
         if not self.audited:
@@ -141,11 +149,21 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             raise  # abort raised already; this line is for the type checker
         call = _Call(rpc, identity)
         if request is not None:
-            call.request(request)
+            await self.check(call, context, request)
         return call
 
+    async def check(self, call: _Call, context: _Ctx, request: Message) -> None:
+        """Refuse (audited, INVALID_ARGUMENT) a request whose strings break the limits."""
+        problem = call.request(request)
+        if problem is None:
+            return
+        self._record(call, grpc.StatusCode.INVALID_ARGUMENT.name, problem)
+        log.warning("refused %s from %s (%s): %s", call.rpc, call.identity.peer,
+                    call.identity.name, problem)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem, _ERROR_METADATA)
+
     def finish(self, call: _Call, context: _Ctx, failed: BaseException | None) -> None:
-        if not call.audited:
+        if not call.audited or call.recorded:
             return
         if failed is None:
             result, detail = "ok", call.detail
@@ -158,6 +176,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         self._record(call, result, detail)
 
     def _record(self, call: _Call, result: str, detail: str) -> None:
+        call.recorded = True
         if self._audit is None:
             return
         self._audit.append(AuditRecord(
@@ -211,12 +230,13 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
                     yield message
         return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
 
-    def watched(call: _Call, requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
+    def watched(call: _Call, requests: AsyncIterator[Message],
+                context: _Ctx) -> AsyncIterator[Message]:
         async def first_recorded() -> AsyncIterator[Message]:
             first = True
             async for message in requests:
                 if first:  # an upload's header: the part of a stream worth auditing
-                    call.request(message)
+                    await access.check(call, context, message)
                     first = False
                 yield message
         return first_recorded()
@@ -227,7 +247,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
         async def stream_unary(requests: AsyncIterator[Message], context: _Ctx) -> Message:
             call = await access.admit(rpc, context)
             with _serving(access, call, context):
-                response: Message = await inner_su(watched(call, requests), context)
+                response: Message = await inner_su(watched(call, requests, context), context)
                 call.response(response)
                 return response
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
@@ -238,7 +258,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
                             context: _Ctx) -> AsyncIterator[Message]:
         call = await access.admit(rpc, context)
         with _serving(access, call, context):
-            async for message in inner_ss(watched(call, requests), context):
+            async for message in inner_ss(watched(call, requests, context), context):
                 call.response(message)
                 yield message
     return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)

@@ -13,11 +13,30 @@ import os
 import sys
 from typing import TextIO
 
+# A message never spans lines or moves the terminal: a newline in a request's string must not
+# forge a log line of its own. Tracebacks (exc_text) keep their lines.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+                  0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_controls(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
+class EscapingFormatter(logging.Formatter):
+    """A formatter whose messages hold no control characters."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
              logging.CRITICAL: 2}
 
 
-class JournalFormatter(logging.Formatter):
+class JournalFormatter(EscapingFormatter):
     def __init__(self) -> None:
         super().__init__("%(name)s: %(message)s")
 
@@ -44,7 +63,7 @@ def configure(level: str = "info", stream: TextIO = sys.stderr) -> None:
     if stream_is_journal(stream):
         handler.setFormatter(JournalFormatter())
     else:
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(EscapingFormatter(
             "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
     root = logging.getLogger("relctl")
     root.handlers[:] = [handler]

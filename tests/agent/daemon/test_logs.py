@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,27 @@ from agent.daemon import logs
 
 
 def test_journal_lines_carry_the_priority_on_every_line() -> None:
-    record = logging.LogRecord("relctl.agent", logging.WARNING, __file__, 1,
-                               "node %s is down\nsecond line", ("a@h",), None)
-    assert logs.JournalFormatter().format(record) == (
-        "<4>relctl.agent: node a@h is down\n<4>second line")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("relctl.agent", logging.WARNING, __file__, 1,
+                                   "node %s is down", ("a@h",), sys.exc_info())
+    lines = logs.JournalFormatter().format(record).splitlines()
+    assert lines[0] == "<4>relctl.agent: node a@h is down"
+    assert lines[1] == "<4>Traceback (most recent call last):"
+    assert len(lines) > 3 and all(line.startswith("<4>") for line in lines)
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_a_message_cannot_forge_a_log_line(journal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newline (or any control character) in a request's string stays on its line."""
+    forged = "0.0.2\n2026-01-01T00:00:00+0000 INFO relctl.agent: ready\x1b[2J"
+    record = logging.LogRecord("relctl.agent", logging.INFO, __file__, 1,
+                               "upgrade to %s refused", (forged,), None)
+    formatter = logs.JournalFormatter() if journal else logs.EscapingFormatter("%(message)s")
+    [line] = formatter.format(record).splitlines()
+    assert line.endswith("upgrade to 0.0.2\\n2026-01-01T00:00:00+0000 INFO relctl.agent: "
+                         "ready\\x1b[2J refused")
 
 
 def test_journal_stream_is_recognised_by_device_and_inode(

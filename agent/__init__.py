@@ -1,4 +1,5 @@
-"""relctl's on-host agent (`relctl-agent`) and its thin remote client (`relctl`, in cli.py)."""
+"""relctl's on-host agent (`relctl-agent`) and its thin remote client (`relctl`, in
+agent/client/)."""
 
 import os
 

@@ -41,13 +41,13 @@ def timed(argv: Sequence[str], env: dict[str, str], expect: str) -> float:
 
 
 def import_time_ms(runs: int = 10) -> float:
-    """Median wall time of `python -c 'import agent.cli'` minus a bare `python -c pass`."""
+    """Median wall time of `python -c 'import agent.client.main'` minus a bare `python -c pass`."""
     def run(code: str) -> float:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
         return time.perf_counter() - started
     bare = statistics.median(run("pass") for _ in range(runs))
-    full = statistics.median(run("import agent.cli") for _ in range(runs))
+    full = statistics.median(run("import agent.client.main") for _ in range(runs))
     return (full - bare) * 1e3
 
 
@@ -82,7 +82,7 @@ def main() -> None:
         print(f"  relx-style escript (new VM per command): {esc * 1e3:7.1f} ms")
         print(f"  relctl versions (whole process):         {rel * 1e3:7.1f} ms")
         print(f"  ratio relctl / escript: {rel / esc:.2f}x (goal: at most 0.50x)")
-        print(f"  import agent.cli: {import_time_ms():.1f} ms over a bare interpreter start")
+        print(f"  import agent.client.main: {import_time_ms():.1f} ms over a bare interpreter start")
 
 
 if __name__ == "__main__":

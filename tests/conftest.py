@@ -64,7 +64,7 @@ def pytest_runtest_makereport(
     return report
 
 
-def _test_failed(request: pytest.FixtureRequest) -> bool:
+def current_test_failed(request: pytest.FixtureRequest) -> bool:
     reports = request.node.stash.get(_REPORTS, {})
     return any(r.failed for r in reports.values())
 
@@ -155,7 +155,7 @@ def node_factory(
         yield factory
     finally:
         factory.stop_all()
-        if _test_failed(request):
+        if current_test_failed(request):
             for node in factory.nodes:
                 print(f"===== log of {node.name} (pid {node.pid}, root {node.root}) =====")
                 print(node.log_text())

@@ -1,6 +1,6 @@
 """Who is calling and what they may do: bearer tokens, roles, and the identity of a caller.
 
-No grpc here: the interceptor (agent/interceptor.py) hands over the transport facts (peer
+No grpc here: the interceptor (agent/api/interceptor.py) hands over the transport facts (peer
 address, metadata, peer credentials of a Unix socket, client certificate) and gets back an
 :class:`Identity` or an :class:`AuthError` whose message tells the caller what to do.
 """

@@ -1,7 +1,7 @@
 """The gRPC face of the agent (`relctl.v1.Agent`, grpc.aio): turns requests into calls on the
 node manager, agent values into messages, and the agent's errors into status codes.
 
-Only this module and the interceptor (agent/interceptor.py) know about grpc.
+Only this module and the interceptor (agent/api/interceptor.py) know about grpc.
 """
 
 from __future__ import annotations

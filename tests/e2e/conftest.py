@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _test_failed
+from tests.conftest import current_test_failed
 from tests.tools.agent_proc import AgentProc
 from tests.tools.elixir_fixture import (
     ElixirBuild,
@@ -31,7 +31,7 @@ def agents(request: pytest.FixtureRequest) -> Iterator[list[AgentProc]]:
     yield started
     for agent in started:
         agent.stop()
-        if _test_failed(request):
+        if current_test_failed(request):
             print(f"===== log of relctl-agent pid {agent.pid} (exit {agent.returncode}) =====")
             print(agent.log_text())
     for agent in started:
@@ -69,7 +69,7 @@ def start_ex_node(request: pytest.FixtureRequest, elixir_build: ElixirBuild, epm
     yield start
     for node in started:
         node.stop()
-        if _test_failed(request):
+        if current_test_failed(request):
             print(f"===== log of {node.name} (pid {node.pid}, root {node.root}) =====")
             print(node.log_text())
     assert not [n.pid for n in started if pid_exists(n.pid)], "a node survived stop()"

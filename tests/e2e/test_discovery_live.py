@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.parse import DEFAULT_DISCOVERY_EXCLUDE
+from agent.config import DEFAULT_DISCOVERY_EXCLUDE
 from tests.conftest import NodeFactory
 from tests.tools.agent_proc import AgentProc, eventually, relctl, start_agent
 from tests.tools.elixir_fixture import COUNTER, ElixirBuild

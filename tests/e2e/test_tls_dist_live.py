@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bridge import Atom, CookieRejected, Node, TlsCause, TlsHandshakeFailed
-from tests.conftest import _test_failed
+from tests.conftest import current_test_failed
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
 from tests.tools.otp_procs import EpmdProc, NodeProc, pid_exists, start_epmd, start_node
 from tests.tools.pki import CertPair, TestCA
@@ -101,7 +101,7 @@ def cluster(request: pytest.FixtureRequest, release_build: ReleaseBuild,
     finally:
         for node in nodes:
             node.stop()
-            if _test_failed(request):
+            if current_test_failed(request):
                 print(f"===== log of {node.name} (pid {node.pid}) =====\n{node.log_text()}")
         epmd.stop()
     assert not [p.pid for p in [*nodes, epmd] if pid_exists(p.pid)], "a process survived stop()"

@@ -227,7 +227,7 @@ def test_a_second_operation_on_the_node_is_refused_while_one_runs(
         node_extra={"health_probes": ["counter:health"], "health_soak": 4})
     agents.append(agent)
     first = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--agent", agent.address, "upgrade", "0.0.2",
+        [sys.executable, "-m", "agent.client", "--agent", agent.address, "upgrade", "0.0.2",
          "--tarball", str(release_build.tarball("0.0.2")), "-o", "json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=relctl_env())
@@ -248,7 +248,7 @@ def test_a_second_operation_on_the_node_is_refused_while_one_runs(
 def test_client_going_away_does_not_cancel_the_upgrade(
         agent: AgentProc, counter_node: NodeProc, release_build: ReleaseBuild) -> None:
     client = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--agent", agent.address, "upgrade", "0.0.2",
+        [sys.executable, "-m", "agent.client", "--agent", agent.address, "upgrade", "0.0.2",
          "--tarball", str(release_build.tarball("0.0.2"))],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=relctl_env())

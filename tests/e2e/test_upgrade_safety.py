@@ -175,7 +175,7 @@ def test_an_agent_killed_mid_upgrade_journals_it_as_interrupted(
     agent = start_for(agents, counter_node, workdir, health_probes=["counter:health"],
                       health_soak=30)
     client = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--agent", agent.address, "upgrade", "0.0.2",
+        [sys.executable, "-m", "agent.client", "--agent", agent.address, "upgrade", "0.0.2",
          "--tarball", str(release_build.tarball("0.0.2"))],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=relctl_env())

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.tools.otp_procs import _ManagedProcess, _track, free_port
+from tests.tools.otp_procs import ManagedProcess, track, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 _T = TypeVar("_T")
@@ -114,7 +114,7 @@ def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metr
     return path
 
 
-class AgentProc(_ManagedProcess):
+class AgentProc(ManagedProcess):
     stop_grace = 10.0
 
     def __init__(self, proc: subprocess.Popen[bytes], config: Path, grpc_port: int,
@@ -173,7 +173,7 @@ def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = Tr
     # An explicit listen list: address is its first TCP entry, socket its first unix: one.
     agent.address = next((a for a in listen if not a.startswith("unix:")), agent.address)
     agent.socket = next((a for a in listen if a.startswith("unix:")), "")
-    _track(proc.pid, agent.stop)
+    track(proc.pid, agent.stop)
     deadline = time.monotonic() + timeout
     while "relctl.agent: ready:" not in agent.log_text()[offset:]:
         if proc.poll() is not None:
@@ -206,7 +206,7 @@ def relctl_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 def relctl(*args: str, agents: Sequence[str] = (), env: Mapping[str, str] | None = None,
            timeout: float = 30.0) -> CliResult:
     """Run the `relctl` client as a separate process, as a user would."""
-    argv = [sys.executable, "-m", "agent.cli"]
+    argv = [sys.executable, "-m", "agent.client"]
     for agent in agents:
         argv += ["--agent", agent]
     proc = subprocess.run([*argv, *args], cwd=ROOT, capture_output=True, text=True,

@@ -8,7 +8,7 @@ installed OTP:
   output directory, with HOME, MIX_HOME and HEX_HOME there too (nothing is written to the
   real home, and without dependencies mix never asks Hex or the network);
 * the relup 0.0.1 <-> 0.0.2 and the upgrade tarball, made by relctl's own helper
-  (:mod:`agent.relup_tool`, i.e. ``relctl make-relup``) as a user would;
+  (:mod:`agent.client.relup`, i.e. ``relctl make-relup``) as a user would;
 * an installed 0.0.1 target: the 0.0.1 release directory as mix left it, so with no
   ``releases/RELEASES`` (relctl's agent creates it on first contact).
 
@@ -31,17 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from agent import relup_tool
+from agent.client.relup import RelupError, RelupResult
+from agent.client.relup import build as build_relup
 from tests.tools.otp_procs import (
     NodeProc,
     OtpProcessError,
-    _clean_env,
-    _split_name,
-    _write_cookie_home,
+    clean_env,
+    split_name,
+    write_cookie_home,
     await_started,
     epmd_names,
 )
-from tests.tools.release_fixture import REPO_ROOT, ReleaseBuildError, _erl_env
+from tests.tools.release_fixture import REPO_ROOT, ReleaseBuildError, erl_env
 
 EXAMPLE_DIR = REPO_ROOT / "examples" / "elixir_counter"
 REL_NAME = "ex_counter"
@@ -73,7 +74,7 @@ class ElixirBuild:
     out_dir: Path
     name: str
     release_dirs: Mapping[str, Path]  # vsn -> _build/prod/rel/ex_counter of that version
-    relup: relup_tool.RelupResult     # what `relctl make-relup` made, tarball included
+    relup: RelupResult           # what `relctl make-relup` made, tarball included
     target_template: Path             # installed 0.0.1; copy, never mutate
     build_seconds: float
 
@@ -87,7 +88,7 @@ class ElixirBuild:
 def _mix_release(src: Path, out_dir: Path) -> Path:
     """``MIX_ENV=prod mix release`` in ``src``; returns the release directory."""
     home = out_dir / "home"
-    env = _without_elixir_env(_erl_env())
+    env = _without_elixir_env(erl_env())
     env.update({
         "HOME": str(home),
         "XDG_CONFIG_HOME": str(home / ".config"),
@@ -132,9 +133,9 @@ def build_elixir_release(out_dir: Path) -> ElixirBuild:
         shutil.copytree(EXAMPLE_DIR / vsn, src)
         release_dirs[vsn] = _mix_release(src, out_dir)
     try:
-        made = relup_tool.build(release_dirs[BASE_VSN], release_dirs[UPGRADE_VSN],
-                                tarball=out_dir / f"{REL_NAME}-{UPGRADE_VSN}.tar.gz")
-    except relup_tool.RelupError as exc:
+        made = build_relup(release_dirs[BASE_VSN], release_dirs[UPGRADE_VSN],
+                           tarball=out_dir / f"{REL_NAME}-{UPGRADE_VSN}.tar.gz")
+    except RelupError as exc:
         raise ReleaseBuildError("relctl make-relup", [], 0, str(exc)) from exc
     target = out_dir / f"target-{BASE_VSN}"
     shutil.copytree(release_dirs[BASE_VSN], target, symlinks=True)
@@ -160,11 +161,11 @@ def start_elixir_node(target_root: Path, name: str = f"{REL_NAME}@localhost", *,
     the boot script finished (a file written from ``-eval``) and the node is registered with
     the private epmd. ``stop()`` of the result stops it by pid.
     """
-    alive, host = _split_name(name)
+    alive, host = split_name(name)
     full_name = f"{alive}@{host}"
     wdir = workdir.resolve()
     wdir.mkdir(parents=True, exist_ok=True)
-    _write_cookie_home(wdir / "home", cookie)
+    write_cookie_home(wdir / "home", cookie)
     ready_file = wdir / "booted"
     ready_file.unlink(missing_ok=True)
     if alive in epmd_names(epmd_port):
@@ -174,7 +175,7 @@ def start_elixir_node(target_root: Path, name: str = f"{REL_NAME}@localhost", *,
     # may occur inside one argument, hence the file name from the environment.
     erl_options = ("-start_epmd false -kernel inet_dist_use_interface {127,0,0,1} "
                    '-eval ok=file:write_file(os:getenv("RELCTL_READY_FILE"),<<>>)')
-    env = _without_elixir_env(_clean_env({
+    env = _without_elixir_env(clean_env({
         "HOME": str(wdir / "home"),
         "XDG_CONFIG_HOME": str(wdir / "home" / ".config"),
         "ERL_EPMD_PORT": str(epmd_port),

@@ -78,7 +78,7 @@ def free_port(host: str = LOOPBACK) -> int:
         return port
 
 
-def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _ERL_ENV_NOISE}
     env.update(extra)
     return env
@@ -184,7 +184,7 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
 _LIVE: dict[int, Callable[[], None]] = {}
 
 
-def _track(pid: int, stopper: Callable[[], None]) -> None:
+def track(pid: int, stopper: Callable[[], None]) -> None:
     _LIVE[pid] = stopper
 
 
@@ -257,7 +257,7 @@ def epmd_names(port: int, host: str = LOOPBACK, timeout: float = 2.0) -> dict[st
     return names
 
 
-class _ManagedProcess:
+class ManagedProcess:
     """A process we started and own: its log, an optional directory it owns, an idempotent
     ``stop()`` (by pid, SIGTERM then SIGKILL after the grace) and the context-manager form."""
 
@@ -300,7 +300,7 @@ class _ManagedProcess:
         self.stop()
 
 
-class EpmdProc(_ManagedProcess):
+class EpmdProc(ManagedProcess):
     """A private epmd we started in the foreground; ``stop()`` is idempotent."""
 
     def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
@@ -327,11 +327,11 @@ def _start_epmd_once(port: int, log_path: Path, timeout: float) -> EpmdProc | No
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_clean_env({}),
+            env=clean_env({}),
             start_new_session=True,
         )
     epmd_proc = EpmdProc(proc, port, log_path)
-    _track(proc.pid, epmd_proc.stop)
+    track(proc.pid, epmd_proc.stop)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -394,7 +394,7 @@ def start_epmd(
 # release nodes
 
 
-def _split_name(name: str) -> tuple[str, str]:
+def split_name(name: str) -> tuple[str, str]:
     alive, sep, host = name.partition("@")
     if not sep:
         host = "localhost"
@@ -403,7 +403,7 @@ def _split_name(name: str) -> tuple[str, str]:
     return alive, host
 
 
-def _write_cookie_home(home: Path, cookie: str) -> None:
+def write_cookie_home(home: Path, cookie: str) -> None:
     """A HOME whose .erlang.cookie (mode 0400, as erl insists) holds ``cookie``."""
     home.mkdir(parents=True, exist_ok=True)
     cookie_file = home / ".erlang.cookie"
@@ -418,7 +418,7 @@ def _erl_string(text: str | Path) -> str:
     return f'"{escaped}"'
 
 
-class NodeProc(_ManagedProcess):
+class NodeProc(ManagedProcess):
     """A release node started by :func:`start_node`; ``stop()`` is idempotent.
 
     ``stop()`` sends SIGTERM (beam runs init:stop()) and SIGKILLs after 5 s.
@@ -442,7 +442,7 @@ class NodeProc(_ManagedProcess):
     ) -> None:
         super().__init__(proc, workdir / "node.log", workdir if owns_workdir else None)
         self.name = name
-        self.alive_name, self.host = _split_name(name)
+        self.alive_name, self.host = split_name(name)
         self.cookie = cookie
         self.epmd_port = epmd_port
         self.root = root
@@ -481,7 +481,7 @@ def start_node(
         raise ValueError("start_node needs the port of a private epmd (see start_epmd)")
     if epmd_port == SYSTEM_EPMD_PORT:
         raise ValueError("refusing to register a test node with the system epmd")
-    alive, host = _split_name(name)
+    alive, host = split_name(name)
     full_name = f"{alive}@{host}"
     cookie = cookie if cookie is not None else secrets.token_hex(16)
     owns_workdir = workdir is None
@@ -489,7 +489,7 @@ def start_node(
     wdir = wdir.resolve()
     wdir.mkdir(parents=True, exist_ok=True)
     home = wdir / "home"
-    _write_cookie_home(home, cookie)
+    write_cookie_home(home, cookie)
     ready_file = wdir / "booted"
     ready_file.unlink(missing_ok=True)
     log_path = wdir / "node.log"
@@ -512,7 +512,7 @@ def start_node(
         "-eval",
         f"ok = file:write_file({_erl_string(ready_file)}, <<>>)",
     ]
-    env = _clean_env(
+    env = clean_env(
         {
             "HOME": str(home),
             # auth also looks here (after $HOME); keep it inside the private home.
@@ -548,7 +548,7 @@ def await_started(node: NodeProc, proc: subprocess.Popen[bytes], ready_file: Pat
                   timeout: float, t0: float) -> NodeProc:
     """Track a just-started node for the end-of-session sweep and wait until it is ready; a
     node that does not get ready is stopped before the error goes up."""
-    _track(proc.pid, node.stop)
+    track(proc.pid, node.stop)
     try:
         _wait_node_ready(node, proc, ready_file, timeout)
     except BaseException:
@@ -653,7 +653,7 @@ def _run_probe(node: NodeProc, env_extra: Mapping[str, str], timeout: float, che
         "-eval",
         _PROBE_PROGRAM,
     ]
-    env = _clean_env(
+    env = clean_env(
         {
             "HOME": str(node.home),
             "XDG_CONFIG_HOME": str(node.home / ".config"),
@@ -673,7 +673,7 @@ def _run_probe(node: NodeProc, env_extra: Mapping[str, str], timeout: float, che
         env=env,
         start_new_session=True,
     )
-    _track(proc.pid, lambda: _terminate(proc, grace=0.5))
+    track(proc.pid, lambda: _terminate(proc, grace=0.5))
     try:
         out_b, err_b = proc.communicate(timeout=timeout + 15.0)
     except subprocess.TimeoutExpired:

@@ -145,7 +145,7 @@ class ReleaseBuild:
 # running erl / erlc
 
 
-def _erl_env() -> dict[str, str]:
+def erl_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _ERL_ENV_NOISE}
 
 
@@ -155,7 +155,7 @@ def _run(step: str, argv: Sequence[str], *, cwd: Path, timeout: float = 120.0) -
         proc = subprocess.run(
             list(argv),
             cwd=cwd,
-            env=_erl_env(),
+            env=erl_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

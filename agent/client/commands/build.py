@@ -1,29 +1,21 @@
 """`relctl` commands that run in the user's build rather than against an agent: `make-relup`.
-Registered on the group in agent/cli.py; the work is done by :mod:`agent.relup_tool`, imported
-only when the command runs so that every other command starts as fast as before.
+The work is done by :mod:`agent.client.relup`, imported only when the command runs so that
+every other command starts without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .cli import CliError, ExitCode, Settings, _emit, _store, cli
+from ..common import Settings, local_options
+from ..output import emit
+from ..status import ExitCode
 
 
-def _local_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The shared options that mean something without an agent (`-o`, `--debug`)."""
-    f = click.option("-o", "--output", type=click.Choice(["text", "json"]), default=None,
-                     expose_value=False, callback=_store("output"),
-                     help="Output format (default: text).")(f)
-    return click.option("--debug", is_flag=True, default=None, expose_value=False,
-                        callback=_store("debug"), help="Show tracebacks of errors.")(f)
-
-
-@cli.command("make-relup")
+@click.command("make-relup")
 @click.argument("old_root", type=click.Path(path_type=Path))
 @click.argument("new_root", type=click.Path(path_type=Path))
 @click.option("--tarball", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -45,11 +37,11 @@ def _local_options(f: Callable[..., Any]) -> Callable[..., Any]:
               help="Make the relup restart the emulator (systools' restart_emulator).")
 @click.option("--erl", default="erl", metavar="PATH", show_default=True,
               help="The erl whose systools makes the relup: the OTP the release was built with.")
-@_local_options
+@local_options
 @click.pass_obj
 def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path | None,
                old_version: str | None, new_version: str | None, include_erts: bool | None,
-               extra_paths: tuple[Path, ...], restart_emulator: bool, erl: str) -> None:
+               extra_paths: tuple[Path, ...], restart_emulator: bool, erl: str) -> ExitCode:
     """Write the relup of NEW_ROOT (up from OLD_ROOT's version and down to it), and a tarball.
 
     \b
@@ -62,15 +54,12 @@ def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path
     release (or in a --path DIR). Runs the local erl; needs no agent. See
     docs/preparing-releases.md.
     """
-    from . import relup_tool  # only here: the other commands need none of it
+    from ..relup import build  # only here: the other commands need none of it
 
-    try:
-        made = relup_tool.build(old_root, new_root, old_version=old_version,
-                                new_version=new_version, tarball=tarball,
-                                include_erts=include_erts, extra_paths=extra_paths,
-                                restart_emulator=restart_emulator, erl=erl)
-    except relup_tool.RelupError as exc:
-        raise CliError(str(exc), ExitCode.USAGE if exc.bad_input else ExitCode.FAILED) from None
+    # A RelupError is a CliError with its exit code: main() reports it.
+    made = build(old_root, new_root, old_version=old_version, new_version=new_version,
+                 tarball=tarball, include_erts=include_erts, extra_paths=extra_paths,
+                 restart_emulator=restart_emulator, erl=erl)
 
     data: dict[str, Any] = {
         "release": made.new.name, "from_version": made.old.version,
@@ -93,4 +82,5 @@ def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path
 
     for warning in made.warnings:
         click.echo(f"relctl: warning: {warning}", err=True)
-    _emit(settings, data, text)
+    emit(settings, data, text)
+    return ExitCode.OK

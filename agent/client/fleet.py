@@ -22,8 +22,8 @@ the README:
   line, as the lines of concurrent upgrades interleave. Then one table row per agent and a
   last line saying whether the rollout completed or stopped and why; ``-o json`` prints the
   same data instead.
-- The exit code is the most serious one among the failed agents (:data:`WORST_FIRST`), 0 when
-  none failed.
+- The exit code is the most serious one among the failed agents
+  (:data:`agent.client.status.WORST_FIRST`), 0 when none failed.
 
 The planner, the stop rule, the exit code and the rendering are functions of plain values,
 tested without agents; :func:`fleet_upgrade` wires them to the agents.
@@ -35,9 +35,9 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import grpc
@@ -45,27 +45,16 @@ import grpc
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
-from .cli import CliError, ExitCode, Settings, _table, open_channel
-from .cli_ops import (
-    _OUTCOME_EXIT,
-    _OUTCOME_NAMES,
-    UpgradeSpec,
-    _rpc_error,
-    file_digest,
-    upgrade_on,
-)
+from .common import Settings, connect, rpc_error
+from .output import outcome_of, table
+from .status import CliError, ExitCode, exit_code_for_outcome, worst_code
+from .transfer import UpgradeSpec, file_digest, upgrade_on
 
 SUCCEEDED = "succeeded"
 UP_TO_DATE = "up_to_date"
 ERROR = "error"      # no finished operation: unreachable, refused, busy, stream lost
 SKIPPED = "skipped"  # not started: the rollout stopped before the agent's batch
 OK_RESULTS = frozenset({SUCCEEDED, "dry_run", UP_TO_DATE})
-
-# Most serious first: a node left part-way needs a person now; a rolled back node ran the new
-# release and it failed, so the release is suspect; the rest changed nothing.
-WORST_FIRST = (ExitCode.FAILED_CHANGED, ExitCode.ROLLED_BACK, ExitCode.FAILED,
-               ExitCode.UNAVAILABLE, ExitCode.DENIED, ExitCode.BUSY, ExitCode.NOT_FOUND,
-               ExitCode.USAGE)
 
 
 @dataclass(frozen=True)
@@ -112,21 +101,14 @@ def over_budget(failures: int, max_failures: int) -> bool:
     return failures > max_failures
 
 
-def worst_code(codes: Iterable[ExitCode]) -> ExitCode:
-    """The most serious of ``codes``; a code missing from WORST_FIRST still beats OK."""
-    failed = set(codes) - {ExitCode.OK}
-    return min(failed, default=ExitCode.OK,
-               key=lambda c: WORST_FIRST.index(c) if c in WORST_FIRST else len(WORST_FIRST))
-
-
 def result_of(agent: str, batch: int, op: pb.Operation, seconds: float | None) -> NodeResult:
     """The row of an agent whose upgrade ran to its end."""
-    outcome = _OUTCOME_NAMES.get(op.outcome, "?")
+    outcome = outcome_of(op)
     reason = op.error
     if not reason and outcome == "dry_run":
         reason = "dry run: checks passed, nothing changed"
     return NodeResult(agent, op.node, batch, outcome,
-                      _OUTCOME_EXIT.get(outcome, ExitCode.FAILED_CHANGED), op.from_version,
+                      exit_code_for_outcome(outcome), op.from_version,
                       op.to_version, seconds, op.id, reason)
 
 
@@ -182,7 +164,7 @@ class Rollout:
                          "-" if r.seconds is None else f"{r.seconds:.1f} s",
                          "-" if r.operation_id is None else str(r.operation_id),
                          _short(r.reason)])
-        return _table(rows)
+        return table(rows)
 
     def as_json(self) -> dict[str, Any]:
         return {"rollout": {
@@ -285,7 +267,7 @@ def _already_there(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: st
         reply = stub.GetReleases(pb.GetReleasesRequest(node=settings.node),
                                  timeout=settings.timeout)
     except grpc.RpcError as err:
-        raise _rpc_error(agent, err, settings.timeout) from None
+        raise rpc_error(agent, err, settings.timeout) from None
     if len(reply.nodes) != 1:
         return settings.node, False
     node = reply.nodes[0]
@@ -295,8 +277,9 @@ def _already_there(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: st
 
 
 def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int,
-                  max_failures: int) -> NoReturn:
-    """`relctl upgrade` with several agents: roll out, print the table, exit with the code."""
+                  max_failures: int) -> ExitCode:
+    """`relctl upgrade` with several agents: roll out, print the table; the rollout's exit
+    code."""
     if spec.tarball is not None and spec.digest is None:  # hashed once, not once per agent
         spec = replace(spec, digest=file_digest(spec.tarball))
     text = settings.output == "text"
@@ -307,7 +290,7 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int,
         node = settings.node
         started = time.monotonic()
         try:
-            with open_channel(settings, agent) as channel:
+            with connect(settings, agent) as channel:
                 stub = agent_pb2_grpc.AgentStub(channel)
                 node, done = _already_there(settings, stub, agent, spec.version)
                 if done:
@@ -342,4 +325,4 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int,
         click.echo(rollout.summary())
     else:
         click.echo(json.dumps(rollout.as_json(), indent=2))
-    raise SystemExit(rollout.exit_code)
+    return rollout.exit_code

@@ -9,8 +9,9 @@ can then pack the new release as a tarball in the systools layout (`releases/NAM
 version's `releases/VSN/` and the `lib/APP-VSN/` of each application in the `.rel`), which
 `release_handler:unpack_release/1` and relctl's agent accept.
 
-Standard library only and cheap to import: it is part of the `relctl` client. Every failure is
-a :class:`RelupError` that says what went wrong and what to do; systools' own words are kept.
+Standard library only (and :mod:`agent.relfile`); the `relctl` client loads it only when
+`make-relup` runs. Every failure is a :class:`RelupError` that says what went wrong and what to
+do, with systools' own words kept; being a :class:`CliError`, it carries its exit code.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .relfile import RelSyntaxError, parse_rel
+from agent.relfile import RelSyntaxError, parse_rel
+
+from .status import CliError, ExitCode
 
 DOCS = "docs/preparing-releases.md"
 ERL_TIMEOUT = 120.0
@@ -38,12 +41,12 @@ _ERL_ENV_NOISE = ("ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS", "ERL_LIBS", "ERL_ROOT
                   "ERL_COMPILER_OPTIONS")
 
 
-class RelupError(Exception):
+class RelupError(CliError):
     """What went wrong and what to do. ``bad_input``: the paths or versions given do not fit
-    (rather than systools or the machine failing)."""
+    (a usage error) rather than systools or the machine failing."""
 
     def __init__(self, message: str, *, bad_input: bool = False) -> None:
-        super().__init__(message)
+        super().__init__(message, ExitCode.USAGE if bad_input else ExitCode.FAILED)
         self.bad_input = bad_input
 
 

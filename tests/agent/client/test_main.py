@@ -9,23 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import ExitCode, main
+from agent.client.main import main
+from agent.client.status import ExitCode
 from tests.tools.otp_procs import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_importing_the_client_does_not_import_the_bridge_or_the_daemon() -> None:
-    code = ("import sys, agent.cli; "
+def test_importing_the_client_imports_no_other_agent_package_nor_the_bridge() -> None:
+    code = ("import sys, agent.client.main; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('bridge', 'prometheus_client') or m in ('agent.service', 'agent.link', 'agent.daemon')))")
+            "('bridge', 'prometheus_client') or (m.startswith('agent.') and "
+            "m.split('.')[1] not in ('client', 'relfile'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=30).stdout
     assert out.strip() == "[]"
 
 
 def test_help_documents_the_exit_codes() -> None:
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--help"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "agent.client", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0
     for code in ExitCode:
@@ -33,8 +35,8 @@ def test_help_documents_the_exit_codes() -> None:
 
 
 def test_usage_errors_exit_2_without_traceback() -> None:
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "versions", "-o", "yaml"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([sys.executable, "-m", "agent.client", "versions", "-o", "yaml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == ExitCode.USAGE == 2
     assert "Invalid value for '-o' / '--output'" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -51,7 +53,7 @@ def test_every_command_exits_3_when_the_agent_is_unreachable(
 
 def test_an_unreachable_agent_in_json_mode_prints_valid_json() -> None:
     closed = f"127.0.0.1:{free_port()}"
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--agent", closed, "versions",
+    proc = subprocess.run([sys.executable, "-m", "agent.client", "--agent", closed, "versions",
                            "-o", "json"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3
     assert json.loads(proc.stdout) == {"nodes": []}

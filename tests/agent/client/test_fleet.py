@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import CliError, ExitCode, main
-from agent.cli_fleet import (
+from agent.client.commands.ops import upgrade
+from agent.client.fleet import (
     ERROR,
     SKIPPED,
-    WORST_FIRST,
     NodeResult,
     Rollout,
     over_budget,
@@ -22,8 +21,9 @@ from agent.cli_fleet import (
     result_of,
     result_of_error,
     run_rollout,
-    worst_code,
 )
+from agent.client.main import main
+from agent.client.status import WORST_FIRST, CliError, ExitCode
 from relctl.v1 import agent_pb2 as pb
 from tests.tools.otp_procs import free_port
 
@@ -152,27 +152,7 @@ def test_a_bug_in_an_attempt_is_raised_not_reported_as_a_node_failure() -> None:
 
 # --- exit code ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("codes", "expected"), [
-    ([], ExitCode.OK),
-    ([ExitCode.OK, ExitCode.OK], ExitCode.OK),
-    ([ExitCode.FAILED, ExitCode.ROLLED_BACK], ExitCode.ROLLED_BACK),
-    ([ExitCode.ROLLED_BACK, ExitCode.FAILED_CHANGED], ExitCode.FAILED_CHANGED),
-    ([ExitCode.UNAVAILABLE, ExitCode.FAILED], ExitCode.FAILED),
-    ([ExitCode.BUSY, ExitCode.UNAVAILABLE], ExitCode.UNAVAILABLE),
-    ([ExitCode.BUSY, ExitCode.DENIED], ExitCode.DENIED),
-    ([ExitCode.USAGE, ExitCode.NOT_FOUND, ExitCode.BUSY], ExitCode.BUSY),
-    ([ExitCode.USAGE, ExitCode.NOT_FOUND], ExitCode.NOT_FOUND),
-    ([ExitCode.OK, ExitCode.USAGE], ExitCode.USAGE),
-])
-def test_the_exit_code_is_the_most_serious_one(codes: list[ExitCode], expected: ExitCode
-                                               ) -> None:
-    assert worst_code(codes) == expected
-
-
-def test_every_failure_code_has_a_rank_and_the_help_lists_them_in_order() -> None:
-    from agent.cli_ops import upgrade
-
-    assert set(WORST_FIRST) == set(ExitCode) - {ExitCode.OK}
+def test_the_upgrade_help_lists_the_worst_first_order() -> None:
     order = ", ".join(str(int(code)) for code in WORST_FIRST)
     assert f"in this order: {order} (0 when none failed)" in " ".join(
         (upgrade.help or "").split())

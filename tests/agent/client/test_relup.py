@@ -1,4 +1,4 @@
-"""`relctl make-relup` (agent/relup_tool.py) without a node: finding releases, the errors a user
+"""`relctl make-relup` (agent/client/relup.py) without a node: finding releases, the errors a user
 meets, and the relup and tarball made over a plain systools release (the counter fixture)."""
 
 from __future__ import annotations
@@ -11,10 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from agent import relup_tool
-from agent.cli import ExitCode, main
-from agent.relup_tool import RelupError, build, find_release, read_rel, write_tarball
-from agent.tarball import inspect_tarball
+from agent.client.main import main
+from agent.client.relup import (
+    RelupError,
+    build,
+    find_release,
+    make_relup,
+    read_rel,
+    write_tarball,
+)
+from agent.client.status import ExitCode
+from agent.release.tarball import inspect_tarball
 from tests.tools.release_fixture import ReleaseBuild
 
 REL = """%% coding: utf-8
@@ -89,9 +96,9 @@ def test_relups_go_between_two_versions_of_one_release(tmp_path: Path) -> None:
     cart = find_release(tmp_path / "b")
     with pytest.raises(RelupError, match="the old release is shop 1.0.0 .* and the new one "
                                          "cart 2.0.0: a relup goes between versions of one"):
-        relup_tool.make_relup(shop, cart)
+        make_relup(shop, cart)
     with pytest.raises(RelupError, match="both roots give shop 1.0.0; give the versions"):
-        relup_tool.make_relup(shop, shop)
+        make_relup(shop, shop)
     with pytest.raises(RelupError, match="both releases are in .*; give the version to upgrade "
                                          "from with --old-version"):
         build(tmp_path / "a", tmp_path / "a")
@@ -212,9 +219,9 @@ def test_an_appup_without_the_old_version_is_reported_with_what_to_do(
         build(old, new)
 
 
-def test_the_client_loads_relup_tool_only_when_make_relup_runs() -> None:
-    code = ("import sys, agent.cli; "
-            "print('agent.relup_tool' in sys.modules, 'tarfile' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+def test_the_client_loads_relup_only_when_make_relup_runs() -> None:
+    code = ("import sys, agent.client.main; "
+            "print('agent.client.relup' in sys.modules, 'tarfile' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3],
                          capture_output=True, text=True, check=True, timeout=30).stdout
     assert out.split() == ["False", "False"]

@@ -1,6 +1,10 @@
 """How `relctl` reaches an agent: its Unix socket as is, TCP with a bearer token, and TLS
 (with a client certificate for mTLS) when a CA is given. The token never leaves this host in
-clear: without TLS it is sent to loopback addresses only.
+clear: without TLS it is sent to loopback addresses only. :func:`transport_hint` says what to
+do about an agent that could not be reached.
+
+Loaded only when a command opens a channel or explains a failed one (see
+:func:`agent.client.common.connect`).
 """
 
 from __future__ import annotations
@@ -9,17 +13,27 @@ import ipaddress
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
-if TYPE_CHECKING:
-    from .cli import Settings
+from .status import CliError, ExitCode
 
 
-def _error(message: str) -> Exception:
-    from .cli import CliError, ExitCode
+class Credentials(Protocol):
+    """What a channel needs of the settings (:class:`agent.client.common.Settings` has it)."""
 
+    @property
+    def token_file(self) -> str: ...
+    @property
+    def ca(self) -> str: ...
+    @property
+    def cert(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+
+
+def _error(message: str) -> CliError:
     return CliError(message, ExitCode.USAGE)
 
 
@@ -31,6 +45,7 @@ def _read(path: str, what: str, option: str) -> bytes:
 
 
 def read_token(path: str) -> str:
+    """The one bearer token in the file at ``path``."""
     token = _read(path, "token file", "--token-file / $RELCTL_TOKEN_FILE").decode(
         "utf-8", "replace").strip()
     if not token or any(ch.isspace() for ch in token):
@@ -44,6 +59,7 @@ def _host(agent: str) -> str:
 
 
 def is_loopback(agent: str) -> bool:
+    """Whether the host of ``agent`` (HOST:PORT) is this machine's loopback."""
     host = _host(agent)
     if host == "localhost":
         return True
@@ -92,7 +108,8 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor,
         return continuation(self._details(details), requests)
 
 
-def channel(settings: Settings, agent: str) -> grpc.Channel:
+def open_channel(settings: Credentials, agent: str) -> grpc.Channel:
+    """The channel to ``agent`` (HOST:PORT or unix:PATH) with the credentials given."""
     if agent.startswith("unix:"):
         return grpc.insecure_channel(agent)  # the socket's permissions decide
     if bool(settings.cert) != bool(settings.key):

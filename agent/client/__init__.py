@@ -1,0 +1,8 @@
+"""`relctl`, the thin client of relctl agents (run it as `relctl` or `python -m agent.client`).
+
+``main`` registers the commands of ``commands/`` and owns the exit status; the shared modules
+are ``common`` (settings, options, asking agents), ``status`` (exit codes and their mappings),
+``channel`` (reaching an agent), ``output``, ``transfer`` (uploads, progress), ``fleet``
+(rollouts over several agents) and ``relup`` (`make-relup`). It imports no other agent package
+and never ``bridge``.
+"""

@@ -1,0 +1,161 @@
+"""The `relctl` commands that change a node: `upgrade`, `downgrade`, `reload-config` and the
+single steps `unpack`, `install`, `make-permanent`, `remove`.
+
+One agent per command, except `upgrade` with several agents, which hands over to the rolling
+upgrade of :mod:`agent.client.fleet`. Each command returns the exit code of the operation's
+outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relctl.v1 import agent_pb2 as pb
+from relctl.v1 import agent_pb2_grpc
+
+from ..common import OPERATION_TIMEOUT, Settings, ask_one, connect, one_agent, shared_options
+from ..output import outcome_of, print_operation, step_line
+from ..status import ExitCode, exit_code_for_outcome, worst_first_text
+from ..transfer import UpgradeSpec, follow, upgrade_on, upload
+
+
+def _finished(settings: Settings, op: pb.Operation) -> ExitCode:
+    print_operation(settings, op)
+    return exit_code_for_outcome(outcome_of(op))
+
+
+def _streamed(settings: Settings,
+              call: Callable[[agent_pb2_grpc.AgentStub], Iterator[pb.ProgressEvent]]
+              ) -> ExitCode:
+    """Run an operation that streams its progress, on the one agent."""
+    agent = one_agent(settings)
+    with connect(settings, agent) as channel:
+        op = follow(settings, agent, call(agent_pb2_grpc.AgentStub(channel)))
+    return _finished(settings, op)
+
+
+def _unary(settings: Settings, method: str, request: Any) -> ExitCode:
+    """Run a single step, which answers with the finished operation."""
+    reply = ask_one(settings, method, request, OPERATION_TIMEOUT)
+    if settings.output == "text":
+        for step in reply.operation.steps:
+            click.echo(step_line(step))
+    return _finished(settings, reply.operation)
+
+
+_UPGRADE_HELP = f"""\
+Upgrade the node to VERSION live: upload, unpack, check, install, verify, make permanent.
+
+With several --agent options it is a rolling upgrade: --batch agents at a time, in the
+order given, each upgrading its node (the --node given, else its only node); a node that
+already runs VERSION as permanent is left alone (up_to_date). After each batch, if more
+than --max-failures agents failed (any result but succeeded, dry_run or up_to_date, so
+also an agent that could not be reached or refused), the rollout stops and the agents of
+later batches are reported as skipped. It ends with one row per agent; the exit code is
+the worst row's, in this order: {worst_first_text()} (0 when none failed).
+"""
+
+
+@click.command(help=_UPGRADE_HELP)
+@click.argument("version")
+@click.option("--tarball", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Release tarball to upload first (not needed for an unpacked or old release).")
+@click.option("--no-permanent", is_flag=True, help="Install but do not make permanent.")
+@click.option("--dry-run", is_flag=True, help="Stop after check_install_release; change nothing.")
+@click.option("--health-timeout", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Soak time of the health probes (default: the agent's config).")
+@click.option("--install-timeout", type=click.FloatRange(min=1), default=None, metavar="S",
+              help="Time limit of install_release (default: the agent's config).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="With several agents: how many agents upgrade at once.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="K", help="With several agents: stop before the next batch once more "
+                                "than K agents failed.")
+@shared_options
+@click.pass_obj
+def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent: bool,
+            dry_run: bool, health_timeout: float | None, install_timeout: float | None,
+            batch: int, max_failures: int) -> ExitCode:
+    # The help is _UPGRADE_HELP: it quotes the worst-first order from agent.client.status.
+    spec = UpgradeSpec(version, tarball, no_permanent, dry_run, health_timeout, install_timeout)
+    if len(settings.agents) > 1:
+        from ..fleet import fleet_upgrade  # here: a single-agent upgrade needs none of it
+
+        return fleet_upgrade(settings, spec, batch=batch, max_failures=max_failures)
+    agent = one_agent(settings)
+    with connect(settings, agent) as channel:
+        op = upgrade_on(settings, agent_pb2_grpc.AgentStub(channel), agent, spec)
+    return _finished(settings, op)
+
+
+@click.command()
+@click.argument("version")
+@click.option("--no-permanent", is_flag=True, help="Install but do not make permanent.")
+@click.option("--dry-run", is_flag=True, help="Stop after check_install_release; change nothing.")
+@shared_options
+@click.pass_obj
+def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: bool) -> ExitCode:
+    """Go back to an old VERSION through the running release's relup (its down script)."""
+    return _streamed(settings, lambda stub: stub.Downgrade(pb.DowngradeRequest(
+        node=settings.node, version=version, no_permanent=no_permanent), timeout=OPERATION_TIMEOUT))
+
+
+@click.command("reload-config")
+@click.option("--dry-run", is_flag=True, help="Show what would change; apply nothing.")
+@click.option("--show-values", is_flag=True,
+              help="Print old and new values too (they may be secrets; keys only by default).")
+@shared_options
+@click.pass_obj
+def reload_config(settings: Settings, dry_run: bool, show_values: bool) -> ExitCode:
+    """Re-read the running release's sys.config and apply what changed, calling each
+    application's config_change/3, as a release upgrade does."""
+    return _streamed(settings, lambda stub: stub.ReloadConfig(pb.ReloadConfigRequest(
+        node=settings.node, dry_run=dry_run, show_values=show_values), timeout=OPERATION_TIMEOUT))
+
+
+@click.command()
+@click.argument("version")
+@click.option("--tarball", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@shared_options
+@click.pass_obj
+def unpack(settings: Settings, version: str, tarball: Path) -> ExitCode:
+    """Upload and unpack VERSION ahead of time (the upgrade then takes milliseconds)."""
+    agent = one_agent(settings)
+    with connect(settings, agent) as channel:
+        upload_id = upload(settings, agent_pb2_grpc.AgentStub(channel), agent, settings.node,
+                           version, tarball)
+    return _unary(settings, "Unpack", pb.UnpackRequest(node=settings.node, version=version,
+                                                       upload_id=upload_id))
+
+
+@click.command()
+@click.argument("version")
+@shared_options
+@click.pass_obj
+def install(settings: Settings, version: str) -> ExitCode:
+    """Install an unpacked VERSION (not made permanent)."""
+    return _unary(settings, "Install", pb.InstallRequest(node=settings.node, version=version))
+
+
+@click.command("make-permanent")
+@click.argument("version")
+@shared_options
+@click.pass_obj
+def make_permanent(settings: Settings, version: str) -> ExitCode:
+    """Make the running VERSION the one the node boots."""
+    return _unary(settings, "MakePermanent",
+                  pb.MakePermanentRequest(node=settings.node, version=version))
+
+
+@click.command()
+@click.argument("version")
+@shared_options
+@click.pass_obj
+def remove(settings: Settings, version: str) -> ExitCode:
+    """Remove an old or unpacked VERSION (never the running or permanent one)."""
+    return _unary(settings, "Remove", pb.RemoveRequest(node=settings.node, version=version))

@@ -1,0 +1,201 @@
+"""What every `relctl` command shares: the :class:`Settings` the command line gives, the options
+accepted before and after a command, and the two ways of asking agents: every agent at once
+(:func:`ask_agents`, each answer or problem kept apart) and the one agent of a command that
+acts on one (:func:`ask_one`, errors raised as :class:`CliError`).
+
+Channels are opened by :mod:`agent.client.channel`, loaded only when a command opens one, so
+that `relctl --help` does not load it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import grpc
+
+from relctl.v1 import AGENT_ERROR_METADATA
+from relctl.v1 import agent_pb2_grpc
+
+from .status import CliError, ExitCode, Problem, exit_code_for_rpc
+
+DEFAULT_AGENT = "unix:/run/relctl/agent.sock"
+DEFAULT_TIMEOUT = 10.0
+# Long enough for a big code_change; the agent enforces its own install timeout.
+OPERATION_TIMEOUT = 3600.0
+
+
+@dataclass
+class Settings:
+    """The command line's choices, filled by the group's options and the shared options (which
+    may come before or after the command name)."""
+
+    agents: list[str] = field(default_factory=list)
+    output: str = "text"
+    node: str = ""
+    timeout: float = DEFAULT_TIMEOUT
+    debug: bool = False
+    token_file: str = ""   # bearer token for TCP agents
+    ca: str = ""           # CA of the agents' certificates: TLS on
+    cert: str = ""         # client certificate and key, for agents that require them (mTLS)
+    key: str = ""
+
+
+def agent_targets(given: Sequence[str]) -> list[str]:
+    """The agents to ask: the --agent options, else $RELCTL_AGENT (comma or space separated),
+    else the local socket; without duplicates, in the order given."""
+    if given:
+        return list(dict.fromkeys(given))
+    env = os.environ.get("RELCTL_AGENT", "")
+    from_env = [a for a in env.replace(",", " ").split() if a]
+    return list(dict.fromkeys(from_env)) or [DEFAULT_AGENT]
+
+
+# --- options ------------------------------------------------------------------------------------
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    # A shared option given after the command must not reset the value given before it, so
+    # only a value actually given is stored.
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            setattr(ctx.ensure_object(Settings), name, value)
+    return callback
+
+
+def _output_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-o", "--output", type=click.Choice(["text", "json"]), default=None,
+                        expose_value=False, callback=_store("output"),
+                        help="Output format (default: text).")(f)
+
+
+def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--debug", is_flag=True, default=None, expose_value=False,
+                        callback=_store("debug"), help="Show tracebacks of errors.")(f)
+
+
+def shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options accepted before and after the command (`relctl versions -o json`)."""
+    f = _output_option(f)
+    f = click.option("--node", metavar="NAME", default=None, expose_value=False,
+                     callback=_store("node"), help="Only this node (name@host).")(f)
+    f = click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
+                     expose_value=False, callback=_store("timeout"),
+                     help=f"Seconds to wait for each agent (default: {DEFAULT_TIMEOUT:g}).")(f)
+    return _debug_option(f)
+
+
+def local_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The shared options that mean something without an agent (`-o`, `--debug`)."""
+    return _debug_option(_output_option(f))
+
+
+# --- RPC errors ---------------------------------------------------------------------------------
+
+def _from_agent(err: grpc.RpcError) -> bool:
+    metadata: Sequence[tuple[str, Any]] = (
+        (err.trailing_metadata() or ()) if isinstance(err, grpc.Call) else ())
+    return any(item[0] == AGENT_ERROR_METADATA for item in metadata)
+
+
+def _transport_reason(details: str) -> str:
+    """The useful end of grpc's "failed to connect to all addresses; last error: ..." text."""
+    if not details:
+        return "no answer"
+    parts = [p for p in details.split(": ") if p and p != "OK"]
+    return parts[-1] if parts else details
+
+
+def describe_rpc_error(agent: str, err: grpc.RpcError, timeout: float) -> Problem:
+    """One line a user can act on, and its exit code, for an RPC that failed."""
+    status = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (err.details() if isinstance(err, grpc.Call) else "") or ""
+    from_agent = _from_agent(err)
+    code = exit_code_for_rpc(status, from_agent=from_agent)
+    if from_agent:
+        return Problem(f"agent {agent}: {details}", code)
+    if status == grpc.StatusCode.UNAVAILABLE:
+        from .channel import transport_hint  # only when something went wrong
+
+        return Problem(f"agent {agent} is not reachable ({_transport_reason(details)}); "
+                       + transport_hint(agent, details), code)
+    if status == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Problem(f"agent {agent} did not answer within {timeout:g} s (raise --timeout if "
+                       "it is busy)", code)
+    if status == grpc.StatusCode.UNIMPLEMENTED:
+        return Problem(f"agent {agent} does not know this command ({details}); it may be older "
+                       "than this relctl", code)
+    return Problem(f"agent {agent}: {status.name.lower()}: {details}", code)
+
+
+def rpc_error(agent: str, err: grpc.RpcError, timeout: float) -> CliError:
+    """:func:`describe_rpc_error` as an error to raise, for commands that ask one agent."""
+    problem = describe_rpc_error(agent, err, timeout)
+    return CliError(problem.message, problem.code)
+
+
+# --- asking agents ------------------------------------------------------------------------------
+
+def connect(settings: Settings, agent: str) -> grpc.Channel:
+    """The channel to one agent, with the token and TLS the settings give; every command opens
+    its channels here."""
+    from .channel import open_channel  # token files and TLS material: read only when needed
+
+    return open_channel(settings, agent)
+
+
+@dataclass
+class Answer:
+    """One agent's reply to :func:`ask_agents`, or the problem instead of it."""
+
+    agent: str
+    response: Any = None
+    problem: Problem | None = None
+    seconds: float = 0.0
+
+
+def ask_agents(settings: Settings, method: str, request: Any) -> list[Answer]:
+    """Send ``request`` to every agent at once; answers in the order of ``settings.agents``."""
+    channels = [connect(settings, a) for a in settings.agents]
+    try:
+        started = time.perf_counter()
+        futures: list[Future[Any]] = [
+            getattr(agent_pb2_grpc.AgentStub(ch), method).future(request, timeout=settings.timeout)
+            for ch in channels
+        ]
+        answers: list[Answer] = []
+        for agent, fut in zip(settings.agents, futures):
+            try:
+                response = fut.result()
+            except grpc.RpcError as err:
+                answers.append(Answer(agent, problem=describe_rpc_error(agent, err,
+                                                                        settings.timeout)))
+            else:
+                answers.append(Answer(agent, response, seconds=time.perf_counter() - started))
+        return answers
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+def one_agent(settings: Settings) -> str:
+    """The agent of a command that acts on one; a usage error when several were given."""
+    if len(settings.agents) != 1:
+        raise CliError("this command acts on one agent; give exactly one --agent",
+                       ExitCode.USAGE)
+    return settings.agents[0]
+
+
+def ask_one(settings: Settings, method: str, request: Any, timeout: float | None = None) -> Any:
+    """One unary RPC to the one agent; its errors become :class:`CliError`."""
+    agent = one_agent(settings)
+    with connect(settings, agent) as channel:
+        try:
+            return getattr(agent_pb2_grpc.AgentStub(channel), method)(
+                request, timeout=timeout or settings.timeout)
+        except grpc.RpcError as err:
+            raise rpc_error(agent, err, settings.timeout) from None

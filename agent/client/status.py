@@ -1,0 +1,146 @@
+"""What `relctl`'s exit status means, and every rule that picks one.
+
+:class:`ExitCode` holds the numbers (documented in the README; they never change meaning), the
+`relctl --help` epilog is made from it, and the mappings live here and nowhere else: a gRPC
+status to a code, an operation's outcome to a code, and the worst-first order a rollout over
+several agents uses to pick its one code. :class:`CliError` is the client's error: it carries
+its code, and ``main()`` alone turns that into the process status.
+
+Standard library only at run time, so that any client module (the relup builder included) can
+raise a :class:`CliError` without loading grpc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+
+class ExitCode(IntEnum):
+    """The process status of `relctl`; :data:`MEANINGS` says what each one means."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2           # click uses 2 for its usage errors as well
+    UNAVAILABLE = 3
+    NOT_FOUND = 4
+    ROLLED_BACK = 5
+    FAILED_CHANGED = 6
+    BUSY = 7
+    DENIED = 8
+
+
+# The words of `relctl --help`; every code has a line (exit_codes_help() fails otherwise).
+MEANINGS: Mapping[ExitCode, str] = {
+    ExitCode.OK: "ok",
+    ExitCode.FAILED: "the command failed; the node is unchanged",
+    ExitCode.USAGE: "bad command line or request",
+    ExitCode.UNAVAILABLE: "an agent could not be reached, or a node is down",
+    ExitCode.NOT_FOUND: "unknown node, upload or operation",
+    ExitCode.ROLLED_BACK: "the operation failed and the node was rolled back",
+    ExitCode.FAILED_CHANGED: "the operation failed part-way; check the node's releases",
+    ExitCode.BUSY: "another operation is in progress on the node",
+    ExitCode.DENIED: "not allowed: missing or wrong credentials, or the role does not allow it",
+}
+
+
+def exit_codes_help() -> str:
+    """The "Exit codes:" block of `relctl --help`, one line per :class:`ExitCode`."""
+    # \b keeps click from re-wrapping the block into one paragraph.
+    lines = ["\b", "Exit codes:", *(f"  {int(code)}  {MEANINGS[code]}" for code in ExitCode)]
+    return "\n".join(lines) + "\n"
+
+
+class CliError(Exception):
+    """A failure `relctl` reports as one line on stderr, exiting with :attr:`code`."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An error about one agent or node among several: printed, and the first one decides the
+    exit code (the other agents' answers are still shown)."""
+
+    message: str
+    code: ExitCode
+
+
+def exit_code_of_problems(problems: Sequence[Problem]) -> ExitCode:
+    """The first problem's code (the order the user gave the agents in), OK when none."""
+    return problems[0].code if problems else ExitCode.OK
+
+
+# --- gRPC status -> exit code -------------------------------------------------------------------
+
+# Keyed by grpc.StatusCode names: this module does not load grpc.
+_AGENT_STATUS = {
+    "NOT_FOUND": ExitCode.NOT_FOUND,
+    "UNAVAILABLE": ExitCode.UNAVAILABLE,      # the agent's node is down
+    "DEADLINE_EXCEEDED": ExitCode.UNAVAILABLE,
+    "INVALID_ARGUMENT": ExitCode.USAGE,
+    "UNAUTHENTICATED": ExitCode.DENIED,
+    "PERMISSION_DENIED": ExitCode.DENIED,
+    "ABORTED": ExitCode.BUSY,                 # the agent's "operation N in progress"
+}
+# No agent said anything: the network, TLS or grpc itself.
+_TRANSPORT_STATUS = {
+    "UNAVAILABLE": ExitCode.UNAVAILABLE,
+    "DEADLINE_EXCEEDED": ExitCode.UNAVAILABLE,
+    "ABORTED": ExitCode.BUSY,
+}
+
+
+def exit_code_for_rpc(status: grpc.StatusCode, *, from_agent: bool) -> ExitCode:
+    """The code of an RPC that failed with ``status``; ``from_agent``: the agent itself refused
+    (its error metadata is on the call), rather than the transport failing."""
+    table = _AGENT_STATUS if from_agent else _TRANSPORT_STATUS
+    return table.get(status.name, ExitCode.FAILED)
+
+
+# --- operation outcome -> exit code -------------------------------------------------------------
+
+_OUTCOME_EXIT = {
+    "succeeded": ExitCode.OK,
+    "dry_run": ExitCode.OK,
+    "failed_unchanged": ExitCode.FAILED,
+    "rolled_back": ExitCode.ROLLED_BACK,
+    "failed": ExitCode.FAILED_CHANGED,
+    "interrupted": ExitCode.FAILED_CHANGED,
+}
+
+
+def exit_code_for_outcome(outcome: str) -> ExitCode:
+    """The code of a finished operation, by its outcome name (``pb.Outcome`` without the
+    ``OUTCOME_`` prefix, lower case). An outcome this client does not know may have left the
+    node anywhere, so it counts as :attr:`ExitCode.FAILED_CHANGED`."""
+    return _OUTCOME_EXIT.get(outcome, ExitCode.FAILED_CHANGED)
+
+
+# --- one code for a rollout over several agents -------------------------------------------------
+
+# Most serious first: a node left part-way needs a person now; a rolled back node ran the new
+# release and it failed, so the release is suspect; the rest changed nothing.
+WORST_FIRST: tuple[ExitCode, ...] = (
+    ExitCode.FAILED_CHANGED, ExitCode.ROLLED_BACK, ExitCode.FAILED, ExitCode.UNAVAILABLE,
+    ExitCode.DENIED, ExitCode.BUSY, ExitCode.NOT_FOUND, ExitCode.USAGE)
+
+
+def worst_code(codes: Iterable[ExitCode]) -> ExitCode:
+    """The most serious of ``codes`` by :data:`WORST_FIRST`; OK when all are OK."""
+    failed = set(codes) - {ExitCode.OK}
+    # A code missing from WORST_FIRST (a new one) still beats OK.
+    return min(failed, default=ExitCode.OK,
+               key=lambda c: WORST_FIRST.index(c) if c in WORST_FIRST else len(WORST_FIRST))
+
+
+def worst_first_text() -> str:
+    """:data:`WORST_FIRST` as help text: "6, 5, 1, ..."."""
+    return ", ".join(str(int(code)) for code in WORST_FIRST)

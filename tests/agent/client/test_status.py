@@ -1,0 +1,196 @@
+"""The exit-code policy of `relctl` (agent/client/status.py): the codes, the help made from them,
+and each mapping: gRPC status, operation outcome, problems, and a rollout's worst-first order."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.client.common import describe_rpc_error
+from agent.client.status import (
+    MEANINGS,
+    WORST_FIRST,
+    CliError,
+    ExitCode,
+    Problem,
+    exit_code_for_outcome,
+    exit_code_for_rpc,
+    exit_code_of_problems,
+    exit_codes_help,
+    worst_code,
+    worst_first_text,
+)
+from relctl.v1 import AGENT_ERROR_METADATA
+from relctl.v1 import agent_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_codes_keep_the_numbers_the_readme_documents() -> None:
+    assert {code.name: int(code) for code in ExitCode} == {
+        "OK": 0, "FAILED": 1, "USAGE": 2, "UNAVAILABLE": 3, "NOT_FOUND": 4, "ROLLED_BACK": 5,
+        "FAILED_CHANGED": 6, "BUSY": 7, "DENIED": 8}
+
+
+def test_the_help_lists_every_code_in_order_with_its_meaning() -> None:
+    lines = exit_codes_help().splitlines()
+    assert lines[:2] == ["\b", "Exit codes:"]  # \b: click keeps the lines as they are
+    assert lines[2:] == [f"  {int(code)}  {MEANINGS[code]}" for code in ExitCode]
+    assert set(MEANINGS) == set(ExitCode)
+
+
+def test_the_help_keeps_its_words() -> None:
+    assert "  6  the operation failed part-way; check the node's releases" in exit_codes_help()
+    assert "  7  another operation is in progress on the node" in exit_codes_help()
+
+
+# --- gRPC status -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("status", "code"), [
+    (grpc.StatusCode.NOT_FOUND, ExitCode.NOT_FOUND),
+    (grpc.StatusCode.UNAVAILABLE, ExitCode.UNAVAILABLE),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, ExitCode.UNAVAILABLE),
+    (grpc.StatusCode.INVALID_ARGUMENT, ExitCode.USAGE),
+    (grpc.StatusCode.UNAUTHENTICATED, ExitCode.DENIED),
+    (grpc.StatusCode.PERMISSION_DENIED, ExitCode.DENIED),
+    (grpc.StatusCode.ABORTED, ExitCode.BUSY),
+    (grpc.StatusCode.FAILED_PRECONDITION, ExitCode.FAILED),
+    (grpc.StatusCode.INTERNAL, ExitCode.FAILED),
+    (grpc.StatusCode.UNKNOWN, ExitCode.FAILED),
+])
+def test_an_agent_error_maps_by_its_status(status: grpc.StatusCode, code: ExitCode) -> None:
+    assert exit_code_for_rpc(status, from_agent=True) == code
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (grpc.StatusCode.UNAVAILABLE, ExitCode.UNAVAILABLE),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, ExitCode.UNAVAILABLE),
+    (grpc.StatusCode.ABORTED, ExitCode.BUSY),
+    # Without the agent's word, these are grpc's or a proxy's: nothing the user got wrong.
+    (grpc.StatusCode.NOT_FOUND, ExitCode.FAILED),
+    (grpc.StatusCode.INVALID_ARGUMENT, ExitCode.FAILED),
+    (grpc.StatusCode.UNAUTHENTICATED, ExitCode.FAILED),
+    (grpc.StatusCode.UNIMPLEMENTED, ExitCode.FAILED),
+])
+def test_a_transport_error_maps_by_its_status(status: grpc.StatusCode, code: ExitCode) -> None:
+    assert exit_code_for_rpc(status, from_agent=False) == code
+
+
+class _FailedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """What a stub raises: an RpcError that is also the call, with its status and metadata."""
+
+    def __init__(self, status: grpc.StatusCode, details: str, from_agent: bool) -> None:
+        self._status, self._details = status, details
+        self._metadata = ((AGENT_ERROR_METADATA, "1"),) if from_agent else ()
+
+    def code(self) -> grpc.StatusCode:
+        return self._status
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> Any:
+        return self._metadata
+
+    def initial_metadata(self) -> Any:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Any) -> bool:
+        return False
+
+
+def test_describing_an_rpc_error_uses_the_mapping() -> None:
+    busy = _FailedCall(grpc.StatusCode.ABORTED, "operation 3 in progress on app@h1", True)
+    assert describe_rpc_error("h1:7079", busy, 10) == Problem(
+        "agent h1:7079: operation 3 in progress on app@h1", ExitCode.BUSY)
+    late = _FailedCall(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", False)
+    assert describe_rpc_error("h1:7079", late, 2.5) == Problem(
+        "agent h1:7079 did not answer within 2.5 s (raise --timeout if it is busy)",
+        ExitCode.UNAVAILABLE)
+    old = _FailedCall(grpc.StatusCode.UNIMPLEMENTED, "Method not found!", False)
+    assert describe_rpc_error("h1:7079", old, 10).code == ExitCode.FAILED
+
+
+# --- operation outcome -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("outcome", "code"), [
+    ("succeeded", ExitCode.OK),
+    ("dry_run", ExitCode.OK),
+    ("failed_unchanged", ExitCode.FAILED),
+    ("rolled_back", ExitCode.ROLLED_BACK),
+    ("failed", ExitCode.FAILED_CHANGED),
+    ("interrupted", ExitCode.FAILED_CHANGED),
+    ("running", ExitCode.FAILED_CHANGED),      # never final: the node may be anywhere
+    ("unspecified", ExitCode.FAILED_CHANGED),
+    ("from_a_newer_agent", ExitCode.FAILED_CHANGED),
+])
+def test_an_outcome_maps_to_its_code(outcome: str, code: ExitCode) -> None:
+    assert exit_code_for_outcome(outcome) == code
+
+
+def test_every_final_outcome_of_the_contract_has_a_deliberate_code() -> None:
+    names = {k.removeprefix("OUTCOME_").lower() for k in pb.Outcome.keys()}
+    final = names - {"unspecified", "running"}
+    assert final == {"succeeded", "dry_run", "failed_unchanged", "rolled_back", "failed",
+                     "interrupted"}
+    assert {exit_code_for_outcome(n) for n in final} == {
+        ExitCode.OK, ExitCode.FAILED, ExitCode.ROLLED_BACK, ExitCode.FAILED_CHANGED}
+
+
+# --- problems and errors -----------------------------------------------------------------------
+
+def test_the_first_problem_decides_and_none_is_ok() -> None:
+    assert exit_code_of_problems([]) == ExitCode.OK
+    assert exit_code_of_problems([Problem("down", ExitCode.UNAVAILABLE),
+                                  Problem("failed", ExitCode.FAILED)]) == ExitCode.UNAVAILABLE
+
+
+def test_a_cli_error_carries_its_code() -> None:
+    err = CliError("no agent manages node x@h", ExitCode.NOT_FOUND)
+    assert (str(err), err.code) == ("no agent manages node x@h", ExitCode.NOT_FOUND)
+
+
+# --- a rollout's one code ----------------------------------------------------------------------
+
+def test_worst_first_is_the_documented_order_and_ranks_every_failure() -> None:
+    assert [int(c) for c in WORST_FIRST] == [6, 5, 1, 3, 8, 7, 4, 2]
+    assert set(WORST_FIRST) == set(ExitCode) - {ExitCode.OK}
+    assert worst_first_text() == "6, 5, 1, 3, 8, 7, 4, 2"
+
+
+@pytest.mark.parametrize(("codes", "expected"), [
+    ([], ExitCode.OK),
+    ([ExitCode.OK, ExitCode.OK], ExitCode.OK),
+    ([ExitCode.FAILED, ExitCode.ROLLED_BACK], ExitCode.ROLLED_BACK),
+    ([ExitCode.ROLLED_BACK, ExitCode.FAILED_CHANGED], ExitCode.FAILED_CHANGED),
+    ([ExitCode.UNAVAILABLE, ExitCode.FAILED], ExitCode.FAILED),
+    ([ExitCode.BUSY, ExitCode.UNAVAILABLE], ExitCode.UNAVAILABLE),
+    ([ExitCode.BUSY, ExitCode.DENIED], ExitCode.DENIED),
+    ([ExitCode.USAGE, ExitCode.NOT_FOUND, ExitCode.BUSY], ExitCode.BUSY),
+    ([ExitCode.USAGE, ExitCode.NOT_FOUND], ExitCode.NOT_FOUND),
+    ([ExitCode.OK, ExitCode.USAGE], ExitCode.USAGE),
+])
+def test_the_exit_code_is_the_most_serious_one(codes: list[ExitCode], expected: ExitCode
+                                               ) -> None:
+    assert worst_code(codes) == expected
+
+
+def test_the_policy_loads_without_grpc() -> None:
+    code = "import sys, agent.client.status; print('grpc' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    assert out.strip() == "False"

@@ -61,6 +61,8 @@ _AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "shutdown_grace": (int, float),
     "operations_grace": (int, float),
     "max_upload_bytes": int,
+    "metrics_max_connections": int,
+    "metrics_idle_timeout": (int, float),
 }
 _NODE_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "name": str,
@@ -312,6 +314,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         shutdown_grace=_positive(agent, "shutdown_grace", path=where),
         operations_grace=_positive(agent, "operations_grace", path=where),
         max_upload_bytes=int(_positive(agent, "max_upload_bytes", path=where)),
+        metrics_max_connections=int(_positive(agent, "metrics_max_connections", path=where)),
+        metrics_idle_timeout=_positive(agent, "metrics_idle_timeout", path=where),
         discovery=discovery,
         tokens=tokens,
         tls=tls,

@@ -197,6 +197,8 @@ class AgentConfig:
     shutdown_grace: float = 5.0      # how long running gRPC calls may finish on SIGTERM
     operations_grace: float = 120.0  # how long a running upgrade may finish on SIGTERM
     max_upload_bytes: int = 2 * 1024**3
+    metrics_max_connections: int = 64  # /metrics connections open at once; more get a 503
+    metrics_idle_timeout: float = 10.0  # seconds a /metrics connection may wait for its request
     discovery: DiscoveryConfig | None = None  # set when [[nodes]] is omitted
     tokens: tuple[Token, ...] = ()
     tls: ApiTls | None = None        # [agent.tls]: TLS on the TCP listeners

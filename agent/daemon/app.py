@@ -25,10 +25,11 @@ from agent.operations.journal import FILE_NAME as JOURNAL_FILE
 from agent.operations.journal import Journal, JournalError, OperationRecord
 from agent.operations.runner import Operations
 from agent.operations.uploads import UploadStore
-from agent.release.upgrade import Options, Probe
+from agent.release.base import Options, Probe
 from bridge import Node
 
-from .metrics import AgentMetrics, MetricsServer
+from .metrics import AgentMetrics
+from .metrics_http import MetricsHttp
 from .sdnotify import Notifier, nodes_status
 
 log = logging.getLogger("relctl.agent")
@@ -94,7 +95,7 @@ class Parts:
     server: ApiServer
     discovery: Discovery | None
     notifier: Notifier = field(default_factory=Notifier.from_environ)
-    metrics_server: MetricsServer | None = None
+    metrics_server: MetricsHttp | None = None
     watchdog: asyncio.Task[None] | None = None
 
 
@@ -155,10 +156,13 @@ async def start(parts: Parts) -> None:
     _bind(parts.server, config, parts.fronts)
     if config.metrics_listen is not None:
         try:
-            parts.metrics_server = parts.metrics.serve(config.metrics_listen)
+            parts.metrics_server = await parts.metrics.serve(
+                config.metrics_listen, max_connections=config.metrics_max_connections,
+                idle_timeout=config.metrics_idle_timeout)
         except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise StartupError(f"{config.path}: agent.metrics_listen: cannot listen on "
-                               f"{config.metrics_listen} ({exc.strerror or exc})") from None
+                               f"{config.metrics_listen} ({reason})") from None
     await parts.server.start()
     for front in parts.fronts:
         try:
@@ -198,7 +202,7 @@ async def stop(parts: Parts) -> None:
     await parts.nodes.stop()
     parts.journal.close()
     if parts.metrics_server is not None:
-        await asyncio.to_thread(parts.metrics_server.close)
+        await parts.metrics_server.close()
     # Pings went on through the grace: a slow but live shutdown must not look hung.
     if parts.watchdog is not None:
         parts.watchdog.cancel()

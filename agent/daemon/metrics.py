@@ -17,13 +17,14 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
-    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.config import Address
 from agent.nodes.link import NodeState
+
+from .metrics_http import MetricsHttp
 
 log = logging.getLogger("relctl.agent.daemon.metrics")
 
@@ -61,20 +62,6 @@ class NodeStateCollector(Collector):
         yield info
 
 
-class MetricsServer:
-    """The /metrics HTTP endpoint (prometheus_client's own server, in a thread)."""
-
-    def __init__(self, registry: CollectorRegistry, address: Address) -> None:
-        self.address = address
-        self._server, self._thread = start_http_server(address.port, address.host, registry)
-        self.port = self._server.server_port
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5.0)
-
-
 class AgentMetrics:
     def __init__(self, snapshot: Snapshot) -> None:
         self.registry = CollectorRegistry()
@@ -102,8 +89,12 @@ class AgentMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve(self, address: Address) -> MetricsServer:
-        """Start serving /metrics; raises OSError when the address cannot be bound."""
-        server = MetricsServer(self.registry, address)
+    async def serve(self, address: Address, *, max_connections: int = 64,
+                    idle_timeout: float = 10.0) -> MetricsHttp:
+        """Start serving /metrics on the running loop; raises OSError when the address cannot
+        be bound."""
+        server = MetricsHttp(self.exposition, max_connections=max_connections,
+                             idle_timeout=idle_timeout)
+        await server.start(address.host, address.port)
         log.info("metrics on http://%s/metrics", address)
         return server

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import resource
+import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import Address
@@ -60,18 +65,60 @@ def test_each_agent_has_its_own_registry() -> None:
     assert "relctl_rpc_duration_seconds_count" not in samples(two.exposition().decode())
 
 
-def test_served_over_http_on_loopback() -> None:
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return str(resp.read().decode())
+
+
+async def test_served_over_http_on_loopback() -> None:
     state = list(STATES[:1])
     m = AgentMetrics(lambda: tuple(state))
-    server = m.serve(Address("127.0.0.1", free_port()))
+    server = await m.serve(Address("127.0.0.1", free_port()))
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            first = samples(resp.read().decode())
+        first = samples(await asyncio.to_thread(scrape, url))
         state[0] = NodeState("a@h", up=False, since=1.0)  # the next scrape sees the new snapshot
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            second = samples(resp.read().decode())
+        second = samples(await asyncio.to_thread(scrape, url))
+        with pytest.raises(urllib.error.HTTPError) as info:
+            await asyncio.to_thread(scrape, f"http://127.0.0.1:{server.port}/other")
+        assert info.value.code == 404
     finally:
-        server.close()
+        await server.close()
     assert first["beam_node_up"] == [({"node": "a@h"}, 1.0)]
     assert second["beam_node_up"] == [({"node": "a@h"}, 0.0)]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_idle_connections_are_capped_and_timed_out() -> None:
+    """A thousand idle connections neither take the agent's descriptors nor block a scrape."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 4096)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    idle = min(1000, wanted - 200)  # this process holds both ends of each connection
+    m = AgentMetrics(lambda: STATES)
+    server = await m.serve(Address("127.0.0.1", free_port()), max_connections=32,
+                           idle_timeout=0.5)
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        before = _open_fds()
+        for _ in range(idle):
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writers.append(writer)
+        await asyncio.sleep(0.1)
+        assert server.open_connections <= 32
+        # Our client ends plus at most 32 served ones: the server keeps no more.
+        assert _open_fds() - before <= idle + 32 + 8
+        await asyncio.sleep(0.8)  # past the idle timeout: the held ones are closed
+        assert server.open_connections == 0
+        text = await asyncio.to_thread(scrape, f"http://127.0.0.1:{server.port}/metrics")
+        assert "beam_node_up" in text
+    finally:
+        for writer in writers:
+            writer.close()
+        await server.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

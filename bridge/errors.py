@@ -1,6 +1,8 @@
 """The bridge's errors, split by who is at fault: our caller, the peer, or the network.
 
-Each message names what went wrong and, where there is one, what to do about it.
+Each message names what went wrong and, where there is one, what to do about it. Each also
+derives from the built-in exception a caller would expect (ValueError, LookupError, OSError,
+TimeoutError), so code that knows nothing of the bridge still catches what it means to.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ __all__ = [
     "BridgeError",
     "UsageError",
     "EncodeError",
+    "NodeNotFound",
     "PeerError",
     "ProtocolError",
     "DecodeError",
     "HandshakeFailed",
     "CookieRejected",
-    "NodeNotFound",
     "BadRpc",
     "NetworkError",
     "EpmdUnreachable",
@@ -42,11 +44,16 @@ class EncodeError(UsageError, TypeError):
     """A Python value has no Erlang equivalent (None, NaN, an object of an unknown type...)."""
 
 
+class NodeNotFound(UsageError, LookupError):
+    """epmd on the node's host does not know the node's name: the caller named a node that is
+    not there (a wrong name, or a node that is not running)."""
+
+
 # --- the peer is at fault, or refused -----------------------------------------------------
 
 
 class PeerError(BridgeError):
-    """The remote side refused us or misbehaved."""
+    """The remote side refused us, misbehaved, or failed what we asked of it."""
 
 
 class ProtocolError(PeerError):
@@ -65,11 +72,7 @@ class CookieRejected(HandshakeFailed):
     """The cookies differ: the peer rejected our digest, or its digest did not match ours."""
 
 
-class NodeNotFound(BridgeError, LookupError):
-    """epmd on the node's host does not know the node's name."""
-
-
-class BadRpc(BridgeError):
+class BadRpc(PeerError):
     """The remote call failed on the node: ``{badrpc, Reason}``. ``reason`` is the decoded term."""
 
     def __init__(self, reason: Any, *, mfa: str = "", node: str = "") -> None:
@@ -95,5 +98,5 @@ class ConnectionLost(NetworkError):
     """The distribution connection went away; every pending call fails with this."""
 
 
-class BridgeTimeout(BridgeError, TimeoutError):
+class BridgeTimeout(NetworkError, TimeoutError):
     """A deadline passed: connecting, or waiting for a call's reply."""

@@ -1,48 +1,37 @@
 """The asyncio layer: EPMD look-ups, connecting as a hidden node, and RPC through ``rex``.
 
 This is the only module of the bridge that does I/O. It drives the sans-IO state machines in
-``handshake`` and ``session``; each pending call has exactly one future, one deadline timer,
-and is failed at once, with the reason, when the connection goes. With an ``ssl.SSLContext``
-the connection to the node runs over TLS, as with ``-proto_dist inet_tls`` (see ``tls``).
+``handshake``, ``session`` and ``rpc``: each pending call has exactly one future, under the id
+``rpc`` gave it; one timer serves every deadline ``rpc`` keeps; when the connection goes, ``rpc``
+names the calls to fail. With an ``ssl.SSLContext`` the connection to the node runs over TLS,
+as with ``-proto_dist inet_tls`` (see ``tls``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import secrets
 import socket
 import ssl
-import struct
 import typing
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
-from . import codec, epmd
+from . import epmd
 from .errors import (
-    BadRpc,
     BridgeError,
     BridgeTimeout,
-    ConnectionLost,
-    DecodeError,
     EpmdUnreachable,
     NetworkError,
     NodeNotFound,
     UsageError,
 )
 from .handshake import ClientHandshake, HandshakeResult
-from .session import (
-    CallReply,
-    ExitSignal,
-    Message,
-    Session,
-    Undeliverable,
-    describe_term,
-    reference_head,
-)
-from .terms import Atom, Pid, Reference
+from .rpc import CallFailed, CallId, CallReturned, Outcome, RpcCalls
+from .session import CallReply, Event, ExitSignal, Message, Session, Undeliverable, describe_term
+from .terms import Atom, Pid
 from .tls import Packet4Handshake, looks_like_tls, no_tls_answer, requires_tls, tls_failure
 
 __all__ = ["Node", "Connection", "split_node_name"]
@@ -50,13 +39,6 @@ __all__ = ["Node", "Connection", "split_node_name"]
 log = logging.getLogger("bridge")
 
 _T = TypeVar("_T")
-_GEN_CALL = Atom("$gen_call")
-_CALL = Atom("call")
-_USER = Atom("user")  # rex's group leader for us: we run no I/O server
-_REX = Atom("rex")
-_BADRPC = Atom("badrpc")
-_WORDS = struct.Struct(">III")
-_NIL = b"j"  # an empty argument list, pre-encoded
 
 
 def split_node_name(node: str) -> tuple[str, str]:
@@ -249,23 +231,9 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self._session = Session(flags=result.flags)
         self._session.add_local_pid(pid)
-        self._pending: dict[bytes, asyncio.Future[Any]] = {}
-        self._ref_numbers = itertools.count(1)
-        self._ref_salt = secrets.randbits(32)
-        # {'$gen_call', {OurPid, Ref}, {call, M, F, A, user}}, pre-encoded around what varies.
-        head = bytearray(b"\x83\x68\x03")
-        codec.encode_term_into(_GEN_CALL, head)
-        head += b"\x68\x02"
-        codec.encode_term_into(pid, head)
-        self._call_head = bytes(head) + reference_head(pid.node, pid.creation)
-        call = bytearray(b"\x68\x05")
-        codec.encode_term_into(_CALL, call)
-        self._call_mid = bytes(call)
-        user = bytearray()
-        codec.encode_term_into(_USER, user)
-        self._call_tail = bytes(user)
-        # One timer for all deadlines: a heap of (when, ref words); finished calls are skipped.
-        self._deadlines: list[tuple[float, bytes]] = []
+        self._rpc = RpcCalls(self._session, pid, self.peer)
+        self._pending: dict[CallId, asyncio.Future[Any]] = {}
+        # One timer for every deadline, set for the earliest one ``self._rpc`` keeps.
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._closed_reason: str | None = None
         self._closed = self._loop.create_future()
@@ -274,11 +242,16 @@ class Connection:
 
     def __repr__(self) -> str:
         state = f"closed: {self._closed_reason}" if self._closed_reason else "open"
-        return f"<Connection {self.local_node} -> {self.peer} ({state}, {len(self._pending)} pending)>"
+        return f"<Connection {self.local_node} -> {self.peer} ({state}, {len(self._rpc)} pending)>"
 
     @property
     def is_closed(self) -> bool:
         return self._closed_reason is not None
+
+    @property
+    def pending_calls(self) -> int:
+        """How many calls wait for their reply."""
+        return len(self._rpc)
 
     @property
     def tls_version(self) -> str | None:
@@ -299,62 +272,48 @@ class Connection:
 
         Raises BadRpc for ``{badrpc, Reason}``, BridgeTimeout past ``timeout`` (a reply that
         comes later is dropped), ConnectionLost when the link goes first."""
-        if self._closed_reason is not None:
-            raise ConnectionLost(f"connection to {self.peer} is closed ({self._closed_reason})")
-        mod = module if type(module) is Atom else Atom(str(module))
-        fun = function if type(function) is Atom else Atom(str(function))
-        n = next(self._ref_numbers)
-        words = _WORDS.pack(n & 0x3FFFF, n >> 18 & 0xFFFF_FFFF, self._ref_salt)
-        payload = bytearray(self._call_head)
-        payload += words
-        payload += self._call_mid
-        codec.encode_term_into(mod, payload)
-        codec.encode_term_into(fun, payload)
-        if args:
-            codec.encode_term_into(list(args), payload)
-        else:
-            payload += _NIL
-        payload += self._call_tail
-        frame = self._session.reg_send_encoded(self.pid, _REX, payload)
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending[words] = future
-        self._add_deadline(timeout, words)
+        loop = self._loop
+        now = loop.time()
+        call_id, frame = self._rpc.request(module, function, args, timeout=timeout, now=now)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[call_id] = future
+        # Inline rather than _arm_deadline_timer(): this runs for every call.
+        timer = self._deadline_timer
+        if timer is None or now + timeout < timer.when():
+            self._arm_deadline_timer()
         self._protocol.write(frame)
         try:
-            reply = await future
-        except BridgeTimeout:
-            raise BridgeTimeout(f"{mod.name}:{fun.name}/{len(args)} on {self.peer} did not answer "
-                                f"within {timeout:g} s") from None
+            return await future
         finally:
-            pending = self._pending
-            pending.pop(words, None)
-            deadlines = self._deadlines
-            while deadlines and deadlines[0][1] not in pending:
-                heapq.heappop(deadlines)
-        if type(reply) is tuple and len(reply) == 2 and reply[0] == _BADRPC:
-            raise BadRpc(reply[1], mfa=f"{mod.name}:{fun.name}/{len(args)}", node=self.peer)
-        return reply
+            self._pending.pop(call_id, None)
+            self._rpc.forget(call_id)
 
-    def _add_deadline(self, timeout: float, words: bytes) -> None:
-        when = self._loop.time() + timeout
-        heapq.heappush(self._deadlines, (when, words))
+    def _settle(self, outcome: Outcome) -> bool:
+        """Complete the call's future; False when no one waits for that call any more."""
+        future = self._pending.pop(outcome.call_id, None)
+        if future is None or future.done():
+            return False
+        if isinstance(outcome, CallReturned):
+            future.set_result(outcome.value)
+        else:
+            future.set_exception(outcome.error)
+        return True
+
+    def _arm_deadline_timer(self) -> None:
+        when = self._rpc.next_deadline()
+        if when is None:
+            return
         timer = self._deadline_timer
         if timer is None or when < timer.when():
             if timer is not None:
                 timer.cancel()
-            self._deadline_timer = self._loop.call_at(when, self._expire_due)
+            self._deadline_timer = self._loop.call_at(when, self._on_deadline)
 
-    def _expire_due(self) -> None:
+    def _on_deadline(self) -> None:
         self._deadline_timer = None
-        deadlines = self._deadlines
-        now = self._loop.time()
-        while deadlines and deadlines[0][0] <= now:
-            _, words = heapq.heappop(deadlines)
-            future = self._pending.pop(words, None)
-            if future is not None and not future.done():
-                future.set_exception(BridgeTimeout())  # call() words it
-        if deadlines:
-            self._deadline_timer = self._loop.call_at(deadlines[0][0], self._expire_due)
+        for failed in self._rpc.expire(self._loop.time()):
+            self._settle(failed)
+        self._arm_deadline_timer()
 
     # --- closing ------------------------------------------------------------------------
 
@@ -381,11 +340,9 @@ class Connection:
         self._timer.cancel()
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
-        self._deadlines.clear()
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(ConnectionLost(f"connection to {self.peer} lost: {reason}"))
+            self._deadline_timer = None
+        for failed in self._rpc.connection_lost(reason):
+            self._settle(failed)
 
     # --- called by the protocol ---------------------------------------------------------
 
@@ -393,18 +350,21 @@ class Connection:
         events, owed = self._session.receive_data(data)
         if owed:
             self._protocol.write(owed)
+        rpc = self._rpc
         pending = self._pending
         for event in events:
-            if type(event) is CallReply:
-                future = pending.pop(event.ref_words, None)
-                if future is not None and not future.done():
-                    future.set_result(event.reply)
+            kind = type(event)
+            if kind is CallReply or kind is Message or kind is Undeliverable:
+                outcome = rpc.receive(event)
+                # _settle inlined for the common case: this runs for every reply.
+                future = None if outcome is None else pending.pop(outcome.call_id, None)
+                if future is None or future.done():
+                    self._log_dropped(event)
+                elif type(outcome) is CallReturned:
+                    future.set_result(outcome.value)
                 else:
-                    log.debug("late reply from %s dropped", self.peer)
-            elif type(event) is Message:
-                self._on_message(event)
-            elif type(event) is Undeliverable:
-                self._on_undeliverable(event)
+                    assert isinstance(outcome, CallFailed)
+                    future.set_exception(outcome.error)
             elif type(event) is ExitSignal:
                 # Terms from the peer are described, not repr()'d: no size or digit limit there.
                 log.info("exit signal from %s on %s: %s", event.sender, self.peer,
@@ -412,23 +372,13 @@ class Connection:
             else:
                 log.debug("ignored from %s: %s", self.peer, type(event).__name__)
 
-    def _on_message(self, event: Message) -> None:
-        # A reply in a shape the session's byte-level fast path did not recognise (another
-        # encoding of the control, SEND_SENDER...) still answers its call.
-        message = event.message
-        if type(message) is tuple and len(message) == 2:
-            future = self._pending.pop(_call_key(message[0]) or b"", None)
-            if future is not None and not future.done():
-                future.set_result(message[1])
-                return
-        log.debug("message from %s for %s dropped: %.200r", self.peer, event.to, message)
-
-    def _on_undeliverable(self, event: Undeliverable) -> None:
-        future = self._pending.pop(_call_key(event.tag) or b"", None)
-        if future is not None and not future.done():
-            future.set_exception(DecodeError(f"the reply from {self.peer} could not be decoded: {event.error}"))
-            return
-        log.warning("undecodable message from %s dropped: %s", self.peer, event.error)
+    def _log_dropped(self, event: Event) -> None:
+        if isinstance(event, CallReply):
+            log.debug("late reply from %s dropped", self.peer)
+        elif isinstance(event, Message):
+            log.debug("message from %s for %s dropped: %s", self.peer, event.to, describe_term(event.message))
+        elif isinstance(event, Undeliverable):
+            log.warning("undecodable message from %s dropped: %s", self.peer, event.error)
 
     def _on_timer(self) -> None:
         tick, peer_gone = self._session.timer_fired()
@@ -444,15 +394,6 @@ class Connection:
         self._mark_closed(f"{exc}" if exc else "closed by the peer")
         if not self._closed.done():
             self._closed.set_result(None)
-
-
-def _call_key(tag: Any) -> bytes | None:
-    """The pending-call key for a reply's tag: our reference's three id words, as sent."""
-    if type(tag) is bytes:
-        return tag
-    if type(tag) is Reference and len(tag.ids) == 3:
-        return _WORDS.pack(*tag.ids)
-    return None
 
 
 class _Handshake(typing.Protocol):

@@ -75,11 +75,16 @@ async def test_an_undecodable_reply_fails_its_call_with_decode_error() -> None:
     conn.abort()
 
 
-async def test_deadlines_expire_from_one_heap_and_it_drains() -> None:
+async def test_deadlines_expire_one_by_one_and_nothing_stays_pending() -> None:
     conn, _ = connection()
     calls = [asyncio.ensure_future(conn.call("timer", "sleep", [10], timeout=0.05 * (i + 1))) for i in range(3)]
+    await asyncio.sleep(0)
+    assert conn.pending_calls == 3
+    done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {calls[0]} and conn.pending_calls == 2
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(r, BridgeTimeout) for r in results)
     assert "timer:sleep/1 on counter@localhost did not answer within 0.05 s" in str(results[0])
-    assert not conn._pending and not conn._deadlines
+    assert "within 0.15 s" in str(results[2])
+    assert conn.pending_calls == 0
     conn.abort()

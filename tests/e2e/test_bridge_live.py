@@ -107,7 +107,7 @@ async def test_deadline_and_late_reply(counter_node: Any) -> None:
         assert time.monotonic() - started < 1.0
         await asyncio.sleep(1.5)  # the late reply arrives now and is dropped
         assert await conn.call("erlang", "abs", [-1]) == 1
-        assert not conn._pending and not conn._deadlines
+        assert conn.pending_calls == 0
 
 
 async def test_killed_node_fails_every_pending_call_at_once(counter_node: Any) -> None:

@@ -21,9 +21,10 @@ from agent.errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, Not
 from agent.nodes.manager import NodeManager
 from agent.operations.runner import Operations
 from agent.operations.uploads import UploadStore
+from agent.release.base import Options
 from agent.release.reload import ConfigReload, ReloadOptions
 from agent.release.steps import Result
-from agent.release.upgrade import Options, ReleaseEngine
+from agent.release.upgrade import ReleaseEngine
 from relctl.v1 import AGENT_ERROR_METADATA, agent_pb2_grpc
 from relctl.v1 import agent_pb2 as pb
 

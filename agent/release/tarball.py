@@ -8,45 +8,44 @@ name `release_handler:unpack_release/1` takes, its sys.config and relup, size an
 
 Any input, however hostile, ends in a `ReleaseTarball` or a `TarballError` that names the
 file (and member) and says what to do; nothing else escapes.
+
+Here: the members (paths, links, kinds, sizes) and the release they hold (its .rel, sys.config
+and relup). Reading the file, its gzip and the bounded tar stream is tarstream.py's part.
 """
 
 from __future__ import annotations
 
 import bisect
 import gzip
-import hashlib
 import posixpath
 import re
-import stat
 import tarfile
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Self
 
-from agent.errors import RequestError
 from agent.relfile import RelSyntaxError, parse_rel
 
-GZIP_MAGIC = b"\x1f\x8b"
+from .tarstream import (
+    CHUNK,
+    MAKERS,
+    Limits,
+    TarballError,
+    TarStream,
+    corrupt,
+    digest,
+    open_file,
+    open_tar,
+    reading,
+    require_clean_end,
+    require_gzip,
+)
+
+# TarballError lives with the stream checks, which raise it first; it is this module's API too.
+__all__ = ["ReleaseTarball", "TarballError", "inspect_tarball"]
+
 REL_MAX = 1024**2             # one .rel file: a few KiB in practice
 REL_TOTAL_MAX = 16 * 1024**2  # all .rel candidates together: bounds memory on hostile input
 EXTRA_MAX = 16 * 1024**2      # sys.config, relup
-HEADER_MAX = 1024**2          # one pax / GNU long-name header, which tarfile reads whole
-MEMBER_HEADERS_MAX = 2 * HEADER_MAX  # all the headers of one member (pax, long name, sparse map)
-PAX_DIGITS_MAX = 64           # longest run of digits in a pax header (see _pax_problem)
-GLOBAL_PAX_KEYS_MAX = 16      # keys of global pax headers, which tarfile copies into every member
-TRAILING_MAX = 1024**2        # bytes after the tar's end marker (record padding)
-PER_MEMBER_SLACK = 4096       # header blocks and padding a member adds to the stream
-CHUNK = 64 * 1024
-BLOCK = tarfile.BLOCKSIZE
-
-MAKERS = "systools:make_tar, rebar3 tar (relx) or mix release"
-
-
-class TarballError(RequestError):
-    """The tarball cannot be installed as it is: names the file, the member and what to do."""
 
 
 @dataclass(frozen=True)
@@ -68,303 +67,22 @@ def inspect_tarball(path: Path, *, expected_version: str | None = None,
                     max_size: int = 2 * 1024**3, max_members: int = 200_000,
                     max_unpacked: int = 8 * 1024**3) -> ReleaseTarball:
     """Check the tarball at `path` and say what it holds; raises TarballError otherwise."""
-    limits = _Limits(max_members, max_unpacked)
-    with _open_file(path, max_size) as (raw, size):
-        _require_gzip(path, raw)
+    limits = Limits(max_members, max_unpacked)
+    with open_file(path, max_size) as (raw, size):
+        require_gzip(path, raw)
         with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-            stream = _TarStream(path, gz, limits.stream_max, limits.headers_max)
-            tar = _open_tar(path, stream)
-            with _reading(path):
+            stream = TarStream(path, gz, limits.stream_max, limits.headers_max)
+            tar = open_tar(path, stream)
+            with reading(path):
                 scan = _scan_members(path, tar, stream, limits)
-                _require_clean_end(path, stream, tar.offset)
+                require_clean_end(path, stream, tar.offset)
             rel = _choose_release(path, scan.rels, expected_version)
-            with _reading(path):
+            with reading(path):
                 sys_config = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/sys.config")
                 relup = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/relup")
-        sha256 = _digest(path, raw, size)
+        sha256 = digest(path, raw, size)
     return ReleaseTarball(path, rel.name, rel.vsn, rel.erts, rel.unpack_name, rel.member,
                           rel.apps, sys_config, relup, size, sha256)
-
-
-# --- The file and its compression -----------------------------------------------------
-
-@dataclass(frozen=True)
-class _Limits:
-    max_members: int
-    max_unpacked: int
-
-    @property
-    def stream_max(self) -> int:
-        """The most the decompressed tar stream may hold: the members' data plus headers."""
-        return (self.max_unpacked + self.max_members * PER_MEMBER_SLACK
-                + HEADER_MAX + TRAILING_MAX)
-
-    @property
-    def headers_max(self) -> int:
-        """The most tarfile may read while parsing headers, all members together. Header
-        data stays in memory (tarfile keeps every member), unlike the members' data."""
-        return self.max_members * PER_MEMBER_SLACK + MEMBER_HEADERS_MAX
-
-
-@contextmanager
-def _open_file(path: Path, max_size: int) -> Iterator[tuple[BinaryIO, int]]:
-    # stat first: opening a FIFO for reading would block.
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise TarballError(f"{path}: no such file; check the path the tarball was "
-                           "uploaded to") from None
-    except OSError as e:
-        raise _unreadable(path, e) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise TarballError(f"{path}: not a regular file; give the path of the release .tar.gz")
-    if info.st_size > max_size:
-        raise TarballError(f"{path}: {info.st_size} bytes, more than the {max_size}-byte "
-                           "limit for a release tarball; raise max_size if it is genuine")
-    try:
-        raw = path.open("rb")
-    except OSError as e:
-        raise _unreadable(path, e) from None
-    with raw:
-        yield raw, info.st_size
-
-
-def _unreadable(path: Path, e: OSError) -> TarballError:
-    return TarballError(f"{path}: cannot read it ({e.strerror or e}); check that it exists "
-                        "and that the agent may read it")
-
-
-def _require_gzip(path: Path, raw: BinaryIO) -> None:
-    try:
-        head = raw.read(BLOCK)
-        raw.seek(0)
-    except OSError as e:
-        raise _unreadable(path, e) from None
-    if head[:2] == GZIP_MAGIC:
-        return
-    hint = ("it looks like an uncompressed tar: gzip it" if head[257:262] == b"ustar"
-            else f"make one with {MAKERS}")
-    raise TarballError(f"{path}: not a gzip file (it starts with {head[:4].hex(' ') or 'nothing'});"
-                       f" a release tarball is a .tar.gz: {hint}")
-
-
-def _corrupt(path: Path, reason: object) -> TarballError:
-    return TarballError(f"{path}: corrupt or truncated ({reason}); upload it again and "
-                        "compare its sha256 with the original's")
-
-
-# What a damaged or hostile stream makes gzip or tarfile raise, rather than a TarError.
-_BROKEN = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, IndexError,
-           OverflowError, RecursionError)  # RecursionError: a chain of pax headers
-
-
-@contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except _BROKEN as e:
-        raise _corrupt(path, e) from None
-
-
-class _TarStream:
-    """The decompressed tar stream as tarfile sees it.
-
-    gzip's failures become TarballError here, before tarfile can mistake them for a bad
-    header; and no header, however large it claims to be, makes us read without bound.
-    Inside `headers()` the reads are tarfile parsing headers, which it keeps in memory (and
-    for sparse maps, loops over block by block): those are bounded per member and in all.
-    """
-
-    def __init__(self, path: Path, gz: gzip.GzipFile, limit: int, headers_max: int) -> None:
-        self._path = path
-        self._gz = gz
-        self._limit = limit
-        self._ahead = b""  # peeked, not yet read
-        self._in_headers = False
-        self._member_header_bytes = 0
-        self._header_bytes = 0
-        self._headers_max = headers_max
-
-    def read(self, size: int = -1) -> bytes:
-        if not 0 <= size <= HEADER_MAX:
-            raise TarballError(f"{self._path}: a tar header asks to read {size} bytes at once "
-                               f"(at most {HEADER_MAX} make sense); refused as hostile")
-        self._within_limit(self.tell() + size)
-        if self._in_headers:
-            self._count_header_bytes(size)
-        ahead, self._ahead = self._ahead[:size], self._ahead[size:]
-        return ahead + self._read_gz(size - len(ahead))
-
-    def peek(self, size: int) -> bytes:
-        """The next `size` bytes (fewer at the end of the stream), still to be read."""
-        if len(self._ahead) < size:
-            self._within_limit(self.tell() + size)
-            self._ahead += self._read_gz(size - len(self._ahead))
-        return self._ahead[:size]
-
-    def seek(self, offset: int) -> int:
-        self._within_limit(offset)
-        self._ahead = b""
-        with self._guard():
-            return self._gz.seek(offset)
-
-    def tell(self) -> int:
-        return self._gz.tell() - len(self._ahead)
-
-    @contextmanager
-    def headers(self) -> Iterator[None]:
-        """Around tarfile's parsing of one member's headers."""
-        self._in_headers = True
-        self._member_header_bytes = 0
-        try:
-            yield
-        finally:
-            self._in_headers = False
-
-    def check_pax(self, archive: tarfile.TarFile, info_class: type[tarfile.TarInfo]) -> None:
-        """Refuse a pax header that is next in the stream unless its records are well formed."""
-        block = self.peek(BLOCK)
-        if len(block) < BLOCK or block[156:157] not in _PAX_TYPES:
-            return
-        try:
-            size = info_class.frombuf(block, archive.encoding, archive.errors).size
-        except tarfile.HeaderError:
-            return  # tarfile refuses it in its own words
-        padded = -(-size // BLOCK) * BLOCK
-        if not 0 <= padded <= HEADER_MAX:
-            return  # read() refuses that size
-        problem = _pax_problem(self.peek(BLOCK + padded)[BLOCK:])
-        if problem:
-            raise TarballError(f"{self._path}: a pax header at byte {self.tell()} {problem}; "
-                               f"refused as damaged or hostile (rebuild it with {MAKERS})")
-
-    def check_global_pax(self, keys: int) -> None:
-        if keys > GLOBAL_PAX_KEYS_MAX:
-            raise TarballError(f"{self._path}: its global pax headers set {keys} keys (at most "
-                               f"{GLOBAL_PAX_KEYS_MAX} are accepted); refused as a possible "
-                               "archive bomb, since each member gets a copy of them")
-
-    def _count_header_bytes(self, size: int) -> None:
-        self._member_header_bytes += size
-        self._header_bytes += size
-        if self._member_header_bytes > MEMBER_HEADERS_MAX:
-            raise TarballError(f"{self._path}: the headers of one member take more than "
-                               f"{MEMBER_HEADERS_MAX} bytes (at byte {self.tell()}); refused as "
-                               "hostile")
-        if self._header_bytes > self._headers_max:
-            raise TarballError(f"{self._path}: its tar headers take more than {self._headers_max}"
-                               " bytes in all; refused as a possible archive bomb (raise "
-                               "max_members if it is genuine)")
-
-    def _read_gz(self, size: int) -> bytes:
-        if size <= 0:
-            return b""
-        with self._guard():
-            return self._gz.read(size)
-
-    def write(self, b: bytes) -> int:
-        raise TypeError("read only")
-
-    def close(self) -> None:
-        pass  # the caller closes the file
-
-    def _within_limit(self, position: int) -> None:
-        if position > self._limit:
-            raise TarballError(f"{self._path}: decompresses to more than {self._limit} bytes, "
-                               "more than its members' sizes explain; refused as a possible "
-                               "archive bomb")
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except (EOFError, zlib.error, OSError) as e:
-            raise _corrupt(self._path, e) from None
-
-
-_PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
-_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (PAX_DIGITS_MAX + 1))
-
-
-def _pax_problem(body: bytes) -> str | None:
-    """What is wrong with the records of a pax header, as tarfile will read them, if anything.
-
-    Python before 3.11.10 and 3.12.6 (CVE-2024-6232) parses these records with regular
-    expressions that take quadratic time, and keep quadratic memory, on crafted input: a
-    1 MiB header takes minutes, or all the memory there is. Here, in linear time, each record
-    must be "LENGTH KEY=VALUE\n" of exactly LENGTH bytes up to the NUL padding, as every tar
-    writer makes them, and no run of digits may be long enough to make a regex backtrack.
-    """
-    pos = 0
-    while pos < len(body) and body[pos] != 0:
-        space = body.find(b" ", pos, pos + 21)
-        if space <= pos or not body[pos:space].isdigit():
-            return f"has a record that does not start with its length (at offset {pos})"
-        end = pos + int(body[pos:space])
-        if not space + 2 < end <= len(body) or body[end - 1] != 0x0A:
-            return f"has a record whose length does not end at its newline (at offset {pos})"
-        if body.find(b"=", space + 2, end) < 0:
-            return f"has a record without KEY=VALUE (at offset {pos})"
-        pos = end
-    if _LONG_DIGITS.search(body):
-        return f"has a run of more than {PAX_DIGITS_MAX} digits"
-    return None
-
-
-class _CheckedTarInfo(tarfile.TarInfo):
-    """tarfile's member class, given to it through its documented `tarinfo` argument: each
-    header is checked (pax records, global pax keys) around tarfile's own parsing of it."""
-
-    @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
-        stream = archive.fileobj
-        assert isinstance(stream, _TarStream)
-        stream.check_pax(archive, cls)
-        member = super().fromtarfile(archive)
-        stream.check_global_pax(len(archive.pax_headers))
-        return member
-
-
-def _open_tar(path: Path, stream: _TarStream) -> tarfile.TarFile:
-    # Only the first header is read here; gzip's own failures are already TarballError.
-    try:
-        with stream.headers():
-            return tarfile.open(fileobj=stream, mode="r:", tarinfo=_CheckedTarInfo)
-    except tarfile.ReadError as e:
-        raise TarballError(f"{path}: gzip, but not a tar archive ({e}); a release tarball "
-                           f"is a gzipped tar: make one with {MAKERS}") from None
-    except _BROKEN as e:
-        raise _corrupt(path, e) from None
-
-
-def _require_clean_end(path: Path, stream: _TarStream, offset: int) -> None:
-    """tarfile stops quietly at a damaged header past the first; so the archive must end
-    with a zero block (or exactly at end of data), and gzip must reach its checksum."""
-    stream.seek(offset)
-    block = stream.read(BLOCK)
-    if block and block != bytes(BLOCK):
-        raise _corrupt(path, f"damaged or partial tar header at byte {offset}")
-    end = offset + len(block)
-    while stream.read(CHUNK):
-        if stream.tell() - end > TRAILING_MAX:
-            raise TarballError(f"{path}: more than {TRAILING_MAX} bytes follow the end of the "
-                               f"tar archive; rebuild the tarball with {MAKERS}")
-
-
-def _digest(path: Path, raw: BinaryIO, size: int) -> str:
-    digest = hashlib.sha256()
-    seen = 0
-    try:
-        raw.seek(0)
-        while seen <= size and (chunk := raw.read(CHUNK)):
-            digest.update(chunk)
-            seen += len(chunk)
-    except OSError as e:
-        raise _unreadable(path, e) from None
-    if seen != size:
-        raise TarballError(f"{path}: changed while being inspected ({size} bytes, then {seen}); "
-                           "inspect it again once the upload is complete")
-    return digest.hexdigest()
 
 
 # --- Members ---------------------------------------------------------------------------
@@ -384,8 +102,8 @@ class _Scan:
     extras: dict[str, tarfile.TarInfo]     # normalised member -> sys.config / relup
 
 
-def _scan_members(path: Path, tar: tarfile.TarFile, stream: _TarStream,
-                  limits: _Limits) -> _Scan:
+def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
+                  limits: Limits) -> _Scan:
     rels: dict[str, _RelFile | _BadRel] = {}
     extras: dict[str, tarfile.TarInfo] = {}
     names: list[str] = []
@@ -436,7 +154,7 @@ def _check_member(path: Path, info: tarfile.TarInfo, next_offset: int) -> None:
         raise TarballError(f"{where} {problem}; a release tarball holds relative paths "
                            "inside the release root only")
     if info.size < 0 or next_offset <= info.offset:
-        raise _corrupt(path, f"member {info.name!r} has a size or position that makes no sense")
+        raise corrupt(path, f"member {info.name!r} has a size or position that makes no sense")
     if info.issym() or info.islnk():
         _check_link(where, info)
     elif not (info.isdir() or (info.isreg() and not info.issparse())):

@@ -1,0 +1,99 @@
+"""The single steps, each an operation of its own (``relctl unpack``, ``check``, ``install``,
+``make-permanent``, ``remove``): one release_handler step with the preflight it needs, for
+operators who drive an upgrade by hand. They neither roll back nor take back: each does one
+thing and says where the node stands.
+"""
+
+from __future__ import annotations
+
+from agent.config import POST_INSTALL
+from bridge import Atom
+
+from .base import OperationContext, Options, guarded
+from .hooks import run_hooks
+from .parts import EngineParts
+from .steps import FAILED, FAILED_UNCHANGED, SUCCEEDED, Failure, Result, term_text
+from .tarball import ReleaseTarball
+
+_OK = Atom("ok")
+
+
+class SingleSteps(EngineParts):
+    @guarded
+    async def unpack(self, ctx: OperationContext, version: str, tarball: ReleaseTarball
+                     ) -> Result:
+        async with self.steps.step("preflight") as st:
+            await self._core.read_node(ctx)
+            existing = ctx.find(version)
+            if existing is not None:
+                raise Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
+                                                 f"{self.node.name}; nothing to unpack")
+            await self._preflight.ensure_releases_file(ctx, st)
+            st.detail += await self._preflight.check_config(version, tarball.sys_config, ctx)
+        await self._staging.stage(tarball, ctx)
+        await self._staging.unpack(tarball, ctx)
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
+
+    @guarded
+    async def check(self, ctx: OperationContext, version: str) -> Result:
+        async with self.steps.step("check") as st:
+            await self._core.read_node(ctx)
+            res = await self._core.call("release_handler", "check_install_release", [version])
+            if not (isinstance(res, tuple) and res[0] == _OK):
+                raise Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
+                                                 f"{term_text(res)}")
+            st.detail = f"can be installed over {res[1]}"
+        return Result(SUCCEEDED, ctx.from_version, version, releases=ctx.releases)
+
+    @guarded
+    async def install(self, ctx: OperationContext, version: str, options: Options) -> Result:
+        """install_release and verify; not made permanent (that is its own step)."""
+        async with self.steps.step("preflight") as st:
+            await self._core.read_node(ctx)
+            target = ctx.find(version)
+            if target is None:
+                raise Failure(FAILED_UNCHANGED, f"release {version} is not on "
+                                                 f"{self.node.name}; unpack it first")
+            if target.running:
+                raise Failure(FAILED_UNCHANGED, f"{version} already runs on {self.node.name}")
+            await self._preflight.ensure_releases_file(ctx, st)
+            st.detail = await self._preflight.check_config(version, None, ctx)
+        await self._switch.pre_install_hooks(version, options, ctx)
+        await self._switch.install(version, options, ctx)
+        await run_hooks(self.node, self.steps, options.hooks, POST_INSTALL, outcome=FAILED)
+        async with self.steps.step("verify") as st:
+            st.detail = await self._switch.verify(version, options)
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
+
+    @guarded
+    async def make_permanent(self, ctx: OperationContext, version: str) -> Result:
+        async with self.steps.step("preflight") as st:
+            await self._core.read_node(ctx)
+            target = ctx.find(version)
+            if target is None or not target.running:
+                state = target.status if target else "not on the node"
+                raise Failure(FAILED_UNCHANGED, f"{version} is {state}; only the running "
+                                                 "release can be made permanent")
+            st.detail = f"{version} is {target.status}"
+        await self._switch.make_permanent(version, ctx)
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
+
+    @guarded
+    async def remove(self, ctx: OperationContext, version: str) -> Result:
+        async with self.steps.step("preflight") as st:
+            await self._core.read_node(ctx)
+            target = ctx.find(version)
+            if target is None:
+                raise Failure(FAILED_UNCHANGED, f"release {version} is not on {self.node.name}")
+            if target.running or target.status in ("permanent", "current"):
+                raise Failure(FAILED_UNCHANGED, f"{version} is {target.status} on "
+                                                 f"{self.node.name}; the running or "
+                                                 "permanent release cannot be removed")
+            await self._preflight.ensure_releases_file(ctx, st)
+            st.detail = f"{version} is {target.status}"
+        async with self.steps.step("remove") as st:
+            res = await self._core.call("release_handler", "remove_release", [version])
+            if res != _OK:
+                raise Failure(FAILED, f"remove_release({version}) failed: {term_text(res)}")
+            st.detail = f"{version} removed"
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())

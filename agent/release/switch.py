@@ -1,0 +1,192 @@
+"""The switch from one release to another (DESIGN.md section 4, steps 4 to 8): the hooks around
+``install_release``, the install itself (including a node that restarts), the verification
+that the node runs the target release and passes its probes, making it permanent, and the
+rollback when the verification fails.
+
+Every failure here names the outcome that says where the node ended: unchanged, rolled back
+(by the relup's down script or by a node restart), or failed (neither release for sure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+from agent.config import POST_INSTALL, PRE_INSTALL
+from agent.errors import NodeUnavailable
+from bridge import Atom, BadRpc
+
+from .base import EngineCore, OperationContext, Options
+from .hooks import run_hooks, skip_hooks
+from .staging import Staging
+from .steps import FAILED, FAILED_UNCHANGED, ROLLED_BACK, SUCCEEDED, Failure, Result, term_text
+
+_OK = Atom("ok")
+_ERROR = Atom("error")
+
+
+class Switch:
+    def __init__(self, core: EngineCore, staging: Staging) -> None:
+        self._core = core
+        self._staging = staging
+
+    async def pre_install_hooks(self, version: str, options: Options,
+                                ctx: OperationContext) -> None:
+        """A failing pre_install hook stops the operation before install_release: the node is
+        unchanged, and a release this operation unpacked is taken back, as a failed check is."""
+        try:
+            await run_hooks(self._core.node, self._core.steps, options.hooks, PRE_INSTALL,
+                            outcome=FAILED_UNCHANGED)
+        except Failure:
+            if ctx.unpacked_here:
+                await self._staging.undo_unpack(version, ctx)
+            raise
+
+    def skip_install(self, options: Options, reason: str) -> None:
+        """The install and the hooks around it, shown skipped in the order they would run."""
+        skip_hooks(self._core.steps, options.hooks, PRE_INSTALL, reason)
+        self._core.steps.skip("install", reason)
+        skip_hooks(self._core.steps, options.hooks, POST_INSTALL, reason)
+
+    async def install(self, version: str, options: Options, ctx: OperationContext) -> None:
+        node = self._core.node
+        async with self._core.steps.step("install") as st:
+            try:
+                res = await self._core.call("release_handler", "install_release",
+                                            [version, [(Atom("update_paths"), True)]],
+                                            timeout=options.install_timeout)
+            except NodeUnavailable as exc:
+                res = (_ERROR, f"connection lost during install ({exc})")
+            if isinstance(res, tuple) and res[0] == _OK:
+                st.detail = f"{ctx.from_version} -> {version}"
+                return
+            if isinstance(res, tuple) and res[0] == Atom("continue_after_restart"):
+                if not await node.wait_for_restart(down_within=30.0,
+                                                   up_within=options.restart_timeout):
+                    raise Failure(FAILED, "the node restarted into a new emulator for "
+                                           f"{version} and did not come back within "
+                                           f"{options.restart_timeout:g} s")
+                st.detail = "installed; the node restarted into the new emulator"
+                return
+            reason = term_text(res[1] if isinstance(res, tuple) and len(res) > 1 else res)
+            # A crashing relup script makes release_handler restart the node on its
+            # permanent release.
+            if await node.wait_for_restart(down_within=5.0, up_within=options.restart_timeout):
+                raise Failure(ROLLED_BACK, f"install of {version} failed ({reason}); the node "
+                                            "restarted on its permanent release (rolled back by "
+                                            "node restart)")
+            if ctx.unpacked_here:
+                await self._staging.undo_unpack(version, ctx)
+            raise Failure(FAILED_UNCHANGED, f"install_release({version}) failed: {reason}")
+
+    async def verify(self, version: str, options: Options) -> str:
+        releases = await self._core.releases()
+        target = next((r for r in releases if r.version == version), None)
+        if target is None or not target.running:
+            state = target.status if target else "not listed"
+            raise Failure(FAILED, f"after install, {version} is {state}, not running")
+        apps = await self._core.call("application", "which_applications")
+        running = {a[0].name: a[2] for a in apps
+                   if isinstance(a, tuple) and len(a) == 3 and isinstance(a[0], Atom)}
+        wrong = []
+        for lib in target.applications:
+            name, _, vsn = lib.partition("-")  # app names have no '-'; versions may
+            if name in running and running[name] != vsn:
+                wrong.append(f"{name} runs {running[name]}, release has {vsn}")
+        if wrong:
+            raise Failure(FAILED, "applications not switched: " + "; ".join(wrong))
+        detail = f"{version} is {target.status}; {len(running)} applications run"
+        if options.probes:
+            detail += "; " + await self._soak(options)
+        return detail
+
+    async def _soak(self, options: Options) -> str:
+        deadline = time.monotonic() + options.health_timeout
+        rounds = 0
+        while True:
+            for probe in options.probes:
+                try:
+                    res = await self._core.call(probe.module, probe.function, [])
+                except BadRpc as exc:
+                    res = exc.reason
+                if res != _OK:
+                    raise Failure(FAILED, f"health probe {probe} returned {term_text(res)}")
+            rounds += 1
+            if time.monotonic() >= deadline:
+                return f"probes ok {rounds}x over {options.health_timeout:g} s"
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    async def verify_and_commit(self, version: str, options: Options, ctx: OperationContext,
+                                *, rollback: bool, installed: bool = True) -> Result:
+        """Post-install hooks and verify, then make permanent; with ``rollback``, a failure
+        installs the release the node ran before (``installed``: install_release ran now)."""
+        try:
+            if installed:
+                # Post-install hooks are part of the health gate: a failure rolls back too.
+                await run_hooks(self._core.node, self._core.steps, options.hooks, POST_INSTALL,
+                                outcome=FAILED)
+            async with self._core.steps.step("verify") as st:
+                st.detail = await self.verify(version, options)
+        except Failure as failure:
+            if not rollback or not ctx.from_version:
+                raise
+            return await self._rollback(version, failure, options, ctx)
+        if options.permanent:
+            await self.make_permanent(version, ctx)
+        else:
+            self._core.steps.skip("make_permanent", "--no-permanent: the node boots the old "
+                                                    "release on restart until "
+                                                    "`relctl make-permanent`")
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
+
+    async def make_permanent(self, version: str, ctx: OperationContext) -> None:
+        async with self._core.steps.step("make_permanent") as st:
+            res = await self._core.call("release_handler", "make_permanent", [version])
+            if res != _OK:
+                raise Failure(FAILED, f"make_permanent({version}) failed: "
+                                       f"{term_text(res[1] if isinstance(res, tuple) else res)}; "
+                                       f"{version} runs but the node would boot the old release")
+            st.detail = f"{version} is permanent"
+            copied = await self._copy_start_script(version, ctx)
+            if copied:
+                st.detail += f"; {copied}"
+
+    async def _copy_start_script(self, version: str, ctx: OperationContext) -> str:
+        """relx writes bin/NAME-VSN; the permanent release's script becomes bin/NAME."""
+        if ctx.dirs is None:
+            return ""
+        name = next((r.name for r in ctx.releases if r.running), "")
+        src = Path(ctx.dirs.root) / "bin" / f"{name}-{version}"
+        if not name or not src.is_file():
+            return ""
+        dest = Path(ctx.dirs.root) / "bin" / name
+        tmp = dest.with_name(f".{name}.relctl-tmp")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+        return f"copied bin/{src.name} to bin/{name}"
+
+    async def _rollback(self, version: str, failure: Failure, options: Options,
+                        ctx: OperationContext) -> Result:
+        async with self._core.steps.step("rollback") as st:
+            res = await self._core.call("release_handler", "install_release", [ctx.from_version],
+                                        timeout=options.install_timeout)
+            if not (isinstance(res, tuple) and res[0] == _OK):
+                raise Failure(FAILED, f"{failure.message}; rollback to {ctx.from_version} "
+                                       f"failed too: {term_text(res)}")
+            st.detail = f"installed {ctx.from_version} again (relup down script)"
+        # The code changed again, so what the post-install hooks clear is stale again; pre-install
+        # hooks do not run, as nothing may stop a rollback. A failure here is only reported.
+        note = ""
+        try:
+            await run_hooks(self._core.node, self._core.steps, options.hooks, POST_INSTALL,
+                            outcome=ROLLED_BACK)
+        except Failure as again:
+            note = f"; after the rollback, {again.message}"
+        async with self._core.steps.step("verify") as st:
+            st.detail = await self.verify(ctx.from_version, Options())
+        return Result(ROLLED_BACK, ctx.from_version, version, error=failure.message + note,
+                      releases=await self._core.releases(),
+                      detail=f"back on {ctx.from_version}")

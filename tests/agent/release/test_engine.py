@@ -1,0 +1,1148 @@
+"""The release engine against a scripted node (tests/agent/release/scripted.py): every outcome
+of upgrade, downgrade and each single step, with the RPCs it makes in order, the steps it
+reports and the Result it returns.
+
+The replies are release_handler's, as the e2e tests see them on a real node: which_releases
+entries {Name, Vsn, Libs, Status}; {ok, OtherVsn, Descr} from check/install_release; ok or
+{error, Reason} from make_permanent, set_removed and remove_release.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import CONTINUE, POST_INSTALL, PRE_INSTALL, Hook
+from agent.errors import NodeDown, NodeTimeout
+from agent.release.base import Options, Probe
+from agent.release.steps import (
+    DRY_RUN,
+    FAILED,
+    FAILED_UNCHANGED,
+    ROLLED_BACK,
+    SUCCEEDED,
+    Result,
+)
+from agent.release.tarball import ReleaseTarball
+from agent.release.upgrade import ReleaseEngine
+from bridge import Atom, BadRpc, ConnectionLost, Pid
+from tests.agent.release.scripted import (
+    ERROR,
+    NODE,
+    OK,
+    SYS_CONFIG,
+    Expect,
+    ScriptedNode,
+    StepLog,
+    answer,
+    applications,
+    config_on_node,
+    config_parses,
+    fail,
+    node_dirs,
+    releases_file,
+    repeatedly,
+    tokens,
+    which_releases,
+)
+
+RPC_TIMEOUT = 1.0
+FAST = Options(install_timeout=5.0, restart_timeout=2.0)
+UPDATE_PATHS = [(Atom("update_paths"), True)]
+UP = (("0.0.1", "permanent"),)                           # before an upgrade to 0.0.2
+UNPACKED = (("0.0.2", "unpacked"), ("0.0.1", "permanent"))
+CURRENT = (("0.0.2", "current"), ("0.0.1", "permanent"))
+DONE = (("0.0.2", "permanent"), ("0.0.1", "old"))
+PRE = Hook("flush", PRE_INSTALL, "counter_hooks", "run", (b"flush",))
+POST = Hook("warm", POST_INSTALL, "counter_hooks", "run", (b"warm",))
+
+
+class Rig:
+    """A ReleaseEngine over a ScriptedNode, with the node's release root on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.node = ScriptedNode()
+        self.log = StepLog()
+        self.engine = ReleaseEngine(self.node, self.log, rpc_timeout=RPC_TIMEOUT)
+
+    def expect(self, *parts: Expect | Iterable[Expect]) -> None:
+        for part in parts:
+            self.node.expect(*([part] if isinstance(part, Expect) else part))
+
+    def done(self) -> None:
+        self.node.assert_done()
+        assert self.log.balanced()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    root = tmp_path.resolve() / "counter"
+    for folder in ("releases", "lib", "bin"):
+        (root / folder).mkdir(parents=True)
+    return Rig(root)
+
+
+def tarball(rig: Rig, version: str = "0.0.2", sys_config: bytes | None = SYS_CONFIG
+            ) -> ReleaseTarball:
+    data = f"the bytes of counter {version}".encode()
+    path = rig.root.parent / f"upload-{version}.tar.gz"
+    path.write_bytes(data)
+    return ReleaseTarball(path, "counter", version, "13.1.5", f"counter-{version}",
+                          f"releases/counter-{version}.rel",
+                          (("kernel", "8.5.3"), ("stdlib", "4.2"), ("counter", version)),
+                          sys_config, None, len(data), hashlib.sha256(data).hexdigest())
+
+
+def unpacked_files(rig: Rig, version: str = "0.0.2") -> list[Path]:
+    """What unpack_release would have extracted, so that undo_unpack has something to delete."""
+    made = [rig.root / "releases" / version, rig.root / "lib" / f"counter-{version}",
+            rig.root / "lib" / "kernel-8.5.3", rig.root / "lib" / "stdlib-4.2"]
+    for path in made:
+        path.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+# --- scripts of the node's side ------------------------------------------------------------
+
+def facts(rig: Rig, *entries: tuple[str, str]) -> list[Expect]:
+    return [which_releases(*entries), *node_dirs(rig.root)]
+
+
+def preflight(rig: Rig, *entries: tuple[str, str]) -> list[Expect]:
+    return [*facts(rig, *entries), releases_file(rig.root)]
+
+
+def unpack_ok(version: str = "0.0.2") -> Expect:
+    return answer("release_handler:unpack_release", [f"counter-{version}"], (OK, version))
+
+
+def check_ok(version: str = "0.0.2", over: str = "0.0.1") -> Expect:
+    return answer("release_handler:check_install_release", [version], (OK, over, []))
+
+
+def install(version: str, reply: Any) -> Expect:
+    return answer("release_handler:install_release", [version, UPDATE_PATHS], reply)
+
+
+def install_ok(version: str = "0.0.2", over: str = "0.0.1") -> Expect:
+    return install(version, (OK, over, []))
+
+
+def verify_ok(version: str, *entries: tuple[str, str]) -> list[Expect]:
+    return [which_releases(*entries), answer("application:which_applications", [],
+                                             applications(version))]
+
+
+def permanent(version: str = "0.0.2", reply: Any = OK) -> Expect:
+    return answer("release_handler:make_permanent", [version], reply)
+
+
+def set_removed(version: str = "0.0.2", reply: Any = OK) -> Expect:
+    return answer("release_handler:set_removed", [version], reply)
+
+
+def hook_call(hook: Hook, reply: Any) -> Expect:
+    return answer(f"{hook.module}:{hook.function}", list(hook.args), reply)
+
+
+def versions(result: Result) -> list[tuple[str, str]]:
+    return [(r.version, r.status) for r in result.releases]
+
+
+def assert_result(result: Result, outcome: str, from_version: str, to_version: str,
+                  error: str = "") -> None:
+    """The outcome and versions; the error is empty on success, else holds ``error``."""
+    assert (result.outcome, result.from_version, result.to_version) == (
+        outcome, from_version, to_version)
+    if outcome in (SUCCEEDED, DRY_RUN):
+        assert result.error == ""
+    else:
+        assert result.error and error in result.error, result.error
+
+
+# --- upgrade: succeeded ------------------------------------------------------------------
+
+async def test_upgrade_with_a_tarball_stages_unpacks_installs_verifies_and_commits(
+        rig: Rig) -> None:
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(), install_ok(),
+               verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert versions(result) == [("0.0.2", "permanent"), ("0.0.1", "old")]
+    assert rig.log.ended() == [("preflight", "succeeded"), ("stage", "succeeded"),
+                               ("unpack", "succeeded"), ("check", "succeeded"),
+                               ("install", "succeeded"), ("verify", "succeeded"),
+                               ("make_permanent", "succeeded")]
+    assert rig.log.detail("preflight") == "releases/0.0.2/sys.config parses; running 0.0.1"
+    assert rig.log.detail("unpack") == "unpack_release('counter-0.0.2') -> 0.0.2"
+    assert rig.log.detail("check") == "relup from 0.0.1 found"
+    assert rig.log.detail("install") == "0.0.1 -> 0.0.2"
+    assert rig.log.detail("verify") == "0.0.2 is current; 3 applications run"
+    assert rig.log.detail("make_permanent") == "0.0.2 is permanent"
+    # Staged where unpack_release looks, whole (the scripted node does not consume it).
+    staged = rig.root / "releases" / "counter-0.0.2.tar.gz"
+    assert staged.read_bytes() == b"the bytes of counter 0.0.2"
+    assert staged.stat().st_ino == (rig.root.parent / "upload-0.0.2.tar.gz").stat().st_ino
+    assert rig.log.detail("stage").startswith(f"{staged} (26 bytes, sha256 ")
+    assert sorted(p.name for p in (rig.root / "releases").iterdir()) == ["counter-0.0.2.tar.gz"]
+    # A big relup gets the install timeout, an unpack at least two minutes.
+    assert rig.node.calls_to("release_handler:install_release")[0].timeout == 5.0
+    assert rig.node.calls_to("release_handler:unpack_release")[0].timeout == 120.0
+    assert rig.node.calls_to("release_handler:which_releases")[0].timeout == RPC_TIMEOUT
+    rig.done()
+
+
+async def test_upgrade_of_an_unpacked_release_checks_its_config_on_the_node(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install_ok(), verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert rig.log.ended()[:3] == [("preflight", "succeeded"), ("stage", "skipped"),
+                                   ("unpack", "skipped")]
+    assert rig.log.detail("stage") == "0.0.2 is already unpacked"
+    assert rig.log.detail("preflight") == "releases/0.0.2/sys.config parses; running 0.0.1"
+    rig.done()
+
+
+async def test_a_tarball_for_a_release_already_there_is_not_uploaded_again(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED),
+               config_on_node(rig.root, "0.0.2", (ERROR, Atom("enoent"))), check_ok(),
+               install_ok(), verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert rig.log.detail("preflight") == ("0.0.2 is already unpacked; the tarball is not "
+                                           "needed. no releases/0.0.2/sys.config; running 0.0.1")
+    assert "erl_scan:string" not in rig.node.mfas()  # the tarball's sys.config is not read
+    assert not (rig.root / "releases" / "counter-0.0.2.tar.gz").exists()
+    rig.done()
+
+
+async def test_upgrade_to_a_current_release_only_makes_it_permanent(rig: Rig) -> None:
+    (rig.root / "bin" / "counter-0.0.2").write_text("#!/bin/sh\n# 0.0.2\n")
+    (rig.root / "bin" / "counter").write_text("#!/bin/sh\n# 0.0.1\n")
+    rig.expect(preflight(rig, *CURRENT), verify_ok("0.0.2", *CURRENT), permanent(),
+               which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", None, Options(hooks=(PRE, POST)))
+
+    assert_result(result, SUCCEEDED, "0.0.2", "0.0.2")
+    # No config check, no install and no hooks: the release already runs.
+    assert rig.log.ended() == [
+        ("preflight", "succeeded"), ("stage", "skipped"), ("unpack", "skipped"),
+        ("check", "skipped"), ("pre_install:flush", "skipped"), ("install", "skipped"),
+        ("post_install:warm", "skipped"), ("verify", "succeeded"), ("make_permanent", "succeeded")]
+    assert rig.log.detail("install") == "0.0.2 is already current"
+    assert rig.log.detail("pre_install:flush") == ("0.0.2 is already current; hooks run only "
+                                                   "when a release is installed")
+    # relx's start script of the permanent release becomes bin/NAME.
+    assert rig.log.detail("make_permanent") == ("0.0.2 is permanent; copied bin/counter-0.0.2 "
+                                                "to bin/counter")
+    assert (rig.root / "bin" / "counter").read_text() == "#!/bin/sh\n# 0.0.2\n"
+    assert sorted(p.name for p in (rig.root / "bin").iterdir()) == ["counter", "counter-0.0.2"]
+    rig.done()
+
+
+async def test_upgrade_with_no_permanent_leaves_the_old_release_permanent(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install_ok(), verify_ok("0.0.2", *CURRENT), which_releases(*CURRENT))
+    result = await rig.engine.upgrade("0.0.2", None, Options(permanent=False))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert versions(result) == [("0.0.2", "current"), ("0.0.1", "permanent")]
+    assert rig.log.ended()[-1] == ("make_permanent", "skipped")
+    assert rig.log.detail("make_permanent") == ("--no-permanent: the node boots the old release "
+                                                "on restart until `relctl make-permanent`")
+    assert "release_handler:make_permanent" not in rig.node.mfas()
+    rig.done()
+
+
+async def test_hooks_run_around_install_in_order(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               hook_call(PRE, OK), install_ok(), hook_call(POST, (OK, 3)),
+               verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", None, Options(hooks=(PRE, POST)))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert [name for name, _ in rig.log.ended()] == [
+        "preflight", "stage", "unpack", "check", "pre_install:flush", "install",
+        "post_install:warm", "verify", "make_permanent"]
+    assert rig.node.calls_to("counter_hooks:run")[0].timeout == PRE.timeout
+    rig.done()
+
+
+async def test_a_release_that_restarts_the_emulator_is_waited_for(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install("0.0.2", (Atom("continue_after_restart"), "0.0.1", [])),
+               verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
+    rig.node.then_restart(True)
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert rig.node.restart_waits == [(30.0, FAST.restart_timeout)]
+    assert rig.log.detail("install") == "installed; the node restarted into the new emulator"
+    rig.done()
+
+
+async def test_probes_soak_for_the_health_timeout(rig: Rig) -> None:
+    options = Options(probes=(Probe("counter", "health"),), health_timeout=0.05)
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install_ok(), verify_ok("0.0.2", *CURRENT),
+               repeatedly("counter:health", [], OK), permanent(), which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", None, options)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    shown = re.fullmatch(r"0\.0\.2 is current; 3 applications run; probes ok (\d+)x over 0\.05 s",
+                         rig.log.detail("verify"))
+    assert shown is not None, rig.log.detail("verify")
+    rounds = int(shown.group(1))
+    assert rounds >= 2 and len(rig.node.calls_to("counter:health")) == rounds
+    rig.done()
+
+
+# --- upgrade: failed_unchanged -----------------------------------------------------------
+
+async def test_upgrade_to_the_running_permanent_release_has_nothing_to_do(rig: Rig) -> None:
+    rig.expect(facts(rig, *DONE), which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.2", "0.0.2",
+                  f"0.0.2 already runs and is permanent on {NODE}; nothing to do")
+    assert versions(result) == [("0.0.2", "permanent"), ("0.0.1", "old")]
+    assert rig.log.ended() == [("preflight", "failed")]
+    rig.done()
+
+
+async def test_upgrade_to_an_unknown_release_without_a_tarball_is_refused(rig: Rig) -> None:
+    rig.expect(facts(rig, *UP), which_releases(*UP))
+    result = await rig.engine.upgrade("9.9.9", None, FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "9.9.9",
+                  f"release 9.9.9 is not on {NODE}; pass --tarball FILE to upload it")
+    assert rig.log.ended() == [("preflight", "failed")]
+    rig.done()
+
+
+@pytest.mark.parametrize(("scripted", "error"), [
+    pytest.param(lambda: [
+        answer("erl_scan:string", [SYS_CONFIG.decode()],
+               (ERROR, (1, Atom("erl_scan"), (Atom("string"), 34, "hi}]}].\n")), 2)),
+        answer("erl_scan:format_error", [(Atom("string"), 34, "hi}]}].\n")],
+               ["unterminated ", "string", " starting with ", "\"hi}]}].\\n\""]),
+        answer("lists:flatten",
+               [["unterminated ", "string", " starting with ", "\"hi}]}].\\n\""]],
+               'unterminated string starting with "hi}]}].\\n"')],
+        'releases/0.0.2/sys.config in the tarball does not parse: line 1: unterminated string '
+        'starting with "hi}]}].\\n"', id="scan-error"),
+    pytest.param(lambda: [
+        answer("erl_scan:string", [SYS_CONFIG.decode()], (OK, tokens("hi")[:-1], 1))],
+        "releases/0.0.2/sys.config in the tarball does not end with '.' (a sys.config is one "
+        "Erlang list and a dot)", id="no-dot"),
+    pytest.param(lambda: [
+        answer("erl_scan:string", [SYS_CONFIG.decode()], (OK, tokens("hi"), 2)),
+        answer("erl_parse:parse_term", [tokens("hi")],
+               (ERROR, (2, Atom("erl_parse"), ["syntax error before: ", "\"hello\""]))),
+        answer("erl_parse:format_error", [["syntax error before: ", "\"hello\""]],
+               ["syntax error before: ", "\"hello\""]),
+        answer("lists:flatten", [["syntax error before: ", "\"hello\""]],
+               'syntax error before: "hello"')],
+        'releases/0.0.2/sys.config in the tarball does not parse: line 2: syntax error before: '
+        '"hello"', id="parse-error"),
+    pytest.param(lambda: [
+        answer("erl_scan:string", [SYS_CONFIG.decode()], (OK, tokens("hi"), 2)),
+        answer("erl_parse:parse_term", [tokens("hi")],
+               (ERROR, (2, Atom("erl_parse"), ["syntax error before: ", "'}'"]))),
+        fail("erl_parse:format_error", [["syntax error before: ", "'}'"]],
+             BadRpc((Atom("EXIT"), Atom("undef"))))],
+        "releases/0.0.2/sys.config in the tarball does not parse: "
+        "{error,{2,erl_parse,[\"syntax error before: \",\"'}'\"]}}", id="unworded-error"),
+    pytest.param(lambda: [
+        answer("erl_scan:string", [SYS_CONFIG.decode()], (OK, tokens("hi"), 2)),
+        answer("erl_parse:parse_term", [tokens("hi")], (OK, (Atom("counter"), [])))],
+        "releases/0.0.2/sys.config in the tarball is not a list of {Application, [{Key, "
+        "Value}]}", id="not-a-list"),
+])
+async def test_a_sys_config_that_release_handler_would_misread_is_refused(
+        rig: Rig, scripted: Any, error: str) -> None:
+    rig.expect(preflight(rig, *UP), scripted(), which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == error
+    assert rig.log.ended() == [("preflight", "failed")]
+    assert list((rig.root / "releases").iterdir()) == []  # nothing staged
+    rig.done()
+
+
+async def test_a_sys_config_on_the_node_that_does_not_parse_is_refused(rig: Rig) -> None:
+    reason = (2, Atom("erl_parse"), ["syntax error before: ", "c"])
+    rig.expect(preflight(rig, *UNPACKED),
+               config_on_node(rig.root, "0.0.2", (ERROR, reason)),
+               answer("file:format_error", [reason], ["2: ", "syntax error before: c"]),
+               answer("lists:flatten", [["2: ", "syntax error before: c"]],
+                      "2: syntax error before: c"),
+               which_releases(*UNPACKED))
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == ("releases/0.0.2/sys.config does not parse: line 2: syntax error "
+                            "before: c")
+    assert rig.node.calls_to("file:format_error")[0].timeout == RPC_TIMEOUT
+    rig.done()
+
+
+async def test_a_release_that_fails_its_check_is_taken_back(rig: Rig) -> None:
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(),
+               answer("release_handler:check_install_release", ["0.0.2"],
+                      (ERROR, (Atom("no_matching_relup"), "0.0.2", "0.0.1"))),
+               set_removed(), which_releases(*UP), which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == ('check_install_release(0.0.2) refused: '
+                            '{no_matching_relup,"0.0.2","0.0.1"}')
+    assert rig.log.ended()[-2:] == [("check", "failed"), ("undo_unpack", "succeeded")]
+    # Only what this release brought goes: the libraries 0.0.1 uses stay.
+    assert rig.log.detail("undo_unpack") == ("set_removed(0.0.2); deleted releases/0.0.2, "
+                                             "lib/counter-0.0.2")
+    assert [p.exists() for p in made] == [False, False, True, True]
+    rig.done()
+
+
+async def test_a_failed_unpack_leaves_no_staged_tarball(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UP), config_parses(),
+               answer("release_handler:unpack_release", ["counter-0.0.2"],
+                      (ERROR, (Atom("existing_release"), "0.0.2"))),
+               which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == ("unpack_release('counter-0.0.2') failed: "
+                            '{existing_release,"0.0.2"}')
+    assert rig.log.ended() == [("preflight", "succeeded"), ("stage", "succeeded"),
+                               ("unpack", "failed")]
+    assert list((rig.root / "releases").iterdir()) == []
+    rig.done()
+
+
+async def test_a_tarball_that_cannot_be_put_in_place_stops_at_stage(rig: Rig) -> None:
+    (rig.root / "releases" / "counter-0.0.2.tar.gz" / "in-the-way").mkdir(parents=True)
+    rig.expect(preflight(rig, *UP), config_parses(), which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == (f"cannot write {rig.root}/releases/counter-0.0.2.tar.gz: Is a "
+                            "directory; the agent needs write access to the node's releases "
+                            "directory")
+    assert rig.log.ended()[-1] == ("stage", "failed")
+    assert "release_handler:unpack_release" not in rig.node.mfas()
+    assert sorted(p.name for p in (rig.root / "releases").iterdir()) == ["counter-0.0.2.tar.gz"]
+    rig.done()
+
+
+async def test_a_releases_dir_that_is_not_a_directory_stops_at_stage(rig: Rig) -> None:
+    (rig.root / "releases").rmdir()
+    (rig.root / "releases").write_text("not a directory")
+    rig.expect(preflight(rig, *UP), config_parses(), which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
+                  f"cannot write {rig.root}/releases/counter-0.0.2.tar.gz: ")
+    rig.done()
+
+
+async def test_a_failing_pre_install_hook_stops_before_install_and_takes_the_release_back(
+        rig: Rig) -> None:
+    unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+               hook_call(PRE, (ERROR, Atom("busy"))), set_removed(), which_releases(*UP),
+               which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(hooks=(PRE, POST)))
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
+                  'hook flush: counter_hooks:run(<<"flush">>) returned {error,busy}, not ok or '
+                  '{ok, _}; the release was not installed')
+    assert rig.log.ended()[-2:] == [("pre_install:flush", "failed"), ("undo_unpack", "succeeded")]
+    assert "release_handler:install_release" not in rig.node.mfas()
+    rig.done()
+
+
+async def test_a_pre_install_hook_that_may_fail_lets_the_upgrade_go_on(rig: Rig) -> None:
+    lenient = Hook("flush", PRE_INSTALL, "counter_hooks", "run", (b"flush",),
+                   on_failure=CONTINUE)
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               fail("counter_hooks:run", [b"flush"], NodeTimeout(NODE, "counter_hooks:run/1", 30)),
+               install_ok(), verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", None, Options(hooks=(lenient,)))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert ("pre_install:flush", "failed") in rig.log.ended()
+    assert "did not return within its timeout" in rig.log.detail("pre_install:flush")
+    rig.done()
+
+
+async def test_an_install_that_fails_without_a_restart_is_taken_back(rig: Rig) -> None:
+    unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+               install("0.0.2", (ERROR, (Atom("bad_relup_file"), "relup"))),
+               set_removed(), which_releases(*UP), which_releases(*UP))
+    rig.node.then_restart(False)
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
+                  'install_release(0.0.2) failed: {bad_relup_file,"relup"}')
+    # The take-back runs inside the failing install step.
+    assert rig.log.ended()[-2:] == [("undo_unpack", "succeeded"), ("install", "failed")]
+    assert rig.node.restart_waits == [(5.0, FAST.restart_timeout)]
+    rig.done()
+
+
+async def test_an_install_that_times_out_is_an_install_failure(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               fail("release_handler:install_release", ["0.0.2", UPDATE_PATHS],
+                    NodeTimeout(NODE, "release_handler:install_release/2", 5.0)),
+               which_releases(*UNPACKED))
+    rig.node.then_restart(False)
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    # Nothing was unpacked by this operation, so nothing is taken back.
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
+                  "install_release(0.0.2) failed: connection lost during install (node "
+                  f"{NODE} did not answer release_handler:install_release/2 within 5 s")
+    assert "release_handler:set_removed" not in rig.node.mfas()
+    rig.done()
+
+
+# --- upgrade: dry_run --------------------------------------------------------------------
+
+async def test_a_dry_run_unpacks_checks_and_takes_everything_back(rig: Rig) -> None:
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(), set_removed(),
+               which_releases(*UP), which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(dry_run=True))
+
+    assert_result(result, DRY_RUN, "0.0.1", "0.0.2")
+    assert result.detail == "checks passed; nothing was changed"
+    assert versions(result) == [("0.0.1", "permanent")]
+    assert rig.log.ended() == [
+        ("preflight", "succeeded"), ("stage", "succeeded"), ("unpack", "succeeded"),
+        ("check", "succeeded"), ("undo_unpack", "succeeded"), ("install", "skipped"),
+        ("verify", "skipped"), ("make_permanent", "skipped")]
+    assert [p.exists() for p in made] == [False, False, True, True]
+    rig.done()
+
+
+async def test_a_dry_run_of_an_unpacked_release_leaves_it_unpacked(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               which_releases(*UNPACKED))
+    result = await rig.engine.upgrade("0.0.2", None, Options(dry_run=True, hooks=(PRE,)))
+
+    assert_result(result, DRY_RUN, "0.0.1", "0.0.2")
+    assert rig.log.ended()[-4:] == [("pre_install:flush", "skipped"), ("install", "skipped"),
+                                    ("verify", "skipped"), ("make_permanent", "skipped")]
+    assert "release_handler:set_removed" not in rig.node.mfas()
+    rig.done()
+
+
+# --- upgrade: rolled_back ----------------------------------------------------------------
+
+async def test_a_crashing_relup_is_rolled_back_by_node_restart(rig: Rig) -> None:
+    unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+               install("0.0.2", (ERROR, (Atom("EXIT"), Atom("migration_bug")))),
+               which_releases(("0.0.2", "unpacked"), ("0.0.1", "permanent")))
+    rig.node.then_restart(True)
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, ROLLED_BACK, "0.0.1", "0.0.2")
+    assert result.error == ("install of 0.0.2 failed ({'EXIT',migration_bug}); the node "
+                            "restarted on its permanent release (rolled back by node restart)")
+    assert rig.node.restart_waits == [(5.0, FAST.restart_timeout)]
+    assert "release_handler:set_removed" not in rig.node.mfas()  # the retry needs it unpacked
+    assert rig.log.ended()[-1] == ("install", "failed")
+    rig.done()
+
+
+async def test_a_connection_lost_during_install_then_a_restart_is_a_rollback(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               fail("release_handler:install_release", ["0.0.2", UPDATE_PATHS],
+                    NodeDown(NODE, "connection lost (closed)")),
+               which_releases(*UNPACKED))
+    rig.node.then_restart(True)
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    assert_result(result, ROLLED_BACK, "0.0.1", "0.0.2",
+                  f"install of 0.0.2 failed (connection lost during install (node {NODE} is "
+                  "down: connection lost (closed))); the node restarted")
+    rig.done()
+
+
+def rolled_back_to_0_0_1(*, hooks: Iterable[Expect] = ()) -> list[Expect]:
+    """The rollback after a failed verify: install 0.0.1 again (the relup's down script), the
+    post-install hooks, verify 0.0.1, and the releases as they end."""
+    return [answer("release_handler:install_release", ["0.0.1"], (OK, "0.0.2", [])),
+            *hooks, *verify_ok("0.0.1", ("0.0.2", "unpacked"), ("0.0.1", "permanent")),
+            which_releases(("0.0.2", "unpacked"), ("0.0.1", "permanent"))]
+
+
+@pytest.mark.parametrize(("after_install", "options", "error"), [
+    pytest.param([which_releases(*UNPACKED)], FAST,
+                 "after install, 0.0.2 is unpacked, not running", id="not-running"),
+    pytest.param([which_releases(("0.0.1", "permanent"))], FAST,
+                 "after install, 0.0.2 is not listed, not running", id="gone"),
+    pytest.param([which_releases(*CURRENT),
+                  answer("application:which_applications", [], applications("0.0.1"))], FAST,
+                 "applications not switched: counter runs 0.0.1, release has 0.0.2",
+                 id="not-switched"),
+    pytest.param([*verify_ok("0.0.2", *CURRENT),
+                  answer("counter:health", [], (ERROR, Atom("unhealthy")))],
+                 Options(probes=(Probe("counter", "health"),)),
+                 "health probe counter:health() returned {error,unhealthy}", id="probe"),
+    pytest.param([*verify_ok("0.0.2", *CURRENT),
+                  fail("counter:health", [], BadRpc((Atom("EXIT"), Atom("undef"))))],
+                 Options(probes=(Probe("counter", "health"),)),
+                 "health probe counter:health() returned {'EXIT',undef}", id="probe-crash"),
+])
+async def test_a_release_that_fails_verify_is_rolled_back(
+        rig: Rig, after_install: list[Expect], options: Options, error: str) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install_ok(), after_install, rolled_back_to_0_0_1())
+    result = await rig.engine.upgrade("0.0.2", None, options)
+
+    assert_result(result, ROLLED_BACK, "0.0.1", "0.0.2")
+    assert result.error == error
+    assert result.detail == "back on 0.0.1"
+    assert versions(result) == [("0.0.2", "unpacked"), ("0.0.1", "permanent")]
+    assert rig.log.ended()[-3:] == [("verify", "failed"), ("rollback", "succeeded"),
+                                    ("verify", "succeeded")]
+    assert rig.log.detail("rollback") == "installed 0.0.1 again (relup down script)"
+    # The way back: install_release(FROM) with the install timeout, no update_paths.
+    back = rig.node.calls_to("release_handler:install_release")[-1]
+    assert (back.args, back.timeout) == (["0.0.1"], options.install_timeout)
+    assert "release_handler:make_permanent" not in rig.node.mfas()
+    rig.done()
+
+
+async def test_a_failing_post_install_hook_rolls_back_and_runs_again_after(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install_ok(), hook_call(POST, (ERROR, Atom("cold"))),
+               rolled_back_to_0_0_1(hooks=[hook_call(POST, (ERROR, Atom("still_cold")))]))
+    result = await rig.engine.upgrade("0.0.2", None, Options(hooks=(POST,)))
+
+    assert_result(result, ROLLED_BACK, "0.0.1", "0.0.2")
+    assert result.error == (
+        'hook warm: counter_hooks:run(<<"warm">>) returned {error,cold}, not ok or {ok, _}; '
+        'after the rollback, hook warm: counter_hooks:run(<<"warm">>) returned '
+        '{error,still_cold}, not ok or {ok, _}')
+    assert rig.log.ended()[-5:] == [
+        ("install", "succeeded"), ("post_install:warm", "failed"), ("rollback", "succeeded"),
+        ("post_install:warm", "failed"), ("verify", "succeeded")]
+    rig.done()
+
+
+# --- upgrade: failed ---------------------------------------------------------------------
+
+async def test_a_rollback_whose_install_fails_is_failed(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install_ok(), which_releases(*UNPACKED),
+               answer("release_handler:install_release", ["0.0.1"],
+                      (ERROR, (Atom("no_such_release"), "0.0.1"))),
+               which_releases(*CURRENT))
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    assert_result(result, FAILED, "0.0.1", "0.0.2")
+    assert result.error == ("after install, 0.0.2 is unpacked, not running; rollback to 0.0.1 "
+                            'failed too: {error,{no_such_release,"0.0.1"}}')
+    assert versions(result) == [("0.0.2", "current"), ("0.0.1", "permanent")]
+    assert rig.log.ended()[-2:] == [("verify", "failed"), ("rollback", "failed")]
+    rig.done()
+
+
+async def test_make_permanent_that_fails_after_a_good_install_is_failed(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install_ok(), verify_ok("0.0.2", *CURRENT),
+               permanent("0.0.2", (ERROR, (Atom("bad_status"), Atom("current")))),
+               which_releases(*CURRENT))
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    assert_result(result, FAILED, "0.0.1", "0.0.2")
+    assert result.error == ("make_permanent(0.0.2) failed: {bad_status,current}; 0.0.2 runs "
+                            "but the node would boot the old release")
+    assert rig.log.ended()[-2:] == [("verify", "succeeded"), ("make_permanent", "failed")]
+    assert len(rig.node.calls_to("release_handler:install_release")) == 1  # no rollback
+    rig.done()
+
+
+async def test_a_set_removed_that_fails_while_taking_an_unpack_back_is_failed(rig: Rig) -> None:
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(),
+               answer("release_handler:check_install_release", ["0.0.2"],
+                      (ERROR, (Atom("no_matching_relup"), "0.0.2", "0.0.1"))),
+               set_removed("0.0.2", (ERROR, (Atom("no_such_release"), "0.0.2"))),
+               which_releases(*UNPACKED))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED, "0.0.1", "0.0.2")
+    assert result.error == ('set_removed(0.0.2) failed: {error,{no_such_release,"0.0.2"}}; '
+                            "0.0.2 stays unpacked")
+    assert rig.log.ended()[-2:] == [("check", "failed"), ("undo_unpack", "failed")]
+    assert all(p.exists() for p in made)  # nothing deleted behind release_handler's back
+    rig.done()
+
+
+async def test_a_new_emulator_that_does_not_come_back_is_failed(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install("0.0.2", (Atom("continue_after_restart"), "0.0.1", [])),
+               fail("release_handler:which_releases", [], NodeDown(NODE, "not connected")))
+    rig.node.then_restart(False)
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    # With the node away, the result has no releases rather than an exception.
+    assert_result(result, FAILED, "0.0.1", "0.0.2",
+                  "the node restarted into a new emulator for 0.0.2 and did not come back "
+                  "within 2 s")
+    assert result.releases == ()
+    assert rig.log.ended()[-1] == ("install", "failed")
+    rig.done()
+
+
+# --- upgrade: what the engine does not turn into a Result --------------------------------
+
+async def test_a_node_down_in_preflight_is_raised_to_the_caller(rig: Rig) -> None:
+    rig.expect(fail("release_handler:which_releases", [], NodeDown(NODE, "not connected")))
+    with pytest.raises(NodeDown):
+        await rig.engine.upgrade("0.0.2", None, FAST)
+    assert [(r.name, r.state, r.detail) for r in rig.log.records[1:]] == [
+        ("preflight", "failed", f"node {NODE} is down: not connected")]
+    rig.done()
+
+
+async def test_a_bridge_error_that_escapes_the_caller_is_an_internal_error(rig: Rig) -> None:
+    rig.expect(which_releases(*UP),
+               fail("code:root_dir", [], ConnectionLost("socket closed")))
+    with pytest.raises(ConnectionLost):
+        await rig.engine.upgrade("0.0.2", None, FAST)
+    assert rig.log.records[-1].state == "failed"
+    assert rig.log.records[-1].detail == "internal error: ConnectionLost('socket closed')"
+    rig.done()
+
+
+# --- the RELEASES file -------------------------------------------------------------------
+
+async def test_a_missing_RELEASES_file_is_created_from_the_running_rel(rig: Rig) -> None:
+    releases_dir = rig.root / "releases"
+    rel = str(releases_dir / "0.0.1" / "counter.rel")
+    child = [Atom("sasl_sup"), Atom("release_handler")]
+    rig.expect(facts(rig, *UP), releases_file(rig.root, exists=False),
+               answer("filelib:is_regular", [str(releases_dir / "0.0.1" / "counter-0.0.1.rel")],
+                      False),
+               answer("filelib:is_regular", [rel], True),
+               answer("release_handler:create_RELEASES",
+                      [str(rig.root), str(releases_dir), rel, []], OK),
+               answer("supervisor:terminate_child", child, OK),
+               answer("supervisor:restart_child", child,
+                      (OK, Pid(Atom(NODE), 90, 0, 1))),
+               config_parses(), unpack_ok(), which_releases(*UNPACKED))
+    result = await rig.engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert rig.log.detail("preflight") == (f"created {releases_dir}/RELEASES from {rel}; "
+                                           "releases/0.0.2/sys.config parses")
+    rig.done()
+
+
+@pytest.mark.parametrize("case", ["no-rel", "create-fails", "nothing-runs"])
+async def test_a_RELEASES_file_that_cannot_be_made_stops_the_operation(
+        rig: Rig, case: str) -> None:
+    releases_dir = rig.root / "releases"
+    candidates = [str(releases_dir / "0.0.1" / "counter-0.0.1.rel"),
+                  str(releases_dir / "0.0.1" / "counter.rel"),
+                  str(releases_dir / "counter-0.0.1.rel")]
+    entries = () if case == "nothing-runs" else UP
+    rig.expect(facts(rig, *entries), releases_file(rig.root, exists=False))
+    if case == "no-rel":
+        rig.expect([answer("filelib:is_regular", [c], False) for c in candidates])
+        error = (f"{releases_dir}/RELEASES is missing and no .rel file of the running release "
+                 f"was found ({' or '.join(candidates)})")
+    elif case == "create-fails":
+        rig.expect(answer("filelib:is_regular", [candidates[0]], True),
+                   answer("release_handler:create_RELEASES",
+                          [str(rig.root), str(releases_dir), candidates[0], []],
+                          (ERROR, Atom("eacces"))))
+        error = f"creating {releases_dir}/RELEASES failed: {{error,eacces}}"
+    else:
+        error = f"{releases_dir}/RELEASES is missing and the node runs no known release"
+    rig.expect(which_releases(*entries))
+    result = await rig.engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, FAILED_UNCHANGED, "" if case == "nothing-runs" else "0.0.1", "0.0.2")
+    assert result.error == error
+    assert rig.log.ended() == [("preflight", "failed")]
+    assert "supervisor:terminate_child" not in rig.node.mfas()
+    rig.done()
+
+
+# --- downgrade -----------------------------------------------------------------------------
+
+DOWN = (("0.0.2", "permanent"), ("0.0.1", "old"))
+DOWNED = (("0.0.2", "old"), ("0.0.1", "permanent"))
+
+
+async def test_downgrade_installs_the_old_release_and_makes_it_permanent(rig: Rig) -> None:
+    rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
+               check_ok("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
+               verify_ok("0.0.1", ("0.0.2", "permanent"), ("0.0.1", "current")),
+               permanent("0.0.1"), which_releases(*DOWNED))
+    result = await rig.engine.downgrade("0.0.1", FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.2", "0.0.1")
+    assert versions(result) == [("0.0.2", "old"), ("0.0.1", "permanent")]
+    assert rig.log.ended() == [("preflight", "succeeded"), ("check", "succeeded"),
+                               ("install", "succeeded"), ("verify", "succeeded"),
+                               ("make_permanent", "succeeded")]
+    assert rig.log.detail("preflight") == "releases/0.0.1/sys.config parses; running 0.0.2"
+    assert rig.log.detail("check") == "relup of 0.0.2 goes down to 0.0.1"
+    rig.done()
+
+
+@pytest.mark.parametrize(("entries", "version", "error"), [
+    (DOWN, "0.0.0", f"release 0.0.0 is not on {NODE} (it has: 0.0.2 (permanent), 0.0.1 (old))"),
+    (DOWN, "0.0.2", f"0.0.2 already runs on {NODE}"),
+    ((("0.0.3", "unpacked"), *DOWN), "0.0.3",
+     f"0.0.3 was never installed on {NODE}; use `relctl upgrade 0.0.3` to install it"),
+])
+async def test_downgrade_refuses_what_it_cannot_go_down_to(
+        rig: Rig, entries: tuple[tuple[str, str], ...], version: str, error: str) -> None:
+    rig.expect(facts(rig, *entries), which_releases(*entries))
+    result = await rig.engine.downgrade(version, FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.2", version)
+    assert result.error == error
+    assert rig.log.ended() == [("preflight", "failed")]
+    rig.done()
+
+
+async def test_downgrade_without_a_relup_down_is_refused_at_check(rig: Rig) -> None:
+    rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
+               answer("release_handler:check_install_release", ["0.0.1"],
+                      (ERROR, (Atom("no_matching_relup"), "0.0.1", "0.0.2"))),
+               which_releases(*DOWN))
+    result = await rig.engine.downgrade("0.0.1", FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.2", "0.0.1")
+    assert result.error == ("the running release cannot go down to 0.0.1: "
+                            '{error,{no_matching_relup,"0.0.1","0.0.2"}}')
+    assert rig.log.ended()[-1] == ("check", "failed")
+    rig.done()
+
+
+async def test_a_downgrade_dry_run_stops_after_check(rig: Rig) -> None:
+    rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
+               check_ok("0.0.1", over="0.0.2"), which_releases(*DOWN))
+    result = await rig.engine.downgrade("0.0.1", Options(dry_run=True))
+
+    assert_result(result, DRY_RUN, "0.0.2", "0.0.1")
+    assert result.detail == ""
+    assert rig.log.ended()[-3:] == [("install", "skipped"), ("verify", "skipped"),
+                                    ("make_permanent", "skipped")]
+    assert "release_handler:install_release" not in rig.node.mfas()
+    rig.done()
+
+
+async def test_a_downgrade_that_fails_verify_is_not_rolled_back(rig: Rig) -> None:
+    rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
+               check_ok("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
+               which_releases(("0.0.2", "permanent"), ("0.0.1", "current")),
+               answer("application:which_applications", [], applications("0.0.2")),
+               which_releases(("0.0.2", "permanent"), ("0.0.1", "current")))
+    result = await rig.engine.downgrade("0.0.1", FAST)
+
+    assert_result(result, FAILED, "0.0.2", "0.0.1",
+                  "applications not switched: counter runs 0.0.2, release has 0.0.1")
+    assert "rollback" not in [name for name, _ in rig.log.ended()]
+    assert len(rig.node.calls_to("release_handler:install_release")) == 1
+    rig.done()
+
+
+async def test_a_downgrade_whose_make_permanent_fails_is_failed(rig: Rig) -> None:
+    rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
+               check_ok("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
+               verify_ok("0.0.1", ("0.0.2", "permanent"), ("0.0.1", "current")),
+               permanent("0.0.1", (ERROR, Atom("enospc"))),
+               which_releases(("0.0.2", "permanent"), ("0.0.1", "current")))
+    result = await rig.engine.downgrade("0.0.1", FAST)
+
+    assert_result(result, FAILED, "0.0.2", "0.0.1",
+                  "make_permanent(0.0.1) failed: enospc; 0.0.1 runs but the node would boot "
+                  "the old release")
+    rig.done()
+
+
+# --- single steps: unpack, check ---------------------------------------------------------
+
+async def test_unpack_stages_and_unpacks_only(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), which_releases(*UNPACKED))
+    result = await rig.engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert versions(result) == [("0.0.2", "unpacked"), ("0.0.1", "permanent")]
+    assert rig.log.ended() == [("preflight", "succeeded"), ("stage", "succeeded"),
+                               ("unpack", "succeeded")]
+    assert rig.log.detail("preflight") == "releases/0.0.2/sys.config parses"
+    rig.done()
+
+
+async def test_a_tarball_on_another_file_system_is_copied(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+    monkeypatch.setattr(os, "link", cross_device)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), which_releases(*UNPACKED))
+    result = await rig.engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    staged = rig.root / "releases" / "counter-0.0.2.tar.gz"
+    assert staged.read_bytes() == b"the bytes of counter 0.0.2"
+    assert staged.stat().st_ino != (rig.root.parent / "upload-0.0.2.tar.gz").stat().st_ino
+    rig.done()
+
+
+async def test_a_latin1_sys_config_is_read_as_erlang_reads_it(rig: Rig) -> None:
+    config = '[{counter, [{greeting, "h\u00e9"}]}].\n'.encode("latin-1")  # not UTF-8
+    scanned = tokens("h\u00e9")
+    rig.expect(preflight(rig, *UP),
+               answer("erl_scan:string", ['[{counter, [{greeting, "h\u00e9"}]}].\n'],
+                      (OK, scanned, 2)),
+               answer("erl_parse:parse_term", [scanned],
+                      (OK, [(Atom("counter"), [(Atom("greeting"), "h\u00e9")])])),
+               unpack_ok(), which_releases(*UNPACKED))
+    result = await rig.engine.unpack("0.0.2", tarball(rig, sys_config=config))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    rig.done()
+
+
+async def test_unpack_of_a_release_already_there_is_refused(rig: Rig) -> None:
+    rig.expect(facts(rig, *UNPACKED), which_releases(*UNPACKED))
+    result = await rig.engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == f"0.0.2 is already unpacked on {NODE}; nothing to unpack"
+    rig.done()
+
+
+async def test_unpack_that_release_handler_refuses_is_failed_unchanged(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UP), config_parses(),
+               answer("release_handler:unpack_release", ["counter-0.0.2"],
+                      (ERROR, Atom("enoent"))), which_releases(*UP))
+    result = await rig.engine.unpack("0.0.2", tarball(rig))
+
+    # Unlike check and install, a single unpack that fails leaves nothing to take back.
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
+                  "unpack_release('counter-0.0.2') failed: enoent")
+    assert "release_handler:set_removed" not in rig.node.mfas()
+    assert list((rig.root / "releases").iterdir()) == []
+    rig.done()
+
+
+async def test_check_reports_what_the_release_can_be_installed_over(rig: Rig) -> None:
+    rig.expect(facts(rig, *UNPACKED), check_ok())
+    result = await rig.engine.check("0.0.2")
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    # The releases read at the start: check changes nothing, so nothing is read again.
+    assert versions(result) == [("0.0.2", "unpacked"), ("0.0.1", "permanent")]
+    assert rig.log.ended() == [("check", "succeeded")]
+    assert rig.log.detail("check") == "can be installed over 0.0.1"
+    rig.done()
+
+
+async def test_check_that_release_handler_refuses_is_failed_unchanged(rig: Rig) -> None:
+    rig.expect(facts(rig, *UNPACKED),
+               answer("release_handler:check_install_release", ["0.0.2"],
+                      (ERROR, (Atom("no_matching_relup"), "0.0.2", "0.0.1"))),
+               which_releases(*UNPACKED))
+    result = await rig.engine.check("0.0.2")
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == ('check_install_release(0.0.2) refused: '
+                            '{error,{no_matching_relup,"0.0.2","0.0.1"}}')
+    assert rig.log.ended() == [("check", "failed")]
+    rig.done()
+
+
+# --- single steps: install -----------------------------------------------------------------
+
+async def test_install_installs_and_verifies_but_does_not_make_permanent(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"),
+               hook_call(PRE, OK), install_ok(), hook_call(POST, OK),
+               verify_ok("0.0.2", *CURRENT), which_releases(*CURRENT))
+    result = await rig.engine.install("0.0.2", Options(hooks=(PRE, POST)))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert rig.log.ended() == [("preflight", "succeeded"), ("pre_install:flush", "succeeded"),
+                               ("install", "succeeded"), ("post_install:warm", "succeeded"),
+                               ("verify", "succeeded")]
+    assert "release_handler:make_permanent" not in rig.node.mfas()
+    rig.done()
+
+
+@pytest.mark.parametrize(("version", "error"), [
+    ("0.0.3", f"release 0.0.3 is not on {NODE}; unpack it first"),
+    ("0.0.1", f"0.0.1 already runs on {NODE}"),
+])
+async def test_install_refuses_a_release_it_cannot_install(
+        rig: Rig, version: str, error: str) -> None:
+    rig.expect(facts(rig, *UNPACKED), which_releases(*UNPACKED))
+    result = await rig.engine.install(version, FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", version)
+    assert result.error == error
+    rig.done()
+
+
+async def test_install_that_release_handler_refuses_is_failed_unchanged(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"),
+               install("0.0.2", (ERROR, (Atom("no_such_release"), "0.0.2"))),
+               which_releases(*UNPACKED))
+    rig.node.then_restart(False)
+    result = await rig.engine.install("0.0.2", FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
+                  'install_release(0.0.2) failed: {no_such_release,"0.0.2"}')
+    assert "release_handler:set_removed" not in rig.node.mfas()
+    rig.done()
+
+
+async def test_install_that_fails_verify_is_failed_and_not_rolled_back(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), install_ok(),
+               which_releases(*UNPACKED), which_releases(*UNPACKED))
+    result = await rig.engine.install("0.0.2", FAST)
+
+    assert_result(result, FAILED, "0.0.1", "0.0.2",
+                  "after install, 0.0.2 is unpacked, not running")
+    assert rig.log.ended()[-1] == ("verify", "failed")
+    rig.done()
+
+
+async def test_install_with_a_failing_post_install_hook_is_failed(rig: Rig) -> None:
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), install_ok(),
+               hook_call(POST, (ERROR, Atom("cold"))), which_releases(*CURRENT))
+    result = await rig.engine.install("0.0.2", Options(hooks=(POST,)))
+
+    assert_result(result, FAILED, "0.0.1", "0.0.2", "hook warm: ")
+    assert rig.log.ended()[-1] == ("post_install:warm", "failed")
+    assert "application:which_applications" not in rig.node.mfas()  # no verify after it
+    rig.done()
+
+
+# --- single steps: make_permanent, remove --------------------------------------------------
+
+async def test_make_permanent_of_the_running_release(rig: Rig) -> None:
+    rig.expect(facts(rig, *CURRENT), permanent(), which_releases(*DONE))
+    result = await rig.engine.make_permanent("0.0.2")
+
+    assert_result(result, SUCCEEDED, "0.0.2", "0.0.2")
+    assert versions(result) == [("0.0.2", "permanent"), ("0.0.1", "old")]
+    assert rig.log.ended() == [("preflight", "succeeded"), ("make_permanent", "succeeded")]
+    assert rig.log.detail("preflight") == "0.0.2 is current"
+    assert rig.log.detail("make_permanent") == "0.0.2 is permanent"  # no bin/counter-0.0.2
+    rig.done()
+
+
+@pytest.mark.parametrize(("entries", "error"), [
+    (UNPACKED, "0.0.2 is unpacked; only the running release can be made permanent"),
+    (UP, "0.0.2 is not on the node; only the running release can be made permanent"),
+])
+async def test_make_permanent_refuses_a_release_that_does_not_run(
+        rig: Rig, entries: tuple[tuple[str, str], ...], error: str) -> None:
+    rig.expect(facts(rig, *entries), which_releases(*entries))
+    result = await rig.engine.make_permanent("0.0.2")
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == error
+    rig.done()
+
+
+async def test_make_permanent_that_release_handler_refuses_is_failed(rig: Rig) -> None:
+    rig.expect(facts(rig, *CURRENT),
+               permanent("0.0.2", (ERROR, (Atom("no_such_release"), "0.0.2"))),
+               which_releases(*CURRENT))
+    result = await rig.engine.make_permanent("0.0.2")
+
+    assert_result(result, FAILED, "0.0.2", "0.0.2",
+                  'make_permanent(0.0.2) failed: {no_such_release,"0.0.2"}; 0.0.2 runs but '
+                  "the node would boot the old release")
+    assert rig.log.ended()[-1] == ("make_permanent", "failed")
+    rig.done()
+
+
+async def test_remove_removes_an_old_release(rig: Rig) -> None:
+    rig.expect(preflight(rig, *DONE),
+               answer("release_handler:remove_release", ["0.0.1"], OK),
+               which_releases(("0.0.2", "permanent")))
+    result = await rig.engine.remove("0.0.1")
+
+    assert_result(result, SUCCEEDED, "0.0.2", "0.0.1")
+    assert versions(result) == [("0.0.2", "permanent")]
+    assert rig.log.ended() == [("preflight", "succeeded"), ("remove", "succeeded")]
+    assert rig.log.detail("preflight") == "0.0.1 is old"
+    assert rig.log.detail("remove") == "0.0.1 removed"
+    rig.done()
+
+
+@pytest.mark.parametrize(("entries", "version", "error"), [
+    (DONE, "0.0.3", f"release 0.0.3 is not on {NODE}"),
+    (DONE, "0.0.2", f"0.0.2 is permanent on {NODE}; the running or permanent release cannot "
+                    "be removed"),
+    (CURRENT, "0.0.1", f"0.0.1 is permanent on {NODE}; the running or permanent release "
+                       "cannot be removed"),
+    (CURRENT, "0.0.2", f"0.0.2 is current on {NODE}; the running or permanent release cannot "
+                       "be removed"),
+])
+async def test_remove_refuses_the_running_or_permanent_release(
+        rig: Rig, entries: tuple[tuple[str, str], ...], version: str, error: str) -> None:
+    rig.expect(facts(rig, *entries), which_releases(*entries))
+    result = await rig.engine.remove(version)
+
+    assert result.outcome == FAILED_UNCHANGED
+    assert result.error == error
+    assert "release_handler:remove_release" not in rig.node.mfas()
+    rig.done()
+
+
+async def test_remove_that_release_handler_refuses_is_failed(rig: Rig) -> None:
+    rig.expect(preflight(rig, *DONE),
+               answer("release_handler:remove_release", ["0.0.1"],
+                      (ERROR, (Atom("permanent"), "0.0.1"))),
+               which_releases(*DONE))
+    result = await rig.engine.remove("0.0.1")
+
+    assert_result(result, FAILED, "0.0.2", "0.0.1",
+                  'remove_release(0.0.1) failed: {error,{permanent,"0.0.1"}}')
+    assert rig.log.ended()[-1] == ("remove", "failed")
+    rig.done()
+
+
+# --- what runs beside an operation ---------------------------------------------------------
+
+async def test_the_engine_shares_its_node_steps_and_timeout_and_reads_releases(
+        rig: Rig) -> None:
+    # A config reload runs on the engine's node, steps and RPC timeout (agent/api/service.py).
+    assert rig.engine.node is rig.node
+    assert rig.engine.rpc_timeout == RPC_TIMEOUT
+    rig.engine.steps.skip("reload", "shown through the same sink")
+    assert rig.log.ended() == [("reload", "skipped")]
+    rig.expect(which_releases(*CURRENT))
+    assert [r.version for r in await rig.engine.releases() if r.running] == ["0.0.2"]
+    rig.done()

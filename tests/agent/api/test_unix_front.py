@@ -100,6 +100,15 @@ async def _serve(tmp_path: Path) -> tuple[UnixFront, grpc.aio.Server, _Peers]:
     return front, server, servicer
 
 
+async def _calls_by_us(front: UnixFront, servicer: _Peers, count: int) -> None:
+    """``count`` calls through the public socket, each one named by our own uid."""
+    for _ in range(count):
+        async with grpc.aio.insecure_channel(f"unix:{front.path}") as channel:
+            await agent_pb2_grpc.AgentStub(channel).ListNodes(pb.ListNodesRequest(), timeout=5)
+    assert len(servicer.seen) == count
+    assert all(found is not None and found[0] == os.getuid() for _, found in servicer.seen)
+
+
 async def _shut(front: UnixFront, server: grpc.aio.Server) -> None:
     front.stop_accepting()
     await server.stop(0)
@@ -116,12 +125,7 @@ async def test_bytes_sent_before_the_relay_exists_are_relayed(
                         lambda self: None)
     front, server, servicer = await _serve(tmp_path)
     try:
-        for _ in range(20):
-            async with grpc.aio.insecure_channel(f"unix:{front.path}") as channel:
-                await agent_pb2_grpc.AgentStub(channel).ListNodes(pb.ListNodesRequest(),
-                                                                  timeout=5)
-        assert len(servicer.seen) == 20
-        assert all(found is not None and found[0] == os.getuid() for _, found in servicer.seen)
+        await _calls_by_us(front, servicer, 20)
     finally:
         await _shut(front, server)
 
@@ -137,12 +141,7 @@ async def test_abstract_names_are_random_and_a_squatted_one_is_skipped(
     monkeypatch.setattr(unix_front, "abstract_name", lambda: next(names, None) or real())
     front, server, servicer = await _serve(tmp_path)
     try:
-        for _ in range(5):
-            async with grpc.aio.insecure_channel(f"unix:{front.path}") as channel:
-                await agent_pb2_grpc.AgentStub(channel).ListNodes(pb.ListNodesRequest(),
-                                                                  timeout=5)
-        assert len(servicer.seen) == 5
-        assert all(found is not None and found[0] == os.getuid() for _, found in servicer.seen)
+        await _calls_by_us(front, servicer, 5)
         # grpc may share one connection between channels: each connection has its own name.
         peers = {peer.removeprefix("unix-abstract:") for peer, _ in servicer.seen}
         assert "relctl-squatted" not in peers

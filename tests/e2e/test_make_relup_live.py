@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
 from tests.tools.otp_procs import NodeProc, erl_eval
-from tests.tools.release_fixture import ReleaseBuild
+from tests.tools.release_fixture import ReleaseBuild, extract_tar
 
 pytestmark = pytest.mark.otp
 
@@ -21,9 +20,7 @@ def test_relup_and_tarball_made_from_two_systools_tarballs_upgrade_a_live_node(
     # here) and the build's ebin, which holds the appup make_tar leaves out.
     roots = {}
     for vsn in ("0.0.1", "0.0.2"):
-        with tarfile.open(release_build.tarball(vsn)) as tar:
-            tar.extractall(tmp_path / vsn, filter="tar")
-        roots[vsn] = tmp_path / vsn
+        roots[vsn] = extract_tar(release_build.tarball(vsn), tmp_path / vsn)
     (roots["0.0.2"] / "releases" / "0.0.2" / "relup").unlink()
     tarball = tmp_path / "counter-0.0.2.tar.gz"
     made = relctl("make-relup", str(roots["0.0.1"]), str(roots["0.0.2"]), "--tarball",

@@ -22,7 +22,7 @@ from agent.client.relup import (
 )
 from agent.client.status import ExitCode
 from agent.release.tarball import inspect_tarball
-from tests.tools.release_fixture import ReleaseBuild
+from tests.tools.release_fixture import ReleaseBuild, extract_tar
 
 REL = """%% coding: utf-8
 {release, {"shop", "%s"}, {erts, "13.1.5"},
@@ -144,9 +144,7 @@ def test_cli_errors_are_one_line_with_the_exit_code(
 # --- with the real systools, over the counter example built as a plain systools release -----
 
 def unpack(tarball: Path, dest: Path) -> Path:
-    with tarfile.open(tarball) as tar:
-        tar.extractall(dest, filter="tar")
-    return dest
+    return extract_tar(tarball, dest)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -21,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent import __version__
 from agent.config import Address
 from agent.nodes.link import NodeState
 
@@ -46,6 +48,7 @@ class NodeStateCollector(Collector):
         # Describing by collecting would call into the agent at registration; names suffice.
         yield GaugeMetricFamily("beam_node_up", "Whether the agent is connected to the node")
         yield GaugeMetricFamily("beam_release_info", "Releases known to release_handler")
+        yield GaugeMetricFamily("beam_release_current_info", "The release the node runs")
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("beam_node_up", "Whether the agent is connected to the node "
@@ -53,13 +56,21 @@ class NodeStateCollector(Collector):
         info = GaugeMetricFamily("beam_release_info", "Releases known to release_handler on "
                                  "the node, with their status (always 1)",
                                  labels=["node", "release", "version", "status"])
+        # One series per node: version drift across a fleet is then one PromQL query.
+        current = GaugeMetricFamily("beam_release_current_info", "The release the node runs "
+                                    "(always 1): the installed one, permanent or not",
+                                    labels=["node", "release", "version"])
         for state in self._snapshot():
             up.add_metric([state.name], 1.0 if state.up else 0.0)
             if state.up:
                 for rel in state.releases:
                     info.add_metric([state.name, rel.name, rel.version, rel.status], 1.0)
+                for rel in state.releases:
+                    if rel.running:  # see agent.release.releases.mark_running
+                        current.add_metric([state.name, rel.name, rel.version], 1.0)
         yield up
         yield info
+        yield current
 
 
 class AgentMetrics:
@@ -75,6 +86,8 @@ class AgentMetrics:
         self._op_seconds = Histogram(
             "relctl_operation_duration_seconds", "Duration of operations (upgrade, downgrade, ...)",
             ["operation"], buckets=OPERATION_BUCKETS, registry=self.registry)
+        Gauge("relctl_agent_info", "The relctl-agent serving these metrics (always 1)",
+              ["version"], registry=self.registry).labels(__version__).set(1)
         self.registry.register(NodeStateCollector(snapshot))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

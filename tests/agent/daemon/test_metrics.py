@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent import __version__
 from agent.config import Address
 from agent.daemon.metrics import AgentMetrics
 from agent.nodes.link import NodeState
@@ -42,6 +43,10 @@ def test_node_state_and_rpc_histogram() -> None:
     assert got["beam_release_info"] == [
         ({"node": "a@h", "release": "app", "version": "0.0.2", "status": "current"}, 1.0),
         ({"node": "a@h", "release": "app", "version": "0.0.1", "status": "permanent"}, 1.0)]
+    # The running release, one series per up node.
+    assert got["beam_release_current_info"] == [
+        ({"node": "a@h", "release": "app", "version": "0.0.2"}, 1.0)]
+    assert [labels for labels, _ in got["relctl_agent_info"]] == [{"version": __version__}]
     fn = {"function": "release_handler:which_releases"}
     assert got["relctl_rpc_duration_seconds_count"] == [(fn, 2.0)]
     buckets = {labels["le"]: v for labels, v in got["relctl_rpc_duration_seconds_bucket"]}

@@ -27,6 +27,14 @@ from .status import CliError, ExitCode, exit_codes_help
 @click.group(epilog=exit_codes_help(), context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--agent", "agents", multiple=True, metavar="HOST:PORT|unix:PATH",
               help=f"Agent to ask; repeat for several. Default: $RELCTL_AGENT, then {DEFAULT_AGENT}.")
+@click.option("--agents-file", envvar="RELCTL_AGENTS_FILE", default="", metavar="FILE",
+              help="The agents of a Prometheus file_sd targets file (JSON or YAML), in its "
+                   "order: the list Prometheus scrapes is the list a rollout walks.")
+@click.option("--selector", "selectors", multiple=True, metavar="LABEL=VALUE",
+              help="With --agents-file: only the groups with this label; repeat to narrow.")
+@click.option("--agent-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+              help="With --agents-file: the agents' gRPC port on each target's host (or a "
+                   "relctl_agent label per group).")
 @click.option("--token-file", envvar="RELCTL_TOKEN_FILE", default="", metavar="FILE",
               help="Bearer token for agents on TCP (default: $RELCTL_TOKEN_FILE).")
 @click.option("--ca", envvar="RELCTL_CA", default="", metavar="FILE",
@@ -38,7 +46,8 @@ from .status import CliError, ExitCode, exit_codes_help
 @shared_options
 @click.version_option(package_name="relctl", prog_name="relctl")
 @click.pass_context
-def cli(ctx: click.Context, agents: tuple[str, ...], token_file: str, ca: str, cert: str,
+def cli(ctx: click.Context, agents: tuple[str, ...], agents_file: str,
+        selectors: tuple[str, ...], agent_port: int | None, token_file: str, ca: str, cert: str,
         key: str) -> None:
     """relctl: see and upgrade the releases of BEAM nodes through their relctl agents.
 
@@ -46,7 +55,16 @@ def cli(ctx: click.Context, agents: tuple[str, ...], token_file: str, ca: str, c
     the network it needs a token (--token-file) and, off loopback, the agent's CA (--ca).
     """
     settings = ctx.ensure_object(Settings)
-    settings.agents = agent_targets(agents)
+    if agents_file:
+        if agents:
+            raise CliError("give --agent or --agents-file, not both", ExitCode.USAGE)
+        from .inventory import inventory_agents  # only when a file is given
+
+        settings.agents = inventory_agents(agents_file, selectors, agent_port)
+    elif selectors or agent_port is not None:
+        raise CliError("--selector and --agent-port go with --agents-file", ExitCode.USAGE)
+    else:
+        settings.agents = agent_targets(agents)
     settings.token_file, settings.ca, settings.cert, settings.key = token_file, ca, cert, key
 
 

@@ -146,3 +146,25 @@ def test_a_batch_upgrades_its_agents_together_and_reports_an_agent_of_several_no
     assert row.split()[1:4] == ["-", "error", "0.0.2"]
     assert row.endswith("this agent manages 2 nodes (counter1@localhost, counter3@localhost); "
                         "pass --node NAME")
+
+
+def test_a_rollout_walks_the_agents_of_a_file_sd_file_in_its_order(
+        fleet: Fleet, release_build: ReleaseBuild, tmp_path: Path) -> None:
+    """The file Prometheus scrapes (targets are /metrics, relctl_agent the gRPC port), with
+    the canary group left out by --selector."""
+    (n1, a1), (n2, a2), (n3, a3) = fleet
+    sd = tmp_path / "relctl-agents.yml"
+    sd.write_text("".join(
+        f"- targets: ['127.0.0.1:{a.metrics_port}']\n"
+        f"  labels:\n    env: {env}\n    relctl_agent: \"{a.grpc_port}\"\n"
+        for a, env in ((a3, "prod"), (a2, "canary"), (a1, "prod"))))
+    done = relctl("--agents-file", str(sd), "--selector", "env=prod", "upgrade", "0.0.2",
+                  "--tarball", str(release_build.tarball("0.0.2")), "--batch", "1",
+                  timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [line for line in done.stdout.splitlines() if line.startswith("batch ")] == [
+        f"batch 1/2: {a3.address}", f"batch 2/2: {a1.address}"]
+    for node in (n1, n3):
+        assert counter_state(node) == UPGRADED
+        assert releases(node) == '[{"0.0.2",permanent},{"0.0.1",old}]'
+    assert releases(n2) == '[{"0.0.1",permanent}]' and journal(a2) == []

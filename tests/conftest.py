@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import otp_select
 from tests.tools.otp_procs import EpmdProc, NodeProc, pid_exists, start_epmd, start_node
 from tests.tools.release_fixture import ReleaseBuild, build_release, make_target_copy
 
@@ -29,7 +30,7 @@ OTP_TOOLS: tuple[str, ...] = ("erl", "erlc", "epmd")
 def otp_missing_reason() -> str | None:
     missing = [tool for tool in OTP_TOOLS if shutil.which(tool) is None]
     if not missing:
-        return None
+        return otp_select.missing_reason()
     return f"needs Erlang/OTP: {', '.join(missing)} not found on PATH"
 
 
@@ -73,7 +74,8 @@ def current_test_failed(request: pytest.FixtureRequest) -> bool:
 def release_build(tmp_path_factory: pytest.TempPathFactory) -> ReleaseBuild:
     """The counter release (0.0.1 + 0.0.2), built once per session."""
     _require_otp()
-    return build_release(tmp_path_factory.mktemp("counter-release"))
+    return build_release(tmp_path_factory.mktemp("counter-release"), erl=otp_select.erl(),
+                         erlc=otp_select.erlc())
 
 
 @pytest.fixture
@@ -124,7 +126,8 @@ class NodeFactory:
         alive = name.partition("@")[0]
         index = len(self.nodes)
         if target is None:
-            target = make_target_copy(self._build, self._base_dir / f"{alive}-{index}-target")
+            target = make_target_copy(self._build, self._base_dir / f"{alive}-{index}-target",
+                                      erl=otp_select.erl())
         node = start_node(
             target,
             name if "@" in name else f"{name}@localhost",

@@ -17,6 +17,7 @@ import pytest
 
 from bridge import Atom, CookieRejected, Node, TlsCause, TlsHandshakeFailed
 from tests.conftest import current_test_failed
+from tests.tools import otp_select
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
 from tests.tools.otp_procs import EpmdProc, NodeProc, pid_exists, start_epmd, start_node
 from tests.tools.pki import CertPair, TestCA
@@ -44,11 +45,12 @@ def _ssl_code_path(build: ReleaseBuild) -> list[str]:
     """-pa for the OTP applications TLS distribution needs: the counter release has only
     kernel, stdlib and sasl."""
     args = []
+    lib = build.otp.root_dir / "lib"
     for app in TLS_APPS:
-        found = sorted((build.otp.root_dir / "lib").glob(f"{app}-*/ebin"))
+        found = sorted(otp_select.host_view(lib).glob(f"{app}-*/ebin"))
         if not found:
             pytest.skip(f"the OTP at {build.otp.root_dir} has no {app} application")
-        args += ["-pa", str(found[-1])]
+        args += ["-pa", str(lib / found[-1].parent.name / "ebin")]  # as the node sees it
     return args
 
 

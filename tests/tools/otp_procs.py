@@ -32,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.tools import otp_select
+
 LOOPBACK = "127.0.0.1"
 SYSTEM_EPMD_PORT = 4369
 EPMD_NAMES_REQ = 110  # 'n'
@@ -499,6 +501,7 @@ def start_node(
 
     root = target_root.resolve()
     argv = [
+        *otp_select.run_prefix(),
         str(root / start_script),
         "-sname",
         full_name,

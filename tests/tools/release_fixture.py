@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from tests.tools import otp_select
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_DIR = REPO_ROOT / "examples" / "counter"
 
@@ -181,7 +183,7 @@ def _erl_list(items: Sequence[str | Path]) -> str:
     return "[" + ", ".join(erl_string(i) for i in items) + "]"
 
 
-def _run_erl_step(step: str, expr: str, *, cwd: Path, erl: str = "erl") -> str:
+def _run_erl_step(step: str, expr: str, *, cwd: Path, erl: str | None = None) -> str:
     """Evaluate ``expr`` in a fresh ``erl``; it must return ``ok`` or ``{ok, ...}``.
 
     Anything else (``error``, ``{error, ...}``, an exception) becomes a
@@ -197,7 +199,7 @@ def _run_erl_step(step: str, expr: str, *, cwd: Path, erl: str = "erl") -> str:
         '    _ -> io:format("~nstep result: ~tp~n", [Result]), halt(1)\n'
         "end."
     )
-    return _run(step, [erl, *_ERL_BASE_ARGS, "-eval", program], cwd=cwd)
+    return _run(step, [erl or otp_select.erl(), *_ERL_BASE_ARGS, "-eval", program], cwd=cwd)
 
 
 def discover_otp(erl: str = "erl") -> OtpInstall:
@@ -419,7 +421,8 @@ def _install_target(
     return root
 
 
-def build_release(out_dir: Path, *, erl: str = "erl", erlc: str = "erlc") -> ReleaseBuild:
+def build_release(out_dir: Path, *, erl: str | None = None,
+                  erlc: str | None = None) -> ReleaseBuild:
     """Build every version of counter, the tarballs and the 0.0.1 target.
 
     ``out_dir`` must not exist or be empty. Layout afterwards::
@@ -435,6 +438,8 @@ def build_release(out_dir: Path, *, erl: str = "erl", erlc: str = "erlc") -> Rel
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ReleaseBuildError("prepare", [], 0, f"{out_dir} is not empty")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Every erl step of the build (those below that name none too) uses the chosen OTP.
+    erl, erlc = erl or otp_select.erl(), erlc or otp_select.erlc()
     otp = discover_otp(erl)
 
     lib_root = out_dir / "lib"
@@ -526,7 +531,7 @@ def build_release(out_dir: Path, *, erl: str = "erl", erlc: str = "erlc") -> Rel
     )
 
 
-def make_target_copy(build: ReleaseBuild, dest: Path, *, erl: str = "erl") -> Path:
+def make_target_copy(build: ReleaseBuild, dest: Path, *, erl: str | None = None) -> Path:
     """Copy the installed base target to ``dest`` (must not exist); return it.
 
     The start scripts find their root at run time, but releases/RELEASES
@@ -536,7 +541,8 @@ def make_target_copy(build: ReleaseBuild, dest: Path, *, erl: str = "erl") -> Pa
     dest = dest.resolve()
     shutil.copytree(build.target_template, dest, symlinks=True)
     rel = build.versions[build.base_vsn]
-    _create_releases(dest, dest / "releases" / rel.vsn / f"{build.name}-{rel.vsn}.rel", erl)
+    _create_releases(dest, dest / "releases" / rel.vsn / f"{build.name}-{rel.vsn}.rel",
+                     erl or otp_select.erl())  # the OTP the build was made with
     return dest
 
 

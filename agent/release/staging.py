@@ -11,26 +11,71 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
 
+from agent.errors import NodeDown, NodeTimeout, NodeUnavailable
 from bridge import Atom
 
 from .base import EngineCore, OperationContext
+from .releases import Release
 from .steps import FAILED, FAILED_UNCHANGED, Failure, term_text
 from .tarball import ReleaseTarball
 
 _OK = Atom("ok")
 
 
+def write_refused(path: Path, exc: OSError) -> str:
+    """Why the agent could not write ``path`` under the release root, and what to do."""
+    fix = {errno.EROFS: "its file system is mounted read-only: remount it read-write",
+           errno.EACCES: "run the agent as the release's owner or give it write access",
+           errno.EPERM: "run the agent as the release's owner or give it write access",
+           errno.ENOSPC: "free some space on its file system"}.get(exc.errno or 0, "")
+    return (f"cannot write {path}: {exc.strerror or exc}; nothing was changed. The agent needs "
+            f"write access to {path.parent}" + (f" ({fix})" if fix else "")
+            + ", then retry")
+
+
 class Staging:
     def __init__(self, core: EngineCore) -> None:
         self._core = core
 
+    def _unlisted_dirs(self, tarball: ReleaseTarball, ctx: OperationContext,
+                       listed: tuple[Release, ...]) -> list[Path]:
+        """The dirs an unpack of ``tarball`` creates that no release the node lists owns:
+        releases/VSN (unless VSN is listed) and each lib/APP-VSN no listed release uses."""
+        assert ctx.dirs is not None
+        root = Path(ctx.dirs.root)
+        used = {lib for r in listed for lib in r.applications}
+        dirs = [] if any(r.version == tarball.version for r in listed) else [
+            Path(ctx.dirs.releases) / tarball.version]
+        dirs += [root / "lib" / f"{app}-{vsn}" for app, vsn in tarball.applications
+                 if f"{app}-{vsn}" not in used]
+        return [d for d in dirs if root in d.resolve().parents]
+
+    async def _delete(self, dirs: list[Path], ctx: OperationContext) -> list[str]:
+        assert ctx.dirs is not None
+        root = Path(ctx.dirs.root)
+        removed = []
+        for path in dirs:
+            if path.is_dir() and not path.is_symlink():
+                try:
+                    await asyncio.to_thread(shutil.rmtree, path)
+                except OSError as exc:
+                    raise Failure(FAILED, f"cannot delete {path} (left by an unpack that did "
+                                           f"not finish): {exc.strerror or exc}; delete it "
+                                           "before a retry") from None
+                removed.append(str(path.relative_to(root)))
+        return removed
+
     async def stage(self, tarball: ReleaseTarball, ctx: OperationContext) -> None:
         assert ctx.dirs is not None
         async with self._core.steps.step("stage") as st:
+            # An unpack that did not finish (node killed, agent killed) left files the node
+            # does not list: remove them first, or keep_old_files would keep a truncated file.
+            leftovers = await self._delete(self._unlisted_dirs(tarball, ctx, ctx.releases), ctx)
             dest = Path(ctx.dirs.releases) / f"{tarball.unpack_name}.tar.gz"
             tmp = dest.with_name(f".{dest.name}.relctl-tmp")
             try:
@@ -44,27 +89,56 @@ class Staging:
             except OSError as exc:
                 with contextlib.suppress(OSError):  # e.g. releases/ is not a directory at all
                     tmp.unlink(missing_ok=True)
-                raise Failure(FAILED_UNCHANGED, f"cannot write {dest}: {exc.strerror or exc}; "
-                                                 "the agent needs write access to the node's "
-                                                 "releases directory") from None
+                raise Failure(FAILED_UNCHANGED, write_refused(dest, exc)) from None
             ctx.staged_file = dest
             st.detail = f"{dest} ({tarball.size} bytes, sha256 {tarball.sha256[:12]}...)"
+            if leftovers:
+                st.detail += ("; removed what an unfinished unpack left: "
+                              + ", ".join(leftovers))
 
     async def unpack(self, tarball: ReleaseTarball, ctx: OperationContext) -> None:
+        """All or nothing: when unpack_release fails, what it extracted goes (only dirs no
+        release the node lists owns: none existed before, stage removed leftovers)."""
+        call = f"unpack_release({tarball.unpack_name!r})"
+        limit = max(self._core.rpc_timeout, 120.0)
         async with self._core.steps.step("unpack") as st:
-            res = await self._core.call("release_handler", "unpack_release",
-                                        [tarball.unpack_name],
-                                        timeout=max(self._core.rpc_timeout, 120.0))
+            try:
+                res = await self._core.call("release_handler", "unpack_release",
+                                            [tarball.unpack_name], timeout=limit)
+            except NodeTimeout:
+                # Still unpacking, maybe: which_releases answers once it is over.
+                res = None
+                what = f"{call} did not answer within {limit:g} s"
+            except NodeDown as exc:
+                raise Failure(FAILED, f"the connection was lost during {call} ({exc}); what it "
+                                       "extracted is removed by the next upgrade or unpack of "
+                                       f"{tarball.version}") from None
+            if res is None:
+                try:
+                    listed = await self._core.releases()
+                except NodeUnavailable as exc:
+                    raise Failure(FAILED, f"{what}, and the node did not answer which_releases "
+                                           f"either ({exc}); the unpack may still run; the next "
+                                           f"upgrade or unpack of {tarball.version} removes what "
+                                           "it left") from None
+                if any(r.version == tarball.version for r in listed):
+                    res = (_OK, tarball.version)
+                else:
+                    res = (Atom("error"), f"{what} and did not unpack it")
             if isinstance(res, tuple) and res[0] == _OK:
                 ctx.unpacked_here = True
                 ctx.tarball = tarball
-                st.detail = f"unpack_release({tarball.unpack_name!r}) -> {res[1]}"
+                st.detail = f"{call} -> {res[1]}"
                 return
             # release_handler deletes the tarball only on success; leave nothing to trip a retry.
             if ctx.staged_file is not None:
                 ctx.staged_file.unlink(missing_ok=True)
-            raise Failure(FAILED_UNCHANGED, f"unpack_release({tarball.unpack_name!r}) failed: "
-                                             f"{term_text(res[1] if isinstance(res, tuple) else res)}")
+            reason = term_text(res[1] if isinstance(res, tuple) else res)
+            removed = await self._delete(
+                self._unlisted_dirs(tarball, ctx, await self._core.releases()), ctx)
+            raise Failure(FAILED_UNCHANGED, f"{call} failed: {reason}"
+                          + (f"; removed what it extracted: {', '.join(removed)}"
+                             if removed else ""))
 
     async def undo_unpack(self, version: str, ctx: OperationContext) -> None:
         """Take back what this operation's unpack did, so that a retry starts clean.
@@ -74,19 +148,31 @@ class Staging:
         with keep_old_files, so a bad relup or beam left behind would be used by the retry.
         Only releases/VSN and the lib directories no other release uses are deleted."""
         async with self._core.steps.step("undo_unpack") as st:
+            # Asked first: release_handler answers once any install it runs is over, and a
+            # release the node reports current or permanent is never taken back.
+            before = await self._core.releases()
+            mine = next((r for r in before if r.version == version), None)
+            if mine is not None and (mine.running or mine.status in ("current", "permanent")):
+                raise Failure(FAILED, f"{version} is {mine.status} on the node: it was not "
+                                       "taken back and none of its files were deleted")
             res = await self._core.call("release_handler", "set_removed", [version])
             if res != _OK:
                 raise Failure(FAILED, f"set_removed({version}) failed: {term_text(res)}; "
                                        f"{version} stays unpacked")
             removed: list[str] = []
             if ctx.dirs is not None and ctx.tarball is not None:
-                others = {lib for r in await self._core.releases() for lib in r.applications}
+                others = {lib for r in before if r.version != version for lib in r.applications}
                 root = Path(ctx.dirs.root)
                 doomed = [Path(ctx.dirs.releases) / version] + [
                     root / "lib" / f"{app}-{vsn}" for app, vsn in ctx.tarball.applications
                     if f"{app}-{vsn}" not in others]
                 for path in doomed:
                     if path.is_dir() and root in path.resolve().parents:
-                        await asyncio.to_thread(shutil.rmtree, path)
+                        try:
+                            await asyncio.to_thread(shutil.rmtree, path)
+                        except OSError as exc:
+                            raise Failure(FAILED, f"set_removed({version}) done, but deleting "
+                                                   f"{path} failed: {exc.strerror or exc}; "
+                                                   "delete it before a retry") from None
                         removed.append(str(path.relative_to(root)))
             st.detail = f"set_removed({version}); deleted {', '.join(removed) or 'nothing'}"

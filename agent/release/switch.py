@@ -10,22 +10,34 @@ Every failure here names the outcome that says where the node ended: unchanged, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from agent.config import POST_INSTALL, PRE_INSTALL
-from agent.errors import NodeUnavailable
+from agent.errors import NodeDown, NodeTimeout, NodeUnavailable
 from bridge import Atom, BadRpc
 
 from .base import EngineCore, OperationContext, Options
 from .hooks import run_hooks, skip_hooks
+from .releases import Release, parse_which_releases
 from .staging import Staging
 from .steps import FAILED, FAILED_UNCHANGED, ROLLED_BACK, SUCCEEDED, Failure, Result, term_text
 
 _OK = Atom("ok")
-_ERROR = Atom("error")
+
+
+def install_options(options: Options, *, update_paths: bool) -> list[Any]:
+    """install_release/2's options: install_timeout bounds each process's suspend and
+    code_change too (sys's default is 5 s, after which the node restarts)."""
+    limit = max(1, int(options.install_timeout * 1000))
+    opts: list[Any] = [(Atom("code_change_timeout"), limit), (Atom("suspend_timeout"), limit)]
+    if update_paths:
+        opts.append((Atom("update_paths"), True))
+    return opts
 
 
 class Switch:
@@ -56,10 +68,13 @@ class Switch:
         async with self._core.steps.step("install") as st:
             try:
                 res = await self._core.call("release_handler", "install_release",
-                                            [version, [(Atom("update_paths"), True)]],
+                                            [version, install_options(options, update_paths=True)],
                                             timeout=options.install_timeout)
             except NodeUnavailable as exc:
-                res = (_ERROR, f"connection lost during install ({exc})")
+                # The install's effect is unknown: never undo anything now; wait for the node's
+                # own answer and report what it says.
+                st.detail = await self._after_unknown_install(version, options, ctx, exc)
+                return
             if isinstance(res, tuple) and res[0] == _OK:
                 st.detail = f"{ctx.from_version} -> {version}"
                 return
@@ -81,6 +96,70 @@ class Switch:
             if ctx.unpacked_here:
                 await self._staging.undo_unpack(version, ctx)
             raise Failure(FAILED_UNCHANGED, f"install_release({version}) failed: {reason}")
+
+    async def _after_unknown_install(self, version: str, options: Options,
+                                     ctx: OperationContext, exc: NodeUnavailable) -> str:
+        """install_release did not answer (timeout) or the connection dropped: the install may
+        still run, have finished, or have restarted the node. release_handler serializes its
+        calls, so which_releases answers only once the install is over (or the node restarted):
+        report the state it shows. Nothing is undone here; the step detail on success."""
+        timed_out = isinstance(exc, NodeTimeout)
+        what = (f"install_release({version}) did not answer within "
+                f"{options.install_timeout:g} s" if timed_out
+                else f"the connection was lost during install_release({version}) ({exc})")
+        restarted = False
+        if not timed_out:
+            restarted = await self._core.node.wait_for_restart(
+                down_within=5.0, up_within=options.restart_timeout)
+            if not restarted:
+                raise Failure(FAILED, f"{what}, and the node was not back within "
+                                      f"{options.restart_timeout:g} s: where the install ended "
+                                      "is unknown. Nothing was undone; `relctl versions` shows "
+                                      "the node's releases once it is back")
+        wait = options.install_timeout + options.restart_timeout
+        releases, dropped = await self._await_releases(wait)
+        restarted = restarted or dropped
+        if releases is None:
+            raise Failure(FAILED, f"{what}, and the node still had not answered {wait:g} s "
+                                  f"later: the install may be still running on the node. "
+                                  "Nothing was undone; `relctl versions` shows where the node "
+                                  "ends")
+        ctx.releases = releases
+        target = next((r for r in releases if r.version == version), None)
+        running = next((r for r in releases if r.running), None)
+        seen = ", ".join(f"{r.version} {r.status}" for r in releases) or "no releases"
+        if target is not None and target.running:
+            return (f"{ctx.from_version} -> {version}; {what}, then the node finished it "
+                    f"({seen})")
+        if running is not None and running.version == ctx.from_version:
+            if restarted:
+                raise Failure(ROLLED_BACK, f"{what}; the node restarted on its permanent "
+                                           f"release {ctx.from_version} (rolled back by node "
+                                           f"restart; the node has: {seen})")
+            raise Failure(FAILED_UNCHANGED, f"{what}; when it ended the node still ran "
+                                            f"{ctx.from_version} and {version} was not "
+                                            f"installed (the node has: {seen})")
+        raise Failure(FAILED, f"{what}; the node now runs "
+                              f"{running.version if running else 'no known release'} "
+                              f"(the node has: {seen})")
+
+    async def _await_releases(self, wait: float) -> tuple[tuple[Release, ...] | None, bool]:
+        """which_releases once the node answers it (it queues behind a running install; None
+        when it has not within ``wait`` seconds), and whether the connection dropped meanwhile
+        (a relup that crashed or outlasted code_change_timeout restarts the node)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        dropped = False
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                return parse_which_releases(await self._core.call(
+                    "release_handler", "which_releases", [], timeout=remaining)), dropped
+            except NodeDown:  # not connected (yet): the link reconnects by itself
+                dropped = True
+                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+            except NodeTimeout:
+                break
+        return None, dropped
 
     async def verify(self, version: str, options: Options) -> str:
         releases = await self._core.releases()
@@ -164,14 +243,22 @@ class Switch:
             return ""
         dest = Path(ctx.dirs.root) / "bin" / name
         tmp = dest.with_name(f".{name}.relctl-tmp")
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dest)
+        try:
+            shutil.copy2(src, tmp)
+            os.replace(tmp, dest)
+        except OSError as exc:  # the release is permanent already: say so, do not fail it
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return (f"could not copy bin/{src.name} to bin/{name} ({exc.strerror or exc}): "
+                    f"copy it by hand")
         return f"copied bin/{src.name} to bin/{name}"
 
     async def _rollback(self, version: str, failure: Failure, options: Options,
                         ctx: OperationContext) -> Result:
         async with self._core.steps.step("rollback") as st:
-            res = await self._core.call("release_handler", "install_release", [ctx.from_version],
+            res = await self._core.call("release_handler", "install_release",
+                                        [ctx.from_version,
+                                         install_options(options, update_paths=False)],
                                         timeout=options.install_timeout)
             if not (isinstance(res, tuple) and res[0] == _OK):
                 raise Failure(FAILED, f"{failure.message}; rollback to {ctx.from_version} "

@@ -13,7 +13,7 @@ charlists as `str`, atoms as `Atom`, `true`/`false` as `bool`, tuples as tuples.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,7 @@ class ScriptedNode:
         self.calls: list[Call] = []
         self.restart_waits: list[tuple[float, float]] = []  # (down_within, up_within)
         self.unexpected: list[str] = []
+        self.effects: dict[str, Callable[[], None]] = {}  # mfa -> what the call does on disk
         self._head_used = False  # the repeating expectation at the head answered once
 
     @property
@@ -113,6 +114,9 @@ class ScriptedNode:
                    timeout: float | None = None) -> Any:
         self.calls.append(Call(module, function, list(args), timeout))
         expected = self._take(module, function, args)
+        effect = self.effects.get(f"{module}:{function}")
+        if effect is not None:
+            effect()
         if expected.error is not None:
             raise expected.error
         return expected.reply

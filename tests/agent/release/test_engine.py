@@ -55,6 +55,7 @@ from tests.agent.release.scripted import (
 
 RPC_TIMEOUT = 1.0
 FAST = Options(install_timeout=5.0, restart_timeout=2.0)
+SLOW = Options()  # the default install_timeout: 300 s
 UPDATE_PATHS = [(Atom("update_paths"), True)]
 UP = (("0.0.1", "permanent"),)                           # before an upgrade to 0.0.2
 UNPACKED = (("0.0.2", "unpacked"), ("0.0.1", "permanent"))
@@ -102,11 +103,18 @@ def tarball(rig: Rig, version: str = "0.0.2", sys_config: bytes | None = SYS_CON
 
 
 def unpacked_files(rig: Rig, version: str = "0.0.2") -> list[Path]:
-    """What unpack_release would have extracted, so that undo_unpack has something to delete."""
+    """What unpack_release extracts (so that undo_unpack has something to delete): made now,
+    as for a release already unpacked, and again by the unpack_release call (the stage step
+    first removes what no listed release owns)."""
     made = [rig.root / "releases" / version, rig.root / "lib" / f"counter-{version}",
             rig.root / "lib" / "kernel-8.5.3", rig.root / "lib" / "stdlib-4.2"]
-    for path in made:
-        path.mkdir(parents=True, exist_ok=True)
+
+    def extract() -> None:
+        for path in made:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "file").write_text(version)
+    extract()
+    rig.node.effects["release_handler:unpack_release"] = extract
     return made
 
 
@@ -128,12 +136,19 @@ def check_ok(version: str = "0.0.2", over: str = "0.0.1") -> Expect:
     return answer("release_handler:check_install_release", [version], (OK, over, []))
 
 
-def install(version: str, reply: Any) -> Expect:
-    return answer("release_handler:install_release", [version, UPDATE_PATHS], reply)
+def install_opts(options: Options = FAST, *, update_paths: bool = True) -> list[Any]:
+    """install_release/2's options: install_timeout (ms) bounds suspend and code_change too."""
+    ms = int(options.install_timeout * 1000)
+    return [(Atom("code_change_timeout"), ms), (Atom("suspend_timeout"), ms),
+            *(UPDATE_PATHS if update_paths else [])]
 
 
-def install_ok(version: str = "0.0.2", over: str = "0.0.1") -> Expect:
-    return install(version, (OK, over, []))
+def install(version: str, reply: Any, options: Options = FAST) -> Expect:
+    return answer("release_handler:install_release", [version, install_opts(options)], reply)
+
+
+def install_ok(version: str = "0.0.2", over: str = "0.0.1", options: Options = FAST) -> Expect:
+    return install(version, (OK, over, []), options)
 
 
 def verify_ok(version: str, *entries: tuple[str, str]) -> list[Expect]:
@@ -252,9 +267,29 @@ async def test_upgrade_to_a_current_release_only_makes_it_permanent(rig: Rig) ->
     rig.done()
 
 
+async def test_a_start_script_that_cannot_be_copied_is_said_not_an_internal_error(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    (rig.root / "bin" / "counter-0.0.2").write_text("#!/bin/sh\n# 0.0.2\n")
+    (rig.root / "bin" / "counter").write_text("#!/bin/sh\n# 0.0.1\n")
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr("shutil.copy2", read_only)
+    rig.expect(preflight(rig, *CURRENT), verify_ok("0.0.2", *CURRENT), permanent(),
+               which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.2", "0.0.2")
+    assert rig.log.detail("make_permanent") == (
+        "0.0.2 is permanent; could not copy bin/counter-0.0.2 to bin/counter (Read-only file "
+        "system): copy it by hand")
+    assert (rig.root / "bin" / "counter").read_text() == "#!/bin/sh\n# 0.0.1\n"
+    rig.done()
+
+
 async def test_upgrade_with_no_permanent_leaves_the_old_release_permanent(rig: Rig) -> None:
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
-               install_ok(), verify_ok("0.0.2", *CURRENT), which_releases(*CURRENT))
+               install_ok(options=SLOW), verify_ok("0.0.2", *CURRENT), which_releases(*CURRENT))
     result = await rig.engine.upgrade("0.0.2", None, Options(permanent=False))
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
@@ -268,7 +303,7 @@ async def test_upgrade_with_no_permanent_leaves_the_old_release_permanent(rig: R
 
 async def test_hooks_run_around_install_in_order(rig: Rig) -> None:
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
-               hook_call(PRE, OK), install_ok(), hook_call(POST, (OK, 3)),
+               hook_call(PRE, OK), install_ok(options=SLOW), hook_call(POST, (OK, 3)),
                verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
     result = await rig.engine.upgrade("0.0.2", None, Options(hooks=(PRE, POST)))
 
@@ -296,7 +331,7 @@ async def test_a_release_that_restarts_the_emulator_is_waited_for(rig: Rig) -> N
 async def test_probes_soak_for_the_health_timeout(rig: Rig) -> None:
     options = Options(probes=(Probe("counter", "health"),), health_timeout=0.05)
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
-               install_ok(), verify_ok("0.0.2", *CURRENT),
+               install_ok(options=SLOW), verify_ok("0.0.2", *CURRENT),
                repeatedly("counter:health", [], OK), permanent(), which_releases(*DONE))
     result = await rig.engine.upgrade("0.0.2", None, options)
 
@@ -405,7 +440,7 @@ async def test_a_release_that_fails_its_check_is_taken_back(rig: Rig) -> None:
     rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(),
                answer("release_handler:check_install_release", ["0.0.2"],
                       (ERROR, (Atom("no_matching_relup"), "0.0.2", "0.0.1"))),
-               set_removed(), which_releases(*UP), which_releases(*UP))
+               which_releases(*UNPACKED), set_removed(), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
@@ -423,7 +458,7 @@ async def test_a_failed_unpack_leaves_no_staged_tarball(rig: Rig) -> None:
     rig.expect(preflight(rig, *UP), config_parses(),
                answer("release_handler:unpack_release", ["counter-0.0.2"],
                       (ERROR, (Atom("existing_release"), "0.0.2"))),
-               which_releases(*UP))
+               which_releases(*UP), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
@@ -435,6 +470,104 @@ async def test_a_failed_unpack_leaves_no_staged_tarball(rig: Rig) -> None:
     rig.done()
 
 
+def half_unpacked(rig: Rig) -> tuple[list[Path], list[Path]]:
+    """A node whose unpack of 0.0.2 stopped half way: (what it left, what 0.0.1 owns)."""
+    left = [rig.root / "releases" / "0.0.2", rig.root / "lib" / "counter-0.0.2"]
+    owned = [rig.root / "releases" / "0.0.1", rig.root / "lib" / "counter-0.0.1",
+             rig.root / "lib" / "kernel-8.5.3", rig.root / "lib" / "stdlib-4.2"]
+    for path in left + owned:
+        path.mkdir(parents=True)
+        (path / "some.beam").write_bytes(b"half")
+    return left, owned
+
+
+async def test_a_failed_unpack_removes_what_it_extracted_but_nothing_that_was_there(
+        rig: Rig) -> None:
+    owned = [rig.root / "lib" / "kernel-8.5.3", rig.root / "lib" / "stdlib-4.2"]
+    for path in owned:
+        path.mkdir()
+    extracted = [rig.root / "releases" / "0.0.2", rig.root / "lib" / "counter-0.0.2"]
+
+    def extract() -> None:
+        for path in extracted + owned:
+            path.mkdir(exist_ok=True)
+            (path / "new.beam").write_bytes(b"x")
+    rig.node.effects["release_handler:unpack_release"] = extract
+    rig.expect(preflight(rig, *UP), config_parses(),
+               answer("release_handler:unpack_release", ["counter-0.0.2"],
+                      (ERROR, (Atom("EXIT"), Atom("enospc")))),
+               which_releases(*UP), which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
+                  "removed what it extracted: releases/0.0.2, lib/counter-0.0.2")
+    assert [p.exists() for p in extracted + owned] == [False, False, True, True]
+    rig.done()
+
+
+async def test_an_unpack_that_times_out_then_finished_goes_on(rig: Rig) -> None:
+    unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(),
+               fail("release_handler:unpack_release", ["counter-0.0.2"],
+                    NodeTimeout(NODE, "release_handler:unpack_release/1", 120)),
+               which_releases(*UNPACKED), check_ok(), install_ok(),
+               verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    rig.done()
+
+
+async def test_an_unpack_that_times_out_and_did_not_unpack_leaves_nothing(rig: Rig) -> None:
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(),
+               fail("release_handler:unpack_release", ["counter-0.0.2"],
+                    NodeTimeout(NODE, "release_handler:unpack_release/1", 120)),
+               which_releases(*UP), which_releases(*UP), which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
+                  "unpack_release('counter-0.0.2') failed: unpack_release('counter-0.0.2') did "
+                  "not answer within 120 s and did not unpack it; removed what it extracted: "
+                  "releases/0.0.2, lib/counter-0.0.2")
+    assert [p.exists() for p in made] == [False, False, True, True]
+    rig.done()
+
+
+async def test_the_next_unpack_removes_what_an_interrupted_one_left_first(rig: Rig) -> None:
+    # The node was killed mid-unpack: releases/0.0.2 and lib/counter-0.0.2 are on disk, but
+    # the node does not list 0.0.2. keep_old_files would keep a truncated file: they go first.
+    left, owned = half_unpacked(rig)
+    seen: list[bool] = []
+    rig.node.effects["release_handler:unpack_release"] = (
+        lambda: seen.extend(p.exists() for p in left))
+    rig.expect(facts(rig, *UP), releases_file(rig.root), config_parses(), unpack_ok(),
+               which_releases(*UNPACKED))
+    result = await rig.engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert seen == [False, False]  # gone before unpack_release ran
+    assert all(p.exists() for p in owned)
+    assert rig.log.detail("stage").endswith(
+        "; removed what an unfinished unpack left: releases/0.0.2, lib/counter-0.0.2")
+    rig.done()
+
+
+async def test_a_connection_lost_during_unpack_is_failed_and_left_for_the_next_one(
+        rig: Rig) -> None:
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(),
+               fail("release_handler:unpack_release", ["counter-0.0.2"],
+                    NodeDown(NODE, "connection lost (closed)")),
+               fail("release_handler:which_releases", [], NodeDown(NODE, "not connected")))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED, "0.0.1", "0.0.2",
+                  "what it extracted is removed by the next upgrade or unpack of 0.0.2")
+    assert all(p.exists() for p in made)  # the node may have listed it: not deleted blindly
+    rig.done()
+
+
 async def test_a_tarball_that_cannot_be_put_in_place_stops_at_stage(rig: Rig) -> None:
     (rig.root / "releases" / "counter-0.0.2.tar.gz" / "in-the-way").mkdir(parents=True)
     rig.expect(preflight(rig, *UP), config_parses(), which_releases(*UP))
@@ -442,11 +575,29 @@ async def test_a_tarball_that_cannot_be_put_in_place_stops_at_stage(rig: Rig) ->
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
     assert result.error == (f"cannot write {rig.root}/releases/counter-0.0.2.tar.gz: Is a "
-                            "directory; the agent needs write access to the node's releases "
-                            "directory")
+                            "directory; nothing was changed. The agent needs write access to "
+                            f"{rig.root}/releases, then retry")
     assert rig.log.ended()[-1] == ("stage", "failed")
     assert "release_handler:unpack_release" not in rig.node.mfas()
     assert sorted(p.name for p in (rig.root / "releases").iterdir()) == ["counter-0.0.2.tar.gz"]
+    rig.done()
+
+
+async def test_a_read_only_release_root_is_failed_unchanged_and_says_what_to_do(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(os, "link", read_only)
+    monkeypatch.setattr("shutil.copyfile", read_only)
+    rig.expect(preflight(rig, *UP), config_parses(), which_releases(*UP))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == (f"cannot write {rig.root}/releases/counter-0.0.2.tar.gz: Read-only "
+                            "file system; nothing was changed. The agent needs write access to "
+                            f"{rig.root}/releases (its file system is mounted read-only: "
+                            "remount it read-write), then retry")
+    assert "internal error" not in rig.log.detail("stage")
     rig.done()
 
 
@@ -465,7 +616,7 @@ async def test_a_failing_pre_install_hook_stops_before_install_and_takes_the_rel
         rig: Rig) -> None:
     unpacked_files(rig)
     rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
-               hook_call(PRE, (ERROR, Atom("busy"))), set_removed(), which_releases(*UP),
+               hook_call(PRE, (ERROR, Atom("busy"))), which_releases(*UNPACKED), set_removed(),
                which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(hooks=(PRE, POST)))
 
@@ -482,7 +633,8 @@ async def test_a_pre_install_hook_that_may_fail_lets_the_upgrade_go_on(rig: Rig)
                    on_failure=CONTINUE)
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
                fail("counter_hooks:run", [b"flush"], NodeTimeout(NODE, "counter_hooks:run/1", 30)),
-               install_ok(), verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
+               install_ok(options=SLOW), verify_ok("0.0.2", *CURRENT), permanent(),
+               which_releases(*DONE))
     result = await rig.engine.upgrade("0.0.2", None, Options(hooks=(lenient,)))
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
@@ -495,7 +647,7 @@ async def test_an_install_that_fails_without_a_restart_is_taken_back(rig: Rig) -
     unpacked_files(rig)
     rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
                install("0.0.2", (ERROR, (Atom("bad_relup_file"), "relup"))),
-               set_removed(), which_releases(*UP), which_releases(*UP))
+               which_releases(*UNPACKED), set_removed(), which_releases(*UP))
     rig.node.then_restart(False)
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
@@ -507,19 +659,118 @@ async def test_an_install_that_fails_without_a_restart_is_taken_back(rig: Rig) -
     rig.done()
 
 
-async def test_an_install_that_times_out_is_an_install_failure(rig: Rig) -> None:
+def install_times_out(version: str = "0.0.2", options: Options = FAST) -> Expect:
+    return fail("release_handler:install_release", [version, install_opts(options)],
+                NodeTimeout(NODE, "release_handler:install_release/2", options.install_timeout))
+
+
+async def test_an_install_that_outlasts_its_timeout_is_waited_for_and_finished(
+        rig: Rig) -> None:
+    # The relup runs longer than install_timeout: nothing is taken back (no set_removed under
+    # the running install); which_releases waits for release_handler, which shows 0.0.2 current.
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(), install_times_out(),
+               which_releases(*CURRENT), *verify_ok("0.0.2", *CURRENT), permanent(),
+               which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert "release_handler:set_removed" not in rig.node.mfas()
+    assert all(p.exists() for p in made)
+    assert rig.log.detail("install") == (
+        "0.0.1 -> 0.0.2; install_release(0.0.2) did not answer within 5 s, then the node "
+        "finished it (0.0.2 current, 0.0.1 permanent)")
+    # The wait is bounded by install_timeout + restart_timeout, not the RPC timeout.
+    wait = rig.node.calls_to("release_handler:which_releases")[1]
+    assert wait.timeout is not None
+    assert 6.0 < wait.timeout <= FAST.install_timeout + FAST.restart_timeout
+    rig.done()
+
+
+async def test_an_install_still_running_after_the_wait_is_reported_so_and_not_undone(
+        rig: Rig) -> None:
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(), install_times_out(),
+               fail("release_handler:which_releases", [],
+                    NodeTimeout(NODE, "release_handler:which_releases/0", 7.0)),
+               fail("release_handler:which_releases", [],
+                    NodeTimeout(NODE, "release_handler:which_releases/0", 1.0)))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED, "0.0.1", "0.0.2")
+    assert result.error == (
+        "install_release(0.0.2) did not answer within 5 s, and the node still had not answered "
+        "7 s later: the install may be still running on the node. Nothing was undone; "
+        "`relctl versions` shows where the node ends")
+    assert "connection lost" not in result.error and "unchanged" not in result.error
+    assert "release_handler:set_removed" not in rig.node.mfas()
+    assert all(p.exists() for p in made)
+    rig.done()
+
+
+async def test_an_install_that_timed_out_and_did_not_take_effect_is_unchanged_as_observed(
+        rig: Rig) -> None:
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
-               fail("release_handler:install_release", ["0.0.2", UPDATE_PATHS],
-                    NodeTimeout(NODE, "release_handler:install_release/2", 5.0)),
-               which_releases(*UNPACKED))
-    rig.node.then_restart(False)
+               install_times_out(), which_releases(*UNPACKED), which_releases(*UNPACKED))
     result = await rig.engine.upgrade("0.0.2", None, FAST)
 
-    # Nothing was unpacked by this operation, so nothing is taken back.
-    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
-                  "install_release(0.0.2) failed: connection lost during install (node "
-                  f"{NODE} did not answer release_handler:install_release/2 within 5 s")
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == ("install_release(0.0.2) did not answer within 5 s; when it ended "
+                            "the node still ran 0.0.1 and 0.0.2 was not installed (the node "
+                            "has: 0.0.2 unpacked, 0.0.1 permanent)")
     assert "release_handler:set_removed" not in rig.node.mfas()
+    rig.done()
+
+
+async def test_a_timeout_then_a_node_restart_is_a_rollback_seen_on_the_node(rig: Rig) -> None:
+    # code_change outlasted its timeout: release_handler restarts the node on 0.0.1.
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install_times_out(),
+               fail("release_handler:which_releases", [], NodeDown(NODE, "connection lost")),
+               fail("release_handler:which_releases", [], NodeDown(NODE, "not connected")),
+               which_releases(*UNPACKED), which_releases(*UNPACKED))
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    assert_result(result, ROLLED_BACK, "0.0.1", "0.0.2", "rolled back by node restart")
+    assert result.error.startswith("install_release(0.0.2) did not answer within 5 s; the node "
+                                   "restarted on its permanent release 0.0.1")
+    rig.done()
+
+
+@pytest.mark.parametrize("status", ["current", "permanent"])
+async def test_a_release_the_node_reports_current_is_never_taken_back(
+        rig: Rig, status: str) -> None:
+    # A pre-install hook failed, yet the node lists 0.0.2 current (e.g. an install by hand in
+    # between): no set_removed, no file deleted.
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+               hook_call(PRE, (ERROR, Atom("busy"))),
+               which_releases(("0.0.2", status), ("0.0.1", "old")),
+               which_releases(("0.0.2", status), ("0.0.1", "old")))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(hooks=(PRE,)))
+
+    assert_result(result, FAILED, "0.0.1", "0.0.2",
+                  f"0.0.2 is {status} on the node: it was not taken back and none of its "
+                  "files were deleted")
+    assert "release_handler:set_removed" not in rig.node.mfas()
+    assert all(p.exists() for p in made)
+    rig.done()
+
+
+async def test_install_release_bounds_code_change_and_suspend_by_install_timeout(
+        rig: Rig) -> None:
+    options = Options(install_timeout=30.0)
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               install_ok(options=options), verify_ok("0.0.2", *CURRENT), permanent(),
+               which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", None, options)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    call = rig.node.calls_to("release_handler:install_release")[0]
+    assert call.args == ["0.0.2", [(Atom("code_change_timeout"), 30000),
+                                   (Atom("suspend_timeout"), 30000),
+                                   (Atom("update_paths"), True)]]
+    assert call.timeout == 30.0
     rig.done()
 
 
@@ -527,8 +778,8 @@ async def test_an_install_that_times_out_is_an_install_failure(rig: Rig) -> None
 
 async def test_a_dry_run_unpacks_checks_and_takes_everything_back(rig: Rig) -> None:
     made = unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(), set_removed(),
-               which_releases(*UP), which_releases(*UP))
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+               which_releases(*UNPACKED), set_removed(), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(dry_run=True))
 
     assert_result(result, DRY_RUN, "0.0.1", "0.0.2")
@@ -575,22 +826,59 @@ async def test_a_crashing_relup_is_rolled_back_by_node_restart(rig: Rig) -> None
 
 async def test_a_connection_lost_during_install_then_a_restart_is_a_rollback(rig: Rig) -> None:
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
-               fail("release_handler:install_release", ["0.0.2", UPDATE_PATHS],
+               fail("release_handler:install_release", ["0.0.2", install_opts()],
                     NodeDown(NODE, "connection lost (closed)")),
-               which_releases(*UNPACKED))
+               which_releases(*UNPACKED), which_releases(*UNPACKED))
     rig.node.then_restart(True)
     result = await rig.engine.upgrade("0.0.2", None, FAST)
 
     assert_result(result, ROLLED_BACK, "0.0.1", "0.0.2",
-                  f"install of 0.0.2 failed (connection lost during install (node {NODE} is "
-                  "down: connection lost (closed))); the node restarted")
+                  "the connection was lost during install_release(0.0.2) (node "
+                  f"{NODE} is down: connection lost (closed)); the node restarted on its "
+                  "permanent release 0.0.1 (rolled back by node restart; the node has: 0.0.2 "
+                  "unpacked, 0.0.1 permanent)")
     rig.done()
 
 
-def rolled_back_to_0_0_1(*, hooks: Iterable[Expect] = ()) -> list[Expect]:
+async def test_a_connection_lost_during_install_and_no_node_back_is_unknown_not_undone(
+        rig: Rig) -> None:
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+               fail("release_handler:install_release", ["0.0.2", install_opts()],
+                    NodeDown(NODE, "connection lost (closed)")),
+               fail("release_handler:which_releases", [], NodeDown(NODE, "not connected")))
+    rig.node.then_restart(False)
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED, "0.0.1", "0.0.2",
+                  "and the node was not back within 2 s: where the install ended is unknown. "
+                  "Nothing was undone")
+    assert "release_handler:set_removed" not in rig.node.mfas()
+    assert all(p.exists() for p in made)
+    rig.done()
+
+
+async def test_a_connection_lost_during_an_install_that_finished_goes_on(rig: Rig) -> None:
+    # The link dropped and came back, but the node had finished the install: not a rollback.
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               fail("release_handler:install_release", ["0.0.2", install_opts()],
+                    NodeDown(NODE, "connection lost (closed)")),
+               which_releases(*CURRENT), *verify_ok("0.0.2", *CURRENT), permanent(),
+               which_releases(*DONE))
+    rig.node.then_restart(True)
+    result = await rig.engine.upgrade("0.0.2", None, FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert "then the node finished it" in rig.log.detail("install")
+    rig.done()
+
+
+def rolled_back_to_0_0_1(*, hooks: Iterable[Expect] = (), options: Options = FAST
+                         ) -> list[Expect]:
     """The rollback after a failed verify: install 0.0.1 again (the relup's down script), the
     post-install hooks, verify 0.0.1, and the releases as they end."""
-    return [answer("release_handler:install_release", ["0.0.1"], (OK, "0.0.2", [])),
+    return [answer("release_handler:install_release",
+                   ["0.0.1", install_opts(options, update_paths=False)], (OK, "0.0.2", [])),
             *hooks, *verify_ok("0.0.1", ("0.0.2", "unpacked"), ("0.0.1", "permanent")),
             which_releases(("0.0.2", "unpacked"), ("0.0.1", "permanent"))]
 
@@ -616,7 +904,8 @@ def rolled_back_to_0_0_1(*, hooks: Iterable[Expect] = ()) -> list[Expect]:
 async def test_a_release_that_fails_verify_is_rolled_back(
         rig: Rig, after_install: list[Expect], options: Options, error: str) -> None:
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
-               install_ok(), after_install, rolled_back_to_0_0_1())
+               install_ok(options=options), after_install,
+               rolled_back_to_0_0_1(options=options))
     result = await rig.engine.upgrade("0.0.2", None, options)
 
     assert_result(result, ROLLED_BACK, "0.0.1", "0.0.2")
@@ -626,17 +915,20 @@ async def test_a_release_that_fails_verify_is_rolled_back(
     assert rig.log.ended()[-3:] == [("verify", "failed"), ("rollback", "succeeded"),
                                     ("verify", "succeeded")]
     assert rig.log.detail("rollback") == "installed 0.0.1 again (relup down script)"
-    # The way back: install_release(FROM) with the install timeout, no update_paths.
+    # The way back: install_release(FROM) with the install timeout (code_change bounded by it
+    # too), no update_paths.
     back = rig.node.calls_to("release_handler:install_release")[-1]
-    assert (back.args, back.timeout) == (["0.0.1"], options.install_timeout)
+    assert (back.args, back.timeout) == (["0.0.1", install_opts(options, update_paths=False)],
+                                         options.install_timeout)
     assert "release_handler:make_permanent" not in rig.node.mfas()
     rig.done()
 
 
 async def test_a_failing_post_install_hook_rolls_back_and_runs_again_after(rig: Rig) -> None:
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
-               install_ok(), hook_call(POST, (ERROR, Atom("cold"))),
-               rolled_back_to_0_0_1(hooks=[hook_call(POST, (ERROR, Atom("still_cold")))]))
+               install_ok(options=SLOW), hook_call(POST, (ERROR, Atom("cold"))),
+               rolled_back_to_0_0_1(hooks=[hook_call(POST, (ERROR, Atom("still_cold")))],
+                                    options=SLOW))
     result = await rig.engine.upgrade("0.0.2", None, Options(hooks=(POST,)))
 
     assert_result(result, ROLLED_BACK, "0.0.1", "0.0.2")
@@ -655,7 +947,8 @@ async def test_a_failing_post_install_hook_rolls_back_and_runs_again_after(rig: 
 async def test_a_rollback_whose_install_fails_is_failed(rig: Rig) -> None:
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
                install_ok(), which_releases(*UNPACKED),
-               answer("release_handler:install_release", ["0.0.1"],
+               answer("release_handler:install_release",
+                      ["0.0.1", install_opts(update_paths=False)],
                       (ERROR, (Atom("no_such_release"), "0.0.1"))),
                which_releases(*CURRENT))
     result = await rig.engine.upgrade("0.0.2", None, FAST)
@@ -688,6 +981,7 @@ async def test_a_set_removed_that_fails_while_taking_an_unpack_back_is_failed(ri
     rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(),
                answer("release_handler:check_install_release", ["0.0.2"],
                       (ERROR, (Atom("no_matching_relup"), "0.0.2", "0.0.1"))),
+               which_releases(*UNPACKED),
                set_removed("0.0.2", (ERROR, (Atom("no_such_release"), "0.0.2"))),
                which_releases(*UNPACKED))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
@@ -944,7 +1238,7 @@ async def test_unpack_of_a_release_already_there_is_refused(rig: Rig) -> None:
 async def test_unpack_that_release_handler_refuses_is_failed_unchanged(rig: Rig) -> None:
     rig.expect(preflight(rig, *UP), config_parses(),
                answer("release_handler:unpack_release", ["counter-0.0.2"],
-                      (ERROR, Atom("enoent"))), which_releases(*UP))
+                      (ERROR, Atom("enoent"))), which_releases(*UP), which_releases(*UP))
     result = await rig.engine.unpack("0.0.2", tarball(rig))
 
     # Unlike check and install, a single unpack that fails leaves nothing to take back.
@@ -985,7 +1279,7 @@ async def test_check_that_release_handler_refuses_is_failed_unchanged(rig: Rig) 
 
 async def test_install_installs_and_verifies_but_does_not_make_permanent(rig: Rig) -> None:
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"),
-               hook_call(PRE, OK), install_ok(), hook_call(POST, OK),
+               hook_call(PRE, OK), install_ok(options=SLOW), hook_call(POST, OK),
                verify_ok("0.0.2", *CURRENT), which_releases(*CURRENT))
     result = await rig.engine.install("0.0.2", Options(hooks=(PRE, POST)))
 
@@ -1036,8 +1330,9 @@ async def test_install_that_fails_verify_is_failed_and_not_rolled_back(rig: Rig)
 
 
 async def test_install_with_a_failing_post_install_hook_is_failed(rig: Rig) -> None:
-    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), install_ok(),
-               hook_call(POST, (ERROR, Atom("cold"))), which_releases(*CURRENT))
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"),
+               install_ok(options=SLOW), hook_call(POST, (ERROR, Atom("cold"))),
+               which_releases(*CURRENT))
     result = await rig.engine.install("0.0.2", Options(hooks=(POST,)))
 
     assert_result(result, FAILED, "0.0.1", "0.0.2", "hook warm: ")

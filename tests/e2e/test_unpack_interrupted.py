@@ -1,0 +1,110 @@
+"""Unpack is all or nothing, on a real node (issue 13): a node SIGKILLed while it unpacks a
+large release leaves a half-written lib dir; the retry removes it first, so that
+release_handler's keep_old_files cannot keep a truncated file, and every file on disk then
+matches the tarball."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NodeFactory
+from tests.tools.agent_proc import (
+    ROOT,
+    AgentProc,
+    NodeEntry,
+    eventually,
+    relctl,
+    relctl_env,
+    start_agent,
+)
+from tests.tools.otp_procs import NodeProc
+from tests.tools.release_fixture import ReleaseBuild
+
+pytestmark = pytest.mark.otp
+
+BIG = "lib/counter-0.0.2/priv/big.bin"
+BIG_SIZE = 160 * 1024 * 1024
+
+
+def with_big_file(src: Path, dest: Path) -> Path:
+    """``src`` with an incompressible BIG_SIZE file added to lib/counter-0.0.2 (last of it)."""
+    data = os.urandom(BIG_SIZE)
+    with tarfile.open(src, "r:gz") as tin, tarfile.open(dest, "w:gz", compresslevel=1) as tout:
+        members = list(tin)
+        last = max(i for i, m in enumerate(members) if m.name.startswith("lib/counter-0.0.2/"))
+        for i, member in enumerate(members):
+            tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
+            if i == last:
+                info = tarfile.TarInfo(BIG)
+                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                tout.addfile(info, io.BytesIO(data))
+    return dest
+
+
+def mismatches(tarball: Path, root: Path) -> list[str]:
+    """Regular files of lib/counter-0.0.2 and releases/0.0.2 missing or differing on disk."""
+    wrong = []
+    with tarfile.open(tarball) as tar:
+        for m in tar:
+            if m.isfile() and m.name.startswith(("lib/counter-0.0.2/", "releases/0.0.2/")):
+                data = tar.extractfile(m)
+                assert data is not None
+                path = root / m.name
+                if not (path.is_file() and path.read_bytes() == data.read()):
+                    wrong.append(m.name)
+    return wrong
+
+
+def test_a_retry_after_a_node_killed_mid_unpack_leaves_every_file_as_in_the_tarball(
+        agents: list[AgentProc], node_factory: NodeFactory, counter_node: NodeProc,
+        release_build: ReleaseBuild, tmp_path: Path) -> None:
+    big = with_big_file(release_build.tarball("0.0.2"), tmp_path / "big.tar.gz")
+    agent = start_agent(tmp_path / "agent", [NodeEntry(counter_node.name, counter_node.cookie,
+                                                       counter_node.epmd_port)],
+                        extra_agent={"reconnect_max_delay": 1})
+    agents.append(agent)
+    client = subprocess.Popen(
+        [sys.executable, "-m", "agent.client", "--agent", agent.address, "upgrade", "0.0.2",
+         "--tarball", str(big)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=relctl_env())
+    partial = counter_node.root / BIG
+    try:
+        deadline = time.monotonic() + 120
+        while not (partial.exists() and partial.stat().st_size < BIG_SIZE):
+            assert client.poll() is None, client.communicate()
+            assert time.monotonic() < deadline, "the unpack never started writing big.bin"
+            time.sleep(0.001)
+        os.kill(counter_node.pid, signal.SIGKILL)
+        client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode != 0
+    assert partial.stat().st_size < BIG_SIZE  # what a crash leaves: a truncated file
+
+    node = node_factory("counter@localhost", target=counter_node.root)
+
+    def back() -> bool:
+        shown = relctl("versions", "-o", "json", agents=[agent.address])
+        return shown.returncode == 0 and [
+            (r["version"], r["status"]) for r in shown.json()["nodes"][0]["releases"]] == [
+            ("0.0.1", "permanent")]
+    eventually(back, what="the agent sees the restarted node", timeout=30)
+
+    retry = relctl("upgrade", "0.0.2", "--tarball", str(big), "-o", "json",
+                   agents=[agent.address], timeout=180)
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    assert mismatches(big, node.root) == []
+    stage = next(s for s in retry.json()["operation"]["steps"] if s["name"] == "stage")
+    assert "removed what an unfinished unpack left: " in stage["detail"]
+    assert "lib/counter-0.0.2" in stage["detail"]

@@ -197,8 +197,14 @@ def _serving(access: AccessInterceptor, call: _Call, context: _Ctx) -> Iterator[
         failed = exc
         raise
     finally:
-        CALLER.reset(token)
-        access.finish(call, context, failed)
+        try:
+            access.finish(call, context, failed)
+        finally:
+            # A streaming handler's generator may be finalised from another task (the client
+            # left, or grpc closed it late): its context is not the one we set CALLER in, and
+            # reset() would raise there. That context dies with the call, so leaving it is safe.
+            with contextlib.suppress(ValueError):
+                CALLER.reset(token)
 
 
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,

@@ -39,7 +39,10 @@ async def test_callers_are_named_by_uid_and_forgotten_when_they_leave(tmp_path: 
     try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o660
         for _ in range(2):
-            async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
+            # Own subchannels: else grpc's global pool may hand the second channel the first
+            # one's still-open connection, and both calls come from one peer.
+            async with grpc.aio.insecure_channel(
+                    f"unix:{path}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
                 await agent_pb2_grpc.AgentStub(channel).ListNodes(pb.ListNodesRequest())
         (peer1, found1), (peer2, found2) = servicer.seen
         assert peer1.startswith("unix-abstract:relctl-") and peer1 != peer2

@@ -54,7 +54,7 @@ def _certificate(context: _Ctx) -> str:
     return ""
 
 
-class _Call:
+class AuditedCall:
     """What the audit record of one call collects while it runs."""
 
     def __init__(self, rpc: str, identity: Identity, *, audited: bool | None = None) -> None:
@@ -132,7 +132,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
     # --- the parts each wrapped handler uses -----------------------------------------------
 
-    async def admit(self, rpc: str, context: _Ctx, request: Message | None = None) -> _Call:
+    async def admit(self, rpc: str, context: _Ctx, request: Message | None = None) -> AuditedCall:
         """The call of an allowed caller; a refused one is audited (with its request, when
         there is one before any stream) and aborted."""
         try:
@@ -140,19 +140,19 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             self._auth.authorize(identity, rpc)
         except AuthError as exc:
             who = exc.identity or Identity("anonymous", "", context.peer() or "unknown")
-            refused = _Call(rpc, who, audited=True)
+            refused = AuditedCall(rpc, who, audited=True)
             if request is not None:
                 refused.request(request)
             self._record(refused, _CODES[exc.code].name, str(exc))
             log.warning("refused %s from %s (%s): %s", rpc, who.peer, who.name, exc)
             await context.abort(_CODES[exc.code], str(exc), _ERROR_METADATA)
             raise  # abort raised already; this line is for the type checker
-        call = _Call(rpc, identity)
+        call = AuditedCall(rpc, identity)
         if request is not None:
             await self.check(call, context, request)
         return call
 
-    async def check(self, call: _Call, context: _Ctx, request: Message) -> None:
+    async def check(self, call: AuditedCall, context: _Ctx, request: Message) -> None:
         """Refuse (audited, INVALID_ARGUMENT) a request whose strings break the limits."""
         problem = call.request(request)
         if problem is None:
@@ -162,7 +162,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                     call.identity.name, problem)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem, _ERROR_METADATA)
 
-    def finish(self, call: _Call, context: _Ctx, failed: BaseException | None) -> None:
+    def finish(self, call: AuditedCall, context: _Ctx, failed: BaseException | None) -> None:
         if not call.audited or call.recorded:
             return
         if failed is None:
@@ -175,7 +175,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 result, detail = "CANCELLED", "the client went away"
         self._record(call, result, detail)
 
-    def _record(self, call: _Call, result: str, detail: str) -> None:
+    def _record(self, call: AuditedCall, result: str, detail: str) -> None:
         call.recorded = True
         if self._audit is None:
             return
@@ -187,7 +187,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
 
 @contextlib.contextmanager
-def _serving(access: AccessInterceptor, call: _Call, context: _Ctx) -> Iterator[None]:
+def serving(access: AccessInterceptor, call: AuditedCall, context: _Ctx) -> Iterator[None]:
     """The caller in CALLER while the handler runs; the audit record when it ends, either way."""
     token = CALLER.set(call.identity)
     failed: BaseException | None = None
@@ -219,7 +219,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
 
         async def unary_unary(request: Message, context: _Ctx) -> Message:
             call = await access.admit(rpc, context, request)
-            with _serving(access, call, context):
+            with serving(access, call, context):
                 response: Message = await inner_uu(request, context)
                 call.response(response)
                 return response
@@ -230,13 +230,13 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
 
         async def unary_stream(request: Message, context: _Ctx) -> AsyncIterator[Message]:
             call = await access.admit(rpc, context, request)
-            with _serving(access, call, context):
+            with serving(access, call, context):
                 async for message in inner_us(request, context):
                     call.response(message)
                     yield message
         return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
 
-    def watched(call: _Call, requests: AsyncIterator[Message],
+    def watched(call: AuditedCall, requests: AsyncIterator[Message],
                 context: _Ctx) -> AsyncIterator[Message]:
         async def first_recorded() -> AsyncIterator[Message]:
             first = True
@@ -252,7 +252,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
 
         async def stream_unary(requests: AsyncIterator[Message], context: _Ctx) -> Message:
             call = await access.admit(rpc, context)
-            with _serving(access, call, context):
+            with serving(access, call, context):
                 response: Message = await inner_su(watched(call, requests, context), context)
                 call.response(response)
                 return response
@@ -263,7 +263,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], rpc: str,
     async def stream_stream(requests: AsyncIterator[Message],
                             context: _Ctx) -> AsyncIterator[Message]:
         call = await access.admit(rpc, context)
-        with _serving(access, call, context):
+        with serving(access, call, context):
             async for message in inner_ss(watched(call, requests, context), context):
                 call.response(message)
                 yield message

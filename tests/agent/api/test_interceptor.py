@@ -9,24 +9,24 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent.api.auth import Identity
-from agent.api.interceptor import CALLER, _Call, _serving
+from agent.api.interceptor import CALLER, AuditedCall, serving
 
 
 class _Finishes:
     def __init__(self) -> None:
         self.finished: list[tuple[str, BaseException | None]] = []
 
-    def finish(self, call: _Call, context: Any, failed: BaseException | None) -> None:
+    def finish(self, call: AuditedCall, context: Any, failed: BaseException | None) -> None:
         self.finished.append((call.rpc, failed))
 
 
 async def test_a_stream_closed_from_another_context_is_still_recorded() -> None:
     access = _Finishes()
-    call = _Call("Upgrade", Identity("op", "operator", "ipv4:127.0.0.1:1"), audited=True)
+    call = AuditedCall("Upgrade", Identity("op", "operator", "ipv4:127.0.0.1:1"), audited=True)
     seen: list[Identity | None] = []
 
     async def handler() -> AsyncIterator[int]:
-        with _serving(access, call, None):  # type: ignore[arg-type]
+        with serving(access, call, None):  # type: ignore[arg-type]
             seen.append(CALLER.get())
             yield 1
             yield 2
@@ -44,7 +44,7 @@ async def test_a_stream_closed_from_another_context_is_still_recorded() -> None:
 
 async def test_the_caller_is_cleared_after_a_plain_call() -> None:
     access = _Finishes()
-    call = _Call("Upload", Identity("op", "operator", "unix:"), audited=True)
-    with _serving(access, call, None):  # type: ignore[arg-type]
+    call = AuditedCall("Upload", Identity("op", "operator", "unix:"), audited=True)
+    with serving(access, call, None):  # type: ignore[arg-type]
         assert CALLER.get() is call.identity
     assert CALLER.get() is None and access.finished == [("Upload", None)]

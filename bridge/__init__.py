@@ -8,7 +8,7 @@ and the External Term Format. Standard library only.
 Nodes started with ``-proto_dist inet_tls`` take ``Node(..., tls=ssl_context)``.
 """
 
-from .codec import decode, encode
+from .codec import DecodeBudget, decode, encode
 from .erlfmt import format_term
 from .epmd import NodeAddress
 from .errors import (
@@ -18,6 +18,7 @@ from .errors import (
     ConnectionLost,
     CookieRejected,
     DecodeError,
+    TermTooLarge,
     EncodeError,
     EpmdUnreachable,
     HandshakeFailed,
@@ -38,6 +39,7 @@ __all__ = [
     "split_node_name",
     "encode",
     "decode",
+    "DecodeBudget",
     "format_term",
     "Atom",
     "Pid",
@@ -53,6 +55,7 @@ __all__ = [
     "PeerError",
     "ProtocolError",
     "DecodeError",
+    "TermTooLarge",
     "HandshakeFailed",
     "CookieRejected",
     "TlsHandshakeFailed",

@@ -25,6 +25,14 @@ Decoding bytes from the network raises nothing but ``DecodeError``: counts are c
 the bytes that remain before anything is allocated, nesting depth is bounded, a compressed
 term may not inflate past ``max_size``, and a map whose keys crowd one Python hash (which would
 make building the dict quadratic) is refused.
+
+Every decode also has a ``DecodeBudget``: how many elements (the items of every tuple, list and
+map) and how many bytes (of binaries, strings, big integers and inflated compressed terms) one
+message may produce, relative to its size on the wire, with a floor and an absolute cap. Small
+terms on the wire can make big Python objects (``lists:duplicate(30000000, [])`` is 30 MB of
+bytes and over 2 GB of lists; a compressed term of 8 KB inflates to millions of them): a term
+over its budget raises ``TermTooLarge`` (a ``DecodeError``) as soon as the budget runs out,
+before the memory is spent.
 """
 
 from __future__ import annotations
@@ -35,12 +43,14 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError, EncodeError, TermTooLarge
 from .terms import MAX_ATOM_CHARACTERS, Atom, BitString, Export, Fun, ImproperList, Pid, Port, Reference
 
-__all__ = ["encode", "decode", "decode_prefix", "decode_body", "encode_term_into", "DEFAULT_MAX_DEPTH", "DEFAULT_MAX_SIZE"]
+__all__ = ["encode", "decode", "decode_prefix", "decode_body", "encode_term_into", "DecodeBudget",
+           "DEFAULT_BUDGET", "DEFAULT_MAX_DEPTH", "DEFAULT_MAX_SIZE"]
 
 VERSION = 131
 
@@ -93,6 +103,56 @@ _F64 = struct.Struct(">d")
 _PID_TAIL = struct.Struct(">III")  # id, serial, creation
 _PORT_TAIL = struct.Struct(">II")  # id, creation
 
+
+
+@dataclass(frozen=True)
+class DecodeBudget:
+    """How much one message may decode to. ``elements`` counts the items of every tuple, list
+    and map (a map's keys and values); ``bytes`` counts the bytes of binaries, strings, big
+    integers and bitstrings, and what compressed terms inflate to.
+
+    For a message of ``wire`` bytes the limits are ``per_wire_byte * wire``, at least the
+    floor (``min_*``) and at most the cap (``max_*``). An uncompressed term cannot exceed one
+    element and one byte per wire byte, so for it only the caps matter; the ratio is what bounds
+    a compressed term. The defaults let through real replies (tens of MB of state) and refuse
+    ``lists:duplicate(30000000, [])`` before it costs more than about 250 MB (an element costs
+    about 80 bytes of Python objects at worst). ``elements_setting`` and ``bytes_setting`` name
+    the settings the caps come from, for the error ("[agent] max_term_elements").
+    """
+
+    max_elements: int = 3_000_000
+    max_bytes: int = 256 * 1024 * 1024
+    min_elements: int = 1_000_000
+    min_bytes: int = 16 * 1024 * 1024
+    elements_per_wire_byte: int = 1
+    bytes_per_wire_byte: int = 64
+    elements_setting: str = ""
+    bytes_setting: str = ""
+    # Up to this wire size the floors apply: most messages are small, and decoding one should
+    # not pay for the arithmetic.
+    _floor_wire: int = field(init=False, repr=False, compare=False)
+    _floor_limits: tuple[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        floor_wire = min(self.min_elements // max(self.elements_per_wire_byte, 1),
+                         self.min_bytes // max(self.bytes_per_wire_byte, 1))
+        object.__setattr__(self, "_floor_wire", floor_wire)
+        object.__setattr__(self, "_floor_limits", self._compute(floor_wire))
+
+    def limits(self, wire: int) -> tuple[int, int]:
+        """The (elements, bytes) a message of ``wire`` bytes may decode to."""
+        if wire <= self._floor_wire:
+            return self._floor_limits
+        return self._compute(wire)
+
+    def _compute(self, wire: int) -> tuple[int, int]:
+        elements = min(self.max_elements, max(self.min_elements, wire * self.elements_per_wire_byte))
+        size = min(self.max_bytes, max(self.min_bytes, wire * self.bytes_per_wire_byte))
+        return elements, size
+
+
+DEFAULT_BUDGET = DecodeBudget()
+
 _TRUE = Atom("true")
 _FALSE = Atom("false")
 _ATOM_TAGS = frozenset((ATOM_UTF8_EXT, SMALL_ATOM_UTF8_EXT, ATOM_EXT, SMALL_ATOM_EXT))
@@ -104,32 +164,35 @@ _ATOM_TAGS = frozenset((ATOM_UTF8_EXT, SMALL_ATOM_UTF8_EXT, ATOM_EXT, SMALL_ATOM
 
 
 def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX_DEPTH,
-           max_size: int = DEFAULT_MAX_SIZE) -> Any:
+           max_size: int = DEFAULT_MAX_SIZE, budget: DecodeBudget = DEFAULT_BUDGET) -> Any:
     """Decode one whole external term (``term_to_binary`` output, starting with 131)."""
     buf = bytes(data)
-    term, end = decode_prefix(buf, 0, max_depth=max_depth, max_size=max_size)
+    term, end = decode_prefix(buf, 0, max_depth=max_depth, max_size=max_size, budget=budget)
     if end != len(buf):
         raise DecodeError(f"{len(buf) - end} trailing bytes after the term")
     return term
 
 
 def decode_prefix(data: bytes, pos: int = 0, *, max_depth: int = DEFAULT_MAX_DEPTH,
-                  max_size: int = DEFAULT_MAX_SIZE) -> tuple[Any, int]:
+                  max_size: int = DEFAULT_MAX_SIZE, budget: DecodeBudget = DEFAULT_BUDGET) -> tuple[Any, int]:
     """Decode the versioned term that starts at ``pos``; return it and the position after it.
 
-    Distribution messages carry two terms back to back (control, then payload)."""
+    Distribution messages carry two terms back to back (control, then payload). The budget's
+    limits are those of a message of ``len(data)`` bytes: pass the message, not a larger buffer."""
     with _as_decode_error():
         if data[pos] != VERSION:
             raise DecodeError(f"expected version byte 131 at offset {pos}, got {data[pos]}")
+        decoder = _Decoder(data, max_depth, budget)
         if data[pos + 1] == COMPRESSED:
-            return _decode_compressed(data, pos + 2, max_depth, max_size)
-        return _Decoder(data, max_depth).term(pos + 1, 0)
+            return _decode_compressed(decoder, pos + 2, max_size)
+        return decoder.term(pos + 1, 0)
 
 
-def decode_body(data: bytes, pos: int, *, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[Any, int]:
+def decode_body(data: bytes, pos: int, *, max_depth: int = DEFAULT_MAX_DEPTH,
+                budget: DecodeBudget = DEFAULT_BUDGET) -> tuple[Any, int]:
     """Decode the (unversioned) term that starts at ``pos``: a piece of a larger term."""
     with _as_decode_error():
-        return _Decoder(data, max_depth).term(pos, 1)
+        return _Decoder(data, max_depth, budget).term(pos, 1)
 
 
 @contextmanager
@@ -147,10 +210,12 @@ def _as_decode_error() -> Iterator[None]:
         raise DecodeError(f"invalid term: {exc}") from None
 
 
-def _decode_compressed(data: bytes, pos: int, max_depth: int, max_size: int) -> tuple[Any, int]:
+def _decode_compressed(decoder: _Decoder, pos: int, max_size: int) -> tuple[Any, int]:
+    data = decoder.data
     (size,) = _U32.unpack_from(data, pos)
     if size > max_size:
         raise DecodeError(f"compressed term inflates to {size} bytes, over the limit of {max_size}")
+    decoder.spend_bytes(size, "inflated")
     inflater = zlib.decompressobj()
     try:
         # max_length bounds the work even when the declared size lies.
@@ -160,7 +225,8 @@ def _decode_compressed(data: bytes, pos: int, max_depth: int, max_size: int) -> 
     if len(raw) != size or not inflater.eof:
         raise DecodeError(f"compressed term declares {size} bytes but inflates to another size")
     end = len(data) - len(inflater.unused_data)
-    term, used = _Decoder(raw, max_depth).term(0, 0)
+    decoder.data = raw  # the rest of the budget goes on with the inflated bytes
+    term, used = decoder.term(0, 0)
     if used != size:
         raise DecodeError(f"{size - used} trailing bytes inside the compressed term")
     return term, end
@@ -169,11 +235,36 @@ def _decode_compressed(data: bytes, pos: int, max_depth: int, max_size: int) -> 
 class _Decoder:
     """One decode pass over a buffer. Recursive descent; ``depth`` counts open containers."""
 
-    __slots__ = ("data", "max_depth")
+    __slots__ = ("data", "max_depth", "budget", "wire", "elements_left", "bytes_left")
 
-    def __init__(self, data: bytes, max_depth: int) -> None:
+    def __init__(self, data: bytes, max_depth: int, budget: DecodeBudget) -> None:
         self.data = data
         self.max_depth = max_depth
+        self.budget = budget
+        self.wire = len(data)
+        self.elements_left, self.bytes_left = budget.limits(self.wire)
+
+    def spend_elements(self, count: int) -> None:
+        left = self.elements_left - count
+        if left < 0:
+            self._over("elements", self.budget.limits(self.wire)[0])
+        self.elements_left = left
+
+    def spend_bytes(self, count: int, what: str = "") -> None:
+        left = self.bytes_left - count
+        if left < 0:
+            self._over(f"{what} bytes".lstrip(), self.budget.limits(self.wire)[1])
+        self.bytes_left = left
+
+    def _over(self, what: str, limit: int) -> None:
+        budget = self.budget
+        if what == "elements":
+            cap, setting = budget.max_elements, budget.elements_setting
+        else:
+            cap, setting = budget.max_bytes, budget.bytes_setting
+        hint = f"; the cap is {setting}" if setting else ""
+        raise TermTooLarge(f"it decodes to more than {limit} {what}, over the decode budget of a "
+                           f"{self.wire}-byte message (at most {cap} {what.split()[-1]}{hint})")
 
     def _need(self, pos: int, count: int, what: str) -> None:
         if pos + count > len(self.data):
@@ -199,11 +290,19 @@ class _Decoder:
             (n,) = _U16.unpack_from(data, pos)
             pos += 2
             self._need(pos, n, "string")
+            left = self.bytes_left - n  # spend_bytes, inlined: strings are everywhere
+            if left < 0:
+                self.spend_bytes(n)
+            self.bytes_left = left
             return data[pos:pos + n].decode("latin-1"), pos + n
         if tag == BINARY_EXT:
             (n,) = _U32.unpack_from(data, pos)
             pos += 4
             self._need(pos, n, "binary")
+            left = self.bytes_left - n
+            if left < 0:
+                self.spend_bytes(n)
+            self.bytes_left = left
             return data[pos:pos + n], pos + n
         if tag == INTEGER_EXT:
             return _I32.unpack_from(data, pos)[0], pos + 4
@@ -299,6 +398,10 @@ class _Decoder:
 
     def _tuple(self, pos: int, arity: int, depth: int) -> tuple[tuple[Any, ...], int]:
         self._count(pos, arity, 1, "tuple")
+        left = self.elements_left - arity  # spend_elements, inlined
+        if left < 0:
+            self.spend_elements(arity)
+        self.elements_left = left
         depth = self._enter(depth)
         items: list[Any] = []
         append = items.append
@@ -312,6 +415,10 @@ class _Decoder:
         (n,) = _U32.unpack_from(self.data, pos)
         pos += 4
         self._count(pos, n, 1, "list")
+        left = self.elements_left - n  # spend_elements, inlined
+        if left < 0:
+            self.spend_elements(n)
+        self.elements_left = left
         depth = self._enter(depth)
         items: list[Any] = []
         append = items.append
@@ -335,6 +442,7 @@ class _Decoder:
         (n,) = _U32.unpack_from(self.data, pos)
         pos += 4
         self._count(pos, n, 2, "map")
+        self.spend_elements(2 * n)
         depth = self._enter(depth)
         pairs: list[tuple[Any, Any]] = []
         append = pairs.append
@@ -398,6 +506,7 @@ class _Decoder:
         sign = self.data[pos]
         pos += 1
         self._need(pos, n, "big integer")
+        self.spend_bytes(n)
         value = int.from_bytes(self.data[pos:pos + n], "little")
         if sign > 1:
             raise DecodeError(f"big integer sign byte is {sign}")
@@ -411,6 +520,7 @@ class _Decoder:
         if (n == 0) != (bits == 0) or bits > 8:
             raise DecodeError(f"bitstring of {n} bytes cannot have {bits} bits in its last byte")
         self._need(pos, n, "bitstring")
+        self.spend_bytes(n)
         chunk = self.data[pos:pos + n]
         if bits in (0, 8):
             return chunk, pos + n

@@ -19,6 +19,7 @@ __all__ = [
     "PeerError",
     "ProtocolError",
     "DecodeError",
+    "TermTooLarge",
     "HandshakeFailed",
     "CookieRejected",
     "BadRpc",
@@ -62,6 +63,11 @@ class ProtocolError(PeerError):
 
 class DecodeError(ProtocolError, ValueError):
     """Bytes that are not a valid external term (or exceed the codec's limits)."""
+
+
+class TermTooLarge(DecodeError):
+    """A message would decode to more than its decode budget (``codec.DecodeBudget``) allows.
+    Only the call it answers fails; the connection stays up."""
 
 
 class HandshakeFailed(PeerError):

@@ -5,6 +5,10 @@ This is the only module of the bridge that does I/O. It drives the sans-IO state
 ``rpc`` gave it; one timer serves every deadline ``rpc`` keeps; when the connection goes, ``rpc``
 names the calls to fail. With an ``ssl.SSLContext`` the connection to the node runs over TLS,
 as with ``-proto_dist inet_tls`` (see ``tls``).
+
+Big messages (see ``session.Deferred``) are decoded in a worker thread, one at a time per
+connection, so that ticks and other calls' replies keep flowing while one decodes; a message
+over the decode budget fails only the call it answers.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import secrets
 import socket
 import ssl
 import typing
+from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 from . import epmd
+from .codec import DEFAULT_BUDGET, DecodeBudget
 from .errors import (
     BridgeError,
     BridgeTimeout,
@@ -30,7 +36,7 @@ from .errors import (
 )
 from .handshake import ClientHandshake, HandshakeResult
 from .rpc import CallFailed, CallId, CallReturned, Outcome, RpcCalls
-from .session import CallReply, Event, ExitSignal, Message, Session, Undeliverable, describe_term
+from .session import DEFAULT_DEFER_FROM, CallReply, Deferred, Event, ExitSignal, Message, Session, Undeliverable, describe_term
 from .terms import Atom, Pid
 from .tls import Packet4Handshake, looks_like_tls, no_tls_answer, requires_tls, tls_failure
 
@@ -66,11 +72,14 @@ class Node:
     ``tls``: a client context to reach nodes started with ``-proto_dist inet_tls`` (EPMD stays
     plain TCP). Its name check, when on, uses ``tls_server_name``, by default the host part of
     the node name, which is what OTP nodes send as SNI and check.
+
+    ``decode_budget``: how much one message from a peer may decode to (elements and bytes,
+    relative to its size on the wire); a reply over it fails its call with TermTooLarge.
     """
 
     def __init__(self, cookie: str, name: str | None = None, epmd_port: int = epmd.DEFAULT_PORT, *,
                  tick_time: float = 60.0, tls: ssl.SSLContext | None = None,
-                 tls_server_name: str | None = None) -> None:
+                 tls_server_name: str | None = None, decode_budget: DecodeBudget = DEFAULT_BUDGET) -> None:
         if not cookie:
             raise UsageError("the cookie is empty")
         if tls is not None and tls.protocol == ssl.PROTOCOL_TLS_SERVER:
@@ -83,6 +92,7 @@ class Node:
         split_node_name(self.name)
         self.epmd_port = epmd_port
         self.tick_time = tick_time
+        self.decode_budget = decode_budget
         # Non-zero and distinct from earlier incarnations of a same-named node (OTP uses >= 4).
         self.creation = 4 + secrets.randbelow(0xFFFF_FFFF - 4)
         self.atom = Atom(self.name)
@@ -229,7 +239,7 @@ class Connection:
         self.pid = pid
         self.local_node = node.name
         self._loop = asyncio.get_running_loop()
-        self._session = Session(flags=result.flags)
+        self._session = Session(flags=result.flags, budget=node.decode_budget, defer_from=DEFAULT_DEFER_FROM)
         self._session.add_local_pid(pid)
         self._rpc = RpcCalls(self._session, pid, self.peer)
         self._pending: dict[CallId, asyncio.Future[Any]] = {}
@@ -239,6 +249,9 @@ class Connection:
         self._closed = self._loop.create_future()
         self._tick_period = node.tick_time / 4
         self._timer = self._loop.call_later(self._tick_period, self._on_timer)
+        # Frames to decode off the loop, in order, one at a time (each may take the budget).
+        self._deferred: deque[bytes] = deque()
+        self._decoding: asyncio.Future[tuple[Event | None, bytes]] | None = None
 
     def __repr__(self) -> str:
         state = f"closed: {self._closed_reason}" if self._closed_reason else "open"
@@ -350,6 +363,9 @@ class Connection:
         events, owed = self._session.receive_data(data)
         if owed:
             self._protocol.write(owed)
+        self._on_events(events)
+
+    def _on_events(self, events: Sequence[Event]) -> None:
         rpc = self._rpc
         pending = self._pending
         for event in events:
@@ -365,12 +381,38 @@ class Connection:
                 else:
                     assert isinstance(outcome, CallFailed)
                     future.set_exception(outcome.error)
+            elif type(event) is Deferred:
+                self._deferred.append(event.frame)
+                if self._decoding is None:
+                    self._decode_next()
             elif type(event) is ExitSignal:
                 # Terms from the peer are described, not repr()'d: no size or digit limit there.
                 log.info("exit signal from %s on %s: %s", event.sender, self.peer,
                          describe_term(event.reason))
             else:
                 log.debug("ignored from %s: %s", self.peer, type(event).__name__)
+
+    def _decode_next(self) -> None:
+        if not self._deferred or self._closed_reason is not None:
+            self._deferred.clear()
+            self._decoding = None
+            return
+        frame = self._deferred.popleft()
+        self._decoding = self._loop.run_in_executor(None, self._session.decode_frame, frame)
+        self._decoding.add_done_callback(self._decoded)
+
+    def _decoded(self, future: asyncio.Future[tuple[Event | None, bytes]]) -> None:
+        try:
+            event, owed = future.result()
+        except Exception as exc:  # decode_frame raises nothing but a bug; keep the link going
+            log.error("decoding a message from %s failed: %r", self.peer, exc)
+            event, owed = None, b""
+        if self._closed_reason is None:
+            if owed:
+                self._protocol.write(owed)
+            if event is not None:
+                self._on_events((event,))
+        self._decode_next()
 
     def _log_dropped(self, event: Event) -> None:
         if isinstance(event, CallReply):

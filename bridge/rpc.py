@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeAlias
 
 from . import codec
-from .errors import BadRpc, BridgeError, BridgeTimeout, ConnectionLost, DecodeError
+from .errors import BadRpc, BridgeError, BridgeTimeout, ConnectionLost, DecodeError, TermTooLarge
 from .session import CallReply, Event, Message, Session, Undeliverable, reference_head
 from .terms import Atom, Pid, Reference
 
@@ -205,8 +205,13 @@ class RpcCalls:
             return CallReturned(call_id, reply)
         if type(event) is Undeliverable:
             call_id = call_key(event.tag) or b""
-            if self._calls.pop(call_id, None) is None:
+            call = self._calls.pop(call_id, None)
+            if call is None:
                 return None
+            if isinstance(event.error, TermTooLarge):
+                mod, fun, arity, _ = call
+                return CallFailed(call_id, TermTooLarge(
+                    f"the reply to {mod.name}:{fun.name}/{arity} from {self.peer} is too large: {event.error}"))
             return CallFailed(call_id, DecodeError(
                 f"the reply from {self.peer} could not be decoded: {event.error}"))
         return None

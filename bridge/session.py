@@ -7,6 +7,13 @@ Frames are a 32-bit length and a body; an empty frame is a tick. Each message bo
 acks, monitors and links to processes we do not have), and keeps tick accounting the way OTP's
 ticker does: the I/O layer calls ``timer_fired()`` every ``net_ticktime / 4`` seconds; a period
 with nothing written gets a tick, four periods with nothing read mean the peer is gone.
+
+Every message decodes within the session's ``DecodeBudget``; a reply over it fails only its
+call (an ``Undeliverable`` carrying the call's reference and a ``TermTooLarge``). With
+``defer_from`` set, a frame of that many bytes or more, or one that may hold a compressed term,
+is not decoded in ``receive_data``: it comes out as a ``Deferred`` event, for the I/O layer to pass to
+``decode_frame`` off its event loop (that method only reads the session's state, so it may run
+in another thread). Its event may then come after those of frames that arrived later.
 """
 
 from __future__ import annotations
@@ -22,12 +29,17 @@ from .terms import Atom, Pid, Port, Reference
 
 __all__ = [
     "Session", "Event", "CallReply", "Message", "Undeliverable", "ExitSignal", "MonitorDown", "Unhandled", "TICK",
-    "DEFAULT_MAX_FRAME", "describe_term",
+    "DEFAULT_MAX_FRAME", "DEFAULT_DEFER_FROM", "Deferred", "describe_term",
 ]
 
 TICK = b"\0\0\0\0"
 PASS_THROUGH = 112
 DEFAULT_MAX_FRAME = 128 * 1024 * 1024
+DEFAULT_DEFER_FROM = 256 * 1024  # frames this big are decoded off the event loop
+_VIEW_FROM = 64 * 1024
+_COMPRESSED_HEAD = bytes((codec.VERSION, codec.COMPRESSED))
+# Enough to decode a reply's tag (a reference) and nothing big.
+_TAG_BUDGET = codec.DecodeBudget(max_elements=16, min_elements=16, max_bytes=1024, min_bytes=1024)
 SILENT_PERIODS_BEFORE_DOWN = 4
 
 # Control message operations (erts/emulator/beam/dist.h).
@@ -100,15 +112,26 @@ class Unhandled:
     control: tuple[Any, ...]
 
 
-Event = CallReply | Message | Undeliverable | ExitSignal | MonitorDown | Unhandled
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A frame left undecoded (big, or maybe compressed): give it to ``Session.decode_frame``."""
+
+    frame: bytes
+
+
+Event = CallReply | Message | Undeliverable | ExitSignal | MonitorDown | Unhandled | Deferred
 
 
 class Session:
     """State of one connected distribution link, independent of any socket."""
 
-    def __init__(self, *, flags: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, *, flags: int, max_frame: int = DEFAULT_MAX_FRAME,
+                 budget: codec.DecodeBudget = codec.DEFAULT_BUDGET,
+                 defer_from: int | None = None) -> None:
         self.flags = flags
         self.max_frame = max_frame
+        self.budget = budget
+        self.defer_from = defer_from
         self._buffer = bytearray()
         self._local_pids: set[Pid] = set()
         self._read_since_timer = False
@@ -150,8 +173,15 @@ class Session:
                 raise ProtocolError(f"peer sent a frame of {size} bytes (limit {self.max_frame})")
             if end - pos - 4 < size:
                 break
-            frame = bytes(buffer[pos + 4:pos + 4 + size])
+            if size < _VIEW_FROM:
+                frame = bytes(buffer[pos + 4:pos + 4 + size])
+            else:
+                with memoryview(buffer) as view:  # one copy of a big frame, not two
+                    frame = bytes(view[pos + 4:pos + 4 + size])
             pos += 4 + size
+            if self.defer_from is not None and (size >= self.defer_from or _COMPRESSED_HEAD in frame):
+                events.append(Deferred(frame))
+                continue
             event = self._on_frame(frame, out)
             if event is not None:
                 events.append(event)
@@ -161,13 +191,21 @@ class Session:
             self._wrote_since_timer = True
         return events, bytes(out)
 
+    def decode_frame(self, frame: bytes) -> tuple[Event | None, bytes]:
+        """Decode a ``Deferred`` frame: its event (or None) and bytes we owe the peer. It only
+        reads what ``add_local_pid`` set up (and marks that we wrote), so it may run in a worker
+        thread while the event loop goes on with ``receive_data`` and ``timer_fired``."""
+        out = bytearray()
+        return self._on_frame(frame, out), bytes(out)
+
     def _on_frame(self, frame: bytes, out: bytearray) -> Event | None:
+        budget = self.budget
         for head in self._reply_heads:
             if frame.startswith(head):
                 n = len(head)
                 words = frame[n:n + 12]
                 try:
-                    reply, end = codec.decode_body(frame, n + 12)
+                    reply, end = codec.decode_body(frame, n + 12, budget=budget)
                     if end != len(frame):
                         raise DecodeError(f"{len(frame) - end} bytes after the reply")
                 except DecodeError as exc:
@@ -176,7 +214,7 @@ class Session:
         if frame[0] != PASS_THROUGH:
             return Undeliverable(None, None, DecodeError(f"frame type {frame[0]} (only 112 was negotiated)"))
         try:
-            control, pos = codec.decode_prefix(frame, 1)
+            control, pos = codec.decode_prefix(frame, 1, budget=budget)
         except DecodeError as exc:
             return Undeliverable(None, None, exc)
         if type(control) is not tuple or not control or type(control[0]) is not int:
@@ -193,7 +231,7 @@ class Session:
 
     def _on_send(self, to: Any, frame: bytes, pos: int) -> Event:
         try:
-            message, end = codec.decode_prefix(frame, pos)
+            message, end = codec.decode_prefix(frame, pos, budget=self.budget)
             if end != len(frame):
                 raise DecodeError(f"{len(frame) - end} bytes after the message payload")
         except DecodeError as exc:
@@ -205,7 +243,7 @@ class Session:
             return ExitSignal(control[1], control[2], control[3])
         if op in _PAYLOAD_EXITS or op == PAYLOAD_MONITOR_P_EXIT:
             try:
-                reason, _ = codec.decode_prefix(frame, pos)
+                reason, _ = codec.decode_prefix(frame, pos, budget=self.budget)
             except DecodeError as exc:
                 return Undeliverable(control[2], None, exc)
             if op == PAYLOAD_MONITOR_P_EXIT:
@@ -314,8 +352,7 @@ def _first_element(frame: bytes, pos: int) -> Any:
         if frame[pos] != codec.VERSION or frame[pos + 1] not in (codec.SMALL_TUPLE_EXT, codec.LARGE_TUPLE_EXT):
             return None
         skip = 2 if frame[pos + 1] == codec.SMALL_TUPLE_EXT else 5
-        # Re-wrap the first element as a standalone term so decode_prefix can read it.
-        first, _ = codec.decode_prefix(bytes((codec.VERSION,)) + frame[pos + 1 + skip:])
+        first, _ = codec.decode_body(frame, pos + 1 + skip, budget=_TAG_BUDGET)
         return first
     except (DecodeError, IndexError):
         return None

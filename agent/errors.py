@@ -81,6 +81,15 @@ class HostError(AgentError):
     """The agent's own host failed it: a file, a directory or a socket (the host's fault)."""
 
 
+class ReplyTooLarge(NodeFault):
+    """The node's reply to one call is over the decode budget ([agent] max_term_*); only that
+    call failed and the connection stays up."""
+
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        super().__init__(f"node {node}: {message}")
+
+
 class NodeTimeout(NodeUnavailable):
     """Connected, but the node did not answer in time."""
 

@@ -47,6 +47,10 @@ def make_root(tmp_path: Path, *, unit_text: str | None = None, drop_in: bool = F
     program.parent.mkdir(parents=True)
     program.write_text("#!/bin/sh\nexit 0\n")
     program.chmod(0o755)
+    kill = root / "bin/kill"  # ExecReload's program: verify checks it is there
+    kill.parent.mkdir()
+    kill.write_text("#!/bin/sh\nexit 0\n")
+    kill.chmod(0o755)
     return root
 
 
@@ -110,6 +114,9 @@ def test_the_unit_agrees_with_the_agent() -> None:
     assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
     assert unit["ExecStart"] == [f"/opt/relctl/bin/relctl-agent --config {DEFAULT_CONFIG}"]
     assert unit["RestartPreventExitStatus"] == [str(EXIT_CONFIG)]
+    # systemctl reload sends what the agent takes as "re-read the cookies" (daemon/app.py).
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert "signal.SIGHUP, reload_cookies" in (ROOT / "agent/daemon/app.py").read_text()
     assert Path("/var/lib", *unit["StateDirectory"]) == Path(DEFAULT_STATE_DIR)
     assert Path("/run", *unit["RuntimeDirectory"]) == Path(DEFAULT_SOCKET).parent
     # systemd must not kill a shutdown that is still inside the agent's own grace periods.

@@ -43,6 +43,43 @@ _Ctx = grpc.aio.ServicerContext[Any, Any]
 _T = TypeVar("_T")
 
 
+class _Claim:
+    """An upload an Unpack or Upgrade request names: deleted once the operation that used it
+    ends (unpack copied what it needs), or when the request is refused before any operation
+    started (a client never reuses an upload; a refused upgrade must not keep its tarball)."""
+
+    def __init__(self, uploads: UploadStore | None, upload_id: str) -> None:
+        self._uploads = uploads
+        self._id = upload_id
+        self._started = False
+
+    def __enter__(self) -> _Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._started:
+            self._discard()
+
+    def _discard(self) -> None:
+        if self._id and self._uploads is not None:
+            self._uploads.discard(self._id)
+
+    def consume(self, work: Callable[[ReleaseEngine], Awaitable[Result]]
+                ) -> Callable[[ReleaseEngine], Awaitable[Result]]:
+        """``work``, after which the upload is deleted. Once the operation has called it (its
+        task is being created), the operation owns the upload."""
+        async def run(engine: ReleaseEngine) -> Result:
+            try:
+                return await work(engine)
+            finally:
+                self._discard()
+
+        def start(engine: ReleaseEngine) -> Awaitable[Result]:
+            self._started = True
+            return run(engine)
+        return start
+
+
 def _code_for(exc: AgentError) -> grpc.StatusCode:
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND
@@ -179,26 +216,28 @@ class AgentService:
             if first is None or not first.HasField("header"):
                 raise RequestError("an upload starts with its header (node, version, size, sha256)")
             header = first.header
-            writer = self._uploads.begin(self._node_name(header.node), header.version,
-                                         header.size, header.sha256)
+            uploads = self._uploads
+            writer = uploads.begin(self._node_name(header.node), header.version,
+                                   header.size, header.sha256)
             try:
                 async for part in request_iterator:
                     writer.write(part.chunk)
-            except BaseException:
-                writer.abort()
-                raise
-            upload = await asyncio.to_thread(writer.finish)
+                # Cancelled meanwhile (the client went away), it still removes what it made.
+                upload = await uploads.finish(writer)
+            finally:
+                writer.abort()  # a no-op once finish() has started: it cleans up itself
             tb = upload.tarball
             return pb.UploadResponse(upload_id=upload.id, size=tb.size, sha256=tb.sha256,
                                      release_name=tb.release_name, version=tb.version)
         return await _answer(context, receive())
 
     def _tarball(self, node: str, upload_id: str) -> Any:
+        """The upload's tarball, claimed: the caller discards it whatever happens (_Claim)."""
         if not upload_id:
             return None
         if self._uploads is None:
             raise RuntimeError("this AgentService has no upload store")
-        return self._uploads.get(upload_id, self._node_name(node)).tarball
+        return self._uploads.get(upload_id, self._node_name(node), claim=True).tarball
 
     def _options(self, node: str, *, permanent: bool = True, dry_run: bool = False,
                  install_timeout: Any = None, health_timeout: Any = None) -> Options:
@@ -213,30 +252,19 @@ class AgentService:
                             else base.health_timeout),
             probes=base.probes, restart_timeout=base.restart_timeout, hooks=base.hooks)
 
-    def _consume(self, upload_id: str,
-                 work: Callable[[ReleaseEngine], Awaitable[Result]]
-                 ) -> Callable[[ReleaseEngine], Awaitable[Result]]:
-        """``work``, after which the upload it used is deleted (unpack copied what it needs)."""
-        async def run(engine: ReleaseEngine) -> Result:
-            try:
-                return await work(engine)
-            finally:
-                if upload_id and self._uploads is not None:
-                    self._uploads.discard(upload_id)
-        return run
-
     async def Unpack(self, request: pb.UnpackRequest, context: _Ctx) -> pb.OperationResult:
-        tarball = await _answer(context, _now(lambda: self._tarball(request.node,
-                                                                    request.upload_id)))
-        if tarball is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "unpack needs an uploaded tarball (relctl unpack VSN --tarball F)",
-                                _ERROR_METADATA)
+        with _Claim(self._uploads, request.upload_id) as claim:
+            tarball = await _answer(context, _now(lambda: self._tarball(request.node,
+                                                                        request.upload_id)))
+            if tarball is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "unpack needs an uploaded tarball (relctl unpack VSN "
+                                    "--tarball F)", _ERROR_METADATA)
 
-        async def unpack(engine: ReleaseEngine) -> Result:
-            return await engine.unpack(request.version, tarball)
-        work = self._consume(request.upload_id, unpack)
-        return await self._unary(context, request.node, "unpack", request.version, work)
+            async def unpack(engine: ReleaseEngine) -> Result:
+                return await engine.unpack(request.version, tarball)
+            work = claim.consume(unpack)
+            return await self._unary(context, request.node, "unpack", request.version, work)
 
     async def CheckInstall(self, request: pb.CheckInstallRequest,
                            context: _Ctx) -> pb.OperationResult:
@@ -266,11 +294,12 @@ class AgentService:
                                   dry_run=request.dry_run,
                                   install_timeout=request.install_timeout,
                                   health_timeout=request.health_timeout))
-        tarball, options = await _answer(context, _now(prepare))
-        work = self._consume(request.upload_id,
-                             lambda engine: engine.upgrade(request.version, tarball, options))
-        async for event in self._stream(context, request.node, "upgrade", request.version, work):
-            yield event
+        with _Claim(self._uploads, request.upload_id) as claim:
+            tarball, options = await _answer(context, _now(prepare))
+            work = claim.consume(lambda engine: engine.upgrade(request.version, tarball, options))
+            async for event in self._stream(context, request.node, "upgrade", request.version,
+                                            work):
+                yield event
 
     async def Downgrade(self, request: pb.DowngradeRequest,
                         context: _Ctx) -> AsyncIterator[pb.ProgressEvent]:

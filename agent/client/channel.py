@@ -132,25 +132,34 @@ def open_channel(settings: Credentials, agent: str) -> grpc.Channel:
     return grpc.intercept_channel(plain, _BearerToken(token)) if token else plain
 
 
-_HINTS: Sequence[tuple[str, str]] = (
+# (what grpc's details say, what to do, which agents: "unix", "tcp" (TLS advice) or "any")
+_HINTS: Sequence[tuple[str, str, str]] = (
     ("permission denied", "you may not use this socket: add your user to the agent's socket "
                           "group (agent.socket_group; e.g. usermod -aG relctl $USER), or ask "
-                          "from an account that is in it"),
+                          "from an account that is in it", "any"),
     ("no such file", "no agent socket there: is relctl-agent running on this host? "
-                     "(systemctl status relctl-agent; choose another agent with --agent)"),
+                     "(systemctl status relctl-agent; choose another agent with --agent)", "any"),
+    ("connection refused", "nothing listens on this socket: relctl-agent is not running, or it "
+                           "stopped and left the socket behind (systemctl status relctl-agent)",
+     "unix"),
     ("certificate", "the TLS handshake failed: check --ca (the CA that signed the agent's "
-                    "certificate) and, if the agent verifies clients, --cert and --key"),
+                    "certificate) and, if the agent verifies clients, --cert and --key", "tcp"),
     ("handshake", "the TLS handshake failed: check --ca (the CA that signed the agent's "
-                  "certificate) and, if the agent verifies clients, --cert and --key"),
+                  "certificate) and, if the agent verifies clients, --cert and --key", "tcp"),
     ("socket closed", "the agent closed the connection: if it serves TLS on this address, pass "
-                      "--ca FILE; if it verifies clients, --cert and --key too"),
+                      "--ca FILE; if it verifies clients, --cert and --key too", "tcp"),
 )
 
 
 def transport_hint(agent: str, details: str) -> str:
-    """What to do about an agent that could not be reached, judging by grpc's details."""
+    """What to do about an agent that could not be reached, judging by grpc's details. A Unix
+    socket is never TLS: no TLS advice for it."""
     lowered = details.lower()
-    for needle, hint in _HINTS:
-        if needle in lowered:
+    kind = "unix" if agent.startswith("unix:") else "tcp"
+    for needle, hint, scope in _HINTS:
+        if needle in lowered and scope in ("any", kind):
             return hint
+    if kind == "unix":
+        return ("is relctl-agent running on this host? (systemctl status relctl-agent; choose "
+                "another agent with --agent)")
     return "is relctl-agent running there? (choose the agent with --agent or $RELCTL_AGENT)"

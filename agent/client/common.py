@@ -110,14 +110,30 @@ def _transport_reason(details: str) -> str:
     return parts[-1] if parts else details
 
 
+def connection_lost(err: grpc.RpcError) -> bool:
+    """Whether the call reached the agent and the connection broke before its answer (the
+    agent stopped or restarted, or the network failed): neither an answer of the agent's nor a
+    connection that never was (grpc says "failed to connect" for those)."""
+    if not isinstance(err, grpc.Call) or _from_agent(err):
+        return False
+    return (err.code() == grpc.StatusCode.UNAVAILABLE
+            and "failed to connect" not in (err.details() or "").lower())
+
+
 def describe_rpc_error(agent: str, err: grpc.RpcError, timeout: float) -> Problem:
-    """One line a user can act on, and its exit code, for an RPC that failed."""
+    """One line a user can act on, and its exit code, for an RPC that failed; ``timeout``: the
+    deadline the call had."""
     status = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (err.details() if isinstance(err, grpc.Call) else "") or ""
     from_agent = _from_agent(err)
     code = exit_code_for_rpc(status, from_agent=from_agent)
     if from_agent:
         return Problem(f"agent {agent}: {details}", code)
+    if connection_lost(err):
+        # It answered the connection, so neither the address nor TLS is wrong.
+        return Problem(f"agent {agent} closed the connection before answering "
+                       f"({_transport_reason(details)}): it may have stopped or restarted "
+                       "(systemctl status relctl-agent)", code)
     if status == grpc.StatusCode.UNAVAILABLE:
         from .channel import transport_hint  # only when something went wrong
 
@@ -136,6 +152,30 @@ def rpc_error(agent: str, err: grpc.RpcError, timeout: float) -> CliError:
     """:func:`describe_rpc_error` as an error to raise, for commands that ask one agent."""
     problem = describe_rpc_error(agent, err, timeout)
     return CliError(problem.message, problem.code)
+
+
+def operation_error(agent: str, err: grpc.RpcError, timeout: float, *, op_id: int = 0,
+                    what: str = "the operation") -> CliError:
+    """The error of an RPC that runs an operation (``op_id`` once known): when the connection
+    broke or relctl stopped waiting, the operation may go on, or have ended with the agent, so
+    the message says so and how to see its outcome once the agent answers again."""
+    if connection_lost(err):
+        details = (err.details() if isinstance(err, grpc.Call) else "") or ""
+        lost = f"lost the connection to agent {agent} during {what} ({_transport_reason(details)})"
+        again = "once the agent answers again (after its restart, if it stopped)"
+    elif (isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+          and not _from_agent(err)):
+        lost = (f"{what} did not end within {timeout:g} s, the time relctl waits for an "
+                f"operation on agent {agent}")
+        again = "later"
+    else:
+        return rpc_error(agent, err, timeout)
+    if op_id:
+        return CliError(f"{lost}; operation {op_id} may go on without relctl; {again}, see how "
+                        f"it ended: relctl operation {op_id}", ExitCode.FAILED_CHANGED)
+    return CliError(f"{lost}; the operation may have started and go on without relctl; "
+                    f"{again}, relctl operations lists it and relctl operation N shows how it "
+                    "ended", ExitCode.FAILED_CHANGED)
 
 
 # --- asking agents ------------------------------------------------------------------------------
@@ -193,9 +233,21 @@ def one_agent(settings: Settings) -> str:
 def ask_one(settings: Settings, method: str, request: Any, timeout: float | None = None) -> Any:
     """One unary RPC to the one agent; its errors become :class:`CliError`."""
     agent = one_agent(settings)
+    limit = timeout or settings.timeout
+    with connect(settings, agent) as channel:
+        try:
+            return getattr(agent_pb2_grpc.AgentStub(channel), method)(request, timeout=limit)
+        except grpc.RpcError as err:
+            raise rpc_error(agent, err, limit) from None
+
+
+def run_operation(settings: Settings, method: str, request: Any, what: str) -> Any:
+    """A unary RPC that runs an operation on the one agent (answered when it ends); a lost
+    connection says the operation may go on (:func:`operation_error`)."""
+    agent = one_agent(settings)
     with connect(settings, agent) as channel:
         try:
             return getattr(agent_pb2_grpc.AgentStub(channel), method)(
-                request, timeout=timeout or settings.timeout)
+                request, timeout=OPERATION_TIMEOUT)
         except grpc.RpcError as err:
-            raise rpc_error(agent, err, settings.timeout) from None
+            raise operation_error(agent, err, OPERATION_TIMEOUT, what=what) from None

@@ -22,7 +22,7 @@ import grpc
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
-from .common import OPERATION_TIMEOUT, Settings, rpc_error
+from .common import OPERATION_TIMEOUT, Settings, connection_lost, operation_error, rpc_error
 from .output import STATE_NAMES, step_line
 from .status import CliError, ExitCode
 
@@ -65,10 +65,16 @@ def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node:
                 progress.update(len(chunk))
 
     started = time.perf_counter()
+    limit = max(settings.timeout, OPERATION_TIMEOUT)
     try:
-        reply = stub.Upload(parts(), timeout=max(settings.timeout, OPERATION_TIMEOUT))
+        reply = stub.Upload(parts(), timeout=limit)
     except grpc.RpcError as err:
-        raise rpc_error(agent, err, settings.timeout) from None
+        if connection_lost(err):
+            raise CliError(f"lost the connection to agent {agent} during the upload of "
+                           f"{tarball.name} ({err.details() if isinstance(err, grpc.Call) else err}"
+                           "); no operation started: once the agent answers again, run the "
+                           "command again", ExitCode.UNAVAILABLE) from None
+        raise rpc_error(agent, err, limit) from None
     if settings.output == "text":
         say(f"  {'upload':<22} {'ok':<6} {(time.perf_counter() - started) * 1e3:>6.0f} ms"
             f"  {reply.release_name} {reply.version}, {reply.size} bytes, "
@@ -77,9 +83,9 @@ def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node:
 
 
 def follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent], *,
-           say: Callable[[str], None] = click.echo) -> pb.Operation:
+           say: Callable[[str], None] = click.echo, what: str = "the operation") -> pb.Operation:
     """Print the steps of an operation's progress stream as they end; the finished
-    operation."""
+    operation. ``what`` names it in errors ("the upgrade")."""
     op_id = 0
     try:
         for event in events:
@@ -90,7 +96,7 @@ def follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent], *
                 if STATE_NAMES.get(event.step.state, "") != "running":
                     say(step_line(event.step))
     except grpc.RpcError as err:
-        raise rpc_error(agent, err, settings.timeout) from None
+        raise operation_error(agent, err, OPERATION_TIMEOUT, op_id=op_id, what=what) from None
     except KeyboardInterrupt:
         raise CliError(f"stopped following; operation {op_id} goes on on the agent "
                        f"(relctl operation {op_id})", ExitCode.FAILED) from None
@@ -132,4 +138,4 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
         no_permanent=spec.no_permanent, dry_run=spec.dry_run,
         health_timeout=_duration(spec.health_timeout),
         install_timeout=_duration(spec.install_timeout)), timeout=OPERATION_TIMEOUT)
-    return follow(settings, agent, events, say=say)
+    return follow(settings, agent, events, say=say, what="the upgrade")

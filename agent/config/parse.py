@@ -61,7 +61,11 @@ _AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
     "shutdown_grace": (int, float),
     "operations_grace": (int, float),
     "max_upload_bytes": int,
+    "uploads_max_bytes": int,
+    "upload_idle_expiry": (int, float),
     "metrics_max_connections": int,
+    "max_term_elements": int,
+    "max_term_bytes": int,
     "metrics_idle_timeout": (int, float),
 }
 _NODE_KEYS: Mapping[str, type | tuple[type, ...]] = {
@@ -314,7 +318,11 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         shutdown_grace=_positive(agent, "shutdown_grace", path=where),
         operations_grace=_positive(agent, "operations_grace", path=where),
         max_upload_bytes=int(_positive(agent, "max_upload_bytes", path=where)),
+        uploads_max_bytes=int(_positive(agent, "uploads_max_bytes", path=where)),
+        upload_idle_expiry=_positive(agent, "upload_idle_expiry", path=where),
         metrics_max_connections=int(_positive(agent, "metrics_max_connections", path=where)),
+        max_term_elements=int(_positive(agent, "max_term_elements", path=where)),
+        max_term_bytes=int(_positive(agent, "max_term_bytes", path=where)),
         metrics_idle_timeout=_positive(agent, "metrics_idle_timeout", path=where),
         discovery=discovery,
         tokens=tokens,

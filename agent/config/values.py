@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bridge import Atom, format_term
+from bridge import Atom, DecodeBudget, format_term
 
 DEFAULT_SOCKET = "/run/relctl/agent.sock"
 DEFAULT_LISTEN = f"unix:{DEFAULT_SOCKET}"
@@ -197,7 +197,13 @@ class AgentConfig:
     shutdown_grace: float = 5.0      # how long running gRPC calls may finish on SIGTERM
     operations_grace: float = 120.0  # how long a running upgrade may finish on SIGTERM
     max_upload_bytes: int = 2 * 1024**3
+    uploads_max_bytes: int = 8 * 1024**3  # all uploads held at once (received or being sent)
+    upload_idle_expiry: float = 3600.0  # seconds an upload may sit unused (or get no data)
     metrics_max_connections: int = 64  # /metrics connections open at once; more get a 503
+    # The decode budget's caps for one message from a node (bridge.DecodeBudget): the items of
+    # its tuples, lists and maps, and the bytes of its binaries and strings.
+    max_term_elements: int = DecodeBudget().max_elements
+    max_term_bytes: int = DecodeBudget().max_bytes
     metrics_idle_timeout: float = 10.0  # seconds a /metrics connection may wait for its request
     discovery: DiscoveryConfig | None = None  # set when [[nodes]] is omitted
     tokens: tuple[Token, ...] = ()

@@ -36,6 +36,8 @@ log = logging.getLogger("relctl.agent")
 
 # How long start-up waits for the first connection attempt to each node before saying ready.
 FIRST_ATTEMPT_WAIT = 10.0
+# How often journal writes that failed (a full state_dir) are tried again.
+JOURNAL_RETRY_INTERVAL = 5.0
 
 
 class StartupError(HostError):
@@ -94,9 +96,12 @@ class Parts:
     fronts: list[UnixFront]
     server: ApiServer
     discovery: Discovery | None
+    uploads: UploadStore
     notifier: Notifier = field(default_factory=Notifier.from_environ)
     metrics_server: MetricsHttp | None = None
     watchdog: asyncio.Task[None] | None = None
+    upload_sweeper: asyncio.Task[None] | None = None
+    journal_retry: asyncio.Task[None] | None = None
 
 
 def build(config: AgentConfig) -> Parts:
@@ -122,7 +127,9 @@ def build(config: AgentConfig) -> Parts:
 
     operations = Operations(journal, nodes, rpc_timeout=config.rpc_timeout,
                             on_finished=operation_finished)
-    uploads = UploadStore(config.state_dir / "uploads", max_size=config.max_upload_bytes)
+    uploads = UploadStore(config.state_dir / "uploads", max_size=config.max_upload_bytes,
+                          max_total=config.uploads_max_bytes,
+                          idle_expiry=config.upload_idle_expiry)
 
     def node_options(name: str) -> Options:
         node = nodes.config(name)
@@ -147,7 +154,7 @@ def build(config: AgentConfig) -> Parts:
     server = ApiServer(AgentService(nodes, operations, uploads, rpc_timeout=config.rpc_timeout,
                                     node_options=node_options, audit=audit), [access])
     return Parts(config, nodes, metrics, journal, operations, audit, fronts, server,
-                 _discovery(config, nodes))
+                 _discovery(config, nodes), uploads)
 
 
 async def start(parts: Parts) -> None:
@@ -184,6 +191,20 @@ async def start(parts: Parts) -> None:
     parts.notifier.ready(nodes_status(states))
     parts.watchdog = asyncio.create_task(
         parts.notifier.run_watchdog(lambda: nodes_status(parts.nodes.snapshot())))
+    parts.journal_retry = asyncio.create_task(_retry_journal(parts.operations),
+                                              name="relctl journal retry")
+    parts.upload_sweeper = asyncio.create_task(parts.uploads.sweep_forever(),
+                                               name="relctl upload expiry")
+
+
+async def _retry_journal(operations: Operations) -> None:
+    """Write what a full state_dir kept out of the journal, once there is room again."""
+    while True:
+        await asyncio.sleep(JOURNAL_RETRY_INTERVAL)
+        try:
+            operations.flush_journal()
+        except Exception:
+            log.exception("retrying the journal's writes failed")
 
 
 async def stop(parts: Parts) -> None:
@@ -197,6 +218,9 @@ async def stop(parts: Parts) -> None:
         await front.stop()
     parts.audit.close()
     await parts.operations.stop(config.operations_grace)
+    if parts.journal_retry is not None:
+        parts.journal_retry.cancel()
+    parts.operations.close()
     if parts.discovery is not None:
         await parts.discovery.stop()
     await parts.nodes.stop()
@@ -206,16 +230,28 @@ async def stop(parts: Parts) -> None:
     # Pings went on through the grace: a slow but live shutdown must not look hung.
     if parts.watchdog is not None:
         parts.watchdog.cancel()
+    if parts.upload_sweeper is not None:
+        parts.upload_sweeper.cancel()
     parts.notifier.close()
 
 
+def reload_cookies(parts: Parts) -> None:
+    """SIGHUP: re-read every node's cookie file (the links also do before each connection
+    attempt); a changed cookie is used from the next connection on, at once for a node down."""
+    changed = parts.nodes.reload_cookies()
+    log.info("SIGHUP: re-read the cookie files of %d node(s); changed: %s",
+             len(parts.nodes.names), ", ".join(changed) or "none")
+
+
 async def serve(config: AgentConfig) -> None:
-    """Run the agent for ``config`` until SIGTERM or SIGINT; raises StartupError."""
+    """Run the agent for ``config`` until SIGTERM or SIGINT (SIGHUP re-reads the nodes'
+    cookies); raises StartupError."""
     parts = build(config)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_cookies, parts)
     try:
         await start(parts)
         await stopping.wait()
@@ -223,6 +259,6 @@ async def serve(config: AgentConfig) -> None:
         log.info("stopping: letting running calls finish (up to %g s)", config.shutdown_grace)
     finally:
         await stop(parts)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("stopped")

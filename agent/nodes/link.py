@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.config import NodeConfig
+from agent.config import NodeConfig, read_cookie
 from agent.config import hint as tls_hint
-from agent.errors import NodeDown, NodeTimeout
+from agent.errors import ConfigError, NodeDown, NodeTimeout, ReplyTooLarge
 from agent.release.releases import Release, UnexpectedReply, parse_which_releases
 from bridge import (
     BadRpc,
@@ -27,7 +27,10 @@ from bridge import (
     BridgeTimeout,
     Connection,
     ConnectionLost,
+    CookieRejected,
+    DecodeBudget,
     Node,
+    TermTooLarge,
     TlsHandshakeFailed,
 )
 
@@ -68,11 +71,13 @@ class NodeLink:
     def __init__(self, config: NodeConfig, *, refresh_interval: float = 15.0,
                  rpc_timeout: float = 30.0, connect_timeout: float = 5.0,
                  max_delay: float = 30.0, observe_rpc: RpcObserver = ignore_rpc,
-                 tls: ssl.SSLContext | None = None, tls_server_name: str | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, tls_server_name: str | None = None,
+                 decode_budget: DecodeBudget | None = None) -> None:
         self.name = config.name
         self.config = config
         self._bridge = Node(cookie=config.cookie, epmd_port=config.epmd_port, tls=tls,
-                            tls_server_name=tls_server_name)
+                            tls_server_name=tls_server_name,
+                            decode_budget=decode_budget or DecodeBudget())
         self._refresh_interval = refresh_interval
         self._rpc_timeout = rpc_timeout
         self._connect_timeout = connect_timeout
@@ -83,6 +88,7 @@ class NodeLink:
         self._kick = asyncio.Event()
         self._attempt_done = asyncio.Event()  # set when the connect attempt in flight ends
         self._tried = asyncio.Event()  # set once the first attempt ended, either way
+        self._cookie_problem = ""  # why the cookie file could not be re-read, once logged
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -112,6 +118,40 @@ class NodeLink:
         """Wait until the first connection attempt has ended (up or down)."""
         await self._tried.wait()
 
+    def reload_cookie(self) -> bool:
+        """Re-read the node's cookie file (done before each connection attempt, and on SIGHUP):
+        a rotated cookie is used from the next connection on; a connection that is up stays up.
+        True when the cookie changed. A file that cannot be read now (missing, readable by
+        every user, empty) keeps the cookie in use, with a warning."""
+        file = self.config.cookie_file
+        if file is None:
+            return False
+        try:
+            cookie = read_cookie(file, path=str(file), key="cookie_file")
+        except ConfigError as exc:
+            if exc.reason != self._cookie_problem:
+                log.warning("node %s: cannot re-read its cookie: %s; keeping the cookie in use",
+                            self.name, exc.reason)
+            self._cookie_problem = exc.reason
+            return False
+        self._cookie_problem = ""
+        if cookie == self.config.cookie:
+            return False
+        self.config = replace(self.config, cookie=cookie)
+        old = self._bridge
+        self._bridge = Node(cookie=cookie, name=old.name, epmd_port=old.epmd_port,
+                            tick_time=old.tick_time, tls=old.tls,
+                            tls_server_name=old.tls_server_name,
+                            decode_budget=old.decode_budget)
+        log.info("node %s: its cookie changed (re-read %s); used from the next connection on",
+                 self.name, file)
+        return True
+
+    def retry_now(self) -> None:
+        """A node that is down is tried again now rather than after its backoff."""
+        if not self._connected():
+            self._kick.set()
+
     # --- talking to the node ----------------------------------------------------------
 
     async def call(self, module: str, function: str, args: Sequence[Any] = (), *,
@@ -128,6 +168,8 @@ class NodeLink:
             raise NodeTimeout(self.name, f"{module}:{function}/{len(args)}", limit) from None
         except ConnectionLost as exc:
             raise NodeDown(self.name, f"connection lost ({exc})") from None
+        except TermTooLarge as exc:
+            raise ReplyTooLarge(self.name, str(exc)) from None
         finally:
             self._observe(f"{module}:{function}", time.perf_counter() - started)
 
@@ -188,7 +230,7 @@ class NodeLink:
                 await self.call("release_handler", "which_releases", [], timeout=timeout))
         except NodeDown as exc:
             self._set_down(exc.reason)
-        except (NodeTimeout, BadRpc, UnexpectedReply) as exc:
+        except (NodeTimeout, BadRpc, UnexpectedReply, ReplyTooLarge) as exc:
             # Still connected: keep the last releases we saw and say why they may be stale.
             self._state = replace(self._state, error=str(exc))
             log.warning("node %s: reading releases failed: %s", self.name, exc)
@@ -225,12 +267,16 @@ class NodeLink:
             self._kick.clear()
             done = self._attempt_done
             try:
+                self.reload_cookie()  # a node restarted with a new cookie: use the new one
                 conn = await self._bridge.connect(self.name, timeout=self._connect_timeout)
             except (BridgeError, OSError) as exc:
                 delay = min(max(delay * 2, self.MIN_DELAY), self._max_delay)
                 reason = str(exc)
                 if isinstance(exc, TlsHandshakeFailed):  # name the setting to change
                     reason = f"{reason}; {tls_hint(exc.cause)}"
+                elif isinstance(exc, CookieRejected) and self.config.cookie_file is not None:
+                    reason = (f"{reason}; the agent re-reads {self.config.cookie_file} before "
+                              "each attempt (SIGHUP: at once), no restart needed")
                 self._set_down(reason, retry_in=delay)
                 self._tried.set()
                 continue

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from agent.config import AgentConfig, NodeConfig, client_context
 from agent.errors import UnknownNode
+from bridge import DecodeBudget
 
 from .link import NodeLink, NodeState, PingResult, RpcObserver, ignore_rpc
 
@@ -28,11 +29,15 @@ class NodeManager:
         tls = client_context(dist_tls) if dist_tls is not None else None
         server_name = dist_tls.server_name if dist_tls is not None else None
 
+        budget = DecodeBudget(max_elements=config.max_term_elements, max_bytes=config.max_term_bytes,
+                              elements_setting="[agent] max_term_elements",
+                              bytes_setting="[agent] max_term_bytes")
+
         def new_link(node: NodeConfig) -> NodeLink:
             return NodeLink(node, refresh_interval=config.refresh_interval,
                             rpc_timeout=config.rpc_timeout, connect_timeout=config.connect_timeout,
                             max_delay=config.reconnect_max_delay, observe_rpc=observe_rpc,
-                            tls=tls, tls_server_name=server_name)
+                            tls=tls, tls_server_name=server_name, decode_budget=budget)
         return cls([new_link(node) for node in config.nodes], new_link)
 
     def add(self, node: NodeConfig) -> NodeLink:
@@ -67,6 +72,16 @@ class NodeManager:
         """Every node's last known state; safe to call from another thread (one read per link
         of an immutable value)."""
         return tuple(link.state for link in list(self._links.values()))
+
+    def reload_cookies(self) -> list[str]:
+        """Re-read every node's cookie file (on SIGHUP); the names of the nodes whose cookie
+        changed. Those that are down are tried again at once with it."""
+        changed = []
+        for link in list(self._links.values()):
+            if link.reload_cookie():
+                changed.append(link.name)
+                link.retry_now()
+        return changed
 
     def start(self) -> None:
         self._started = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,8 @@ from agent.errors import HostError
 from agent.release.records import OUTCOMES, STEP_STATES, ConfigChange, StepRecord
 
 FILE_NAME = "journal.sqlite3"
+# Like the audit trail: the agent writes, its group (operators) may read, nobody else.
+FILE_MODE = 0o640
 SCHEMA_VERSION = 2  # 2: operations.config_changes
 
 # AUTOINCREMENT: ids are never reused, so an id a client pages from keeps meaning one operation.
@@ -69,6 +72,18 @@ class JournalError(HostError):
     """The journal cannot be opened, or was asked for something its records forbid."""
 
 
+class JournalWriteError(JournalError):
+    """A write to the journal failed and left it as it was: its file system is full
+    (``full``), read-only, or the file is locked or damaged. Retrying later may succeed."""
+
+    def __init__(self, path: Path, cause: sqlite3.Error) -> None:
+        self.full = (getattr(cause, "sqlite_errorname", "") == "SQLITE_FULL"
+                     or "disk is full" in str(cause))
+        reason = ("no space left on the file system of the agent's state_dir "
+                  f"({path.parent})" if self.full else str(cause))
+        super().__init__(f"cannot write the journal {path}: {reason}")
+
+
 @dataclass(frozen=True)
 class ReleaseRow:
     """A release as the node reported it when the operation ended."""
@@ -102,6 +117,7 @@ class Journal:
     @classmethod
     def open(cls, path: Path) -> Journal:
         """Open the journal at ``path`` (normally ``state_dir / FILE_NAME``), creating it."""
+        _restrict(path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every write is in exactly
         # the transaction we mean and nothing is left open between calls.
         try:
@@ -221,13 +237,20 @@ class Journal:
         # IMMEDIATE takes the write lock up front: a read-check-write never sees another
         # writer slip in between (a second agent on the same state_dir, by mistake). Reads
         # need no lock, only one snapshot for the operations and their steps.
-        self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back already (a full disk does that to a COMMIT).
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if not write:
+                raise
+            raise JournalWriteError(self.path, exc) from exc
 
     def _require_running(self, op_id: int) -> None:
         row = self._conn.execute("SELECT outcome FROM operations WHERE id = ?",
@@ -282,6 +305,29 @@ class Journal:
 
 def _now(now: float | None) -> float:
     return time.time() if now is None else now
+
+
+def _restrict(path: Path) -> None:
+    """Create the journal file FILE_MODE whatever the umask (SQLite would make it 0644 under
+    umask 022, and gives its -wal and -shm files the database's mode); a journal created
+    looser by an older agent is tightened."""
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT, FILE_MODE) if name == path else \
+                os.open(name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise JournalError(f"cannot open the journal {name}: {e.strerror or e}") from e
+        try:
+            mode = os.fstat(fd).st_mode & 0o777
+            if mode & ~FILE_MODE:
+                os.fchmod(fd, mode & FILE_MODE)
+        except OSError as e:
+            raise JournalError(f"cannot restrict the journal {name} to mode "
+                               f"{FILE_MODE:o}: {e.strerror or e}") from e
+        finally:
+            os.close(fd)
 
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:

@@ -3,6 +3,12 @@
 An operation runs in its own task, so a client that disconnects does not cancel an install
 halfway; its progress goes to the journal and to whoever is listening. At start, operations
 that were running when the agent died are marked interrupted, with the node's real releases.
+
+A journal that cannot be written (the state_dir's file system is full) never changes what
+happens to a node: an operation is refused before it starts if its start cannot be journaled;
+once started, it runs to its end, its writes are kept in order and retried by
+:meth:`Operations.flush_journal` (and before each later write), and meanwhile the operation is
+answered from memory, its error saying that the journal is behind.
 """
 
 from __future__ import annotations
@@ -10,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
-from agent.errors import NodeDown, NodeUnavailable, NotFound, OperationInProgress
+from agent.errors import HostError, NodeDown, NodeUnavailable, NotFound, OperationInProgress
 from agent.nodes.link import NodeLink
 from agent.nodes.manager import NodeManager
 from agent.release.records import ConfigChange, StepRecord
@@ -21,7 +28,7 @@ from agent.release.releases import Release
 from agent.release.steps import FAILED, Result
 from agent.release.upgrade import ReleaseEngine
 
-from .journal import Journal, OperationRecord, ReleaseRow
+from .journal import Journal, JournalError, JournalWriteError, OperationRecord, ReleaseRow
 
 log = logging.getLogger("relctl.agent.operations.runner")
 
@@ -32,6 +39,15 @@ class UnknownOperation(NotFound):
     def __init__(self, op_id: int) -> None:
         super().__init__(f"no operation {op_id} in this agent's journal (relctl operations "
                          "lists them)")
+
+
+class NotJournaled(HostError):
+    """An operation was not started because its start could not be journaled."""
+
+    def __init__(self, kind: str, node: str, cause: JournalWriteError) -> None:
+        todo = ("free space there and try again" if cause.full
+                else "fix that and try again")
+        super().__init__(f"{kind} on {node} not started, nothing was changed: {cause}; {todo}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,41 @@ class _Running:
     listeners: list[asyncio.Queue[Progress | None]]
 
 
+@dataclass
+class _Shadow:
+    """What the journal should say of one operation, kept while its writes fail."""
+
+    record: OperationRecord                            # its start, then its end
+    steps: list[StepRecord] = field(default_factory=list)
+    writes: list[Callable[[], object]] = field(default_factory=list)  # not yet done, in order
+    error: str = ""                                    # why the last write failed
+
+    def step(self, step: StepRecord) -> None:
+        """The journal's rule: a step updates the same-named step still running, else it is
+        appended."""
+        for i in range(len(self.steps) - 1, -1, -1):
+            if self.steps[i].name == step.name and self.steps[i].state == "running":
+                self.steps[i] = step
+                return
+        self.steps.append(step)
+
+    def view(self) -> OperationRecord:
+        """The record, with a note while the journal is behind."""
+        record = replace(self.record, steps=tuple(self.steps))
+        if not self.writes:
+            return record
+        note = (f"not in the agent's journal yet ({self.error}); the agent writes it there as "
+                f"soon as it can (until then relctl operation {record.id} shows it from the "
+                "agent's memory)")
+        return replace(record, error=f"{record.error}; {note}" if record.error else note)
+
+
+def _unfinished(steps: list[StepRecord], now: float, detail: str) -> list[StepRecord]:
+    """The journal's rule at an operation's end: a step left running did not succeed."""
+    return [replace(s, state="failed", detail=detail, duration=max(now - s.started_at, 0.0))
+            if s.state == "running" else s for s in steps]
+
+
 class Operations:
     def __init__(self, journal: Journal, nodes: NodeManager, *, rpc_timeout: float = 30.0,
                  on_finished: Callable[[OperationRecord], None] = lambda record: None) -> None:
@@ -64,6 +115,9 @@ class Operations:
         self._rpc_timeout = rpc_timeout
         self._running: dict[str, _Running] = {}
         self._background: set[asyncio.Task[object]] = set()
+        # Every operation of this agent's life, as the journal should show it (only kept
+        # while the journal is behind: see _write).
+        self._shadows: dict[int, _Shadow] = {}
 
     @property
     def journal(self) -> Journal:
@@ -81,12 +135,26 @@ class Operations:
         running = next((r for r in link.state.releases if r.running), None)
         from_version = running.version if running else ""
         # An operation without a target version (a config reload) acts on the running one.
-        op_id = self._journal.start(node, kind, from_version, to_version or from_version,
-                                    requested_by)
+        self.flush_journal()
+        started_at = time.time()
+        try:
+            op_id = self._journal.start(node, kind, from_version, to_version or from_version,
+                                        requested_by, now=started_at)
+        except JournalWriteError as exc:
+            log.error("%s on %s refused: %s", kind, node, exc)
+            raise NotJournaled(kind, node, exc) from None
+        self._shadows[op_id] = _Shadow(OperationRecord(
+            id=op_id, node=node, kind=kind, from_version=from_version,
+            to_version=to_version or from_version, requested_by=requested_by,
+            started_at=started_at, finished_at=None, outcome="running", error="", steps=(),
+            releases_after=()))
         listeners: list[asyncio.Queue[Progress | None]] = []
 
         def on_step(step: StepRecord) -> None:
-            self._journal.step(op_id, step)
+            # Never raises for the journal: a node half-way through an install must not be
+            # left there because the agent's disk is full.
+            self._shadows[op_id].step(step)
+            self._write(op_id, lambda: self._journal.step(op_id, step))
             for q in listeners:
                 q.put_nowait(Progress(op_id, step=step))
 
@@ -106,18 +174,21 @@ class Operations:
             outcome, error, releases = result.outcome, result.error, result.releases
             changes = result.config_changes
             if result.from_version:
-                self._journal.set_from_version(op_id, result.from_version)
+                version = result.from_version
+                shadow = self._shadows[op_id]
+                shadow.record = replace(shadow.record, from_version=version)
+                self._write(op_id, lambda: self._journal.set_from_version(op_id, version))
         except NodeUnavailable as exc:
             outcome, error, releases = FAILED, f"{exc}; check the node's releases", ()
         except asyncio.CancelledError:
-            record = self._journal.mark_interrupted(op_id, "interrupted: the agent stopped")
+            record = self._end(op_id, "interrupted", "interrupted: the agent stopped", (), (),
+                               interrupted=True)
             self._close(link.name, record)
             raise
         except Exception as exc:
             log.exception("operation %d failed inside the agent", op_id)
             outcome, error, releases = FAILED, f"internal error in relctl-agent: {exc!r}", ()
-        record = self._journal.finish(op_id, outcome, error=error, releases_after=_rows(releases),
-                                      config_changes=changes)
+        record = self._end(op_id, outcome, error, _rows(releases), changes)
         if any(c.old_value or c.new_value for c in changes):
             # Values (asked for with --show-values) go to this operation's listeners only.
             record = replace(record, config_changes=changes)
@@ -130,6 +201,73 @@ class Operations:
         self._background.add(refresh)  # a task nobody references may be collected mid-run
         refresh.add_done_callback(self._background.discard)
         return record
+
+    # --- the journal, and what stands in for it while it cannot be written -------------
+
+    def _write(self, op_id: int, write: Callable[[], object]) -> bool:
+        """Do one journal write of ``op_id``, after those still pending; False when it is
+        pending too (kept, in order, for :meth:`flush_journal`)."""
+        shadow = self._shadows[op_id]
+        shadow.writes.append(write)
+        self._flush(op_id, shadow)
+        return not shadow.writes
+
+    def _flush(self, op_id: int, shadow: _Shadow) -> None:
+        while shadow.writes:
+            try:
+                shadow.writes[0]()
+            except JournalWriteError as exc:
+                if not shadow.error:
+                    log.error("operation %d: %s; the operation goes on, and is written to the "
+                              "journal once that works again", op_id, exc)
+                shadow.error = str(exc)
+                return
+            except JournalError as exc:  # the journal's records forbid it: retrying cannot help
+                log.error("operation %d: a journal write was refused: %s", op_id, exc)
+            shadow.writes.pop(0)
+        if shadow.error:
+            log.info("operation %d: the journal has it again", op_id)
+            shadow.error = ""
+
+    def flush_journal(self) -> int:
+        """Retry the journal writes that failed (call every few seconds); how many remain."""
+        for op_id, shadow in list(self._shadows.items()):
+            self._flush(op_id, shadow)
+            if not shadow.writes and shadow.record.outcome != "running":
+                del self._shadows[op_id]
+        return sum(len(s.writes) for s in self._shadows.values())
+
+    def _end(self, op_id: int, outcome: str, error: str, releases: Sequence[ReleaseRow],
+             changes: tuple[ConfigChange, ...], *, interrupted: bool = False) -> OperationRecord:
+        """Journal the operation's end; the record, from memory when the journal is behind."""
+        now = time.time()
+        record: OperationRecord | None = None
+
+        def finish() -> None:
+            nonlocal record
+            if interrupted:
+                record = self._journal.mark_interrupted(op_id, error, releases, now=now)
+            else:
+                record = self._journal.finish(op_id, outcome, error=error,
+                                              releases_after=releases, config_changes=changes,
+                                              now=now)
+        written = self._write(op_id, finish)
+        shadow = self._shadows[op_id]
+        detail = "interrupted: agent stopped" if interrupted else "did not finish"
+        shadow.steps = _unfinished(shadow.steps, now, detail)
+        shadow.record = replace(shadow.record, outcome=outcome, error=error, finished_at=now,
+                                releases_after=tuple(releases), config_changes=changes)
+        if written and record is not None:
+            del self._shadows[op_id]
+            return record
+        return shadow.view()
+
+    def _record(self, op_id: int) -> OperationRecord | None:
+        """The operation as the journal says, or as it should say while it is behind."""
+        shadow = self._shadows.get(op_id)
+        if shadow is not None and shadow.writes:
+            return shadow.view()
+        return self._journal.get(op_id)
 
     def _close(self, node: str, record: OperationRecord) -> None:
         running = self._running.pop(node, None)
@@ -145,7 +283,7 @@ class Operations:
         queue: asyncio.Queue[Progress | None] = asyncio.Queue()
         if running is not None:
             running.listeners.append(queue)
-        record = self._journal.get(op_id)
+        record = self._record(op_id)
         if record is None:
             raise UnknownOperation(op_id)
         for step in record.steps:
@@ -168,13 +306,13 @@ class Operations:
         running = next((r for r in self._running.values() if r.op_id == op_id), None)
         if running is not None:
             return await asyncio.shield(running.task)
-        record = self._journal.get(op_id)
+        record = self._record(op_id)
         if record is None:
             raise UnknownOperation(op_id)
         return record
 
     def get(self, op_id: int) -> OperationRecord:
-        record = self._journal.get(op_id)
+        record = self._record(op_id)
         if record is None:
             raise UnknownOperation(op_id)
         return record
@@ -182,13 +320,13 @@ class Operations:
     def reconcile(self) -> list[OperationRecord]:
         """Mark operations left running by a dead agent as interrupted, with the node's real
         releases (call once the nodes had their first connection attempt)."""
-        fixed = []
+        fixed: list[OperationRecord] = []
         for record in self._journal.running():
             try:
                 state = self._nodes.get(record.node).state
             except NotFound:
                 note = "interrupted: the agent stopped while it ran; the node is no longer configured"
-                fixed.append(self._journal.mark_interrupted(record.id, note))
+                self._mark_interrupted(record, note, (), fixed)
                 continue
             running = next((r for r in state.releases if r.running), None)
             if state.up and running is not None:
@@ -197,10 +335,24 @@ class Operations:
             else:
                 note = (f"interrupted: the agent stopped while it ran; {record.node} is down "
                         f"({state.error}); check its releases when it is back")
-            fixed.append(self._journal.mark_interrupted(record.id, note,
-                                                        _rows(state.releases) if state.up else ()))
+            self._mark_interrupted(record, note, _rows(state.releases) if state.up else [],
+                                   fixed)
             log.warning("operation %d (%s on %s): %s", record.id, record.kind, record.node, note)
         return fixed
+
+    def _mark_interrupted(self, record: OperationRecord, note: str,
+                          releases: Sequence[ReleaseRow], fixed: list[OperationRecord]) -> None:
+        now = time.time()
+        self._shadows[record.id] = _Shadow(
+            replace(record, outcome="interrupted", error=note, finished_at=now,
+                    releases_after=tuple(releases)),
+            _unfinished(list(record.steps), now, "interrupted: agent stopped"))
+
+        def mark() -> None:
+            fixed.append(self._journal.mark_interrupted(record.id, note, releases, now=now))
+        self._write(record.id, mark)
+        if not self._shadows[record.id].writes:
+            del self._shadows[record.id]
 
     async def stop(self, grace: float) -> None:
         """Let running operations finish within ``grace`` s; interrupt the rest."""
@@ -214,3 +366,14 @@ class Operations:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    def close(self) -> None:
+        """Last try at the journal writes that failed; what is still not written is logged (the
+        next start marks those operations interrupted, with the node's releases)."""
+        if self.flush_journal():
+            for op_id, shadow in self._shadows.items():
+                if shadow.writes:
+                    log.error("operation %d: its end is not in the journal (%s); the next start "
+                              "records it as interrupted, with the node's releases", op_id,
+                              shadow.error)
+

@@ -4,30 +4,56 @@ uses them.
 An upload is written to a `.part` file, checked against its announced size and sha256, then
 validated as a release tarball (agent/tarball.py). Anything that fails is deleted: nothing
 half-received is ever offered to release_handler. Uploads do not survive an agent restart.
+
+Bounded: an upload (being received, or received and not yet used) that sees no activity for
+``idle_expiry`` seconds is removed by :meth:`UploadStore.expire` (run every so often by
+:meth:`UploadStore.sweep_forever`), and all uploads together may not announce more than
+``max_total`` bytes. The sweep also removes any file of the directory that no upload owns
+(what a writer cancelled mid-finish may leave), so nothing outlives its upload.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import NotFound, RequestError
+from agent.errors import HostError, NotFound, RequestError
 from agent.release.tarball import ReleaseTarball, TarballError, inspect_tarball
 
 log = logging.getLogger("relctl.agent.operations.uploads")
 
 DEFAULT_MAX_UPLOAD = 2 * 1024**3
+DEFAULT_MAX_TOTAL = 8 * 1024**3
+DEFAULT_IDLE_EXPIRY = 3600.0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class UploadRefused(RequestError):
     pass
+
+
+class UploadNotStored(HostError):
+    """The agent's disk refused an upload (its state_dir's file system is full, or worse);
+    what was received is deleted and nothing was changed."""
+
+    def __init__(self, directory: Path, exc: OSError) -> None:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = (f"no space left in {directory} (the file system of the agent's state_dir); "
+                   "free space there and send it again")
+        else:
+            why = f"writing in {directory} failed: {exc.strerror or exc}"
+        super().__init__(f"the agent cannot store the upload, nothing was changed: {why}")
 
 
 class UnknownUpload(NotFound):
@@ -55,21 +81,58 @@ class UploadWriter:
         self.size = size
         self._sha256 = sha256
         self._path = path
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by finish()/abort()
+        try:
+            self._file = open(path, "wb")  # noqa: SIM115 - closed by finish()/abort()
+        except OSError as exc:
+            raise UploadNotStored(path.parent, exc) from None
         self._digest = hashlib.sha256()
         self.received = 0
+        self.touched = store.now()
+        self.finishing = False  # finish() runs (in a thread): expiry leaves it alone
+        self.expired = False
+        self._ended = False
 
     def write(self, chunk: bytes) -> None:
+        if self._ended:
+            raise UploadRefused(
+                f"upload {self.id} expired after {self._store.idle_expiry:g} s without data "
+                "(agent.upload_idle_expiry)" if self.expired else f"upload {self.id} has ended")
+        self.touched = self._store.now()
         self.received += len(chunk)
         if self.received > self.size:
             self.abort()
             raise UploadRefused(f"upload is larger than the {self.size} bytes announced")
         self._digest.update(chunk)
-        self._file.write(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as exc:  # a full disk: say so, and keep nothing
+            self.abort()
+            raise UploadNotStored(self._path.parent, exc) from None
 
     def finish(self) -> Upload:
-        self._file.close()
+        """Check and validate what was received, and offer it to operations (blocking: the
+        event loop calls :meth:`UploadStore.finish` instead)."""
+        self.finishing = True
         try:
+            upload = self.check()
+        finally:
+            self._store.forget(self)
+        self._store.keep(upload)
+        return upload
+
+    def check(self) -> Upload:
+        """The checks of :meth:`finish`, touching nothing but this upload's files (so it may run
+        in a thread); on any failure the files are gone."""
+        self.finishing = True
+        if self._ended:
+            raise UploadRefused(f"upload {self.id} expired after {self._store.idle_expiry:g} s "
+                                "without data (agent.upload_idle_expiry)")
+        self._ended = True
+        try:
+            try:
+                self._file.close()  # writes what was buffered: the disk may be full now
+            except OSError as exc:
+                raise UploadNotStored(self._path.parent, exc) from None
             if self.received != self.size:
                 raise UploadRefused(f"upload ended after {self.received} of {self.size} bytes; "
                                     "send it again")
@@ -82,28 +145,38 @@ class UploadWriter:
             os.replace(self._path, final)
             try:
                 tarball = inspect_tarball(final, expected_version=self.version)
-            except TarballError:
+            except BaseException:
                 final.unlink(missing_ok=True)
                 raise
         except BaseException:
             self._path.unlink(missing_ok=True)
             raise
-        upload = Upload(self.id, self.node, tarball)
-        self._store.keep(upload)
-        log.info("upload %s for %s: %s %s, %d bytes, sha256 %s", self.id, self.node,
-                 tarball.release_name, tarball.version, tarball.size, tarball.sha256)
-        return upload
+        return Upload(self.id, self.node, tarball)
 
     def abort(self) -> None:
-        self._file.close()
+        """Drop what was received; nothing once finish() has started (it cleans up itself)."""
+        if self._ended or self.finishing:
+            return
+        self._ended = True
+        self._store.forget(self)
+        with contextlib.suppress(OSError):  # what was buffered cannot be written: no matter
+            self._file.close()
         self._path.unlink(missing_ok=True)
 
 
 class UploadStore:
-    def __init__(self, directory: Path, *, max_size: int = DEFAULT_MAX_UPLOAD) -> None:
+    def __init__(self, directory: Path, *, max_size: int = DEFAULT_MAX_UPLOAD,
+                 max_total: int = DEFAULT_MAX_TOTAL, idle_expiry: float = DEFAULT_IDLE_EXPIRY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._dir = directory
         self.max_size = max_size
+        self.max_total = max_total
+        self.idle_expiry = idle_expiry
+        self.now = clock
         self._uploads: dict[str, Upload] = {}
+        self._used: dict[str, float] = {}      # upload id -> when it was kept or last asked for
+        self._claimed: set[str] = set()        # in use by an operation: never expires
+        self._writers: dict[str, UploadWriter] = {}
         # Leftovers of a previous run are not trusted (their checks happened in another life).
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -119,21 +192,129 @@ class UploadStore:
         sha = sha256.lower()
         if not _SHA256.fullmatch(sha):
             raise UploadRefused("the upload header's sha256 is not 64 hex digits")
+        if self.total() + size > self.max_total:
+            self.expire()
+            if self.total() + size > self.max_total:
+                raise UploadRefused(
+                    f"upload of {size} bytes refused: the agent holds {self.total()} bytes of "
+                    f"uploads and its quota is {self.max_total} bytes (agent.uploads_max_bytes); "
+                    "unused uploads expire after agent.upload_idle_expiry "
+                    f"({self.idle_expiry:g} s)")
         upload_id = secrets.token_hex(8)
         path = self._dir / f"{upload_id}.tar.gz.part"
-        return UploadWriter(self, upload_id, node, version, size, sha, path)
+        writer = UploadWriter(self, upload_id, node, version, size, sha, path)
+        self._writers[upload_id] = writer
+        return writer
+
+    def total(self) -> int:
+        """Bytes held: uploads kept, plus the announced size of those being received."""
+        return (sum(u.tarball.size for u in self._uploads.values())
+                + sum(w.size for w in self._writers.values()))
+
+    def forget(self, writer: UploadWriter) -> None:
+        """``writer`` ended (finished or aborted): it no longer counts against the quota."""
+        if self._writers.get(writer.id) is writer:
+            del self._writers[writer.id]
 
     def keep(self, upload: Upload) -> None:
         """Offer a checked and validated upload to operations."""
         self._uploads[upload.id] = upload
+        self._used[upload.id] = self.now()
+        tarball = upload.tarball
+        log.info("upload %s for %s: %s %s, %d bytes, sha256 %s", upload.id, upload.node,
+                 tarball.release_name, tarball.version, tarball.size, tarball.sha256)
 
-    def get(self, upload_id: str, node: str) -> Upload:
+    def get(self, upload_id: str, node: str, *, claim: bool = False) -> Upload:
+        """The upload ``upload_id`` of ``node``; ``claim``: an operation will use it, so it does
+        not expire (the caller then discards it, whatever happens)."""
         upload = self._uploads.get(upload_id)
         if upload is None or upload.node != node:
             raise UnknownUpload(upload_id, node)
+        self._used[upload_id] = self.now()
+        if claim:
+            self._claimed.add(upload_id)
         return upload
 
     def discard(self, upload_id: str) -> None:
         upload = self._uploads.pop(upload_id, None)
+        self._used.pop(upload_id, None)
+        self._claimed.discard(upload_id)
         if upload is not None:
             upload.tarball.path.unlink(missing_ok=True)
+
+    def expire(self) -> int:
+        """Remove uploads idle for longer than ``idle_expiry`` and any file no upload owns;
+        the number of uploads removed."""
+        now = self.now()
+        removed = 0
+        for writer in list(self._writers.values()):
+            if not writer.finishing and now - writer.touched > self.idle_expiry:
+                log.warning("upload %s for %s: no data for %g s, removed "
+                            "(agent.upload_idle_expiry)", writer.id, writer.node,
+                            now - writer.touched)
+                writer.expired = True
+                writer.abort()
+                removed += 1
+        for upload_id, used in list(self._used.items()):
+            if upload_id not in self._claimed and now - used > self.idle_expiry:
+                log.info("upload %s: unused for %g s, removed (agent.upload_idle_expiry)",
+                         upload_id, now - used)
+                self.discard(upload_id)
+                removed += 1
+        self._sweep_orphans()
+        return removed
+
+    def _sweep_orphans(self) -> None:
+        owned = {w.id for w in self._writers.values() if not w.finishing}
+        busy = {w.id for w in self._writers.values() if w.finishing}
+        owned |= set(self._uploads)
+        try:
+            entries = list(self._dir.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            upload_id = entry.name.split(".", 1)[0]
+            if upload_id in owned or upload_id in busy:
+                continue
+            log.info("uploads: removing %s, which no upload owns", entry.name)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    async def sweep_forever(self, every: float | None = None) -> None:
+        """Call :meth:`expire` every ``every`` s (default: a tenth of the expiry, 1 to 60 s)."""
+        period = every if every is not None else min(60.0, max(1.0, self.idle_expiry / 10))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.expire()
+            except Exception:
+                log.exception("uploads: the expiry sweep failed")
+
+    async def finish(self, writer: UploadWriter) -> Upload:
+        """``writer.finish()`` with its checks off the event loop. If the caller is cancelled
+        meanwhile (the client went away), the thread still runs to its end and what it made is
+        removed: nothing is kept for a client that will never use it. (Unshielded, a cancel
+        that came before the executor started the thread cancelled the work itself, and the
+        ``.part`` stayed: a client killed mid-upload over the Unix socket ends its stream, then
+        its call is cancelled.)"""
+        writer.finishing = True
+        work = asyncio.ensure_future(asyncio.to_thread(writer.check))
+
+        def drop(done: asyncio.Future[Upload]) -> None:
+            self.forget(writer)
+            if not done.cancelled() and done.exception() is None:
+                done.result().tarball.path.unlink(missing_ok=True)
+            self._sweep_orphans()
+        try:
+            upload = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(drop)
+            raise
+        except BaseException:
+            self.forget(writer)
+            raise
+        self.forget(writer)
+        self.keep(upload)
+        return upload

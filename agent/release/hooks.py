@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.config import CONTINUE, PRE_INSTALL, Hook
-from agent.errors import NodeTimeout, NodeUnavailable
+from agent.errors import NodeTimeout, NodeUnavailable, ReplyTooLarge
 from bridge import Atom, BadRpc, format_term
 
 from .steps import Caller, Failure, Steps
@@ -58,6 +58,8 @@ async def _run(node: Caller, hook: Hook, outcome: str) -> str:
         problem = f"failed on the node: {format_term(exc.reason)}"
     except NodeUnavailable as exc:
         problem = f"could not run: {exc}"
+    except ReplyTooLarge as exc:
+        problem = f"returned a reply too large to read ({exc})"
     else:
         if res == _OK or (isinstance(res, tuple) and len(res) == 2 and res[0] == _OK):
             return f"{hook} returned {format_term(res)}"

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.errors import NodeUnavailable
+from agent.errors import NodeFault, NodeUnavailable
 from bridge import Atom, format_term
 
 from .records import ConfigChange, StepRecord
@@ -88,7 +88,7 @@ class Steps:
             self._sink(StepRecord(name, "failed", started, time.perf_counter() - clock,
                                   failure.message))
             raise
-        except NodeUnavailable as exc:
+        except (NodeUnavailable, NodeFault) as exc:  # their messages name the node and cause
             self._sink(StepRecord(name, "failed", started, time.perf_counter() - clock, str(exc)))
             raise
         except BaseException as exc:

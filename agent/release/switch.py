@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import POST_INSTALL, PRE_INSTALL
-from agent.errors import NodeDown, NodeTimeout, NodeUnavailable
+from agent.errors import NodeDown, NodeTimeout, NodeUnavailable, ReplyTooLarge
 from bridge import Atom, BadRpc
 
 from .base import EngineCore, OperationContext, Options
@@ -70,7 +70,7 @@ class Switch:
                 res = await self._core.call("release_handler", "install_release",
                                             [version, install_options(options, update_paths=True)],
                                             timeout=options.install_timeout)
-            except NodeUnavailable as exc:
+            except (NodeUnavailable, ReplyTooLarge) as exc:
                 # The install's effect is unknown: never undo anything now; wait for the node's
                 # own answer and report what it says.
                 st.detail = await self._after_unknown_install(version, options, ctx, exc)
@@ -98,17 +98,22 @@ class Switch:
             raise Failure(FAILED_UNCHANGED, f"install_release({version}) failed: {reason}")
 
     async def _after_unknown_install(self, version: str, options: Options,
-                                     ctx: OperationContext, exc: NodeUnavailable) -> str:
+                                     ctx: OperationContext,
+                                     exc: NodeUnavailable | ReplyTooLarge) -> str:
         """install_release did not answer (timeout) or the connection dropped: the install may
         still run, have finished, or have restarted the node. release_handler serializes its
         calls, so which_releases answers only once the install is over (or the node restarted):
         report the state it shows. Nothing is undone here; the step detail on success."""
-        timed_out = isinstance(exc, NodeTimeout)
-        what = (f"install_release({version}) did not answer within "
-                f"{options.install_timeout:g} s" if timed_out
-                else f"the connection was lost during install_release({version}) ({exc})")
+        connected = isinstance(exc, (NodeTimeout, ReplyTooLarge))
+        if isinstance(exc, ReplyTooLarge):
+            what = f"the answer of install_release({version}) could not be read ({exc})"
+        elif connected:
+            what = (f"install_release({version}) did not answer within "
+                    f"{options.install_timeout:g} s")
+        else:
+            what = f"the connection was lost during install_release({version}) ({exc})"
         restarted = False
-        if not timed_out:
+        if not connected:
             restarted = await self._core.node.wait_for_restart(
                 down_within=5.0, up_within=options.restart_timeout)
             if not restarted:

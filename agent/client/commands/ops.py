@@ -17,7 +17,7 @@ import click
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
-from ..common import OPERATION_TIMEOUT, Settings, ask_one, connect, one_agent, shared_options
+from ..common import OPERATION_TIMEOUT, Settings, connect, one_agent, run_operation, shared_options
 from ..output import outcome_of, print_operation, step_line
 from ..status import ExitCode, exit_code_for_outcome, worst_first_text
 from ..transfer import UpgradeSpec, follow, upgrade_on, upload
@@ -28,19 +28,19 @@ def _finished(settings: Settings, op: pb.Operation) -> ExitCode:
     return exit_code_for_outcome(outcome_of(op))
 
 
-def _streamed(settings: Settings,
+def _streamed(settings: Settings, what: str,
               call: Callable[[agent_pb2_grpc.AgentStub], Iterator[pb.ProgressEvent]]
               ) -> ExitCode:
     """Run an operation that streams its progress, on the one agent."""
     agent = one_agent(settings)
     with connect(settings, agent) as channel:
-        op = follow(settings, agent, call(agent_pb2_grpc.AgentStub(channel)))
+        op = follow(settings, agent, call(agent_pb2_grpc.AgentStub(channel)), what=what)
     return _finished(settings, op)
 
 
-def _unary(settings: Settings, method: str, request: Any) -> ExitCode:
+def _unary(settings: Settings, method: str, request: Any, what: str) -> ExitCode:
     """Run a single step, which answers with the finished operation."""
-    reply = ask_one(settings, method, request, OPERATION_TIMEOUT)
+    reply = run_operation(settings, method, request, what)
     if settings.output == "text":
         for step in reply.operation.steps:
             click.echo(step_line(step))
@@ -100,7 +100,7 @@ def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent
 @click.pass_obj
 def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: bool) -> ExitCode:
     """Go back to an old VERSION through the running release's relup (its down script)."""
-    return _streamed(settings, lambda stub: stub.Downgrade(pb.DowngradeRequest(
+    return _streamed(settings, "the downgrade", lambda stub: stub.Downgrade(pb.DowngradeRequest(
         node=settings.node, version=version, no_permanent=no_permanent), timeout=OPERATION_TIMEOUT))
 
 
@@ -113,7 +113,7 @@ def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: boo
 def reload_config(settings: Settings, dry_run: bool, show_values: bool) -> ExitCode:
     """Re-read the running release's sys.config and apply what changed, calling each
     application's config_change/3, as a release upgrade does."""
-    return _streamed(settings, lambda stub: stub.ReloadConfig(pb.ReloadConfigRequest(
+    return _streamed(settings, "the config reload", lambda stub: stub.ReloadConfig(pb.ReloadConfigRequest(
         node=settings.node, dry_run=dry_run, show_values=show_values), timeout=OPERATION_TIMEOUT))
 
 
@@ -130,7 +130,7 @@ def unpack(settings: Settings, version: str, tarball: Path) -> ExitCode:
         upload_id = upload(settings, agent_pb2_grpc.AgentStub(channel), agent, settings.node,
                            version, tarball)
     return _unary(settings, "Unpack", pb.UnpackRequest(node=settings.node, version=version,
-                                                       upload_id=upload_id))
+                                                       upload_id=upload_id), "the unpack")
 
 
 @click.command()
@@ -139,7 +139,8 @@ def unpack(settings: Settings, version: str, tarball: Path) -> ExitCode:
 @click.pass_obj
 def install(settings: Settings, version: str) -> ExitCode:
     """Install an unpacked VERSION (not made permanent)."""
-    return _unary(settings, "Install", pb.InstallRequest(node=settings.node, version=version))
+    return _unary(settings, "Install", pb.InstallRequest(node=settings.node, version=version),
+                  "the install")
 
 
 @click.command("make-permanent")
@@ -149,7 +150,8 @@ def install(settings: Settings, version: str) -> ExitCode:
 def make_permanent(settings: Settings, version: str) -> ExitCode:
     """Make the running VERSION the one the node boots."""
     return _unary(settings, "MakePermanent",
-                  pb.MakePermanentRequest(node=settings.node, version=version))
+                  pb.MakePermanentRequest(node=settings.node, version=version),
+                  "make-permanent")
 
 
 @click.command()
@@ -158,4 +160,5 @@ def make_permanent(settings: Settings, version: str) -> ExitCode:
 @click.pass_obj
 def remove(settings: Settings, version: str) -> ExitCode:
     """Remove an old or unpacked VERSION (never the running or permanent one)."""
-    return _unary(settings, "Remove", pb.RemoveRequest(node=settings.node, version=version))
+    return _unary(settings, "Remove", pb.RemoveRequest(node=settings.node, version=version),
+                  "the remove")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,24 @@ def test_an_sqlite_file_of_someone_else_is_refused(path: Path) -> None:
     conn.close()
     with pytest.raises(JournalError, match="not a relctl journal"):
         Journal.open(path)
+
+
+def test_the_journal_is_0640_under_umask_022_like_the_audit_trail(path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with Journal.open(path) as journal:
+            journal.start("n@h", "upgrade", "1", "2", "me")
+            files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+            assert all(f.exists() for f in files)
+            assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+                f.name: 0o640 for f in files}
+    finally:
+        os.umask(old)
+
+
+def test_a_journal_left_0644_by_an_older_agent_is_tightened(path: Path) -> None:
+    with Journal.open(path) as journal:
+        journal.start("n@h", "upgrade", "1", "2", "me")
+    path.chmod(0o644)
+    with Journal.open(path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640

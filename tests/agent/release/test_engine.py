@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from agent.config import CONTINUE, POST_INSTALL, PRE_INSTALL, Hook
-from agent.errors import NodeDown, NodeTimeout
+from agent.errors import NodeDown, NodeTimeout, ReplyTooLarge
 from agent.release.base import Options, Probe
 from agent.release.steps import (
     DRY_RUN,
@@ -684,6 +684,42 @@ async def test_an_install_that_outlasts_its_timeout_is_waited_for_and_finished(
     wait = rig.node.calls_to("release_handler:which_releases")[1]
     assert wait.timeout is not None
     assert 6.0 < wait.timeout <= FAST.install_timeout + FAST.restart_timeout
+    rig.done()
+
+
+async def test_an_install_whose_answer_is_too_large_is_read_back_from_the_node(
+        rig: Rig) -> None:
+    # The answer was over the decode budget: the install is over but its result unknown, so
+    # nothing is taken back; which_releases says where the node is.
+    made = unpacked_files(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+               fail("release_handler:install_release", ["0.0.2", install_opts(FAST)],
+                    ReplyTooLarge(NODE, "the reply to release_handler:install_release/2 is "
+                                        "too large")),
+               which_releases(*CURRENT), *verify_ok("0.0.2", *CURRENT), permanent(),
+               which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert "release_handler:set_removed" not in rig.node.mfas()
+    assert all(p.exists() for p in made)
+    assert "the answer of install_release(0.0.2) could not be read" in rig.log.detail("install")
+    assert rig.node.restart_waits == []  # still connected: no waiting for a restart
+    rig.done()
+
+
+async def test_a_hook_whose_reply_is_too_large_fails_as_a_hook(rig: Rig) -> None:
+    lenient = Hook("flush", PRE_INSTALL, "counter_hooks", "run", (b"flush",),
+                   on_failure=CONTINUE)
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
+               fail("counter_hooks:run", [b"flush"],
+                    ReplyTooLarge(NODE, "it decodes to more than 3000000 elements")),
+               install_ok(options=SLOW), verify_ok("0.0.2", *CURRENT), permanent(),
+               which_releases(*DONE))
+    result = await rig.engine.upgrade("0.0.2", None, Options(hooks=(lenient,)))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert "returned a reply too large to read" in rig.log.detail("pre_install:flush")
     rig.done()
 
 

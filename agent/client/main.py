@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import click
 
 from .commands.audit import audit
-from .commands.build import make_relup
+from .commands.build import make_appup, make_relup
 from .commands.journal import operation, operations
 from .commands.nodes import nodes, ping, versions
 from .commands.ops import downgrade, install, make_permanent, reload_config, remove, unpack, upgrade
@@ -74,7 +74,7 @@ COMMANDS: tuple[click.Command, ...] = (
     upgrade, downgrade, reload_config, unpack, install, make_permanent, remove,  # commands.ops
     operations, operation,                                                # commands.journal
     audit,                                                                # commands.audit
-    make_relup,                                                           # commands.build
+    make_relup, make_appup,                                               # commands.build
 )
 for command in COMMANDS:
     cli.add_command(command)

@@ -21,7 +21,9 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
+import tempfile
 import stat
 import subprocess
 import tarfile
@@ -31,6 +33,8 @@ from pathlib import Path
 
 from agent.relfile import RelSyntaxError, parse_rel
 
+from .appup import Appup, generate, read
+from .appup import check as check_appup
 from .status import CliError, ExitCode
 
 DOCS = "docs/preparing-releases.md"
@@ -76,12 +80,27 @@ class Tarball:
 
 
 @dataclass(frozen=True)
+class AppupReport:
+    """The appup of one application whose version changed: ``source`` is "generated", "given
+    and checked" or "given" (not checked: ``problems`` says why, or what it lacks)."""
+
+    app: str
+    old_vsn: str
+    new_vsn: str
+    source: str
+    path: Path | None  # the given appup
+    generated: Appup | None  # what the beams give (None when they could not be read)
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RelupResult:
     old: ReleaseDir
     new: ReleaseDir
     relup: Path
     warnings: tuple[str, ...]
     tarball: Tarball | None = None
+    appups: tuple[AppupReport, ...] = ()
 
 
 # --- finding the releases --------------------------------------------------------------
@@ -157,6 +176,101 @@ def find_release(root: Path, version: str | None = None, *, role: str = "new") -
     return dataclasses.replace(matching[0], root=root)
 
 
+# --- the appups ------------------------------------------------------------------------
+
+def _vsn_of_app_file(app_file: Path) -> str | None:
+    try:
+        text = app_file.read_text("utf-8", "replace")
+    except OSError:
+        return None
+    found = re.search(r'\{\s*vsn\s*,\s*"([^"]*)"\s*\}', text)
+    return found.group(1) if found else None
+
+
+def _app_ebin(app: str, vsn: str, extra_paths: Sequence[Path],
+              roots: Sequence[Path]) -> Path | None:
+    """Where systools takes APP.app of ``vsn`` from: the first --path holding it, else
+    lib/APP-VSN/ebin of the roots."""
+    for extra in extra_paths:
+        if _vsn_of_app_file(Path(extra) / f"{app}.app") == vsn:
+            return Path(os.path.abspath(extra))
+    for root in roots:
+        ebin = root / "lib" / f"{app}-{vsn}" / "ebin"
+        if (ebin / f"{app}.app").is_file():
+            return ebin
+    return None
+
+
+def _beam_dir(app: str, vsn: str, roots: Sequence[Path]) -> Path | None:
+    for root in roots:
+        ebin = root / "lib" / f"{app}-{vsn}" / "ebin"
+        if ebin.is_dir():
+            return ebin
+    return None
+
+
+def changed_applications(old: ReleaseDir, new: ReleaseDir) -> list[tuple[str, str, str]]:
+    """(app, old vsn, new vsn) of every application in both releases whose version changed."""
+    before = dict(old.applications)
+    return [(app, before[app], vsn) for app, vsn in new.applications
+            if before.get(app) not in (None, vsn)]
+
+
+def plan_appups(old: ReleaseDir, new: ReleaseDir, *, extra_paths: Sequence[Path] = (),
+                erl: str = "erl", apps: Sequence[str] = ()) -> list[AppupReport]:
+    """For every application whose version changed (or only ``apps``): its given appup checked
+    against the beam diff, or the one generated from it."""
+    changed = changed_applications(old, new)
+    if apps:
+        unknown = sorted(set(apps) - {app for app, _, _ in changed})
+        if unknown:
+            raise RelupError(f"{', '.join(unknown)}: no such application whose version changed "
+                             f"between {old.version} and {new.version} (changed: "
+                             f"{', '.join(a for a, _, _ in changed) or 'none'})", bad_input=True)
+        changed = [c for c in changed if c[0] in apps]
+    roots = [new.root, old.root]
+    ebins: dict[str, Path] = {}
+    given: dict[str, tuple[Path, str]] = {}
+    for i, (app, old_vsn, new_vsn) in enumerate(changed):
+        old_beams = _beam_dir(app, old_vsn, [old.root, new.root])
+        new_beams = _beam_dir(app, new_vsn, roots)
+        if old_beams is not None and new_beams is not None:
+            ebins[f"o{i}"], ebins[f"n{i}"] = old_beams, new_beams
+        app_ebin = _app_ebin(app, new_vsn, extra_paths, roots)
+        if app_ebin is not None and (app_ebin / f"{app}.appup").is_file():
+            given[f"g{i}"] = (app_ebin / f"{app}.appup", old_vsn)
+    reading = read(ebins, given, erl=erl)
+    reports = []
+    for i, (app, old_vsn, new_vsn) in enumerate(changed):
+        generated = None
+        if f"o{i}" in ebins:
+            generated = generate(app, old_vsn, new_vsn, reading.beams[f"o{i}"],
+                                 reading.beams[f"n{i}"])
+        appup = reading.appups.get(f"g{i}")
+        if appup is None:
+            if generated is None:
+                raise RelupError(f"{app} {old_vsn} -> {new_vsn}: no appup is given and its beams "
+                                 f"are missing (lib/{app}-{old_vsn}/ebin and lib/{app}-{new_vsn}"
+                                 "/ebin must be in the two release roots), so none can be "
+                                 f"generated; see {DOCS}", bad_input=True)
+            reports.append(AppupReport(app, old_vsn, new_vsn, "generated", None, generated))
+        elif generated is None:
+            reports.append(AppupReport(app, old_vsn, new_vsn, "given", appup.path, None,
+                                       (f"not checked: the beams of {app} {old_vsn} are not in "
+                                        "the release roots",)))
+        else:
+            problems = tuple(check_appup(app, old_vsn, new_vsn, appup, generated))
+            reports.append(AppupReport(app, old_vsn, new_vsn,
+                                       "given" if problems else "given and checked",
+                                       appup.path, generated, problems))
+    return reports
+
+
+def _incomplete(reports: Sequence[AppupReport]) -> list[str]:
+    return [f"{r.app} {r.old_vsn} -> {r.new_vsn}: the appup {r.path} is incomplete: "
+            + "; ".join(r.problems) for r in reports if r.problems and r.generated is not None]
+
+
 # --- running systools ------------------------------------------------------------------
 
 # Runs in a fresh erl; inputs come from the environment, so nothing needs quoting. On success
@@ -220,12 +334,16 @@ def _hint(text: str, old: ReleaseDir, new: ReleaseDir) -> str:
 
 def make_relup(old: ReleaseDir, new: ReleaseDir, *, erl: str = "erl",
                extra_paths: Sequence[Path] = (), restart_emulator: bool = False,
-               timeout: float = ERL_TIMEOUT) -> RelupResult:
+               timeout: float = ERL_TIMEOUT, generate_appups: bool = True,
+               allow_incomplete_appup: bool = False) -> RelupResult:
     """Write NEW_ROOT/releases/NEW_VSN/relup: up from ``old``, and down to it.
 
     systools takes each application's .app, and the .appup beside it, from the first
     directory of the path holding that version: ``extra_paths`` first, then the lib
-    directories of the new root and of the old one."""
+    directories of the new root and of the old one. With ``generate_appups``, every changed
+    application without an appup gets one generated from its beams (in a temporary directory
+    put first on the path; the release roots are not touched), and every given one is
+    checked: an incomplete one fails unless ``allow_incomplete_appup``."""
     if old.name != new.name:
         raise RelupError(f"the old release is {old.name} {old.version} ({old.rel_file}) and the "
                          f"new one {new.name} {new.version}: a relup goes between versions of "
@@ -248,6 +366,44 @@ def make_relup(old: ReleaseDir, new: ReleaseDir, *, erl: str = "erl",
         if "\n" in value:
             raise RelupError(f"{value!r}: a path with a newline cannot be passed to systools",
                              bad_input=True)
+    erl = _erl_path(erl)
+    reports: list[AppupReport] = []
+    warnings: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="relctl-appups-") as tmp:
+        if generate_appups:
+            reports = plan_appups(old, new, extra_paths=extra_paths, erl=erl)
+            incomplete = _incomplete(reports)
+            if incomplete and not allow_incomplete_appup:
+                raise RelupError(" | ".join(incomplete) + " (add the instructions, e.g. from "
+                                 "`relctl make-appup`, or pass --allow-incomplete-appup)")
+            warnings += incomplete
+            for report in reports:
+                if report.generated is None:
+                    warnings += [f"{report.app} {report.old_vsn} -> {report.new_vsn}: the "
+                                 f"appup {report.path} is used {problem}"
+                                 for problem in report.problems]
+                    continue
+                warnings += report.generated.warnings
+                if report.source != "generated":
+                    continue
+                app_ebin = _app_ebin(report.app, report.new_vsn, extra_paths,
+                                     [new.root, old.root])
+                if app_ebin is None:
+                    raise RelupError(f"{report.app} {report.new_vsn}: no {report.app}.app in "
+                                     f"lib/{report.app}-{report.new_vsn}/ebin of the new "
+                                     "release or a --path", bad_input=True)
+                ebin = Path(tmp) / report.app / "ebin"
+                ebin.mkdir(parents=True)
+                shutil.copyfile(app_ebin / f"{report.app}.app", ebin / f"{report.app}.app")
+                (ebin / f"{report.app}.appup").write_text(report.generated.text(), "utf-8")
+                paths.insert(0, str(ebin))
+        result = _run_make_relup(old, new, out_dir, paths, erl, restart_emulator, timeout)
+    return dataclasses.replace(result, warnings=(*warnings, *result.warnings),
+                               appups=tuple(reports))
+
+
+def _run_make_relup(old: ReleaseDir, new: ReleaseDir, out_dir: Path, paths: list[str],
+                    erl: str, restart_emulator: bool, timeout: float) -> RelupResult:
     env = {k: v for k, v in os.environ.items() if k not in _ERL_ENV_NOISE}
     env.update({"RELCTL_PATH": "\n".join(paths), "RELCTL_OUTDIR": str(out_dir),
                 "RELCTL_NEW_REL": str(new.rel_file), "RELCTL_OLD_REL": str(old.rel_file),
@@ -292,13 +448,25 @@ def _walk(top: Path, arcname: str) -> Iterator[tuple[Path, str]]:
             stack.extend((child, f"{name}/{child.name}") for child in children)
 
 
-def _add(tar: tarfile.TarFile, path: Path, name: str) -> bool:
-    """Add one file or directory, owned by root and with its mode and time; False if it is
-    neither (sockets, FIFOs and the like have no place in a release)."""
+def source_date_epoch() -> int:
+    """Every member's time: $SOURCE_DATE_EPOCH (reproducible-builds.org), else 0."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise RelupError(f"SOURCE_DATE_EPOCH={value!r} is no number of seconds since 1970; "
+                         "set it to e.g. $(git log -1 --format=%ct) or unset it",
+                         bad_input=True)
+    return int(value)
+
+
+def _add(tar: tarfile.TarFile, path: Path, name: str, mtime: int) -> bool:
+    """Add one file or directory, owned by root, with its mode and the time ``mtime``; False
+    if it is neither (sockets, FIFOs and the like have no place in a release)."""
     info = path.stat()
     member = tarfile.TarInfo(name)
     member.mode = stat.S_IMODE(info.st_mode)
-    member.mtime = int(info.st_mtime)
+    member.mtime = mtime
     if stat.S_ISDIR(info.st_mode):
         member.type = tarfile.DIRTYPE
         tar.addfile(member)
@@ -343,13 +511,14 @@ def write_tarball(new: ReleaseDir, dest: Path, *, include_erts: bool = False) ->
 
     release_handler extracts with keep_old_files, so only what the running node lacks is
     written; the start scripts, RELEASES and start_erl.data of the node are never part of it.
-    The same files give the same bytes: sorted members, owner root, no time in the gzip
-    header."""
+    The same contents give the same bytes: sorted members, owner root, every member's time
+    $SOURCE_DATE_EPOCH (else 0), no time in the gzip header."""
     dest = Path(os.path.abspath(dest))
     if dest.is_dir():
         raise RelupError(f"{dest} is a directory; give the tarball's file name, e.g. "
                          f"{new.name}-{new.version}.tar.gz", bad_input=True)
     sources = _tar_sources(new, include_erts)
+    mtime = source_date_epoch()
     tmp = dest.with_name(f".{dest.name}.relctl-tmp")
     count = 0
     try:
@@ -361,12 +530,12 @@ def write_tarball(new: ReleaseDir, dest: Path, *, include_erts: bool = False) ->
             # First, as systools:make_tar puts it: what unpack_release/1 reads before the rest.
             rel = tarfile.TarInfo(f"releases/{new.name}-{new.version}.rel")
             data = new.rel_file.read_bytes()
-            rel.size, rel.mode, rel.mtime = len(data), 0o644, int(new.rel_file.stat().st_mtime)
+            rel.size, rel.mode, rel.mtime = len(data), 0o644, mtime
             tar.addfile(rel, io.BytesIO(data))
             count += 1
             for top, arcname in sources:
                 for path, name in _walk(top, arcname):
-                    count += _add(tar, path, name)
+                    count += _add(tar, path, name, mtime)
         os.replace(tmp, dest)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -389,7 +558,8 @@ def write_tarball(new: ReleaseDir, dest: Path, *, include_erts: bool = False) ->
 def build(old_root: Path, new_root: Path, *, old_version: str | None = None,
           new_version: str | None = None, tarball: Path | None = None,
           include_erts: bool | None = None, extra_paths: Sequence[Path] = (),
-          restart_emulator: bool = False, erl: str = "erl") -> RelupResult:
+          restart_emulator: bool = False, erl: str = "erl",
+          allow_incomplete_appup: bool = False) -> RelupResult:
     """Find both releases, write the relup into the new one and, with ``tarball``, pack it.
 
     ``include_erts=None`` puts the new ERTS into the tarball only when it differs from the old
@@ -401,7 +571,8 @@ def build(old_root: Path, new_root: Path, *, old_version: str | None = None,
                          "with --old-version", bad_input=True)
     old = find_release(old_root, old_version, role="old")
     result = make_relup(old, new, erl=erl, extra_paths=extra_paths,
-                        restart_emulator=restart_emulator)
+                        restart_emulator=restart_emulator,
+                        allow_incomplete_appup=allow_incomplete_appup)
     if tarball is None:
         return result
     erts_changed = old.erts_version != new.erts_version
@@ -412,4 +583,20 @@ def build(old_root: Path, new_root: Path, *, old_version: str | None = None,
         warnings = (*warnings, f"ERTS changes from {old.erts_version} to {new.erts_version} "
                                f"but erts-{new.erts_version} is not in the tarball: the node "
                                "must have it already")
-    return RelupResult(old, new, result.relup, tuple(warnings), packed)
+    return dataclasses.replace(result, warnings=tuple(warnings), tarball=packed)
+
+
+def appups_for(old_root: Path, new_root: Path, *, old_version: str | None = None,
+               new_version: str | None = None, extra_paths: Sequence[Path] = (),
+               erl: str = "erl", apps: Sequence[str] = ()) -> list[AppupReport]:
+    """`relctl make-appup`: the appup of each changed application, generated and checked."""
+    new = find_release(new_root, new_version, role="new")
+    if Path(os.path.abspath(old_root)) == new.root and old_version is None:
+        raise RelupError(f"both releases are in {new.root}; give the version to upgrade from "
+                         "with --old-version", bad_input=True)
+    old = find_release(old_root, old_version, role="old")
+    if old.name != new.name or old.version == new.version:
+        raise RelupError(f"the old release is {old.name} {old.version} and the new one "
+                         f"{new.name} {new.version}: give two versions of one release",
+                         bad_input=True)
+    return plan_appups(old, new, extra_paths=extra_paths, erl=erl, apps=apps)

@@ -1,4 +1,5 @@
-"""`relctl` commands that run in the user's build rather than against an agent: `make-relup`.
+"""`relctl` commands that run in the user's build rather than against an agent: `make-relup` and
+`make-appup`.
 The work is done by :mod:`agent.client.relup`, imported only when the command runs so that
 every other command starts without it.
 """
@@ -37,11 +38,15 @@ from ..status import ExitCode
               help="Make the relup restart the emulator (systools' restart_emulator).")
 @click.option("--erl", default="erl", metavar="PATH", show_default=True,
               help="The erl whose systools makes the relup: the OTP the release was built with.")
+@click.option("--allow-incomplete-appup", is_flag=True, default=False,
+              help="Warn, instead of failing, when a given appup lacks instructions for "
+                   "modules the beams show changed, added or deleted.")
 @local_options
 @click.pass_obj
 def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path | None,
                old_version: str | None, new_version: str | None, include_erts: bool | None,
-               extra_paths: tuple[Path, ...], restart_emulator: bool, erl: str) -> ExitCode:
+               extra_paths: tuple[Path, ...], restart_emulator: bool, erl: str,
+               allow_incomplete_appup: bool) -> ExitCode:
     """Write the relup of NEW_ROOT (up from OLD_ROOT's version and down to it), and a tarball.
 
     \b
@@ -50,29 +55,36 @@ def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path
       rebar3 release:    _build/prod/rel/NAME
       systools:          a directory the release tarball was unpacked into
     They may be the same directory holding both versions (then give --old-version).
-    Every application whose version changed needs its .appup in lib/APP-VSN/ebin of the new
-    release (or in a --path DIR). Runs the local erl; needs no agent. See
-    docs/preparing-releases.md.
+    Every application whose version changed and ships no .appup (in lib/APP-VSN/ebin of the
+    new release or a --path DIR) gets one generated from the beams; a given one is checked
+    against them. The tarball is reproducible (member times: $SOURCE_DATE_EPOCH, else 0).
+    Runs the local erl; needs no agent. See docs/preparing-releases.md.
     """
     from ..relup import build  # only here: the other commands need none of it
 
     # A RelupError is a CliError with its exit code: main() reports it.
     made = build(old_root, new_root, old_version=old_version, new_version=new_version,
                  tarball=tarball, include_erts=include_erts, extra_paths=extra_paths,
-                 restart_emulator=restart_emulator, erl=erl)
+                 restart_emulator=restart_emulator, erl=erl,
+                 allow_incomplete_appup=allow_incomplete_appup)
 
     data: dict[str, Any] = {
         "release": made.new.name, "from_version": made.old.version,
         "to_version": made.new.version, "relup": str(made.relup),
-        "warnings": list(made.warnings), "tarball": None}
+        "warnings": list(made.warnings), "tarball": None,
+        "appups": [{"application": r.app, "from_version": r.old_vsn, "to_version": r.new_vsn,
+                    "source": r.source, "path": None if r.path is None else str(r.path),
+                    "problems": list(r.problems)} for r in made.appups]}
     if made.tarball is not None:
         data["tarball"] = {"path": str(made.tarball.path), "size": made.tarball.size,
                            "sha256": made.tarball.sha256, "members": made.tarball.members,
                            "erts_included": made.tarball.erts_included}
 
     def text() -> str:
-        lines = [f"relup: {made.relup} ({made.new.name} {made.old.version} -> "
-                 f"{made.new.version}, and back)"]
+        lines = [f"appup: {r.app} {r.old_vsn} -> {r.new_vsn}: {r.source}"
+                 + (f" ({r.path})" if r.path is not None else "") for r in made.appups]
+        lines.append(f"relup: {made.relup} ({made.new.name} {made.old.version} -> "
+                     f"{made.new.version}, and back)")
         if made.tarball is not None:
             lines.append(f"tarball: {made.tarball.path} ({made.tarball.size} bytes, sha256 "
                          f"{made.tarball.sha256})")
@@ -82,5 +94,74 @@ def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path
 
     for warning in made.warnings:
         click.echo(f"relctl: warning: {warning}", err=True)
+    emit(settings, data, text)
+    return ExitCode.OK
+
+
+@click.command("make-appup")
+@click.argument("old_root", type=click.Path(path_type=Path))
+@click.argument("new_root", type=click.Path(path_type=Path))
+@click.option("--app", "apps", multiple=True, metavar="APP",
+              help="Only this application (repeatable); default: every one whose version "
+                   "changed.")
+@click.option("--write", "write_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None, metavar="DIR", help="Write DIR/APP.appup instead of printing.")
+@click.option("--old-version", metavar="VSN", default=None,
+              help="Version to upgrade from (default: the one OLD_ROOT boots).")
+@click.option("--new-version", metavar="VSN", default=None,
+              help="Version to upgrade to (default: the one NEW_ROOT boots).")
+@click.option("--path", "extra_paths", multiple=True, metavar="DIR",
+              type=click.Path(path_type=Path),
+              help="Look for given .appup files in DIR first (repeatable), as make-relup does.")
+@click.option("--erl", default="erl", metavar="PATH", show_default=True,
+              help="The erl that reads the beams.")
+@local_options
+@click.pass_obj
+def make_appup(settings: Settings, old_root: Path, new_root: Path, apps: tuple[str, ...],
+               write_dir: Path | None, old_version: str | None, new_version: str | None,
+               extra_paths: tuple[Path, ...], erl: str) -> ExitCode:
+    """Print (or --write) the appups generated from the beams of OLD_ROOT and NEW_ROOT.
+
+    One per application whose version changed, to read, edit and commit; a given appup is
+    also checked, and what it lacks is said. Runs the local erl; needs no agent.
+    """
+    from ..relup import appups_for  # only here
+
+    reports = appups_for(old_root, new_root, old_version=old_version,
+                         new_version=new_version, extra_paths=extra_paths, erl=erl, apps=apps)
+    written: dict[str, str] = {}
+    if write_dir is not None:
+        write_dir.mkdir(parents=True, exist_ok=True)
+        for r in reports:
+            if r.generated is not None:
+                target = write_dir / f"{r.app}.appup"
+                target.write_text(r.generated.text(), "utf-8")
+                written[r.app] = str(target)
+    data: dict[str, Any] = {"appups": [
+        {"application": r.app, "from_version": r.old_vsn, "to_version": r.new_vsn,
+         "given": None if r.path is None else str(r.path), "given_status": r.source,
+         "problems": list(r.problems), "written": written.get(r.app),
+         "appup": None if r.generated is None else r.generated.text(),
+         "warnings": [] if r.generated is None else list(r.generated.warnings)}
+        for r in reports]}
+
+    def text() -> str:
+        out = []
+        for r in reports:
+            head = f"%% {r.app} {r.old_vsn} -> {r.new_vsn}"
+            if r.path is not None:
+                head += f": given {r.path}, " + ("complete" if not r.problems
+                                                 else "; ".join(r.problems))
+            if r.app in written:
+                out.append(f"{head}\n%% written to {written[r.app]}")
+            elif r.generated is not None:
+                out.append(f"{head}\n{r.generated.text()}")
+            else:
+                out.append(head)
+        return "\n".join(out) or "no application changed its version"
+
+    for r in reports:
+        for warning in (() if r.generated is None else r.generated.warnings):
+            click.echo(f"relctl: warning: {warning}", err=True)
     emit(settings, data, text)
     return ExitCode.OK

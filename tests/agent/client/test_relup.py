@@ -188,33 +188,106 @@ def test_systools_release_gets_its_relup_and_a_tarball_release_handler_takes(
 
 
 @pytest.mark.otp
-def test_a_missing_appup_is_reported_in_systools_words_with_what_to_do(
-        systools_roots: tuple[Path, Path]) -> None:
+def test_a_missing_appup_is_generated_like_the_hand_written_one_and_reported(
+        systools_roots: tuple[Path, Path], release_build: ReleaseBuild, tmp_path: Path) -> None:
     old, new = systools_roots
-    appup = new / "lib" / "counter-0.0.2" / "ebin" / "counter.appup"
-    with pytest.raises(RelupError) as err:
-        build(old, new)
-    message = str(err.value)
-    assert message.startswith(f"systools:make_relup counter 0.0.1 -> 0.0.2 failed: Could not "
-                              f"open file {appup} (hint: every application whose version "
-                              "changed needs APP.appup")
-    assert "(changed: counter 0.0.1 -> 0.0.2): put it into the new release's " \
-           "lib/APP-VSN/ebin, or pass --path with the build's ebin holding it" in message
-    assert "\n" not in message and not err.value.bad_input
-    assert not (new / "releases" / "0.0.2" / "relup").exists()
+    assert not (new / "lib" / "counter-0.0.2" / "ebin" / "counter.appup").exists()
+    made = build(old, new)
+    [report] = made.appups
+    assert (report.app, report.source, report.path) == ("counter", "generated", None)
+    assert report.generated is not None
+    terms = {i.term() for i in report.generated.up}
+    # examples/counter/0.0.2/ebin/counter.appup, written by hand, says the same.
+    assert terms == {"{load_module, counter_app}", "{update, counter, {advanced, []}}"}
+    assert {i.term() for i in report.generated.down} == terms
+    relup = (new / "releases" / "0.0.2" / "relup").read_text()
+    assert relup.count("{code_change,up,[{counter,[]}]}") == 1
+    assert relup.count("{code_change,down,[{counter,[]}]}") == 1
+    assert not list(new.rglob("*.appup"))  # the release root is left as it was
 
 
 @pytest.mark.otp
-def test_an_appup_without_the_old_version_is_reported_with_what_to_do(
+def test_the_hand_written_appup_is_given_and_checked(
+        systools_roots: tuple[Path, Path], release_build: ReleaseBuild) -> None:
+    old, new = systools_roots
+    made = build(old, new, extra_paths=[build_ebin(release_build)])
+    assert [(r.app, r.source, r.problems) for r in made.appups] == [
+        ("counter", "given and checked", ())]
+
+
+@pytest.mark.otp
+def test_an_appup_without_the_old_version_fails_naming_it_or_warns_when_allowed(
         systools_roots: tuple[Path, Path]) -> None:
     old, new = systools_roots
     appup = new / "lib" / "counter-0.0.2" / "ebin" / "counter.appup"
     appup.write_text('{"0.0.2", [{"0.0.0", []}], [{"0.0.0", []}]}.\n')
-    # systools' words, which name the versions the other way round.
+    with pytest.raises(RelupError) as err:
+        build(old, new)
+    assert str(err.value) == (
+        f"counter 0.0.1 -> 0.0.2: the appup {appup} is incomplete: no up entry from 0.0.1 (it "
+        'has "0.0.0"): {"0.0.1", [...]} is needed; no down entry to 0.0.1 (it has "0.0.0"): '
+        '{"0.0.1", [...]} is needed (add the instructions, e.g. from `relctl make-appup`, or '
+        "pass --allow-incomplete-appup)")
+    assert "\n" not in str(err.value)
+    # Allowed, it is systools' turn, which cannot use it either (its words, with the hint).
     with pytest.raises(RelupError, match=r"failed: No release upgrade script entry for "
                                          r"counter-0.0.2 to counter-0.0.1 in file .*counter.appup "
                                          r"\(hint: the .appup has no entry for going from 0.0.1"):
+        build(old, new, allow_incomplete_appup=True)
+
+
+@pytest.mark.otp
+def test_an_appup_missing_a_changed_gen_server_fails_or_warns_when_allowed(
+        systools_roots: tuple[Path, Path]) -> None:
+    old, new = systools_roots
+    appup = new / "lib" / "counter-0.0.2" / "ebin" / "counter.appup"
+    appup.write_text('{"0.0.2", [{"0.0.1", [{load_module, counter_app}]}],\n'
+                     ' [{"0.0.1", [{load_module, counter_app}]}]}.\n')
+    with pytest.raises(RelupError, match=r"incomplete: counter needs \{update, counter, "
+                                         r"\{advanced, \[\]\}\} \(up\); counter needs .* \(down\)"):
         build(old, new)
+    made = build(old, new, allow_incomplete_appup=True)
+    assert made.appups[0].source == "given"
+    assert any("counter needs {update, counter, {advanced, []}} (up)" in w
+               for w in made.warnings)
+
+
+@pytest.mark.otp
+def test_make_relup_twice_gives_the_same_tarball_bytes(
+        systools_roots: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = systools_roots
+    first = build(old, new, tarball=tmp_path / "a.tar.gz")
+    (new / "releases" / "0.0.2" / "relup").unlink()
+    second = build(old, new, tarball=tmp_path / "b.tar.gz")
+    assert first.tarball is not None and second.tarball is not None
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    with tarfile.open(first.tarball.path) as tar:
+        assert {m.mtime for m in tar.getmembers()} == {0}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    third = build(old, new, tarball=tmp_path / "c.tar.gz")
+    assert third.tarball is not None
+    with tarfile.open(third.tarball.path) as tar:
+        assert {m.mtime for m in tar.getmembers()} == {1700000000}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(RelupError, match="SOURCE_DATE_EPOCH='yesterday' is no number"):
+        build(old, new, tarball=tmp_path / "d.tar.gz")
+
+
+@pytest.mark.otp
+def test_make_appup_prints_or_writes_the_generated_appup(
+        systools_roots: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    old, new = systools_roots
+    assert main(["make-appup", str(old), str(new)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert out.startswith("%% counter 0.0.1 -> 0.0.2\n%% counter.appup, generated by relctl")
+    assert '{"0.0.2",\n [{"0.0.1",\n   [{update, counter, {advanced, []}},' in out
+    assert main(["make-appup", str(old), str(new), "--write", str(tmp_path / "w")]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "w" / "counter.appup").read_text() in out
+    assert main(["make-appup", str(old), str(new), "--app", "nope"]) == ExitCode.USAGE
+    assert "nope: no such application whose version changed" in capsys.readouterr().err
 
 
 def test_the_client_loads_relup_only_when_make_relup_runs() -> None:

@@ -7,7 +7,9 @@ by pid, even when the test fails, and prints the node logs of failed tests.
 
 Every run works in its own pytest temp dirs and on free ports, so runs can
 repeat and overlap. Tests needing OTP carry ``pytest.mark.otp``; they are
-skipped with a reason when erl/erlc/epmd are not on PATH.
+skipped with a reason when erl/erlc/epmd are not on PATH, or when the OTP 27
+root a ``RELCTL_TEST_OTP=27`` run asks for is missing (see
+:mod:`tests.tools.otp_select`); under CI (``CI`` set) the run fails instead.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def otp_missing_reason() -> str | None:
     missing = [tool for tool in OTP_TOOLS if shutil.which(tool) is None]
     if not missing:
         return otp_select.missing_reason()
-    return f"needs Erlang/OTP: {', '.join(missing)} not found on PATH"
+    return f"needs Erlang/OTP: {', '.join(missing)} not found on PATH (run .ci/setup)"
 
 
 def _require_otp() -> None:
@@ -45,8 +47,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason is None:
         return
     if os.environ.get("CI"):
-        # CI installs OTP itself (.ci/setup); a skip there would hide that the real tests never ran.
-        raise pytest.UsageError(f"{reason}; CI must run the tests against real OTP (run .ci/setup)")
+        # CI installs OTP itself (.ci/setup, .ci/otp27-root); a skip there would hide that the
+        # real tests never ran, so the run fails with the reason.
+        raise pytest.UsageError(f"{reason}; CI must run the tests against real OTP")
     for item in items:
         if item.get_closest_marker("otp") is not None:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -319,13 +319,13 @@ class EpmdProc(ManagedProcess):
 
 def _start_epmd_once(port: int, log_path: Path, timeout: float) -> EpmdProc | None:
     """Start epmd on ``port``; None if the port turned out to be taken."""
-    epmd = shutil.which("epmd")
-    if epmd is None:
+    epmd = otp_select.epmd()  # the host's, or OTP 27's in its root
+    if not epmd:
         raise OtpProcessError("epmd not found on PATH")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             # No -daemon: epmd stays our child, so its pid is the one to stop.
-            [epmd, "-port", str(port), "-address", LOOPBACK],
+            [*epmd, "-port", str(port), "-address", LOOPBACK],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

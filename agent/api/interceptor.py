@@ -8,6 +8,7 @@ journal names the same caller as the audit trail.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -68,6 +69,9 @@ class AuditedCall:
         self.detail = ""
         self.operation_id = 0
         self.recorded = False  # its record is written (a refused request): not again at the end
+        # The last answer (a finished operation) is handed over: a stream that grpc closes
+        # after it (the client read it and left) ended as it should.
+        self.answered = False
 
     def request(self, message: Message) -> str | None:
         """Take the request's fields for the audit record; what is wrong with them, if anything
@@ -97,6 +101,8 @@ class AuditedCall:
         elif isinstance(message, pb.UploadResponse):
             self.detail = (f"upload {message.upload_id}: {message.release_name} "
                            f"{message.version}, {message.size} bytes")
+        if op is not None:
+            self.answered = True
         if op is not None and op.id:
             self.operation_id = op.id
             self.node = op.node or self.node
@@ -165,7 +171,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     def finish(self, call: AuditedCall, context: _Ctx, failed: BaseException | None) -> None:
         if not call.audited or call.recorded:
             return
-        if failed is None:
+        left_after_answer = call.answered and isinstance(failed, (GeneratorExit,
+                                                                  asyncio.CancelledError))
+        if failed is None or left_after_answer:
             result, detail = "ok", call.detail
         else:
             code = context.code()

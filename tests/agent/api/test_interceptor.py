@@ -1,15 +1,22 @@
 """The interceptor's bracket around a handler: the audit record is written however the
-handler ends, even when grpc finalises a streaming handler from another task."""
+handler ends, even when grpc finalises a streaming handler from another task, and a stream
+whose client left after reading its finished operation is recorded as what it was."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from agent.api.auth import Identity
-from agent.api.interceptor import CALLER, AuditedCall, serving
+import grpc
+
+from agent.api.audit import AuditLog
+from agent.api.auth import Authenticator, Identity
+from agent.api.interceptor import CALLER, AccessInterceptor, AuditedCall, serving
+from relctl.v1 import agent_pb2 as pb
+from relctl.v1 import agent_pb2_grpc
 
 
 class _Finishes:
@@ -48,3 +55,44 @@ async def test_the_caller_is_cleared_after_a_plain_call() -> None:
     with serving(access, call, None):  # type: ignore[arg-type]
         assert CALLER.get() is call.identity
     assert CALLER.get() is None and access.finished == [("Upload", None)]
+
+
+class _Streams(agent_pb2_grpc.AgentServicer):
+    """Upgrade answers at once with a finished operation, then has a moment of bookkeeping
+    left: the window in which a client that read ``finished`` and left closes the stream."""
+
+    def __init__(self) -> None:
+        self.next_id = 0
+
+    async def Upgrade(self, request: pb.UpgradeRequest,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProgressEvent]:
+        self.next_id += 1
+        op = pb.Operation(id=self.next_id, node=request.node, outcome=pb.OUTCOME_SUCCEEDED)
+        yield pb.ProgressEvent(operation_id=op.id, finished=op)
+        await asyncio.sleep(0.05)
+
+
+async def test_streams_whose_clients_leave_after_finished_are_each_recorded_ok(
+        tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    server = grpc.aio.server(interceptors=[
+        AccessInterceptor(Authenticator([], insecure_no_auth=True), audit)])
+    agent_pb2_grpc.add_AgentServicer_to_server(_Streams(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = agent_pb2_grpc.AgentStub(channel)
+            for _ in range(20):
+                call = stub.Upgrade(pb.UpgradeRequest(node="a@h", version="0.0.2"))
+                async for event in call:
+                    if event.HasField("finished"):
+                        call.cancel()  # the client has what it needs and leaves
+                        break
+        await asyncio.sleep(0.2)  # the server side sees the last ones leave
+    finally:
+        await server.stop(1)
+    records = audit.tail(100)
+    audit.close()
+    assert sorted((r.operation_id, r.result, r.detail) for r in records) == [
+        (i, "ok", f"operation {i}: succeeded") for i in range(1, 21)]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import otp_select
+from tests.tools import failures, otp_select
 from tests.tools.otp_procs import EpmdProc, NodeProc, pid_exists, start_epmd, start_node
 from tests.tools.release_fixture import ReleaseBuild, build_release, make_target_copy
 
@@ -56,6 +56,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    failures.install()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_unnoticed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test after which asyncio reported an unhandled exception in this process, or an
+    agent it started logged a traceback. Set up first, so torn down last: after the fixtures
+    that stop agents and close loops."""
+    # Each teardown collects its own test's garbage, so what is here came from session
+    # fixtures between tests: reported too, marked so.
+    before = [f"(before this test) {e}" for e in failures.take_loop_errors()]
+    yield
+    loop_errors = before + failures.take_loop_errors()
+    tracebacks = failures.take_agent_tracebacks()
+    if request.node.get_closest_marker("agent_traceback_expected") is not None:
+        tracebacks = []
+    problems = [f"unhandled asyncio exception: {e}" for e in loop_errors] + [
+        f"traceback in the log of an agent: {t}" for t in tracebacks]
+    assert not problems, "\n\n".join(problems)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

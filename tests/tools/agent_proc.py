@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.tools import failures
 from tests.tools.otp_procs import ManagedProcess, track, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,6 +169,7 @@ def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = Tr
             env={**{k: v for k, v in os.environ.items() if k not in _SERVICE_MANAGER_ENV},
                  **(env or {})})
     agent = AgentProc(proc, config, grpc_port, metrics_port, log_path)
+    failures.agent_started(log_path, offset)
     listen = (extra_agent or {}).get("listen", [])
     listen = [listen] if isinstance(listen, str) else list(listen)
     # An explicit listen list: address is its first TCP entry, socket its first unix: one.

@@ -1,4 +1,5 @@
-"""The .rel file, read without Erlang: a small parser for the one term it holds.
+"""The .rel file, read without Erlang: a small parser for the one term it holds; and the
+version keys of a relup (relup_versions), its instructions skipped unread.
 
 Used where no node is at hand: the agent checks an uploaded tarball before anything of it
 reaches a node, and `relctl make-relup` finds the releases in a build. Standard library and
@@ -156,3 +157,138 @@ def _application(entry: _Term, index: int) -> tuple[str, str]:
         return entry[0].name, entry[1]
     raise RelSyntaxError(f'application {index} is not {{App, "Vsn"}}, {{App, "Vsn", Type}}, '
                           f'{{App, "Vsn", IncApps}} or {{App, "Vsn", Type, IncApps}}')
+
+
+# --- relup files: only the version keys ---------------------------------------------------
+
+@dataclass(frozen=True)
+class RelupVersions:
+    """The keys of a relup ``{Vsn, [{UpFrom, Descr, Instrs}], [{DownTo, Descr, Instrs}]}``."""
+
+    version: str
+    up_from: tuple[str, ...]
+    down_to: tuple[str, ...]
+
+
+# Every token the text of an Erlang term can hold, coarsely: enough to skip the instructions
+# without understanding them. Char literals first, so that $" $} $% are never a string, a
+# closing brace or a comment; anything else is one character of "other" (numbers, #, =>, |).
+_RELUP_TOKEN = re.compile(r"""
+    (?P<space> \s+ | %[^\n]* )
+  | (?P<char> \$ (?: \\ (?: x\{[0-9A-Fa-f]*\} | x[0-9A-Fa-f]{0,2} | [0-7]{1,3} | \^. | . ) | . ) )
+  | (?P<string> "(?:[^"\\]|\\.)*" )
+  | (?P<qatom> '(?:[^'\\]|\\.)*' )
+  | (?P<open> << | [{\[] )
+  | (?P<close> >> | [}\]] )
+  | (?P<punct> [,.] )
+  | (?P<word> [A-Za-z0-9_@]+ )
+  | (?P<other> . )
+""", re.VERBOSE | re.DOTALL)
+
+
+class _RelupReader:
+    """Walks a relup's tokens one at a time (a relup may be megabytes: no token list is
+    kept), reading the version strings and skipping each instruction list by bracket depth,
+    so nesting costs no recursion."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._pos = 0
+        self._ahead: tuple[str, str, int] | None = None
+
+    def _next(self) -> tuple[str, str, int] | None:
+        if self._ahead is not None:
+            token, self._ahead = self._ahead, None
+            return token
+        while self._pos < len(self._text):
+            match = _RELUP_TOKEN.match(self._text, self._pos)
+            assert match is not None  # "other" matches any character
+            self._pos = match.end()
+            kind = match.lastgroup or ""
+            if kind != "space":
+                return kind, match.group(), match.start()
+        return None
+
+    def _take(self, expected: str) -> tuple[str, str, int]:
+        token = self._next()
+        if token is None:
+            raise RelSyntaxError(f"the file ends where {expected} was expected")
+        return token
+
+    def expect(self, text: str) -> None:
+        _, found, pos = self._take(repr(text))
+        if found != text:
+            raise self._unexpected(repr(text), found, pos)
+
+    def _unexpected(self, expected: str, found: str, pos: int) -> RelSyntaxError:
+        return RelSyntaxError(f"expected {expected} at line {_line(self._text, pos)}, "
+                              f"found {found[:20]!r}")
+
+    def string(self) -> str:
+        kind, found, pos = self._take("a version string")
+        if kind != "string":
+            raise self._unexpected("a version string", found, pos)
+        return _unescape(found)
+
+    def skip_term(self) -> None:
+        """One term, whatever it holds: up to the ',' or closing bracket at its own level."""
+        depth = 0
+        seen = False
+        while True:
+            token = self._take("a term")
+            kind, found, pos = token
+            if depth == 0 and seen and (kind == "close" or found == ","):
+                self._ahead = token
+                return
+            if depth == 0 and not seen and (kind == "close" or found == ","):
+                raise self._unexpected("a term", found, pos)
+            seen = True
+            if kind == "open":
+                depth += 1
+            elif kind == "close":
+                depth -= 1
+
+    def entries(self) -> tuple[str, ...]:
+        """[{Vsn, Descr, Instructions}, ...]: the Vsn of each."""
+        self.expect("[")
+        found: list[str] = []
+        _, text, pos = self._take("']' or '{'")
+        if text == "]":
+            return ()
+        while True:
+            if text != "{":
+                raise self._unexpected("'{'", text, pos)
+            found.append(self.string())
+            self.expect(",")
+            self.skip_term()
+            self.expect(",")
+            self.skip_term()
+            self.expect("}")
+            _, text, pos = self._take("',' or ']'")
+            if text == "]":
+                return tuple(found)
+            if text != ",":
+                raise self._unexpected("',' or ']'", text, pos)
+            _, text, pos = self._take("'{'")
+
+    def end(self) -> None:
+        token = self._next()
+        if token is not None and token[1] == ".":
+            token = self._next()
+        if token is not None:
+            raise self._unexpected("the end of the file", token[1], token[2])
+
+
+def relup_versions(text: str) -> RelupVersions:
+    """The version of a relup file and the versions its up and down entries name, without
+    reading the instructions (RelSyntaxError says what is wrong, with the line)."""
+    reader = _RelupReader(text)
+    reader.expect("{")
+    version = reader.string()
+    reader.expect(",")
+    up = reader.entries()
+    reader.expect(",")
+    down = reader.entries()
+    reader.expect("}")
+    reader.end()
+    return RelupVersions(version, up, down)

@@ -19,7 +19,7 @@ from agent.errors import RequestError
 # The RPCs a viewer may call: they read and change nothing. Everything else (including RPCs
 # added later and not listed here) needs the operator role.
 READ_ONLY_RPCS = frozenset({"Ping", "ListNodes", "GetReleases", "ListOperations",
-                            "GetOperation"})
+                            "GetOperation", "Verify"})
 # Read, but operator only: the audit trail shows who did what from where.
 OPERATOR_READS = frozenset({"ListAudit"})
 

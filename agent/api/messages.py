@@ -37,6 +37,7 @@ _OUTCOME = {
     "failed": pb.OUTCOME_FAILED,
     "interrupted": pb.OUTCOME_INTERRUPTED,
     "dry_run": pb.OUTCOME_DRY_RUN,
+    "up_to_date": pb.OUTCOME_UP_TO_DATE,
 }
 _CHANGE_KIND = {
     "added": pb.CONFIG_CHANGE_KIND_ADDED,

@@ -7,6 +7,7 @@ Only this module and the interceptor (agent/api/interceptor.py) know about grpc.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -22,6 +23,7 @@ from agent.nodes.manager import NodeManager
 from agent.operations.runner import Operations
 from agent.operations.uploads import UploadStore
 from agent.release.base import Options
+from agent.release.codecheck import verify_running
 from agent.release.reload import ConfigReload, ReloadOptions
 from agent.release.steps import Result
 from agent.release.upgrade import ReleaseEngine
@@ -147,6 +149,20 @@ class AgentService:
         states = await _answer(context, self._nodes.refresh(request.node, self._timeout(context)))
         return pb.GetReleasesResponse(nodes=_map(node_message, states))
 
+    async def Verify(self, request: pb.VerifyRequest, context: _Ctx) -> pb.VerifyResponse:
+        async def run() -> pb.VerifyResponse:
+            name = self._node_name(request.node)
+            found = await verify_running(self._nodes.get(name), timeout=self._timeout(context))
+            report = found.report
+            return pb.VerifyResponse(
+                node=name, release=found.release, version=found.version, mode=report.mode,
+                applications=len(report.apps), modules=report.modules,
+                mismatch_count=report.problem_count,
+                mismatches=[pb.ModuleMismatch(application=f"{p.app}-{p.vsn}", module=p.module,
+                                              problem=p.kind, detail=detail)
+                            for p, detail in zip(report.problems, found.details)])
+        return await _answer(context, run())
+
     async def ListOperations(self, request: pb.ListOperationsRequest,
                              context: _Ctx) -> pb.ListOperationsResponse:
         ops = self._operations()
@@ -240,7 +256,8 @@ class AgentService:
         return self._uploads.get(upload_id, self._node_name(node), claim=True).tarball
 
     def _options(self, node: str, *, permanent: bool = True, dry_run: bool = False,
-                 install_timeout: Any = None, health_timeout: Any = None) -> Options:
+                 install_timeout: Any = None, health_timeout: Any = None,
+                 allow_config_reset: bool = False) -> Options:
         base = self._node_options(self._node_name(node))
         return Options(
             permanent=permanent, dry_run=dry_run,
@@ -250,7 +267,8 @@ class AgentService:
             health_timeout=(health_timeout.ToNanoseconds() / 1e9
                             if health_timeout is not None and health_timeout.ToNanoseconds()
                             else base.health_timeout),
-            probes=base.probes, restart_timeout=base.restart_timeout, hooks=base.hooks)
+            probes=base.probes, restart_timeout=base.restart_timeout, hooks=base.hooks,
+            allow_config_reset=allow_config_reset)
 
     async def Unpack(self, request: pb.UnpackRequest, context: _Ctx) -> pb.OperationResult:
         with _Claim(self._uploads, request.upload_id) as claim:
@@ -262,7 +280,7 @@ class AgentService:
                                     "--tarball F)", _ERROR_METADATA)
 
             async def unpack(engine: ReleaseEngine) -> Result:
-                return await engine.unpack(request.version, tarball)
+                return await engine.unpack(request.version, tarball, replace=request.replace)
             work = claim.consume(unpack)
             return await self._unary(context, request.node, "unpack", request.version, work)
 
@@ -293,9 +311,11 @@ class AgentService:
                     self._options(request.node, permanent=not request.no_permanent,
                                   dry_run=request.dry_run,
                                   install_timeout=request.install_timeout,
-                                  health_timeout=request.health_timeout))
+                                  health_timeout=request.health_timeout,
+                                  allow_config_reset=request.allow_config_reset))
         with _Claim(self._uploads, request.upload_id) as claim:
             tarball, options = await _answer(context, _now(prepare))
+            options = dataclasses.replace(options, replace=request.replace)
             work = claim.consume(lambda engine: engine.upgrade(request.version, tarball, options))
             async for event in self._stream(context, request.node, "upgrade", request.version,
                                             work):
@@ -305,7 +325,8 @@ class AgentService:
                         context: _Ctx) -> AsyncIterator[pb.ProgressEvent]:
         options = await _answer(context, _now(lambda: self._options(
             request.node, permanent=not request.no_permanent,
-            install_timeout=request.install_timeout)))
+            install_timeout=request.install_timeout,
+            allow_config_reset=request.allow_config_reset)))
         async for event in self._stream(context, request.node, "downgrade", request.version,
                                         lambda engine: engine.downgrade(request.version, options)):
             yield event

@@ -9,7 +9,6 @@ Loaded only when a command opens a channel or explains a failed one (see
 
 from __future__ import annotations
 
-import ipaddress
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,6 +62,8 @@ def is_loopback(agent: str) -> bool:
     host = _host(agent)
     if host == "localhost":
         return True
+    import ipaddress  # only for TCP agents: the Unix socket, the usual case, needs none
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -14,8 +14,15 @@ the README:
   ``--max-failures``, the rollout stops; the agents of later batches are reported as
   ``skipped`` (never contacted).
 - ``up_to_date``: before uploading, each agent is asked for its node's releases; a node that
-  already runs VSN as permanent is not upgraded again, so that a stopped rollout can be run
-  again as it was, once the cause is fixed.
+  already runs VSN as permanent gets no upload, and its agent answers the Upgrade call with a
+  journaled ``up_to_date`` operation (the same path as a single-agent `relctl upgrade`,
+  :func:`agent.client.transfer.upgrade_on`), so that a stopped rollout can be run again as it
+  was, once the cause is fixed.
+- Pre-staging (:mod:`agent.client.prestage`): with a tarball, every agent first uploads and
+  unpacks the release (``--stage-parallel`` at a time, default all); a failed stage on any
+  agent stops the rollout before any node is switched. Then the switch phase is the batches
+  above, whose upgrades find the release unpacked and upload nothing. ``--no-prestage`` (and
+  ``--dry-run``, which must change nothing) keep the old order: each agent uploads in its batch.
 - ``--node`` is sent to every agent (fleets whose nodes share a name, e.g. app@127.0.0.1);
   without it each agent upgrades the only node it manages.
 - Progress (text output only) is the single-agent progress with ``[AGENT]`` in front of each
@@ -40,21 +47,22 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import click
-import grpc
 
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
-from .common import Settings, connect, rpc_error
+from .common import Settings, connect
 from .output import outcome_of, table
-from .status import CliError, ExitCode, exit_code_for_outcome, worst_code
-from .transfer import UpgradeSpec, file_digest, upgrade_on
+from .prestage import STAGED, Staging, StageResult, run_staging, stage_on
+from .status import OK_OUTCOMES, CliError, ExitCode, exit_code_for_outcome, worst_code
+from .transfer import UpgradeSpec, file_digest, target_node, upgrade_on
 
 SUCCEEDED = "succeeded"
 UP_TO_DATE = "up_to_date"
 ERROR = "error"      # no finished operation: unreachable, refused, busy, stream lost
 SKIPPED = "skipped"  # not started: the rollout stopped before the agent's batch
-OK_RESULTS = frozenset({SUCCEEDED, "dry_run", UP_TO_DATE})
+# What is not a failure is status.py's one definition: the outcomes that exit 0.
+OK_RESULTS = OK_OUTCOMES
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class NodeResult:
     agent: str
     node: str
     batch: int
-    result: str                   # an operation outcome, or UP_TO_DATE, ERROR, SKIPPED
+    result: str                   # an operation outcome (UP_TO_DATE too), ERROR or SKIPPED
     code: ExitCode = ExitCode.OK
     from_version: str = ""
     to_version: str = ""
@@ -74,12 +82,15 @@ class NodeResult:
 
     @property
     def failed(self) -> bool:
-        return self.result not in OK_RESULTS and self.result != SKIPPED
+        # STAGED: a row of a rollout stopped in staging; the node was not switched.
+        return self.result not in OK_RESULTS and self.result not in (SKIPPED, STAGED)
 
     def versions(self) -> str:
         if not self.to_version:
             return "-"
-        return f"{self.from_version} -> {self.to_version}" if self.from_version else self.to_version
+        if not self.from_version or self.from_version == self.to_version:
+            return self.to_version
+        return f"{self.from_version} -> {self.to_version}"
 
     def as_json(self) -> dict[str, Any]:
         return {"agent": self.agent, "node": self.node or None, "batch": self.batch,
@@ -107,6 +118,8 @@ def result_of(agent: str, batch: int, op: pb.Operation, seconds: float | None) -
     reason = op.error
     if not reason and outcome == "dry_run":
         reason = "dry run: checks passed, nothing changed"
+    elif not reason and outcome == UP_TO_DATE:
+        reason = f"already runs {op.to_version} (permanent)"
     return NodeResult(agent, op.node, batch, outcome,
                       exit_code_for_outcome(outcome), op.from_version,
                       op.to_version, seconds, op.id, reason)
@@ -129,6 +142,12 @@ class Rollout:
     batches: int
     results: tuple[NodeResult, ...]
     stopped_after: int | None = None  # the batch after which it stopped; None: all attempted
+    staging: Staging | None = None    # the staging phase; None: --no-prestage, or no tarball
+    switch_seconds: float | None = None  # the switch phase; None: not reached
+
+    @property
+    def stopped_in_staging(self) -> bool:
+        return self.staging is not None and bool(self.staging.failed)
 
     @property
     def failures(self) -> int:
@@ -143,6 +162,15 @@ class Rollout:
         return worst_code(r.code for r in self.results if r.failed)
 
     def summary(self) -> str:
+        if self.staging is not None and self.stopped_in_staging:
+            failed = ", ".join(r.agent for r in self.staging.failed)
+            staged = sum(r.result == STAGED for r in self.results)
+            return (f"rollout of {self.version} stopped in staging, before any node was "
+                    f"switched: staging failed on {failed}; {staged} node(s) have "
+                    f"{self.version} staged, not installed (relctl remove {self.version} on "
+                    f"each takes it back); {self.not_attempted} agent(s) not staged (fix what "
+                    "failed, then run the same command again: what is staged is not uploaded "
+                    "again)")
         if self.stopped_after is not None:
             return (f"rollout of {self.version} stopped after batch {self.stopped_after} of "
                     f"{self.batches}: {self.failures} failure(s) > --max-failures "
@@ -167,14 +195,46 @@ class Rollout:
         return table(rows)
 
     def as_json(self) -> dict[str, Any]:
+        stopped_in = ("staging" if self.stopped_in_staging
+                      else "switch" if self.stopped_after is not None else None)
         return {"rollout": {
             "version": self.version, "batch": self.batch, "max_failures": self.max_failures,
-            "batches": self.batches,
-            "status": "completed" if self.stopped_after is None else "stopped",
+            "batches": self.batches, "prestage": self.staging is not None,
+            "status": "completed" if stopped_in is None else "stopped",
+            "stopped_in": stopped_in,
             "stopped_after_batch": self.stopped_after, "failures": self.failures,
             "not_attempted": self.not_attempted, "exit_code": int(self.exit_code),
+            "switch_duration_s": (None if self.switch_seconds is None
+                                  else round(self.switch_seconds, 3)),
             "summary": self.summary()},
+            "staging": None if self.staging is None else self.staging.as_json(),
             "nodes": [r.as_json() for r in self.results]}
+
+
+def stopped_in_staging(staging: Staging, *, batch: int, max_failures: int) -> Rollout:
+    """The rollout of a staging phase that failed: nothing switched; a row per agent that says
+    where its node stands (the failure, staged and not installed, up to date, not staged)."""
+    batches = plan([r.agent for r in staging.results], batch)
+    number = {agent: n for n, members in enumerate(batches, 1) for agent in members}
+    failed = ", ".join(r.agent for r in staging.failed)
+    rows = [_row_of_stage(r, number[r.agent], staging.version, failed) for r in staging.results]
+    return Rollout(staging.version, batch, max_failures, len(batches), tuple(rows),
+                   staging=staging)
+
+
+def _row_of_stage(r: StageResult, batch: int, version: str, failed: str) -> NodeResult:
+    if r.failed:
+        return NodeResult(r.agent, r.node, batch, r.result, r.code, to_version=version,
+                          seconds=r.seconds, operation_id=r.operation_id,
+                          reason=f"staging failed: {r.reason}")
+    if r.result == STAGED:
+        undo = (f"; relctl --agent {r.agent} remove {version} takes it back" if r.removable
+                else "")
+        return NodeResult(r.agent, r.node, batch, STAGED, to_version=version,
+                          seconds=r.seconds, operation_id=r.operation_id,
+                          reason=f"not switched (staging failed on {failed}): {r.reason}{undo}")
+    return NodeResult(r.agent, r.node, batch, r.result, to_version=version, seconds=r.seconds,
+                      reason=r.reason)
 
 
 def _short(text: str) -> str:
@@ -252,38 +312,67 @@ class _Printer:
         return lambda text: self.line(prefix + text)
 
 
-def _finished_line(r: NodeResult) -> str:
+def _finished_line(r: NodeResult | StageResult) -> str:
     what = f"  => {r.result}"
     if r.operation_id is not None:
         what += f" (operation {r.operation_id})"
     return what + (f": {_short(r.reason)}" if r.reason else "")
 
 
-def _already_there(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
-                   version: str) -> tuple[str, bool]:
-    """The node the agent would upgrade ("" when it manages several and no --node was given)
-    and whether it already runs ``version`` as permanent."""
+def _stage_all(settings: Settings, spec: UpgradeSpec, printer: _Printer,
+               parallel: int) -> Staging:
+    """The staging phase on every agent (see :mod:`agent.client.prestage`)."""
+    text = settings.output == "text"
+
+    def stage(agent: str) -> StageResult:
+        say = printer.for_agent(agent)
+        started = time.monotonic()
+        try:
+            with connect(settings, agent) as channel:
+                row = stage_on(settings, agent_pb2_grpc.AgentStub(channel), agent, spec,
+                               say=say)
+        except CliError as exc:
+            row = StageResult(agent, settings.node, ERROR, exc.code,
+                              time.monotonic() - started,
+                              reason=str(exc).removeprefix(f"agent {agent}: "))
+        if text:
+            say(_finished_line(row))
+        return row
+
+    if text:
+        printer.line(f"staging {spec.version} on {len(settings.agents)} agent(s), "
+                     f"{parallel} at a time")
     try:
-        reply = stub.GetReleases(pb.GetReleasesRequest(node=settings.node),
-                                 timeout=settings.timeout)
-    except grpc.RpcError as err:
-        raise rpc_error(agent, err, settings.timeout) from None
-    if len(reply.nodes) != 1:
-        return settings.node, False
-    node = reply.nodes[0]
-    done = any(r.version == version and r.running and r.status == pb.RELEASE_STATUS_PERMANENT
-               for r in node.releases)
-    return node.node, done
+        staging = run_staging(settings.agents, version=spec.version, parallel=parallel,
+                              stage=stage)
+    except KeyboardInterrupt:
+        raise CliError("interrupted while staging: no node was switched; uploads and unpacks "
+                       "already started go on on their agents (relctl operations on each; "
+                       f"relctl remove {spec.version} takes an unpacked release back)",
+                       ExitCode.FAILED) from None
+    if text:
+        printer.line(staging.line())
+    return staging
 
 
-def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int,
-                  max_failures: int) -> ExitCode:
-    """`relctl upgrade` with several agents: roll out, print the table; the rollout's exit
-    code."""
+def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int, max_failures: int,
+                  prestage: bool = True, stage_parallel: int | None = None) -> ExitCode:
+    """`relctl upgrade` with several agents: stage everywhere (with a tarball, unless
+    ``prestage`` is off or it is a dry run), roll out, print the table; the rollout's exit
+    code. ``stage_parallel``: agents staging at once (None: all)."""
     if spec.tarball is not None and spec.digest is None:  # hashed once, not once per agent
         spec = replace(spec, digest=file_digest(spec.tarball))
     text = settings.output == "text"
     printer = _Printer(settings.agents)
+    staging: Staging | None = None
+    if prestage and spec.tarball is not None and not spec.dry_run:
+        staging = _stage_all(settings, spec, printer, stage_parallel or len(settings.agents))
+        if staging.failed:
+            return _finish(settings, stopped_in_staging(staging, batch=batch,
+                                                        max_failures=max_failures))
+        # Every node has the release now (or runs it), the one of this tarball (staging
+        # checked or replaced it): the upgrades upload nothing.
+        spec = replace(spec, tarball=None, digest=None, replace=False)
 
     def attempt(agent: str, number: int) -> NodeResult:
         say = printer.for_agent(agent)
@@ -292,14 +381,10 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int,
         try:
             with connect(settings, agent) as channel:
                 stub = agent_pb2_grpc.AgentStub(channel)
-                node, done = _already_there(settings, stub, agent, spec.version)
-                if done:
-                    row = NodeResult(agent, node, number, UP_TO_DATE, to_version=spec.version,
-                                     seconds=time.monotonic() - started,
-                                     reason=f"already runs {spec.version} (permanent)")
-                else:
-                    op = upgrade_on(settings, stub, agent, spec, say=say, bar=False)
-                    row = result_of(agent, number, op, time.monotonic() - started)
+                # Asked here rather than in upgrade_on: an error row still names the node.
+                node, done = target_node(settings, stub, agent, spec.version)
+                op = upgrade_on(settings, stub, agent, spec, say=say, bar=False, up_to_date=done)
+                row = result_of(agent, number, op, time.monotonic() - started)
         except CliError as exc:
             row = result_of_error(agent, node, number, spec.version, exc,
                                   time.monotonic() - started)
@@ -311,6 +396,7 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int,
         if text:
             printer.line(f"batch {number}/{total}: {', '.join(members)}")
 
+    started = time.monotonic()
     try:
         rollout = run_rollout(settings.agents, version=spec.version, batch=batch,
                               max_failures=max_failures, attempt=attempt, node=settings.node,
@@ -319,7 +405,13 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int,
         raise CliError("interrupted: upgrades already started go on on their agents (see "
                        "relctl operations on each); no further batch was started",
                        ExitCode.FAILED) from None
-    if text:
+    return _finish(settings, replace(rollout, staging=staging,
+                                     switch_seconds=time.monotonic() - started))
+
+
+def _finish(settings: Settings, rollout: Rollout) -> ExitCode:
+    """Print the table and the last line (or the JSON); the rollout's exit code."""
+    if settings.output == "text":
         click.echo("")
         click.echo(rollout.table())
         click.echo(rollout.summary())

@@ -10,21 +10,101 @@ so it starts fast and runs anywhere. Errors are one line on stderr and an exit c
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import click
 
-from .commands.audit import audit
-from .commands.build import make_appup, make_relup
-from .commands.journal import operation, operations
-from .commands.nodes import nodes, ping, versions
-from .commands.ops import downgrade, install, make_permanent, reload_config, remove, unpack, upgrade
 from .common import DEFAULT_AGENT, Settings, agent_targets, shared_options
 from .status import CliError, ExitCode, exit_codes_help
 
 
-@click.group(epilog=exit_codes_help(), context_settings={"help_option_names": ["-h", "--help"]})
+@dataclass(frozen=True)
+class CommandEntry:
+    """Where a command lives (``agent.client.commands.MODULE``, attribute ``attr``) and its
+    one-line help, which `relctl --help` shows without importing the module."""
+
+    module: str
+    attr: str
+    short_help: str
+
+
+# Every command of `relctl` (main.py is the only place that registers them). A command's module
+# is imported only when that command runs, so that `relctl versions` loads neither the
+# rollout, the upload nor the relup code (tests/agent/client/test_main.py checks each
+# short_help against the command's own docstring).
+COMMANDS: Mapping[str, CommandEntry] = {
+    "versions": CommandEntry("nodes", "versions", "Releases of each node and their status; * "
+                             "marks the release running now."),
+    "nodes": CommandEntry("nodes", "nodes", "The nodes each agent manages, up or down, and the "
+                          "release they run."),
+    "ping": CommandEntry("nodes", "ping", "Check that each agent answers and that it reaches "
+                         "its nodes (one RPC each)."),
+    "upgrade": CommandEntry("ops", "upgrade", "Upgrade the node to VERSION live: upload, "
+                            "unpack, check, install, verify, make permanent."),
+    "downgrade": CommandEntry("ops", "downgrade", "Go back to an old VERSION through the "
+                              "running release's relup (its down script)."),
+    "reload-config": CommandEntry("ops", "reload_config", "Re-read the running release's "
+                                  "sys.config and apply what changed, calling each "
+                                  "application's config_change/3, as a release upgrade does."),
+    "unpack": CommandEntry("ops", "unpack", "Upload and unpack VERSION ahead of time (the "
+                           "upgrade then takes milliseconds)."),
+    "install": CommandEntry("ops", "install", "Install an unpacked VERSION (not made "
+                            "permanent)."),
+    "make-permanent": CommandEntry("ops", "make_permanent", "Make the running VERSION the one "
+                                   "the node boots."),
+    "remove": CommandEntry("ops", "remove", "Remove an old or unpacked VERSION (never the "
+                           "running or permanent one)."),
+    "operations": CommandEntry("journal", "operations", "The operation journal, newest first."),
+    "operation": CommandEntry("journal", "operation", "One operation of the journal, with its "
+                              "steps."),
+    "audit": CommandEntry("audit", "audit", "The audit trail: every mutating call and every "
+                          "refused call, who made it, from where, and its result (needs the "
+                          "operator role)."),
+    "verify": CommandEntry("verify", "verify", "Check that the node runs its release's code: "
+                           "every module of every application loaded with the md5 of the "
+                           "release's beam."),
+    "make-relup": CommandEntry("build", "make_relup", "Write the relup of NEW_ROOT (up from "
+                               "OLD_ROOT's version and down to it), and a tarball."),
+    "make-appup": CommandEntry("build", "make_appup", "Print (or --write) the appups generated "
+                               "from the beams of OLD_ROOT and NEW_ROOT."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """The command ``name`` of :data:`COMMANDS`, importing its module now."""
+    entry = COMMANDS[name]
+    module = importlib.import_module(f"{__package__}.commands.{entry.module}")
+    command: click.Command = getattr(module, entry.attr)
+    return command
+
+
+class _LazyGroup(click.Group):
+    """click's group, with the commands of :data:`COMMANDS` loaded on demand (click's "lazy
+    group" pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own would import every command for its help line; the table has them, cut
+        # to the width the way click cuts a command's help.
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        # A stand-in Command cuts it as the real one would (click's helper for it is private).
+        rows = [(n, click.Command(n, help=COMMANDS[n].short_help).get_short_help_str(limit))
+                for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, epilog=exit_codes_help(),
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--agent", "agents", multiple=True, metavar="HOST:PORT|unix:PATH",
               help=f"Agent to ask; repeat for several. Default: $RELCTL_AGENT, then {DEFAULT_AGENT}.")
 @click.option("--agents-file", envvar="RELCTL_AGENTS_FILE", default="", metavar="FILE",
@@ -67,17 +147,6 @@ def cli(ctx: click.Context, agents: tuple[str, ...], agents_file: str,
         settings.agents = agent_targets(agents)
     settings.token_file, settings.ca, settings.cert, settings.key = token_file, ca, cert, key
 
-
-# Every command of `relctl`, in the order of the modules that define them.
-COMMANDS: tuple[click.Command, ...] = (
-    versions, nodes, ping,                                                # commands.nodes
-    upgrade, downgrade, reload_config, unpack, install, make_permanent, remove,  # commands.ops
-    operations, operation,                                                # commands.journal
-    audit,                                                                # commands.audit
-    make_relup, make_appup,                                               # commands.build
-)
-for command in COMMANDS:
-    cli.add_command(command)
 
 
 def _print_traceback() -> None:

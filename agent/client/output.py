@@ -7,7 +7,6 @@ Printing only: which exit code follows is :mod:`agent.client.status`'s business.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -49,6 +48,8 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 def emit(settings: Settings, data: dict[str, Any], text: Callable[[], str]) -> None:
     """Print ``data`` as JSON with ``-o json``, else what ``text()`` makes of it (if anything)."""
     if settings.output == "json":
+        import json  # only for -o json: text output starts without it
+
         click.echo(json.dumps(data, indent=2))
     else:
         out = text()
@@ -151,6 +152,7 @@ def summary(op: pb.Operation) -> str:
     what = (f"reload-config of {op.to_version} on {op.node}"
             if op.kind == pb.OPERATION_KIND_RELOAD_CONFIG else f"{kind} {op.to_version} on {op.node}")
     words = {"succeeded": "done", "dry_run": "dry run: checks passed, nothing changed",
+             "up_to_date": "up to date",
              "failed_unchanged": "FAILED, node unchanged",
              "rolled_back": "FAILED, rolled back", "failed": "FAILED",
              "interrupted": "INTERRUPTED"}.get(outcome, outcome)
@@ -171,6 +173,8 @@ def summary(op: pb.Operation) -> str:
 def print_operation(settings: Settings, op: pb.Operation) -> None:
     """A finished operation: its JSON with ``-o json``, else its :func:`summary`."""
     if settings.output == "json":
+        import json  # only for -o json
+
         click.echo(json.dumps({"operation": operation_json(op)}, indent=2))
     else:
         click.echo(summary(op))

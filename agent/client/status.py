@@ -110,11 +110,16 @@ def exit_code_for_rpc(status: grpc.StatusCode, *, from_agent: bool) -> ExitCode:
 _OUTCOME_EXIT = {
     "succeeded": ExitCode.OK,
     "dry_run": ExitCode.OK,
+    "up_to_date": ExitCode.OK,   # nothing to do: a deploy script run again goes on (as relx)
     "failed_unchanged": ExitCode.FAILED,
     "rolled_back": ExitCode.ROLLED_BACK,
     "failed": ExitCode.FAILED_CHANGED,
     "interrupted": ExitCode.FAILED_CHANGED,
 }
+
+
+# The outcomes that leave nothing to fix; a rollout counts every other result as a failure.
+OK_OUTCOMES = frozenset(name for name, code in _OUTCOME_EXIT.items() if code == ExitCode.OK)
 
 
 def exit_code_for_outcome(outcome: str) -> ExitCode:

@@ -1,7 +1,7 @@
 """Moving a release to an agent and watching the agent work on it: the tarball's digest and its
 chunked upload (with a progress bar on a terminal), the progress stream of an operation, and one
-agent's upgrade (upload, then follow), which `relctl upgrade` and a rollout over several agents
-(:mod:`agent.client.fleet`) both run.
+agent's upgrade (ask, upload if needed, then follow), which `relctl upgrade` and a rollout over
+several agents (:mod:`agent.client.fleet`) both run.
 
 Text goes through a ``say`` callable so that a rollout can put the agent's name in front of
 each line; errors before the operation's end are :class:`CliError`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,18 +124,57 @@ class UpgradeSpec:
     health_timeout: float | None = None
     install_timeout: float | None = None
     digest: tuple[int, str] | None = None  # file_digest(tarball), read once for every agent
+    allow_config_reset: bool = False
+    replace: bool = False  # replace VERSION already on the node from other bytes (--replace)
+
+
+def is_up_to_date(releases: Iterable[pb.Release], version: str) -> bool:
+    """Whether a node with ``releases`` runs ``version`` as permanent: then an upgrade to it
+    has nothing to do (the agent's engine applies the same rule and answers ``up_to_date``)."""
+    return any(r.version == version and r.running and r.status == pb.RELEASE_STATUS_PERMANENT
+               for r in releases)
+
+
+def target_node(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
+                version: str) -> tuple[str, bool]:
+    """The node the agent would upgrade ("" when it manages several and no --node was given)
+    and whether it is :func:`is_up_to_date` already; one GetReleases call."""
+    try:
+        reply = stub.GetReleases(pb.GetReleasesRequest(node=settings.node),
+                                 timeout=settings.timeout)
+    except grpc.RpcError as err:
+        raise rpc_error(agent, err, settings.timeout) from None
+    if len(reply.nodes) != 1:
+        return settings.node, False  # the Upgrade call names the problem
+    node = reply.nodes[0]
+    return node.node, is_up_to_date(node.releases, version)
 
 
 def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
                spec: UpgradeSpec, *, say: Callable[[str], None] = click.echo,
-               bar: bool = True) -> pb.Operation:
-    """One agent's upgrade: upload the tarball (if any), then follow the Upgrade stream to the
-    finished operation. Errors before the operation's end raise CliError."""
-    upload_id = (upload(settings, stub, agent, settings.node, spec.version, spec.tarball,
-                        say=say, bar=bar, digest=spec.digest) if spec.tarball else "")
+               bar: bool = True, up_to_date: bool | None = None) -> pb.Operation:
+    """One agent's upgrade: upload the tarball (if any, and unless the node is up to date),
+    then follow the Upgrade stream to the finished operation. ``up_to_date``: the caller's
+    :func:`target_node` answer; None asks the agent here, before any byte is sent. Errors
+    before the operation's end raise CliError."""
+    upload_id = ""
+    if spec.tarball is not None:
+        if up_to_date is None:
+            _, up_to_date = target_node(settings, stub, agent, spec.version)
+        if up_to_date:
+            # Asked before sending: a rerun sends nothing, and the Upgrade call without an
+            # upload lets the agent journal it as up_to_date.
+            if settings.output == "text":
+                say(f"  {'upload':<22} {'skip':<6} {'':>9}  {spec.version} already runs and is "
+                    "permanent; the tarball was not sent")
+        else:
+            upload_id = upload(settings, stub, agent, settings.node, spec.version, spec.tarball,
+                               say=say, bar=bar, digest=spec.digest)
     events = stub.Upgrade(pb.UpgradeRequest(
         node=settings.node, version=spec.version, upload_id=upload_id,
         no_permanent=spec.no_permanent, dry_run=spec.dry_run,
         health_timeout=_duration(spec.health_timeout),
-        install_timeout=_duration(spec.install_timeout)), timeout=OPERATION_TIMEOUT)
+        install_timeout=_duration(spec.install_timeout),
+        allow_config_reset=spec.allow_config_reset, replace=spec.replace),
+        timeout=OPERATION_TIMEOUT)
     return follow(settings, agent, events, say=say, what="the upgrade")

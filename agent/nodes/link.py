@@ -22,6 +22,7 @@ from agent.config import hint as tls_hint
 from agent.errors import ConfigError, NodeDown, NodeTimeout, ReplyTooLarge
 from agent.release.releases import Release, UnexpectedReply, parse_which_releases
 from bridge import (
+    Atom,
     BadRpc,
     BridgeError,
     BridgeTimeout,
@@ -90,6 +91,9 @@ class NodeLink:
         self._tried = asyncio.Event()  # set once the first attempt ended, either way
         self._cookie_problem = ""  # why the cookie file could not be re-read, once logged
         self._task: asyncio.Task[None] | None = None
+        # Whether the node runs Elixir, asked once per connection (a restart may boot another
+        # release); release.present formats the node's terms by it.
+        self._elixir: tuple[Connection, bool] | None = None
 
     @property
     def state(self) -> NodeState:
@@ -172,6 +176,20 @@ class NodeLink:
             raise ReplyTooLarge(self.name, str(exc)) from None
         finally:
             self._observe(f"{module}:{function}", time.perf_counter() - started)
+
+    async def runs_elixir(self, timeout: float) -> bool:
+        """True when the node runs Elixir: its ``elixir`` application is loaded, as on every
+        mix release. Asked once per connection; raises as :meth:`call` does."""
+        conn = self._conn
+        if self._elixir is not None and self._elixir[0] is conn:
+            return self._elixir[1]
+        # get_key reads application_controller's table, not its (maybe busy) process.
+        vsn = await self.call("application", "get_key", [Atom("elixir"), Atom("vsn")],
+                              timeout=timeout)
+        answer = isinstance(vsn, tuple)  # {ok, Vsn}, or undefined
+        if conn is not None:
+            self._elixir = (conn, answer)
+        return answer
 
     async def refresh(self, timeout: float | None = None) -> NodeState:
         """Read the node's releases now; when it is down, try to connect once first."""

@@ -27,7 +27,7 @@ from agent.release.records import OUTCOMES, STEP_STATES, ConfigChange, StepRecor
 FILE_NAME = "journal.sqlite3"
 # Like the audit trail: the agent writes, its group (operators) may read, nobody else.
 FILE_MODE = 0o640
-SCHEMA_VERSION = 2  # 2: operations.config_changes
+SCHEMA_VERSION = 3  # 2: operations.config_changes; 3: unpacked
 
 # AUTOINCREMENT: ids are never reused, so an id a client pages from keeps meaning one operation.
 _SCHEMA = """
@@ -57,7 +57,19 @@ CREATE TABLE steps (
     detail TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (op_id, seq)
 );
+CREATE TABLE unpacked (
+    node TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    op_id INTEGER NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (node, version)
+);
 """
+
+# The sha256 of the tarball each release was unpacked from (one row per node and version),
+# so that a tarball of the same version with other bytes is told apart (see unpacked_sha256).
+_UNPACKED = _SCHEMA[_SCHEMA.index("CREATE TABLE unpacked"):].strip().rstrip(";")
 
 _OP_COLUMNS = ("id, node, kind, from_version, to_version, requested_by, started_at, finished_at, "
                "outcome, error, releases_after, config_changes")
@@ -65,6 +77,7 @@ _OP_COLUMNS = ("id, node, kind, from_version, to_version, requested_by, started_
 # Schema upgrades of an existing journal, by the version they lead to.
 _MIGRATIONS = {
     2: "ALTER TABLE operations ADD COLUMN config_changes TEXT NOT NULL DEFAULT '[]'",
+    3: _UNPACKED,
 }
 
 
@@ -198,7 +211,34 @@ class Journal:
         return self._end(op_id, "interrupted", note, releases_after,
                          "interrupted: agent stopped", _now(now))
 
+    def record_unpacked(self, node: str, version: str, sha256: str, op_id: int, *,
+                        now: float | None = None) -> None:
+        """Operation ``op_id`` unpacked ``version`` on ``node`` from a tarball of ``sha256``."""
+        with self._tx():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO unpacked (node, version, sha256, op_id, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?)", (node, version, sha256, op_id, _now(now)))
+
+    def forget_unpacked(self, node: str, keep: Sequence[str]) -> None:
+        """Drop the records of ``node``'s releases that are gone (not in ``keep``): a release
+        unpacked again later, by hand or by the agent, is not that tarball's any more."""
+        marks = ", ".join("?" * len(keep))
+        with self._tx():
+            self._conn.execute(f"DELETE FROM unpacked WHERE node = ? AND version NOT IN ({marks})",
+                               (node, *keep))
+
     # -- reads ----------------------------------------------------------------------------
+
+    def unpacked_sha256(self, node: str, version: str) -> str | None:
+        """The sha256 recorded by :meth:`record_unpacked`, or None."""
+        try:
+            with self._tx(write=False):
+                row = self._conn.execute(
+                    "SELECT sha256 FROM unpacked WHERE node = ? AND version = ?",
+                    (node, version)).fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read the journal {self.path}: {exc}") from exc
+        return str(row[0]) if row else None
 
     def get(self, op_id: int) -> OperationRecord | None:
         with self._tx(write=False):

@@ -59,6 +59,32 @@ class Progress:
     finished: OperationRecord | None = None
 
 
+class _JournalLedger:
+    """The release engine's UnpackLedger over the journal, for one operation on one node. A
+    journal that cannot be written or read only weakens the sha256 check (the release dir
+    keeps its own record): logged, never raised into the operation."""
+
+    def __init__(self, journal: Journal, node: str, op_id: int) -> None:
+        self._journal = journal
+        self._node = node
+        self._op_id = op_id
+
+    def recorded(self, version: str) -> str | None:
+        try:
+            return self._journal.unpacked_sha256(self._node, version)
+        except JournalError as exc:
+            log.warning("operation %d: cannot read the recorded sha256 of %s: %s",
+                        self._op_id, version, exc)
+            return None
+
+    def record(self, version: str, sha256: str) -> None:
+        try:
+            self._journal.record_unpacked(self._node, version, sha256, self._op_id)
+        except JournalError as exc:
+            log.warning("operation %d: the sha256 of %s is not in the journal (%s); its "
+                        "release dir keeps it", self._op_id, version, exc)
+
+
 def _rows(releases: tuple[Release, ...]) -> list[ReleaseRow]:
     return [ReleaseRow(r.name, r.version, r.status) for r in releases]
 
@@ -158,7 +184,8 @@ class Operations:
             for q in listeners:
                 q.put_nowait(Progress(op_id, step=step))
 
-        engine = ReleaseEngine(link, on_step, rpc_timeout=self._rpc_timeout)
+        engine = ReleaseEngine(link, on_step, rpc_timeout=self._rpc_timeout,
+                               ledger=_JournalLedger(self._journal, node, op_id))
         task = asyncio.create_task(self._run(op_id, link, kind, work(engine)),
                                    name=f"relctl operation {op_id}")
         self._running[node] = _Running(op_id, kind, task, listeners)
@@ -189,6 +216,11 @@ class Operations:
             log.exception("operation %d failed inside the agent", op_id)
             outcome, error, releases = FAILED, f"internal error in relctl-agent: {exc!r}", ()
         record = self._end(op_id, outcome, error, _rows(releases), changes)
+        if releases:  # the node's list: the sha256 of releases no longer on it are stale
+            try:
+                self._journal.forget_unpacked(link.name, [r.version for r in releases])
+            except JournalError as exc:
+                log.warning("operation %d: %s", op_id, exc)
         if any(c.old_value or c.new_value for c in changes):
             # Values (asked for with --show-values) go to this operation's listeners only.
             record = replace(record, config_changes=changes)

@@ -18,6 +18,7 @@ from agent.config import Hook
 from agent.errors import NodeUnavailable
 from bridge import BadRpc
 
+from .present import TermStyle
 from .releases import Release, parse_which_releases
 from .steps import Caller, Failure, NodeDirs, Result, Steps, StepSink, node_dirs
 from .tarball import ReleaseTarball
@@ -43,6 +44,30 @@ class Options:
     probes: tuple[Probe, ...] = ()
     restart_timeout: float = 60.0    # how long a node restarted by release_handler may take
     hooks: tuple[Hook, ...] = ()     # RPCs before and after each install_release
+    replace: bool = False            # a release of the version already there is replaced
+    # A release whose runtime config cannot be reproduced (runtime.py) is installed anyway,
+    # its unset relx variables rendered empty, its unknown providers not run.
+    allow_config_reset: bool = False
+
+
+class UnpackLedger(Protocol):
+    """Where the agent keeps the sha256 of each tarball it unpacked, besides the release's own
+    dir (releases/VSN/relctl.sha256): the agent's journal. Either one answers when the other is
+    lost. Neither call raises: a ledger that cannot be written only weakens a later check."""
+
+    def recorded(self, version: str) -> str | None: ...
+
+    def record(self, version: str, sha256: str) -> None: ...
+
+
+class NoLedger:
+    """No record besides the release dir (the engine's default, e.g. in unit tests)."""
+
+    def recorded(self, version: str) -> str | None:
+        return None
+
+    def record(self, version: str, sha256: str) -> None:
+        pass
 
 
 @dataclass
@@ -63,14 +88,26 @@ class OperationContext:
 class EngineCore:
     """The node, the step reporter and the RPC timeout that every part of an operation shares."""
 
-    def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float) -> None:
+    def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float,
+                 ledger: UnpackLedger | None = None) -> None:
         self._node = node
         self._steps = Steps(on_step)
         self._rpc_timeout = rpc_timeout
+        self._ledger: UnpackLedger = ledger or NoLedger()
+        self._style = TermStyle(node)
+
+    @property
+    def ledger(self) -> UnpackLedger:
+        return self._ledger
 
     @property
     def node(self) -> Caller:
         return self._node
+
+    @property
+    def style(self) -> TermStyle:
+        """Terms and crashes of this node as its users read them (Erlang or Elixir)."""
+        return self._style
 
     @property
     def steps(self) -> Steps:

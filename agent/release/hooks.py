@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from agent.config import CONTINUE, PRE_INSTALL, Hook
 from agent.errors import NodeTimeout, NodeUnavailable, ReplyTooLarge
-from bridge import Atom, BadRpc, format_term
+from bridge import Atom, BadRpc
 
+from .present import TermStyle
 from .steps import Caller, Failure, Steps
 
 _OK = Atom("ok")
@@ -47,7 +48,18 @@ def skip_hooks(steps: Steps, hooks: Sequence[Hook], when: str, reason: str) -> N
             steps.skip(hook.step, f"{reason}; hooks run only when a release is installed")
 
 
+async def _call_text(style: TermStyle, hook: Hook) -> str:
+    """The hook's call as the node's language writes it: ``Date.new!(2024, 13, 1)`` on an
+    Elixir node, ``'Elixir.Date':'new!'(2024,13,1)`` (Hook's own str) elsewhere."""
+    if not await style.elixir():
+        return str(hook)
+    # inspect gives the module as Elixir writes it: Date, or :counter_hooks for Erlang's.
+    module, *args = await style.values([Atom(hook.module), *hook.args])
+    return f"{module}.{hook.function}({', '.join(args)})"
+
+
 async def _run(node: Caller, hook: Hook, outcome: str) -> str:
+    style = TermStyle(node)  # the node link remembers what the node runs: no extra RPC
     try:
         res = await node.call(hook.module, hook.function, list(hook.args), timeout=hook.timeout)
     except NodeTimeout:
@@ -55,16 +67,17 @@ async def _run(node: Caller, hook: Hook, outcome: str) -> str:
         problem = (f"did not return within its timeout of {hook.timeout:g} s (it may still be "
                    "running on the node; raise the hook's timeout if it needs longer)")
     except BadRpc as exc:
-        problem = f"failed on the node: {format_term(exc.reason)}"
+        problem = f"failed on the node: {await style.reason(exc.reason)}"
     except NodeUnavailable as exc:
         problem = f"could not run: {exc}"
     except ReplyTooLarge as exc:
         problem = f"returned a reply too large to read ({exc})"
     else:
         if res == _OK or (isinstance(res, tuple) and len(res) == 2 and res[0] == _OK):
-            return f"{hook} returned {format_term(res)}"
-        problem = f"returned {format_term(res)}, not ok or {{ok, _}}"
-    message = f"hook {hook.name}: {hook} {problem}"
+            return f"{await _call_text(style, hook)} returned {await style.value(res)}"
+        ok = "ok or {ok, _}" if not await style.elixir() else ":ok or {:ok, _}"
+        problem = f"returned {await style.value(res)}, not {ok}"
+    message = f"hook {hook.name}: {await _call_text(style, hook)} {problem}"
     if hook.on_failure == CONTINUE:
         message += '; on_failure = "continue": the operation goes on'
     elif hook.when == PRE_INSTALL:

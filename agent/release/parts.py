@@ -3,9 +3,10 @@ written against :class:`EngineParts` and reach the node only through its parts a
 
 from __future__ import annotations
 
-from .base import EngineCore
+from .base import EngineCore, UnpackLedger
 from .preflight import Preflight
 from .releases import Release
+from .runtime import RuntimeConfig
 from .staging import Staging
 from .steps import Caller, StepSink, Steps
 from .switch import Switch
@@ -16,11 +17,13 @@ class EngineParts:
     the node, steps and RPC timeout are public for what runs beside an operation (a config
     reload uses the same ones)."""
 
-    def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float = 30.0) -> None:
-        self._core = EngineCore(node, on_step, rpc_timeout=rpc_timeout)
+    def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float = 30.0,
+                 ledger: UnpackLedger | None = None) -> None:
+        self._core = EngineCore(node, on_step, rpc_timeout=rpc_timeout, ledger=ledger)
         self._preflight = Preflight(self._core)
         self._staging = Staging(self._core)
-        self._switch = Switch(self._core, self._staging)
+        self._runtime = RuntimeConfig(self._core, self._preflight)
+        self._switch = Switch(self._core, self._staging, self._runtime)
 
     @property
     def core(self) -> EngineCore:

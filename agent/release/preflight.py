@@ -1,19 +1,29 @@
 """Preflight checks that stop an operation before it changes anything (DESIGN.md section 4,
 step 1): the node's RELEASES file exists (created from the running release's .rel when it does
-not), and the target release's sys.config parses the way release_handler will read it.
+not), and the target release's sys.config parses the way release_handler will read it; the
+relup holds the entry the switch needs (from the running version, or down to the target); a
+tarball given for a version already on the node holds that very release (sha256), or replaces it.
 
 Each check raises a Failure with outcome ``failed_unchanged`` naming the file and the reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
+from agent.relfile import RelSyntaxError, RelupVersions, relup_versions
 from bridge import Atom, BadRpc
 
 from .base import EngineCore, OperationContext
+from .releases import Release
 from .steps import FAILED_UNCHANGED, Failure, StepState, consult_error, term_text
+from .tarball import ReleaseTarball
+
+SHA_FILE = "relctl.sha256"  # releases/VSN/relctl.sha256: the tarball the agent unpacked there
+RELUP_HINT = "build it with `rebar3 relup` or `relctl make-relup OLD NEW`"
 
 _OK = Atom("ok")
 _ERROR = Atom("error")
@@ -80,6 +90,121 @@ class Preflight:
         except UnicodeDecodeError:
             source = text.decode("latin-1")
         return await self._check_source(where, source)
+
+    def recorded_sha256(self, version: str, ctx: OperationContext) -> tuple[str | None, str]:
+        """The sha256 of the tarball VSN was unpacked from, and where it was read: the file
+        the agent wrote into the release dir first (it lives and dies with the files), then
+        the agent's journal."""
+        assert ctx.dirs is not None
+        path = Path(ctx.dirs.releases) / version / SHA_FILE
+        try:
+            text = path.read_text(encoding="ascii").split()
+        except (OSError, UnicodeDecodeError):
+            text = []
+        if text and len(text[0]) == 64:
+            return text[0].lower(), str(path)
+        recorded = self._core.ledger.recorded(version)
+        return (recorded, "the agent's journal") if recorded else (None, "")
+
+    def existing_release(self, target: Release, tarball: ReleaseTarball, ctx: OperationContext,
+                         *, replace: bool) -> bool:
+        """A tarball given for a version the node already has: True when that release is to
+        be replaced (removed, then the tarball unpacked), False when it is this tarball's
+        release (nothing to unpack). Refuses other bytes, or bytes it cannot tell, without
+        ``replace``; and never replaces the running or permanent release."""
+        node, version = self._core.node.name, target.version
+        fixed = target.running or target.status in ("current", "permanent")
+        if replace and fixed:
+            raise Failure(FAILED_UNCHANGED, f"{version} is {target.status} on {node}: the "
+                          "running or permanent release cannot be replaced; install another "
+                          "release first, or give the fixed release a new version")
+        if replace:
+            return True
+        recorded, source = self.recorded_sha256(version, ctx)
+        if recorded == tarball.sha256:
+            return False
+        if recorded is None:
+            why = (f"{version} is already {target.status} on {node}, and no sha256 was "
+                   "recorded when it was unpacked, so relctl cannot tell whether it is the "
+                   "release of this tarball")
+        else:
+            why = (f"{version} is already {target.status} on {node}, unpacked from other "
+                   f"bytes (sha256 {recorded[:12]}... per {source}; this tarball: "
+                   f"{tarball.sha256[:12]}...)")
+        todo = ("it runs or is permanent, so it cannot be replaced: give the fixed release a "
+                "new version" if fixed else
+                "pass --replace to remove it and unpack this tarball in its place")
+        raise Failure(FAILED_UNCHANGED, f"{why}; {todo}, or leave out --tarball to use the "
+                                         "release already there")
+
+    async def check_relup(self, tarball: ReleaseTarball, from_version: str) -> None:
+        """install_release needs releases/VSN/relup with an entry from the running version;
+        without one, check_install_release still answers ok and install fails later (enoent
+        on the running release's relup). Refused here, before anything is staged."""
+        version = tarball.version
+        where = f"releases/{version}/relup"
+        if tarball.relup is None:
+            raise Failure(FAILED_UNCHANGED, f"the tarball of {version} has no {where}, so "
+                          f"release_handler has no script to go from {from_version} to "
+                          f"{version}; {RELUP_HINT}, and put it into the tarball")
+        found = await self._parse_relup(tarball.relup, f"{where} in the tarball")
+        if found.version != version:
+            raise Failure(FAILED_UNCHANGED, f"{where} in the tarball is the relup of "
+                          f"{found.version}, not of {version}; {RELUP_HINT}")
+        if from_version and from_version not in found.up_from:
+            raise Failure(FAILED_UNCHANGED, f"{where} in the tarball has no entry from the "
+                          f"running {from_version} (it upgrades from: "
+                          f"{', '.join(found.up_from) or 'nothing'}); {RELUP_HINT} with "
+                          f"{from_version} as OLD")
+
+    async def check_down_relup(self, version: str, ctx: OperationContext) -> str:
+        """A downgrade runs the running release's relup down script to ``version`` (or, as
+        release_handler tries first, the target's relup up from the running one): refuse
+        when neither file has that entry, which check_install_release does not check."""
+        assert ctx.dirs is not None
+        running = ctx.from_version
+        up_path = Path(ctx.dirs.releases) / version / "relup"
+        down_path = Path(ctx.dirs.releases) / running / "relup"
+        try:
+            try:
+                up = await self._relup_on_node(up_path)
+            except Failure:
+                up = None  # release_handler then tries the down script too
+            if up is not None and up.version == version and running in up.up_from:
+                return f"relup of {version} goes up from {running}"
+            down = await self._relup_on_node(down_path)
+        except OSError as exc:  # not ours to judge then: check_install_release does
+            return f"relup not read by the agent ({exc.strerror or exc})"
+        live = (f"a live downgrade needs a relup of {running} with a down entry to {version} "
+                f"({RELUP_HINT}); without one, restart the node on {version} instead")
+        if down is None:
+            raise Failure(FAILED_UNCHANGED, f"{down_path} is missing, so release_handler has "
+                          f"no script to go down from {running} to {version}; {live}")
+        if down.version != running or version not in down.down_to:
+            raise Failure(FAILED_UNCHANGED, f"{down_path} has no down entry to {version} (it "
+                          f"goes down to: {', '.join(down.down_to) or 'nothing'}); {live}")
+        return f"relup of {running} goes down to {version}"
+
+    async def _relup_on_node(self, path: Path) -> RelupVersions | None:
+        """The relup at ``path`` on this host (the agent runs beside the node); None when
+        there is none; OSError when it cannot be read."""
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+        return await self._parse_relup(data, str(path))
+
+    async def _parse_relup(self, data: bytes, where: str) -> RelupVersions:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("latin-1")
+        try:
+            # Off the event loop: a relup may be megabytes.
+            return await asyncio.to_thread(relup_versions, text)
+        except RelSyntaxError as exc:
+            raise Failure(FAILED_UNCHANGED, f"{where} does not parse as a relup "
+                          f"({exc}); {RELUP_HINT}") from None
 
     async def _check_source(self, where: str, source: str) -> str:
         scanned = await self._core.call("erl_scan", "string", [source])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 STEP_STATES = frozenset({"running", "succeeded", "failed", "skipped"})
 OUTCOMES = frozenset({"running", "succeeded", "failed_unchanged", "rolled_back", "failed",
-                      "interrupted", "dry_run"})
+                      "interrupted", "dry_run", "up_to_date"})
 
 
 @dataclass(frozen=True)

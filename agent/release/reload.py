@@ -20,6 +20,7 @@ from typing import Any
 
 from bridge import Atom, BadRpc, format_term
 
+from .present import TermStyle
 from .records import ConfigChange
 from .releases import parse_which_releases
 from .steps import (
@@ -127,6 +128,7 @@ class ConfigReload:
         self._node = node
         self._steps = steps
         self._rpc_timeout = rpc_timeout
+        self._style = TermStyle(node)
 
     async def _call(self, module: str, function: str, args: Sequence[Any] = ()) -> Any:
         return await self._node.call(module, function, args, timeout=self._rpc_timeout)
@@ -154,7 +156,7 @@ class ConfigReload:
                     if providers else "")
             async with self._steps.step("diff") as st:
                 diffs, ignored = await self._diff(config)
-                changes = _changes(diffs, options.show_values)
+                changes = await _changes(diffs, options.show_values, self._style)
                 st.detail = _diff_text(changes, ignored)
             if options.dry_run:
                 self._steps.skip("apply", "dry run: nothing applied")
@@ -168,6 +170,22 @@ class ConfigReload:
             return Result(SUCCEEDED, version, version, releases=releases, config_changes=changes)
         except Failure as failure:
             return Result(failure.outcome, version, version, error=failure.message)
+
+    async def converge(self, path: str) -> tuple[tuple[ConfigChange, ...], str]:
+        """The upgrade's runtime_config step (runtime.py): make the running environment what
+        a boot with the sys.config at ``path`` gives (its includes, then the release's config
+        providers), applied with config_change semantics. The changes (keys only) and what
+        was done; a Failure says what could not be."""
+        config, _files = await self._read(path)
+        config, providers = await self._run_providers(config)
+        diffs, ignored = await self._diff(config)
+        changes = await _changes(diffs, False, self._style)
+        text = _diff_text(changes, ignored)
+        if providers:
+            text = f"config providers {', '.join(providers)} ran: {text}"
+        if diffs:
+            text += f"; {await self._apply(diffs)}"
+        return changes, text
 
     # --- read ---------------------------------------------------------------------------
 
@@ -238,10 +256,12 @@ class ConfigReload:
             try:
                 loaded = await self._call(module.name, "load", [config, state])
             except BadRpc as exc:
-                raise Failure(FAILED_UNCHANGED, f"the config provider {name} failed: "
-                                                f"{await self._exception_text(exc.reason)}; "
-                                                "nothing was applied. Fix the runtime config "
-                                                "and run relctl reload-config again") from None
+                # The exception goes last: on an Elixir node it ends with its stack lines.
+                raise Failure(FAILED_UNCHANGED, f"the config provider {name} failed, nothing "
+                                                "was applied (fix the runtime config and run "
+                                                "relctl reload-config again): "
+                                                f"{await self._exception_text(exc.reason)}"
+                                                ) from None
             config = [(app, _as_env(env, f"{app} from {name}"))
                       for app, env in _as_env(loaded, f"the config {name} returned")]
         extra = init.get(Atom("extra_config"), [])
@@ -250,7 +270,11 @@ class ConfigReload:
         return config, names
 
     async def _exception_text(self, reason: Any) -> str:
-        """An Elixir exception's own message ({'EXIT', {Exception, Stack}}), else the term."""
+        """The provider's exception as Elixir prints it (``** (SyntaxError) ...`` with its
+        stack); if the node cannot say it runs Elixir, the exception's own message, else the
+        term."""
+        if await self._style.elixir():
+            return await self._style.reason(reason)
         exc = reason[1][0] if (isinstance(reason, tuple) and len(reason) == 2
                                and isinstance(reason[1], tuple) and reason[1]) else reason
         if isinstance(exc, dict) and exc.get(Atom("__exception__")) is True:
@@ -269,6 +293,7 @@ class ConfigReload:
         apps = [entry[0] for entry in loaded if isinstance(entry, tuple) and entry
                 and isinstance(entry[0], Atom)]
         ignored = sorted(a.name for a, _ in config if a not in apps)
+        configured = await self._configured()
         diffs = []
         for app in apps:
             new = merge_app_env(await self._app_defaults(app),
@@ -281,9 +306,27 @@ class ConfigReload:
                 # No section for it in the config: what it has beyond its defaults was set at
                 # run time (Elixir's Logger sets kernel's logger), not by a config: keep it.
                 removed = []
+            elif configured is not None:
+                # Keys OTP or the runtime set at boot (kernel's logger, connect_all) that no
+                # config ever named are not the config's to remove.
+                named = next((env for a, env in configured if a == app), [])
+                removed = [key for key in removed if _find(named, key) >= 0]
             if changed or added or removed:
                 diffs.append(_AppDiff(app, old, changed, added, removed))
         return diffs, ignored
+
+    async def _configured(self) -> Config | None:
+        """The configuration the application controller holds (its conf_data): what the node
+        booted with (or release_handler installed since), plus every persistent set_env since,
+        a reload's own included. None when its state is not the record OTP 25-27 keep."""
+        state = await self._call("sys", "get_state", [Atom("application_controller")])
+        conf = state[-1] if (isinstance(state, tuple) and state
+                             and state[0] == Atom("state")) else None
+        if not isinstance(conf, list):
+            return None
+        return [(entry[0], [kv for kv in entry[1] if isinstance(kv, tuple) and len(kv) == 2])
+                for entry in conf if isinstance(entry, tuple) and len(entry) == 2
+                and isinstance(entry[0], Atom) and isinstance(entry[1], list)]
 
     async def _app_defaults(self, app: Atom) -> Env:
         """The env of the application's .app file: the values it falls back to."""
@@ -343,7 +386,8 @@ class ConfigReload:
         res = _refusals(await self._call("application_controller", "config_change", [before]))
         if res == _OK:
             return f"config_change/3 called for {', '.join(d.app.name for d in diffs)}"
-        refused = term_text(res[1] if isinstance(res, tuple) and len(res) == 2 else res)
+        refused = await self._style.reason(res[1] if isinstance(res, tuple) and len(res) == 2
+                                           else res)
         # Put the old environment back and tell the applications, so none keeps a config
         # another one refused.
         now = await self._call("application_controller", "prep_config_change")
@@ -354,7 +398,8 @@ class ConfigReload:
                                        "previous environment is back. Fix the config (or the "
                                        "callback) and reload again")
         raise Failure(FAILED, f"config_change/3 refused the new config: {refused}; restoring the "
-                              f"previous environment was refused too: {term_text(back)}. The "
+                              f"previous environment was refused too: "
+                              f"{await self._style.reason(back)}. The "
                               "environment is the previous one; check the applications")
 
 
@@ -368,23 +413,28 @@ def _refusals(res: Any) -> Any:
     return res
 
 
-def _changes(diffs: list[_AppDiff], show_values: bool) -> tuple[ConfigChange, ...]:
-    out: list[ConfigChange] = []
-    for d in diffs:
-        app = d.app.name
+_NO_VALUE = object()  # a side of a change that has no value to show
 
-        def old_value(key: Any, d: _AppDiff = d) -> str:
+
+async def _changes(diffs: list[_AppDiff], show_values: bool,
+                   style: TermStyle) -> tuple[ConfigChange, ...]:
+    """The changes as reported. Keys are names, in Erlang form; values (only when asked: they
+    may be secrets) in the node's language, "GBP" on an Elixir node, all worded at once."""
+    rows: list[tuple[str, Any, str, Any, Any]] = []   # app, key, kind, old, new
+    for d in diffs:
+        def old_value(key: Any, d: _AppDiff = d) -> Any:
             i = _find(d.old, key)
-            return format_term(d.old[i][1]) if show_values and i >= 0 else ""
-        for key, value in d.changed:
-            out.append(ConfigChange(app, format_term(key), "changed", old_value(key),
-                                    format_term(value) if show_values else ""))
-        for key, value in d.added:
-            out.append(ConfigChange(app, format_term(key), "added", "",
-                                    format_term(value) if show_values else ""))
-        for key in d.removed:
-            out.append(ConfigChange(app, format_term(key), "removed", old_value(key), ""))
-    return tuple(out)
+            return d.old[i][1] if i >= 0 else _NO_VALUE
+        rows += [(d.app.name, key, "changed", old_value(key), value) for key, value in d.changed]
+        rows += [(d.app.name, key, "added", _NO_VALUE, value) for key, value in d.added]
+        rows += [(d.app.name, key, "removed", old_value(key), _NO_VALUE) for key in d.removed]
+    shown = [v for row in rows for v in row[3:] if v is not _NO_VALUE] if show_values else []
+    texts = iter(await style.values(shown) if shown else [])
+
+    def text(value: Any) -> str:
+        return "" if value is _NO_VALUE or not show_values else next(texts)
+    return tuple(ConfigChange(app, format_term(key), kind, text(old), text(new))
+                 for app, key, kind, old, new in rows)
 
 
 def _diff_text(changes: tuple[ConfigChange, ...], ignored: list[str]) -> str:

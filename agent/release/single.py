@@ -20,16 +20,21 @@ _OK = Atom("ok")
 
 class SingleSteps(EngineParts):
     @guarded
-    async def unpack(self, ctx: OperationContext, version: str, tarball: ReleaseTarball
-                     ) -> Result:
+    async def unpack(self, ctx: OperationContext, version: str, tarball: ReleaseTarball,
+                     *, replace: bool = False) -> Result:
         async with self.steps.step("preflight") as st:
             await self._core.read_node(ctx)
             existing = ctx.find(version)
-            if existing is not None:
+            if existing is not None and not self._preflight.existing_release(
+                    existing, tarball, ctx, replace=replace):
                 raise Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
-                                                 f"{self.node.name}; nothing to unpack")
+                                                 f"{self.node.name}, from this tarball (same "
+                                                 "sha256); nothing to unpack")
+            await self._preflight.check_relup(tarball, ctx.from_version)
             await self._preflight.ensure_releases_file(ctx, st)
             st.detail += await self._preflight.check_config(version, tarball.sys_config, ctx)
+        if existing is not None:
+            await self._staging.remove_stale(existing, ctx)
         await self._staging.stage(tarball, ctx)
         await self._staging.unpack(tarball, ctx)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
@@ -62,7 +67,8 @@ class SingleSteps(EngineParts):
         await self._switch.install(version, options, ctx)
         await run_hooks(self.node, self.steps, options.hooks, POST_INSTALL, outcome=FAILED)
         async with self.steps.step("verify") as st:
-            st.detail = await self._switch.verify(version, options)
+            st.detail = await self._switch.verify(version, options,
+                                                  from_version=ctx.from_version)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
 
     @guarded

@@ -21,6 +21,7 @@ from bridge import Atom
 
 from .base import EngineCore, OperationContext
 from .releases import Release
+from .preflight import SHA_FILE
 from .steps import FAILED, FAILED_UNCHANGED, Failure, term_text
 from .tarball import ReleaseTarball
 
@@ -128,17 +129,57 @@ class Staging:
             if isinstance(res, tuple) and res[0] == _OK:
                 ctx.unpacked_here = True
                 ctx.tarball = tarball
-                st.detail = f"{call} -> {res[1]}"
+                st.detail = f"{call} -> {res[1]}" + await self._record(tarball, ctx)
                 return
             # release_handler deletes the tarball only on success; leave nothing to trip a retry.
             if ctx.staged_file is not None:
                 ctx.staged_file.unlink(missing_ok=True)
+            assert ctx.dirs is not None
+            if "/" not in tarball.unpack_name:
+                # systools layout: unpack_release extracted releases/NAME-VSN.rel first and
+                # deletes it only on success (relx's releases/VSN/NAME.rel goes with its dir).
+                (Path(ctx.dirs.releases) / f"{tarball.unpack_name}.rel").unlink(missing_ok=True)
             reason = term_text(res[1] if isinstance(res, tuple) else res)
             removed = await self._delete(
                 self._unlisted_dirs(tarball, ctx, await self._core.releases()), ctx)
             raise Failure(FAILED_UNCHANGED, f"{call} failed: {reason}"
                           + (f"; removed what it extracted: {', '.join(removed)}"
                              if removed else ""))
+
+    async def _record(self, tarball: ReleaseTarball, ctx: OperationContext) -> str:
+        """Keep the sha256 of the tarball a release was unpacked from, in its release dir
+        (releases/VSN/relctl.sha256, which goes when the release goes) and in the agent's
+        ledger, so that a later tarball of the same version can be told apart."""
+        assert ctx.dirs is not None
+        path = Path(ctx.dirs.releases) / tarball.version / SHA_FILE
+        self._core.ledger.record(tarball.version, tarball.sha256)
+        if not path.parent.is_dir():
+            return ""  # unpack_release always makes releases/VSN; never made up here
+        tmp = path.with_name(f".{SHA_FILE}.relctl-tmp")
+        try:
+            tmp.write_text(f"{tarball.sha256}\n", encoding="ascii")
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return (f"; its sha256 was not written to {path} ({exc.strerror or exc}), only to "
+                    "the agent's journal")
+        return ""
+
+    async def remove_stale(self, release: Release, ctx: OperationContext) -> None:
+        """Remove a release that a tarball of the same version is to replace (--replace):
+        remove_release deletes releases/VSN and the lib dirs no other release uses, so
+        keep_old_files cannot keep a stale file when the tarball is unpacked."""
+        version = release.version
+        async with self._core.steps.step("replace") as st:
+            res = await self._core.call("release_handler", "remove_release", [version])
+            if res != _OK:
+                raise Failure(FAILED_UNCHANGED, f"remove_release({version}) failed: "
+                              f"{term_text(res)}; {version} stays {release.status} and the "
+                              "tarball was not unpacked")
+            ctx.releases = await self._core.releases()
+            st.detail = (f"removed {version} (it was {release.status}) and its files, to "
+                         "unpack the given tarball in its place")
 
     async def undo_unpack(self, version: str, ctx: OperationContext) -> None:
         """Take back what this operation's unpack did, so that a retry starts clean.

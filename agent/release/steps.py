@@ -26,6 +26,7 @@ FAILED_UNCHANGED = "failed_unchanged"
 ROLLED_BACK = "rolled_back"
 FAILED = "failed"
 DRY_RUN = "dry_run"
+UP_TO_DATE = "up_to_date"  # the target already runs and is permanent: nothing was done
 
 StepSink = Callable[[StepRecord], None]
 

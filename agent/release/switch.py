@@ -22,8 +22,10 @@ from agent.errors import NodeDown, NodeTimeout, NodeUnavailable, ReplyTooLarge
 from bridge import Atom, BadRpc
 
 from .base import EngineCore, OperationContext, Options
+from .codecheck import check_code, mismatch_text, read_appups, split_lib
 from .hooks import run_hooks, skip_hooks
 from .releases import Release, parse_which_releases
+from .runtime import RuntimeConfig
 from .staging import Staging
 from .steps import FAILED, FAILED_UNCHANGED, ROLLED_BACK, SUCCEEDED, Failure, Result, term_text
 
@@ -41,9 +43,10 @@ def install_options(options: Options, *, update_paths: bool) -> list[Any]:
 
 
 class Switch:
-    def __init__(self, core: EngineCore, staging: Staging) -> None:
+    def __init__(self, core: EngineCore, staging: Staging, runtime: RuntimeConfig) -> None:
         self._core = core
         self._staging = staging
+        self._runtime = runtime
 
     async def pre_install_hooks(self, version: str, options: Options,
                                 ctx: OperationContext) -> None:
@@ -65,6 +68,12 @@ class Switch:
 
     async def install(self, version: str, options: Options, ctx: OperationContext) -> None:
         node = self._core.node
+        try:  # relx's rendered sys.config first: install_release reads and applies that file
+            await self._runtime.write(version, ctx, outcome=FAILED_UNCHANGED)
+        except Failure:
+            if ctx.unpacked_here:
+                await self._staging.undo_unpack(version, ctx)
+            raise
         async with self._core.steps.step("install") as st:
             try:
                 res = await self._core.call("release_handler", "install_release",
@@ -86,10 +95,14 @@ class Switch:
                                            f"{options.restart_timeout:g} s")
                 st.detail = "installed; the node restarted into the new emulator"
                 return
-            reason = term_text(res[1] if isinstance(res, tuple) and len(res) > 1 else res)
+            raw = res[1] if isinstance(res, tuple) and len(res) > 1 else res
             # A crashing relup script makes release_handler restart the node on its
-            # permanent release.
-            if await node.wait_for_restart(down_within=5.0, up_within=options.restart_timeout):
+            # permanent release. The reason is worded after that wait, not to miss the drop
+            # (on an Elixir node wording it is an RPC: a code_change's raise, in Elixir).
+            restarted = await node.wait_for_restart(down_within=5.0,
+                                                    up_within=options.restart_timeout)
+            reason = await self._core.style.reason(raw)
+            if restarted:
                 raise Failure(ROLLED_BACK, f"install of {version} failed ({reason}); the node "
                                             "restarted on its permanent release (rolled back by "
                                             "node restart)")
@@ -166,7 +179,10 @@ class Switch:
                 break
         return None, dropped
 
-    async def verify(self, version: str, options: Options) -> str:
+    async def verify(self, version: str, options: Options, *, from_version: str = "") -> str:
+        """The release ``version`` runs: it is current, its applications run, its code is
+        loaded (codecheck.py) and the probes pass. ``from_version``: the release the node ran
+        before, whose appups explain a module that did not switch."""
         releases = await self._core.releases()
         target = next((r for r in releases if r.version == version), None)
         if target is None or not target.running:
@@ -182,10 +198,29 @@ class Switch:
                 wrong.append(f"{name} runs {running[name]}, release has {vsn}")
         if wrong:
             raise Failure(FAILED, "applications not switched: " + "; ".join(wrong))
-        detail = f"{version} is {target.status}; {len(running)} applications run"
+        code = await self._verify_code(target, releases, from_version)
+        detail = f"{version} is {target.status}; {len(running)} applications run; {code}"
         if options.probes:
             detail += "; " + await self._soak(options)
         return detail
+
+    async def _verify_code(self, target: Release, releases: tuple[Release, ...],
+                           from_version: str) -> str:
+        """Every module of the target's applications runs the release's beam; else a Failure
+        naming the modules and what the appup lacks."""
+        node, timeout = self._core.node, self._core.rpc_timeout
+        report = await check_code(node, map(split_lib, target.applications), timeout=timeout)
+        if not report.ok:
+            prior = next((r for r in releases
+                          if r.version == from_version and r.version != target.version), None)
+            appups = await read_appups(node, report,
+                                       [split_lib(a) for a in prior.applications] if prior else [],
+                                       timeout=timeout)
+            raise Failure(FAILED, f"{target.version} does not run all of its code: "
+                                  f"{mismatch_text(report, appups)}. Fix the appups (`relctl "
+                                  "make-relup` checks them against the beams) and build the "
+                                  "release again")
+        return (f"{report.modules} modules match the release's beams ({report.mode} mode)")
 
     async def _soak(self, options: Options) -> str:
         deadline = time.monotonic() + options.health_timeout
@@ -197,7 +232,8 @@ class Switch:
                 except BadRpc as exc:
                     res = exc.reason
                 if res != _OK:
-                    raise Failure(FAILED, f"health probe {probe} returned {term_text(res)}")
+                    raise Failure(FAILED, f"health probe {probe} returned "
+                                          f"{await self._core.style.reason(res)}")
             rounds += 1
             if time.monotonic() >= deadline:
                 return f"probes ok {rounds}x over {options.health_timeout:g} s"
@@ -209,11 +245,14 @@ class Switch:
         installs the release the node ran before (``installed``: install_release ran now)."""
         try:
             if installed:
+                # What a fresh boot of the release would compute (runtime.py), before the
+                # hooks and the verification see the node; a failure rolls back too.
+                await self._runtime.apply(version, ctx)
                 # Post-install hooks are part of the health gate: a failure rolls back too.
                 await run_hooks(self._core.node, self._core.steps, options.hooks, POST_INSTALL,
                                 outcome=FAILED)
             async with self._core.steps.step("verify") as st:
-                st.detail = await self.verify(version, options)
+                st.detail = await self.verify(version, options, from_version=ctx.from_version)
         except Failure as failure:
             if not rollback or not ctx.from_version:
                 raise
@@ -224,7 +263,8 @@ class Switch:
             self._core.steps.skip("make_permanent", "--no-permanent: the node boots the old "
                                                     "release on restart until "
                                                     "`relctl make-permanent`")
-        return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
+        return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases(),
+                      config_changes=self._runtime.changes)
 
     async def make_permanent(self, version: str, ctx: OperationContext) -> None:
         async with self._core.steps.step("make_permanent") as st:
@@ -260,6 +300,14 @@ class Switch:
 
     async def _rollback(self, version: str, failure: Failure, options: Options,
                         ctx: OperationContext) -> Result:
+        # The release gone back to gets its boot-time config too (runtime.py); nothing may
+        # stop a rollback, so a failure of it is only reported.
+        note = ""
+        try:
+            await self._runtime.plan_back(ctx.from_version, ctx)
+            await self._runtime.write(ctx.from_version, ctx, outcome=FAILED)
+        except Failure as again:
+            note += f"; before the rollback, {again.message}"
         async with self._core.steps.step("rollback") as st:
             res = await self._core.call("release_handler", "install_release",
                                         [ctx.from_version,
@@ -271,14 +319,17 @@ class Switch:
             st.detail = f"installed {ctx.from_version} again (relup down script)"
         # The code changed again, so what the post-install hooks clear is stale again; pre-install
         # hooks do not run, as nothing may stop a rollback. A failure here is only reported.
-        note = ""
+        try:
+            await self._runtime.apply(ctx.from_version, ctx)
+        except Failure as again:
+            note += f"; after the rollback, {again.message}"
         try:
             await run_hooks(self._core.node, self._core.steps, options.hooks, POST_INSTALL,
                             outcome=ROLLED_BACK)
         except Failure as again:
-            note = f"; after the rollback, {again.message}"
+            note += f"; after the rollback, {again.message}"
         async with self._core.steps.step("verify") as st:
-            st.detail = await self.verify(ctx.from_version, Options())
+            st.detail = await self.verify(ctx.from_version, Options(), from_version=version)
         return Result(ROLLED_BACK, ctx.from_version, version, error=failure.message + note,
                       releases=await self._core.releases(),
-                      detail=f"back on {ctx.from_version}")
+                      detail=f"back on {ctx.from_version}", config_changes=self._runtime.changes)

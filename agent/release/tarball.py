@@ -61,6 +61,7 @@ class ReleaseTarball:
     relup: bytes | None        # releases/VSN/relup
     size: int                  # bytes of the .tar.gz
     sha256: str                # hex digest of the .tar.gz
+    sys_config_src: bytes | None = None  # releases/VSN/sys.config.src (relx renders it at boot)
 
 
 def inspect_tarball(path: Path, *, expected_version: str | None = None,
@@ -80,15 +81,16 @@ def inspect_tarball(path: Path, *, expected_version: str | None = None,
             with reading(path):
                 sys_config = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/sys.config")
                 relup = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/relup")
+                src = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/sys.config.src")
         sha256 = digest(path, raw, size)
     return ReleaseTarball(path, rel.name, rel.vsn, rel.erts, rel.unpack_name, rel.member,
-                          rel.apps, sys_config, relup, size, sha256)
+                          rel.apps, sys_config, relup, size, sha256, src)
 
 
 # --- Members ---------------------------------------------------------------------------
 
 _REL_PATH = re.compile(r"releases/(?:[^/]+/)?[^/]+\.rel")
-_EXTRA_PATH = re.compile(r"releases/[^/]+/(?:sys\.config|relup)")
+_EXTRA_PATH = re.compile(r"releases/[^/]+/(?:sys\.config(?:\.src)?|relup)")
 _WINDOWS = re.compile(r"[A-Za-z]:|.*\\", re.DOTALL)
 
 _KINDS = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
@@ -153,6 +155,14 @@ def _check_member(path: Path, info: tarfile.TarInfo, next_offset: int) -> None:
     if problem:
         raise TarballError(f"{where} {problem}; a release tarball holds relative paths "
                            "inside the release root only")
+    if "." in info.name.rstrip("/").split("/"):
+        # release_handler finds releases/NAME.rel by its exact name (erl_tar's {files, [...]})
+        # and never finds "./releases/NAME.rel": the unpack would fail after staging.
+        raise TarballError(f"{where} has a '.' component (a tarball made with `tar -C DIR "
+                           "-czf FILE .` has one in every name); release_handler cannot "
+                           "unpack it: repack it with names relative to the release root, "
+                           "`tar -C DIR -czf FILE releases lib` (add erts-* and bin if the "
+                           f"release has them), or make it with {MAKERS}")
     if info.size < 0 or next_offset <= info.offset:
         raise corrupt(path, f"member {info.name!r} has a size or position that makes no sense")
     if info.issym() or info.islnk():

@@ -16,10 +16,15 @@ from bridge import Atom
 from .base import OperationContext, Options, guarded
 from .releases import Release
 from .single import SingleSteps
-from .steps import DRY_RUN, FAILED_UNCHANGED, Failure, Result, term_text
+from .steps import DRY_RUN, FAILED_UNCHANGED, UP_TO_DATE, Failure, Result, term_text
 from .tarball import ReleaseTarball
 
 _OK = Atom("ok")
+
+
+def _up_to_date(target: Release | None) -> bool:
+    """The target runs and boots already: an upgrade to it has nothing to do."""
+    return target is not None and target.running and target.status == "permanent"
 
 
 class ReleaseEngine(SingleSteps):
@@ -29,8 +34,25 @@ class ReleaseEngine(SingleSteps):
     @guarded
     async def upgrade(self, ctx: OperationContext, version: str, tarball: ReleaseTarball | None,
                       options: Options) -> Result:
-        target, tarball = await self._upgrade_preflight(ctx, version, tarball)
-        if target is not None and target.status == "current":
+        target, tarball, stale = await self._upgrade_preflight(ctx, version, tarball, options)
+        if _up_to_date(target):
+            # Nothing to do, and not a failure: a deploy script run again must exit 0 (relx
+            # does too). Only the preflight step ran; any uploaded tarball is discarded.
+            return Result(UP_TO_DATE, ctx.from_version, version, releases=ctx.releases,
+                          detail=f"{version} already runs and is permanent")
+        if stale is not None and options.dry_run:
+            # Replacing removes the release there: not for a run that must change nothing.
+            for name in ("replace", "stage", "unpack", "check"):
+                self.steps.skip(name, "--dry-run")
+            self._skip_switch(options, "--dry-run")
+            return Result(DRY_RUN, ctx.from_version, version,
+                          releases=await self._core.releases(),
+                          detail=f"preflight passed; {version} ({stale.status}) would be "
+                                 "removed and the tarball unpacked in its place; nothing was "
+                                 "changed")
+        if stale is not None:
+            await self._staging.remove_stale(stale, ctx)
+        elif target is not None and target.status == "current":
             # Installed but not permanent (e.g. --no-permanent before): only make it permanent.
             for name in ("stage", "unpack", "check"):
                 self.steps.skip(name, f"{version} is already current")
@@ -59,27 +81,38 @@ class ReleaseEngine(SingleSteps):
         return await self._switch.verify_and_commit(version, options, ctx, rollback=True)
 
     async def _upgrade_preflight(self, ctx: OperationContext, version: str,
-                                 tarball: ReleaseTarball | None
-                                 ) -> tuple[Release | None, ReleaseTarball | None]:
-        """The target as the node lists it (None: not there), and the tarball still needed."""
+                                 tarball: ReleaseTarball | None, options: Options
+                                 ) -> tuple[Release | None, ReleaseTarball | None, Release | None]:
+        """The target as the node lists it (None: not there), the tarball still needed, and
+        the release that tarball replaces (--replace)."""
+        stale = None
         async with self.steps.step("preflight") as st:
             await self._core.read_node(ctx)
             target = ctx.find(version)
-            if target is not None and target.running and target.status == "permanent":
-                raise Failure(FAILED_UNCHANGED, f"{version} already runs and is permanent on "
-                                                 f"{self.node.name}; nothing to do")
+            if _up_to_date(target):
+                st.detail = (f"{version} already runs and is permanent on {self.node.name}; "
+                             "nothing to do" + ("; the uploaded tarball is not needed"
+                                                if tarball is not None else ""))
+                return target, None, None
             if target is None and tarball is None:
                 raise Failure(FAILED_UNCHANGED, f"release {version} is not on {self.node.name}; "
                                                  "pass --tarball FILE to upload it")
             if target is not None and tarball is not None:
-                tarball = None  # relx does the same: a release already there is not re-uploaded
-                st.detail = f"{version} is already {target.status}; the tarball is not needed. "
+                if self._preflight.existing_release(target, tarball, ctx,
+                                                    replace=options.replace):
+                    stale = target
+                else:  # the same bytes (sha256): relx does the same, it is not unpacked again
+                    tarball = None
+                    st.detail = (f"{version} is already {target.status}; the tarball is not "
+                                 "needed. ")
+            if tarball is not None:
+                await self._preflight.check_relup(tarball, ctx.from_version)
             await self._preflight.ensure_releases_file(ctx, st)
             if target is None or target.status != "current":
-                st.detail += await self._preflight.check_config(
-                    version, tarball.sys_config if tarball else None, ctx)
+                # sys.config parses, and its runtime config can be reproduced (runtime.py).
+                st.detail += await self._runtime.check(version, tarball, ctx, options)
             st.detail = (st.detail + f"; running {ctx.from_version}").lstrip("; ")
-        return target, tarball
+        return target, tarball, stale
 
     async def _check_upgrade(self, version: str, ctx: OperationContext) -> None:
         try:
@@ -116,9 +149,10 @@ class ReleaseEngine(SingleSteps):
                 raise Failure(FAILED_UNCHANGED, f"{version} was never installed on "
                                                  f"{self.node.name}; use `relctl upgrade "
                                                  f"{version}` to install it")
+            relup = await self._preflight.check_down_relup(version, ctx)
             await self._preflight.ensure_releases_file(ctx, st)
-            st.detail = await self._preflight.check_config(version, None, ctx)
-            st.detail += f"; running {ctx.from_version}"
+            st.detail = await self._runtime.check(version, None, ctx, options)
+            st.detail += f"; {relup}; running {ctx.from_version}"
         async with self.steps.step("check") as st:
             res = await self._core.call("release_handler", "check_install_release", [version])
             if not (isinstance(res, tuple) and res[0] == _OK):

@@ -68,8 +68,10 @@ def test_hot_upgrade_and_downgrade_of_a_mix_release_keep_the_genserver_and_its_s
     # First contact: the agent made RELEASES from mix's releases/0.0.1/ex_counter.rel.
     assert step(op, "preflight")["detail"] == (
         f"created {root}/releases/RELEASES from {root}/releases/0.0.1/ex_counter.rel; "
-        "releases/0.0.2/sys.config parses; running 0.0.1")
-    for name in ("stage", "unpack", "check", "install", "verify", "make_permanent"):
+        "releases/0.0.2/sys.config parses; config providers Config.Reader run again after "
+        "the install; running 0.0.1")
+    for name in ("stage", "unpack", "check", "install", "runtime_config", "verify",
+                 "make_permanent"):
         assert step(op, name)["state"] == "succeeded", step(op, name)
     assert op["releases_after"] == [
         {"name": "ex_counter", "version": "0.0.2", "status": "permanent"},
@@ -133,26 +135,27 @@ def test_make_relup_command_writes_a_tarball_the_agent_accepts(
     assert ("ex_counter", "0.0.2") in checked.applications
 
 
-def test_reload_config_evaluates_the_runtime_config_the_upgrade_left_out(
+def test_reload_config_evaluates_the_runtime_config_again(
         agent: AgentProc, ex_node: NodeProc, elixir_build: ElixirBuild) -> None:
     upgrade(agent, elixir_build.tarball)
-    # release_handler applied 0.0.2's build-time sys.config; runtime.exs was not evaluated.
-    assert erl_eval(ex_node, "application:get_env(ex_counter, source)") == "undefined"
+    # The upgrade's runtime_config step evaluated 0.0.2's runtime.exs already.
+    assert erl_eval(ex_node, "application:get_env(ex_counter, source)") == '{ok,<<"runtime.exs">>}'
+    runtime = ex_node.root / "releases" / "0.0.2" / "runtime.exs"
+    runtime.write_text('import Config\nconfig :ex_counter, source: "edited"\n')
     result = relctl("reload-config", "--show-values", "-o", "json", agents=[agent.address])
     assert result.returncode == 0, result.stdout + result.stderr
     op = result.json()["operation"]
     read = step(op, "read_config")["detail"]
     assert read.endswith("then the release's config providers: Config.Reader"), read
     assert op["config_changes"] == [
-        {"application": "ex_counter", "key": "source", "change": "added",
-         "old_value": None, "new_value": '<<"runtime.exs">>'}]
-    assert erl_eval(ex_node, "application:get_env(ex_counter, source)") == '{ok,<<"runtime.exs">>}'
+        {"application": "ex_counter", "key": "source", "change": "changed",
+         "old_value": '"runtime.exs"', "new_value": '"edited"'}]  # as Elixir's inspect prints it
+    assert erl_eval(ex_node, "application:get_env(ex_counter, source)") == '{ok,<<"edited">>}'
 
     # A runtime.exs that does not compile is refused in Elixir's words; nothing applied.
-    runtime = ex_node.root / "releases" / "0.0.2" / "runtime.exs"
     runtime.write_text("import Config\nconfig :ex_counter, source:\n")
     broken = relctl("reload-config", agents=[agent.address])
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "the config provider Config.Reader failed" in broken.stdout
     assert "runtime.exs" in broken.stdout and "nothing was applied" in broken.stdout
-    assert erl_eval(ex_node, "application:get_env(ex_counter, source)") == '{ok,<<"runtime.exs">>}'
+    assert erl_eval(ex_node, "application:get_env(ex_counter, source)") == '{ok,<<"edited">>}'

@@ -1,5 +1,7 @@
 """Rolling upgrades over several real agents: three counter nodes on one epmd, each with its own
-relctl-agent, the middle one with a health gate that fails once 0.0.2 is installed."""
+relctl-agent, the middle one with a health gate that fails once 0.0.2 is installed. The first
+two tests run with --no-prestage (each agent uploads in its batch, the order before pre-staging);
+the pre-staged rollouts are also tests/e2e/test_fleet_prestage_live.py."""
 
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def test_a_failing_node_stops_the_rollout_and_a_run_again_goes_on_from_there(
     tarball = str(release_build.tarball("0.0.2"))
 
     stopped = relctl("upgrade", "0.0.2", "--tarball", tarball, "--batch", "1",
-                     "--max-failures", "0", agents=addresses, timeout=120)
+                     "--max-failures", "0", "--no-prestage", agents=addresses, timeout=120)
     assert stopped.returncode == 5, stopped.stdout + stopped.stderr  # the failure rolled back
     out = stopped.stdout.splitlines()
     assert [line for line in out if line.startswith("batch ")] == [
@@ -92,7 +94,7 @@ def test_a_failing_node_stops_the_rollout_and_a_run_again_goes_on_from_there(
 
     # Run again, allowing one failure: node 1 is left alone, node 2 fails again, node 3 goes.
     again = relctl("upgrade", "0.0.2", "--tarball", tarball, "--max-failures", "1", "-o", "json",
-                   agents=addresses, timeout=120)
+                   "--no-prestage", agents=addresses, timeout=120)
     assert again.returncode == 5, again.stdout + again.stderr
     data = again.json()
     assert [(n["agent"], n["node"], n["batch"], n["result"]) for n in data["nodes"]] == [
@@ -105,12 +107,15 @@ def test_a_failing_node_stops_the_rollout_and_a_run_again_goes_on_from_there(
         "1 failure(s) <= --max-failures 1")
     assert data["nodes"][2]["operation_id"] == 1 and data["nodes"][2]["from_version"] == "0.0.1"
     assert counter_state(n3) == UPGRADED
-    assert journal(a1) == [("upgrade", "0.0.2", "succeeded")]  # not asked to upgrade again
+    # Not upgraded again: the agent journaled the rerun as up_to_date (and got no upload).
+    assert journal(a1) == [("upgrade", "0.0.2", "up_to_date"), ("upgrade", "0.0.2", "succeeded")]
+    assert data["nodes"][0]["reason"] == "already runs 0.0.2 (permanent)"
     assert journal(a2) == [("upgrade", "0.0.2", "rolled_back")] * 2
 
     # Once node 2 is healthy, the same command finishes the rollout.
     erl_eval(n2, "persistent_term:put({counter, healthy}, true)")
-    done = relctl("upgrade", "0.0.2", "--tarball", tarball, agents=addresses, timeout=120)
+    done = relctl("upgrade", "0.0.2", "--tarball", tarball, "--no-prestage", agents=addresses,
+                  timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "rollout of 0.0.2 completed: 2 up_to_date, 1 succeeded"
     assert counter_state(n2) == UPGRADED
@@ -126,7 +131,7 @@ def test_a_batch_upgrades_its_agents_together_and_reports_an_agent_of_several_no
                                                  for n in (n1, n3)])
     agents.append(both)
     result = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
-                    "--batch", "3", "--max-failures", "0", "-o", "json",
+                    "--batch", "3", "--max-failures", "0", "-o", "json", "--no-prestage",
                     agents=[a1.address, a2.address, a3.address, both.address], timeout=120)
     # The batch of three went together (the failure in it stops only what comes after).
     assert result.returncode == 5, result.stdout + result.stderr
@@ -138,7 +143,8 @@ def test_a_batch_upgrades_its_agents_together_and_reports_an_agent_of_several_no
     assert counter_state(n1) == counter_state(n3) == UPGRADED
     assert counter_state(n2) == "2"
 
-    # Alone, the agent of two nodes is asked and answers with its own message (exit 2: usage).
+    # Alone, the agent of two nodes is asked and answers with its own message (exit 2: usage),
+    # here in the staging phase (pre-staged by default), so no node is switched.
     alone = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
                    agents=[both.address, a1.address], timeout=60)
     assert alone.returncode == 2, alone.stdout + alone.stderr

@@ -133,3 +133,17 @@ def test_a_refusing_callback_gets_the_old_environment_back(
     assert "refused_by_counter" in op["error"] and "previous environment is back" in op["error"]
     assert erl_eval(counter_node, "counter:greeting()") == '"hello from 0.0.2"'
     assert erl_eval(counter_node, "application:get_env(counter, refuse_config)") == "undefined"
+
+
+def test_a_freshly_booted_node_has_no_config_changes(
+        agents: list[AgentProc], counter_node: NodeProc, tmp_path: Path) -> None:
+    # OTP sets kernel's logger and connect_all at boot; no config names them: not "removed".
+    fresh = start_agent(tmp_path / "fresh-agent", [
+        NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)])
+    agents.append(fresh)
+    assert "connect_all" in erl_eval(counter_node, "application:get_all_env(kernel)")
+    dry = relctl("reload-config", "--dry-run", "-o", "json", agents=[fresh.address])
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    op = dry.json()["operation"]
+    assert (op["outcome"], op["config_changes"]) == ("dry_run", [])
+    assert next(s for s in op["steps"] if s["name"] == "diff")["detail"] == "no changes"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import subprocess
@@ -9,8 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from relctl.v1 import agent_pb2 as pb
+from relctl.v1 import agent_pb2_grpc
 from tests.tools.agent_proc import (
     ROOT,
     AgentProc,
@@ -187,6 +191,66 @@ def test_remove_refuses_the_running_release_and_removes_an_old_one(
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert removed.json()["operation"]["releases_after"] == [
         {"name": "counter", "version": "0.0.2", "status": "permanent"}]
+
+
+def test_a_rerun_of_a_done_upgrade_is_up_to_date_and_sends_nothing(
+        agent: AgentProc, counter_node: NodeProc, release_build: ReleaseBuild) -> None:
+    tarball = str(release_build.tarball("0.0.2"))
+    first = relctl("upgrade", "0.0.2", "--tarball", tarball, agents=[agent.address], timeout=180)
+    assert first.returncode == 0, first.stdout + first.stderr
+    state, pid = counter_state(counter_node), counter_pid(counter_node)
+
+    # A `set -e` deploy script run again: exit 0, the tarball not sent, the journal says so.
+    again = relctl("upgrade", "0.0.2", "--tarball", tarball, agents=[agent.address], timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[0].split() == ["upload", "skip", "0.0.2", "already", "runs", "and", "is",
+                                "permanent;", "the", "tarball", "was", "not", "sent"]
+    assert lines[1].split()[:2] == ["preflight", "ok"]
+    assert "upgrade 0.0.2 on counter@localhost: up to date (operation 2)" in lines
+    as_json = relctl("upgrade", "0.0.2", "--tarball", tarball, "-o", "json",
+                     agents=[agent.address], timeout=60)
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    op = as_json.json()["operation"]
+    assert (op["outcome"], op["from_version"], op["to_version"], op["error"]) == (
+        "up_to_date", "0.0.2", "0.0.2", "")
+    assert step_names(op) == [("preflight", "succeeded")]
+    assert op["steps"][0]["detail"] == ("0.0.2 already runs and is permanent on "
+                                        "counter@localhost; nothing to do")
+
+    # Proof that nothing was sent: the audit trail has the first run's Upload only.
+    trail = relctl("audit", "-o", "json", agents=[agent.address]).json()["records"]
+    assert [(r["rpc"], r["detail"]) for r in trail[:3]] == [
+        ("Upgrade", "operation 3: up_to_date"), ("Upgrade", "operation 2: up_to_date"),
+        ("Upgrade", "operation 1: succeeded")]
+    assert [r["rpc"] for r in trail] == ["Upgrade", "Upgrade", "Upgrade", "Upload"]
+
+    # An upload that arrives anyway (an older client) is discarded: still up_to_date.
+    data = Path(tarball).read_bytes()
+    with grpc.insecure_channel(agent.socket) as channel:
+        stub = agent_pb2_grpc.AgentStub(channel)
+        upload = stub.Upload(iter([
+            pb.UploadRequest(header=pb.UploadHeader(
+                node=counter_node.name, version="0.0.2", size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(), file_name="counter-0.0.2.tar.gz")),
+            *(pb.UploadRequest(chunk=data[i:i + 2 ** 20]) for i in range(0, len(data), 2 ** 20))]),
+            timeout=60)
+        events = list(stub.Upgrade(pb.UpgradeRequest(
+            node=counter_node.name, version="0.0.2", upload_id=upload.upload_id), timeout=60))
+    finished = events[-1].finished
+    assert finished.outcome == pb.OUTCOME_UP_TO_DATE and not finished.error
+    assert [s.detail for s in finished.steps] == [
+        "0.0.2 already runs and is permanent on counter@localhost; nothing to do; the "
+        "uploaded tarball is not needed"]
+    assert list((agent.config.parent / "state" / "uploads").iterdir()) == []
+    assert not (counter_node.root / "releases" / "counter-0.0.2.tar.gz").exists()
+
+    journal = relctl("operations", "-o", "json", agents=[agent.address]).json()["operations"]
+    assert [(o["kind"], o["to_version"], o["outcome"]) for o in journal] == [
+        ("upgrade", "0.0.2", "up_to_date")] * 3 + [("upgrade", "0.0.2", "succeeded")]
+    assert ('relctl_operations_total{node="counter@localhost",operation="upgrade",'
+            'outcome="up_to_date"} 3.0') in agent.metrics_text()
+    assert (counter_state(counter_node), counter_pid(counter_node)) == (state, pid)
 
 
 def test_unknown_version_without_tarball_changes_nothing(

@@ -101,7 +101,7 @@ def test_a_sys_config_that_does_not_parse_is_refused_before_any_change(
     assert versions(agent) == [("0.0.1", "permanent")]
 
 
-def test_a_relup_that_does_not_match_stops_at_check_and_a_retry_works(
+def test_a_relup_that_does_not_match_is_refused_at_preflight_and_a_retry_works(
         agent: AgentProc, counter_node: NodeProc, release_build: ReleaseBuild,
         tmp_path: Path) -> None:
     wrong = rewrite_tarball(release_build.tarball("0.0.2"), tmp_path / "wrong-relup.tar.gz", {
@@ -112,9 +112,8 @@ def test_a_relup_that_does_not_match_stops_at_check_and_a_retry_works(
     assert result.returncode == 1, result.stdout + result.stderr
     op = result.json()["operation"]
     assert op["outcome"] == "failed_unchanged"
-    assert "check_install_release(0.0.2) refused" in op["error"]
-    assert [(s["name"], s["state"]) for s in op["steps"]][-2:] == [
-        ("check", "failed"), ("undo_unpack", "succeeded")]
+    assert "has no entry from the running 0.0.1" in op["error"]  # issue 14: before staging
+    assert [(s["name"], s["state"]) for s in op["steps"]] == [("preflight", "failed")]
     assert versions(agent) == [("0.0.1", "permanent")]
     assert erl_eval(counter_node, "sys:get_state(counter)") == "0"
 

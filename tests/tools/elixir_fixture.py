@@ -152,7 +152,7 @@ def make_target_copy(build: ElixirBuild, dest: Path) -> Path:
 
 def start_elixir_node(target_root: Path, name: str = f"{REL_NAME}@localhost", *,
                       cookie: str, epmd_port: int, workdir: Path,
-                      timeout: float = 30.0) -> NodeProc:
+                      timeout: float = 30.0, node_env: Mapping[str, str] | None = None) -> NodeProc:
     """Boot ``target_root`` with mix's ``bin/ex_counter start`` and wait until it is ready.
 
     The name and cookie are given as mix releases take them (RELEASE_NODE, RELEASE_COOKIE;
@@ -188,6 +188,7 @@ def start_elixir_node(target_root: Path, name: str = f"{REL_NAME}@localhost", *,
         "RELEASE_COOKIE": cookie,
         "RELEASE_TMP": str(wdir / "release_tmp"),  # mix's default is inside the root
         "ELIXIR_ERL_OPTIONS": erl_options,
+        **(node_env or {}),  # the node's own variables, e.g. what runtime.exs reads
     })
     t0 = time.monotonic()
     with open(wdir / "node.log", "ab") as log:

@@ -470,6 +470,7 @@ def start_node(
     workdir: Path | None = None,
     start_script: str = "bin/counter",
     timeout: float = 30.0,
+    env: Mapping[str, str] | None = None,
 ) -> NodeProc:
     """Boot the release in ``target_root`` as ``-sname name``; wait until ready.
 
@@ -522,6 +523,7 @@ def start_node(
             "XDG_CONFIG_HOME": str(home / ".config"),
             "ERL_EPMD_PORT": str(epmd_port),
             "ERL_CRASH_DUMP": str(wdir / "erl_crash.dump"),
+            **(env or {}),  # the node's own environment variables (relx ${VAR}s, ...)
         }
     )
     t0 = time.monotonic()

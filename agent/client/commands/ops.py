@@ -49,8 +49,14 @@ def _unary(settings: Settings, method: str, request: Any, what: str) -> ExitCode
 
 _UPGRADE_HELP = f"""\
 Upgrade the node to VERSION live: upload, unpack, check, install, verify, make permanent.
+A node that already runs VERSION as permanent is up_to_date (exit 0): the tarball is not
+sent, so a deploy script can run again.
 
-With several --agent options it is a rolling upgrade: --batch agents at a time, in the
+With several --agent options it is a rolling upgrade. With --tarball it first stages:
+every agent uploads and unpacks VERSION (--stage-parallel at a time, default all); a
+failed stage on any agent stops the rollout before any node is switched (the others keep
+VERSION unpacked, not installed: relctl remove VERSION takes it back). Then it switches
+(--no-prestage: uploads too) --batch agents at a time, in the
 order given, each upgrading its node (the --node given, else its only node); a node that
 already runs VERSION as permanent is left alone (up_to_date). After each batch, if more
 than --max-failures agents failed (any result but succeeded, dry_run or up_to_date, so
@@ -75,17 +81,31 @@ the worst row's, in this order: {worst_first_text()} (0 when none failed).
 @click.option("--max-failures", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="K", help="With several agents: stop before the next batch once more "
                                 "than K agents failed.")
+@click.option("--stage-parallel", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With several agents: how many agents upload and unpack at once before "
+                   "the switch (default: all).")
+@click.option("--no-prestage", is_flag=True,
+              help="With several agents: no staging phase; each agent uploads in its batch.")
+@click.option("--replace", is_flag=True,
+              help="VERSION is already on the node (unpacked or old) from other bytes: remove "
+                   "it and unpack --tarball instead (never the running or permanent release).")
+@click.option("--allow-config-reset", is_flag=True,
+              help="Install even when the release's runtime config (mix config providers, relx "
+                   "${VAR}s) cannot be reproduced on the node; those keys fall back.")
 @shared_options
 @click.pass_obj
 def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent: bool,
             dry_run: bool, health_timeout: float | None, install_timeout: float | None,
-            batch: int, max_failures: int) -> ExitCode:
+            batch: int, max_failures: int, stage_parallel: int | None,
+            no_prestage: bool, allow_config_reset: bool, replace: bool) -> ExitCode:
     # The help is _UPGRADE_HELP: it quotes the worst-first order from agent.client.status.
-    spec = UpgradeSpec(version, tarball, no_permanent, dry_run, health_timeout, install_timeout)
+    spec = UpgradeSpec(version, tarball, no_permanent, dry_run, health_timeout, install_timeout,
+                       allow_config_reset=allow_config_reset, replace=replace)
     if len(settings.agents) > 1:
         from ..fleet import fleet_upgrade  # here: a single-agent upgrade needs none of it
 
-        return fleet_upgrade(settings, spec, batch=batch, max_failures=max_failures)
+        return fleet_upgrade(settings, spec, batch=batch, max_failures=max_failures,
+                             prestage=not no_prestage, stage_parallel=stage_parallel)
     agent = one_agent(settings)
     with connect(settings, agent) as channel:
         op = upgrade_on(settings, agent_pb2_grpc.AgentStub(channel), agent, spec)
@@ -96,12 +116,17 @@ def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent
 @click.argument("version")
 @click.option("--no-permanent", is_flag=True, help="Install but do not make permanent.")
 @click.option("--dry-run", is_flag=True, help="Stop after check_install_release; change nothing.")
+@click.option("--allow-config-reset", is_flag=True,
+              help="Install even when the release's runtime config (mix config providers, relx "
+                   "${VAR}s) cannot be reproduced on the node; those keys fall back.")
 @shared_options
 @click.pass_obj
-def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: bool) -> ExitCode:
+def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: bool,
+              allow_config_reset: bool) -> ExitCode:
     """Go back to an old VERSION through the running release's relup (its down script)."""
     return _streamed(settings, "the downgrade", lambda stub: stub.Downgrade(pb.DowngradeRequest(
-        node=settings.node, version=version, no_permanent=no_permanent), timeout=OPERATION_TIMEOUT))
+        node=settings.node, version=version, no_permanent=no_permanent,
+        allow_config_reset=allow_config_reset), timeout=OPERATION_TIMEOUT))
 
 
 @click.command("reload-config")
@@ -121,16 +146,20 @@ def reload_config(settings: Settings, dry_run: bool, show_values: bool) -> ExitC
 @click.argument("version")
 @click.option("--tarball", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True,
+              help="VERSION is already on the node (unpacked or old) from other bytes: remove "
+                   "it and unpack --tarball instead (never the running or permanent release).")
 @shared_options
 @click.pass_obj
-def unpack(settings: Settings, version: str, tarball: Path) -> ExitCode:
+def unpack(settings: Settings, version: str, tarball: Path, replace: bool) -> ExitCode:
     """Upload and unpack VERSION ahead of time (the upgrade then takes milliseconds)."""
     agent = one_agent(settings)
     with connect(settings, agent) as channel:
         upload_id = upload(settings, agent_pb2_grpc.AgentStub(channel), agent, settings.node,
                            version, tarball)
     return _unary(settings, "Unpack", pb.UnpackRequest(node=settings.node, version=version,
-                                                       upload_id=upload_id), "the unpack")
+                                                       upload_id=upload_id, replace=replace),
+                  "the unpack")
 
 
 @click.command()

@@ -42,6 +42,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_FAILED: _ClassVar[Outcome]
     OUTCOME_INTERRUPTED: _ClassVar[Outcome]
     OUTCOME_DRY_RUN: _ClassVar[Outcome]
+    OUTCOME_UP_TO_DATE: _ClassVar[Outcome]
 
 class StepState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -80,6 +81,7 @@ OUTCOME_ROLLED_BACK: Outcome
 OUTCOME_FAILED: Outcome
 OUTCOME_INTERRUPTED: Outcome
 OUTCOME_DRY_RUN: Outcome
+OUTCOME_UP_TO_DATE: Outcome
 STEP_STATE_UNSPECIFIED: StepState
 STEP_STATE_RUNNING: StepState
 STEP_STATE_SUCCEEDED: StepState
@@ -177,6 +179,44 @@ class GetReleasesResponse(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class ModuleMismatch(_message.Message):
+    __slots__ = ("application", "module", "problem", "detail")
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    application: str
+    module: str
+    problem: str
+    detail: str
+    def __init__(self, application: _Optional[str] = ..., module: _Optional[str] = ..., problem: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("node", "release", "version", "mode", "applications", "modules", "mismatch_count", "mismatches")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    APPLICATIONS_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    MISMATCH_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MISMATCHES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    release: str
+    version: str
+    mode: str
+    applications: int
+    modules: int
+    mismatch_count: int
+    mismatches: _containers.RepeatedCompositeFieldContainer[ModuleMismatch]
+    def __init__(self, node: _Optional[str] = ..., release: _Optional[str] = ..., version: _Optional[str] = ..., mode: _Optional[str] = ..., applications: _Optional[int] = ..., modules: _Optional[int] = ..., mismatch_count: _Optional[int] = ..., mismatches: _Optional[_Iterable[_Union[ModuleMismatch, _Mapping]]] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("name", "state", "started_at", "duration", "detail")
@@ -323,14 +363,16 @@ class UploadResponse(_message.Message):
     def __init__(self, upload_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., release_name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class UnpackRequest(_message.Message):
-    __slots__ = ("node", "version", "upload_id")
+    __slots__ = ("node", "version", "upload_id", "replace")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     node: str
     version: str
     upload_id: str
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., upload_id: _Optional[str] = ...) -> None: ...
+    replace: bool
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., upload_id: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class CheckInstallRequest(_message.Message):
     __slots__ = ("node", "version")
@@ -367,7 +409,7 @@ class RemoveRequest(_message.Message):
     def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class UpgradeRequest(_message.Message):
-    __slots__ = ("node", "version", "upload_id", "no_permanent", "dry_run", "health_timeout", "install_timeout")
+    __slots__ = ("node", "version", "upload_id", "no_permanent", "dry_run", "health_timeout", "install_timeout", "allow_config_reset", "replace")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -375,6 +417,8 @@ class UpgradeRequest(_message.Message):
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     HEALTH_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     INSTALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_CONFIG_RESET_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     node: str
     version: str
     upload_id: str
@@ -382,19 +426,23 @@ class UpgradeRequest(_message.Message):
     dry_run: bool
     health_timeout: _duration_pb2.Duration
     install_timeout: _duration_pb2.Duration
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., upload_id: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., health_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    allow_config_reset: bool
+    replace: bool
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., upload_id: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., health_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class DowngradeRequest(_message.Message):
-    __slots__ = ("node", "version", "no_permanent", "install_timeout")
+    __slots__ = ("node", "version", "no_permanent", "install_timeout", "allow_config_reset")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NO_PERMANENT_FIELD_NUMBER: _ClassVar[int]
     INSTALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_CONFIG_RESET_FIELD_NUMBER: _ClassVar[int]
     node: str
     version: str
     no_permanent: bool
     install_timeout: _duration_pb2.Duration
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    allow_config_reset: bool
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ...) -> None: ...
 
 class ReloadConfigRequest(_message.Message):
     __slots__ = ("node", "dry_run", "show_values")

@@ -51,6 +51,11 @@ class AgentStub:
                 request_serializer=relctl_dot_v1_dot_agent__pb2.GetReleasesRequest.SerializeToString,
                 response_deserializer=relctl_dot_v1_dot_agent__pb2.GetReleasesResponse.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/relctl.v1.Agent/Verify',
+                request_serializer=relctl_dot_v1_dot_agent__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=relctl_dot_v1_dot_agent__pb2.VerifyResponse.FromString,
+                _registered_method=True)
         self.ListOperations = channel.unary_unary(
                 '/relctl.v1.Agent/ListOperations',
                 request_serializer=relctl_dot_v1_dot_agent__pb2.ListOperationsRequest.SerializeToString,
@@ -134,6 +139,15 @@ class AgentServicer:
 
     def GetReleases(self, request, context):
         """The releases of one node or all nodes, fresh from release_handler:which_releases/0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Whether the node runs the code of the release it runs: every module of every application
+        of the release loaded with the md5 of the release's beam (or, in interactive mode, not
+        loaded yet and found first in the release's ebin). Changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +255,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetReleases,
                     request_deserializer=relctl_dot_v1_dot_agent__pb2.GetReleasesRequest.FromString,
                     response_serializer=relctl_dot_v1_dot_agent__pb2.GetReleasesResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=relctl_dot_v1_dot_agent__pb2.VerifyRequest.FromString,
+                    response_serializer=relctl_dot_v1_dot_agent__pb2.VerifyResponse.SerializeToString,
             ),
             'ListOperations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOperations,
@@ -386,6 +405,33 @@ class Agent:
             '/relctl.v1.Agent/GetReleases',
             relctl_dot_v1_dot_agent__pb2.GetReleasesRequest.SerializeToString,
             relctl_dot_v1_dot_agent__pb2.GetReleasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relctl.v1.Agent/Verify',
+            relctl_dot_v1_dot_agent__pb2.VerifyRequest.SerializeToString,
+            relctl_dot_v1_dot_agent__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -180,6 +180,7 @@ def test_a_finished_operation_becomes_a_row() -> None:
 @pytest.mark.parametrize(("outcome", "name", "code", "failed"), [
     (pb.OUTCOME_SUCCEEDED, "succeeded", ExitCode.OK, False),
     (pb.OUTCOME_DRY_RUN, "dry_run", ExitCode.OK, False),
+    (pb.OUTCOME_UP_TO_DATE, "up_to_date", ExitCode.OK, False),
     (pb.OUTCOME_FAILED_UNCHANGED, "failed_unchanged", ExitCode.FAILED, True),
     (pb.OUTCOME_FAILED, "failed", ExitCode.FAILED_CHANGED, True),
     (pb.OUTCOME_INTERRUPTED, "interrupted", ExitCode.FAILED_CHANGED, True),
@@ -194,6 +195,15 @@ def test_each_outcome_counts_as_documented(outcome: int, name: str, code: ExitCo
 def test_a_dry_run_row_says_nothing_changed() -> None:
     row = result_of(A, 1, pb.Operation(id=1, outcome=pb.OUTCOME_DRY_RUN), 0.5)
     assert row.reason == "dry run: checks passed, nothing changed"
+
+
+def test_an_up_to_date_row_says_so_and_shows_the_version_once() -> None:
+    op = pb.Operation(id=7, node="app@h1", outcome=pb.OUTCOME_UP_TO_DATE, from_version="0.0.2",
+                      to_version="0.0.2")
+    row = result_of(A, 1, op, 0.1)
+    assert (row.result, row.code, row.failed, row.operation_id) == (
+        "up_to_date", ExitCode.OK, False, 7)
+    assert (row.reason, row.versions()) == ("already runs 0.0.2 (permanent)", "0.0.2")
 
 
 def test_an_agent_error_keeps_its_code_and_loses_the_agent_prefix() -> None:
@@ -234,9 +244,11 @@ def test_a_reason_of_several_lines_shows_its_first_in_the_table() -> None:
 def test_json_has_the_same_data() -> None:
     data = json.loads(json.dumps(_stopped().as_json()))
     assert data["rollout"] == {
-        "version": "0.0.2", "batch": 1, "max_failures": 0, "batches": 3, "status": "stopped",
-        "stopped_after_batch": 2, "failures": 1, "not_attempted": 1, "exit_code": 5,
+        "version": "0.0.2", "batch": 1, "max_failures": 0, "batches": 3, "prestage": False,
+        "status": "stopped", "stopped_in": "switch", "stopped_after_batch": 2, "failures": 1,
+        "not_attempted": 1, "exit_code": 5, "switch_duration_s": None,
         "summary": _stopped().summary()}
+    assert data["staging"] is None
     assert data["nodes"] == [
         {"agent": A, "node": "app@h1", "batch": 1, "result": "succeeded", "exit_code": 0,
          "from_version": "0.0.1", "to_version": "0.0.2", "duration_s": 1.25, "operation_id": 1,
@@ -262,7 +274,8 @@ def test_an_unreachable_agent_stops_the_rollout(
         tarball: Path, capsys: pytest.CaptureFixture[str]) -> None:
     closed = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     argv = [arg for a in closed for arg in ("--agent", a)]
-    code = main([*argv, "upgrade", "0.0.2", "--tarball", str(tarball), "--timeout", "5"])
+    code = main([*argv, "upgrade", "0.0.2", "--tarball", str(tarball), "--timeout", "5",
+                 "--no-prestage"])
     assert code == ExitCode.UNAVAILABLE
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"batch 1/3: {closed[0]}"
@@ -279,7 +292,8 @@ def test_in_json_mode_only_json_is_printed(
         tarball: Path, capsys: pytest.CaptureFixture[str]) -> None:
     closed = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     code = main(["--agent", closed[0], "--agent", closed[1], "upgrade", "0.0.2", "--tarball",
-                 str(tarball), "--batch", "2", "--max-failures", "5", "-o", "json"])
+                 str(tarball), "--batch", "2", "--max-failures", "5", "-o", "json",
+                 "--no-prestage"])
     assert code == ExitCode.UNAVAILABLE
     captured = capsys.readouterr()
     data = json.loads(captured.out)

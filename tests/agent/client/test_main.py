@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
-from agent.client.main import main
+from agent.client.main import COMMANDS, load_command, main
 from agent.client.status import ExitCode
 from tests.tools.otp_procs import free_port
 
@@ -60,3 +63,47 @@ def test_an_unreachable_agent_in_json_mode_prints_valid_json() -> None:
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"relctl: agent {closed} is not reachable (")
     assert "is relctl-agent running there?" in line
+
+
+# --- start-up: each command loads what it needs only ---------------------------------------------
+
+def _modules_after(*args: str) -> list[str]:
+    """The modules a fresh `relctl ARGS` process has loaded when main() returns."""
+    code = ("import sys; from agent.client.main import main; main(sys.argv[1:]); "
+            "print(sorted(sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    names: list[str] = ast.literal_eval(proc.stdout.splitlines()[-1])
+    return names
+
+
+def test_versions_loads_its_command_module_only() -> None:
+    loaded = _modules_after("--agent", f"127.0.0.1:{free_port()}", "versions", "--timeout", "2")
+    ours = {m for m in loaded if m.startswith("agent")}
+    assert ours == {"agent", "agent.client", "agent.client.main", "agent.client.common",
+                    "agent.client.status", "agent.client.channel", "agent.client.output",
+                    "agent.client.commands", "agent.client.commands.nodes"}
+    # Nor what only uploads, rollouts, relups or -o json need.
+    assert not {"tarfile", "hashlib", "json", "google.protobuf.json_format"} & set(loaded)
+
+
+def test_help_lists_every_command_without_loading_one() -> None:
+    loaded = _modules_after("--help")
+    assert not [m for m in loaded if m.startswith("agent.client.commands.")]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_the_help_table_says_what_the_command_itself_says(name: str) -> None:
+    command = load_command(name)
+    assert command.name == name
+    assert COMMANDS[name].short_help == command.get_short_help_str(limit=10_000)
+
+
+def test_every_command_of_commands_is_in_the_table() -> None:
+    defined = set()
+    for path in sorted((ROOT / "agent" / "client" / "commands").glob("[!_]*.py")):
+        module = importlib.import_module(f"agent.client.commands.{path.stem}")
+        defined |= {(path.stem, attr) for attr, value in vars(module).items()
+                    if isinstance(value, click.Command)
+                    and getattr(value.callback, "__module__", "") == module.__name__}
+    assert defined == {(e.module, e.attr) for e in COMMANDS.values()}

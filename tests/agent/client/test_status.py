@@ -130,6 +130,7 @@ def test_describing_an_rpc_error_uses_the_mapping() -> None:
 @pytest.mark.parametrize(("outcome", "code"), [
     ("succeeded", ExitCode.OK),
     ("dry_run", ExitCode.OK),
+    ("up_to_date", ExitCode.OK),               # a rerun of a finished upgrade: nothing to do
     ("failed_unchanged", ExitCode.FAILED),
     ("rolled_back", ExitCode.ROLLED_BACK),
     ("failed", ExitCode.FAILED_CHANGED),
@@ -145,8 +146,8 @@ def test_an_outcome_maps_to_its_code(outcome: str, code: ExitCode) -> None:
 def test_every_final_outcome_of_the_contract_has_a_deliberate_code() -> None:
     names = {k.removeprefix("OUTCOME_").lower() for k in pb.Outcome.keys()}
     final = names - {"unspecified", "running"}
-    assert final == {"succeeded", "dry_run", "failed_unchanged", "rolled_back", "failed",
-                     "interrupted"}
+    assert final == {"succeeded", "dry_run", "up_to_date", "failed_unchanged", "rolled_back",
+                     "failed", "interrupted"}
     assert {exit_code_for_outcome(n) for n in final} == {
         ExitCode.OK, ExitCode.FAILED, ExitCode.ROLLED_BACK, ExitCode.FAILED_CHANGED}
 

@@ -255,3 +255,29 @@ def config_on_node(root: Path, version: str, reply: Any = None) -> Expect:
     """file:consult of releases/VSN/sys.config on the node (default: it parses)."""
     return answer("file:consult", [str(root / "releases" / version / "sys.config")],
                   (OK, SYS_CONFIG_TERM) if reply is None else reply)
+
+
+def code_check(report: Any) -> list[Expect]:
+    """The code check of verify (agent/release/codecheck.py): the node scans and parses the
+    check (the tokens and forms are passed on unchanged, so any stand-in will do), then
+    evaluates it; ``report`` is the value it evaluates to."""
+    return [answer("erl_scan:string", ANY, (OK, [(Atom("atom"), 1, Atom("check"))], 1)),
+            answer("erl_parse:parse_exprs", [[(Atom("atom"), 1, Atom("check"))]],
+                   (OK, [(Atom("atom"), 1, Atom("check"))])),
+            answer("erl_eval:exprs", ANY, (Atom("value"), report, []))]
+
+
+def code_report(counter: str, *problems: tuple[str, str, str], mode: str = "embedded",
+                root: str = "/srv/counter") -> tuple[Any, ...]:
+    """A code check's value for a counter release: {Mode, [{App, Vsn, LibDir, Modules,
+    ProblemCount, Problems}]}, ``problems`` being counter's (module, kind, where)."""
+    entries = [(name, vsn, f"{root}/lib/{name}-{vsn}", n, 0, [])
+               for name, vsn, n in (("kernel", "8.5.3", 96), ("stdlib", "4.2", 87))]
+    entries.append((REL, counter, f"{root}/lib/{REL}-{counter}", 4, len(problems),
+                    [(Atom(m), Atom(kind), where) for m, kind, where in problems]))
+    return (Atom(mode), entries)
+
+
+def code_matches(counter: str) -> list[Expect]:
+    """The code check of a node that runs all of counter ``counter``'s code."""
+    return code_check(code_report(counter))

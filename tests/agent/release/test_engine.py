@@ -22,12 +22,14 @@ import pytest
 from agent.config import CONTINUE, POST_INSTALL, PRE_INSTALL, Hook
 from agent.errors import NodeDown, NodeTimeout, ReplyTooLarge
 from agent.release.base import Options, Probe
+from agent.release.codecheck import CHECK_EXPR
 from agent.release.steps import (
     DRY_RUN,
     FAILED,
     FAILED_UNCHANGED,
     ROLLED_BACK,
     SUCCEEDED,
+    UP_TO_DATE,
     Result,
 )
 from agent.release.tarball import ReleaseTarball
@@ -43,6 +45,9 @@ from tests.agent.release.scripted import (
     StepLog,
     answer,
     applications,
+    code_check,
+    code_matches,
+    code_report,
     config_on_node,
     config_parses,
     fail,
@@ -91,15 +96,38 @@ def rig(tmp_path: Path) -> Rig:
     return Rig(root)
 
 
-def tarball(rig: Rig, version: str = "0.0.2", sys_config: bytes | None = SYS_CONFIG
-            ) -> ReleaseTarball:
-    data = f"the bytes of counter {version}".encode()
+def relup(version: str = "0.0.2", up: str = "0.0.1", down: str = "0.0.1") -> bytes:
+    """A relup's text as systools writes it, with one up and one down entry."""
+    return (f'%% coding: utf-8\n{{"{version}",\n [{{"{up}",[],\n   [point_of_no_return]}}],\n'
+            f' [{{"{down}",[],[point_of_no_return]}}]}}.\n').encode()
+
+
+def tarball(rig: Rig, version: str = "0.0.2", sys_config: bytes | None = SYS_CONFIG,
+            relup_text: bytes | None = b"", data: bytes | None = None) -> ReleaseTarball:
+    """An uploaded tarball; its relup upgrades from 0.0.1 unless ``relup_text`` says else
+    (None: it has none)."""
+    data = f"the bytes of counter {version}".encode() if data is None else data
     path = rig.root.parent / f"upload-{version}.tar.gz"
     path.write_bytes(data)
     return ReleaseTarball(path, "counter", version, "13.1.5", f"counter-{version}",
                           f"releases/counter-{version}.rel",
                           (("kernel", "8.5.3"), ("stdlib", "4.2"), ("counter", version)),
-                          sys_config, None, len(data), hashlib.sha256(data).hexdigest())
+                          sys_config, relup(version) if relup_text == b"" else relup_text,
+                          len(data), hashlib.sha256(data).hexdigest())
+
+
+def relup_on_node(rig: Rig, version: str = "0.0.2", text: bytes | None = None) -> None:
+    """releases/VSN/relup on the node's disk (the downgrade's preflight reads it there)."""
+    path = rig.root / "releases" / version / "relup"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(relup(version) if text is None else text)
+
+
+def sha_on_node(rig: Rig, tar: ReleaseTarball) -> None:
+    """The sha256 the agent recorded in releases/VSN when it unpacked ``tar`` there."""
+    path = rig.root / "releases" / tar.version / "relctl.sha256"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tar.sha256 + "\n")
 
 
 def unpacked_files(rig: Rig, version: str = "0.0.2") -> list[Path]:
@@ -153,7 +181,7 @@ def install_ok(version: str = "0.0.2", over: str = "0.0.1", options: Options = F
 
 def verify_ok(version: str, *entries: tuple[str, str]) -> list[Expect]:
     return [which_releases(*entries), answer("application:which_applications", [],
-                                             applications(version))]
+                                             applications(version)), *code_matches(version)]
 
 
 def permanent(version: str = "0.0.2", reply: Any = OK) -> Expect:
@@ -177,7 +205,7 @@ def assert_result(result: Result, outcome: str, from_version: str, to_version: s
     """The outcome and versions; the error is empty on success, else holds ``error``."""
     assert (result.outcome, result.from_version, result.to_version) == (
         outcome, from_version, to_version)
-    if outcome in (SUCCEEDED, DRY_RUN):
+    if outcome in (SUCCEEDED, DRY_RUN, UP_TO_DATE):
         assert result.error == ""
     else:
         assert result.error and error in result.error, result.error
@@ -201,7 +229,8 @@ async def test_upgrade_with_a_tarball_stages_unpacks_installs_verifies_and_commi
     assert rig.log.detail("unpack") == "unpack_release('counter-0.0.2') -> 0.0.2"
     assert rig.log.detail("check") == "relup from 0.0.1 found"
     assert rig.log.detail("install") == "0.0.1 -> 0.0.2"
-    assert rig.log.detail("verify") == "0.0.2 is current; 3 applications run"
+    assert rig.log.detail("verify") == ("0.0.2 is current; 3 applications run; 187 modules "
+                                         "match the release's beams (embedded mode)")
     assert rig.log.detail("make_permanent") == "0.0.2 is permanent"
     # Staged where unpack_release looks, whole (the scripted node does not consume it).
     staged = rig.root / "releases" / "counter-0.0.2.tar.gz"
@@ -230,6 +259,7 @@ async def test_upgrade_of_an_unpacked_release_checks_its_config_on_the_node(rig:
 
 
 async def test_a_tarball_for_a_release_already_there_is_not_uploaded_again(rig: Rig) -> None:
+    sha_on_node(rig, tarball(rig))  # unpacked by the agent from these very bytes
     rig.expect(preflight(rig, *UNPACKED),
                config_on_node(rig.root, "0.0.2", (ERROR, Atom("enoent"))), check_ok(),
                install_ok(), verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
@@ -238,7 +268,8 @@ async def test_a_tarball_for_a_release_already_there_is_not_uploaded_again(rig: 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
     assert rig.log.detail("preflight") == ("0.0.2 is already unpacked; the tarball is not "
                                            "needed. no releases/0.0.2/sys.config; running 0.0.1")
-    assert "erl_scan:string" not in rig.node.mfas()  # the tarball's sys.config is not read
+    # The tarball's sys.config is not read (the one erl_scan call is verify's code check).
+    assert [c.args[0] for c in rig.node.calls_to("erl_scan:string")] == [CHECK_EXPR]
     assert not (rig.root / "releases" / "counter-0.0.2.tar.gz").exists()
     rig.done()
 
@@ -336,7 +367,8 @@ async def test_probes_soak_for_the_health_timeout(rig: Rig) -> None:
     result = await rig.engine.upgrade("0.0.2", None, options)
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
-    shown = re.fullmatch(r"0\.0\.2 is current; 3 applications run; probes ok (\d+)x over 0\.05 s",
+    shown = re.fullmatch(r"0\.0\.2 is current; 3 applications run; 187 modules match the "
+                         r"release's beams \(embedded mode\); probes ok (\d+)x over 0\.05 s",
                          rig.log.detail("verify"))
     assert shown is not None, rig.log.detail("verify")
     rounds = int(shown.group(1))
@@ -346,14 +378,21 @@ async def test_probes_soak_for_the_health_timeout(rig: Rig) -> None:
 
 # --- upgrade: failed_unchanged -----------------------------------------------------------
 
-async def test_upgrade_to_the_running_permanent_release_has_nothing_to_do(rig: Rig) -> None:
-    rig.expect(facts(rig, *DONE), which_releases(*DONE))
-    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+@pytest.mark.parametrize("with_tarball", [False, True])
+async def test_upgrade_to_the_running_permanent_release_is_up_to_date(
+        rig: Rig, with_tarball: bool) -> None:
+    # A rerun of a deploy script: not a failure, and nothing is touched (no RELEASES check,
+    # no config check, no staging of a tarball that came anyway).
+    rig.expect(facts(rig, *DONE))
+    result = await rig.engine.upgrade("0.0.2", tarball(rig) if with_tarball else None, FAST)
 
-    assert_result(result, FAILED_UNCHANGED, "0.0.2", "0.0.2",
-                  f"0.0.2 already runs and is permanent on {NODE}; nothing to do")
+    assert_result(result, UP_TO_DATE, "0.0.2", "0.0.2")
     assert versions(result) == [("0.0.2", "permanent"), ("0.0.1", "old")]
-    assert rig.log.ended() == [("preflight", "failed")]
+    assert rig.log.ended() == [("preflight", "succeeded")]
+    assert rig.log.detail("preflight") == (
+        f"0.0.2 already runs and is permanent on {NODE}; nothing to do"
+        + ("; the uploaded tarball is not needed" if with_tarball else ""))
+    assert not (rig.root / "releases" / "counter-0.0.2.tar.gz").exists()
     rig.done()
 
 
@@ -928,6 +967,20 @@ def rolled_back_to_0_0_1(*, hooks: Iterable[Expect] = (), options: Options = FAS
                   answer("application:which_applications", [], applications("0.0.1"))], FAST,
                  "applications not switched: counter runs 0.0.1, release has 0.0.2",
                  id="not-switched"),
+    pytest.param([which_releases(*CURRENT),
+                  answer("application:which_applications", [], applications("0.0.2")),
+                  *code_check(code_report(
+                      "0.0.2", ("counter", "differs", "/srv/counter/lib/counter-0.0.1/ebin/"
+                                                      "counter.beam"),
+                      ("counter_extra", "not_loaded", "embedded"))),
+                  answer("file:consult", ["/srv/counter/lib/counter-0.0.2/ebin/counter.appup"],
+                         (OK, [("0.0.2", [("0.0.1", [(Atom("load_module"), Atom("counter_app"))])],
+                                [])]))], FAST,
+                 "0.0.2 does not run all of its code: counter changed but the appup has no "
+                 "instruction for it (the node still runs /srv/counter/lib/counter-0.0.1/ebin/"
+                 "counter.beam); counter_extra is not loaded (embedded mode): the appup lacks "
+                 "{add_module, counter_extra}. Fix the appups (`relctl make-relup` checks them "
+                 "against the beams) and build the release again", id="code-not-switched"),
     pytest.param([*verify_ok("0.0.2", *CURRENT),
                   answer("counter:health", [], (ERROR, Atom("unhealthy")))],
                  Options(probes=(Probe("counter", "health"),)),
@@ -1129,6 +1182,7 @@ DOWNED = (("0.0.2", "old"), ("0.0.1", "permanent"))
 
 
 async def test_downgrade_installs_the_old_release_and_makes_it_permanent(rig: Rig) -> None:
+    relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
                check_ok("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
                verify_ok("0.0.1", ("0.0.2", "permanent"), ("0.0.1", "current")),
@@ -1140,7 +1194,8 @@ async def test_downgrade_installs_the_old_release_and_makes_it_permanent(rig: Ri
     assert rig.log.ended() == [("preflight", "succeeded"), ("check", "succeeded"),
                                ("install", "succeeded"), ("verify", "succeeded"),
                                ("make_permanent", "succeeded")]
-    assert rig.log.detail("preflight") == "releases/0.0.1/sys.config parses; running 0.0.2"
+    assert rig.log.detail("preflight") == ("releases/0.0.1/sys.config parses; relup of 0.0.2 "
+                                           "goes down to 0.0.1; running 0.0.2")
     assert rig.log.detail("check") == "relup of 0.0.2 goes down to 0.0.1"
     rig.done()
 
@@ -1163,6 +1218,7 @@ async def test_downgrade_refuses_what_it_cannot_go_down_to(
 
 
 async def test_downgrade_without_a_relup_down_is_refused_at_check(rig: Rig) -> None:
+    relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
                answer("release_handler:check_install_release", ["0.0.1"],
                       (ERROR, (Atom("no_matching_relup"), "0.0.1", "0.0.2"))),
@@ -1177,6 +1233,7 @@ async def test_downgrade_without_a_relup_down_is_refused_at_check(rig: Rig) -> N
 
 
 async def test_a_downgrade_dry_run_stops_after_check(rig: Rig) -> None:
+    relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
                check_ok("0.0.1", over="0.0.2"), which_releases(*DOWN))
     result = await rig.engine.downgrade("0.0.1", Options(dry_run=True))
@@ -1190,6 +1247,7 @@ async def test_a_downgrade_dry_run_stops_after_check(rig: Rig) -> None:
 
 
 async def test_a_downgrade_that_fails_verify_is_not_rolled_back(rig: Rig) -> None:
+    relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
                check_ok("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
                which_releases(("0.0.2", "permanent"), ("0.0.1", "current")),
@@ -1205,6 +1263,7 @@ async def test_a_downgrade_that_fails_verify_is_not_rolled_back(rig: Rig) -> Non
 
 
 async def test_a_downgrade_whose_make_permanent_fails_is_failed(rig: Rig) -> None:
+    relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
                check_ok("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
                verify_ok("0.0.1", ("0.0.2", "permanent"), ("0.0.1", "current")),
@@ -1263,11 +1322,13 @@ async def test_a_latin1_sys_config_is_read_as_erlang_reads_it(rig: Rig) -> None:
 
 
 async def test_unpack_of_a_release_already_there_is_refused(rig: Rig) -> None:
+    sha_on_node(rig, tarball(rig))
     rig.expect(facts(rig, *UNPACKED), which_releases(*UNPACKED))
     result = await rig.engine.unpack("0.0.2", tarball(rig))
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
-    assert result.error == f"0.0.2 is already unpacked on {NODE}; nothing to unpack"
+    assert result.error == (f"0.0.2 is already unpacked on {NODE}, from this tarball (same "
+                            "sha256); nothing to unpack")
     rig.done()
 
 

@@ -129,13 +129,16 @@ def test_a_relx_tarball(tmp_path: Path) -> None:
     assert (found.sys_config, found.relup) == (b"[].", None)
 
 
-def test_dot_slash_member_names_are_normalised(tmp_path: Path) -> None:
-    members = [directory("./"), directory("./releases"), directory("./releases/0.0.2"),
-               file("./releases/0.0.2/counter.rel", rel()),
-               file("./releases/0.0.2/sys.config", b"[]."), file("./releases/0.0.2/relup", b"r")]
-    found = inspect_tarball(write(tmp_path / "t.tar.gz", members))
-    assert (found.unpack_name, found.rel_member) == ("0.0.2/counter", "releases/0.0.2/counter.rel")
-    assert (found.sys_config, found.relup) == (b"[].", b"r")
+@pytest.mark.parametrize("names", [("./", "./releases/0.0.2/counter.rel"),
+                                   ("releases", "releases/./0.0.2/counter.rel")])
+def test_dot_member_names_are_refused_with_how_to_repack(
+        tmp_path: Path, names: tuple[str, str]) -> None:
+    # release_handler:unpack_release looks the .rel up by its exact name (erl_tar's files
+    # option): with "./" names it never finds it (checked on OTP 25, tests/e2e).
+    message = refused(write(tmp_path / "t.tar.gz", [directory(names[0]), file(names[1], rel())]))
+    first = "'.'" if names[0] == "./" else repr(names[1])  # tarfile drops a dir's final /
+    assert f"member {first} has a '.' component" in message
+    assert "`tar -C DIR -czf FILE releases lib`" in message
 
 
 def test_a_rel_without_final_dot_and_with_escapes_and_quoted_atoms(tmp_path: Path) -> None:

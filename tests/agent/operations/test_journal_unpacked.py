@@ -1,0 +1,54 @@
+"""The journal's record of the tarball each release was unpacked from (schema 3): written,
+read back per node and version, forgotten when the release is gone, and added in place to a
+journal of schema 2."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from agent.operations.journal import SCHEMA_VERSION, Journal
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def test_a_record_is_per_node_and_version_and_the_last_one_wins(tmp_path: Path) -> None:
+    with Journal.open(tmp_path / "j.sqlite3") as journal:
+        op = journal.start("a@h", "unpack", "0.0.1", "0.0.2", "alice")
+        journal.record_unpacked("a@h", "0.0.2", SHA_A, op)
+        journal.record_unpacked("b@h", "0.0.2", SHA_B, op)
+        assert journal.unpacked_sha256("a@h", "0.0.2") == SHA_A
+        journal.record_unpacked("a@h", "0.0.2", SHA_B, op)  # replaced (--replace)
+        assert journal.unpacked_sha256("a@h", "0.0.2") == SHA_B
+        assert journal.unpacked_sha256("a@h", "0.0.3") is None
+
+
+def test_records_of_releases_no_longer_on_the_node_are_forgotten(tmp_path: Path) -> None:
+    with Journal.open(tmp_path / "j.sqlite3") as journal:
+        op = journal.start("a@h", "unpack", "0.0.1", "0.0.2", "alice")
+        journal.record_unpacked("a@h", "0.0.2", SHA_A, op)
+        journal.record_unpacked("a@h", "0.0.3", SHA_A, op)
+        journal.record_unpacked("b@h", "0.0.2", SHA_B, op)
+        journal.forget_unpacked("a@h", ["0.0.1", "0.0.3"])
+        assert journal.unpacked_sha256("a@h", "0.0.2") is None
+        assert journal.unpacked_sha256("a@h", "0.0.3") == SHA_A
+        assert journal.unpacked_sha256("b@h", "0.0.2") == SHA_B  # another node's
+
+
+def test_a_schema_2_journal_gets_the_table_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    with Journal.open(path) as journal:
+        op = journal.start("a@h", "upgrade", "0.0.1", "0.0.2", "alice")
+        journal.finish(op, "succeeded")
+    conn = sqlite3.connect(path)
+    with conn:  # back to what an agent of schema 2 left
+        conn.execute("DROP TABLE unpacked")
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with Journal.open(path) as journal:
+        assert journal.get(op) is not None
+        journal.record_unpacked("a@h", "0.0.2", SHA_A, op)
+        assert journal.unpacked_sha256("a@h", "0.0.2") == SHA_A
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    conn.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntFlag
 
-__all__ = ["DFlag", "OUR_FLAGS", "REQUIRED_FROM_PEER", "describe"]
+__all__ = ["DFlag", "OUR_FLAGS", "REQUIRED_FROM_PEER", "SPAWN_CALLS", "describe"]
 
 
 class DFlag(IntFlag):
@@ -56,10 +56,14 @@ MANDATORY_25 = (
 
 # Never PUBLISHED (we stay hidden), never FRAGMENTS or DIST_HDR_ATOM_CACHE (so every message
 # arrives whole in pass-through form). V4_NC and UNLINK_ID are mandatory from OTP 26 on.
+# SPAWN: calls are spawn requests (see rpc). A node sends MONITOR_P_EXIT only to a peer with
+# both DIST_MONITOR and DIST_MONITOR_NAME (erts dist.c, erts_dsig_send_m_exit), so both are set.
 OUR_FLAGS = (
     MANDATORY_25
     | DFlag.MANDATORY_25_DIGEST
     | DFlag.DIST_MONITOR
+    | DFlag.DIST_MONITOR_NAME
+    | DFlag.SPAWN
     | DFlag.SMALL_ATOM_TAGS
     | DFlag.UNICODE_IO
     | DFlag.BIG_SEQTRACE_LABELS
@@ -70,6 +74,10 @@ OUR_FLAGS = (
 
 # The codec speaks only the modern encodings; a peer without these cannot talk to us.
 REQUIRED_FROM_PEER = MANDATORY_25
+
+
+# What a spawn-request call needs from the negotiated flags; without it calls go through rex.
+SPAWN_CALLS = DFlag.SPAWN | DFlag.DIST_MONITOR | DFlag.DIST_MONITOR_NAME
 
 
 def expand(flags: int) -> int:

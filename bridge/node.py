@@ -1,4 +1,4 @@
-"""The asyncio layer: EPMD look-ups, connecting as a hidden node, and RPC through ``rex``.
+"""The asyncio layer: EPMD look-ups, connecting as a hidden node, and RPC (erpc's way, see ``rpc``).
 
 This is the only module of the bridge that does I/O. It drives the sans-IO state machines in
 ``handshake``, ``session`` and ``rpc``: each pending call has exactly one future, under the id
@@ -36,7 +36,10 @@ from .errors import (
 )
 from .handshake import ClientHandshake, HandshakeResult
 from .rpc import CallFailed, CallId, CallReturned, Outcome, RpcCalls
-from .session import DEFAULT_DEFER_FROM, CallReply, Deferred, Event, ExitSignal, Message, Session, Undeliverable, describe_term
+from .session import (
+    DEFAULT_DEFER_FROM, CallReply, Deferred, Event, ExitSignal, Message, MonitorDown, Session, SpawnedReturn, SpawnReply,
+    Undeliverable, describe_term,
+)
 from .terms import Atom, Pid
 from .tls import Packet4Handshake, looks_like_tls, no_tls_answer, requires_tls, tls_failure
 
@@ -75,11 +78,15 @@ class Node:
 
     ``decode_budget``: how much one message from a peer may decode to (elements and bytes,
     relative to its size on the wire); a reply over it fails its call with TermTooLarge.
+
+    ``spawn_calls``: make calls as erpc does (a spawn request per call) when the peer allows it;
+    False sends every call through the peer's ``rex``, as for a peer without DFLAG_SPAWN.
     """
 
     def __init__(self, cookie: str, name: str | None = None, epmd_port: int = epmd.DEFAULT_PORT, *,
                  tick_time: float = 60.0, tls: ssl.SSLContext | None = None,
-                 tls_server_name: str | None = None, decode_budget: DecodeBudget = DEFAULT_BUDGET) -> None:
+                 tls_server_name: str | None = None, decode_budget: DecodeBudget = DEFAULT_BUDGET,
+                 spawn_calls: bool = True) -> None:
         if not cookie:
             raise UsageError("the cookie is empty")
         if tls is not None and tls.protocol == ssl.PROTOCOL_TLS_SERVER:
@@ -93,6 +100,7 @@ class Node:
         self.epmd_port = epmd_port
         self.tick_time = tick_time
         self.decode_budget = decode_budget
+        self.spawn_calls = spawn_calls
         # Non-zero and distinct from earlier incarnations of a same-named node (OTP uses >= 4).
         self.creation = 4 + secrets.randbelow(0xFFFF_FFFF - 4)
         self.atom = Atom(self.name)
@@ -241,7 +249,7 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self._session = Session(flags=result.flags, budget=node.decode_budget, defer_from=DEFAULT_DEFER_FROM)
         self._session.add_local_pid(pid)
-        self._rpc = RpcCalls(self._session, pid, self.peer)
+        self._rpc = RpcCalls(self._session, pid, self.peer, spawn=None if node.spawn_calls else False)
         self._pending: dict[CallId, asyncio.Future[Any]] = {}
         # One timer for every deadline, set for the earliest one ``self._rpc`` keeps.
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -267,6 +275,11 @@ class Connection:
         return len(self._rpc)
 
     @property
+    def spawn_calls(self) -> bool:
+        """True when calls are spawn requests (erpc's way); False when they go through ``rex``."""
+        return self._rpc.spawn
+
+    @property
     def tls_version(self) -> str | None:
         """The TLS version of the link ("TLSv1.2"), or None over plain TCP."""
         return self._protocol.tls_version()
@@ -281,7 +294,7 @@ class Connection:
 
     async def call(self, module: str | Atom, function: str | Atom, args: Sequence[Any] = (), *,
                    timeout: float = 30.0) -> Any:
-        """``rpc:call(Peer, Module, Function, Args)`` through the peer's ``rex`` server.
+        """``rpc:call(Peer, Module, Function, Args)``, made as erpc makes it (or through ``rex``).
 
         Raises BadRpc for ``{badrpc, Reason}``, BridgeTimeout past ``timeout`` (a reply that
         comes later is dropped), ConnectionLost when the link goes first."""
@@ -299,7 +312,9 @@ class Connection:
             return await future
         finally:
             self._pending.pop(call_id, None)
-            self._rpc.forget(call_id)
+            owed = self._rpc.forget(call_id)
+            if owed:  # a demonitor: the call was given up while its process ran
+                self._protocol.write(owed)
 
     def _settle(self, outcome: Outcome) -> bool:
         """Complete the call's future; False when no one waits for that call any more."""
@@ -370,12 +385,14 @@ class Connection:
         pending = self._pending
         for event in events:
             kind = type(event)
-            if kind is CallReply or kind is Message or kind is Undeliverable:
+            if (kind is SpawnedReturn or kind is SpawnReply or kind is MonitorDown or kind is CallReply
+                    or kind is Message or kind is Undeliverable):
                 outcome = rpc.receive(event)
                 # _settle inlined for the common case: this runs for every reply.
                 future = None if outcome is None else pending.pop(outcome.call_id, None)
                 if future is None or future.done():
-                    self._log_dropped(event)
+                    if kind is not SpawnReply:  # a successful spawn settles nothing
+                        self._log_dropped(event)
                 elif type(outcome) is CallReturned:
                     future.set_result(outcome.value)
                 else:
@@ -415,7 +432,7 @@ class Connection:
         self._decode_next()
 
     def _log_dropped(self, event: Event) -> None:
-        if isinstance(event, CallReply):
+        if isinstance(event, CallReply | SpawnedReturn | MonitorDown):
             log.debug("late reply from %s dropped", self.peer)
         elif isinstance(event, Message):
             log.debug("message from %s for %s dropped: %s", self.peer, event.to, describe_term(event.message))

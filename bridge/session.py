@@ -4,7 +4,9 @@ Frames are a 32-bit length and a body; an empty frame is a tick. Each message bo
 ``112, 131 control [, 131 payload]`` because we never negotiate the atom cache or fragments.
 
 ``Session`` turns bytes into events, answers what the protocol obliges a node to answer (unlink
-acks, monitors and links to processes we do not have), and keeps tick accounting the way OTP's
+acks, monitors and links to processes we do not have, spawn requests, which we refuse), passes
+I/O requests for our pid (we are the group leader of the processes our calls spawn) on to the
+peer's ``user``, and keeps tick accounting the way OTP's
 ticker does: the I/O layer calls ``timer_fired()`` every ``net_ticktime / 4`` seconds; a period
 with nothing written gets a tick, four periods with nothing read mean the peer is gone.
 
@@ -28,7 +30,8 @@ from .flags import DFlag
 from .terms import Atom, Pid, Port, Reference
 
 __all__ = [
-    "Session", "Event", "CallReply", "Message", "Undeliverable", "ExitSignal", "MonitorDown", "Unhandled", "TICK",
+    "Session", "Event", "CallReply", "SpawnedReturn", "SpawnReply", "Message", "Undeliverable", "ExitSignal",
+    "MonitorDown", "Unhandled", "TICK",
     "DEFAULT_MAX_FRAME", "DEFAULT_DEFER_FROM", "Deferred", "describe_term",
 ]
 
@@ -59,6 +62,15 @@ _PAYLOAD_EXITS = {PAYLOAD_EXIT, PAYLOAD_EXIT_TT, PAYLOAD_EXIT2, PAYLOAD_EXIT2_TT
 
 _EMPTY_ATOM = Atom("")
 _NOPROC = Atom("noproc")
+_NOTSUP = Atom("notsup")
+_IO_REQUEST = Atom("io_request")
+_USER = Atom("user")
+# Byte heads of the two frames a spawn-request call gets back (we never negotiate the atom cache,
+# so these are fixed): PAYLOAD_MONITOR_P_EXIT {28, Pid, OurPid, OurRef} and SPAWN_REPLY
+# {31, OurRef, OurPid, Flags, Result}.
+_DOWN_HEAD = b"p\x83h\x04a\x1c"
+_SPAWN_REPLY_HEAD = b"p\x83h\x05a\x1f"
+_RETURN_ATOM = b"w\x06return"
 _NO_PAYLOAD: Any = object()
 _LEN = struct.Struct(">I")
 
@@ -78,6 +90,25 @@ class CallReply:
 
     ref_words: bytes
     reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnedReturn:
+    """The process spawned for one of our calls ended with ``{Ref, return, Value}``, where Ref is
+    the call's reference (the monitor's too): ``ref_words`` are its id words as sent."""
+
+    ref_words: bytes
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnReply:
+    """SPAWN_REPLY for one of our spawn requests: ``result`` is the new process's Pid (or, from
+    the byte-level fast path, its encoding as bytes), or an atom naming why the spawn failed.
+    ``tag`` is the request's reference, or its id words (12 bytes)."""
+
+    tag: Reference | bytes
+    result: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +150,8 @@ class Deferred:
     frame: bytes
 
 
-Event = CallReply | Message | Undeliverable | ExitSignal | MonitorDown | Unhandled | Deferred
+Event = (CallReply | SpawnedReturn | SpawnReply | Message | Undeliverable | ExitSignal | MonitorDown | Unhandled
+         | Deferred)
 
 
 class Session:
@@ -140,6 +172,8 @@ class Session:
         self._reg_send_controls: dict[tuple[Pid, Atom], bytes] = {}
         # Bytes that start a reply to one of our calls: SEND to our pid, then {OurRef, ...}.
         self._reply_heads: list[bytes] = []
+        # Per local pid: (our pid + the head of our references, the head of our references).
+        self._spawn_tails: list[tuple[bytes, bytes]] = []
 
     # --- our processes ------------------------------------------------------------------
 
@@ -147,7 +181,11 @@ class Session:
         self._local_pids.add(pid)
         control = bytearray(b"p\x83")
         codec.encode_term_into((SEND, _EMPTY_ATOM, pid), control)
-        self._reply_heads.append(bytes(control) + b"\x83\x68\x02" + reference_head(pid.node, pid.creation))
+        ref_head = reference_head(pid.node, pid.creation)
+        self._reply_heads.append(bytes(control) + b"\x83\x68\x02" + ref_head)
+        pid_bytes = bytearray()
+        codec.encode_term_into(pid, pid_bytes)
+        self._spawn_tails.append((bytes(pid_bytes) + ref_head, ref_head))
 
     # --- incoming -----------------------------------------------------------------------
 
@@ -200,6 +238,14 @@ class Session:
 
     def _on_frame(self, frame: bytes, out: bytearray) -> Event | None:
         budget = self.budget
+        if frame.startswith(_DOWN_HEAD):
+            event = self._fast_down(frame)
+            if event is not None:
+                return event
+        elif frame.startswith(_SPAWN_REPLY_HEAD):
+            event = self._fast_spawn_reply(frame)
+            if event is not None:
+                return event
         for head in self._reply_heads:
             if frame.startswith(head):
                 n = len(head)
@@ -224,18 +270,62 @@ class Session:
         try:
             dest_index = _SENDS.get(op)
             if dest_index is not None:
-                return self._on_send(control[dest_index], frame, pos)
+                return self._on_send(control[dest_index], frame, pos, out)
             return self._on_control(op, control, frame, pos, out)
         except (IndexError, ValueError, TypeError):
             return Undeliverable(None, None, DecodeError(f"malformed control message: {describe_term(control)}"))
 
-    def _on_send(self, to: Any, frame: bytes, pos: int) -> Event:
+    def _fast_down(self, frame: bytes) -> Event | None:
+        """``{28, Pid, OurPid, OurRef}`` + ``{OurRef, return, Value}`` matched on bytes, so only
+        Value is decoded; None for any other shape (the general path then takes the frame)."""
+        if len(frame) < 9 or frame[6] != codec.NEW_PID_EXT or frame[7] != codec.SMALL_ATOM_UTF8_EXT:
+            return None
+        pos = 9 + frame[8] + 12  # past the spawned process's pid: node atom, id, serial, creation
+        for tail, ref_head in self._spawn_tails:
+            if frame.startswith(tail, pos):
+                start = pos + len(tail)
+                words = frame[start:start + 12]
+                result_head = b"\x83\x68\x03" + ref_head + words + _RETURN_ATOM
+                start += 12
+                if not frame.startswith(result_head, start):
+                    return None
+                try:
+                    value, end = codec.decode_body(frame, start + len(result_head), budget=self.budget)
+                    if end != len(frame):
+                        raise DecodeError(f"{len(frame) - end} bytes after the result")
+                except DecodeError as exc:
+                    return Undeliverable(None, words, exc)
+                return SpawnedReturn(words, value)
+        return None
+
+    def _fast_spawn_reply(self, frame: bytes) -> Event | None:
+        """A successful ``{31, OurRef, OurPid, Flags, Pid}`` without decoding the control."""
+        n = len(_SPAWN_REPLY_HEAD)
+        for tail, ref_head in self._spawn_tails:
+            if frame.startswith(ref_head, n):
+                start = n + len(ref_head)
+                words = frame[start:start + 12]
+                pid_at = start + 12 + len(tail) - len(ref_head) + 2  # our pid, then a small int
+                if (not frame.startswith(tail[:len(tail) - len(ref_head)], start + 12)
+                        or frame[pid_at - 2] != codec.SMALL_INTEGER_EXT or frame[pid_at:pid_at + 1] != b"X"):
+                    return None
+                # The pid stays encoded: it is needed only to demonitor a call given up on.
+                return SpawnReply(words, frame[pid_at:]) if len(frame) - pid_at < 300 else None
+        return None
+
+    def _on_send(self, to: Any, frame: bytes, pos: int, out: bytearray) -> Event | None:
         try:
             message, end = codec.decode_prefix(frame, pos, budget=self.budget)
             if end != len(frame):
                 raise DecodeError(f"{len(frame) - end} bytes after the message payload")
         except DecodeError as exc:
             return Undeliverable(to, _first_element(frame, pos), exc)
+        if (type(message) is tuple and len(message) == 4 and message[0] == _IO_REQUEST
+                and to in self._local_pids):
+            # We are the group leader of the processes our calls spawn: the peer's `user` (where
+            # rex sends a call's output) serves the request and answers its sender directly.
+            out += self.reg_send_encoded(to, _USER, frame[pos:])
+            return None
         return Message(to, message)
 
     def _on_control(self, op: int, control: tuple[Any, ...], frame: bytes, pos: int, out: bytearray) -> Event | None:
@@ -245,12 +335,19 @@ class Session:
             try:
                 reason, _ = codec.decode_prefix(frame, pos, budget=self.budget)
             except DecodeError as exc:
-                return Undeliverable(control[2], None, exc)
+                # A monitor's reference names the call whose result did not decode.
+                return Undeliverable(control[2], control[3] if op == PAYLOAD_MONITOR_P_EXIT else None, exc)
             if op == PAYLOAD_MONITOR_P_EXIT:
                 return MonitorDown(control[1], control[2], control[3], reason)
             return ExitSignal(control[1], control[2], reason)
         if op == MONITOR_P_EXIT:
             return MonitorDown(control[1], control[2], control[3], control[4])
+        if (op == SPAWN_REPLY or op == SPAWN_REPLY_TT) and type(control[1]) is Reference:
+            return SpawnReply(control[1], control[4])
+        if (op == SPAWN_REQUEST or op == SPAWN_REQUEST_TT) and type(control[1]) is Reference and type(control[2]) is Pid:
+            # We run no processes for others: refuse, or the requester would wait forever.
+            out += self._frame((SPAWN_REPLY, control[1], control[2], 0, _NOTSUP))
+            return None
         if op == UNLINK_ID:
             _, unlink_id, sender, to = control
             out += self._frame((UNLINK_ID_ACK, unlink_id, to, sender))
@@ -286,6 +383,15 @@ class Session:
             control = self._reg_send_controls[(sender, name)] = bytes(encoded)
         self._wrote_since_timer = True
         return _LEN.pack(len(control) + len(payload)) + control + payload
+
+    def sent(self, frame: bytearray | bytes) -> bytes:
+        """A whole frame built elsewhere (an RPC request), counted as written for the ticks."""
+        self._wrote_since_timer = True
+        return bytes(frame)
+
+    def control_frame(self, control: tuple[Any, ...]) -> bytes:
+        """A control message without payload (DEMONITOR_P...), framed."""
+        return self._frame(control)
 
     def _exit_frame(self, sender: Any, to: Any, reason: Any) -> bytes:
         if self.flags & DFlag.EXIT_PAYLOAD:

@@ -11,7 +11,7 @@ import pytest
 
 from bridge import Atom, BridgeTimeout, DecodeError, Node, Pid, encode
 from bridge.codec import decode_prefix
-from bridge.flags import OUR_FLAGS
+from bridge.flags import OUR_FLAGS, DFlag
 from bridge.handshake import HandshakeResult
 from bridge.node import Connection
 
@@ -30,10 +30,14 @@ class Recorder:
     def abort_transport(self) -> None: ...
 
 
+# A peer without DFLAG_SPAWN: calls go through rex (the spawn path: test_spawn_calls.py).
+REX_FLAGS = int(OUR_FLAGS & ~DFlag.SPAWN)
+
+
 def connection() -> tuple[Connection, Recorder]:
     recorder = Recorder()
     node = Node(cookie="c", name="relctl_t@localhost")
-    result = HandshakeResult("counter@localhost", 5, int(OUR_FLAGS), int(OUR_FLAGS), b"")
+    result = HandshakeResult("counter@localhost", 5, REX_FLAGS, REX_FLAGS, b"")
     pid = Pid(node.atom, 1, 0, node.creation)
     return Connection(recorder, result, pid, node), recorder  # type: ignore[arg-type]
 

@@ -32,7 +32,9 @@ from bridge import epmd
 from bridge.codec import decode_body, decode_prefix
 from bridge.flags import OUR_FLAGS, REQUIRED_FROM_PEER, DFlag, expand
 from bridge.handshake import ClientHandshake, HandshakeState
-from bridge.session import TICK, CallReply, Event, ExitSignal, Message, MonitorDown, Session, Undeliverable, Unhandled
+from bridge.session import (
+    TICK, CallReply, Event, ExitSignal, Message, MonitorDown, Session, SpawnedReturn, SpawnReply, Undeliverable, Unhandled,
+)
 
 from .strategies import hashable_keys, pids, references, scalars
 
@@ -282,7 +284,7 @@ ME_ATOM = Atom(ME)
 OUR_PID = Pid(ME_ATOM, 1, 0, 7)
 PEER_PID = Pid(Atom(PEER), 80, 0, 99)
 OUR_REF = Reference(ME_ATOM, 7, (5, 6, 7))
-EVENT_TYPES = (CallReply, Message, Undeliverable, ExitSignal, MonitorDown, Unhandled)
+EVENT_TYPES = (CallReply, SpawnedReturn, SpawnReply, Message, Undeliverable, ExitSignal, MonitorDown, Unhandled)
 MAX_FRAME = 4096
 
 

@@ -14,7 +14,7 @@ from bridge import (
     Atom, BadRpc, BridgeTimeout, ConnectionLost, DecodeError, EncodeError, Pid, Reference, encode,
 )
 from bridge.codec import decode_prefix
-from bridge.flags import OUR_FLAGS
+from bridge.flags import OUR_FLAGS, DFlag
 from bridge.rpc import CallFailed, CallReturned, Outcome, RpcCalls, call_key
 from bridge.session import (
     TICK, CallReply, Event, ExitSignal, Message, MonitorDown, Session, Undeliverable, Unhandled,
@@ -29,8 +29,13 @@ PEER_PID = Pid(Atom(PEER), 70, 0, 5)
 SALT = 0xC0FFEE
 
 
+# These are the calls through rex: a session whose negotiated flags lack DFLAG_SPAWN (a peer
+# older than OTP 23). The spawn-request path is in test_spawn_calls.py.
+REX_FLAGS = int(OUR_FLAGS & ~DFlag.SPAWN)
+
+
 def calls(salt: int = SALT) -> tuple[RpcCalls, Session]:
-    session = Session(flags=int(OUR_FLAGS))
+    session = Session(flags=REX_FLAGS)
     session.add_local_pid(OUR_PID)
     return RpcCalls(session, OUR_PID, PEER, salt=salt), session
 
@@ -64,6 +69,7 @@ def deliver(rpc: RpcCalls, session: Session, frame: bytes) -> tuple[list[Event],
 
 def test_a_request_is_a_gen_call_to_rex_with_a_reference_naming_the_call() -> None:
     rpc, _ = calls()
+    assert not rpc.spawn  # the peer lacks DFLAG_SPAWN
     call_id, frame = rpc.request("release_handler", Atom("which_releases"), [1, b"x", [Atom("a")]],
                                  timeout=5.0, now=0.0)
     control, payload = sent(frame)

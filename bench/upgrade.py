@@ -11,6 +11,9 @@ The agent's overhead is its operations' durations (from the journal; the upload 
 RPC, excluded) minus release_handler's own time. Also measured: `relctl upgrade` of a release
 unpacked ahead with `relctl unpack`. Between cycles `relctl remove 0.0.2` resets the node
 (not timed). Goals (issue 4): relctl <= 0.75x the escript; agent overhead <= 10 ms.
+And the node's own time to make the release unpacked (issue 16), each timed by timer:tc inside
+the node: unpack_release of the staged tarball, against set_unpacked of the same tarball that
+the agent's code extracted and placed (goal: at most 0.1x).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import node_and_agent  # noqa: E402
-from tests.tools.otp_procs import NodeProc  # noqa: E402
+from agent.release.tarball import inspect_tarball  # noqa: E402
+from agent.release.unpack import extract, place  # noqa: E402
+from tests.tools.otp_procs import NodeProc, erl_eval  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 ESCRIPT = ROOT / "bench" / "relx_upgrade.escript"
@@ -100,6 +106,31 @@ class Bench:
         _, out = self.escript("tc")
         return sum(json.loads(line)["release_handler_us"] for line in out.splitlines()) / 1e6
 
+    def node_unpack_us(self) -> tuple[int, int, float]:
+        """The node's own time for unpack_release, then for set_unpacked after the agent's
+        extraction (µs, timer:tc in the node), and the agent's extract + place (s)."""
+        root = self.target.root
+        shutil.copyfile(self.tarball, root / "releases" / f"{self.unpack_name}.tar.gz")
+        rh = self._tc(f'release_handler, unpack_release, ["{self.unpack_name}"]')
+        self.reset()
+        started = time.perf_counter()
+        tarball = inspect_tarball(self.tarball)
+        extracted = extract(tarball, root)
+        place(extracted, root, tarball.version)
+        agent_s = time.perf_counter() - started
+        libs = ",".join(f'{{{app},"{vsn}","lib"}}' for app, vsn in tarball.applications)
+        su = self._tc(f'release_handler, set_unpacked, ["{extracted.rel_file}", [{libs}]]')
+        shutil.rmtree(extracted.tmp)
+        self.reset()
+        return rh, su, agent_s
+
+    def _tc(self, mfa: str) -> int:
+        out = erl_eval(self.target, f"timer:tc({mfa})")
+        us, _, result = out.strip("{}").partition(",")
+        if not result.startswith("{ok,"):
+            raise SystemExit(f"timer:tc({mfa}) -> {out}")
+        return int(us)
+
     def unpacked_ahead(self) -> tuple[float, float]:
         run([*self.relctl, "unpack", "0.0.2", "--tarball", str(self.tarball)], self.env)
         up, _ = run([*self.relctl, "upgrade", "0.0.2"], self.env)
@@ -122,20 +153,24 @@ def main() -> None:
         rows: list[dict[str, float]] = []
         print(f"{'round':>5} {'relctl s':>9} {'escript s':>10} {'ratio':>6} "
               f"{'agent ops ms':>13} {'rh own ms':>10} {'ops-rh ms':>10} {'own ms':>7} "
-              f"{'ahead: relctl ms':>17} {'op ms':>7}")
+              f"{'ahead: relctl ms':>17} {'op ms':>7} {'node: unp ms':>10} {'set ms':>8} "
+              f"{'agent ms':>8}")
         for rnd in range(1, args.rounds + 1):
             r_total, r_ops, own = bench.relctl_cycle()
             e_total, _ = bench.escript("relx")
             rh = bench.release_handler_seconds()
             ahead_total, ahead_op = bench.unpacked_ahead()
+            unpack_us, set_us, agent_s = bench.node_unpack_us()
             row = {"relctl": r_total, "escript": e_total, "ops": r_ops, "rh": rh,
                    "overhead": r_ops - rh, "own": own, "ahead": ahead_total,
-                   "ahead_op": ahead_op}
+                   "ahead_op": ahead_op, "unpack_release": unpack_us / 1e6,
+                   "set_unpacked": set_us / 1e6, "agent_extract": agent_s}
             rows.append(row)
             print(f"{rnd:>5} {r_total:>9.3f} {e_total:>10.3f} {r_total / e_total:>5.2f}x "
                   f"{r_ops * 1e3:>13.1f} {rh * 1e3:>10.1f} {(r_ops - rh) * 1e3:>10.1f} "
                   f"{own * 1e3:>7.1f} "
-                  f"{ahead_total * 1e3:>17.1f} {ahead_op * 1e3:>7.1f}")
+                  f"{ahead_total * 1e3:>17.1f} {ahead_op * 1e3:>7.1f} "
+                  f"{unpack_us / 1e3:>10.1f} {set_us / 1e3:>8.1f} {agent_s * 1e3:>8.1f}")
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         print(f"\nmedians over {args.rounds} rounds (one cycle = upgrade + downgrade):")
         print(f"  relctl, whole processes:          {med['relctl'] * 1e3:8.1f} ms")
@@ -150,6 +185,11 @@ def main() -> None:
               "(same operations, outside their release_handler calls; goal: at most 10 ms)")
         print(f"  upgrade of a release unpacked ahead: relctl {med['ahead'] * 1e3:.1f} ms "
               f"whole process, operation {med['ahead_op'] * 1e3:.1f} ms")
+        print(f"  node's own time, unpack_release:  {med['unpack_release'] * 1e3:8.1f} ms")
+        print(f"  node's own time, set_unpacked:    {med['set_unpacked'] * 1e3:8.1f} ms "
+              f"({med['set_unpacked'] / med['unpack_release']:.3f}x; goal: at most 0.1x)")
+        print(f"  the agent's extract + place:      {med['agent_extract'] * 1e3:8.1f} ms "
+              "(the same tarball, in the agent, off the node)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .present import TermStyle
 from .releases import Release, parse_which_releases
 from .steps import Caller, Failure, NodeDirs, Result, Steps, StepSink, node_dirs
 from .tarball import ReleaseTarball
+from .unpack import Extracted
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class OperationContext:
     unpacked_here: bool = False
     staged_file: Path | None = None
     tarball: ReleaseTarball | None = None
+    extracted: Extracted | None = None   # the agent's extraction, until unpack places it
+    placed: tuple[Path, ...] = ()        # what the agent's unpack put under the root
+    in_node: str = ""                    # why the node unpacks (the agent may not write)
 
     def find(self, version: str) -> Release | None:
         return next((r for r in self.releases if r.version == version), None)
@@ -89,8 +93,10 @@ class EngineCore:
     """The node, the step reporter and the RPC timeout that every part of an operation shares."""
 
     def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float,
-                 ledger: UnpackLedger | None = None) -> None:
+                 ledger: UnpackLedger | None = None, agent_unpack: bool = True) -> None:
         self._node = node
+        # False: always unpack_release in the node (the scripted-node tests of that way).
+        self.agent_unpack = agent_unpack
         self._steps = Steps(on_step)
         self._rpc_timeout = rpc_timeout
         self._ledger: UnpackLedger = ledger or NoLedger()

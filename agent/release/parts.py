@@ -18,8 +18,9 @@ class EngineParts:
     reload uses the same ones)."""
 
     def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float = 30.0,
-                 ledger: UnpackLedger | None = None) -> None:
-        self._core = EngineCore(node, on_step, rpc_timeout=rpc_timeout, ledger=ledger)
+                 ledger: UnpackLedger | None = None, agent_unpack: bool = True) -> None:
+        self._core = EngineCore(node, on_step, rpc_timeout=rpc_timeout, ledger=ledger,
+                                agent_unpack=agent_unpack)
         self._preflight = Preflight(self._core)
         self._staging = Staging(self._core)
         self._runtime = RuntimeConfig(self._core, self._preflight)

@@ -41,11 +41,13 @@ from .tarstream import (
 )
 
 # TarballError lives with the stream checks, which raise it first; it is this module's API too.
-__all__ = ["ReleaseTarball", "TarballError", "inspect_tarball"]
+__all__ = ["ReleaseTarball", "TarballError", "check_member", "inspect_tarball", "normalise"]
 
 REL_MAX = 1024**2             # one .rel file: a few KiB in practice
 REL_TOTAL_MAX = 16 * 1024**2  # all .rel candidates together: bounds memory on hostile input
 EXTRA_MAX = 16 * 1024**2      # sys.config, relup
+MAX_MEMBERS = 200_000         # defaults of inspect_tarball, which the agent's unpack applies too
+MAX_UNPACKED = 8 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,8 @@ class ReleaseTarball:
 
 
 def inspect_tarball(path: Path, *, expected_version: str | None = None,
-                    max_size: int = 2 * 1024**3, max_members: int = 200_000,
-                    max_unpacked: int = 8 * 1024**3) -> ReleaseTarball:
+                    max_size: int = 2 * 1024**3, max_members: int = MAX_MEMBERS,
+                    max_unpacked: int = MAX_UNPACKED) -> ReleaseTarball:
     """Check the tarball at `path` and say what it holds; raises TarballError otherwise."""
     limits = Limits(max_members, max_unpacked)
     with open_file(path, max_size) as (raw, size):
@@ -120,8 +122,8 @@ def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
         if count > limits.max_members:
             raise TarballError(f"{path}: more than {limits.max_members} members; refused as a "
                                "possible archive bomb (raise max_members if it is genuine)")
-        _check_member(path, info, tar.offset)
-        name = _normalise(info.name)
+        check_member(path, info, tar.offset)
+        name = normalise(info.name)
         names.append(name)
         if info.issym():
             symlinks.add(name)
@@ -144,12 +146,12 @@ def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
     return _Scan(rels, extras)
 
 
-def _normalise(name: str) -> str:
+def normalise(name: str) -> str:
     """The path a member unpacks to, relative to the root: "./a//b/" is "a/b"."""
     return posixpath.normpath(name)
 
 
-def _check_member(path: Path, info: tarfile.TarInfo, next_offset: int) -> None:
+def check_member(path: Path, info: tarfile.TarInfo, next_offset: int) -> None:
     where = f"{path}: member {info.name!r}"
     problem = _path_problem(info.name)
     if problem:
@@ -190,7 +192,7 @@ def _path_problem(name: str) -> str | None:
 def _check_link(where: str, info: tarfile.TarInfo) -> None:
     """A symlink's target is relative to its directory, a hard link's to the root."""
     kind = "symlink" if info.issym() else "hard link"
-    base = posixpath.dirname(_normalise(info.name)) if info.issym() else ""
+    base = posixpath.dirname(normalise(info.name)) if info.issym() else ""
     target = info.linkname
     problem = _link_problem(base, target)
     if problem:

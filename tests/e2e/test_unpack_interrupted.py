@@ -1,7 +1,9 @@
 """Unpack is all or nothing, on a real node (issue 13): a node SIGKILLed while it unpacks a
 large release leaves a half-written lib dir; the retry removes it first, so that
 release_handler's keep_old_files cannot keep a truncated file, and every file on disk then
-matches the tarball."""
+matches the tarball. The node unpacks when the agent may not write the root (issue 16): the
+root is given to another user for that (root only). When the agent unpacks, an agent SIGKILLed
+mid-extract leaves only ROOT/.relctl-unpack-XXXX, which the next agent's retry removes."""
 
 from __future__ import annotations
 
@@ -67,6 +69,10 @@ def mismatches(tarball: Path, root: Path) -> list[str]:
 def test_a_retry_after_a_node_killed_mid_unpack_leaves_every_file_as_in_the_tarball(
         agents: list[AgentProc], node_factory: NodeFactory, counter_node: NodeProc,
         release_build: ReleaseBuild, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving the release root to another user (so the node unpacks) needs root")
+    subprocess.run(["chown", "-R", "65534:65534", str(counter_node.root)], check=True,
+                   timeout=60)
     big = with_big_file(release_build.tarball("0.0.2"), tmp_path / "big.tar.gz")
     agent = start_agent(tmp_path / "agent", [NodeEntry(counter_node.name, counter_node.cookie,
                                                        counter_node.epmd_port)],
@@ -108,3 +114,42 @@ def test_a_retry_after_a_node_killed_mid_unpack_leaves_every_file_as_in_the_tarb
     stage = next(s for s in retry.json()["operation"]["steps"] if s["name"] == "stage")
     assert "removed what an unfinished unpack left: " in stage["detail"]
     assert "lib/counter-0.0.2" in stage["detail"]
+
+
+def test_a_retry_after_an_agent_killed_mid_extract_removes_what_it_left(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    big = with_big_file(release_build.tarball("0.0.2"), tmp_path / "big.tar.gz")
+    entry = [NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)]
+    agent = start_agent(tmp_path / "agent", entry)
+    agents.append(agent)
+    client = subprocess.Popen(
+        [sys.executable, "-m", "agent.client", "--agent", agent.address, "upgrade", "0.0.2",
+         "--tarball", str(big)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=relctl_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size > 0 for p in counter_node.root.glob(
+                ".relctl-unpack-*/root/" + BIG)):
+            assert client.poll() is None, client.communicate()
+            assert time.monotonic() < deadline, "the agent never started writing big.bin"
+            time.sleep(0.001)
+        os.kill(agent.pid, signal.SIGKILL)
+        client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode != 0
+    [left] = counter_node.root.glob(".relctl-unpack-*")
+    assert not (counter_node.root / "lib" / "counter-0.0.2").exists()  # nothing placed
+
+    again = start_agent(tmp_path / "agent2", entry)
+    agents.append(again)
+    retry = relctl("upgrade", "0.0.2", "--tarball", str(big), "-o", "json",
+                   agents=[again.address], timeout=180)
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    assert mismatches(big, counter_node.root) == []
+    assert not left.exists()
+    stage = next(s for s in retry.json()["operation"]["steps"] if s["name"] == "stage")
+    assert f"removed what an unfinished unpack left: {left.name}" in stage["detail"]

@@ -77,7 +77,10 @@ class Rig:
         self.root = root
         self.node = ScriptedNode()
         self.log = StepLog()
-        self.engine = ReleaseEngine(self.node, self.log, rpc_timeout=RPC_TIMEOUT)
+        # unpack_release in the node: the way these scripts follow (the agent's own unpack,
+        # with real files, is in test_unpack.py and the e2e tests).
+        self.engine = ReleaseEngine(self.node, self.log, rpc_timeout=RPC_TIMEOUT,
+                                    agent_unpack=False)
 
     def expect(self, *parts: Expect | Iterable[Expect]) -> None:
         for part in parts:

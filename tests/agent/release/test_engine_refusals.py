@@ -67,7 +67,8 @@ class DictLedger:
 
 
 def with_ledger(rig: Rig, ledger: DictLedger) -> None:
-    rig.engine = ReleaseEngine(rig.node, rig.log, rpc_timeout=RPC_TIMEOUT, ledger=ledger)
+    rig.engine = ReleaseEngine(rig.node, rig.log, rpc_timeout=RPC_TIMEOUT, ledger=ledger,
+                               agent_unpack=False)
 
 
 def remove_ok(version: str = "0.0.2") -> object:

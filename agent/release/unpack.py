@@ -1,0 +1,336 @@
+"""The agent unpacks, the node only switches (DESIGN.md section 4, step 2): the agent extracts
+a validated release tarball into a temporary dir on the release root's file system, moves what
+is new into place, and the node only registers it (``release_handler:set_unpacked``), instead
+of decompressing the tarball again inside the production VM with ``unpack_release``.
+
+The extraction reads the tarball with the same bounded stream and the same member checks as
+the validation (tarball.py, tarstream.py), and compares the sha256 of the bytes it read with
+the validated tarball's: it extracts exactly what the validation accepted.
+
+The result is what ``unpack_release`` leaves, file for file: erl_tar's ``keep_old_files``
+(a file the root already has is kept as it is, hard links are not extracted), the systools
+``releases/NAME-VSN.rel`` copied into ``releases/VSN/`` and not left in ``releases/``, and the
+relx ``releases/VSN/NAME.rel`` not left at all (unpack_release copies it onto itself, then
+deletes it). Everything placed is listed, so that a failure takes back exactly that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .tarball import MAX_MEMBERS, MAX_UNPACKED, ReleaseTarball, check_member, normalise
+from .tarstream import (
+    CHUNK,
+    Limits,
+    TarballError,
+    TarStream,
+    open_file,
+    open_tar,
+    reading,
+    require_clean_end,
+    require_gzip,
+)
+
+UNPACK_PREFIX = ".relctl-unpack-"  # ROOT/.relctl-unpack-XXXX: what an extraction in progress holds
+TREE = "root"                       # in it: the files as they go under ROOT
+
+
+class WriteFailed(Exception):
+    """Writing under the release root failed (a full disk, ...): the host's fault, not the
+    tarball's. Kept apart from OSError, which the tar readers take for a corrupt stream."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"{path}: {error.strerror or error}")
+        self.path = path
+        self.error = error
+
+
+class Conflict(Exception):
+    """The tarball has files below a path the root has as a file (erl_tar fails there too)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} is not a directory on the node, and the tarball has files "
+                         "below it")
+        self.path = path
+
+
+class Interrupted(Exception):
+    """The operation was cancelled while the agent extracted: what it wrote is removed."""
+
+
+def why_not_write(root: Path, releases: Path) -> str | None:
+    """None when the agent may unpack into ``root`` itself; else why not, in a few words.
+
+    The files must end up as unpack_release would leave them: owned by the release's owner
+    (so that the node can remove them later), on the root's file system (moved into place by
+    rename), in the dirs release_handler uses."""
+    if releases.resolve() != (root / "releases").resolve():
+        return f"the node's releases dir {releases} is not {root}/releases"
+    euid = os.geteuid()
+    try:
+        root_dev = root.stat().st_dev
+        for path in (root, root / "releases", root / "lib"):
+            info = path.stat()
+            if not stat.S_ISDIR(info.st_mode):
+                return f"{path} is not a directory"
+            if os.statvfs(path).f_flag & os.ST_RDONLY:
+                return f"{path} is on a read-only file system"
+            if info.st_uid != euid:
+                return (f"{path} belongs to uid {info.st_uid} and the agent runs as uid "
+                        f"{euid}, so the files it extracted would not be the release owner's")
+            if not os.access(path, os.W_OK | os.X_OK):
+                return f"{path} is not writable by the agent"
+            if info.st_dev != root_dev:
+                return f"{path} is on another file system than {root}"
+    except OSError as exc:
+        return f"cannot inspect {exc.filename}: {exc.strerror or exc}"
+    return None
+
+
+@dataclass(frozen=True)
+class Extracted:
+    tmp: Path          # ROOT/.relctl-unpack-XXXX, removed once the unpack is over
+    rel_file: Path     # the .rel set_unpacked reads: its final path (systools) or in tmp (relx)
+    written: int       # regular files written
+    kept: int          # regular files not written: the root has them (keep_old_files)
+
+
+def extract(tarball: ReleaseTarball, root: Path, *, stop: threading.Event | None = None,
+            max_members: int = MAX_MEMBERS, max_unpacked: int = MAX_UNPACKED) -> Extracted:
+    """Extract ``tarball`` into a new ROOT/.relctl-unpack-XXXX. Raises TarballError (the
+    tarball), WriteFailed (the disk) or Interrupted (``stop`` set); then nothing is left."""
+    tmp = Path(tempfile.mkdtemp(prefix=UNPACK_PREFIX, dir=root))
+    try:
+        tree = tmp / TREE
+        tree.mkdir()
+        limits = Limits(max_members, max_unpacked)
+        path = tarball.path
+        with open_file(path, tarball.size) as (raw, size):
+            require_gzip(path, raw)
+            hashed = _Hashing(raw)
+            with gzip.GzipFile(fileobj=hashed, mode="rb") as gz:
+                stream = TarStream(path, gz, limits.stream_max, limits.headers_max)
+                tar = open_tar(path, stream)
+                with reading(path):
+                    written, kept = _members(tarball, tar, stream, limits, tree, root, stop)
+                    require_clean_end(path, stream, tar.offset)
+            if (size, hashed.hexdigest()) != (tarball.size, tarball.sha256):
+                raise TarballError(f"{path}: changed since it was checked (sha256 "
+                                   f"{hashed.hexdigest()[:12]}..., checked {tarball.sha256[:12]}"
+                                   "...); upload it again")
+        rel_file = _arrange(tarball, tmp, tree, root)
+        return Extracted(tmp, rel_file, written, kept)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class _Hashing:
+    """The raw file for gzip, hashing each byte once however gzip seeks (it rewinds on a
+    backward seek of the decompressed stream)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._digest = hashlib.sha256()
+        self._hashed = 0
+
+    def read(self, size: int = -1) -> bytes:
+        pos = self._raw.tell()
+        data = self._raw.read(size)
+        if pos <= self._hashed < pos + len(data):
+            self._digest.update(data[self._hashed - pos:])
+            self._hashed = pos + len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def hexdigest(self) -> str:
+        self._raw.seek(self._hashed)  # what gzip did not need (nothing, for a sound file)
+        while chunk := self.read(CHUNK):
+            pass
+        return self._digest.hexdigest()
+
+
+def _members(tarball: ReleaseTarball, tar: tarfile.TarFile, stream: TarStream, limits: Limits,
+             tree: Path, root: Path, stop: threading.Event | None) -> tuple[int, int]:
+    path = tarball.path
+    written = kept = count = unpacked = 0
+    while True:
+        if stop is not None and stop.is_set():
+            raise Interrupted()
+        with stream.headers():
+            info = tar.next()
+        if info is None:
+            return written, kept
+        count += 1
+        if count > limits.max_members:
+            raise TarballError(f"{path}: more than {limits.max_members} members; refused as a "
+                               "possible archive bomb (raise max_members if it is genuine)")
+        check_member(path, info, tar.offset)
+        name = normalise(info.name)
+        if info.isreg():
+            unpacked += info.size
+            if unpacked > limits.max_unpacked:
+                raise TarballError(f"{path}: members add up to more than {limits.max_unpacked} "
+                                   f"bytes unpacked (at member {info.name!r}); refused as a "
+                                   "possible archive bomb")
+        if info.islnk():
+            continue  # erl_tar extracts no hard links: neither does unpack_release
+        dest = tree / name
+        try:
+            if info.isdir():
+                if _make_dirs(path, tree, name):
+                    _set_info(dest, info)
+            elif info.issym():
+                _make_dirs(path, tree, _parent(name))
+                if not (os.path.lexists(dest) or os.path.lexists(root / name)):
+                    os.symlink(info.linkname, dest)
+            elif name != tarball.rel_member and (os.path.lexists(dest)
+                                                 or os.path.exists(root / name)):
+                kept += 1  # keep_old_files (a second copy of a member: the first one stays)
+            else:
+                _make_dirs(path, tree, _parent(name))
+                _write(tar, info, dest)
+                written += 1
+        except OSError as exc:
+            raise WriteFailed(dest, exc) from None
+
+
+def _parent(name: str) -> str:
+    return name.rpartition("/")[0]
+
+
+def _make_dirs(path: Path, tree: Path, name: str) -> bool:
+    """Make tree/name and its parents, never through a link; True when it made tree/name."""
+    made = False
+    current = tree
+    for part in name.split("/") if name else ():
+        current = current / part
+        try:
+            os.mkdir(current)
+            made = True
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                raise TarballError(f"{path}: member {name!r} lies under "
+                                   f"{current.relative_to(tree)}, which the tarball made a "
+                                   "file or link; rebuild the tarball without it") from None
+            made = False
+    return made
+
+
+def _write(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path) -> None:
+    source = tar.extractfile(info)
+    assert source is not None  # a regular member
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        while chunk := source.read(CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    _set_info(dest, info)
+
+
+def _set_info(dest: Path, info: tarfile.TarInfo) -> None:
+    # As erl_tar: the member's mode and mtime. No setuid/setgid bits from an upload, though.
+    os.chmod(dest, info.mode & 0o1777)
+    os.utime(dest, (info.mtime, info.mtime))
+
+
+def _arrange(tarball: ReleaseTarball, tmp: Path, tree: Path, root: Path) -> Path:
+    """Put the .rel where unpack_release leaves it; the path set_unpacked is to read."""
+    vsn_dir = tree / "releases" / tarball.version
+    vsn_dir.mkdir(parents=True, exist_ok=True)
+    extracted = tree / tarball.rel_member
+    if "/" not in tarball.unpack_name:  # systools: releases/NAME-VSN.rel -> releases/VSN/
+        os.replace(extracted, vsn_dir / extracted.name)
+        return root / "releases" / tarball.version / extracted.name
+    kept = tmp / extracted.name  # relx: read by set_unpacked from here, never placed
+    os.replace(extracted, kept)
+    return kept
+
+
+def write_sha(tree: Path, version: str, name: str, sha256: str) -> None:
+    (tree / "releases" / version / name).write_text(f"{sha256}\n", encoding="ascii")
+
+
+@dataclass(frozen=True)
+class Placed:
+    paths: tuple[Path, ...]   # new under ROOT, in the order they were moved there
+
+
+def place(extracted: Extracted, root: Path, version: str) -> Placed:
+    """Move what is new from the extraction into ROOT: a dir the root lacks goes whole (one
+    rename), one it has is entered, a file it has stays (keep_old_files). releases/VSN goes
+    last. On failure, what was moved is taken back and the error raised."""
+    tree = extracted.tmp / TREE
+    vsn_dir = Path("releases") / version
+    placed: list[Path] = []
+    try:
+        if os.path.lexists(root / vsn_dir):
+            raise FileExistsError(errno.EEXIST, "exists already, though the node does not list "
+                                  f"{version}", str(root / vsn_dir))
+        _merge(tree, root, Path(), vsn_dir, placed)
+        os.rename(tree / vsn_dir, root / vsn_dir)
+        placed.append(root / vsn_dir)
+    except BaseException:
+        remove(placed)
+        raise
+    return Placed(tuple(placed))
+
+
+def _merge(tree: Path, root: Path, rel: Path, skip: Path, placed: list[Path]) -> None:
+    with os.scandir(tree / rel) as entries:
+        names = sorted(e.name for e in entries)
+    for name in names:
+        part = rel / name
+        if part == skip:
+            continue
+        src, dst = tree / part, root / part
+        if not os.path.lexists(dst):
+            os.rename(src, dst)
+            placed.append(dst)
+        elif src.is_dir() and not src.is_symlink():
+            if dst.is_dir():
+                _merge(tree, root, part, skip, placed)
+            elif any(os.scandir(src)):  # erl_tar fails to write below a file, so do we
+                raise Conflict(dst)
+
+
+def remove(paths: tuple[Path, ...] | list[Path]) -> list[str]:
+    """Delete what the agent placed, newest first; what could not be deleted, with why."""
+    failed = []
+    for path in reversed(paths):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            failed.append(f"{path} ({exc.strerror or exc})")
+    return failed
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Extractions an agent did not finish (killed): ROOT/.relctl-unpack-*."""
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        return [Path(e.path) for e in entries if e.name.startswith(UNPACK_PREFIX)]
+    return []

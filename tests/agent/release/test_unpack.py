@@ -1,0 +1,94 @@
+"""The agent's own unpack (agent/release/unpack.py) on real tarballs and a real root on disk:
+what it places and keeps (erl_tar's keep_old_files), where the .rel ends up in each layout,
+that it extracts only the bytes that were validated, and when it declines to write the root."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from agent.release.tarball import ReleaseTarball, TarballError, inspect_tarball
+from agent.release.unpack import extract, place, why_not_write
+
+REL = (b'{release, {"counter", "0.0.2"}, {erts, "13.1.5"}, '
+       b'[{kernel, "8.5.3"}, {counter, "0.0.2"}]}.')
+
+
+def make_tarball(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o640, 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "releases").mkdir(parents=True)
+    (root / "lib" / "kernel-8.5.3" / "ebin").mkdir(parents=True)
+    (root / "lib" / "kernel-8.5.3" / "ebin" / "kernel.app").write_bytes(b"the node's own")
+    return root
+
+
+def systools(tmp_path: Path) -> ReleaseTarball:
+    return inspect_tarball(make_tarball(tmp_path / "sys.tar.gz", {
+        "releases/counter-0.0.2.rel": REL, "releases/0.0.2/start.boot": b"boot",
+        "lib/kernel-8.5.3/ebin/kernel.app": b"the tarball's",
+        "lib/kernel-8.5.3/ebin/new.beam": b"new in a kept dir",
+        "lib/counter-0.0.2/ebin/counter.beam": b"beam"}))
+
+
+def test_new_dirs_are_placed_and_what_the_root_has_is_kept(root: Path, tmp_path: Path) -> None:
+    tarball = systools(tmp_path)
+    extracted = extract(tarball, root)
+    assert (extracted.written, extracted.kept) == (4, 1)
+    placed = place(extracted, root, "0.0.2")
+
+    assert [p.relative_to(root) for p in placed.paths] == [
+        Path("lib/counter-0.0.2"), Path("lib/kernel-8.5.3/ebin/new.beam"), Path("releases/0.0.2")]
+    assert (root / "lib/kernel-8.5.3/ebin/kernel.app").read_bytes() == b"the node's own"
+    beam = root / "lib/counter-0.0.2/ebin/counter.beam"
+    assert (beam.read_bytes(), beam.stat().st_mode & 0o777, beam.stat().st_mtime) == (
+        b"beam", 0o640, 1_700_000_000)
+    # As unpack_release: the .rel copied into releases/VSN, none left in releases/.
+    assert extracted.rel_file == root / "releases/0.0.2/counter-0.0.2.rel"
+    assert extracted.rel_file.read_bytes() == REL
+    assert not (root / "releases/counter-0.0.2.rel").exists()
+
+
+def test_a_relx_rel_is_read_from_the_temporary_dir_and_never_placed(
+        root: Path, tmp_path: Path) -> None:
+    tarball = inspect_tarball(make_tarball(tmp_path / "relx.tar.gz", {
+        "releases/0.0.2/counter.rel": REL, "lib/counter-0.0.2/ebin/counter.beam": b"beam"}))
+    extracted = extract(tarball, root)
+    place(extracted, root, "0.0.2")
+    assert extracted.rel_file == extracted.tmp / "counter.rel"
+    assert extracted.rel_file.read_bytes() == REL
+    assert sorted(p.name for p in (root / "releases" / "0.0.2").iterdir()) == []
+
+
+def test_a_tarball_changed_after_its_validation_is_refused_and_nothing_is_left(
+        root: Path, tmp_path: Path) -> None:
+    tarball = systools(tmp_path)
+    make_tarball(tarball.path, {"releases/counter-0.0.2.rel": REL,
+                                "lib/counter-0.0.2/ebin/counter.beam": b"other bytes"})
+    before = sorted(root.rglob("*"))
+    with pytest.raises(TarballError, match="changed since it was checked"):
+        extract(tarball, root)
+    assert sorted(root.rglob("*")) == before
+
+
+def test_the_agent_declines_a_root_it_should_not_write(root: Path, tmp_path: Path) -> None:
+    assert why_not_write(root, root / "releases") is None
+    elsewhere = tmp_path / "elsewhere"
+    assert why_not_write(root, elsewhere) == (f"the node's releases dir {elsewhere} is not "
+                                              f"{root}/releases")
+    os.rename(root / "lib", tmp_path / "lib-away")
+    assert why_not_write(root, root / "releases") == (
+        f"cannot inspect {root}/lib: No such file or directory")

@@ -67,28 +67,42 @@ class AuditLog:
         self.path = path
         self._lock = threading.Lock()
         # 0640: the operators' group may read it; nobody else (it names users and hosts).
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
-        self._file = os.fdopen(fd, "a+", encoding="utf-8")
-        if _ends_torn(fd):  # a crash mid-line: the next record starts on its own line
-            self._file.write("\n")
-            self._file.flush()
+        # Unbuffered: a record is on disk when append returns, and a write that fails (a full
+        # disk) leaves nothing behind in a buffer for a later flush or close to trip over.
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        # A crash mid-line: the next record starts on its own line.
+        self._torn = _ends_torn(self._fd)
         self._failed = False
 
     def append(self, record: AuditRecord) -> None:
-        line = record.to_json() + "\n"
+        line = (record.to_json() + "\n").encode("utf-8")
         try:
             with self._lock:
-                self._file.write(line)
-                self._file.flush()
+                if self._torn:
+                    line = b"\n" + line
+                    self._torn = False
+                view = memoryview(line)
+                while view:
+                    try:
+                        view = view[os.write(self._fd, view):]
+                    except OSError:
+                        self._torn = len(view) < len(line)  # part of it is in the file
+                        raise
+            if self._failed:
+                log.info("the audit trail %s is written again", self.path)
             self._failed = False
         except OSError as exc:
             if not self._failed:  # once per outage, not once per call
-                log.error("cannot write the audit trail %s: %s", self.path, exc)
+                log.error("cannot write the audit trail %s: %s; the records of calls until "
+                          "it works again are lost (the journal still has the operations)",
+                          self.path, exc)
             self._failed = True
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def tail(self, limit: int, *, node: str | None = None) -> list[AuditRecord]:
         """The last ``limit`` records (of ``node`` only, if given), newest first."""

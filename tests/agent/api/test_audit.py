@@ -6,6 +6,8 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
+
 from agent.api.audit import AuditLog, AuditRecord, without_secrets
 
 
@@ -63,3 +65,15 @@ def test_an_empty_trail_reads_as_nothing(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.jsonl")
     assert log.tail(10) == []
     log.close()
+
+
+def test_a_full_disk_loses_records_but_never_breaks_append_or_close(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # /dev/full: every write fails with ENOSPC, as on a full state_dir.
+    log = AuditLog(Path("/dev/full"))
+    log.append(record(1))
+    log.append(record(2))
+    log.close()  # nothing buffered is left to flush into the full disk
+    log.close()
+    errors = [r for r in caplog.records if "cannot write the audit trail" in r.getMessage()]
+    assert len(errors) == 1 and "No space left" in errors[0].getMessage()

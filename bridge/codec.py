@@ -41,8 +41,6 @@ import math
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -179,35 +177,43 @@ def decode_prefix(data: bytes, pos: int = 0, *, max_depth: int = DEFAULT_MAX_DEP
 
     Distribution messages carry two terms back to back (control, then payload). The budget's
     limits are those of a message of ``len(data)`` bytes: pass the message, not a larger buffer."""
-    with _as_decode_error():
+    try:
         if data[pos] != VERSION:
             raise DecodeError(f"expected version byte 131 at offset {pos}, got {data[pos]}")
         decoder = _Decoder(data, max_depth, budget)
         if data[pos + 1] == COMPRESSED:
             return _decode_compressed(decoder, pos + 2, max_size)
         return decoder.term(pos + 1, 0)
+    except DecodeError:
+        raise
+    except _FAULTS as exc:
+        raise _as_decode_error(exc) from None
 
 
 def decode_body(data: bytes, pos: int, *, max_depth: int = DEFAULT_MAX_DEPTH,
                 budget: DecodeBudget = DEFAULT_BUDGET) -> tuple[Any, int]:
     """Decode the (unversioned) term that starts at ``pos``: a piece of a larger term."""
-    with _as_decode_error():
-        return _Decoder(data, max_depth, budget).term(pos, 1)
-
-
-@contextmanager
-def _as_decode_error() -> Iterator[None]:
-    """Whatever hostile bytes make Python raise while decoding leaves as a DecodeError."""
     try:
-        yield
+        return _Decoder(data, max_depth, budget).term(pos, 1)
     except DecodeError:
         raise
-    except (IndexError, struct.error):
-        raise DecodeError("term is truncated") from None
-    except RecursionError:
-        raise DecodeError("term is nested too deeply for this interpreter") from None
-    except (ValueError, OverflowError, UnicodeDecodeError, TypeError, MemoryError) as exc:
-        raise DecodeError(f"invalid term: {exc}") from None
+    except _FAULTS as exc:
+        raise _as_decode_error(exc) from None
+
+
+# What hostile bytes can make Python raise while decoding. A try statement rather than a
+# context manager around each decode: that costs a generator per reply.
+_FAULTS = (IndexError, struct.error, RecursionError, ValueError, OverflowError, UnicodeDecodeError, TypeError,
+           MemoryError)
+
+
+def _as_decode_error(exc: BaseException) -> DecodeError:
+    """Whatever hostile bytes make Python raise while decoding leaves as a DecodeError."""
+    if isinstance(exc, IndexError | struct.error):
+        return DecodeError("term is truncated")
+    if isinstance(exc, RecursionError):
+        return DecodeError("term is nested too deeply for this interpreter")
+    return DecodeError(f"invalid term: {exc}")
 
 
 def _decode_compressed(decoder: _Decoder, pos: int, max_size: int) -> tuple[Any, int]:

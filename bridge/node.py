@@ -543,16 +543,19 @@ class _DistProtocol(asyncio.Protocol):
             self._conn._on_lost(exc)
 
     def write(self, data: bytes) -> None:
-        # The first write of a loop iteration goes out at once (latency); the ones that follow
-        # in the same iteration are joined into one send (throughput under many callers).
+        # The first write of a loop iteration goes out at once (latency); while other calls are
+        # in flight, the writes that follow in the same iteration are joined into one send
+        # (throughput under many callers). A lone call costs no extra loop turn.
         if self._corked is not None:
             self._corked.append(data)
             return
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
-            self._corked = []
-            asyncio.get_running_loop().call_soon(self._uncork)
+            conn = self._conn
+            if conn is None or len(conn._pending) > 1:
+                self._corked = []
+                asyncio.get_running_loop().call_soon(self._uncork)
 
     def _uncork(self) -> None:
         corked, self._corked = self._corked, None

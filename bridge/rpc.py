@@ -60,6 +60,8 @@ _ERPC = Atom("erpc")
 _NOTSUP = Atom("notsup")
 _WORDS = struct.Struct(">III")
 _NIL = b"j"  # an empty argument list, pre-encoded
+_LEN = struct.Struct(">I")
+_NAMES_KEPT = 1024  # (module, function) pairs whose encoding a connection keeps
 
 # What a pending call keeps for its error messages: module, function, arity, timeout. A tuple,
 # not a dataclass: one is made per call on the hot path.
@@ -116,6 +118,7 @@ class RpcCalls:
         self._numbers = itertools.count(1)
         self._salt = secrets.randbits(32) if salt is None else salt & 0xFFFF_FFFF
         self._closed_reason: str | None = None
+        self._names: dict[tuple[str | Atom, str | Atom], tuple[Atom, Atom, bytes]] = {}
         # The request, pre-encoded around what varies: the reference's words, M, F and A.
         head = bytearray(b"\x83\x68\x03")
         codec.encode_term_into(_GEN_CALL, head)
@@ -173,35 +176,30 @@ class RpcCalls:
         (nothing is registered then)."""
         if self._closed_reason is not None:
             raise ConnectionLost(f"connection to {self.peer} is closed ({self._closed_reason})")
-        mod = module if type(module) is Atom else Atom(str(module))
-        fun = function if type(function) is Atom else Atom(str(function))
+        names = self._names.get((module, function))
+        if names is None:
+            names = self._names_of(module, function)
+        mod, fun, encoded_mf = names
         n = next(self._numbers)
         # Word 1 of a reference carries 18 bits (OTP's layout); the counter never repeats.
         call_id = _WORDS.pack(n & 0x3FFFF, n >> 18 & 0xFFFF_FFFF, self._salt)
         if self.spawn:
             # One reference for the request, its monitor and erpc's result tag.
-            body = bytearray(b"\0\0\0\0")
-            body += self._spawn_head
-            body += call_id
-            body += self._spawn_mid
-            body += call_id
-            codec.encode_term_into(mod, body)
-            codec.encode_term_into(fun, body)
             if args:
-                codec.encode_term_into(list(args), body)
+                encoded_args = bytearray()
+                codec.encode_term_into(list(args), encoded_args)
+                body = b"".join((self._spawn_head, call_id, self._spawn_mid, call_id, encoded_mf,
+                                 encoded_args, _NIL))
             else:
-                body += _NIL
-            body += _NIL
-            struct.pack_into(">I", body, 0, len(body) - 4)
-            frame = self._session.sent(body)
+                body = b"".join((self._spawn_head, call_id, self._spawn_mid, call_id, encoded_mf, _NIL, _NIL))
+            frame = self._session.sent(_LEN.pack(len(body)) + body)
             self._calls[call_id] = (mod, fun, len(args), timeout)
             heapq.heappush(self._deadlines, (now + timeout, call_id))
             return call_id, frame
         payload = bytearray(self._head)
         payload += call_id
         payload += self._mid
-        codec.encode_term_into(mod, payload)
-        codec.encode_term_into(fun, payload)
+        payload += encoded_mf
         if args:
             codec.encode_term_into(list(args), payload)
         else:
@@ -211,6 +209,18 @@ class RpcCalls:
         self._calls[call_id] = (mod, fun, len(args), timeout)
         heapq.heappush(self._deadlines, (now + timeout, call_id))
         return call_id, frame
+
+    def _names_of(self, module: str | Atom, function: str | Atom) -> tuple[Atom, Atom, bytes]:
+        """The atoms of a call's module and function, and their encoding (kept for the next call)."""
+        mod = module if type(module) is Atom else Atom(str(module))
+        fun = function if type(function) is Atom else Atom(str(function))
+        encoded = bytearray()
+        codec.encode_term_into(mod, encoded)
+        codec.encode_term_into(fun, encoded)
+        names = (mod, fun, bytes(encoded))
+        if len(self._names) < _NAMES_KEPT:
+            self._names[(module, function)] = names
+        return names
 
     def forget(self, call_id: CallId) -> bytes:
         """The caller stopped waiting (it got its outcome, timed out, or was cancelled): drop the
@@ -270,6 +280,13 @@ class RpcCalls:
                     return None
                 return CallReturned(call_id, event.value)
             if type(event) is SpawnReply:
+                tag = event.tag
+                result = event.result
+                if type(tag) is bytes and (type(result) is bytes or type(result) is Pid):
+                    # Spawned (the byte-level fast path): kept until the call is forgotten or ends.
+                    if tag in self._calls:
+                        self._spawned[tag] = result
+                    return None
                 return self._spawn_reply(event)
             if type(event) is MonitorDown:
                 return self._down(event)

@@ -196,13 +196,21 @@ class Session:
         if data:
             self._read_since_timer = True
         buffer = self._buffer
-        buffer += data
+        # With nothing buffered (the usual case: whole frames per read), frames are cut out of
+        # ``data`` itself, without first copying it into the buffer.
+        direct = not buffer and type(data) is bytes
+        if direct:
+            source: bytes | bytearray = data
+        else:
+            buffer += data
+            source = buffer
         events: list[Event] = []
         out = bytearray()
         pos = 0
-        end = len(buffer)
+        end = len(source)
+        defer_from = self.defer_from
         while end - pos >= 4:
-            (size,) = _LEN.unpack_from(buffer, pos)
+            (size,) = _LEN.unpack_from(source, pos)
             if size == 0:  # a tick: answer it, so a peer with a short net_ticktime keeps us
                 pos += 4
                 out += TICK
@@ -211,23 +219,29 @@ class Session:
                 raise ProtocolError(f"peer sent a frame of {size} bytes (limit {self.max_frame})")
             if end - pos - 4 < size:
                 break
-            if size < _VIEW_FROM:
+            if direct:
+                frame = data[pos + 4:pos + 4 + size]
+            elif size < _VIEW_FROM:
                 frame = bytes(buffer[pos + 4:pos + 4 + size])
             else:
                 with memoryview(buffer) as view:  # one copy of a big frame, not two
                     frame = bytes(view[pos + 4:pos + 4 + size])
             pos += 4 + size
-            if self.defer_from is not None and (size >= self.defer_from or _COMPRESSED_HEAD in frame):
+            if defer_from is not None and (size >= defer_from or _COMPRESSED_HEAD in frame):
                 events.append(Deferred(frame))
                 continue
             event = self._on_frame(frame, out)
             if event is not None:
                 events.append(event)
-        if pos:
+        if direct:
+            if pos < end:
+                buffer += data[pos:]
+        elif pos:
             del buffer[:pos]
         if out:
             self._wrote_since_timer = True
-        return events, bytes(out)
+            return events, bytes(out)
+        return events, b""
 
     def decode_frame(self, frame: bytes) -> tuple[Event | None, bytes]:
         """Decode a ``Deferred`` frame: its event (or None) and bytes we owe the peer. It only

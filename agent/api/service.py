@@ -147,7 +147,14 @@ class AgentService:
     async def GetReleases(self, request: pb.GetReleasesRequest,
                           context: _Ctx) -> pb.GetReleasesResponse:
         states = await _answer(context, self._nodes.refresh(request.node, self._timeout(context)))
-        return pb.GetReleasesResponse(nodes=_map(node_message, states))
+        reply = pb.GetReleasesResponse(nodes=_map(node_message, states))
+        if self._ops is not None:
+            for node in reply.nodes:
+                for rel in node.releases:
+                    if rel.status == pb.RELEASE_STATUS_UNPACKED:
+                        rel.sha256 = self._ops.journal.unpacked_sha256(node.node,
+                                                                       rel.version) or ""
+        return reply
 
     async def Verify(self, request: pb.VerifyRequest, context: _Ctx) -> pb.VerifyResponse:
         async def run() -> pb.VerifyResponse:

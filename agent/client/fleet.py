@@ -382,7 +382,7 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int, max_fail
             with connect(settings, agent) as channel:
                 stub = agent_pb2_grpc.AgentStub(channel)
                 # Asked here rather than in upgrade_on: an error row still names the node.
-                node, done = target_node(settings, stub, agent, spec.version)
+                node, done, _ = target_node(settings, stub, agent, spec.version)
                 op = upgrade_on(settings, stub, agent, spec, say=say, bar=False, up_to_date=done)
                 row = result_of(agent, number, op, time.monotonic() - started)
         except CliError as exc:

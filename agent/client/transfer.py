@@ -135,19 +135,28 @@ def is_up_to_date(releases: Iterable[pb.Release], version: str) -> bool:
                for r in releases)
 
 
+def unpacked_sha256(releases: Iterable[pb.Release], version: str) -> str:
+    """The sha256 of the tarball the agent unpacked ``version`` from, when that release is
+    unpacked (not installed) on the node; "" otherwise."""
+    return next((r.sha256 for r in releases
+                 if r.version == version and r.status == pb.RELEASE_STATUS_UNPACKED), "")
+
+
 def target_node(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
-                version: str) -> tuple[str, bool]:
-    """The node the agent would upgrade ("" when it manages several and no --node was given)
-    and whether it is :func:`is_up_to_date` already; one GetReleases call."""
+                version: str) -> tuple[str, bool, str]:
+    """The node the agent would upgrade ("" when it manages several and no --node was given),
+    whether it is :func:`is_up_to_date` already, and :func:`unpacked_sha256`; one GetReleases
+    call."""
     try:
         reply = stub.GetReleases(pb.GetReleasesRequest(node=settings.node),
                                  timeout=settings.timeout)
     except grpc.RpcError as err:
         raise rpc_error(agent, err, settings.timeout) from None
     if len(reply.nodes) != 1:
-        return settings.node, False  # the Upgrade call names the problem
+        return settings.node, False, ""  # the Upgrade call names the problem
     node = reply.nodes[0]
-    return node.node, is_up_to_date(node.releases, version)
+    return (node.node, is_up_to_date(node.releases, version),
+            unpacked_sha256(node.releases, version))
 
 
 def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
@@ -158,18 +167,27 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
     :func:`target_node` answer; None asks the agent here, before any byte is sent. Errors
     before the operation's end raise CliError."""
     upload_id = ""
-    if spec.tarball is not None:
-        if up_to_date is None:
-            _, up_to_date = target_node(settings, stub, agent, spec.version)
-        if up_to_date:
-            # Asked before sending: a rerun sends nothing, and the Upgrade call without an
-            # upload lets the agent journal it as up_to_date.
-            if settings.output == "text":
-                say(f"  {'upload':<22} {'skip':<6} {'':>9}  {spec.version} already runs and is "
-                    "permanent; the tarball was not sent")
-        else:
-            upload_id = upload(settings, stub, agent, settings.node, spec.version, spec.tarball,
-                               say=say, bar=bar, digest=spec.digest)
+    recorded = ""
+    if spec.tarball is not None and up_to_date is None:
+        _, up_to_date, recorded = target_node(settings, stub, agent, spec.version)
+    if spec.tarball is None:
+        pass
+    elif up_to_date:
+        # Asked before sending: a rerun sends nothing, and the Upgrade call without an
+        # upload lets the agent journal it as up_to_date.
+        if settings.output == "text":
+            say(f"  {'upload':<22} {'skip':<6} {'':>9}  {spec.version} already runs and is "
+                "permanent; the tarball was not sent")
+    elif (recorded and not spec.replace
+          and recorded == (spec.digest or file_digest(spec.tarball))[1]):
+        # Unpacked from these very bytes (the agent's record): the Upgrade call without an
+        # upload goes on from the unpacked release.
+        if settings.output == "text":
+            say(f"  {'upload':<22} {'skip':<6} {'':>9}  {spec.version} is unpacked from these "
+                "bytes already (same sha256); the tarball was not sent")
+    else:
+        upload_id = upload(settings, stub, agent, settings.node, spec.version, spec.tarball,
+                           say=say, bar=bar, digest=spec.digest)
     events = stub.Upgrade(pb.UpgradeRequest(
         node=settings.node, version=spec.version, upload_id=upload_id,
         no_permanent=spec.no_permanent, dry_run=spec.dry_run,

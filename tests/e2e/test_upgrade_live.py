@@ -327,3 +327,25 @@ def test_client_going_away_does_not_cancel_the_upgrade(
                     what="operation finished", timeout=120)
     assert op["outcome"] == "succeeded"
     assert counter_state(counter_node).startswith("#{count => 0")
+
+
+def test_an_upgrade_of_a_release_unpacked_from_the_same_bytes_sends_nothing(
+        agent: AgentProc, counter_node: NodeProc, release_build: ReleaseBuild) -> None:
+    tarball = str(release_build.tarball("0.0.2"))
+    unpacked = relctl("unpack", "0.0.2", "--tarball", tarball, agents=[agent.address],
+                      timeout=180)
+    assert unpacked.returncode == 0, unpacked.stdout + unpacked.stderr
+    releases = relctl("versions", "-o", "json", agents=[agent.address]).json()
+    assert ("0.0.2", "unpacked") in [(r["version"], r["status"])
+                                     for r in releases["nodes"][0]["releases"]]
+
+    # The agent recorded the tarball's sha256 at unpack: relctl asks before sending.
+    up = relctl("upgrade", "0.0.2", "--tarball", tarball, agents=[agent.address], timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert up.stdout.splitlines()[0].split() == [
+        "upload", "skip", "0.0.2", "is", "unpacked", "from", "these", "bytes", "already",
+        "(same", "sha256);", "the", "tarball", "was", "not", "sent"]
+    assert "upgrade 0.0.2 on counter@localhost: done" in up.stdout
+    assert counter_state(counter_node).startswith("#{count => ")
+    trail = relctl("audit", "-o", "json", agents=[agent.address]).json()["records"]
+    assert [r["rpc"] for r in trail] == ["Upgrade", "Unpack", "Upload"]  # one upload in all

@@ -93,18 +93,20 @@ CONFIG_CHANGE_KIND_CHANGED: ConfigChangeKind
 CONFIG_CHANGE_KIND_REMOVED: ConfigChangeKind
 
 class Release(_message.Message):
-    __slots__ = ("name", "version", "status", "running", "applications")
+    __slots__ = ("name", "version", "status", "running", "applications", "sha256")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     APPLICATIONS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     status: ReleaseStatus
     running: bool
     applications: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[ReleaseStatus, str]] = ..., running: _Optional[bool] = ..., applications: _Optional[_Iterable[str]] = ...) -> None: ...
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[ReleaseStatus, str]] = ..., running: _Optional[bool] = ..., applications: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node", "up", "error", "since", "refreshed_at", "releases")

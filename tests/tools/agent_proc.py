@@ -151,7 +151,34 @@ def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = Tr
                 tokens: Sequence[Mapping[str, str]] = (),
                 env: Mapping[str, str] | None = None,
                 tables: Mapping[str, Mapping[str, Any]] | None = None) -> AgentProc:
-    """Start relctl-agent and wait for its "ready" line; ``env`` is added to its environment."""
+    """Start relctl-agent and wait for its "ready" line; ``env`` is added to its environment.
+
+    The ports are free when chosen, but another process (a node, another agent) may take one
+    before the agent binds it: then the agent is started again on new ports."""
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        try:
+            return _start_agent_once(workdir, nodes, metrics=metrics, extra_agent=extra_agent,
+                                     node_extra=node_extra, log_level=log_level, timeout=timeout,
+                                     discovery=discovery, tokens=tokens, env=env, tables=tables)
+        except _PortTaken:
+            if attempt == _PORT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+_PORT_ATTEMPTS = 3
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _start_agent_once(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool,
+                      extra_agent: Mapping[str, Any] | None,
+                      node_extra: Mapping[str, Any] | None, log_level: str, timeout: float,
+                      discovery: Mapping[str, Any] | None, tokens: Sequence[Mapping[str, str]],
+                      env: Mapping[str, str] | None,
+                      tables: Mapping[str, Mapping[str, Any]] | None) -> AgentProc:
     workdir.mkdir(parents=True, exist_ok=True)
     grpc_port = free_port()
     metrics_port = free_port() if metrics else 0
@@ -179,6 +206,9 @@ def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = Tr
     deadline = time.monotonic() + timeout
     while "relctl.agent: ready:" not in agent.log_text()[offset:]:
         if proc.poll() is not None:
+            text = agent.log_text()[offset:]
+            if "(Address already in use)" in text and "cannot start" in text:
+                raise _PortTaken(text)
             raise RuntimeError(f"relctl-agent exited with {proc.returncode}:\n{agent.log_text()}")
         if time.monotonic() > deadline:
             agent.stop()

@@ -18,6 +18,7 @@ from tests.tools.elixir_fixture import (
     make_target_copy,
     start_elixir_node,
 )
+from tests.tools.mounts import unmount_all
 from tests.tools.otp_procs import EpmdProc, NodeProc, pid_exists
 
 NODE = "ex_counter@localhost"
@@ -78,3 +79,11 @@ def start_ex_node(request: pytest.FixtureRequest, elixir_build: ElixirBuild, epm
 @pytest.fixture
 def ex_node(start_ex_node: StartNode) -> NodeProc:
     return start_ex_node(None)
+
+
+@pytest.fixture
+def read_only() -> Iterator[list[Path]]:
+    """Paths a test made read-only with tests.tools.mounts.mount_read_only, unmounted after."""
+    mounted: list[Path] = []
+    yield mounted
+    unmount_all(mounted)

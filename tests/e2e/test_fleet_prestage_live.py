@@ -6,7 +6,6 @@ switched. The rollouts without pre-staging are tests/e2e/test_fleet_live.py."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from tests.conftest import NodeFactory
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
 from tests.tools.otp_procs import NodeProc, erl_eval
+from tests.tools.mounts import mount_read_only
 from tests.tools.release_fixture import ReleaseBuild
 from tests.tools.tarball_variants import rewrite_tarball
 
@@ -60,25 +60,6 @@ def start_fleet(agents: list[AgentProc], node_factory: NodeFactory, tmp_path: Pa
         pairs.append((node, agent))
         erl_eval(node, "[counter:incr() || _ <- [1, 2]], ok")
     return pairs
-
-
-@pytest.fixture
-def read_only() -> Iterator[list[Path]]:
-    """Bind mounts made read-only by the test (root with CAP_SYS_ADMIN only), unmounted after."""
-    mounted: list[Path] = []
-    yield mounted
-    for path in reversed(mounted):
-        subprocess.run(["umount", str(path)], check=False, capture_output=True, timeout=30)
-
-
-def mount_read_only(mounted: list[Path], path: Path) -> None:
-    bind = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True,
-                          timeout=30)
-    if bind.returncode != 0:
-        pytest.skip(f"cannot bind-mount (needs root): {bind.stderr.decode().strip()}")
-    mounted.append(path)
-    subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True,
-                   capture_output=True, timeout=30)
 
 
 def test_a_read_only_release_root_stops_the_rollout_before_any_switch_and_a_rerun_finishes(

@@ -27,6 +27,7 @@ from tests.tools.agent_proc import (
     start_agent,
 )
 from tests.tools.otp_procs import NodeProc, erl_eval
+from tests.tools.mounts import mount_read_only
 from tests.tools.release_fixture import ReleaseBuild
 from tests.tools.tarball_variants import compile_module, rewrite_tarball
 
@@ -162,25 +163,6 @@ def test_a_six_second_code_change_fits_an_install_timeout_of_30(
     op = result.json()["operation"]
     check_upgraded(agent, counter_node, slow, op)
     assert erl_eval(counter_node, "maps:get(count, sys:get_state(counter))") == "1"
-
-
-@pytest.fixture
-def read_only(tmp_path: Path) -> Iterator[list[Path]]:
-    """Bind mounts made read-only by the test (root with CAP_SYS_ADMIN only), unmounted after."""
-    mounted: list[Path] = []
-    yield mounted
-    for path in reversed(mounted):
-        subprocess.run(["umount", str(path)], check=False, capture_output=True, timeout=30)
-
-
-def mount_read_only(mounted: list[Path], path: Path) -> None:
-    bind = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True,
-                          timeout=30)
-    if bind.returncode != 0:
-        pytest.skip(f"cannot bind-mount (needs root): {bind.stderr.decode().strip()}")
-    mounted.append(path)
-    subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True,
-                   capture_output=True, timeout=30)
 
 
 def test_a_read_only_release_root_is_a_clear_unchanged_failure(

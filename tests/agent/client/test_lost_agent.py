@@ -1,12 +1,11 @@
 """What relctl says when the agent goes away mid-operation, or relctl stops waiting for it: that
 the operation may go on and how to see how it ended, with no TLS advice for a Unix socket and
 no timeout worded as a lost connection (issue 13). The real thing, with an agent killed by
-SIGKILL, is tests/e2e/test_agent_lost_live.py."""
+SIGKILL, is tests/e2e/test_lost_agent_live.py."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import pytest
@@ -15,8 +14,8 @@ from agent.client.channel import transport_hint
 from agent.client.common import Settings, connection_lost, describe_rpc_error, operation_error
 from agent.client.status import CliError, ExitCode
 from agent.client.transfer import follow
-from relctl.v1 import AGENT_ERROR_METADATA
 from relctl.v1 import agent_pb2 as pb
+from tests.tools.grpc_errors import FailedCall
 
 SOCKET = "unix:/run/relctl/agent.sock"
 TCP = "10.0.0.7:7079"
@@ -28,37 +27,6 @@ TLS_MISMATCH = ("failed to connect to all addresses; last error: UNAVAILABLE: ip
                 "Socket closed")
 
 
-class FakeRpcError(grpc.RpcError, grpc.Call):
-    def __init__(self, code: grpc.StatusCode, details: str, from_agent: bool = False) -> None:
-        self._code = code
-        self._details = details
-        self._trailing = ((AGENT_ERROR_METADATA, "0.1.0"),) if from_agent else ()
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def trailing_metadata(self) -> Any:
-        return self._trailing
-
-    def initial_metadata(self) -> Any:
-        return ()
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Any) -> bool:
-        return False
-
-
 def test_a_unix_socket_gets_no_tls_advice() -> None:
     for details in (LOST, "Socket closed", "handshake failed", "certificate verify failed"):
         assert "--ca" not in transport_hint(SOCKET, details), details
@@ -68,24 +36,24 @@ def test_a_unix_socket_gets_no_tls_advice() -> None:
 
 
 def test_a_connection_lost_mid_call_is_told_apart_from_no_connection() -> None:
-    assert connection_lost(FakeRpcError(grpc.StatusCode.UNAVAILABLE, LOST))
-    assert not connection_lost(FakeRpcError(grpc.StatusCode.UNAVAILABLE, REFUSED))
-    assert not connection_lost(FakeRpcError(grpc.StatusCode.UNAVAILABLE, TLS_MISMATCH))
+    assert connection_lost(FailedCall(grpc.StatusCode.UNAVAILABLE, LOST))
+    assert not connection_lost(FailedCall(grpc.StatusCode.UNAVAILABLE, REFUSED))
+    assert not connection_lost(FailedCall(grpc.StatusCode.UNAVAILABLE, TLS_MISMATCH))
     # The agent's own "node is down" is an answer, not a lost connection.
-    assert not connection_lost(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "node x is down: ...",
+    assert not connection_lost(FailedCall(grpc.StatusCode.UNAVAILABLE, "node x is down: ...",
                                             from_agent=True))
-    assert not connection_lost(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+    assert not connection_lost(FailedCall(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
 
 def test_a_read_that_lost_the_agent_says_so_without_tls_advice() -> None:
-    problem = describe_rpc_error(SOCKET, FakeRpcError(grpc.StatusCode.UNAVAILABLE, LOST), 10.0)
+    problem = describe_rpc_error(SOCKET, FailedCall(grpc.StatusCode.UNAVAILABLE, LOST), 10.0)
     assert problem.code == ExitCode.UNAVAILABLE
     assert problem.message == (f"agent {SOCKET} closed the connection before answering ({LOST}): "
                                "it may have stopped or restarted (systemctl status relctl-agent)")
 
 
 def test_an_operation_that_lost_the_agent_may_go_on_and_names_relctl_operation_n() -> None:
-    error = operation_error(SOCKET, FakeRpcError(grpc.StatusCode.UNAVAILABLE, LOST), 3600.0,
+    error = operation_error(SOCKET, FailedCall(grpc.StatusCode.UNAVAILABLE, LOST), 3600.0,
                             op_id=7, what="the upgrade")
     assert error.code == ExitCode.FAILED_CHANGED
     assert str(error) == (
@@ -96,7 +64,7 @@ def test_an_operation_that_lost_the_agent_may_go_on_and_names_relctl_operation_n
 
 
 def test_an_operation_whose_id_is_not_known_yet_points_at_the_list() -> None:
-    error = operation_error(SOCKET, FakeRpcError(grpc.StatusCode.UNAVAILABLE, LOST), 3600.0,
+    error = operation_error(SOCKET, FailedCall(grpc.StatusCode.UNAVAILABLE, LOST), 3600.0,
                             what="the install")
     assert error.code == ExitCode.FAILED_CHANGED
     assert "during the install" in str(error) and "may have started and go on" in str(error)
@@ -104,7 +72,7 @@ def test_an_operation_whose_id_is_not_known_yet_points_at_the_list() -> None:
 
 
 def test_a_timeout_is_worded_as_a_timeout_with_the_deadline_it_had() -> None:
-    error = operation_error(TCP, FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+    error = operation_error(TCP, FailedCall(grpc.StatusCode.DEADLINE_EXCEEDED,
                                               "Deadline Exceeded"), 3600.0, op_id=3,
                             what="the upgrade")
     assert str(error).startswith(f"the upgrade did not end within 3600 s, the time relctl waits "
@@ -113,18 +81,18 @@ def test_a_timeout_is_worded_as_a_timeout_with_the_deadline_it_had() -> None:
 
 
 def test_an_answer_of_the_agent_is_passed_on_as_before() -> None:
-    error = operation_error(SOCKET, FakeRpcError(grpc.StatusCode.ABORTED, "operation 1 (upgrade) "
+    error = operation_error(SOCKET, FailedCall(grpc.StatusCode.ABORTED, "operation 1 (upgrade) "
                                                  "is in progress", from_agent=True), 3600.0)
     assert (str(error), error.code) == (f"agent {SOCKET}: operation 1 (upgrade) is in progress",
                                         ExitCode.BUSY)
-    refused = operation_error(SOCKET, FakeRpcError(grpc.StatusCode.UNAVAILABLE, REFUSED), 3600.0)
+    refused = operation_error(SOCKET, FailedCall(grpc.StatusCode.UNAVAILABLE, REFUSED), 3600.0)
     assert refused.code == ExitCode.UNAVAILABLE and "not reachable" in str(refused)
 
 
 def test_following_an_operation_reports_its_id_when_the_stream_breaks() -> None:
     def events() -> Iterator[pb.ProgressEvent]:
         yield pb.ProgressEvent(operation_id=12, step=pb.Step(name="preflight"))
-        raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, LOST)
+        raise FailedCall(grpc.StatusCode.UNAVAILABLE, LOST)
 
     with pytest.raises(CliError) as info:
         follow(Settings(output="json"), SOCKET, events(), what="the upgrade")

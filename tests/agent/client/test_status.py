@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -25,8 +24,8 @@ from agent.client.status import (
     worst_code,
     worst_first_text,
 )
-from relctl.v1 import AGENT_ERROR_METADATA
 from relctl.v1 import agent_pb2 as pb
+from tests.tools.grpc_errors import FailedCall
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -81,47 +80,15 @@ def test_a_transport_error_maps_by_its_status(status: grpc.StatusCode, code: Exi
     assert exit_code_for_rpc(status, from_agent=False) == code
 
 
-class _FailedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
-    """What a stub raises: an RpcError that is also the call, with its status and metadata."""
-
-    def __init__(self, status: grpc.StatusCode, details: str, from_agent: bool) -> None:
-        self._status, self._details = status, details
-        self._metadata = ((AGENT_ERROR_METADATA, "1"),) if from_agent else ()
-
-    def code(self) -> grpc.StatusCode:
-        return self._status
-
-    def details(self) -> str:
-        return self._details
-
-    def trailing_metadata(self) -> Any:
-        return self._metadata
-
-    def initial_metadata(self) -> Any:
-        return ()
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Any) -> bool:
-        return False
-
-
 def test_describing_an_rpc_error_uses_the_mapping() -> None:
-    busy = _FailedCall(grpc.StatusCode.ABORTED, "operation 3 in progress on app@h1", True)
+    busy = FailedCall(grpc.StatusCode.ABORTED, "operation 3 in progress on app@h1", True)
     assert describe_rpc_error("h1:7079", busy, 10) == Problem(
         "agent h1:7079: operation 3 in progress on app@h1", ExitCode.BUSY)
-    late = _FailedCall(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", False)
+    late = FailedCall(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", False)
     assert describe_rpc_error("h1:7079", late, 2.5) == Problem(
         "agent h1:7079 did not answer within 2.5 s (raise --timeout if it is busy)",
         ExitCode.UNAVAILABLE)
-    old = _FailedCall(grpc.StatusCode.UNIMPLEMENTED, "Method not found!", False)
+    old = FailedCall(grpc.StatusCode.UNIMPLEMENTED, "Method not found!", False)
     assert describe_rpc_error("h1:7079", old, 10).code == ExitCode.FAILED
 
 

@@ -54,6 +54,7 @@ def test_a_decode_bomb_from_a_hook_fails_the_hook_and_nothing_else(
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
+    upgrade: subprocess.Popen[str] | None = None
     try:
         bomb = {"name": "bomb", "when": "pre_install", "call": "lists:duplicate",
                 "args": [30_000_000, {"charlist": ""}], "timeout": 120}
@@ -82,6 +83,9 @@ def test_a_decode_bomb_from_a_hook_fails_the_hook_and_nothing_else(
         out, err = upgrade.communicate(timeout=60)
         during = (started, time.monotonic())
     finally:
+        if upgrade is not None and upgrade.poll() is None:  # the test failed mid-way
+            upgrade.kill()
+            upgrade.communicate()
         stop.set()
         listener.join(timeout=5)
         notify.close()

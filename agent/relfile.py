@@ -90,7 +90,11 @@ class _Parser:
             items = self._items("}" if kind == "{" else "]", depth + 1)
             return tuple(items) if kind == "{" else items
         if kind == "string":
-            return _unescape(text)
+            # Adjacent strings are one string in Erlang (a pretty-printer may split long ones).
+            parts = [_unescape(text)]
+            while self._peek() == "string":
+                parts.append(_unescape(self._take()[1]))
+            return "".join(parts)
         if kind == "qatom":
             return _Atom(_unescape(text))
         if kind == "atom":
@@ -159,6 +163,42 @@ def _application(entry: _Term, index: int) -> tuple[str, str]:
                           f'{{App, "Vsn", IncApps}} or {{App, "Vsn", Type, IncApps}}')
 
 
+@dataclass(frozen=True)
+class ListedRelease:
+    """One release of a ``releases/RELEASES`` file: what release_handler lists at its start."""
+
+    name: str
+    version: str
+    erts_version: str
+    libs: tuple[tuple[str, str, str], ...]  # (app, vsn, dir): dir is lib/APP-VSN, as written
+    status: str
+
+
+def parse_releases(text: str) -> tuple[ListedRelease, ...]:
+    """The releases of a RELEASES file's text (``[{release, Name, Vsn, Erts, Libs, Status}]``
+    as release_handler writes it); RelSyntaxError says what is wrong, with the line."""
+    term = _parse_term(text)
+    if not isinstance(term, list):
+        raise RelSyntaxError("it is not a list of {release, ...} tuples")
+    found = []
+    for index, entry in enumerate(term, 1):
+        if not (isinstance(entry, tuple) and len(entry) == 6 and entry[0] == _Atom("release")
+                and all(isinstance(x, str) for x in entry[1:4])
+                and isinstance(entry[4], list) and isinstance(entry[5], _Atom)):
+            raise RelSyntaxError(f"entry {index} is not {{release, Name, Vsn, Erts, Libs, "
+                                 "Status}")
+        libs = []
+        for lib in entry[4]:
+            if not (isinstance(lib, tuple) and len(lib) == 3 and isinstance(lib[0], _Atom)
+                    and isinstance(lib[1], str) and isinstance(lib[2], str)):
+                raise RelSyntaxError(f"entry {index} has a library that is not "
+                                     '{App, "Vsn", "Dir"}')
+            libs.append((lib[0].name, lib[1], lib[2]))
+        name, vsn, erts = (str(x) for x in entry[1:4])
+        found.append(ListedRelease(name, vsn, erts, tuple(libs), entry[5].name))
+    return tuple(found)
+
+
 # --- relup files: only the version keys ---------------------------------------------------
 
 @dataclass(frozen=True)
@@ -168,6 +208,9 @@ class RelupVersions:
     version: str
     up_from: tuple[str, ...]
     down_to: tuple[str, ...]
+    # The up-from versions whose script starts with restart_new_emulator: systools writes it
+    # first when the ERTS of the two releases differ.
+    new_emulator_from: tuple[str, ...] = ()
 
 
 # Every token the text of an Erlang term can hold, coarsely: enough to skip the instructions
@@ -248,8 +291,22 @@ class _RelupReader:
             elif kind == "close":
                 depth -= 1
 
-    def entries(self) -> tuple[str, ...]:
-        """[{Vsn, Descr, Instructions}, ...]: the Vsn of each."""
+    def first_word(self) -> str:
+        """A list skipped like skip_term; the atom it starts with, or ""."""
+        kind, found, pos = self._take("a list")
+        if found != "[":
+            raise self._unexpected("a list", found, pos)
+        kind, found, pos = self._take("a term or ']'")
+        first = found if kind == "word" else ""
+        depth = 1 + (kind == "open") - (kind == "close")
+        while depth:
+            kind, found, pos = self._take("']'")
+            depth += (kind == "open") - (kind == "close")
+        return first
+
+    def entries(self, firsts: list[str] | None = None) -> tuple[str, ...]:
+        """[{Vsn, Descr, Instructions}, ...]: the Vsn of each (and, into ``firsts``, the
+        atom each script starts with)."""
         self.expect("[")
         found: list[str] = []
         _, text, pos = self._take("']' or '{'")
@@ -262,7 +319,10 @@ class _RelupReader:
             self.expect(",")
             self.skip_term()
             self.expect(",")
-            self.skip_term()
+            if firsts is None:
+                self.skip_term()
+            else:
+                firsts.append(self.first_word())
             self.expect("}")
             _, text, pos = self._take("',' or ']'")
             if text == "]":
@@ -286,9 +346,11 @@ def relup_versions(text: str) -> RelupVersions:
     reader.expect("{")
     version = reader.string()
     reader.expect(",")
-    up = reader.entries()
+    firsts: list[str] = []
+    up = reader.entries(firsts)
     reader.expect(",")
     down = reader.entries()
     reader.expect("}")
     reader.end()
-    return RelupVersions(version, up, down)
+    return RelupVersions(version, up, down, tuple(
+        vsn for vsn, first in zip(up, firsts) if first == "restart_new_emulator"))

@@ -27,7 +27,7 @@ from agent.release.records import OUTCOMES, STEP_STATES, ConfigChange, StepRecor
 FILE_NAME = "journal.sqlite3"
 # Like the audit trail: the agent writes, its group (operators) may read, nobody else.
 FILE_MODE = 0o640
-SCHEMA_VERSION = 3  # 2: operations.config_changes; 3: unpacked
+SCHEMA_VERSION = 4  # 2: operations.config_changes; 3: unpacked; 4: placing
 
 # AUTOINCREMENT: ids are never reused, so an id a client pages from keeps meaning one operation.
 _SCHEMA = """
@@ -65,11 +65,23 @@ CREATE TABLE unpacked (
     recorded_at REAL NOT NULL,
     PRIMARY KEY (node, version)
 );
+CREATE TABLE placing (
+    node TEXT NOT NULL,
+    op_id INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (node, op_id)
+);
 """
 
 # The sha256 of the tarball each release was unpacked from (one row per node and version),
 # so that a tarball of the same version with other bytes is told apart (see unpacked_sha256).
-_UNPACKED = _SCHEMA[_SCHEMA.index("CREATE TABLE unpacked"):].strip().rstrip(";")
+_UNPACKED = _SCHEMA[_SCHEMA.index("CREATE TABLE unpacked"):
+                    _SCHEMA.index("CREATE TABLE placing")].strip().rstrip(";")
+# What an operation is placing under a node's release root until it knows what became of it
+# (see record_placing): the next operation takes back what one that never finished left.
+_PLACING = _SCHEMA[_SCHEMA.index("CREATE TABLE placing"):].strip().rstrip(";")
 
 _OP_COLUMNS = ("id, node, kind, from_version, to_version, requested_by, started_at, finished_at, "
                "outcome, error, releases_after, config_changes")
@@ -78,6 +90,7 @@ _OP_COLUMNS = ("id, node, kind, from_version, to_version, requested_by, started_
 _MIGRATIONS = {
     2: "ALTER TABLE operations ADD COLUMN config_changes TEXT NOT NULL DEFAULT '[]'",
     3: _UNPACKED,
+    4: _PLACING,
 }
 
 
@@ -226,6 +239,33 @@ class Journal:
         with self._tx():
             self._conn.execute(f"DELETE FROM unpacked WHERE node = ? AND version NOT IN ({marks})",
                                (node, *keep))
+
+    def record_placing(self, node: str, op_id: int, version: str, paths: Sequence[str], *,
+                       now: float | None = None) -> None:
+        """Operation ``op_id`` is about to place ``paths`` under ``node``'s root for
+        ``version`` (replacing what it recorded before)."""
+        with self._tx():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO placing (node, op_id, version, paths, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?)", (node, op_id, version, json.dumps(list(paths)),
+                                            _now(now)))
+
+    def settle_placing(self, node: str, op_id: int) -> None:
+        """What operation ``op_id`` placed is registered with the node, or taken back."""
+        with self._tx():
+            self._conn.execute("DELETE FROM placing WHERE node = ? AND op_id = ?",
+                               (node, op_id))
+
+    def placings(self, node: str) -> builtins.list[tuple[int, str, tuple[str, ...]]]:
+        """(op_id, version, paths) of every placing of ``node`` not settled, oldest first."""
+        try:
+            with self._tx(write=False):
+                rows = self._conn.execute(
+                    "SELECT op_id, version, paths FROM placing WHERE node = ? ORDER BY op_id",
+                    (node,)).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read the journal {self.path}: {exc}") from exc
+        return [(int(r[0]), str(r[1]), tuple(str(p) for p in json.loads(r[2]))) for r in rows]
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -19,10 +19,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from agent.errors import HostError, NodeDown, NodeUnavailable, NotFound, OperationInProgress
 from agent.nodes.link import NodeLink
 from agent.nodes.manager import NodeManager
+from agent.release.base import Placing
 from agent.release.records import ConfigChange, StepRecord
 from agent.release.releases import Release
 from agent.release.steps import FAILED, Result
@@ -83,6 +85,40 @@ class _JournalLedger:
         except JournalError as exc:
             log.warning("operation %d: the sha256 of %s is not in the journal (%s); its "
                         "release dir keeps it", self._op_id, version, exc)
+
+    def placing(self, version: str, paths: Sequence[Path]) -> None:
+        try:
+            self._journal.record_placing(self._node, self._op_id, version,
+                                         [str(p) for p in paths])
+        except JournalError as exc:
+            # Not a reason to stop: if this operation never finishes, what it placed stays
+            # on the disk (never deleted on a guess) and a retry of VSN says what is in the way.
+            log.warning("operation %d: what it places for %s is not in the journal (%s); if "
+                        "it does not finish, nothing takes it back", self._op_id, version, exc)
+
+    def settled(self) -> None:
+        try:
+            self._journal.settle_placing(self._node, self._op_id)
+        except JournalError as exc:
+            log.warning("operation %d: cannot mark its placing settled in the journal (%s); "
+                        "the next operation checks it again", self._op_id, exc)
+
+    def unfinished(self) -> tuple[Placing, ...]:
+        try:
+            rows = self._journal.placings(self._node)
+        except JournalError as exc:
+            log.warning("operation %d: cannot read what unfinished operations placed (%s)",
+                        self._op_id, exc)
+            return ()
+        return tuple(Placing(op, version, paths) for op, version, paths in rows
+                     if op != self._op_id)
+
+    def forget(self, placing: Placing) -> None:
+        try:
+            self._journal.settle_placing(self._node, placing.key)
+        except JournalError as exc:
+            log.warning("operation %d: cannot forget operation %d's placing (%s)",
+                        self._op_id, placing.key, exc)
 
 
 def _rows(releases: tuple[Release, ...]) -> list[ReleaseRow]:

@@ -41,13 +41,6 @@ async def run_hooks(node: Caller, steps: Steps, hooks: Sequence[Hook], when: str
             raise
 
 
-def skip_hooks(steps: Steps, hooks: Sequence[Hook], when: str, reason: str) -> None:
-    """Show the ``when`` hooks as skipped, so the steps say why they did not run."""
-    for hook in hooks:
-        if hook.when == when:
-            steps.skip(hook.step, f"{reason}; hooks run only when a release is installed")
-
-
 async def _call_text(style: TermStyle, hook: Hook) -> str:
     """The hook's call as the node's language writes it: ``Date.new!(2024, 13, 1)`` on an
     Elixir node, ``'Elixir.Date':'new!'(2024,13,1)`` (Hook's own str) elsewhere."""

@@ -24,7 +24,7 @@ class EngineParts:
         self._preflight = Preflight(self._core)
         self._staging = Staging(self._core)
         self._runtime = RuntimeConfig(self._core, self._preflight)
-        self._switch = Switch(self._core, self._staging, self._runtime)
+        self._switch = Switch(self._core, self._runtime)
 
     @property
     def core(self) -> EngineCore:

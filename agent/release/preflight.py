@@ -18,6 +18,7 @@ from agent.relfile import RelSyntaxError, RelupVersions, relup_versions
 from bridge import Atom, BadRpc
 
 from .base import EngineCore, OperationContext
+from .ertscheck import erts_runs_here
 from .releases import Release
 from .steps import FAILED_UNCHANGED, Failure, StepState, consult_error, term_text
 from .tarball import ReleaseTarball
@@ -137,7 +138,50 @@ class Preflight:
         raise Failure(FAILED_UNCHANGED, f"{why}; {todo}, or leave out --tarball to use the "
                                          "release already there")
 
-    async def check_relup(self, tarball: ReleaseTarball, from_version: str) -> None:
+    async def check_tarball(self, tarball: ReleaseTarball, ctx: OperationContext) -> str:
+        """A tarball's identity before anything changes: its release is the node's, its ERTS
+        is the node's or is at hand (shipped and runnable here, or in the root) with a relup
+        that restarts the emulator, and its relup has an entry from the running version. The
+        step detail it adds (empty when the ERTS does not change)."""
+        node, version = self._core.node.name, tarball.version
+        running = next((r for r in ctx.releases if r.running), None)
+        if running is not None and tarball.release_name != running.name:
+            raise Failure(FAILED_UNCHANGED, f"the tarball holds release {tarball.release_name} "
+                          f"{version}, but {node} runs release {running.name}: release_handler "
+                          f"only switches between versions of one release. Give relctl the "
+                          f"tarball of {running.name} {version}, or the node that runs "
+                          f"{tarball.release_name}")
+        relup = await self._check_relup(tarball, ctx.from_version)
+        node_erts = ctx.erts_version
+        if not node_erts or tarball.erts_version == node_erts:
+            return ""
+        assert ctx.dirs is not None
+        erts = f"erts-{tarball.erts_version}"
+        in_root = Path(ctx.dirs.root, erts, "bin", "erlexec").is_file()
+        if not (tarball.erts_included or in_root):
+            raise Failure(FAILED_UNCHANGED, f"release {tarball.release_name} {version} needs "
+                          f"ERTS {tarball.erts_version} (its .rel says {{erts, "
+                          f"\"{tarball.erts_version}\"}}), which is neither in the tarball nor "
+                          f"in {ctx.dirs.root}; {node} runs ERTS {node_erts}. Build the release "
+                          f"with its ERTS included (relx: include_erts; systools:make_tar: "
+                          "{erts, Dir}), or for the node's OTP")
+        if ctx.from_version and ctx.from_version not in relup.new_emulator_from:
+            raise Failure(FAILED_UNCHANGED, f"the ERTS changes ({node_erts} -> "
+                          f"{tarball.erts_version}) but releases/{version}/relup goes from "
+                          f"{ctx.from_version} without restart_new_emulator: the relup was built "
+                          f"for the wrong OTP. Build it with the new release's OTP "
+                          f"({RELUP_HINT}), so that it starts with restart_new_emulator")
+        if in_root:
+            return f"ERTS {node_erts} -> {tarball.erts_version} ({erts} in the root); "
+        why = await asyncio.to_thread(erts_runs_here, tarball)
+        if why is not None:
+            raise Failure(FAILED_UNCHANGED, f"the tarball's {erts} does not run on this host: "
+                          f"{why}. Its emulator would replace the running one at "
+                          "restart_new_emulator and the node would not come back: build the "
+                          "release on (or for) this host's architecture and system")
+        return f"ERTS {node_erts} -> {tarball.erts_version} (shipped, runs on this host); "
+
+    async def _check_relup(self, tarball: ReleaseTarball, from_version: str) -> RelupVersions:
         """install_release needs releases/VSN/relup with an entry from the running version;
         without one, check_install_release still answers ok and install fails later (enoent
         on the running release's relup). Refused here, before anything is staged."""
@@ -156,6 +200,7 @@ class Preflight:
                           f"running {from_version} (it upgrades from: "
                           f"{', '.join(found.up_from) or 'nothing'}); {RELUP_HINT} with "
                           f"{from_version} as OLD")
+        return found
 
     async def check_down_relup(self, version: str, ctx: OperationContext) -> str:
         """A downgrade runs the running release's relup down script to ``version`` (or, as

@@ -135,6 +135,7 @@ class ConfigReload:
 
     async def run(self, options: ReloadOptions) -> Result:
         version = ""
+        self._steps.follow("reload")
         try:
             async with self._steps.step("preflight") as st:
                 releases = parse_which_releases(

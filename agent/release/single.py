@@ -19,7 +19,7 @@ _OK = Atom("ok")
 
 
 class SingleSteps(EngineParts):
-    @guarded
+    @guarded("unpack")
     async def unpack(self, ctx: OperationContext, version: str, tarball: ReleaseTarball,
                      *, replace: bool = False) -> Result:
         async with self.steps.step("preflight") as st:
@@ -30,7 +30,7 @@ class SingleSteps(EngineParts):
                 raise Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
                                                  f"{self.node.name}, from this tarball (same "
                                                  "sha256); nothing to unpack")
-            await self._preflight.check_relup(tarball, ctx.from_version)
+            st.detail += await self._preflight.check_tarball(tarball, ctx)
             await self._preflight.ensure_releases_file(ctx, st)
             st.detail += await self._preflight.check_config(version, tarball.sys_config, ctx)
         if existing is not None:
@@ -39,7 +39,7 @@ class SingleSteps(EngineParts):
         await self._staging.unpack(tarball, ctx)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
 
-    @guarded
+    @guarded("check")
     async def check(self, ctx: OperationContext, version: str) -> Result:
         async with self.steps.step("check") as st:
             await self._core.read_node(ctx)
@@ -50,7 +50,7 @@ class SingleSteps(EngineParts):
             st.detail = f"can be installed over {res[1]}"
         return Result(SUCCEEDED, ctx.from_version, version, releases=ctx.releases)
 
-    @guarded
+    @guarded("install")
     async def install(self, ctx: OperationContext, version: str, options: Options) -> Result:
         """install_release and verify; not made permanent (that is its own step)."""
         async with self.steps.step("preflight") as st:
@@ -71,7 +71,7 @@ class SingleSteps(EngineParts):
                                                   from_version=ctx.from_version)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
 
-    @guarded
+    @guarded("make_permanent")
     async def make_permanent(self, ctx: OperationContext, version: str) -> Result:
         async with self.steps.step("preflight") as st:
             await self._core.read_node(ctx)
@@ -84,7 +84,7 @@ class SingleSteps(EngineParts):
         await self._switch.make_permanent(version, ctx)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
 
-    @guarded
+    @guarded("remove")
     async def remove(self, ctx: OperationContext, version: str) -> Result:
         async with self.steps.step("preflight") as st:
             await self._core.read_node(ctx)
@@ -97,6 +97,7 @@ class SingleSteps(EngineParts):
                                                  "permanent release cannot be removed")
             await self._preflight.ensure_releases_file(ctx, st)
             st.detail = f"{version} is {target.status}"
+            await self._staging.check_removal(target, ctx)
         async with self.steps.step("remove") as st:
             res = await self._core.call("release_handler", "remove_release", [version])
             if res != _OK:

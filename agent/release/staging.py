@@ -6,8 +6,11 @@ into ROOT/.relctl-unpack-XXXX at the stage step, moves what is new into place an
 register it with ``release_handler:set_unpacked`` at the unpack step: the node decompresses
 nothing. Otherwise (a root of another owner, read-only, ...) the tarball is put whole into
 the node's releases directory and ``release_handler:unpack_release`` extracts and registers it.
-What this operation unpacked is recorded in its context, so that a failed check, a refused
-hook or a dry run can leave the node's releases as they were, and a retry starts clean.
+What this operation places is written to the agent's ledger before the first file is, and
+kept in its context with the one way back (:meth:`Staging.undo`, run by ``base.guarded``): a
+failed check, a refused hook or a dry run leaves the node's releases as they were, and an
+operation that never finished is taken back by the next one from that record. Nothing is ever
+deleted that the release root's in-use set holds (inuse.py).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 from agent.errors import NodeDown, NodeTimeout, NodeUnavailable
 from bridge import Atom
@@ -49,46 +54,61 @@ class Staging:
     def __init__(self, core: EngineCore) -> None:
         self._core = core
 
-    def _unlisted_dirs(self, tarball: ReleaseTarball, ctx: OperationContext,
-                       listed: tuple[Release, ...]) -> list[Path]:
-        """The dirs an unpack of ``tarball`` creates that no release the node lists owns:
-        releases/VSN (unless VSN is listed) and each lib/APP-VSN no listed release uses."""
+    async def _remove(self, paths: list[Path], ctx: OperationContext, *,
+                      placing: str) -> tuple[list[str], list[str]]:
+        """Delete those of ``paths`` that nothing in use holds (``placing``: the version they
+        were placed for, whose own .rel does not count). The relative paths removed, and why
+        each of the others stayed. Raises Failure(FAILED) when a deletion fails."""
         assert ctx.dirs is not None
         root = Path(ctx.dirs.root)
-        used = {lib for r in listed for lib in r.applications}
-        dirs = [] if any(r.version == tarball.version for r in listed) else [
-            Path(ctx.dirs.releases) / tarball.version]
-        dirs += [root / "lib" / f"{app}-{vsn}" for app, vsn in tarball.applications
-                 if f"{app}-{vsn}" not in used]
-        return [d for d in dirs if root in d.resolve().parents]
+        existing = [p for p in paths if os.path.lexists(p)]
+        if not existing:
+            return [], []
+        used = await self._core.in_use(ctx, placing={placing})
+        free, kept = used.split(existing)
+        failed = await asyncio.to_thread(remove, free)
+        if failed:
+            raise Failure(FAILED, f"cannot delete {', '.join(failed)}; delete it by hand "
+                                  "before a retry")
+        return [str(p.relative_to(root)) for p in free], kept
 
-    async def _delete(self, dirs: list[Path], ctx: OperationContext) -> list[str]:
+    async def _clear_unfinished(self, ctx: OperationContext) -> str:
+        """Take back what operations that never finished were placing (the ledger's record,
+        never a guess from the disk), and the agent's own extraction dirs they left."""
         assert ctx.dirs is not None
-        root = Path(ctx.dirs.root)
-        removed = []
-        for path in dirs:
-            if path.is_dir() and not path.is_symlink():
-                try:
-                    await asyncio.to_thread(shutil.rmtree, path)
-                except OSError as exc:
-                    raise Failure(FAILED, f"cannot delete {path} (left by an unpack that did "
-                                           f"not finish): {exc.strerror or exc}; delete it "
-                                           "before a retry") from None
-                removed.append(str(path.relative_to(root)))
-        return removed
+        removed: list[str] = []
+        kept: list[str] = []
+        for placing in self._core.ledger.unfinished():
+            gone, stayed = await self._remove([Path(p) for p in placing.paths], ctx,
+                                              placing=placing.version)
+            removed += gone
+            kept += stayed
+            self._core.ledger.forget(placing)
+        tmp = leftovers(Path(ctx.dirs.root))  # ROOT/.relctl-unpack-*: only ever the agent's
+        failed = await asyncio.to_thread(remove, tmp)
+        if failed:
+            raise Failure(FAILED_UNCHANGED, f"cannot delete {', '.join(failed)} (left by an "
+                          "extraction that did not finish); delete it, then retry")
+        removed += [p.name for p in tmp]
+        return ((f"; removed what an unfinished operation left: {', '.join(removed)}"
+                 if removed else "")
+                + (f"; kept, being in use: {'; '.join(kept)}" if kept else ""))
 
     async def stage(self, tarball: ReleaseTarball, ctx: OperationContext) -> None:
         assert ctx.dirs is not None
         root = Path(ctx.dirs.root)
         async with self._core.steps.step("stage") as st:
-            # An unpack that did not finish (node killed, agent killed) left files the node
-            # does not list: remove them first, or keep_old_files would keep a truncated file.
-            # So did an agent killed while it extracted: ROOT/.relctl-unpack-XXXX.
-            cleared = await self._delete(
-                self._unlisted_dirs(tarball, ctx, ctx.releases) + leftovers(root), ctx)
+            # An unpack that did not finish (node or agent killed) left files: removed first
+            # (or keep_old_files would keep a truncated one), as far as nothing uses them.
+            cleared = await self._clear_unfinished(ctx)
             why_not = (why_not_write(root, Path(ctx.dirs.releases)) if self._core.agent_unpack
                        else "")  # "": unpack_release, as the engine was told, no reason given
+            # Recorded before the first file is written; taken back by undo() or by the next
+            # operation when this one never finishes.
+            ctx.placed = tarball.new_paths(root)
+            ctx.undo = functools.partial(self.undo, tarball.version, ctx)
             if why_not is None:
+                self._core.ledger.placing(tarball.version, ctx.placed)
                 ctx.extracted = await self._extract(tarball, root)
                 st.detail = (f"extracted by the agent into {ctx.extracted.tmp} "
                              f"({ctx.extracted.written} files written, {ctx.extracted.kept} "
@@ -99,8 +119,7 @@ class Staging:
                                            "unpacking in the node")
                 st.detail = await self._stage_tarball(tarball, ctx)
                 st.detail += f"; {ctx.in_node}" if ctx.in_node else ""
-            if cleared:
-                st.detail += "; removed what an unfinished unpack left: " + ", ".join(cleared)
+            st.detail += cleared
 
     async def _extract(self, tarball: ReleaseTarball, root: Path) -> Extracted:
         stop = threading.Event()
@@ -128,6 +147,8 @@ class Staging:
         assert ctx.dirs is not None
         dest = Path(ctx.dirs.releases) / f"{tarball.unpack_name}.tar.gz"
         tmp = dest.with_name(f".{dest.name}.relctl-tmp")
+        ctx.placed += tuple(p for p in (dest, tmp) if not os.path.lexists(p))
+        self._core.ledger.placing(tarball.version, ctx.placed)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)
@@ -140,18 +161,22 @@ class Staging:
             with contextlib.suppress(OSError):  # e.g. releases/ is not a directory at all
                 tmp.unlink(missing_ok=True)
             raise Failure(FAILED_UNCHANGED, write_refused(dest, exc)) from None
-        ctx.staged_file = dest
         return f"{dest} ({tarball.size} bytes, sha256 {tarball.sha256[:12]}...)"
 
     async def unpack(self, tarball: ReleaseTarball, ctx: OperationContext) -> None:
+        """Register the staged release with the node. A failure that leaves it unregistered
+        is Failure(FAILED_UNCHANGED): undo() then takes back what stage placed."""
         if ctx.extracted is not None:
             await self._set_unpacked(tarball, ctx.extracted, ctx)
         else:
             await self._unpack_release(tarball, ctx)
+        ctx.registered = True
+        ctx.tarball = tarball
+        # The node lists the release now: what is placed is in use, never a leftover again.
+        self._core.ledger.settled()
 
     async def _set_unpacked(self, tarball: ReleaseTarball, extracted: Extracted,
                             ctx: OperationContext) -> None:
-        """All or nothing: what the agent placed goes again unless the node listed it."""
         assert ctx.dirs is not None
         root, version = Path(ctx.dirs.root), tarball.version
         # Every library in ROOT/lib, named relative to it: RELEASES then reads as after
@@ -170,103 +195,57 @@ class Staging:
                 except Conflict as exc:
                     raise Failure(FAILED_UNCHANGED, f"{exc}; nothing was changed: rebuild the "
                                   f"tarball without what it has below {exc.path.name}") from None
-                ctx.placed = placed.paths
                 kept = [d for d in [f"erts-{tarball.erts_version}"] + [
                     f"lib/{app}-{vsn}" for app, vsn in tarball.applications]
                     if (root / d).is_dir() and root / d not in placed.paths]
-                try:
-                    res = await self._core.call("release_handler", "set_unpacked",
-                                                [str(extracted.rel_file), libs], timeout=limit)
-                except NodeTimeout:
-                    res = None
-                    what = f"{call} did not answer within {limit:g} s"
-                except NodeDown as exc:
-                    raise Failure(FAILED, f"the connection was lost during {call} ({exc}); "
-                                           f"unless the node lists {version}, the next upgrade "
-                                           f"or unpack of {version} removes what the agent "
-                                           "placed") from None
-                if res is None:
-                    try:
-                        listed = await self._core.releases()
-                    except NodeUnavailable as exc:
-                        raise Failure(FAILED, f"{what}, and the node did not answer "
-                                               f"which_releases either ({exc}); unless the node "
-                                               f"lists {version}, the next upgrade or unpack of "
-                                               f"{version} removes what the agent placed") from None
-                    res = ((_OK, version) if any(r.version == version for r in listed)
-                           else (Atom("error"), f"{what} and did not register it"))
-                if not (isinstance(res, tuple) and res[0] == _OK):
-                    failed = await asyncio.to_thread(remove, placed.paths)
-                    ctx.placed = ()
-                    reason = term_text(res[1] if isinstance(res, tuple) else res)
-                    raise Failure(FAILED if failed else FAILED_UNCHANGED,
-                                  f"{call} failed: {reason}; " + (
-                                      "could not delete what the agent placed: "
-                                      + ", ".join(failed) + "; delete it before a retry"
-                                      if failed else "removed what the agent placed: "
-                                      + ", ".join(str(p.relative_to(root))
-                                                  for p in placed.paths)))
+                res = await self._registered(
+                    "set_unpacked", [str(extracted.rel_file), libs], call, version, limit)
             finally:
                 await asyncio.to_thread(shutil.rmtree, extracted.tmp, True)
                 ctx.extracted = None
-            ctx.unpacked_here = True
-            ctx.tarball = tarball
             self._core.ledger.record(version, tarball.sha256)
             new = [str(p.relative_to(root)) for p in placed.paths]
             st.detail = (f"the agent unpacked it (the node decompressed nothing): placed "
                          f"{', '.join(new)}" + (f"; kept as they were: {', '.join(kept)}"
                                                 if kept else "")
-                         + f"; {call} -> {res[1]}")
+                         + f"; {call} -> {res}")
+
+    async def _registered(self, function: str, args: list[Any], call: str, version: str,
+                          limit: float) -> Any:
+        """Call release_handler:``function``; its ok value, else a Failure that says whether
+        the release is registered: FAILED_UNCHANGED when it surely is not, FAILED when that
+        is unknown (the ledger's record of what was placed outlives the operation)."""
+        try:
+            res = await self._core.call("release_handler", function, args, timeout=limit)
+        except NodeTimeout:
+            # Still at work, maybe: which_releases answers once it is over.
+            what = f"{call} did not answer within {limit:g} s"
+            try:
+                listed = await self._core.releases()
+            except NodeUnavailable as exc:
+                raise Failure(FAILED, f"{what}, and the node did not answer which_releases "
+                                      f"either ({exc}); unless the node lists {version}, the "
+                                      f"next upgrade or unpack takes back what was placed for "
+                                      "it") from None
+            res = ((_OK, version) if any(r.version == version for r in listed)
+                   else (Atom("error"), f"{what} and did not register it"))
+        except NodeDown as exc:
+            raise Failure(FAILED, f"the connection was lost during {call} ({exc}); unless the "
+                                  f"node lists {version}, the next upgrade or unpack takes "
+                                  "back what was placed for it") from None
+        if isinstance(res, tuple) and len(res) == 2 and res[0] == _OK:
+            return res[1]
+        reason = term_text(res[1] if isinstance(res, tuple) and len(res) == 2 else res)
+        raise Failure(FAILED_UNCHANGED, f"{call} failed: {reason}")
 
     async def _unpack_release(self, tarball: ReleaseTarball, ctx: OperationContext) -> None:
-        """All or nothing: when unpack_release fails, what it extracted goes (only dirs no
-        release the node lists owns: none existed before, stage removed leftovers)."""
         call = f"unpack_release({tarball.unpack_name!r})"
         limit = max(self._core.rpc_timeout, 120.0)
         async with self._core.steps.step("unpack") as st:
-            try:
-                res = await self._core.call("release_handler", "unpack_release",
-                                            [tarball.unpack_name], timeout=limit)
-            except NodeTimeout:
-                # Still unpacking, maybe: which_releases answers once it is over.
-                res = None
-                what = f"{call} did not answer within {limit:g} s"
-            except NodeDown as exc:
-                raise Failure(FAILED, f"the connection was lost during {call} ({exc}); what it "
-                                       "extracted is removed by the next upgrade or unpack of "
-                                       f"{tarball.version}") from None
-            if res is None:
-                try:
-                    listed = await self._core.releases()
-                except NodeUnavailable as exc:
-                    raise Failure(FAILED, f"{what}, and the node did not answer which_releases "
-                                           f"either ({exc}); the unpack may still run; the next "
-                                           f"upgrade or unpack of {tarball.version} removes what "
-                                           "it left") from None
-                if any(r.version == tarball.version for r in listed):
-                    res = (_OK, tarball.version)
-                else:
-                    res = (Atom("error"), f"{what} and did not unpack it")
-            if isinstance(res, tuple) and res[0] == _OK:
-                ctx.unpacked_here = True
-                ctx.tarball = tarball
-                st.detail = (f"{ctx.in_node}: {call} -> {res[1]}"
-                             + await self._record(tarball, ctx)).lstrip(": ")
-                return
-            # release_handler deletes the tarball only on success; leave nothing to trip a retry.
-            if ctx.staged_file is not None:
-                ctx.staged_file.unlink(missing_ok=True)
-            assert ctx.dirs is not None
-            if "/" not in tarball.unpack_name:
-                # systools layout: unpack_release extracted releases/NAME-VSN.rel first and
-                # deletes it only on success (relx's releases/VSN/NAME.rel goes with its dir).
-                (Path(ctx.dirs.releases) / f"{tarball.unpack_name}.rel").unlink(missing_ok=True)
-            reason = term_text(res[1] if isinstance(res, tuple) else res)
-            removed = await self._delete(
-                self._unlisted_dirs(tarball, ctx, await self._core.releases()), ctx)
-            raise Failure(FAILED_UNCHANGED, f"{call} failed: {reason}"
-                          + (f"; removed what it extracted: {', '.join(removed)}"
-                             if removed else ""))
+            res = await self._registered("unpack_release", [tarball.unpack_name], call,
+                                         tarball.version, limit)
+            st.detail = (f"{ctx.in_node}: {call} -> {res}"
+                         + await self._record(tarball, ctx)).lstrip(": ")
 
     async def _record(self, tarball: ReleaseTarball, ctx: OperationContext) -> str:
         """Keep the sha256 of the tarball a release was unpacked from, in its release dir
@@ -294,6 +273,7 @@ class Staging:
         keep_old_files cannot keep a stale file when the tarball is unpacked."""
         version = release.version
         async with self._core.steps.step("replace") as st:
+            await self.check_removal(release, ctx)
             res = await self._core.call("release_handler", "remove_release", [version])
             if res != _OK:
                 raise Failure(FAILED_UNCHANGED, f"remove_release({version}) failed: "
@@ -303,48 +283,58 @@ class Staging:
             st.detail = (f"removed {version} (it was {release.status}) and its files, to "
                          "unpack the given tarball in its place")
 
-    async def undo_unpack(self, version: str, ctx: OperationContext) -> None:
-        """Take back what this operation's unpack did, so that a retry starts clean.
+    async def check_removal(self, release: Release, ctx: OperationContext) -> None:
+        """release_handler:remove_release deletes releases/VSN and each library of VSN that no
+        other release *it lists* uses; with a RELEASES it does not know (a mix release's) that
+        can be the running code. Refused when anything it would delete is in use."""
+        assert ctx.dirs is not None
+        root = Path(ctx.dirs.root)
+        others = {lib for r in await self._core.releases() if r.version != release.version
+                  for lib in r.applications}
+        doomed = [p for p in [Path(ctx.dirs.releases) / release.version] + [
+            root / "lib" / lib for lib in release.applications if lib not in others]
+            if os.path.lexists(p)]
+        if not doomed:
+            return
+        used = await self._core.in_use(ctx, removing={release.version})
+        _, kept = used.split(doomed)
+        if kept:
+            raise Failure(FAILED_UNCHANGED, f"removing {release.version} would delete what is "
+                          f"in use: {'; '.join(kept)}; nothing was changed. release_handler "
+                          "does not know every release on this root: check releases/RELEASES")
 
-        set_removed (never remove_release, which deletes libraries by its own rules) takes the
-        release out of RELEASES. Then the files it extracted go too: release_handler extracts
-        with keep_old_files, so a bad relup or beam left behind would be used by the retry.
-        Only releases/VSN and the lib directories no other release uses are deleted."""
+    async def undo(self, version: str, ctx: OperationContext) -> str:
+        """The one way back for stage and unpack: the node forgets the release if it had
+        registered it (set_removed, never remove_release, which deletes by its own rules),
+        then what this operation placed goes, as far as nothing in use holds it (release_handler
+        extracts with keep_old_files, so a bad relup or beam left behind would be used by the
+        retry). Says what it did; raises Failure(FAILED) when it could not."""
+        if not ctx.registered and not any(os.path.lexists(p) for p in ctx.placed):
+            ctx.placed, ctx.undo = (), None  # nothing was placed: nothing to show either
+            self._core.ledger.settled()
+            return f"nothing of {version} was placed"
         async with self._core.steps.step("undo_unpack") as st:
-            # Asked first: release_handler answers once any install it runs is over, and a
-            # release the node reports current or permanent is never taken back.
-            before = await self._core.releases()
-            mine = next((r for r in before if r.version == version), None)
-            if mine is not None and (mine.running or mine.status in ("current", "permanent")):
-                raise Failure(FAILED, f"{version} is {mine.status} on the node: it was not "
-                                       "taken back and none of its files were deleted")
-            res = await self._core.call("release_handler", "set_removed", [version])
-            if res != _OK:
-                raise Failure(FAILED, f"set_removed({version}) failed: {term_text(res)}; "
-                                       f"{version} stays unpacked")
-            removed: list[str] = []
-            if ctx.dirs is not None and ctx.tarball is not None:
-                others = {lib for r in before if r.version != version for lib in r.applications}
-                root = Path(ctx.dirs.root)
-                doomed = [Path(ctx.dirs.releases) / version] + [
-                    root / "lib" / f"{app}-{vsn}" for app, vsn in ctx.tarball.applications
-                    if f"{app}-{vsn}" not in others]
-                for path in doomed:
-                    if path.is_dir() and root in path.resolve().parents:
-                        try:
-                            await asyncio.to_thread(shutil.rmtree, path)
-                        except OSError as exc:
-                            raise Failure(FAILED, f"set_removed({version}) done, but deleting "
-                                                   f"{path} failed: {exc.strerror or exc}; "
-                                                   "delete it before a retry") from None
-                        removed.append(str(path.relative_to(root)))
-                # What else the agent's unpack placed (e.g. bin/NAME-VSN): all of it new.
-                extra = [p for p in ctx.placed if os.path.lexists(p) and p not in doomed]
-                failed = await asyncio.to_thread(remove, extra)
-                if failed:
-                    raise Failure(FAILED, f"set_removed({version}) done, but deleting "
-                                           f"{', '.join(failed)} failed; delete it before a "
-                                           "retry")
-                removed += [str(p.relative_to(root)) for p in extra]
+            forgot = ""
+            if ctx.registered:
+                # Asked first: release_handler answers once any install it runs is over, and a
+                # release the node reports current or permanent is never taken back.
+                mine = next((r for r in await self._core.releases() if r.version == version),
+                            None)
+                if mine is not None and (mine.running or mine.status in ("current",
+                                                                        "permanent")):
+                    raise Failure(FAILED, f"{version} is {mine.status} on the node: it was not "
+                                           "taken back and none of its files were deleted")
+                res = await self._core.call("release_handler", "set_removed", [version])
+                if res != _OK:
+                    raise Failure(FAILED, f"set_removed({version}) failed: {term_text(res)}; "
+                                           f"{version} stays unpacked")
+                ctx.registered = False
+                forgot = f"set_removed({version}); "
+            removed, kept = await self._remove(list(ctx.placed), ctx, placing=version)
             ctx.placed = ()
-            st.detail = f"set_removed({version}); deleted {', '.join(removed) or 'nothing'}"
+            ctx.undo = None
+            self._core.ledger.settled()
+            st.detail = forgot + (
+                f"deleted {', '.join(removed) or 'nothing'}"
+                + (f"; kept, being in use: {'; '.join(kept)}" if kept else ""))
+            return f"took back the unpack of {version}: {st.detail}"

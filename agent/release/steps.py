@@ -18,6 +18,9 @@ from typing import Any, Protocol
 from agent.errors import NodeFault, NodeUnavailable
 from bridge import Atom, format_term
 
+from agent.config import Hook
+
+from .flows import Flow, UndeclaredStep
 from .records import ConfigChange, StepRecord
 from .releases import Release
 
@@ -72,13 +75,37 @@ class StepState:
 
 
 class Steps:
-    """Reports steps to a sink: started, then succeeded (with ``detail``) or failed."""
+    """Reports steps to a sink: started, then succeeded (with ``detail``) or failed. Once told
+    which flow it follows (flows.py), it reports only the steps that flow declares."""
 
     def __init__(self, sink: StepSink) -> None:
         self._sink = sink
+        self._flow: Flow | None = None
+
+    @property
+    def flow(self) -> Flow | None:
+        return self._flow
+
+    def follow(self, flow: str) -> Flow:
+        self._flow = Flow.of(flow)
+        return self._flow
+
+    def _declared(self, name: str) -> None:
+        if self._flow is not None and not self._flow.declares(name):
+            raise UndeclaredStep(f"step {name!r} is not declared in the {self._flow.name} "
+                                 "flow (agent/release/flows.py)")
+
+    def skip_between(self, first: str, last: str, reason: str,
+                     hooks: Sequence[Hook] = ()) -> None:
+        """The flow's steps from ``first`` to ``last`` shown skipped, for ``reason``."""
+        assert self._flow is not None
+        for name in self._flow.between(first, last, hooks):
+            self.skip(name, f"{reason}; hooks run only when a release is installed"
+                      if ":" in name else reason)
 
     @contextlib.asynccontextmanager
     async def step(self, name: str) -> AsyncIterator[StepState]:
+        self._declared(name)
         started = time.time()
         clock = time.perf_counter()
         self._sink(StepRecord(name, "running", started, None))
@@ -100,6 +127,7 @@ class Steps:
                               state.detail))
 
     def skip(self, name: str, detail: str) -> None:
+        self._declared(name)
         self._sink(StepRecord(name, "skipped", time.time(), 0.0, detail))
 
 

@@ -23,10 +23,9 @@ from bridge import Atom, BadRpc
 
 from .base import EngineCore, OperationContext, Options
 from .codecheck import check_code, mismatch_text, read_appups, split_lib
-from .hooks import run_hooks, skip_hooks
+from .hooks import run_hooks
 from .releases import Release, parse_which_releases
 from .runtime import RuntimeConfig
-from .staging import Staging
 from .steps import FAILED, FAILED_UNCHANGED, ROLLED_BACK, SUCCEEDED, Failure, Result, term_text
 
 _OK = Atom("ok")
@@ -43,37 +42,21 @@ def install_options(options: Options, *, update_paths: bool) -> list[Any]:
 
 
 class Switch:
-    def __init__(self, core: EngineCore, staging: Staging, runtime: RuntimeConfig) -> None:
+    def __init__(self, core: EngineCore, runtime: RuntimeConfig) -> None:
         self._core = core
-        self._staging = staging
         self._runtime = runtime
 
     async def pre_install_hooks(self, version: str, options: Options,
                                 ctx: OperationContext) -> None:
         """A failing pre_install hook stops the operation before install_release: the node is
         unchanged, and a release this operation unpacked is taken back, as a failed check is."""
-        try:
-            await run_hooks(self._core.node, self._core.steps, options.hooks, PRE_INSTALL,
-                            outcome=FAILED_UNCHANGED)
-        except Failure:
-            if ctx.unpacked_here:
-                await self._staging.undo_unpack(version, ctx)
-            raise
-
-    def skip_install(self, options: Options, reason: str) -> None:
-        """The install and the hooks around it, shown skipped in the order they would run."""
-        skip_hooks(self._core.steps, options.hooks, PRE_INSTALL, reason)
-        self._core.steps.skip("install", reason)
-        skip_hooks(self._core.steps, options.hooks, POST_INSTALL, reason)
+        await run_hooks(self._core.node, self._core.steps, options.hooks, PRE_INSTALL,
+                        outcome=FAILED_UNCHANGED)
 
     async def install(self, version: str, options: Options, ctx: OperationContext) -> None:
         node = self._core.node
-        try:  # relx's rendered sys.config first: install_release reads and applies that file
-            await self._runtime.write(version, ctx, outcome=FAILED_UNCHANGED)
-        except Failure:
-            if ctx.unpacked_here:
-                await self._staging.undo_unpack(version, ctx)
-            raise
+        # relx's rendered sys.config first: install_release reads and applies that file.
+        await self._runtime.write(version, ctx, outcome=FAILED_UNCHANGED)
         async with self._core.steps.step("install") as st:
             try:
                 res = await self._core.call("release_handler", "install_release",
@@ -106,8 +89,6 @@ class Switch:
                 raise Failure(ROLLED_BACK, f"install of {version} failed ({reason}); the node "
                                             "restarted on its permanent release (rolled back by "
                                             "node restart)")
-            if ctx.unpacked_here:
-                await self._staging.undo_unpack(version, ctx)
             raise Failure(FAILED_UNCHANGED, f"install_release({version}) failed: {reason}")
 
     async def _after_unknown_install(self, version: str, options: Options,

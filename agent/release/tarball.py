@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import os
 import posixpath
 import re
 import tarfile
@@ -64,6 +65,23 @@ class ReleaseTarball:
     size: int                  # bytes of the .tar.gz
     sha256: str                # hex digest of the .tar.gz
     sys_config_src: bytes | None = None  # releases/VSN/sys.config.src (relx renders it at boot)
+    erts_included: bool = False  # it ships erts-ERTS_VERSION/bin/erlexec (include_erts)
+    # The first one and two components of every member's path ("lib", "lib/app-1.0", "bin",
+    # "bin/app-1.0", "releases/1.0", "erts-13.1.5"): what an unpack may create under the root.
+    tops: frozenset[str] = frozenset()
+
+    def new_paths(self, root: Path) -> tuple[Path, ...]:
+        """What an unpack into ``root`` would create there, as of now: each of :attr:`tops`
+        that ``root`` lacks while its parent exists (or is created by the unpack itself)."""
+        made: list[Path] = []
+        for top in sorted(self.tops, key=lambda t: (t.count("/"), t)):
+            path = root / top
+            parent = posixpath.dirname(top)
+            if parent and root / parent in made:
+                continue  # inside a new dir: goes with it
+            if not os.path.lexists(path):
+                made.append(path)
+        return tuple(made)
 
 
 def inspect_tarball(path: Path, *, expected_version: str | None = None,
@@ -86,13 +104,16 @@ def inspect_tarball(path: Path, *, expected_version: str | None = None,
                 src = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/sys.config.src")
         sha256 = digest(path, raw, size)
     return ReleaseTarball(path, rel.name, rel.vsn, rel.erts, rel.unpack_name, rel.member,
-                          rel.apps, sys_config, relup, size, sha256, src)
+                          rel.apps, sys_config, relup, size, sha256, src,
+                          erts_included=f"erts-{rel.erts}/bin/erlexec" in scan.erts_bins,
+                          tops=scan.tops)
 
 
 # --- Members ---------------------------------------------------------------------------
 
 _REL_PATH = re.compile(r"releases/(?:[^/]+/)?[^/]+\.rel")
 _EXTRA_PATH = re.compile(r"releases/[^/]+/(?:sys\.config(?:\.src)?|relup)")
+_ERLEXEC = re.compile(r"erts-[^/]+/bin/erlexec")
 _WINDOWS = re.compile(r"[A-Za-z]:|.*\\", re.DOTALL)
 
 _KINDS = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
@@ -104,6 +125,8 @@ _KINDS = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block devic
 class _Scan:
     rels: dict[str, _RelFile | _BadRel]    # normalised member -> its .rel, last copy wins
     extras: dict[str, tarfile.TarInfo]     # normalised member -> sys.config / relup
+    erts_bins: frozenset[str]              # erts-VSN/bin/erlexec members (regular files)
+    tops: frozenset[str]                   # every member path's first one and two components
 
 
 def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
@@ -111,6 +134,7 @@ def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
     rels: dict[str, _RelFile | _BadRel] = {}
     extras: dict[str, tarfile.TarInfo] = {}
     names: list[str] = []
+    regular: list[str] = []
     symlinks: set[str] = set()
     unpacked = rel_bytes = count = 0
     while True:
@@ -128,6 +152,7 @@ def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
         if info.issym():
             symlinks.add(name)
         if info.isreg():
+            regular.append(name)
             unpacked += info.size
             if unpacked > limits.max_unpacked:
                 raise TarballError(f"{path}: members add up to more than {limits.max_unpacked} "
@@ -143,7 +168,9 @@ def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
         elif _EXTRA_PATH.fullmatch(name):
             extras[name] = info
     _check_not_under_symlink(path, names, symlinks)
-    return _Scan(rels, extras)
+    tops = {"/".join(name.split("/")[:depth]) for name in names for depth in (1, 2)}
+    return _Scan(rels, extras, frozenset(n for n in regular if _ERLEXEC.fullmatch(n)),
+                 frozenset(t for t in tops if t not in ("", ".")))
 
 
 def normalise(name: str) -> str:

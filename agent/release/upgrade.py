@@ -11,6 +11,7 @@ make permanent, rollback).
 
 from __future__ import annotations
 
+from agent.config import POST_INSTALL, PRE_INSTALL
 from bridge import Atom
 
 from .base import OperationContext, Options, guarded
@@ -31,7 +32,7 @@ class ReleaseEngine(SingleSteps):
     """Every operation on one node's releases, each guarded: a refusal or a failure is the
     Result's outcome, never an exception (a node that cannot be reached still raises)."""
 
-    @guarded
+    @guarded("upgrade")
     async def upgrade(self, ctx: OperationContext, version: str, tarball: ReleaseTarball | None,
                       options: Options) -> Result:
         target, tarball, stale = await self._upgrade_preflight(ctx, version, tarball, options)
@@ -42,9 +43,8 @@ class ReleaseEngine(SingleSteps):
                           detail=f"{version} already runs and is permanent")
         if stale is not None and options.dry_run:
             # Replacing removes the release there: not for a run that must change nothing.
-            for name in ("replace", "stage", "unpack", "check"):
-                self.steps.skip(name, "--dry-run")
-            self._skip_switch(options, "--dry-run")
+            self.steps.skip("replace", "--dry-run")
+            self.steps.skip_between("stage", "make_permanent", "--dry-run", options.hooks)
             return Result(DRY_RUN, ctx.from_version, version,
                           releases=await self._core.releases(),
                           detail=f"preflight passed; {version} ({stale.status}) would be "
@@ -54,9 +54,8 @@ class ReleaseEngine(SingleSteps):
             await self._staging.remove_stale(stale, ctx)
         elif target is not None and target.status == "current":
             # Installed but not permanent (e.g. --no-permanent before): only make it permanent.
-            for name in ("stage", "unpack", "check"):
-                self.steps.skip(name, f"{version} is already current")
-            self._switch.skip_install(options, f"{version} is already current")
+            self.steps.skip_between("stage", f"{POST_INSTALL}:*", f"{version} is already "
+                                    "current", options.hooks)
             return await self._switch.verify_and_commit(version, options, ctx, rollback=False,
                                                         installed=False)
 
@@ -64,16 +63,17 @@ class ReleaseEngine(SingleSteps):
             await self._staging.stage(tarball, ctx)
             await self._staging.unpack(tarball, ctx)
         else:
-            self.steps.skip("stage", f"{version} is already {target.status if target else '?'}")
-            self.steps.skip("unpack", f"{version} is already {target.status if target else '?'}")
+            self.steps.skip_between("stage", "unpack", f"{version} is already "
+                                    f"{target.status if target else '?'}")
 
         await self._check_upgrade(version, ctx)
         if options.dry_run:
-            if ctx.unpacked_here:
-                await self._staging.undo_unpack(version, ctx)
-            self._skip_switch(options, "--dry-run")
-            return Result(DRY_RUN, ctx.from_version, version,
-                          releases=await self._core.releases(),
+            # What the stage placed is taken back by the operation's one undo (base.guarded).
+            self.steps.skip_between(f"{PRE_INSTALL}:*", "make_permanent", "--dry-run",
+                                    options.hooks)
+            # Nothing changed since preflight read them (an unpack is taken back, then they
+            # are read again: base.guarded).
+            return Result(DRY_RUN, ctx.from_version, version, releases=ctx.releases,
                           detail="checks passed; nothing was changed")
 
         await self._switch.pre_install_hooks(version, options, ctx)
@@ -106,7 +106,7 @@ class ReleaseEngine(SingleSteps):
                     st.detail = (f"{version} is already {target.status}; the tarball is not "
                                  "needed. ")
             if tarball is not None:
-                await self._preflight.check_relup(tarball, ctx.from_version)
+                st.detail += await self._preflight.check_tarball(tarball, ctx)
             await self._preflight.ensure_releases_file(ctx, st)
             if target is None or target.status != "current":
                 # sys.config parses, and its runtime config can be reproduced (runtime.py).
@@ -115,26 +115,15 @@ class ReleaseEngine(SingleSteps):
         return target, tarball, stale
 
     async def _check_upgrade(self, version: str, ctx: OperationContext) -> None:
-        try:
-            async with self.steps.step("check") as st:
-                res = await self._core.call("release_handler", "check_install_release",
-                                            [version])
-                if not (isinstance(res, tuple) and res[0] == _OK):
-                    reason = res[1] if isinstance(res, tuple) and len(res) > 1 else res
-                    raise Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
-                                                     f"{term_text(reason)}")
-                st.detail = f"relup from {res[1]} found"
-        except Failure:
-            if ctx.unpacked_here:  # leave the node's releases as they were (and retryable)
-                await self._staging.undo_unpack(version, ctx)
-            raise
+        async with self.steps.step("check") as st:
+            res = await self._core.call("release_handler", "check_install_release", [version])
+            if not (isinstance(res, tuple) and res[0] == _OK):
+                reason = res[1] if isinstance(res, tuple) and len(res) > 1 else res
+                raise Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
+                                                 f"{term_text(reason)}")
+            st.detail = f"relup from {res[1]} found"
 
-    def _skip_switch(self, options: Options, reason: str) -> None:
-        self._switch.skip_install(options, reason)
-        for name in ("verify", "make_permanent"):
-            self.steps.skip(name, reason)
-
-    @guarded
+    @guarded("downgrade")
     async def downgrade(self, ctx: OperationContext, version: str, options: Options) -> Result:
         async with self.steps.step("preflight") as st:
             await self._core.read_node(ctx)
@@ -160,7 +149,8 @@ class ReleaseEngine(SingleSteps):
                                                  f"{version}: {term_text(res)}")
             st.detail = f"relup of {ctx.from_version} goes down to {version}"
         if options.dry_run:
-            self._skip_switch(options, "--dry-run")
+            self.steps.skip_between(f"{PRE_INSTALL}:*", "make_permanent", "--dry-run",
+                                    options.hooks)
             return Result(DRY_RUN, ctx.from_version, version,
                           releases=await self._core.releases())
         await self._switch.pre_install_hooks(version, options, ctx)

@@ -112,7 +112,7 @@ def test_a_retry_after_a_node_killed_mid_unpack_leaves_every_file_as_in_the_tarb
     assert retry.returncode == 0, retry.stdout + retry.stderr
     assert mismatches(big, node.root) == []
     stage = next(s for s in retry.json()["operation"]["steps"] if s["name"] == "stage")
-    assert "removed what an unfinished unpack left: " in stage["detail"]
+    assert "removed what an unfinished operation left: " in stage["detail"]
     assert "lib/counter-0.0.2" in stage["detail"]
 
 
@@ -152,4 +152,4 @@ def test_a_retry_after_an_agent_killed_mid_extract_removes_what_it_left(
     assert mismatches(big, counter_node.root) == []
     assert not left.exists()
     stage = next(s for s in retry.json()["operation"]["steps"] if s["name"] == "stage")
-    assert f"removed what an unfinished unpack left: {left.name}" in stage["detail"]
+    assert f"removed what an unfinished operation left: {left.name}" in stage["detail"]

@@ -171,8 +171,8 @@ def test_dry_run_checks_everything_and_changes_nothing(
     assert op["outcome"] == "dry_run"
     assert step_names(op) == [
         ("preflight", "succeeded"), ("stage", "succeeded"), ("unpack", "succeeded"),
-        ("check", "succeeded"), ("undo_unpack", "succeeded"), ("install", "skipped"),
-        ("verify", "skipped"), ("make_permanent", "skipped")]
+        ("check", "succeeded"), ("install", "skipped"), ("verify", "skipped"),
+        ("make_permanent", "skipped"), ("undo_unpack", "succeeded")]
     assert op["releases_after"] == [{"name": "counter", "version": "0.0.1", "status": "permanent"}]
     assert files() == before
     assert counter_state(counter_node) == "0"

@@ -43,6 +43,7 @@ def test_a_schema_2_journal_gets_the_table_in_place(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     with conn:  # back to what an agent of schema 2 left
         conn.execute("DROP TABLE unpacked")
+        conn.execute("DROP TABLE placing")
         conn.execute("PRAGMA user_version = 2")
     conn.close()
     with Journal.open(path) as journal:
@@ -50,5 +51,37 @@ def test_a_schema_2_journal_gets_the_table_in_place(tmp_path: Path) -> None:
         journal.record_unpacked("a@h", "0.0.2", SHA_A, op)
         assert journal.unpacked_sha256("a@h", "0.0.2") == SHA_A
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()
+
+
+def test_what_an_operation_places_is_kept_until_settled_and_survives_a_reopen(
+        tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    with Journal.open(path) as journal:
+        first = journal.start("a@h", "upgrade", "0.0.1", "0.0.2", "alice")
+        journal.record_placing("a@h", first, "0.0.2", ["/r/releases/0.0.2"])
+        journal.record_placing("a@h", first, "0.0.2", ["/r/releases/0.0.2", "/r/lib/c-0.0.2"])
+        second = journal.start("b@h", "upgrade", "0.0.1", "0.0.2", "alice")
+        journal.record_placing("b@h", second, "0.0.2", ["/s/releases/0.0.2"])
+    # The agent died: the next one finds what each node's operation was placing.
+    with Journal.open(path) as journal:
+        assert journal.placings("a@h") == [(first, "0.0.2", ("/r/releases/0.0.2",
+                                                              "/r/lib/c-0.0.2"))]
+        journal.settle_placing("a@h", first)
+        assert journal.placings("a@h") == []
+        assert journal.placings("b@h") == [(second, "0.0.2", ("/s/releases/0.0.2",))]
+
+
+def test_a_schema_3_journal_gets_the_placing_table_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    with Journal.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DROP TABLE placing")
+        conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with Journal.open(path) as journal:
+        journal.record_placing("a@h", 1, "0.0.2", ["/x"])
+        assert journal.placings("a@h") == [(1, "0.0.2", ("/x",))]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.release.base import Placing
 from agent.release.records import StepRecord
 from bridge import Atom
 
@@ -165,6 +166,35 @@ class ScriptedNode:
         assert not self._restarts, f"restarts never waited for: {list(self._restarts)}"
 
 
+class MemoryLedger:
+    """The journal's side of the engine (UnpackLedger) in memory, to script what an earlier
+    operation left unfinished and see what the engine records."""
+
+    def __init__(self) -> None:
+        self.sha: dict[str, str] = {}
+        self.placings: list[tuple[str, tuple[Path, ...]]] = []  # what this operation recorded
+        self.unfinished_placings: list[Placing] = []           # other operations'
+        self.settled_count = 0
+
+    def recorded(self, version: str) -> str | None:
+        return self.sha.get(version)
+
+    def record(self, version: str, sha256: str) -> None:
+        self.sha[version] = sha256
+
+    def placing(self, version: str, paths: Sequence[Path]) -> None:
+        self.placings.append((version, tuple(paths)))
+
+    def settled(self) -> None:
+        self.settled_count += 1
+
+    def unfinished(self) -> tuple[Placing, ...]:
+        return tuple(self.unfinished_placings)
+
+    def forget(self, placing: Placing) -> None:
+        self.unfinished_placings.remove(placing)
+
+
 class StepLog:
     """The engine's step sink: keeps every StepRecord it reports."""
 
@@ -219,12 +249,23 @@ def which_releases(*entries: tuple[str, str]) -> Expect:
     return answer("release_handler:which_releases", [], releases(*entries))
 
 
+ERTS = "13.1.5"  # the ERTS the scripted node runs (and the test tarballs' .rel name)
+
+
 def node_dirs(root: Path) -> list[Expect]:
     """How the engine finds the root and releases dir of a node without sasl releases_dir or
-    RELDIR set: code:root_dir(), then the two places it looks, then root/releases."""
+    RELDIR set: code:root_dir(), then the two places it looks, then root/releases; then the
+    ERTS the node runs."""
     return [answer("code:root_dir", [], str(root)),
             answer("application:get_env", [Atom("sasl"), Atom("releases_dir")], UNDEFINED),
-            answer("os:getenv", ["RELDIR"], False)]
+            answer("os:getenv", ["RELDIR"], False),
+            answer("erlang:system_info", [Atom("version")], ERTS)]
+
+
+def code_path(root: Path, *libs: str) -> Expect:
+    """code:get_path() of a node running ``libs`` (default: the running 0.0.1's) from root."""
+    return answer("code:get_path", [], [str(root / "lib" / lib / "ebin")
+                                        for lib in (libs or (*LIBS, f"{REL}-0.0.1"))])
 
 
 def releases_file(root: Path, exists: bool = True) -> Expect:

@@ -21,7 +21,7 @@ import pytest
 
 from agent.config import CONTINUE, POST_INSTALL, PRE_INSTALL, Hook
 from agent.errors import NodeDown, NodeTimeout, ReplyTooLarge
-from agent.release.base import Options, Probe
+from agent.release.base import Options, Placing, Probe
 from agent.release.codecheck import CHECK_EXPR
 from agent.release.steps import (
     DRY_RUN,
@@ -42,11 +42,13 @@ from tests.agent.release.scripted import (
     SYS_CONFIG,
     Expect,
     ScriptedNode,
+    MemoryLedger,
     StepLog,
     answer,
     applications,
     code_check,
     code_matches,
+    code_path,
     code_report,
     config_on_node,
     config_parses,
@@ -116,7 +118,10 @@ def tarball(rig: Rig, version: str = "0.0.2", sys_config: bytes | None = SYS_CON
                           f"releases/counter-{version}.rel",
                           (("kernel", "8.5.3"), ("stdlib", "4.2"), ("counter", version)),
                           sys_config, relup(version) if relup_text == b"" else relup_text,
-                          len(data), hashlib.sha256(data).hexdigest())
+                          len(data), hashlib.sha256(data).hexdigest(),
+                          tops=frozenset({"releases", f"releases/counter-{version}.rel",
+                                          f"releases/{version}", "lib", f"lib/counter-{version}",
+                                          "lib/kernel-8.5.3", "lib/stdlib-4.2"}))
 
 
 def relup_on_node(rig: Rig, version: str = "0.0.2", text: bytes | None = None) -> None:
@@ -134,19 +139,22 @@ def sha_on_node(rig: Rig, tar: ReleaseTarball) -> None:
 
 
 def unpacked_files(rig: Rig, version: str = "0.0.2") -> list[Path]:
-    """What unpack_release extracts (so that undo_unpack has something to delete): made now,
-    as for a release already unpacked, and again by the unpack_release call (the stage step
-    first removes what no listed release owns)."""
-    made = [rig.root / "releases" / version, rig.root / "lib" / f"counter-{version}",
-            rig.root / "lib" / "kernel-8.5.3", rig.root / "lib" / "stdlib-4.2"]
+    """What unpack_release extracts: releases/VSN and lib/counter-VSN, new, and the libraries
+    the running 0.0.1 has there already (made now; kept as they are, keep_old_files)."""
+    new = [rig.root / "releases" / version, rig.root / "lib" / f"counter-{version}"]
+    there = [rig.root / "lib" / "kernel-8.5.3", rig.root / "lib" / "stdlib-4.2"]
+    for path in there:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "file").write_text("0.0.1")
 
     def extract() -> None:
-        for path in made:
+        for path in new:
             path.mkdir(parents=True, exist_ok=True)
             (path / "file").write_text(version)
-    extract()
+        # release_handler deletes the tarball it unpacked
+        (rig.root / "releases" / f"counter-{version}.tar.gz").unlink(missing_ok=True)
     rig.node.effects["release_handler:unpack_release"] = extract
-    return made
+    return new + there
 
 
 # --- scripts of the node's side ------------------------------------------------------------
@@ -189,6 +197,12 @@ def verify_ok(version: str, *entries: tuple[str, str]) -> list[Expect]:
 
 def permanent(version: str = "0.0.2", reply: Any = OK) -> Expect:
     return answer("release_handler:make_permanent", [version], reply)
+
+
+def taken_back(rig: Rig) -> list[Expect]:
+    """The one undo of a registered 0.0.2: asked first, set_removed, then what is in use read
+    (the node's code path) before anything placed is deleted."""
+    return [which_releases(*UNPACKED), set_removed(), code_path(rig.root)]
 
 
 def set_removed(version: str = "0.0.2", reply: Any = OK) -> Expect:
@@ -482,7 +496,7 @@ async def test_a_release_that_fails_its_check_is_taken_back(rig: Rig) -> None:
     rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(),
                answer("release_handler:check_install_release", ["0.0.2"],
                       (ERROR, (Atom("no_matching_relup"), "0.0.2", "0.0.1"))),
-               which_releases(*UNPACKED), set_removed(), which_releases(*UP))
+               *taken_back(rig), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
@@ -490,8 +504,8 @@ async def test_a_release_that_fails_its_check_is_taken_back(rig: Rig) -> None:
                             '{no_matching_relup,"0.0.2","0.0.1"}')
     assert rig.log.ended()[-2:] == [("check", "failed"), ("undo_unpack", "succeeded")]
     # Only what this release brought goes: the libraries 0.0.1 uses stay.
-    assert rig.log.detail("undo_unpack") == ("set_removed(0.0.2); deleted releases/0.0.2, "
-                                             "lib/counter-0.0.2")
+    assert rig.log.detail("undo_unpack") == ("set_removed(0.0.2); deleted lib/counter-0.0.2, "
+                                             "releases/0.0.2")
     assert [p.exists() for p in made] == [False, False, True, True]
     rig.done()
 
@@ -500,14 +514,15 @@ async def test_a_failed_unpack_leaves_no_staged_tarball(rig: Rig) -> None:
     rig.expect(preflight(rig, *UP), config_parses(),
                answer("release_handler:unpack_release", ["counter-0.0.2"],
                       (ERROR, (Atom("existing_release"), "0.0.2"))),
-               which_releases(*UP), which_releases(*UP))
+               code_path(rig.root), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
     assert result.error == ("unpack_release('counter-0.0.2') failed: "
                             '{existing_release,"0.0.2"}')
     assert rig.log.ended() == [("preflight", "succeeded"), ("stage", "succeeded"),
-                               ("unpack", "failed")]
+                               ("unpack", "failed"), ("undo_unpack", "succeeded")]
+    assert rig.log.detail("undo_unpack") == "deleted releases/counter-0.0.2.tar.gz"
     assert list((rig.root / "releases").iterdir()) == []
     rig.done()
 
@@ -538,11 +553,13 @@ async def test_a_failed_unpack_removes_what_it_extracted_but_nothing_that_was_th
     rig.expect(preflight(rig, *UP), config_parses(),
                answer("release_handler:unpack_release", ["counter-0.0.2"],
                       (ERROR, (Atom("EXIT"), Atom("enospc")))),
-               which_releases(*UP), which_releases(*UP))
+               code_path(rig.root), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
-                  "removed what it extracted: releases/0.0.2, lib/counter-0.0.2")
+                  "unpack_release('counter-0.0.2') failed: {'EXIT',enospc}")
+    assert rig.log.detail("undo_unpack") == ("deleted lib/counter-0.0.2, releases/0.0.2, "
+                                             "releases/counter-0.0.2.tar.gz")
     assert [p.exists() for p in extracted + owned] == [False, False, True, True]
     rig.done()
 
@@ -565,33 +582,56 @@ async def test_an_unpack_that_times_out_and_did_not_unpack_leaves_nothing(rig: R
     rig.expect(preflight(rig, *UP), config_parses(),
                fail("release_handler:unpack_release", ["counter-0.0.2"],
                     NodeTimeout(NODE, "release_handler:unpack_release/1", 120)),
-               which_releases(*UP), which_releases(*UP), which_releases(*UP))
+               which_releases(*UP), code_path(rig.root), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
                   "unpack_release('counter-0.0.2') failed: unpack_release('counter-0.0.2') did "
-                  "not answer within 120 s and did not unpack it; removed what it extracted: "
-                  "releases/0.0.2, lib/counter-0.0.2")
+                  "not answer within 120 s and did not register it")
+    assert rig.log.detail("undo_unpack") == "deleted lib/counter-0.0.2, releases/0.0.2"
     assert [p.exists() for p in made] == [False, False, True, True]
     rig.done()
 
 
 async def test_the_next_unpack_removes_what_an_interrupted_one_left_first(rig: Rig) -> None:
-    # The node was killed mid-unpack: releases/0.0.2 and lib/counter-0.0.2 are on disk, but
-    # the node does not list 0.0.2. keep_old_files would keep a truncated file: they go first.
+    # The node was killed mid-unpack: releases/0.0.2 and lib/counter-0.0.2 are on disk, the
+    # node does not list 0.0.2, and the ledger says an operation was placing them.
+    # keep_old_files would keep a truncated file: they go first, and only they.
     left, owned = half_unpacked(rig)
+    ledger = MemoryLedger()
+    ledger.unfinished_placings.append(Placing(7, "0.0.2", tuple(
+        str(p) for p in [*left, rig.root / "lib" / "kernel-8.5.3"])))
+    engine = ReleaseEngine(rig.node, rig.log, rpc_timeout=RPC_TIMEOUT, agent_unpack=False,
+                           ledger=ledger)
     seen: list[bool] = []
     rig.node.effects["release_handler:unpack_release"] = (
         lambda: seen.extend(p.exists() for p in left))
+    rig.expect(facts(rig, *UP), releases_file(rig.root), config_parses(), code_path(rig.root),
+               unpack_ok(), which_releases(*UNPACKED))
+    result = await engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert seen == [False, False]  # gone before unpack_release ran
+    assert all(p.exists() for p in owned)  # kernel was in the record, but 0.0.1 runs it
+    assert rig.log.detail("stage").endswith(
+        "; removed what an unfinished operation left: releases/0.0.2, lib/counter-0.0.2; "
+        "kept, being in use: lib/kernel-8.5.3 is in use (on the running node's code path)")
+    assert ledger.unfinished_placings == []
+    rig.done()
+
+
+async def test_what_is_on_disk_without_a_record_is_never_guessed_a_leftover(rig: Rig) -> None:
+    # The same files, but no operation of the agent's placed them (a mix release's first
+    # upgrade found libraries which_releases did not list): nothing is deleted, and the unpack
+    # keeps them as they are (keep_old_files).
+    left, owned = half_unpacked(rig)
     rig.expect(facts(rig, *UP), releases_file(rig.root), config_parses(), unpack_ok(),
                which_releases(*UNPACKED))
     result = await rig.engine.unpack("0.0.2", tarball(rig))
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
-    assert seen == [False, False]  # gone before unpack_release ran
-    assert all(p.exists() for p in owned)
-    assert rig.log.detail("stage").endswith(
-        "; removed what an unfinished unpack left: releases/0.0.2, lib/counter-0.0.2")
+    assert all(p.exists() for p in left + owned)
+    assert "removed" not in rig.log.detail("stage")
     rig.done()
 
 
@@ -605,7 +645,8 @@ async def test_a_connection_lost_during_unpack_is_failed_and_left_for_the_next_o
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED, "0.0.1", "0.0.2",
-                  "what it extracted is removed by the next upgrade or unpack of 0.0.2")
+                  "unless the node lists 0.0.2, the next upgrade or unpack takes back what "
+                  "was placed for it")
     assert all(p.exists() for p in made)  # the node may have listed it: not deleted blindly
     rig.done()
 
@@ -658,7 +699,7 @@ async def test_a_failing_pre_install_hook_stops_before_install_and_takes_the_rel
         rig: Rig) -> None:
     unpacked_files(rig)
     rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
-               hook_call(PRE, (ERROR, Atom("busy"))), which_releases(*UNPACKED), set_removed(),
+               hook_call(PRE, (ERROR, Atom("busy"))), *taken_back(rig),
                which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(hooks=(PRE, POST)))
 
@@ -689,14 +730,14 @@ async def test_an_install_that_fails_without_a_restart_is_taken_back(rig: Rig) -
     unpacked_files(rig)
     rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
                install("0.0.2", (ERROR, (Atom("bad_relup_file"), "relup"))),
-               which_releases(*UNPACKED), set_removed(), which_releases(*UP))
+               *taken_back(rig), which_releases(*UP))
     rig.node.then_restart(False)
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
                   'install_release(0.0.2) failed: {bad_relup_file,"relup"}')
-    # The take-back runs inside the failing install step.
-    assert rig.log.ended()[-2:] == [("undo_unpack", "succeeded"), ("install", "failed")]
+    # The one take-back runs once the operation's own steps are over (base.guarded).
+    assert rig.log.ended()[-2:] == [("install", "failed"), ("undo_unpack", "succeeded")]
     assert rig.node.restart_waits == [(5.0, FAST.restart_timeout)]
     rig.done()
 
@@ -857,23 +898,23 @@ async def test_install_release_bounds_code_change_and_suspend_by_install_timeout
 async def test_a_dry_run_unpacks_checks_and_takes_everything_back(rig: Rig) -> None:
     made = unpacked_files(rig)
     rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
-               which_releases(*UNPACKED), set_removed(), which_releases(*UP))
+               *taken_back(rig), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(dry_run=True))
 
     assert_result(result, DRY_RUN, "0.0.1", "0.0.2")
     assert result.detail == "checks passed; nothing was changed"
     assert versions(result) == [("0.0.1", "permanent")]
+    # The one undo runs once the operation's own steps are over (base.guarded).
     assert rig.log.ended() == [
         ("preflight", "succeeded"), ("stage", "succeeded"), ("unpack", "succeeded"),
-        ("check", "succeeded"), ("undo_unpack", "succeeded"), ("install", "skipped"),
-        ("verify", "skipped"), ("make_permanent", "skipped")]
+        ("check", "succeeded"), ("install", "skipped"), ("verify", "skipped"),
+        ("make_permanent", "skipped"), ("undo_unpack", "succeeded")]
     assert [p.exists() for p in made] == [False, False, True, True]
     rig.done()
 
 
 async def test_a_dry_run_of_an_unpacked_release_leaves_it_unpacked(rig: Rig) -> None:
-    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
-               which_releases(*UNPACKED))
+    rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok())
     result = await rig.engine.upgrade("0.0.2", None, Options(dry_run=True, hooks=(PRE,)))
 
     assert_result(result, DRY_RUN, "0.0.1", "0.0.2")
@@ -1079,8 +1120,9 @@ async def test_a_set_removed_that_fails_while_taking_an_unpack_back_is_failed(ri
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED, "0.0.1", "0.0.2")
-    assert result.error == ('set_removed(0.0.2) failed: {error,{no_such_release,"0.0.2"}}; '
-                            "0.0.2 stays unpacked")
+    assert result.error == ('check_install_release(0.0.2) refused: {no_matching_relup,"0.0.2",'
+                            '"0.0.1"}; then taking back the unpack failed: set_removed(0.0.2) '
+                            'failed: {error,{no_such_release,"0.0.2"}}; 0.0.2 stays unpacked')
     assert rig.log.ended()[-2:] == [("check", "failed"), ("undo_unpack", "failed")]
     assert all(p.exists() for p in made)  # nothing deleted behind release_handler's back
     rig.done()
@@ -1338,10 +1380,10 @@ async def test_unpack_of_a_release_already_there_is_refused(rig: Rig) -> None:
 async def test_unpack_that_release_handler_refuses_is_failed_unchanged(rig: Rig) -> None:
     rig.expect(preflight(rig, *UP), config_parses(),
                answer("release_handler:unpack_release", ["counter-0.0.2"],
-                      (ERROR, Atom("enoent"))), which_releases(*UP), which_releases(*UP))
+                      (ERROR, Atom("enoent"))), code_path(rig.root), which_releases(*UP))
     result = await rig.engine.unpack("0.0.2", tarball(rig))
 
-    # Unlike check and install, a single unpack that fails leaves nothing to take back.
+    # What the stage placed (the tarball) is taken back; nothing had been registered.
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
                   "unpack_release('counter-0.0.2') failed: enoent")
     assert "release_handler:set_removed" not in rig.node.mfas()
@@ -1483,7 +1525,7 @@ async def test_make_permanent_that_release_handler_refuses_is_failed(rig: Rig) -
 
 
 async def test_remove_removes_an_old_release(rig: Rig) -> None:
-    rig.expect(preflight(rig, *DONE),
+    rig.expect(preflight(rig, *DONE), which_releases(*DONE),
                answer("release_handler:remove_release", ["0.0.1"], OK),
                which_releases(("0.0.2", "permanent")))
     result = await rig.engine.remove("0.0.1")
@@ -1517,7 +1559,7 @@ async def test_remove_refuses_the_running_or_permanent_release(
 
 
 async def test_remove_that_release_handler_refuses_is_failed(rig: Rig) -> None:
-    rig.expect(preflight(rig, *DONE),
+    rig.expect(preflight(rig, *DONE), which_releases(*DONE),
                answer("release_handler:remove_release", ["0.0.1"],
                       (ERROR, (Atom("permanent"), "0.0.1"))),
                which_releases(*DONE))

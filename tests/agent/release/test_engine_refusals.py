@@ -19,6 +19,8 @@ from tests.agent.release.scripted import (
     ERROR,
     NODE,
     OK,
+    MemoryLedger,
+    code_path,
     ScriptedNode,
     StepLog,
     answer,
@@ -53,17 +55,17 @@ OLD = ("0.0.2", "old")
 SHA_FILE = "relctl.sha256"
 
 
-class DictLedger:
-    """The agent's journal as the engine sees it (agent.release.base.UnpackLedger)."""
+class DictLedger(MemoryLedger):
+    """The agent's journal as the engine sees it (agent.release.base.UnpackLedger), with the
+    sha256 records given as version_with_underscores=sha."""
 
     def __init__(self, **recorded: str) -> None:
-        self.records = {k.replace("_", "."): v for k, v in recorded.items()}
+        super().__init__()
+        self.sha.update({k.replace("_", "."): v for k, v in recorded.items()})
 
-    def recorded(self, version: str) -> str | None:
-        return self.records.get(version)
-
-    def record(self, version: str, sha256: str) -> None:
-        self.records[version] = sha256
+    @property
+    def records(self) -> dict[str, str]:
+        return self.sha
 
 
 def with_ledger(rig: Rig, ledger: DictLedger) -> None:
@@ -145,7 +147,8 @@ async def test_replace_removes_the_stale_release_then_unpacks_and_records_the_ta
     ledger = DictLedger(**{"0_0_2": "0" * 64})
     with_ledger(rig, ledger)
     fixed = tarball(rig, data=b"the fixed build of 0.0.2")
-    rig.expect(preflight(rig, *UNPACKED), config_parses(), remove_ok(), which_releases(*UP),
+    rig.expect(preflight(rig, *UNPACKED), config_parses(), which_releases(*UNPACKED), remove_ok(),
+               which_releases(*UP),
                unpack_ok(), which_releases(*UNPACKED))
     # unpack_release makes releases/0.0.2 on a real node; the record is written into it.
     rig.node.effects["release_handler:unpack_release"] = (
@@ -166,11 +169,13 @@ async def test_replace_removes_the_stale_release_then_unpacks_and_records_the_ta
 async def test_replace_in_an_upgrade_goes_on_to_check_and_a_failed_check_takes_it_back(
         rig: Rig) -> None:
     fixed = tarball(rig, data=b"fixed")
-    rig.expect(preflight(rig, *(OLD, ("0.0.1", "permanent"))), config_parses(), remove_ok(),
+    rig.expect(preflight(rig, *(OLD, ("0.0.1", "permanent"))), config_parses(),
+               which_releases(*(OLD, ("0.0.1", "permanent"))), remove_ok(),
                which_releases(*UP), unpack_ok(),
                answer("release_handler:check_install_release", ["0.0.2"],
                       (ERROR, Atom("bad_relup"))),
-               which_releases(*UNPACKED), set_removed(), which_releases(*UP))
+               which_releases(*UNPACKED), set_removed(), code_path(rig.root),
+               which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", fixed, Options(replace=True))
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2", "bad_relup")

@@ -119,7 +119,9 @@ def test_a_systools_tarball(tmp_path: Path) -> None:
         path=path, release_name="counter", version="0.0.2", erts_version="13.2.2",
         unpack_name="counter-0.0.2", rel_member="releases/counter-0.0.2.rel",
         applications=APPS, sys_config=b"[{counter, [{step, 2}]}].",
-        relup=b'{"0.0.2", [], []}.', size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        relup=b'{"0.0.2", [], []}.', size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        tops=frozenset({"releases", "releases/0.0.2", "releases/counter-0.0.2.rel", "lib",
+                        "lib/counter-0.0.2"}))
 
 
 def test_a_relx_tarball(tmp_path: Path) -> None:

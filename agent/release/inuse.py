@@ -6,7 +6,7 @@ libraries, and ``create_RELEASES`` does not change what the running release_hand
 its library lists cannot say what a deletion would break. So the set is built from:
 
 - every release listed in ``releases/RELEASES``: its ``releases/VSN``, libraries and ERTS;
-- every ``.rel`` on disk (``releases/VSN/*.rel``, ``releases/*.rel``): the same, whether or not
+- every ``.rel`` of a release dir on disk (``releases/VSN/*.rel``): the same, whether or not
   any RELEASES lists it (a mix release boots from ``-boot``, not from RELEASES);
 - the running node's code path (``code:get_path()``) and its ERTS (``erts-VSN``).
 
@@ -67,22 +67,20 @@ def _release_paths(root: Path, releases: Path, version: str, erts: str,
 
 
 def _rel_files(releases: Path) -> list[Path]:
-    """Every .rel release_handler, relx, mix or systools leave: releases/VSN/*.rel and
-    releases/*.rel."""
+    """Every .rel of a release dir: releases/VSN/*.rel (relx's NAME.rel, unpack_release's
+    NAME-VSN.rel, mix's NAME.rel). A releases/NAME-VSN.rel beside them is only where
+    systools:make_tar ships it, not what any release boots from."""
     found: list[Path] = []
     try:
-        entries = list(os.scandir(releases))
+        entries = [e for e in os.scandir(releases) if e.is_dir(follow_symlinks=False)]
     except OSError:
         return found
     for entry in entries:
-        if entry.name.endswith(".rel") and entry.is_file(follow_symlinks=False):
-            found.append(Path(entry.path))
-        elif entry.is_dir(follow_symlinks=False):
-            try:
-                found += [Path(e.path) for e in os.scandir(entry.path)
-                          if e.name.endswith(".rel") and e.is_file(follow_symlinks=False)]
-            except OSError:
-                continue
+        try:
+            found += [Path(e.path) for e in os.scandir(entry.path)
+                      if e.name.endswith(".rel") and e.is_file(follow_symlinks=False)]
+        except OSError:
+            continue
     return sorted(found)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.tools import failures
+from tests.tools import failures, invariants
 from tests.tools.otp_procs import ManagedProcess, track, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,10 +237,15 @@ def relctl_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def relctl(*args: str, agents: Sequence[str] = (), env: Mapping[str, str] | None = None,
            timeout: float = 30.0) -> CliResult:
-    """Run the `relctl` client as a separate process, as a user would."""
+    """Run the `relctl` client as a separate process, as a user would; the invariants of
+    every node the test runs are checked around it (tests.tools.invariants)."""
     argv = [sys.executable, "-m", "agent.client"]
     for agent in agents:
         argv += ["--agent", agent]
-    proc = subprocess.run([*argv, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=relctl_env(env))
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def run() -> CliResult:
+        proc = subprocess.run([*argv, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout, env=relctl_env(env))
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    result: CliResult = invariants.check_call(args, run)
+    return result

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.tools import invariants
 from tests.tools import otp_select
 
 LOOPBACK = "127.0.0.1"
@@ -451,6 +452,14 @@ class NodeProc(ManagedProcess):
         self.workdir = workdir
         self.home = workdir / "home"
         self.started_seconds = 0.0
+        # Every relctl command a test runs checks this node's invariants while it runs.
+        invariants.watch(id(self), invariants.Watched(
+            name, cookie, epmd_port, root,
+            tls="inet_tls" in " ".join(str(a) for a in getattr(proc, "args", ()))))
+
+    def stop(self, grace: float | None = None) -> None:
+        invariants.unwatch(id(self))
+        super().stop(grace)
 
     @property
     def returncode(self) -> int | None:

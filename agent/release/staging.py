@@ -101,6 +101,14 @@ class Staging:
             # An unpack that did not finish (node or agent killed) left files: removed first
             # (or keep_old_files would keep a truncated one), as far as nothing uses them.
             cleared = await self._clear_unfinished(ctx)
+            stray = Path(ctx.dirs.releases) / tarball.version
+            if os.path.lexists(stray) and ctx.find(tarball.version) is None:
+                # keep_old_files would keep whatever it holds: not unpacked into, and not
+                # deleted either (nothing says relctl placed it).
+                raise Failure(FAILED_UNCHANGED, f"{stray} exists, but {self._core.node.name} "
+                              f"does not list {tarball.version} and no unfinished operation of "
+                              "the agent placed it; relctl deletes only what it placed. Look at "
+                              "what it holds, move it away, then retry")
             why_not = (why_not_write(root, Path(ctx.dirs.releases)) if self._core.agent_unpack
                        else "")  # "": unpack_release, as the engine was told, no reason given
             # Recorded before the first file is written; taken back by undo() or by the next

@@ -43,13 +43,15 @@ class ReleaseEngine(SingleSteps):
                           detail=f"{version} already runs and is permanent")
         if stale is not None and options.dry_run:
             # Replacing removes the release there: not for a run that must change nothing.
+            await self._staging.check_removal(stale, ctx)  # read-only: what it would delete
             self.steps.skip("replace", "--dry-run")
             self.steps.skip_between("stage", "make_permanent", "--dry-run", options.hooks)
             return Result(DRY_RUN, ctx.from_version, version,
                           releases=await self._core.releases(),
                           detail=f"preflight passed; {version} ({stale.status}) would be "
                                  "removed and the tarball unpacked in its place; nothing was "
-                                 "changed")
+                                 "changed; not run: stage, unpack and check_install_release "
+                                 f"(they need {version} replaced first)")
         if stale is not None:
             await self._staging.remove_stale(stale, ctx)
         elif target is not None and target.status == "current":

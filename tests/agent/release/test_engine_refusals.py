@@ -185,12 +185,15 @@ async def test_replace_in_an_upgrade_goes_on_to_check_and_a_failed_check_takes_i
 
 
 async def test_replace_with_dry_run_removes_nothing(rig: Rig) -> None:
-    rig.expect(preflight(rig, *UNPACKED), config_parses(), which_releases(*UNPACKED))
+    rig.expect(preflight(rig, *UNPACKED), config_parses(), which_releases(*UNPACKED),
+               which_releases(*UNPACKED))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(replace=True, dry_run=True))
 
     assert_result(result, DRY_RUN, "0.0.1", "0.0.2")
     assert result.detail == ("preflight passed; 0.0.2 (unpacked) would be removed and the "
-                             "tarball unpacked in its place; nothing was changed")
+                             "tarball unpacked in its place; nothing was changed; not run: "
+                             "stage, unpack and check_install_release (they need 0.0.2 "
+                             "replaced first)")
     assert ("replace", "skipped") in rig.log.ended()
     rig.done()
 

@@ -1,1 +1,7 @@
-"""TODO"""
+"""Operations as the agent runs them: one at a time per node (runner.py), journaled step by
+step in SQLite (journal.py, the only sqlite3 user), from uploads kept until used
+(uploads.py).
+
+It drives the release engine (agent.release) over the node links (agent.nodes); it may not
+know gRPC or Prometheus.
+"""

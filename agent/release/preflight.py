@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent.relfile import RelSyntaxError, RelupVersions, relup_versions
+from agent.relfile import RelSyntaxError, RelupVersions, parse_releases, relup_versions
 from bridge import Atom, BadRpc
 
 from .base import EngineCore, OperationContext
@@ -201,6 +201,28 @@ class Preflight:
                           f"{', '.join(found.up_from) or 'nothing'}); {RELUP_HINT} with "
                           f"{from_version} as OLD")
         return found
+
+    def check_down_erts(self, version: str, ctx: OperationContext) -> str:
+        """The ERTS of the release a downgrade goes to (RELEASES names it) must be at hand
+        when it is not the running one: the relup's restart_emulator boots it. The step detail
+        it adds ("" when the ERTS does not change or RELEASES cannot say)."""
+        assert ctx.dirs is not None
+        try:
+            listed = parse_releases(Path(ctx.dirs.releases, "RELEASES").read_text(
+                encoding="utf-8", errors="replace"))
+        except (OSError, RelSyntaxError):
+            return ""  # release_handler reads it too: check_install_release judges then
+        target = next((r for r in listed if r.version == version), None)
+        if target is None or not ctx.erts_version or target.erts_version == ctx.erts_version:
+            return ""
+        erts = f"erts-{target.erts_version}"
+        if not Path(ctx.dirs.root, erts, "bin", "erlexec").is_file():
+            raise Failure(FAILED_UNCHANGED, f"{version} runs on ERTS {target.erts_version}, "
+                          f"which is not in {ctx.dirs.root} ({erts} is missing); the node runs "
+                          f"ERTS {ctx.erts_version}, and the relup's restart_emulator would "
+                          "boot nothing. Restore it (unpack a tarball of "
+                          f"{version} that includes its ERTS), or downgrade by a restart")
+        return f"ERTS {ctx.erts_version} -> {target.erts_version} ({erts} in the root); "
 
     async def check_down_relup(self, version: str, ctx: OperationContext) -> str:
         """A downgrade runs the running release's relup down script to ``version`` (or, as

@@ -140,7 +140,8 @@ class ReleaseEngine(SingleSteps):
                 raise Failure(FAILED_UNCHANGED, f"{version} was never installed on "
                                                  f"{self.node.name}; use `relctl upgrade "
                                                  f"{version}` to install it")
-            relup = await self._preflight.check_down_relup(version, ctx)
+            relup = self._preflight.check_down_erts(version, ctx)
+            relup += await self._preflight.check_down_relup(version, ctx)
             await self._preflight.ensure_releases_file(ctx, st)
             st.detail = await self._runtime.check(version, None, ctx, options)
             st.detail += f"; {relup}; running {ctx.from_version}"

@@ -1264,6 +1264,22 @@ async def test_downgrade_refuses_what_it_cannot_go_down_to(
     rig.done()
 
 
+async def test_a_downgrade_to_an_erts_the_root_lacks_is_refused_at_preflight(rig: Rig) -> None:
+    relup_on_node(rig)
+    (rig.root / "releases" / "RELEASES").write_text(
+        '[{release,"counter","0.0.2","13.1.5",[],permanent},'
+        ' {release,"counter","0.0.1","12.3.2",[],permanent}].\n')
+    rig.expect(facts(rig, *DOWN), which_releases(*DOWN))
+    result = await rig.engine.downgrade("0.0.1", FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.2", "0.0.1",
+                  f"0.0.1 runs on ERTS 12.3.2, which is not in {rig.root} (erts-12.3.2 is "
+                  "missing); the node runs ERTS 13.1.5, and the relup's restart_emulator "
+                  "would boot nothing")
+    assert rig.log.ended() == [("preflight", "failed")]
+    rig.done()
+
+
 async def test_downgrade_without_a_relup_down_is_refused_at_check(rig: Rig) -> None:
     relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),

@@ -78,16 +78,23 @@ class AuditLog:
         line = (record.to_json() + "\n").encode("utf-8")
         try:
             with self._lock:
+                # A call that ended after close (the agent's last moments): its record still
+                # belongs in the trail, so the file is opened for it alone.
+                late = self._fd < 0
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND) if late else self._fd
                 if self._torn:
                     line = b"\n" + line
                     self._torn = False
                 view = memoryview(line)
-                while view:
-                    try:
-                        view = view[os.write(self._fd, view):]
-                    except OSError:
-                        self._torn = len(view) < len(line)  # part of it is in the file
-                        raise
+                try:
+                    while view:
+                        view = view[os.write(fd, view):]
+                except OSError:
+                    self._torn = len(view) < len(line)  # part of it is in the file
+                    raise
+                finally:
+                    if late:
+                        os.close(fd)
             if self._failed:
                 log.info("the audit trail %s is written again", self.path)
             self._failed = False

@@ -116,6 +116,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         self._auth = authenticator
         self._audit = audit
         self._unix_caller = unix_caller
+        # Set by the daemon when it stops: a call cut from then on was cut by the agent.
+        self.stopping = False
 
     def identify(self, context: _Ctx) -> Identity:
         peer = context.peer() or "unknown"
@@ -179,6 +181,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             code = context.code()
             if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
                 result, detail = code.name, str(context.details() or "")
+            elif self.stopping:
+                result, detail = "UNAVAILABLE", "the agent stopped before the call ended"
             else:
                 result, detail = "CANCELLED", "the client went away"
         self._record(call, result, detail)

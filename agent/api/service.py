@@ -226,6 +226,9 @@ class AgentService:
             return self._start(context, self._node_name(node), kind, version, work,
                                needs_version)
         op_id = await _answer(context, begin())
+        # The id first, alone: a client whose stream breaks before the first step (the agent
+        # restarted) can still follow the operation by its id.
+        yield pb.ProgressEvent(operation_id=op_id)
         # The operation runs on its own: if this client goes away, it still finishes.
         async for event in self._operations().follow(op_id):
             yield progress_message(event)

@@ -102,6 +102,7 @@ class Parts:
     watchdog: asyncio.Task[None] | None = None
     upload_sweeper: asyncio.Task[None] | None = None
     journal_retry: asyncio.Task[None] | None = None
+    access: AccessInterceptor | None = None
 
 
 def build(config: AgentConfig) -> Parts:
@@ -154,7 +155,7 @@ def build(config: AgentConfig) -> Parts:
     server = ApiServer(AgentService(nodes, operations, uploads, rpc_timeout=config.rpc_timeout,
                                     node_options=node_options, audit=audit), [access])
     return Parts(config, nodes, metrics, journal, operations, audit, fronts, server,
-                 _discovery(config, nodes), uploads)
+                 _discovery(config, nodes), uploads, access=access)
 
 
 async def start(parts: Parts) -> None:
@@ -208,16 +209,30 @@ async def _retry_journal(operations: Operations) -> None:
 
 
 async def stop(parts: Parts) -> None:
-    """No new requests first; then running upgrades may finish (a half-done install is worse
-    than a late exit); what is still running after the grace is journaled as interrupted."""
+    """Stop in the order that loses nothing: no new calls; running operations finish (up to
+    operations_grace, the rest is journaled as interrupted); the calls that follow them get
+    their last event, every other call up to shutdown_grace; then the links; the audit trail
+    last, so that every call's record, written as it ends, is in it."""
     config = parts.config
     for front in parts.fronts:
         front.stop_accepting()
-    await parts.server.stop(config.shutdown_grace)
+    if parts.access is not None:
+        parts.access.stopping = True
+    # From here grpc refuses new calls; running ones go on: a stream that follows an
+    # operation must not be cut before the operation ends (the client would see a lost agent
+    # for an upgrade that succeeds a moment later).
+    server_stopped = asyncio.create_task(
+        parts.server.stop(config.operations_grace + config.shutdown_grace),
+        name="relctl gRPC server stop")
+    await parts.operations.stop(config.operations_grace)
+    _, pending = await asyncio.wait({server_stopped}, timeout=config.shutdown_grace)
+    if pending:
+        log.warning("stopping: calls still running %g s after the operations ended are cut",
+                    config.shutdown_grace)
+        await parts.server.stop(0)  # a second stop cancels what is left at once
+        await server_stopped
     for front in parts.fronts:
         await front.stop()
-    parts.audit.close()
-    await parts.operations.stop(config.operations_grace)
     if parts.journal_retry is not None:
         parts.journal_retry.cancel()
     parts.operations.close()
@@ -232,6 +247,7 @@ async def stop(parts: Parts) -> None:
         parts.watchdog.cancel()
     if parts.upload_sweeper is not None:
         parts.upload_sweeper.cancel()
+    parts.audit.close()
     parts.notifier.close()
 
 
@@ -256,7 +272,8 @@ async def serve(config: AgentConfig) -> None:
         await start(parts)
         await stopping.wait()
         parts.notifier.stopping("stopping: letting running calls and operations finish")
-        log.info("stopping: letting running calls finish (up to %g s)", config.shutdown_grace)
+        log.info("stopping: no new calls; running operations may finish (up to %g s), other "
+                 "calls up to %g s", config.operations_grace, config.shutdown_grace)
     finally:
         await stop(parts)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

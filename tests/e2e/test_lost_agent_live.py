@@ -61,7 +61,10 @@ def test_a_cli_that_lost_its_agent_mid_operation_says_it_may_go_on(
     os.kill(counter_node.pid, signal.SIGSTOP)
     stopped_pids.append(counter_node.pid)
     cli = subprocess.Popen([sys.executable, "-m", "agent.client", "--agent", socket,
-                            "reload-config"], cwd=ROOT, env=relctl_env({"RELCTL_TOKEN_FILE": ""}),
+                            "reload-config"], cwd=ROOT,
+                           # It waits that long for the agent to come back, then gives up.
+                           env=relctl_env({"RELCTL_TOKEN_FILE": "",
+                                           "RELCTL_AGENT_RETURN_WAIT": "2"}),
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:

@@ -77,3 +77,16 @@ def test_a_full_disk_loses_records_but_never_breaks_append_or_close(
     log.close()
     errors = [r for r in caplog.records if "cannot write the audit trail" in r.getMessage()]
     assert len(errors) == 1 and "No space left" in errors[0].getMessage()
+
+
+def test_a_record_of_a_call_that_ends_after_close_is_still_written(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture
+                                                                   ) -> None:
+    """The agent closes the trail last; a call grpc finalised later still gets its record
+    (issue 22: "Bad file descriptor" lost the record of an upgrade cut by a restart)."""
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append(record(1, "a@h"))
+    log.close()
+    log.append(record(2, "b@h"))
+    assert [r.node for r in log.tail(10)] == ["b@h", "a@h"]
+    assert "cannot write the audit trail" not in caplog.text

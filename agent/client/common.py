@@ -28,6 +28,10 @@ DEFAULT_AGENT = "unix:/run/relctl/agent.sock"
 DEFAULT_TIMEOUT = 10.0
 # Long enough for a big code_change; the agent enforces its own install timeout.
 OPERATION_TIMEOUT = 3600.0
+# How long relctl waits for an agent that went away during an operation (a restart: the
+# unit's RestartSec, the agent's start, its first connection to the nodes) before it gives up
+# following the operation; RELCTL_AGENT_RETURN_WAIT (seconds) overrides it.
+AGENT_RETURN_WAIT = 180.0
 
 
 @dataclass

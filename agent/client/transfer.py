@@ -9,6 +9,7 @@ each line; errors before the operation's end are :class:`CliError`.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +23,14 @@ import grpc
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
-from .common import OPERATION_TIMEOUT, Settings, connection_lost, operation_error, rpc_error
+from .common import (
+    AGENT_RETURN_WAIT,
+    OPERATION_TIMEOUT,
+    Settings,
+    connection_lost,
+    operation_error,
+    rpc_error,
+)
 from .output import STATE_NAMES, step_line
 from .status import CliError, ExitCode
 
@@ -82,26 +90,101 @@ def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node:
     return str(reply.upload_id)
 
 
+# How often relctl asks a returning agent about the operation it follows.
+POLL_INTERVAL = 1.0
+
+
+def _step_key(step: pb.Step) -> tuple[str, int, int]:
+    return step.name, step.started_at.seconds, step.started_at.nanos
+
+
 def follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent], *,
-           say: Callable[[str], None] = click.echo, what: str = "the operation") -> pb.Operation:
+           say: Callable[[str], None] = click.echo, what: str = "the operation",
+           stub: agent_pb2_grpc.AgentStub | None = None) -> pb.Operation:
     """Print the steps of an operation's progress stream as they end; the finished
-    operation. ``what`` names it in errors ("the upgrade")."""
+    operation. ``what`` names it in errors ("the upgrade"). With ``stub``, a stream the agent
+    cut (it stopped or restarted) is not the end: relctl waits for the agent to answer again
+    and follows the operation through GetOperation (:func:`follow_returning_agent`)."""
     op_id = 0
+    shown: set[tuple[str, int, int]] = set()
     try:
         for event in events:
-            op_id = event.operation_id
+            op_id = event.operation_id or op_id
             if event.HasField("finished"):
                 return event.finished
             if event.HasField("step") and settings.output == "text":
                 if STATE_NAMES.get(event.step.state, "") != "running":
+                    shown.add(_step_key(event.step))
                     say(step_line(event.step))
     except grpc.RpcError as err:
+        if stub is not None and op_id and connection_lost(err):
+            return follow_returning_agent(settings, stub, agent, op_id, err, shown, say=say,
+                                          what=what)
         raise operation_error(agent, err, OPERATION_TIMEOUT, op_id=op_id, what=what) from None
     except KeyboardInterrupt:
         raise CliError(f"stopped following; operation {op_id} goes on on the agent "
                        f"(relctl operation {op_id})", ExitCode.FAILED) from None
     raise CliError(f"the agent ended the stream before operation {op_id} finished; "
                    f"see relctl operation {op_id}", ExitCode.FAILED_CHANGED)
+
+
+def agent_return_wait() -> float:
+    """:data:`AGENT_RETURN_WAIT`, or RELCTL_AGENT_RETURN_WAIT when it is a number of seconds."""
+    given = os.environ.get("RELCTL_AGENT_RETURN_WAIT", "")
+    try:
+        return max(float(given), 0.0) if given else AGENT_RETURN_WAIT
+    except ValueError:
+        raise CliError(f"RELCTL_AGENT_RETURN_WAIT={given!r} is not a number of seconds",
+                       ExitCode.USAGE) from None
+
+
+def follow_returning_agent(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
+                           op_id: int, lost: grpc.RpcError, shown: set[tuple[str, int, int]],
+                           *, say: Callable[[str], None] = click.echo,
+                           what: str = "the operation") -> pb.Operation:
+    """After the stream of operation ``op_id`` broke: wait (bounded) for the agent to answer
+    again, then poll the operation until it ends, printing the steps not ``shown`` yet. The
+    finished operation; CliError (exit 6, with how to see the outcome later) when the agent
+    does not come back in time."""
+    wait = agent_return_wait()
+    reason = (lost.details() if isinstance(lost, grpc.Call) else "") or "connection lost"
+    note = say if settings.output == "text" else (lambda line: click.echo(line, err=True))
+    note(f"lost the connection to agent {agent} during {what} ({reason}); operation {op_id} "
+         f"goes on there: waiting up to {wait:g} s for the agent to answer again")
+    started = time.monotonic()
+    answered = False
+    while True:
+        try:
+            op: pb.Operation = stub.GetOperation(pb.GetOperationRequest(id=op_id),
+                                   timeout=min(settings.timeout, 5.0))
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.Call) else None
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise rpc_error(agent, err, settings.timeout) from None
+            if not answered and time.monotonic() - started >= wait:
+                raise CliError(
+                    f"agent {agent} did not answer within {wait:g} s after it went away during "
+                    f"{what}; operation {op_id} may go on without relctl; once the agent "
+                    f"answers again, see how it ended: relctl operation {op_id}",
+                    ExitCode.FAILED_CHANGED) from None
+            if answered and time.monotonic() - started >= OPERATION_TIMEOUT:
+                raise operation_error(agent, err, OPERATION_TIMEOUT, op_id=op_id,
+                                      what=what) from None
+            time.sleep(POLL_INTERVAL)
+            continue
+        if not answered:
+            answered = True
+            note(f"agent {agent} answers again after {time.monotonic() - started:.0f} s; "
+                 f"following operation {op_id}")
+        if settings.output == "text":
+            for step in op.steps:
+                if (STATE_NAMES.get(step.state, "") != "running"
+                        and _step_key(step) not in shown):
+                    shown.add(_step_key(step))
+                    say(step_line(step))
+        if op.outcome != pb.OUTCOME_RUNNING:
+            return op
+        time.sleep(POLL_INTERVAL)
 
 
 def _duration(value: float | None) -> Any:
@@ -195,4 +278,4 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
         install_timeout=_duration(spec.install_timeout),
         allow_config_reset=spec.allow_config_reset, replace=spec.replace),
         timeout=OPERATION_TIMEOUT)
-    return follow(settings, agent, events, say=say, what="the upgrade")
+    return follow(settings, agent, events, say=say, what="the upgrade", stub=stub)

@@ -34,7 +34,8 @@ def _streamed(settings: Settings, what: str,
     """Run an operation that streams its progress, on the one agent."""
     agent = one_agent(settings)
     with connect(settings, agent) as channel:
-        op = follow(settings, agent, call(agent_pb2_grpc.AgentStub(channel)), what=what)
+        stub = agent_pb2_grpc.AgentStub(channel)
+        op = follow(settings, agent, call(stub), what=what, stub=stub)
     return _finished(settings, op)
 
 

@@ -117,15 +117,21 @@ def read_cookie(cookie_file: Path, *, path: str, key: str) -> str:
     return read_secret(cookie_file, "cookie file", path=path, key=key)
 
 
-def load_secrets(cfg: AgentConfig, environ: Mapping[str, str] = os.environ) -> AgentConfig:
+def load_secrets(cfg: AgentConfig, environ: Mapping[str, str] = os.environ, *,
+                 unit_credentials: list[SecretRef] | None = None) -> AgentConfig:
     """``cfg`` with every secret it names read, and every file it names checked; raises
-    ConfigError naming the file, the key and the reason."""
+    ConfigError naming the file, the key and the reason.
+
+    ``unit_credentials``: for a check outside the unit (`--check-config` by an operator):
+    when $CREDENTIALS_DIRECTORY is not set, a secret given as a systemd credential exists only
+    inside the unit, so it is not read but appended to this list (the secret stays empty)."""
     if cfg.loaded:
         return cfg
     where = str(cfg.path)
-    tokens = _tokens(cfg.tokens, path=where, environ=environ)
-    nodes = tuple(_node(n, path=where, environ=environ) for n in cfg.nodes)
-    discovery = (_discovery(cfg.discovery, path=where, environ=environ)
+    deferred = unit_credentials if not environ.get(CREDENTIALS_ENV) else None
+    tokens = _tokens(cfg.tokens, path=where, environ=environ, deferred=deferred)
+    nodes = tuple(_node(n, path=where, environ=environ, deferred=deferred) for n in cfg.nodes)
+    discovery = (_discovery(cfg.discovery, path=where, environ=environ, deferred=deferred)
                  if cfg.discovery is not None else None)
     return replace(cfg, tokens=tokens, nodes=nodes, discovery=discovery,
                    tls=_api_tls(cfg.tls, path=where) if cfg.tls is not None else None,
@@ -135,18 +141,31 @@ def load_secrets(cfg: AgentConfig, environ: Mapping[str, str] = os.environ) -> A
                    loaded=True)
 
 
-def _node(node: NodeConfig, *, path: str, environ: Mapping[str, str]) -> NodeConfig:
+def _defer(ref: SecretRef | None, deferred: list[SecretRef] | None) -> bool:
+    """Whether ``ref`` is a credential left to the unit (see load_secrets); then it is noted."""
+    if ref is None or ref.credential is None or deferred is None:
+        return False
+    deferred.append(ref)
+    return True
+
+
+def _node(node: NodeConfig, *, path: str, environ: Mapping[str, str],
+          deferred: list[SecretRef] | None = None) -> NodeConfig:
     if node.cookie_ref is None:
         return node  # made in code with its cookie (discovery, tests)
+    if _defer(node.cookie_ref, deferred):
+        return node
     file = resolve(node.cookie_ref, path=path, environ=environ)
     return replace(node, cookie_file=file,
                    cookie=read_cookie(file, path=path, key=node.cookie_ref.key))
 
 
-def _discovery(cfg: DiscoveryConfig, *, path: str,
-               environ: Mapping[str, str]) -> DiscoveryConfig:
+def _discovery(cfg: DiscoveryConfig, *, path: str, environ: Mapping[str, str],
+               deferred: list[SecretRef] | None = None) -> DiscoveryConfig:
     if cfg.cookie_dir is not None and not cfg.cookie_dir.is_dir():
         raise ConfigError(path, "discovery.cookie_dir", f"{cfg.cookie_dir} is not a directory")
+    if _defer(cfg.cookie_ref, deferred):
+        return cfg
     # Like erl itself: without a cookie file named, the agent user's ~/.erlang.cookie. When
     # that is missing too, only cookie_dir's nodes are managed (the agent says so at start).
     if cfg.cookie_ref is not None:
@@ -160,12 +179,15 @@ def _discovery(cfg: DiscoveryConfig, *, path: str,
     return replace(cfg, cookie_file=file, cookie=cookie)
 
 
-def _tokens(tokens: tuple[Token, ...], *, path: str,
-            environ: Mapping[str, str]) -> tuple[Token, ...]:
+def _tokens(tokens: tuple[Token, ...], *, path: str, environ: Mapping[str, str],
+            deferred: list[SecretRef] | None = None) -> tuple[Token, ...]:
     loaded: list[Token] = []
     for token in tokens:
         if token.ref is None:
             loaded.append(token)  # made in code with its secret
+            continue
+        if _defer(token.ref, deferred):
+            loaded.append(token)  # secret left empty: only a check outside the unit gets here
             continue
         file, key = resolve(token.ref, path=path, environ=environ), token.ref.key
         secret = read_secret(file, "token file", path=path, key=key)

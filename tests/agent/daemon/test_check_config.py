@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,35 @@ def test_parsing_reads_no_file_but_the_config(tmp_path: Path) -> None:
     proc = run("--check-config", str(config))
     assert proc.returncode == 78
     assert "configuration error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_credentials_outside_the_unit_are_named_in_a_warning_and_the_rest_is_checked(
+        tmp_path: Path) -> None:
+    """The README's production config, checked by an operator before `systemctl restart`:
+    the credentials exist only inside the unit (issue 22, point 4)."""
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nlisten = "unix:{tmp_path}/agent.sock"\n'
+                      f'state_dir = "{tmp_path}/state"\n'
+                      '[[nodes]]\nname = "myapp@host"\ncookie_credential = "myapp-cookie"\n')
+    proc = run("--check-config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert (f"warning: {config}: nodes[0].cookie_credential: credential 'myapp-cookie' is given "
+            "by the unit at start (LoadCredential=myapp-cookie:FILE); not checked here"
+            ) in proc.stderr
+    assert proc.stdout.strip().endswith("nodes: myapp@host"), proc.stdout
+    # A real mistake beside it is still 78.
+    config.write_text(config.read_text() + '[[nodes]]\nname = "b@host"\ncookie_file = "nope"\n')
+    proc = run("--check-config", str(config))
+    assert proc.returncode == 78, proc.stderr
+    assert "nodes[1].cookie_file" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_inside_the_unit_a_missing_credential_is_a_mistake(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[[nodes]]\nname = "myapp@host"\ncookie_credential = "myapp-cookie"\n')
+    (tmp_path / "creds").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "agent", "--check-config", str(config)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})
+    assert proc.returncode == 78, proc.stderr
+    assert "credential 'myapp-cookie' is not in $CREDENTIALS_DIRECTORY" in proc.stderr

@@ -257,6 +257,12 @@ def reload_cookies(parts: Parts) -> None:
     changed = parts.nodes.reload_cookies()
     log.info("SIGHUP: re-read the cookie files of %d node(s); changed: %s",
              len(parts.nodes.names), ", ".join(changed) or "none")
+    for node, credential in parts.nodes.credential_cookies().items():
+        # systemd copied it at start (systemd 252 does not refresh credentials on reload).
+        log.warning("SIGHUP: the cookie of %s is the systemd credential %r, copied when the "
+                    "agent started: restart the agent (systemctl restart relctl-agent) to "
+                    "pick up a new credential, or give it as a cookie_file the agent may read",
+                    node, credential)
 
 
 async def serve(config: AgentConfig) -> None:

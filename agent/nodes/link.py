@@ -122,6 +122,13 @@ class NodeLink:
         """Wait until the first connection attempt has ended (up or down)."""
         await self._tried.wait()
 
+    @property
+    def cookie_credential(self) -> str:
+        """The systemd credential the cookie comes from ("" for a cookie file): a copy made
+        at the agent's start, which no reload can refresh."""
+        ref = self.config.cookie_ref
+        return (ref.credential or "") if ref is not None else ""
+
     def reload_cookie(self) -> bool:
         """Re-read the node's cookie file (done before each connection attempt, and on SIGHUP):
         a rotated cookie is used from the next connection on; a connection that is up stays up.
@@ -292,6 +299,11 @@ class NodeLink:
                 reason = str(exc)
                 if isinstance(exc, TlsHandshakeFailed):  # name the setting to change
                     reason = f"{reason}; {tls_hint(exc.cause)}"
+                elif isinstance(exc, CookieRejected) and self.cookie_credential:
+                    reason = (f"{reason}; its cookie is the systemd credential "
+                              f"{self.cookie_credential!r}, which systemd copies when the agent "
+                              "starts: after changing its file, restart the agent (systemctl "
+                              "restart relctl-agent) to pick up the new credential")
                 elif isinstance(exc, CookieRejected) and self.config.cookie_file is not None:
                     reason = (f"{reason}; the agent re-reads {self.config.cookie_file} before "
                               "each attempt (SIGHUP: at once), no restart needed")

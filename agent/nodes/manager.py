@@ -83,6 +83,12 @@ class NodeManager:
                 link.retry_now()
         return changed
 
+    def credential_cookies(self) -> dict[str, str]:
+        """Node -> the systemd credential its cookie comes from, for the nodes whose cookie a
+        reload cannot refresh (systemd copies credentials at start only)."""
+        return {link.name: link.cookie_credential for link in self._links.values()
+                if link.cookie_credential}
+
     def start(self) -> None:
         self._started = True
         for link in self._links.values():

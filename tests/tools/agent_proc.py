@@ -76,6 +76,9 @@ class NodeEntry:
     name: str
     cookie: str
     epmd_port: int
+    # Given as this systemd credential: the cookie goes to credentials/NAME beside the config,
+    # the directory to pass as $CREDENTIALS_DIRECTORY.
+    credential: str = ""
 
 
 def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metrics_port: int,
@@ -103,10 +106,16 @@ def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metr
     if discovery is not None:
         lines += ["", "[discovery]"] + [f"{k} = {toml_value(v)}" for k, v in discovery.items()]
     for i, node in enumerate(nodes):
-        cookie_file = path.parent / f"node{i}.cookie"
+        if node.credential:
+            (path.parent / "credentials").mkdir(mode=0o700, exist_ok=True)
+            cookie_file = path.parent / "credentials" / node.credential
+            source = f'cookie_credential = "{node.credential}"'
+        else:
+            cookie_file = path.parent / f"node{i}.cookie"
+            source = f'cookie_file = "{cookie_file.name}"'
         cookie_file.write_text(node.cookie + "\n")
         cookie_file.chmod(0o600)
-        lines += ["", "[[nodes]]", f'name = "{node.name}"', f'cookie_file = "{cookie_file.name}"',
+        lines += ["", "[[nodes]]", f'name = "{node.name}"', source,
                   f"epmd_port = {node.epmd_port}"]
         lines += [f"{key} = {toml_value(value)}" for key, value in (node_extra or {}).items()]
     for name, table in (tables or {}).items():  # more top-level tables, e.g. distribution_tls

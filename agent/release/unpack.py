@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import gzip
 import hashlib
 import os
+import pwd
 import shutil
 import stat
 import tarfile
@@ -70,15 +72,38 @@ class Interrupted(Exception):
     """The operation was cancelled while the agent extracted: what it wrote is removed."""
 
 
+def _user(uid: int) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def shared_root(root: Path) -> bool:
+    """Whether the agent writes into ``root`` as a member of its group (the README's layout:
+    the root belongs to the node's user, group-writable and setgid for the node's group)
+    rather than as its owner; then what it extracts is made group-writable (see extract)."""
+    return root.stat().st_uid != os.geteuid()
+
+
 def why_not_write(root: Path, releases: Path) -> str | None:
     """None when the agent may unpack into ``root`` itself; else why not, in a few words.
 
-    The files must end up as unpack_release would leave them: owned by the release's owner
-    (so that the node can remove them later), on the root's file system (moved into place by
-    rename), in the dirs release_handler uses."""
+    The files must end up as unpack_release would leave them: removable by the release's
+    owner later, on the root's file system (moved into place by rename), in the dirs
+    release_handler uses. So the agent owns the dirs, or shares their group: group-writable
+    and setgid (new entries keep the node's group), a group the agent is in."""
     if releases.resolve() != (root / "releases").resolve():
         return f"the node's releases dir {releases} is not {root}/releases"
     euid = os.geteuid()
+    groups = {os.getegid(), *os.getgroups()}
     try:
         root_dev = root.stat().st_dev
         for path in (root, root / "releases", root / "lib"):
@@ -87,9 +112,16 @@ def why_not_write(root: Path, releases: Path) -> str | None:
                 return f"{path} is not a directory"
             if os.statvfs(path).f_flag & os.ST_RDONLY:
                 return f"{path} is on a read-only file system"
-            if info.st_uid != euid:
-                return (f"{path} belongs to uid {info.st_uid} and the agent runs as uid "
-                        f"{euid}, so the files it extracted would not be the release owner's")
+            shared = (info.st_gid in groups and info.st_mode & stat.S_IWGRP
+                      and info.st_mode & stat.S_ISGID)
+            if info.st_uid != euid and not shared:
+                return (f"{path} belongs to {_user(info.st_uid)} and group "
+                        f"{_group(info.st_gid)} (mode {stat.S_IMODE(info.st_mode):04o}), and "
+                        f"the agent runs as {_user(euid)} in groups "
+                        f"{', '.join(sorted(_group(g) for g in groups))}: for the agent to "
+                        "unpack there, make it group-writable and setgid for the node's group "
+                        f"and give the agent that group (chgrp GROUP {path}; chmod 2775 {path}; "
+                        "SupplementaryGroups=GROUP)")
             if not os.access(path, os.W_OK | os.X_OK):
                 return f"{path} is not writable by the agent"
             if info.st_dev != root_dev:
@@ -115,6 +147,9 @@ def extract(tarball: ReleaseTarball, root: Path, *, stop: threading.Event | None
     try:
         tree = tmp / TREE
         tree.mkdir()
+        # In a root the agent shares by group: group-writable files, and dirs that stay
+        # setgid, so that the node's user can remove what the agent placed.
+        extra = _GROUP_BITS if shared_root(root) else 0
         limits = Limits(max_members, max_unpacked)
         path = tarball.path
         with open_file(path, tarball.size) as (raw, size):
@@ -124,7 +159,8 @@ def extract(tarball: ReleaseTarball, root: Path, *, stop: threading.Event | None
                 stream = TarStream(path, gz, limits.stream_max, limits.headers_max)
                 tar = open_tar(path, stream)
                 with reading(path):
-                    written, kept = _members(tarball, tar, stream, limits, tree, root, stop)
+                    written, kept = _members(tarball, tar, stream, limits, tree, root, stop,
+                                             extra)
                     require_clean_end(path, stream, tar.offset)
             if (size, hashed.hexdigest()) != (tarball.size, tarball.sha256):
                 raise TarballError(f"{path}: changed since it was checked (sha256 "
@@ -168,7 +204,8 @@ class _Hashing:
 
 
 def _members(tarball: ReleaseTarball, tar: tarfile.TarFile, stream: TarStream, limits: Limits,
-             tree: Path, root: Path, stop: threading.Event | None) -> tuple[int, int]:
+             tree: Path, root: Path, stop: threading.Event | None,
+             extra: int = 0) -> tuple[int, int]:
     path = tarball.path
     written = kept = count = unpacked = 0
     while True:
@@ -195,18 +232,18 @@ def _members(tarball: ReleaseTarball, tar: tarfile.TarFile, stream: TarStream, l
         dest = tree / name
         try:
             if info.isdir():
-                if _make_dirs(path, tree, name):
-                    _set_info(dest, info)
+                if _make_dirs(path, tree, name, extra):
+                    _set_info(dest, info, extra)
             elif info.issym():
-                _make_dirs(path, tree, _parent(name))
+                _make_dirs(path, tree, _parent(name), extra)
                 if not (os.path.lexists(dest) or os.path.lexists(root / name)):
                     os.symlink(info.linkname, dest)
             elif name != tarball.rel_member and (os.path.lexists(dest)
                                                  or os.path.exists(root / name)):
                 kept += 1  # keep_old_files (a second copy of a member: the first one stays)
             else:
-                _make_dirs(path, tree, _parent(name))
-                _write(tar, info, dest)
+                _make_dirs(path, tree, _parent(name), extra)
+                _write(tar, info, dest, extra)
                 written += 1
         except OSError as exc:
             raise WriteFailed(dest, exc) from None
@@ -216,14 +253,17 @@ def _parent(name: str) -> str:
     return name.rpartition("/")[0]
 
 
-def _make_dirs(path: Path, tree: Path, name: str) -> bool:
-    """Make tree/name and its parents, never through a link; True when it made tree/name."""
+def _make_dirs(path: Path, tree: Path, name: str, extra: int = 0) -> bool:
+    """Make tree/name and its parents, never through a link; True when it made tree/name.
+    ``extra``: _GROUP_BITS for a root shared by group (the umask must not decide that)."""
     made = False
     current = tree
     for part in name.split("/") if name else ():
         current = current / part
         try:
             os.mkdir(current)
+            if extra:
+                os.chmod(current, stat.S_IMODE(os.lstat(current).st_mode) | extra)
             made = True
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(current).st_mode):
@@ -234,7 +274,7 @@ def _make_dirs(path: Path, tree: Path, name: str) -> bool:
     return made
 
 
-def _write(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path) -> None:
+def _write(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path, extra: int = 0) -> None:
     source = tar.extractfile(info)
     assert source is not None  # a regular member
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -246,12 +286,21 @@ def _write(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path) -> None:
                 view = view[os.write(fd, view):]
     finally:
         os.close(fd)
-    _set_info(dest, info)
+    _set_info(dest, info, extra)
 
 
-def _set_info(dest: Path, info: tarfile.TarInfo) -> None:
-    # As erl_tar: the member's mode and mtime. No setuid/setgid bits from an upload, though.
-    os.chmod(dest, info.mode & 0o1777)
+# Added to every mode in a root shared by group: group-writable, and setgid on dirs (their
+# new entries keep the node's group, as the README's chmod 2775 of releases/ and lib/ does).
+_GROUP_BITS = stat.S_IWGRP | stat.S_ISGID
+
+
+def _set_info(dest: Path, info: tarfile.TarInfo, extra: int = 0) -> None:
+    # As erl_tar: the member's mode and mtime. No setuid/setgid bits from an upload, though;
+    # ``extra`` (_GROUP_BITS or 0) is the agent's own.
+    mode = (info.mode & 0o1777) | (extra & stat.S_IWGRP)
+    if info.isdir():
+        mode |= extra & stat.S_ISGID
+    os.chmod(dest, mode)
     os.utime(dest, (info.mtime, info.mtime))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pwd
 import shutil
 import subprocess
 import tarfile
@@ -133,10 +134,15 @@ def test_a_root_of_another_owner_is_unpacked_by_the_node_and_says_why(
                 "json", agents=[agent.address], timeout=120)
     assert up.returncode == 0, up.stdout + up.stderr
     op = up.json()["operation"]
-    why = (f"the agent may not write {counter_node.root} ({counter_node.root} belongs to uid "
-           f"{NOBODY} and the agent runs as uid 0, so the files it extracted would not be the "
-           "release owner's): unpacking in the node")
-    assert step(op, "stage")["detail"].endswith(why)
+    # Users and groups by name (issue 22, point 5), and what to change.
+    root = counter_node.root
+    stage = step(op, "stage")["detail"]
+    why = stage[stage.index(f"; the agent may not write {root} (") + 2:]
+    assert why.startswith(f"the agent may not write {root} ({root} belongs to user "
+                          f"{pwd.getpwuid(NOBODY).pw_name} and group "), stage
+    assert "and the agent runs as user root in groups " in why, why
+    assert why.endswith(f"(chgrp GROUP {root}; chmod 2775 {root}; SupplementaryGroups=GROUP)): "
+                        "unpacking in the node"), why
     assert step(op, "unpack")["detail"].startswith(
         f"{why}: unpack_release('counter-0.0.2') -> 0.0.2")
     assert erl_eval(counter_node, "sys:get_state(counter)") == \

@@ -92,3 +92,38 @@ def test_the_agent_declines_a_root_it_should_not_write(root: Path, tmp_path: Pat
     os.rename(root / "lib", tmp_path / "lib-away")
     assert why_not_write(root, root / "releases") == (
         f"cannot inspect {root}/lib: No such file or directory")
+
+
+def _as_nodes_user(root: Path, mode: int) -> None:
+    """The README's layout, seen by the agent: the node's user owns the root; the group is one
+    the agent is in (here: the test's own group)."""
+    for path in (root, root / "releases", root / "lib"):
+        os.chown(path, 65534, os.getegid())
+        os.chmod(path, mode)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
+                    reason="giving the root to another user needs root (chown)")
+def test_a_root_shared_by_group_is_unpacked_group_writable(root: Path, tmp_path: Path) -> None:
+    """Issue 22, point 5: the root belongs to the node's user, group-writable and setgid for
+    a group of the agent's: the agent unpacks there, and what it places stays writable (so
+    removable) by the node's group, and keeps the group in new dirs."""
+    _as_nodes_user(root, 0o2775)
+    assert why_not_write(root, root / "releases") is None
+    extracted = extract(systools(tmp_path), root)
+    place(extracted, root, "0.0.2")
+    beam = root / "lib/counter-0.0.2/ebin/counter.beam"
+    assert beam.stat().st_mode & 0o777 == 0o660  # the member's 0640, and the group may write
+    ebin = beam.parent
+    assert ebin.stat().st_mode & 0o2020 == 0o2020, oct(ebin.stat().st_mode)
+    assert beam.stat().st_gid == os.getegid()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
+                    reason="giving the root to another user needs root (chown)")
+def test_a_root_of_another_user_not_shared_names_users_and_groups(root: Path) -> None:
+    _as_nodes_user(root, 0o755)
+    why = why_not_write(root, root / "releases")
+    assert why is not None and why.startswith(f"{root} belongs to user nobody and group "), why
+    assert "(mode 0755)" in why and "the agent runs as user root in groups" in why, why
+    assert "chmod 2775" in why and "uid" not in why.replace("SupplementaryGroups", ""), why

@@ -151,7 +151,8 @@ class AgentService:
         if self._ops is not None:
             for node in reply.nodes:
                 for rel in node.releases:
-                    if rel.status == pb.RELEASE_STATUS_UNPACKED:
+                    # Unpacked or old: on disk, and installable again without a tarball.
+                    if rel.status in (pb.RELEASE_STATUS_UNPACKED, pb.RELEASE_STATUS_OLD):
                         rel.sha256 = self._ops.journal.unpacked_sha256(node.node,
                                                                        rel.version) or ""
         return reply

@@ -218,17 +218,21 @@ def is_up_to_date(releases: Iterable[pb.Release], version: str) -> bool:
                for r in releases)
 
 
-def unpacked_sha256(releases: Iterable[pb.Release], version: str) -> str:
-    """The sha256 of the tarball the agent unpacked ``version`` from, when that release is
-    unpacked (not installed) on the node; "" otherwise."""
+# The statuses of a release the node has on disk and can install again without a tarball.
+_ON_DISK = (pb.RELEASE_STATUS_UNPACKED, pb.RELEASE_STATUS_OLD)
+
+
+def present_sha256(releases: Iterable[pb.Release], version: str) -> str:
+    """The sha256 of the tarball the agent unpacked ``version`` from, when the node has that
+    release unpacked or old (installed before, no longer running); "" otherwise."""
     return next((r.sha256 for r in releases
-                 if r.version == version and r.status == pb.RELEASE_STATUS_UNPACKED), "")
+                 if r.version == version and r.status in _ON_DISK), "")
 
 
 def target_node(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
                 version: str) -> tuple[str, bool, str]:
     """The node the agent would upgrade ("" when it manages several and no --node was given),
-    whether it is :func:`is_up_to_date` already, and :func:`unpacked_sha256`; one GetReleases
+    whether it is :func:`is_up_to_date` already, and :func:`present_sha256`; one GetReleases
     call."""
     try:
         reply = stub.GetReleases(pb.GetReleasesRequest(node=settings.node),
@@ -239,7 +243,7 @@ def target_node(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
         return settings.node, False, ""  # the Upgrade call names the problem
     node = reply.nodes[0]
     return (node.node, is_up_to_date(node.releases, version),
-            unpacked_sha256(node.releases, version))
+            present_sha256(node.releases, version))
 
 
 def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
@@ -263,11 +267,11 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
                 "permanent; the tarball was not sent")
     elif (recorded and not spec.replace
           and recorded == (spec.digest or file_digest(spec.tarball))[1]):
-        # Unpacked from these very bytes (the agent's record): the Upgrade call without an
-        # upload goes on from the unpacked release.
+        # On the node from these very bytes (the agent's record), unpacked or old: the
+        # Upgrade call without an upload goes on from the release the node has.
         if settings.output == "text":
-            say(f"  {'upload':<22} {'skip':<6} {'':>9}  {spec.version} is unpacked from these "
-                "bytes already (same sha256); the tarball was not sent")
+            say(f"  {'upload':<22} {'skip':<6} {'':>9}  {spec.version} is on the node from "
+                "these bytes already (same sha256); the tarball was not sent")
     else:
         upload_id = upload(settings, stub, agent, settings.node, spec.version, spec.tarball,
                            say=say, bar=bar, digest=spec.digest)

@@ -342,10 +342,24 @@ def test_an_upgrade_of_a_release_unpacked_from_the_same_bytes_sends_nothing(
     # The agent recorded the tarball's sha256 at unpack: relctl asks before sending.
     up = relctl("upgrade", "0.0.2", "--tarball", tarball, agents=[agent.address], timeout=180)
     assert up.returncode == 0, up.stdout + up.stderr
-    assert up.stdout.splitlines()[0].split() == [
-        "upload", "skip", "0.0.2", "is", "unpacked", "from", "these", "bytes", "already",
-        "(same", "sha256);", "the", "tarball", "was", "not", "sent"]
+    skipped = ["upload", "skip", "0.0.2", "is", "on", "the", "node", "from", "these", "bytes",
+               "already", "(same", "sha256);", "the", "tarball", "was", "not", "sent"]
+    assert up.stdout.splitlines()[0].split() == skipped
     assert "upgrade 0.0.2 on counter@localhost: done" in up.stdout
     assert counter_state(counter_node).startswith("#{count => ")
     trail = relctl("audit", "-o", "json", agents=[agent.address]).json()["records"]
     assert [r["rpc"] for r in trail] == ["Upgrade", "Unpack", "Upload"]  # one upload in all
+
+    # Downgraded, 0.0.2 is old: a reinstall from the same tarball sends nothing either
+    # (issue 22, point 6).
+    down = relctl("downgrade", "0.0.1", agents=[agent.address], timeout=180)
+    assert down.returncode == 0, down.stdout + down.stderr
+    releases = relctl("versions", "-o", "json", agents=[agent.address]).json()
+    assert ("0.0.2", "old") in [(r["version"], r["status"])
+                                for r in releases["nodes"][0]["releases"]]
+    again = relctl("upgrade", "0.0.2", "--tarball", tarball, agents=[agent.address], timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.splitlines()[0].split() == skipped
+    assert "upgrade 0.0.2 on counter@localhost: done" in again.stdout
+    trail = relctl("audit", "-o", "json", agents=[agent.address]).json()["records"]
+    assert [r["rpc"] for r in trail] == ["Upgrade", "Downgrade", "Upgrade", "Unpack", "Upload"]

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNIT_NAME = "relctl-agent.service"
 UNIT = ROOT / "systemd" / UNIT_NAME
 DROP_IN = ROOT / "systemd" / f"{UNIT_NAME}.d" / "myapp.conf"
+NODE_UNIT = ROOT / "systemd" / "examples" / "myapp.service"
 HOST_UNITS = Path("/usr/lib/systemd/system")
 MAX_EXPOSURE = 3.0  # our bar, stricter than what systemd-analyze still calls "OK"
 ANALYZE = shutil.which("systemd-analyze")
@@ -43,6 +44,12 @@ def make_root(tmp_path: Path, *, unit_text: str | None = None, drop_in: bool = F
     if drop_in:
         (units / f"{UNIT_NAME}.d").mkdir()
         shutil.copy(DROP_IN, units / f"{UNIT_NAME}.d" / DROP_IN.name)
+        # The node's unit the drop-in orders the agent after, with a stand-in program.
+        shutil.copy(NODE_UNIT, units / NODE_UNIT.name)
+        node_program = root / "opt/myapp/bin/myapp"
+        node_program.parent.mkdir(parents=True)
+        node_program.write_text("#!/bin/sh\nexit 0\n")
+        node_program.chmod(0o755)
     program = root / "opt/relctl/bin/relctl-agent"
     program.parent.mkdir(parents=True)
     program.write_text("#!/bin/sh\nexit 0\n")
@@ -69,6 +76,18 @@ def test_verify_has_nothing_to_say(tmp_path: Path, drop_in: bool) -> None:
     result = verify(make_root(tmp_path, drop_in=drop_in))
     # verify exits 0 on unknown keys and bad values too: any line it prints is a finding.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_the_example_node_unit_verifies_and_keeps_unpacked_files_group_writable(
+        tmp_path: Path) -> None:
+    root = make_root(tmp_path, drop_in=True)
+    result = analyze("verify", f"--root={root}", "--man=no", "--generators=no",
+                     NODE_UNIT.name)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    text = NODE_UNIT.read_text()
+    assert "\nUMask=0002\n" in text and "\nUser=myapp\n" in text
+    drop_in = DROP_IN.read_text()
+    assert "\nAfter=myapp.service\n" in drop_in and "\nWants=myapp.service\n" in drop_in
 
 
 def test_verify_in_this_tree_does_report_mistakes(tmp_path: Path) -> None:

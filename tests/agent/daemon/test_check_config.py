@@ -68,8 +68,8 @@ def test_parsing_reads_no_file_but_the_config(tmp_path: Path) -> None:
 
 def test_credentials_outside_the_unit_are_named_in_a_warning_and_the_rest_is_checked(
         tmp_path: Path) -> None:
-    """A production config with its cookie as a systemd credential, checked by an operator before
-    the credentials exist only inside the unit (issue 22, point 4)."""
+    """A production config with its cookie as a systemd credential, checked by an operator
+    before `systemctl restart`: the credential exists only inside the unit (issue 22, 4)."""
     config = tmp_path / "agent.toml"
     config.write_text(f'[agent]\nlisten = "unix:{tmp_path}/agent.sock"\n'
                       f'state_dir = "{tmp_path}/state"\n'

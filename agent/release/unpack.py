@@ -148,7 +148,7 @@ def extract(tarball: ReleaseTarball, root: Path, *, stop: threading.Event | None
         tree = tmp / TREE
         tree.mkdir()
         # In a root the agent shares by group: group-writable files, and dirs that stay
-        # setgid, so that the node's user can remove what the agent placed.
+        # setgid, so that the node's user can remove what the agent placed (see _set_info).
         extra = _GROUP_BITS if shared_root(root) else 0
         limits = Limits(max_members, max_unpacked)
         path = tarball.path
@@ -232,17 +232,17 @@ def _members(tarball: ReleaseTarball, tar: tarfile.TarFile, stream: TarStream, l
         dest = tree / name
         try:
             if info.isdir():
-                if _make_dirs(path, tree, name, extra):
+                if _make_dirs(path, tree, name):
                     _set_info(dest, info, extra)
             elif info.issym():
-                _make_dirs(path, tree, _parent(name), extra)
+                _make_dirs(path, tree, _parent(name))
                 if not (os.path.lexists(dest) or os.path.lexists(root / name)):
                     os.symlink(info.linkname, dest)
             elif name != tarball.rel_member and (os.path.lexists(dest)
                                                  or os.path.exists(root / name)):
                 kept += 1  # keep_old_files (a second copy of a member: the first one stays)
             else:
-                _make_dirs(path, tree, _parent(name), extra)
+                _make_dirs(path, tree, _parent(name))
                 _write(tar, info, dest, extra)
                 written += 1
         except OSError as exc:
@@ -253,17 +253,15 @@ def _parent(name: str) -> str:
     return name.rpartition("/")[0]
 
 
-def _make_dirs(path: Path, tree: Path, name: str, extra: int = 0) -> bool:
+def _make_dirs(path: Path, tree: Path, name: str) -> bool:
     """Make tree/name and its parents, never through a link; True when it made tree/name.
-    ``extra``: _GROUP_BITS for a root shared by group (the umask must not decide that)."""
+    (In a root shared by group, a new dir inherits its parent's group and setgid bit.)"""
     made = False
     current = tree
     for part in name.split("/") if name else ():
         current = current / part
         try:
             os.mkdir(current)
-            if extra:
-                os.chmod(current, stat.S_IMODE(os.lstat(current).st_mode) | extra)
             made = True
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(current).st_mode):
@@ -289,18 +287,18 @@ def _write(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path, extra: int =
     _set_info(dest, info, extra)
 
 
-# Added to every mode in a root shared by group: group-writable, and setgid on dirs (their
-# new entries keep the node's group, as the README's chmod 2775 of releases/ and lib/ does).
-_GROUP_BITS = stat.S_IWGRP | stat.S_ISGID
+# Added to the mode of every file in a root shared by group: the node's group may write it.
+_GROUP_BITS = stat.S_IWGRP
 
 
 def _set_info(dest: Path, info: tarfile.TarInfo, extra: int = 0) -> None:
-    # As erl_tar: the member's mode and mtime. No setuid/setgid bits from an upload, though;
-    # ``extra`` (_GROUP_BITS or 0) is the agent's own.
-    mode = (info.mode & 0o1777) | (extra & stat.S_IWGRP)
-    if info.isdir():
-        mode |= extra & stat.S_ISGID
-    os.chmod(dest, mode)
+    # As erl_tar: the member's mode and mtime. No setuid/setgid bits from an upload, though.
+    # In a root shared by group (``extra``), a dir keeps the mode it was made with: the setgid
+    # bit it inherited (new entries keep the node's group) and the group's write bit from the
+    # unit's UMask=0007; a chmod would have to name S_ISGID to keep it, which the unit's
+    # RestrictSUIDSGID=yes refuses (EPERM).
+    if not (extra and info.isdir()):
+        os.chmod(dest, (info.mode & 0o1777) | extra)
     os.utime(dest, (info.mtime, info.mtime))
 
 

@@ -110,12 +110,16 @@ def test_a_root_shared_by_group_is_unpacked_group_writable(root: Path, tmp_path:
     removable) by the node's group, and keeps the group in new dirs."""
     _as_nodes_user(root, 0o2775)
     assert why_not_write(root, root / "releases") is None
-    extracted = extract(systools(tmp_path), root)
+    old_umask = os.umask(0o007)  # the unit's UMask=0007
+    try:
+        extracted = extract(systools(tmp_path), root)
+    finally:
+        os.umask(old_umask)
     place(extracted, root, "0.0.2")
     beam = root / "lib/counter-0.0.2/ebin/counter.beam"
     assert beam.stat().st_mode & 0o777 == 0o660  # the member's 0640, and the group may write
     ebin = beam.parent
-    assert ebin.stat().st_mode & 0o2020 == 0o2020, oct(ebin.stat().st_mode)
+    assert ebin.stat().st_mode & 0o2070 == 0o2070, oct(ebin.stat().st_mode)
     assert beam.stat().st_gid == os.getegid()
 
 

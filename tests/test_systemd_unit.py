@@ -50,12 +50,16 @@ def make_root(tmp_path: Path, *, unit_text: str | None = None, drop_in: bool = F
         node_program.parent.mkdir(parents=True)
         node_program.write_text("#!/bin/sh\nexit 0\n")
         node_program.chmod(0o755)
+        shell = root / "bin/sh"  # the node unit's ExecStartPost= (waits for epmd)
+        shell.parent.mkdir(exist_ok=True)
+        shell.write_text("#!/bin/sh\nexit 0\n")
+        shell.chmod(0o755)
     program = root / "opt/relctl/bin/relctl-agent"
     program.parent.mkdir(parents=True)
     program.write_text("#!/bin/sh\nexit 0\n")
     program.chmod(0o755)
     kill = root / "bin/kill"  # ExecReload's program: verify checks it is there
-    kill.parent.mkdir()
+    kill.parent.mkdir(exist_ok=True)
     kill.write_text("#!/bin/sh\nexit 0\n")
     kill.chmod(0o755)
     return root

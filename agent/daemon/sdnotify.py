@@ -26,7 +26,9 @@ ENV_WATCHDOG_USEC = "WATCHDOG_USEC"
 ENV_WATCHDOG_PID = "WATCHDOG_PID"
 # systemd reads at most a pipe buffer per datagram and drops longer ones: keep STATUS well below.
 MAX_STATUS = 1024
-STATUS_INTERVAL = 15.0   # seconds between STATUS refreshes when there is no watchdog
+# Seconds between checks of the STATUS text (sent only when it changed): a node that comes up
+# or goes down shows in `systemctl status` within this. The watchdog is pinged as often.
+STATUS_INTERVAL = 2.0
 MAX_NAMED_DOWN = 5       # down nodes named in the status text; more are counted
 
 

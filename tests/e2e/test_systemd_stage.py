@@ -265,6 +265,33 @@ def test_reload_and_cookie_rotation_as_the_readme_says(box: Container) -> None:
     assert f"changed: {NODE}" in agent_log(box)
 
 
+def test_a_cookie_credential_is_checked_outside_the_unit_and_needs_a_restart(
+        box: Container) -> None:
+    """The other way to give the cookie (README): a systemd credential, which systemd 252
+    copies at start only; --check-config names it, a reload says to restart."""
+    box.run("""set -e
+cp /etc/relctl/agent.toml /root/agent.toml.file
+install -d -m 0700 /etc/relctl/credentials
+cp /etc/relctl/cookies/counter.cookie /etc/relctl/credentials/counter.cookie
+sed -i 's|^cookie_file = .*|cookie_credential = "counter-cookie"|' /etc/relctl/agent.toml
+printf '[Service]\\nLoadCredential=counter-cookie:/etc/relctl/credentials/counter.cookie\\n' \
+    > /etc/systemd/system/relctl-agent.service.d/credential.conf
+systemctl daemon-reload""")
+    check = box.run("relctl-agent --check-config /etc/relctl/agent.toml")
+    assert ("warning: /etc/relctl/agent.toml: nodes[0].cookie_credential: credential "
+            "'counter-cookie' is given by the unit at start "
+            "(LoadCredential=counter-cookie:FILE); not checked here") in check.stderr, check
+    box.run("systemctl restart relctl-agent")
+    assert box.unit("relctl-agent", "StatusText") == "1 node: 1 up"
+    box.run("systemctl reload relctl-agent")
+    eventually(lambda: "copied when the agent started: restart the agent (systemctl restart "
+                       "relctl-agent) to pick up a new credential" in agent_log(box), 10,
+               "the reload says a credential needs a restart")
+    box.run("cp /root/agent.toml.file /etc/relctl/agent.toml && rm "
+            "/etc/systemd/system/relctl-agent.service.d/credential.conf && "
+            "systemctl daemon-reload && systemctl restart relctl-agent")
+
+
 def test_restart_idle_after_a_checked_config_change(box: Container) -> None:
     # A health probe with a soak: an upgrade that lasts, for the next test.
     box.run("printf '%s\\n' 'health_probes = [\"counter:health\"]' 'health_soak = 6' "

@@ -96,3 +96,43 @@ async def test_streams_whose_clients_leave_after_finished_are_each_recorded_ok(
     audit.close()
     assert sorted((r.operation_id, r.result, r.detail) for r in records) == [
         (i, "ok", f"operation {i}: succeeded") for i in range(1, 21)]
+
+
+class _Endless(agent_pb2_grpc.AgentServicer):
+    """Upgrade sends its operation's id, then waits: a stream still running at shutdown."""
+
+    async def Upgrade(self, request: pb.UpgradeRequest,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProgressEvent]:
+        yield pb.ProgressEvent(operation_id=7)
+        await asyncio.sleep(60)
+
+
+async def test_a_stream_cut_by_the_agents_stop_is_not_the_client_going_away(
+        tmp_path: Path) -> None:
+    """Issue 22: the record says the agent stopped, not "the client went away"."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    access = AccessInterceptor(Authenticator([], insecure_no_auth=True), audit)
+    server = grpc.aio.server(interceptors=[access])
+    agent_pb2_grpc.add_AgentServicer_to_server(_Endless(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = agent_pb2_grpc.AgentStub(channel)
+            left = stub.Upgrade(pb.UpgradeRequest(node="a@h", version="0.0.2"))
+            await left.read()
+            left.cancel()  # this client does go away
+            await asyncio.sleep(0.2)
+            cut = stub.Upgrade(pb.UpgradeRequest(node="a@h", version="0.0.2"))
+            await cut.read()
+            access.stopping = True
+            await server.stop(0)
+            await asyncio.sleep(0.2)
+    finally:
+        await server.stop(0)
+    records = audit.tail(10)
+    audit.close()
+    assert sorted((r.result, r.detail) for r in records) == [
+        ("CANCELLED", "the client went away"),
+        ("UNAVAILABLE", "the agent stopped before the call ended")]
+    assert {r.operation_id for r in records} == {7}

@@ -135,6 +135,7 @@ def test_a_client_whose_agent_died_follows_the_operation_once_it_is_back(
         if cli.poll() is None:
             cli.kill()
             cli.communicate()
+    print(out, err)  # what the operator sees (shown with -s)
     assert cli.returncode == 6, out + err  # the outcome's code: interrupted
     assert "answers again" in out and "following operation 1" in out, out
     assert "interrupted" in out, out

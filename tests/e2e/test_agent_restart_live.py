@@ -160,6 +160,7 @@ def test_a_client_gives_up_on_an_agent_that_does_not_come_back(
             cli.kill()
             cli.communicate()
     message = " ".join(err.split())
+    print(out, err)  # what the operator sees (shown with -s)
     assert cli.returncode == 6, out + err
     assert "waiting up to 3 s" in out, out
     assert "did not answer within 3 s" in message and "relctl operation 1" in message, err

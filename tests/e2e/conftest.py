@@ -1,5 +1,5 @@
-"""Fixtures shared by the end-to-end tests: agents started as real processes, and the Elixir
-(mix release) fixture's build and nodes."""
+"""Fixtures shared by the end-to-end tests: agents started as real processes, the Elixir
+(mix release) fixture's build and nodes, and the rebar3-built relx release."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.tools.elixir_fixture import (
 )
 from tests.tools.mounts import unmount_all
 from tests.tools.otp_procs import EpmdProc, NodeProc, pid_exists
+from tests.tools.rebar3_fixture import Rebar3Build, build_rebar3_release, rebar3_missing_reason
 
 NODE = "ex_counter@localhost"
 
@@ -87,3 +88,15 @@ def read_only() -> Iterator[list[Path]]:
     mounted: list[Path] = []
     yield mounted
     unmount_all(mounted)
+
+
+@pytest.fixture(scope="session")
+def rebar3_build(tmp_path_factory: pytest.TempPathFactory) -> Rebar3Build:
+    """The counter example as a relx release built by Debian's rebar3 (0.0.1 installed, the
+    0.0.2 tarball with rebar3's relup), built once per session."""
+    reason = rebar3_missing_reason()
+    if reason is not None:
+        if os.environ.get("CI"):  # CI installs rebar3 (.ci/setup): a skip would hide that
+            pytest.fail(f"{reason}; CI must run the rebar3 tests (run .ci/setup)")
+        pytest.skip(reason)
+    return build_rebar3_release(tmp_path_factory.mktemp("rebar3-counter-release"))

@@ -12,10 +12,11 @@ Three kinds, one node each, reused through the whole sequence:
 * mix: examples/elixir_counter (no RELEASES shipped), booted with ``bin/ex_counter start``,
   whose runtime.exs reads the node's environment at boot.
 
-The sequence: ``--dry-run``, a refused tarball (its .rel names an ERTS the host lacks:
-refused at preflight), a failed check (a relup whose entry from 0.0.1 loads a module the
-release does not have: preflight's parser accepts it, check_install_release refuses it), a
-rollback (a post_install hook that fails while 0.0.2 is current), an upgrade, a downgrade.
+The sequence: ``--dry-run``, two refused tarballs (their .rel names an ERTS the host lacks,
+or another release: refused at preflight), a failed check (a relup whose entry from 0.0.1
+loads a module the release does not have: preflight's parser accepts it,
+check_install_release refuses it), a rollback (a post_install hook that fails while 0.0.2 is
+current), an upgrade, a downgrade.
 After each: the node's state (which_releases, the app's vsn, its whole env) is read, the node
 is stopped by pid and started again by its own script, and the state is read again: it must
 be the same, and that of the release expected to be permanent.
@@ -24,6 +25,7 @@ be the same, and that of the release expected to be permanent.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import tarfile
 from collections.abc import Callable, Iterator, Mapping
@@ -111,8 +113,8 @@ class Kind:
 
 
 def erts_variant(tarball: Path, dest: Path) -> Path:
-    """``tarball`` with every .rel naming ERTS 99.0.0, which neither the host nor the tarball
-    has: preflight must refuse it (an install would restart into a missing emulator)."""
+    """``tarball`` whose .rel names ERTS 99.0.0, which neither the host nor the tarball has:
+    preflight must refuse it (an install would restart into a missing emulator)."""
     with tarfile.open(tarball) as tar:
         rels = {m.name: tar.extractfile(m).read() for m in tar  # type: ignore[union-attr]
                 if m.isfile() and m.name.endswith(".rel")}
@@ -120,6 +122,26 @@ def erts_variant(tarball: Path, dest: Path) -> Path:
                for name, data in rels.items()}
     assert changed and all(b'"99.0.0"' in d for d in changed.values()), rels
     return rewrite_tarball(tarball, dest, changed, compresslevel=1)
+
+
+def renamed_variant(tarball: Path, dest: Path, name: str) -> Path:
+    """``tarball`` (of release ``name``) remade as release ``other``: each .rel says so and is
+    named so (releases/0.0.2/other.rel, releases/other-0.0.2.rel), the rest unchanged.
+    Preflight must refuse it (release_handler would make it current, and neither verify nor the rollback
+    could take that back)."""
+    with tarfile.open(tarball, "r:gz") as tin, \
+            tarfile.open(dest, "w:gz", compresslevel=1) as tout:
+        for member in tin:
+            data = tin.extractfile(member) if member.isfile() else None
+            if data is None or not member.name.endswith(".rel"):
+                tout.addfile(member, data)
+                continue
+            text = re.sub(rb'(\{release,\s*\{\s*")[^"]+"', rb'\g<1>other"', data.read())
+            info = tarfile.TarInfo(re.sub(rf"(^|/){name}(-0\.0\.2)?\.rel$", r"\1other\2.rel",
+                                          member.name))
+            info.size, info.mode, info.mtime = len(text), member.mode, member.mtime
+            tout.addfile(info, io.BytesIO(text))
+    return dest
 
 
 def damaged_relup_variant(tarball: Path, dest: Path, app: str) -> Path:
@@ -217,7 +239,7 @@ class Sequence:
         self.node.stop()
         self.node = kind.start(self.tmp_path / f"node-{len(kind.started)}")
         after = read_state(self.node, kind.app)
-        kind.table.append(f"{label:<22} {op['outcome']:<16} -> booted {after.permanent} "
+        kind.table.append(f"{label:<24} {op['outcome']:<16} -> booted {after.permanent} "
                           f"({', '.join(f'{v} {s}' for v, s in after.releases)}); "
                           f"{after.show()}")
         assert (before.permanent, before.vsn) == (permanent, permanent), (label, before)
@@ -255,6 +277,13 @@ def test_after_every_operation_the_releases_own_script_boots_the_permanent_relea
     assert "ERTS 99.0.0" in op["error"], op["error"]
     assert [s["name"] for s in op["steps"]] == ["preflight"], op["steps"]
     seq.restart("refused (ERTS 99.0.0)", op, "0.0.1")
+
+    other = renamed_variant(kind.tarball, tmp_path / "other.tar.gz", kind.app)
+    code, op = seq.run("upgrade", "0.0.2", "--tarball", str(other))
+    assert (code, op["outcome"]) == (1, "failed_unchanged"), op
+    assert op["error"].startswith("the tarball holds release other 0.0.2"), op["error"]
+    assert [s["name"] for s in op["steps"]] == ["preflight"], op["steps"]
+    seq.restart("refused (release other)", op, "0.0.1")
 
     damaged = damaged_relup_variant(kind.tarball, tmp_path / "damaged.tar.gz", kind.app)
     code, op = seq.run("upgrade", "0.0.2", "--tarball", str(damaged))

@@ -68,6 +68,7 @@ class NodeState:
     releases: tuple[tuple[str, str], ...]  # (version, status) as which_releases lists them
     vsn: str                               # application:get_key(App, vsn)
     env: Mapping[str, Any]                 # application:get_all_env(App), by key name
+    os_pid: int                            # the emulator's, which stop() signals
 
     @property
     def permanent(self) -> str:
@@ -89,8 +90,9 @@ def read_state(node: NodeProc, app: str) -> NodeState:
             vsn = await conn.call("application", "get_key", [Atom(app), Atom("vsn")],
                                   timeout=10.0)
             env = await conn.call("application", "get_all_env", [Atom(app)], timeout=10.0)
+            os_pid = await conn.call("os", "getpid", [], timeout=10.0)
         return NodeState(tuple((r[1], str(r[3])) for r in listed), str(vsn[1]),
-                         {str(k): v for k, v in env})
+                         {str(k): v for k, v in env}, int(os_pid))
     return asyncio.run(ask())
 
 
@@ -242,6 +244,8 @@ class Sequence:
         kind.table.append(f"{label:<24} {op['outcome']:<16} -> booted {after.permanent} "
                           f"({', '.join(f'{v} {s}' for v, s in after.releases)}); "
                           f"{after.show()}")
+        # The start script exec'd down to the emulator: stop() signals the node itself.
+        assert after.os_pid == self.node.pid != before.os_pid, (label, before, after)
         assert (before.permanent, before.vsn) == (permanent, permanent), (label, before)
         assert before.env == kind.env[permanent], (label, "before the restart", before)
         assert (after.permanent, after.vsn) == (permanent, permanent), (label, after)

@@ -18,14 +18,19 @@ and REBAR_CACHE_DIR inside the output directory, no dependencies, no Hex, REBAR_
 erlexec, which execs the emulator: the pid is beam's). relx's ``bin/counter`` names its
 release version itself (``bin/counter-VSN`` is copied over it when a version is made
 permanent); it does not read ``start_erl.data``.
+
+CLI: ``python -m tests.tools.rebar3_fixture OUT_DIR`` builds and prints a summary.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
+import sys
+import tarfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,3 +231,31 @@ def start_relx_node(target_root: Path, name: str = f"{REL_NAME}@localhost", *, c
     node = NodeProc(proc, name=full_name, cookie=cookie, epmd_port=epmd_port, root=root,
                     workdir=wdir, owns_workdir=False)
     return await_started(node, proc, ready_file, timeout, t0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.tools.rebar3_fixture",
+                                     description="Build the counter example as a relx release "
+                                                 "with rebar3 (0.0.1, 0.0.2, relup, tarball).")
+    parser.add_argument("out_dir", type=Path, help="empty or missing output directory")
+    args = parser.parse_args(argv)
+    reason = rebar3_missing_reason()
+    if reason is not None:
+        print(reason, file=sys.stderr)
+        return 1
+    try:
+        build = build_rebar3_release(args.out_dir)
+    except ReleaseBuildError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    with tarfile.open(build.tarball) as tar:
+        members = tar.getnames()
+    print(f"{build.name} built by rebar3 in {build.build_seconds:.2f}s under {build.out_dir}")
+    print(f"  tarball: {build.tarball} ({len(members)} members)")
+    print("\n".join(f"      {m}" for m in members if not m.startswith("lib/")))
+    print(f"  installed target ({BASE_VSN}): {build.target_template}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -95,7 +95,9 @@ def test_generated_from_the_diff_library_before_its_caller_down_mirrors_up(
         "{update, sup, supervisor}",
         "{delete_module, fresh}",
     ]
-    [warning] = appup.warnings
+    warning, unnamed = appup.warnings
+    assert unnamed.startswith("app: sup's children change (+a) but it is started without a "
+                              "name (supervisor:start_link/2)")
     assert warning.startswith("app: plain is a gen_statem without code_change, so it is loaded "
                               "with load_module and its processes keep their state untouched")
     assert appup.text().splitlines()[1:3] == ['{"2",', ' [{"1",']

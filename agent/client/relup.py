@@ -33,7 +33,7 @@ from pathlib import Path
 
 from agent.relfile import RelSyntaxError, parse_rel
 
-from .appup import Appup, generate, read
+from .appup import Appup, appup_text, generate, read
 from .appup import check as check_appup
 from .status import CliError, ExitCode
 
@@ -95,12 +95,17 @@ class AppupReport:
 
 @dataclass(frozen=True)
 class RelupResult:
-    old: ReleaseDir
+    old: ReleaseDir  # the first of ``olds``
     new: ReleaseDir
     relup: Path
     warnings: tuple[str, ...]
     tarball: Tarball | None = None
     appups: tuple[AppupReport, ...] = ()
+    olds: tuple[ReleaseDir, ...] = ()  # every version the relup has an entry from
+
+    @property
+    def old_versions(self) -> tuple[str, ...]:
+        return tuple(o.version for o in self.olds) or (self.old.version,)
 
 
 # --- finding the releases --------------------------------------------------------------
@@ -133,6 +138,46 @@ def _start_erl_version(releases: Path) -> str | None:
     return fields[1] if len(fields) == 2 else None
 
 
+def _rels(releases: Path) -> list[ReleaseDir]:
+    return [rel for path in sorted(releases.glob("*/*.rel")) + sorted(releases.glob("*.rel"))
+            if (rel := read_rel(path)) is not None]
+
+
+def find_olds(roots: Sequence[Path], versions: Sequence[str], new: ReleaseDir, *,
+              every: bool = False) -> list[ReleaseDir]:
+    """The old releases a relup goes up from: each ``versions`` from the first of ``roots``
+    holding it; with none, the version each root boots; with ``every``, every version of
+    ``new``'s release found in the roots but the new one."""
+    roots = [Path(os.path.abspath(r)) for r in roots]
+    if every:
+        if versions:
+            raise RelupError("give --old-version or --all-old-versions, not both",
+                             bad_input=True)
+        held = sorted({rel.version for root in roots for rel in _rels(root / "releases")
+                       if rel.name == new.name and rel.version != new.version})
+        if not held:
+            raise RelupError(f"no release of {new.name} but {new.version} under "
+                             f"{', '.join(map(str, roots))}: nothing to upgrade from",
+                             bad_input=True)
+        versions = held
+    if not versions:
+        for root in roots:
+            if root == new.root:
+                raise RelupError(f"both releases are in {new.root}; give the version to upgrade "
+                                 "from with --old-version", bad_input=True)
+        return [find_release(root, None, role="old") for root in roots]
+    olds = []
+    for version in versions:
+        holders = [root for root in roots
+                   if any(rel.version == version for rel in _rels(root / "releases"))]
+        if not holders:
+            raise RelupError(f"the old release: no .rel file of version {version} under "
+                             + ", ".join(f"{root}/releases" for root in roots)
+                             + "; give the root that holds it", bad_input=True)
+        olds.append(find_release(holders[0], version, role="old"))
+    return olds
+
+
 def find_release(root: Path, version: str | None = None, *, role: str = "new") -> ReleaseDir:
     """The release of ``version`` in the release root ``root``.
 
@@ -152,8 +197,7 @@ def find_release(root: Path, version: str | None = None, *, role: str = "new") -
                          "give the directory `mix release` or `rebar3 release` built (e.g. "
                          "_build/prod/rel/NAME), or one a release tarball was unpacked into",
                          bad_input=True)
-    found = [rel for path in sorted(releases.glob("*/*.rel")) + sorted(releases.glob("*.rel"))
-             if (rel := read_rel(path)) is not None]
+    found = _rels(releases)
     versions = sorted({rel.version for rel in found})
     if version is None:
         version = _start_erl_version(releases)
@@ -279,11 +323,11 @@ _MAKE_RELUP = r"""
 io:setopts(standard_io, [{encoding, unicode}]),
 Get = fun(Key) -> os:getenv(Key) end,
 Rel = fun(Key) -> filename:rootname(Get(Key), ".rel") end,
+Olds = [filename:rootname(F, ".rel") || F <- string:split(Get("RELCTL_OLD_REL"), "\n", all)],
 Opts = [{path, string:split(Get("RELCTL_PATH"), "\n", all)},
         {outdir, Get("RELCTL_OUTDIR")}, silent]
        ++ [restart_emulator || Get("RELCTL_RESTART_EMULATOR") =:= "true"],
-Result = try systools:make_relup(Rel("RELCTL_NEW_REL"), [Rel("RELCTL_OLD_REL")],
-                                 [Rel("RELCTL_OLD_REL")], Opts)
+Result = try systools:make_relup(Rel("RELCTL_NEW_REL"), Olds, Olds, Opts)
          catch Class:Reason -> {error, none, {Class, Reason}} end,
 case Result of
     {ok, _Relup, Mod, Warnings} ->
@@ -332,11 +376,12 @@ def _hint(text: str, old: ReleaseDir, new: ReleaseDir) -> str:
     return f"see {DOCS}"
 
 
-def make_relup(old: ReleaseDir, new: ReleaseDir, *, erl: str = "erl",
+def make_relup(old: ReleaseDir | Sequence[ReleaseDir], new: ReleaseDir, *, erl: str = "erl",
                extra_paths: Sequence[Path] = (), restart_emulator: bool = False,
                timeout: float = ERL_TIMEOUT, generate_appups: bool = True,
                allow_incomplete_appup: bool = False) -> RelupResult:
-    """Write NEW_ROOT/releases/NEW_VSN/relup: up from ``old``, and down to it.
+    """Write NEW_ROOT/releases/NEW_VSN/relup: up from ``old`` (one release or several: one
+    entry each, so that a node on any of them upgrades in one hop), and down to it.
 
     systools takes each application's .app, and the .appup beside it, from the first
     directory of the path holding that version: ``extra_paths`` first, then the lib
@@ -344,13 +389,22 @@ def make_relup(old: ReleaseDir, new: ReleaseDir, *, erl: str = "erl",
     application without an appup gets one generated from its beams (in a temporary directory
     put first on the path; the release roots are not touched), and every given one is
     checked: an incomplete one fails unless ``allow_incomplete_appup``."""
-    if old.name != new.name:
-        raise RelupError(f"the old release is {old.name} {old.version} ({old.rel_file}) and the "
-                         f"new one {new.name} {new.version}: a relup goes between versions of "
-                         "one release; check the two roots", bad_input=True)
-    if old.version == new.version:
-        raise RelupError(f"both roots give {new.name} {new.version}; give the versions to go "
-                         "between with --old-version and --new-version", bad_input=True)
+    olds = [old] if isinstance(old, ReleaseDir) else list(old)
+    if not olds:
+        raise RelupError("no old release given", bad_input=True)
+    for old in olds:
+        if old.name != new.name:
+            raise RelupError(f"the old release is {old.name} {old.version} ({old.rel_file}) and "
+                             f"the new one {new.name} {new.version}: a relup goes between "
+                             "versions of one release; check the two roots", bad_input=True)
+        if old.version == new.version:
+            raise RelupError(f"both roots give {new.name} {new.version}; give the versions to "
+                             "go between with --old-version and --new-version", bad_input=True)
+    seen = [o.version for o in olds]
+    if len(set(seen)) != len(seen):
+        raise RelupError(f"old version given twice ({', '.join(seen)}); give each once",
+                         bad_input=True)
+    old = olds[0]
     out_dir = new.version_dir
     if not out_dir.is_dir():
         raise RelupError(f"{out_dir} does not exist; the new release root must hold its "
@@ -360,9 +414,10 @@ def make_relup(old: ReleaseDir, new: ReleaseDir, *, erl: str = "erl",
         if not Path(extra).is_dir():
             raise RelupError(f"--path {extra}: no such directory; give the ebin directory "
                              "holding the .app and .appup files", bad_input=True)
+    old_libs = list(dict.fromkeys(str(o.root / "lib" / "*" / "ebin") for o in olds))
     paths = [*(os.path.abspath(p) for p in extra_paths),
-             str(new.root / "lib" / "*" / "ebin"), str(old.root / "lib" / "*" / "ebin")]
-    for value in (*paths, str(new.rel_file), str(old.rel_file), str(out_dir)):
+             str(new.root / "lib" / "*" / "ebin"), *old_libs]
+    for value in (*paths, str(new.rel_file), *(str(o.rel_file) for o in olds), str(out_dir)):
         if "\n" in value:
             raise RelupError(f"{value!r}: a path with a newline cannot be passed to systools",
                              bad_input=True)
@@ -371,21 +426,27 @@ def make_relup(old: ReleaseDir, new: ReleaseDir, *, erl: str = "erl",
     warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="relctl-appups-") as tmp:
         if generate_appups:
-            reports = plan_appups(old, new, extra_paths=extra_paths, erl=erl)
+            reports = [r for o in olds for r in plan_appups(o, new, extra_paths=extra_paths,
+                                                              erl=erl)]
+            # Two old releases may hold the same version of an application: one entry.
+            reports = list({(r.app, r.old_vsn): r for r in reports}.values())
             incomplete = _incomplete(reports)
             if incomplete and not allow_incomplete_appup:
                 raise RelupError(" | ".join(incomplete) + " (add the instructions, e.g. from "
                                  "`relctl make-appup`, or pass --allow-incomplete-appup)")
             warnings += incomplete
+            generated: dict[str, list[Appup]] = {}
             for report in reports:
                 if report.generated is None:
                     warnings += [f"{report.app} {report.old_vsn} -> {report.new_vsn}: the "
                                  f"appup {report.path} is used {problem}"
                                  for problem in report.problems]
                     continue
-                warnings += report.generated.warnings
-                if report.source != "generated":
-                    continue
+                warnings += [w for w in report.generated.warnings if w not in warnings]
+                if report.source == "generated":
+                    generated.setdefault(report.app, []).append(report.generated)
+            for app, entries in generated.items():
+                report = next(r for r in reports if r.app == app)
                 app_ebin = _app_ebin(report.app, report.new_vsn, extra_paths,
                                      [new.root, old.root])
                 if app_ebin is None:
@@ -395,18 +456,21 @@ def make_relup(old: ReleaseDir, new: ReleaseDir, *, erl: str = "erl",
                 ebin = Path(tmp) / report.app / "ebin"
                 ebin.mkdir(parents=True)
                 shutil.copyfile(app_ebin / f"{report.app}.app", ebin / f"{report.app}.app")
-                (ebin / f"{report.app}.appup").write_text(report.generated.text(), "utf-8")
+                (ebin / f"{report.app}.appup").write_text(appup_text(entries), "utf-8")
                 paths.insert(0, str(ebin))
-        result = _run_make_relup(old, new, out_dir, paths, erl, restart_emulator, timeout)
+        result = _run_make_relup(olds, new, out_dir, paths, erl, restart_emulator, timeout)
     return dataclasses.replace(result, warnings=(*warnings, *result.warnings),
                                appups=tuple(reports))
 
 
-def _run_make_relup(old: ReleaseDir, new: ReleaseDir, out_dir: Path, paths: list[str],
-                    erl: str, restart_emulator: bool, timeout: float) -> RelupResult:
+def _run_make_relup(olds: Sequence[ReleaseDir], new: ReleaseDir, out_dir: Path,
+                    paths: list[str], erl: str, restart_emulator: bool,
+                    timeout: float) -> RelupResult:
+    old = olds[0]
     env = {k: v for k, v in os.environ.items() if k not in _ERL_ENV_NOISE}
     env.update({"RELCTL_PATH": "\n".join(paths), "RELCTL_OUTDIR": str(out_dir),
-                "RELCTL_NEW_REL": str(new.rel_file), "RELCTL_OLD_REL": str(old.rel_file),
+                "RELCTL_NEW_REL": str(new.rel_file),
+                "RELCTL_OLD_REL": "\n".join(str(o.rel_file) for o in olds),
                 "RELCTL_RESTART_EMULATOR": "true" if restart_emulator else "false"})
     argv = [_erl_path(erl), "-boot", "no_dot_erlang", "-noshell", "-noinput",
             "-eval", _MAKE_RELUP]
@@ -421,14 +485,15 @@ def _run_make_relup(old: ReleaseDir, new: ReleaseDir, out_dir: Path, paths: list
     if proc.returncode != 0:
         # One line, as relctl prints errors; systools' words are kept as they are.
         said = " ".join((out or proc.stderr.decode("utf-8", "replace")).split()) or "no output"
-        raise RelupError(f"systools:make_relup {new.name} {old.version} -> {new.version} "
+        froms = ", ".join(o.version for o in olds)
+        raise RelupError(f"systools:make_relup {new.name} {froms} -> {new.version} "
                          f"failed: {said} (hint: {_hint(said, old, new)})")
     relup = out_dir / "relup"
     if not relup.is_file():
         raise RelupError(f"systools:make_relup reported success but wrote no {relup}")
     warnings = tuple(line.removeprefix("*WARNING* ").strip()
                      for line in out.splitlines() if line.strip())
-    return RelupResult(old, new, relup, warnings)
+    return RelupResult(old, new, relup, warnings, olds=tuple(olds))
 
 
 # --- the tarball -----------------------------------------------------------------------
@@ -555,26 +620,27 @@ def write_tarball(new: ReleaseDir, dest: Path, *, include_erts: bool = False) ->
 
 # --- the whole job ---------------------------------------------------------------------
 
-def build(old_root: Path, new_root: Path, *, old_version: str | None = None,
+def build(old_root: Path | Sequence[Path], new_root: Path, *,
+          old_version: str | Sequence[str] | None = None,
           new_version: str | None = None, tarball: Path | None = None,
           include_erts: bool | None = None, extra_paths: Sequence[Path] = (),
           restart_emulator: bool = False, erl: str = "erl",
-          allow_incomplete_appup: bool = False) -> RelupResult:
-    """Find both releases, write the relup into the new one and, with ``tarball``, pack it.
+          allow_incomplete_appup: bool = False, all_old_versions: bool = False) -> RelupResult:
+    """Find the releases, write the relup into the new one and, with ``tarball``, pack it.
 
-    ``include_erts=None`` puts the new ERTS into the tarball only when it differs from the old
-    release's (release_handler then restarts the node into it)."""
+    Several old roots or versions give a relup with an entry from each (a node on any of
+    them upgrades in one hop). ``include_erts=None`` puts the new ERTS into the tarball only
+    when it differs from an old release's (release_handler then restarts the node into it)."""
     new = find_release(new_root, new_version, role="new")
-    same_root = Path(os.path.abspath(old_root)) == new.root
-    if same_root and old_version is None:
-        raise RelupError(f"both releases are in {new.root}; give the version to upgrade from "
-                         "with --old-version", bad_input=True)
-    old = find_release(old_root, old_version, role="old")
-    result = make_relup(old, new, erl=erl, extra_paths=extra_paths,
+    roots = [old_root] if isinstance(old_root, (str, Path)) else list(old_root)
+    versions = ([old_version] if isinstance(old_version, str) else list(old_version or ()))
+    olds = find_olds(roots, versions, new, every=all_old_versions)
+    result = make_relup(olds, new, erl=erl, extra_paths=extra_paths,
                         restart_emulator=restart_emulator,
                         allow_incomplete_appup=allow_incomplete_appup)
     if tarball is None:
         return result
+    old = next((o for o in olds if o.erts_version != new.erts_version), olds[0])
     erts_changed = old.erts_version != new.erts_version
     packed = write_tarball(new, tarball,
                            include_erts=erts_changed if include_erts is None else include_erts)

@@ -17,14 +17,18 @@ from ..status import ExitCode
 
 
 @click.command("make-relup")
-@click.argument("old_root", type=click.Path(path_type=Path))
-@click.argument("new_root", type=click.Path(path_type=Path))
+@click.argument("old_roots", metavar="OLD_ROOT... NEW_ROOT", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.argument("new_root", metavar="", type=click.Path(path_type=Path))
 @click.option("--tarball", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also pack the new release into this .tar.gz, for "
                    "`relctl upgrade VSN --tarball FILE`.")
-@click.option("--old-version", metavar="VSN", default=None,
-              help="Version to upgrade from (default: the one OLD_ROOT boots, from "
+@click.option("--old-version", "old_versions", metavar="VSN", multiple=True,
+              help="Version to upgrade from, looked for in the OLD_ROOTs (repeatable: one "
+                   "relup entry each; default: the one each OLD_ROOT boots, from "
                    "releases/start_erl.data).")
+@click.option("--all-old-versions", is_flag=True, default=False,
+              help="An entry from every version of the release found in the OLD_ROOTs.")
 @click.option("--new-version", metavar="VSN", default=None,
               help="Version to upgrade to (default: the one NEW_ROOT boots).")
 @click.option("--include-erts/--no-include-erts", default=None,
@@ -43,11 +47,12 @@ from ..status import ExitCode
                    "modules the beams show changed, added or deleted.")
 @local_options
 @click.pass_obj
-def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path | None,
-               old_version: str | None, new_version: str | None, include_erts: bool | None,
+def make_relup(settings: Settings, old_roots: tuple[Path, ...], new_root: Path,
+               tarball: Path | None, old_versions: tuple[str, ...], all_old_versions: bool,
+               new_version: str | None, include_erts: bool | None,
                extra_paths: tuple[Path, ...], restart_emulator: bool, erl: str,
                allow_incomplete_appup: bool) -> ExitCode:
-    """Write the relup of NEW_ROOT (up from OLD_ROOT's version and down to it), and a tarball.
+    """Write the relup of NEW_ROOT (up from each old version and down to it), and a tarball.
 
     \b
     OLD_ROOT and NEW_ROOT are release roots (the directories holding lib/ and releases/):
@@ -55,6 +60,8 @@ def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path
       rebar3 release:    _build/prod/rel/NAME
       systools:          a directory the release tarball was unpacked into
     They may be the same directory holding both versions (then give --old-version).
+    Several old roots, --old-version repeated or --all-old-versions give one relup with an
+    entry from each old version: a node on any of them upgrades in one hop.
     Every application whose version changed and ships no .appup (in lib/APP-VSN/ebin of the
     new release or a --path DIR) gets one generated from the beams; a given one is checked
     against them. The tarball is reproducible (member times: $SOURCE_DATE_EPOCH, else 0).
@@ -63,13 +70,15 @@ def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path
     from ..relup import build  # only here: the other commands need none of it
 
     # A RelupError is a CliError with its exit code: main() reports it.
-    made = build(old_root, new_root, old_version=old_version, new_version=new_version,
+    made = build(old_roots, new_root, old_version=old_versions, new_version=new_version,
                  tarball=tarball, include_erts=include_erts, extra_paths=extra_paths,
                  restart_emulator=restart_emulator, erl=erl,
-                 allow_incomplete_appup=allow_incomplete_appup)
+                 allow_incomplete_appup=allow_incomplete_appup,
+                 all_old_versions=all_old_versions)
 
     data: dict[str, Any] = {
         "release": made.new.name, "from_version": made.old.version,
+        "from_versions": list(made.old_versions),
         "to_version": made.new.version, "relup": str(made.relup),
         "warnings": list(made.warnings), "tarball": None,
         "appups": [{"application": r.app, "from_version": r.old_vsn, "to_version": r.new_vsn,
@@ -83,8 +92,8 @@ def make_relup(settings: Settings, old_root: Path, new_root: Path, tarball: Path
     def text() -> str:
         lines = [f"appup: {r.app} {r.old_vsn} -> {r.new_vsn}: {r.source}"
                  + (f" ({r.path})" if r.path is not None else "") for r in made.appups]
-        lines.append(f"relup: {made.relup} ({made.new.name} {made.old.version} -> "
-                     f"{made.new.version}, and back)")
+        lines.append(f"relup: {made.relup} ({made.new.name} {', '.join(made.old_versions)} "
+                     f"-> {made.new.version}, and back)")
         if made.tarball is not None:
             lines.append(f"tarball: {made.tarball.path} ({made.tarball.size} bytes, sha256 "
                          f"{made.tarball.sha256})")

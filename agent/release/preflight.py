@@ -196,10 +196,15 @@ class Preflight:
             raise Failure(FAILED_UNCHANGED, f"{where} in the tarball is the relup of "
                           f"{found.version}, not of {version}; {RELUP_HINT}")
         if from_version and from_version not in found.up_from:
+            # Which hop to take first: one of the versions the relup knows, reached by a
+            # release whose relup goes up from the running one.
+            hop = (f"upgrade to {' or '.join(found.up_from)} first (with a relup from "
+                   f"{from_version}), then to {version}; or " if found.up_from else "")
             raise Failure(FAILED_UNCHANGED, f"{where} in the tarball has no entry from the "
                           f"running {from_version} (it upgrades from: "
-                          f"{', '.join(found.up_from) or 'nothing'}); {RELUP_HINT} with "
-                          f"{from_version} as OLD")
+                          f"{', '.join(found.up_from) or 'nothing'}); {hop}{RELUP_HINT} with "
+                          f"{from_version} as OLD (make-relup takes several OLDs: an entry "
+                          "from each)")
         return found
 
     def check_down_erts(self, version: str, ctx: OperationContext) -> str:

@@ -234,8 +234,9 @@ async def test_a_relup_without_an_entry_from_the_running_version_is_refused(
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
     assert result.error == (
         "releases/0.0.2/relup in the tarball has no entry from the running 0.0.1 (it upgrades "
-        "from: 0.0.0); build it with `rebar3 relup` or `relctl make-relup OLD NEW` with 0.0.1 "
-        "as OLD")
+        "from: 0.0.0); upgrade to 0.0.0 first (with a relup from 0.0.1), then to 0.0.2; or "
+        "build it with `rebar3 relup` or `relctl make-relup OLD NEW` with 0.0.1 as OLD "
+        "(make-relup takes several OLDs: an entry from each)")
     assert files(rig.root) == ["bin", "lib", "releases"]
     rig.done()
 

@@ -1,0 +1,42 @@
+%% A special process of counter 0.0.3: started with proc_lib, looping in this
+%% module (no OTP behaviour), answering system messages through sys, so that
+%% release_handler can suspend it and change its code with
+%% system_code_change/4. `load_module' would leave it looping in the old
+%% code, which the next purge kills.
+-module(counter_sp).
+-vsn("0.0.3").
+
+-export([start_link/0, tick/0, init/1]).
+-export([system_continue/3, system_terminate/4, system_code_change/4]).
+
+start_link() ->
+    proc_lib:start_link(?MODULE, init, [self()]).
+
+tick() ->
+    Ref = make_ref(),
+    ?MODULE ! {tick, self(), Ref},
+    receive {Ref, N} -> N after 5000 -> exit(timeout) end.
+
+init(Parent) ->
+    register(?MODULE, self()),
+    proc_lib:init_ack({ok, self()}),
+    loop(Parent, #{ticks => 0}).
+
+loop(Parent, #{ticks := N} = S) ->
+    receive
+        {system, From, Msg} ->
+            sys:handle_system_msg(Msg, From, Parent, ?MODULE, [], S);
+        {tick, From, Ref} ->
+            From ! {Ref, N + 1},
+            loop(Parent, S#{ticks := N + 1})
+    end.
+
+system_continue(Parent, _Debug, S) ->
+    loop(Parent, S).
+
+system_terminate(Reason, _Parent, _Debug, _S) ->
+    exit(Reason).
+
+%% Nothing to migrate from: 0.0.3 is its first version.
+system_code_change(S, _Module, _OldVsn, _Extra) ->
+    {ok, S}.

@@ -20,6 +20,7 @@ from typing import Any
 
 from bridge import Atom, BadRpc, format_term
 
+from . import config_line
 from .present import TermStyle
 from .records import ConfigChange
 from .releases import parse_which_releases
@@ -258,17 +259,29 @@ class ConfigReload:
                 loaded = await self._call(module.name, "load", [config, state])
             except BadRpc as exc:
                 # The exception goes last: on an Elixir node it ends with its stack lines.
-                raise Failure(FAILED_UNCHANGED, f"the config provider {name} failed, nothing "
-                                                "was applied (fix the runtime config and run "
-                                                "relctl reload-config again): "
-                                                f"{await self._exception_text(exc.reason)}"
-                                                ) from None
+                text = await self._exception_text(exc.reason)
+                where = await self._provider_line(module, state, text)
+                raise Failure(FAILED_UNCHANGED, f"the config provider {name} failed{where}, "
+                                                "nothing was applied (fix the runtime config "
+                                                "and run relctl reload-config again): "
+                                                f"{text}") from None
             config = [(app, _as_env(env, f"{app} from {name}"))
                       for app, env in _as_env(loaded, f"the config {name} returned")]
         extra = init.get(Atom("extra_config"), [])
         if isinstance(extra, list) and extra:
             config = merge_config(config, [(a, _as_env(e, "extra_config")) for a, e in extra])
         return config, names
+
+    async def _provider_line(self, module: Atom, state: Any, text: str) -> str:
+        """" at FILE:LINE" of the runtime.exs expression that raised, when the exception's
+        own text does not name its file's line already (as Elixir 1.15+ and syntax errors
+        do); "" when it cannot be told."""
+        if module != Atom(config_line.READER):
+            return ""
+        where = await config_line.locate(self._call, state)
+        if where is None or where in text:
+            return ""
+        return f" at {where}"
 
     async def _exception_text(self, reason: Any) -> str:
         """The provider's exception as Elixir prints it (``** (SyntaxError) ...`` with its

@@ -67,7 +67,7 @@ COMMANDS: Mapping[str, CommandEntry] = {
                            "every module of every application loaded with the md5 of the "
                            "release's beam."),
     "make-relup": CommandEntry("build", "make_relup", "Write the relup of NEW_ROOT (up from "
-                               "OLD_ROOT's version and down to it), and a tarball."),
+                               "each old version and down to it), and a tarball."),
     "make-appup": CommandEntry("build", "make_appup", "Print (or --write) the appups generated "
                                "from the beams of OLD_ROOT and NEW_ROOT."),
 }

@@ -165,10 +165,13 @@ class AgentService:
             return pb.VerifyResponse(
                 node=name, release=found.release, version=found.version, mode=report.mode,
                 applications=len(report.apps), modules=report.modules,
-                mismatch_count=report.problem_count,
-                mismatches=[pb.ModuleMismatch(application=f"{p.app}-{p.vsn}", module=p.module,
-                                              problem=p.kind, detail=detail)
-                            for p, detail in zip(report.problems, found.details)])
+                mismatch_count=report.problem_count + len(found.processes),
+                mismatches=[*(pb.ModuleMismatch(application=f"{p.app}-{p.vsn}",
+                                                module=p.module, problem=p.kind, detail=detail)
+                              for p, detail in zip(report.problems, found.details)),
+                            *(pb.ModuleMismatch(application=what, module=module,
+                                                problem=kind, detail=detail)
+                              for what, module, kind, detail in found.processes)])
         return await _answer(context, run())
 
     async def ListOperations(self, request: pb.ListOperationsRequest,
@@ -326,7 +329,8 @@ class AgentService:
                                   allow_config_reset=request.allow_config_reset))
         with _Claim(self._uploads, request.upload_id) as claim:
             tarball, options = await _answer(context, _now(prepare))
-            options = dataclasses.replace(options, replace=request.replace)
+            options = dataclasses.replace(options, replace=request.replace,
+                                          allow_purge_kill=request.allow_purge_kill)
             work = claim.consume(lambda engine: engine.upgrade(request.version, tarball, options))
             async for event in self._stream(context, request.node, "upgrade", request.version,
                                             work):
@@ -338,6 +342,7 @@ class AgentService:
             request.node, permanent=not request.no_permanent,
             install_timeout=request.install_timeout,
             allow_config_reset=request.allow_config_reset)))
+        options = dataclasses.replace(options, allow_purge_kill=request.allow_purge_kill)
         async for event in self._stream(context, request.node, "downgrade", request.version,
                                         lambda engine: engine.downgrade(request.version, options)):
             yield event

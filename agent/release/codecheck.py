@@ -35,6 +35,7 @@ from typing import Any
 from agent.errors import NodeFault
 from bridge import Atom, BadRpc
 
+from .proccheck import CheckFailed, old_code_processes, tree_problems
 from .releases import parse_which_releases
 from .steps import Caller, term_text
 
@@ -116,6 +117,8 @@ end,
 {Mode, lists:map(CheckApp, Apps)}.
 """
 
+TREE = "supervision tree"      # NodeCode.processes: a child a cold boot would not give
+OLD_CODE = "old code"          # NodeCode.processes: a process still running old code
 DIFFERS = "differs"          # loaded, with other code than the release's beam
 NOT_LOADED = "not_loaded"    # embedded mode, not loaded
 WOULD_LOAD = "would_load"    # interactive mode, not loaded, the path finds another beam first
@@ -372,6 +375,9 @@ class NodeCode:
     version: str
     report: CodeReport
     details: tuple[str, ...]   # problem_text of each of report.problems, in order
+    # What a cold boot would not give besides the code (proccheck.py): (what, module,
+    # problem, detail) of each child of the supervision tree and process on old code.
+    processes: tuple[tuple[str, str, str, str], ...] = ()
 
 
 async def verify_running(node: Caller, *, timeout: float) -> NodeCode:
@@ -394,5 +400,16 @@ async def verify_running(node: Caller, *, timeout: float) -> NodeCode:
         appups = await read_appups(node, report,
                                    [split_lib(a) for a in prior.applications] if prior else [],
                                    timeout=timeout)
+    try:
+        tree = await tree_problems(node, [split_lib(a)[0] for a in running.applications],
+                                   timeout=timeout)
+        old = await old_code_processes(node, timeout=timeout)
+    except CheckFailed as exc:
+        raise NodeFault(f"{node.name}: {exc}") from None
+    processes = (*((TREE, ", ".join(t.modules), t.kind, t.text()) for t in tree),
+                 *((OLD_CODE, o.module, "old_code",
+                    f"{o.text()}: make_permanent's or the next code change's purge kills it")
+                   for o in old))
     return NodeCode(running.name, running.version, report,
-                    tuple(problem_text(p, appups.get(p.app)) for p in report.problems))
+                    tuple(problem_text(p, appups.get(p.app)) for p in report.problems),
+                    processes)

@@ -22,7 +22,7 @@ from agent.release.codecheck import (
     problem_text,
     verify_running,
 )
-from bridge import Atom
+from bridge import Atom, Pid
 from tests.agent.release.scripted import (
     OK,
     ScriptedNode,
@@ -150,10 +150,10 @@ def test_the_message_lists_the_first_mismatches_and_counts_the_rest() -> None:
 async def test_verify_running_checks_the_running_release_and_reads_no_appup_when_all_match(
         ) -> None:
     node = ScriptedNode([which_releases(("0.0.2", "permanent"), ("0.0.1", "old")),
-                         *code_check(code_report("0.0.2"))])
+                         *code_check(code_report("0.0.2")), *code_check([]), *code_check([])])
     found = await verify_running(node, timeout=1.0)
-    assert (found.release, found.version, found.report.ok, found.details) == (
-        "counter", "0.0.2", True, ())
+    assert (found.release, found.version, found.report.ok, found.details, found.processes) == (
+        "counter", "0.0.2", True, (), ())
     # The check gets the release's applications as [{Name, Vsn}].
     assert node.calls_to("erl_eval:exprs")[0].args[1] == [
         (a("Apps"), [("kernel", "8.5.3"), ("stdlib", "4.2"), ("counter", "0.0.2")])]
@@ -167,10 +167,39 @@ async def test_verify_running_of_a_current_release_explains_with_the_permanent_o
         *code_check(code_report("0.0.2", ("counter", "differs", OLD_BEAM))),
         answer("file:consult", [f"{LIB}/ebin/counter.appup"], (a("error"), a("enoent"))),
         answer("file:consult", ["/srv/counter/lib/counter-0.0.1/ebin/counter.appup"],
-               (OK, [("0.0.1", [], [("0.0.2", [(a("load_module"), a("counter_app"))])])]))])
+               (OK, [("0.0.1", [], [("0.0.2", [(a("load_module"), a("counter_app"))])])])),
+        *code_check([]), *code_check([])])
     found = await verify_running(node, timeout=1.0)
     assert found.details == (f"counter changed but the appup has no instruction for it (the "
                              f"node still runs {OLD_BEAM})",)
+    node.assert_done()
+
+
+async def test_verify_running_names_children_a_boot_would_not_give_and_old_code_processes(
+        ) -> None:
+    sp = Pid(a("counter@localhost"), 93, 0, 1)
+    node = ScriptedNode([
+        which_releases(("0.0.4", "permanent")), *code_check(code_report("0.0.4")),
+        *code_check([(a("not_started"), a("counter_sup"), a("ticker"), [a("counter_sp")]),
+                     (a("module_gone"), a("counter_sup"), a("extra"), [a("counter_extra")])]),
+        # Still there on each of the three looks: not a process passing through old code.
+        *[e for _ in range(3) for e in code_check([(sp, a("counter_sp"), a("counter_sp"),
+                                                     (a("counter_sp"), a("init"), 1))])]])
+    found = await verify_running(node, timeout=1.0)
+    assert found.report.ok
+    assert found.processes == (
+        ("supervision tree", "counter_sp", "not_started",
+         "counter_sup: permanent child ticker has a spec and no process (an added child never "
+         "started: the appup needs {apply, {supervisor, restart_child, [counter_sup, ticker]}} "
+         "after the supervisor's update)"),
+        ("supervision tree", "counter_extra", "module_gone",
+         "counter_sup: child extra runs, but its module counter_extra is gone from the release "
+         "(a removed child still running: the appup needs {apply, {supervisor, "
+         "terminate_child, [counter_sup, extra]}} and delete_child before the supervisor's "
+         "update)"),
+        ("old code", "counter_sp", "old_code",
+         "<0.93.0> (counter_sp) started by counter_sp:init/1 runs old counter_sp: "
+         "make_permanent's or the next code change's purge kills it"))
     node.assert_done()
 
 

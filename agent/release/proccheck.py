@@ -1,0 +1,251 @@
+"""Whether a node's processes are what a cold boot of its release gives (DESIGN.md section 4,
+step 6, and issue 21): no process still runs old code, and the supervision tree matches the
+child specs its supervisors hold.
+
+**Old code.** A relup loads new code; the old code stays until ``make_permanent`` purges it
+(``brutal_purge``, the default, kills every process still running it; ``soft_purge`` leaves it
+running). A process looping in a module that was loaded with ``load_module`` (a special process
+the appup did not ``update``) is such a process: it would be killed silently, and its supervisor
+would restart it empty. So before make_permanent the agent asks, for every module that has old
+code, ``erlang:check_process_code/2`` of every process, and names the processes found (pid,
+registered name, initial call). A process caught in the middle of a call into old code leaves
+it within moments: the check is repeated a few times before anything is reported. What it
+cannot see: a fun of an old module kept in a process's state (OTP 25+ no longer counts funs in
+check_process_code), which breaks with ``badfun`` on its next use, not at the purge.
+
+**Supervision tree.** ``{update, Sup, supervisor}`` only replaces the child specs a supervisor
+holds. Walking every application's tree (``application_master:get_child/1``,
+``supervisor:which_children/1`` and ``supervisor:get_childspec/2``): a permanent child with a
+spec and no process was never started (an added child the appup did not ``restart_child``), and
+a running child whose modules are neither loaded nor on the code path was removed from the
+release while it kept running (the appup did not ``terminate_child`` + ``delete_child`` it).
+What it cannot see: a child whose spec the new supervisor code drops but whose module stays in
+the release (the supervisor keeps the old spec; only the supervisor's ``init/1`` knows, and
+calling it on a live node could have side effects).
+
+Both checks are one evaluation each on the node (erl_scan, erl_parse, erl_eval; no module of
+ours is loaded there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bridge import Atom, BadRpc, Pid
+
+from .steps import FAILED, Caller, Failure, term_text
+
+DOCS = "docs/preparing-releases.md"
+
+# Bound: Apps, the names of the release's applications (atoms). Returns
+# [{not_started | module_gone, SupName, ChildId, Modules}], at most 50.
+TREE_EXPR = r"""
+Name = fun(P) -> case process_info(P, registered_name) of
+                     {registered_name, N} -> N; _ -> P end end,
+Gone = fun(dynamic) -> [];
+          (Ms) when is_list(Ms) ->
+              [M || M <- Ms, is_atom(M), code:is_loaded(M) =:= false,
+                    code:which(M) =:= non_existing];
+          (_) -> [] end,
+Walk = fun W(Sup, Acc) ->
+    case catch supervisor:which_children(Sup) of
+        Children when is_list(Children) ->
+            lists:foldl(fun({Id, Child, Type, Mods}, A) ->
+                Restart = case catch supervisor:get_childspec(Sup, Id) of
+                              {ok, #{restart := R}} -> R;
+                              _ -> dynamic end,
+                A1 = case Child of
+                         undefined when Restart =:= permanent ->
+                             [{not_started, Name(Sup), Id, Mods} | A];
+                         P when is_pid(P) ->
+                             case Gone(Mods) of
+                                 [] -> A;
+                                 Ms -> [{module_gone, Name(Sup), Id, Ms} | A] end;
+                         _ -> A end,
+                case Type of
+                    supervisor when is_pid(Child) -> W(Child, A1);
+                    _ -> A1 end end, Acc, Children);
+        _ -> Acc end end,
+Tops = [Top || App <- Apps,
+               Master <- [application_controller:get_master(App)], is_pid(Master),
+               {Top, _} <- [catch application_master:get_child(Master)], is_pid(Top)],
+lists:sublist(lists:reverse(lists:foldl(Walk, [], Tops)), 50).
+"""
+
+# Returns [{Pid, Module, RegisteredName | [], InitialCall}] of the processes running (or
+# referring to) old code, at most 50.
+OLD_CODE_EXPR = r"""
+Old = [M || {M, _} <- code:all_loaded(), erlang:check_old_code(M)],
+Me = self(),
+Init = fun(P) ->
+    case process_info(P, dictionary) of
+        {dictionary, D} ->
+            case lists:keyfind('$initial_call', 1, D) of
+                {_, IC} -> IC;
+                false -> case process_info(P, initial_call) of
+                             {initial_call, IC} -> IC; _ -> undefined end end;
+        _ -> undefined end end,
+Name = fun(P) -> case process_info(P, registered_name) of
+                     {registered_name, N} -> N; _ -> [] end end,
+Found = [{P, M} || M <- Old, P <- processes(), P =/= Me,
+                   (catch erlang:check_process_code(P, M)) =:= true],
+[{P, M, Name(P), Init(P)} || {P, M} <- lists:sublist(Found, 50)].
+"""
+
+# A call in progress into old code returns within moments; a loop in it does not.
+OLD_CODE_TRIES = 3
+OLD_CODE_PAUSE = 0.3
+
+
+class CheckFailed(Exception):
+    """The node could not evaluate a check (its answer is in the message)."""
+
+
+@dataclass(frozen=True)
+class TreeProblem:
+    kind: str          # "not_started" or "module_gone"
+    supervisor: str    # its registered name, or pid
+    child: str         # the child's id, as Erlang writes it
+    modules: tuple[str, ...]
+
+    def text(self) -> str:
+        if self.kind == "not_started":
+            return (f"{self.supervisor}: permanent child {self.child} has a spec and no process "
+                    "(an added child never started: the appup needs {apply, {supervisor, "
+                    f"restart_child, [{self.supervisor}, {self.child}]}}}} after the "
+                    "supervisor's update)")
+        return (f"{self.supervisor}: child {self.child} runs, but its module "
+                f"{', '.join(self.modules)} is gone from the release (a removed child still "
+                "running: the appup needs {apply, {supervisor, terminate_child, "
+                f"[{self.supervisor}, {self.child}]}}}} and delete_child before the "
+                "supervisor's update)")
+
+
+@dataclass(frozen=True)
+class OldCodeProcess:
+    pid: Pid
+    module: str
+    name: str          # registered name, "" if none
+    initial_call: str  # M:F/A
+
+    def text(self) -> str:
+        who = f"<0.{self.pid.id}.{self.pid.serial}>" + (f" ({self.name})" if self.name else "")
+        return f"{who} started by {self.initial_call} runs old {self.module}"
+
+
+async def evaluate(node: Caller, expr: str, bindings: Sequence[tuple[Atom, Any]], *,
+                   timeout: float) -> Any:
+    """The value of Erlang ``expr`` evaluated on the node with ``bindings``."""
+    try:
+        scanned = await node.call("erl_scan", "string", [expr], timeout=timeout)
+        if not (isinstance(scanned, tuple) and scanned[0] == Atom("ok")):
+            raise CheckFailed(f"the node could not scan the check: {term_text(scanned)}")
+        parsed = await node.call("erl_parse", "parse_exprs", [scanned[1]], timeout=timeout)
+        if not (isinstance(parsed, tuple) and parsed[0] == Atom("ok")):
+            raise CheckFailed(f"the node could not parse the check: {term_text(parsed)}")
+        value = await node.call("erl_eval", "exprs", [parsed[1], list(bindings)],
+                                timeout=timeout)
+    except BadRpc as exc:
+        raise CheckFailed(f"the check crashed on the node: {term_text(exc.reason)}") from None
+    if not (isinstance(value, tuple) and len(value) == 3 and value[0] == Atom("value")):
+        raise CheckFailed(f"the check returned {term_text(value)}")
+    return value[1]
+
+
+def _name(value: Any) -> str:
+    return value.name if isinstance(value, Atom) else term_text(value)
+
+
+async def tree_problems(node: Caller, apps: Iterable[str], *,
+                        timeout: float) -> list[TreeProblem]:
+    """The children of the applications' supervision trees that a cold boot would not give."""
+    found = await evaluate(node, TREE_EXPR, [(Atom("Apps"), [Atom(a) for a in apps])],
+                           timeout=timeout)
+    problems = []
+    for item in found if isinstance(found, list) else []:
+        if isinstance(item, tuple) and len(item) == 4 and isinstance(item[0], Atom):
+            mods = item[3] if isinstance(item[3], list) else []
+            problems.append(TreeProblem(item[0].name, _name(item[1]), _name(item[2]),
+                                        tuple(_name(m) for m in mods)))
+    return problems
+
+
+def _mfa(value: Any) -> str:
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[2], int):
+        return f"{_name(value[0])}:{_name(value[1])}/{value[2]}"
+    return term_text(value)
+
+
+async def old_code_processes(node: Caller, *, timeout: float,
+                             tries: int = OLD_CODE_TRIES) -> list[OldCodeProcess]:
+    """The processes that still run old code, found on each of ``tries`` looks a moment apart
+    (a process only passing through old code is not one of them)."""
+    seen: dict[Pid, OldCodeProcess] | None = None
+    for attempt in range(tries):
+        if attempt:
+            await asyncio.sleep(OLD_CODE_PAUSE)
+        found = await evaluate(node, OLD_CODE_EXPR, [], timeout=timeout)
+        now = {}
+        for item in found if isinstance(found, list) else []:
+            if isinstance(item, tuple) and len(item) == 4 and isinstance(item[0], Pid):
+                name = "" if item[2] == [] else _name(item[2])
+                now[item[0]] = OldCodeProcess(item[0], _name(item[1]), name, _mfa(item[3]))
+        seen = now if seen is None else {p: v for p, v in now.items() if p in seen}
+        if not seen:
+            return []
+    return list(seen.values()) if seen else []
+
+
+async def alive(node: Caller, pids: Iterable[Pid], *, timeout: float) -> set[Pid]:
+    """Which of ``pids`` (of the node) are alive."""
+    out = set()
+    for pid in pids:
+        if await node.call("erlang", "is_process_alive", [pid], timeout=timeout) == Atom("true"):
+            out.add(pid)
+    return out
+
+
+async def verify_processes(node: Caller, apps: Sequence[str], *, allow_purge_kill: bool,
+                           timeout: float) -> str:
+    """The tree and old-code checks of verify: "" when both pass (or the old code is allowed
+    to be killed: then it says so), else a Failure naming the children and processes."""
+    try:
+        tree = await tree_problems(node, apps, timeout=timeout)
+        old = await old_code_processes(node, timeout=timeout)
+    except CheckFailed as exc:
+        raise Failure(FAILED, f"the process check could not run: {exc}") from None
+    if tree:
+        raise Failure(FAILED, "the supervision tree is not what a boot of the release gives: "
+                              + "; ".join(p.text() for p in tree)
+                              + f". See {DOCS} (relctl make-relup writes these calls)")
+    if not old:
+        return "; no process runs old code"
+    listed = "; ".join(p.text() for p in old)
+    if allow_purge_kill:
+        return (f"; {len(old)} processes run old code, which make_permanent's purge kills "
+                f"(--allow-purge-kill): {listed}")
+    raise Failure(FAILED, f"processes still run old code, which make_permanent's purge would "
+                          f"kill (their supervisors would restart them empty): {listed}. Have "
+                          "the appup update these modules ({update, M, {advanced, []}} for a "
+                          "special process) rather than load_module them, or pass "
+                          "--allow-purge-kill to have them killed and reported")
+
+
+async def killed_text(node: Caller, doomed: Sequence[OldCodeProcess], *,
+                      timeout: float) -> str:
+    """"; killed by the purge: ..." for those of ``doomed`` that make_permanent killed."""
+    if not doomed:
+        return ""
+    try:
+        living = await alive(node, (p.pid for p in doomed), timeout=timeout)
+    except BadRpc:
+        return "; could not tell which processes the purge killed"
+    killed = [p for p in doomed if p.pid not in living]
+    if not killed:
+        return ""
+    return "; killed by the purge: " + "; ".join(
+        f"<0.{p.pid.id}.{p.pid.serial}>" + (f" ({p.name})" if p.name else "")
+        + f" started by {p.initial_call}" for p in killed)

@@ -54,6 +54,9 @@ class Options:
     # A release whose runtime config cannot be reproduced (runtime.py) is installed anyway,
     # its unset relx variables rendered empty, its unknown providers not run.
     allow_config_reset: bool = False
+    # Processes still on old code at make_permanent are killed by its purge and reported,
+    # instead of failing the verification (proccheck.py).
+    allow_purge_kill: bool = False
 
 
 @dataclass(frozen=True)

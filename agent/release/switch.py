@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from bridge import Atom, BadRpc
 from .base import EngineCore, OperationContext, Options
 from .codecheck import check_code, mismatch_text, read_appups, split_lib
 from .hooks import run_hooks
+from .proccheck import OldCodeProcess, killed_text, old_code_processes, verify_processes
 from .releases import Release, parse_which_releases
 from .runtime import RuntimeConfig
 from .steps import FAILED, FAILED_UNCHANGED, ROLLED_BACK, SUCCEEDED, Failure, Result, term_text
@@ -180,6 +182,10 @@ class Switch:
         if wrong:
             raise Failure(FAILED, "applications not switched: " + "; ".join(wrong))
         code = await self._verify_code(target, releases, from_version)
+        code += await verify_processes(self._core.node, [split_lib(a)[0] for a in
+                                                          target.applications],
+                                       allow_purge_kill=options.allow_purge_kill,
+                                       timeout=self._core.rpc_timeout)
         detail = f"{version} is {target.status}; {len(running)} applications run; {code}"
         if options.probes:
             detail += "; " + await self._soak(options)
@@ -239,7 +245,9 @@ class Switch:
                 raise
             return await self._rollback(version, failure, options, ctx)
         if options.permanent:
-            await self.make_permanent(version, ctx)
+            doomed = (await old_code_processes(self._core.node, timeout=self._core.rpc_timeout,
+                                               tries=1) if options.allow_purge_kill else [])
+            await self.make_permanent(version, ctx, doomed)
         else:
             self._core.steps.skip("make_permanent", "--no-permanent: the node boots the old "
                                                     "release on restart until "
@@ -247,7 +255,10 @@ class Switch:
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases(),
                       config_changes=self._runtime.changes)
 
-    async def make_permanent(self, version: str, ctx: OperationContext) -> None:
+    async def make_permanent(self, version: str, ctx: OperationContext,
+                             doomed: Sequence[OldCodeProcess] = ()) -> None:
+        """``doomed``: processes on old code that its purge kills (--allow-purge-kill; verify
+        refuses them otherwise): each one killed is reported."""
         async with self._core.steps.step("make_permanent") as st:
             res = await self._core.call("release_handler", "make_permanent", [version])
             if res != _OK:
@@ -255,6 +266,8 @@ class Switch:
                                        f"{term_text(res[1] if isinstance(res, tuple) else res)}; "
                                        f"{version} runs but the node would boot the old release")
             st.detail = f"{version} is permanent"
+            st.detail += await killed_text(self._core.node, doomed,
+                                           timeout=self._core.rpc_timeout)
             copied = await self._copy_start_script(version, ctx)
             if copied:
                 st.detail += f"; {copied}"

@@ -23,6 +23,7 @@ from agent.config import CONTINUE, POST_INSTALL, PRE_INSTALL, Hook
 from agent.errors import NodeDown, NodeTimeout, ReplyTooLarge
 from agent.release.base import Options, Placing, Probe
 from agent.release.codecheck import CHECK_EXPR
+from agent.release.proccheck import OLD_CODE_EXPR, TREE_EXPR
 from agent.release.steps import (
     DRY_RUN,
     FAILED,
@@ -247,7 +248,8 @@ async def test_upgrade_with_a_tarball_stages_unpacks_installs_verifies_and_commi
     assert rig.log.detail("check") == "relup from 0.0.1 found"
     assert rig.log.detail("install") == "0.0.1 -> 0.0.2"
     assert rig.log.detail("verify") == ("0.0.2 is current; 3 applications run; 187 modules "
-                                         "match the release's beams (embedded mode)")
+                                         "match the release's beams (embedded mode); no "
+                                         "process runs old code")
     assert rig.log.detail("make_permanent") == "0.0.2 is permanent"
     # Staged where unpack_release looks, whole (the scripted node does not consume it).
     staged = rig.root / "releases" / "counter-0.0.2.tar.gz"
@@ -286,7 +288,8 @@ async def test_a_tarball_for_a_release_already_there_is_not_uploaded_again(rig: 
     assert rig.log.detail("preflight") == ("0.0.2 is already unpacked; the tarball is not "
                                            "needed. no releases/0.0.2/sys.config; running 0.0.1")
     # The tarball's sys.config is not read (the one erl_scan call is verify's code check).
-    assert [c.args[0] for c in rig.node.calls_to("erl_scan:string")] == [CHECK_EXPR]
+    assert [c.args[0] for c in rig.node.calls_to("erl_scan:string")] == [
+        CHECK_EXPR, TREE_EXPR, OLD_CODE_EXPR]
     assert not (rig.root / "releases" / "counter-0.0.2.tar.gz").exists()
     rig.done()
 
@@ -385,7 +388,8 @@ async def test_probes_soak_for_the_health_timeout(rig: Rig) -> None:
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
     shown = re.fullmatch(r"0\.0\.2 is current; 3 applications run; 187 modules match the "
-                         r"release's beams \(embedded mode\); probes ok (\d+)x over 0\.05 s",
+                         r"release's beams \(embedded mode\); no process runs old code; "
+                         r"probes ok (\d+)x over 0\.05 s",
                          rig.log.detail("verify"))
     assert shown is not None, rig.log.detail("verify")
     rounds = int(shown.group(1))

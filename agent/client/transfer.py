@@ -209,6 +209,7 @@ class UpgradeSpec:
     digest: tuple[int, str] | None = None  # file_digest(tarball), read once for every agent
     allow_config_reset: bool = False
     replace: bool = False  # replace VERSION already on the node from other bytes (--replace)
+    allow_purge_kill: bool = False  # processes on old code are killed and reported
 
 
 def is_up_to_date(releases: Iterable[pb.Release], version: str) -> bool:
@@ -280,6 +281,7 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
         no_permanent=spec.no_permanent, dry_run=spec.dry_run,
         health_timeout=_duration(spec.health_timeout),
         install_timeout=_duration(spec.install_timeout),
-        allow_config_reset=spec.allow_config_reset, replace=spec.replace),
+        allow_config_reset=spec.allow_config_reset, replace=spec.replace,
+        allow_purge_kill=spec.allow_purge_kill),
         timeout=OPERATION_TIMEOUT)
     return follow(settings, agent, events, say=say, what="the upgrade", stub=stub)

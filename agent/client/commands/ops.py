@@ -93,15 +93,21 @@ the worst row's, in this order: {worst_first_text()} (0 when none failed).
 @click.option("--allow-config-reset", is_flag=True,
               help="Install even when the release's runtime config (mix config providers, relx "
                    "${VAR}s) cannot be reproduced on the node; those keys fall back.")
+@click.option("--allow-purge-kill", is_flag=True,
+              help="Processes still running old code when the release is made permanent are "
+                   "killed by its purge, and each is reported (default: they fail the "
+                   "verification, and the node is rolled back).")
 @shared_options
 @click.pass_obj
 def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent: bool,
             dry_run: bool, health_timeout: float | None, install_timeout: float | None,
             batch: int, max_failures: int, stage_parallel: int | None,
-            no_prestage: bool, allow_config_reset: bool, replace: bool) -> ExitCode:
+            no_prestage: bool, allow_config_reset: bool, replace: bool,
+            allow_purge_kill: bool) -> ExitCode:
     # The help is _UPGRADE_HELP: it quotes the worst-first order from agent.client.status.
     spec = UpgradeSpec(version, tarball, no_permanent, dry_run, health_timeout, install_timeout,
-                       allow_config_reset=allow_config_reset, replace=replace)
+                       allow_config_reset=allow_config_reset, replace=replace,
+                       allow_purge_kill=allow_purge_kill)
     if len(settings.agents) > 1:
         from ..fleet import fleet_upgrade  # here: a single-agent upgrade needs none of it
 
@@ -120,14 +126,19 @@ def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent
 @click.option("--allow-config-reset", is_flag=True,
               help="Install even when the release's runtime config (mix config providers, relx "
                    "${VAR}s) cannot be reproduced on the node; those keys fall back.")
+@click.option("--allow-purge-kill", is_flag=True,
+              help="Processes still running old code when the release is made permanent are "
+                   "killed by its purge, and each is reported (default: they fail the "
+                   "verification, and the node is rolled back).")
 @shared_options
 @click.pass_obj
 def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: bool,
-              allow_config_reset: bool) -> ExitCode:
+              allow_config_reset: bool, allow_purge_kill: bool) -> ExitCode:
     """Go back to an old VERSION through the running release's relup (its down script)."""
     return _streamed(settings, "the downgrade", lambda stub: stub.Downgrade(pb.DowngradeRequest(
         node=settings.node, version=version, no_permanent=no_permanent,
-        allow_config_reset=allow_config_reset), timeout=OPERATION_TIMEOUT))
+        allow_config_reset=allow_config_reset, allow_purge_kill=allow_purge_kill),
+        timeout=OPERATION_TIMEOUT))
 
 
 @click.command("reload-config")

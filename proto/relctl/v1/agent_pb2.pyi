@@ -411,7 +411,7 @@ class RemoveRequest(_message.Message):
     def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class UpgradeRequest(_message.Message):
-    __slots__ = ("node", "version", "upload_id", "no_permanent", "dry_run", "health_timeout", "install_timeout", "allow_config_reset", "replace")
+    __slots__ = ("node", "version", "upload_id", "no_permanent", "dry_run", "health_timeout", "install_timeout", "allow_config_reset", "replace", "allow_purge_kill")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -421,6 +421,7 @@ class UpgradeRequest(_message.Message):
     INSTALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ALLOW_CONFIG_RESET_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PURGE_KILL_FIELD_NUMBER: _ClassVar[int]
     node: str
     version: str
     upload_id: str
@@ -430,21 +431,24 @@ class UpgradeRequest(_message.Message):
     install_timeout: _duration_pb2.Duration
     allow_config_reset: bool
     replace: bool
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., upload_id: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., health_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ..., replace: _Optional[bool] = ...) -> None: ...
+    allow_purge_kill: bool
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., upload_id: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., health_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ..., replace: _Optional[bool] = ..., allow_purge_kill: _Optional[bool] = ...) -> None: ...
 
 class DowngradeRequest(_message.Message):
-    __slots__ = ("node", "version", "no_permanent", "install_timeout", "allow_config_reset")
+    __slots__ = ("node", "version", "no_permanent", "install_timeout", "allow_config_reset", "allow_purge_kill")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NO_PERMANENT_FIELD_NUMBER: _ClassVar[int]
     INSTALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ALLOW_CONFIG_RESET_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PURGE_KILL_FIELD_NUMBER: _ClassVar[int]
     node: str
     version: str
     no_permanent: bool
     install_timeout: _duration_pb2.Duration
     allow_config_reset: bool
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ...) -> None: ...
+    allow_purge_kill: bool
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ..., allow_purge_kill: _Optional[bool] = ...) -> None: ...
 
 class ReloadConfigRequest(_message.Message):
     __slots__ = ("node", "dry_run", "show_values")

@@ -36,7 +36,7 @@ from typing import Any
 
 from bridge import Atom, BadRpc, Pid
 
-from .steps import FAILED, Caller, Failure, term_text
+from .steps import FAILED, FAILED_UNCHANGED, Caller, Failure, term_text
 
 DOCS = "docs/preparing-releases.md"
 
@@ -183,20 +183,7 @@ async def old_code_processes(node: Caller, *, timeout: float,
                              tries: int = OLD_CODE_TRIES) -> list[OldCodeProcess]:
     """The processes that still run old code, found on each of ``tries`` looks a moment apart
     (a process only passing through old code is not one of them)."""
-    seen: dict[Pid, OldCodeProcess] | None = None
-    for attempt in range(tries):
-        if attempt:
-            await asyncio.sleep(OLD_CODE_PAUSE)
-        found = await evaluate(node, OLD_CODE_EXPR, [], timeout=timeout)
-        now = {}
-        for item in found if isinstance(found, list) else []:
-            if isinstance(item, tuple) and len(item) == 4 and isinstance(item[0], Pid):
-                name = "" if item[2] == [] else _name(item[2])
-                now[item[0]] = OldCodeProcess(item[0], _name(item[1]), name, _mfa(item[3]))
-        seen = now if seen is None else {p: v for p, v in now.items() if p in seen}
-        if not seen:
-            return []
-    return list(seen.values()) if seen else []
+    return await _stable(node, OLD_CODE_EXPR, [], timeout=timeout, tries=tries)
 
 
 async def alive(node: Caller, pids: Iterable[Pid], *, timeout: float) -> set[Pid]:
@@ -249,3 +236,86 @@ async def killed_text(node: Caller, doomed: Sequence[OldCodeProcess], *,
     return "; killed by the purge: " + "; ".join(
         f"<0.{p.pid.id}.{p.pid.serial}>" + (f" ({p.name})" if p.name else "")
         + f" started by {p.initial_call}" for p in killed)
+
+
+# Bound: File (the relup on the node), From (the running version). Returns
+# [{Pid, Module, RegisteredName | [], InitialCall}] of the processes running code of a module
+# that the relup's script from From loads without a code change (load_module, add_module of a
+# module already loaded): after the load they run old code. At most 50; [] when the relup has
+# no such entry.
+STUCK_EXPR = r"""
+Script = case file:consult(File) of
+    {ok, [{_, Ups, _}]} when is_list(Ups) ->
+        case [S || {V, _, S} <- Ups, V =:= From] of [S | _] when is_list(S) -> S; _ -> [] end;
+    _ -> [] end,
+Loaded = [M || {load, {M, _, _}} <- Script],
+Changed = lists:append([[case X of {M, _} -> M; M -> M end || X <- Ms]
+                        || I <- Script, is_tuple(I), tuple_size(I) >= 2,
+                           {K, Ms} <- [{element(1, I), element(tuple_size(I), I)}],
+                           K =:= suspend orelse K =:= code_change, is_list(Ms)]),
+Plain = [M || M <- lists:usort(Loaded), not lists:member(M, Changed),
+              erlang:module_loaded(M)],
+Me = self(),
+Init = fun(P) ->
+    case process_info(P, dictionary) of
+        {dictionary, D} ->
+            case lists:keyfind('$initial_call', 1, D) of
+                {_, IC} -> IC;
+                false -> case process_info(P, initial_call) of
+                             {initial_call, IC} -> IC; _ -> undefined end end;
+        _ -> undefined end end,
+Name = fun(P) -> case process_info(P, registered_name) of
+                     {registered_name, N} -> N; _ -> [] end end,
+In = fun(P, M) -> case process_info(P, current_stacktrace) of
+                      {current_stacktrace, St} -> lists:keymember(M, 1, St);
+                      _ -> false end end,
+Found = [{P, M} || M <- Plain, P <- processes(), P =/= Me, In(P, M)],
+[{P, M, Name(P), Init(P)} || {P, M} <- lists:sublist(Found, 50)].
+"""
+
+
+async def _stable(node: Caller, expr: str, bindings: Sequence[tuple[Atom, Any]], *,
+                  timeout: float, tries: int) -> list[OldCodeProcess]:
+    """The processes ``expr`` finds on each of ``tries`` looks a moment apart."""
+    seen: dict[Pid, OldCodeProcess] | None = None
+    for attempt in range(tries):
+        if attempt:
+            await asyncio.sleep(OLD_CODE_PAUSE)
+        found = await evaluate(node, expr, bindings, timeout=timeout)
+        now = {}
+        for item in found if isinstance(found, list) else []:
+            if isinstance(item, tuple) and len(item) == 4 and isinstance(item[0], Pid):
+                name = "" if item[2] == [] else _name(item[2])
+                now[item[0]] = OldCodeProcess(item[0], _name(item[1]), name, _mfa(item[3]))
+        seen = now if seen is None else {p: v for p, v in now.items() if p in seen}
+        if not seen:
+            return []
+    return list(seen.values()) if seen else []
+
+
+async def check_loaded_under_processes(node: Caller, relup: str, from_version: str, *,
+                                       allow_purge_kill: bool, timeout: float) -> str:
+    """Before the install: a process running in a module the relup only reloads (no
+    suspend, no code change) stays on the old code, which make_permanent's purge kills.
+    Refused (nothing changed yet) unless ``allow_purge_kill``; "" when there is none."""
+    try:
+        stuck = await _stable(node, STUCK_EXPR, [(Atom("File"), relup),
+                                                 (Atom("From"), from_version)],
+                              timeout=timeout, tries=OLD_CODE_TRIES)
+    except CheckFailed as exc:
+        raise Failure(FAILED_UNCHANGED, f"the process check could not run: {exc}") from None
+    if not stuck:
+        return ""
+    mods = sorted({p.module for p in stuck})
+    listed = "; ".join(p.text().replace(" runs old ", " runs in ") for p in stuck)
+    if allow_purge_kill:
+        return (f"; the relup reloads {', '.join(mods)} without a code change under running "
+                f"processes, which make_permanent's purge will kill (--allow-purge-kill): "
+                f"{listed}")
+    raise Failure(FAILED_UNCHANGED,
+                  f"the relup reloads {', '.join(mods)} without a code change (load_module) "
+                  f"while processes run in it, which would stay on the old code and be killed "
+                  f"by make_permanent's purge (their supervisors restart them empty): "
+                  f"{listed}. Have the appup update "
+                  + ", ".join(f"{m} ({{update, {m}, {{advanced, []}}}})" for m in mods)
+                  + ", or pass --allow-purge-kill to have them killed and reported")

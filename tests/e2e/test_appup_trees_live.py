@@ -194,3 +194,132 @@ def test_special_process_and_supervisor_children_through_hops_up_and_down(
     cold = node_factory("counter@localhost", target=counter_node.root)
     assert erl_eval(cold, CHILDREN) == hot
     assert erl_eval(cold, "counter_sp:tick()") == "2"
+
+
+# Hand-written appups of 0.0.3 -> 0.0.4 with what generators without issue 21's cases write.
+FORGETS_THE_REMOVED_CHILD = """{"0.0.4",
+ [{"0.0.3", [{update, counter_sp, {advanced, []}}, {update, counter_sup, supervisor},
+             {delete_module, counter_extra}]}],
+ [{"0.0.3", [{add_module, counter_extra}, {update, counter_sp, {advanced, []}},
+             {update, counter_sup, supervisor}]}]}.
+"""
+LOADS_THE_SPECIAL_PROCESS = """{"0.0.4",
+ [{"0.0.3", [{apply, {supervisor, terminate_child, [counter_sup, extra]}},
+             {apply, {supervisor, delete_child, [counter_sup, extra]}},
+             {load_module, counter_sp}, {update, counter_sup, supervisor},
+             {delete_module, counter_extra}]}],
+ [{"0.0.3", [{add_module, counter_extra}, {load_module, counter_sp},
+             {update, counter_sup, supervisor},
+             {apply, {supervisor, restart_child, [counter_sup, extra]}}]}]}.
+"""
+
+
+def given_appup(root: Path, text: str, dest: Path) -> Path:
+    """An ebin for --path holding 0.0.4's counter.app and the appup ``text``."""
+    dest.mkdir()
+    shutil.copy2(root / "lib" / "counter-0.0.4" / "ebin" / "counter.app", dest / "counter.app")
+    (dest / "counter.appup").write_text(text)
+    return dest
+
+
+def local(pid: str) -> str:
+    """A pid as its own node writes it: the probe prints <8835.300.0>, the node <0.300.0>."""
+    return "<0." + pid.strip("<>").split(".", 1)[1] + ">"
+
+
+def step(op: dict[str, object], name: str) -> str:
+    steps = op["steps"]
+    assert isinstance(steps, list)
+    detail: str = next(s for s in steps if s["name"] == name)["detail"]
+    return detail
+
+
+def test_old_code_and_a_wrong_tree_fail_verify_and_roll_back_unless_purge_kill_is_allowed(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    base = extract_tar(release_build.tarball("0.0.1"), tmp_path / "0.0.1")
+    root3 = build_version(base, tmp_path / "0.0.3", "0.0.3")
+    root4 = build_version(base, tmp_path / "0.0.4", "0.0.4")
+    tar3 = tmp_path / "counter-0.0.3.tar.gz"
+    make_relup(str(base), str(root3), "--tarball", str(tar3))
+    agent = start_agent(tmp_path / "agent", [
+        NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)])
+    agents.append(agent)
+    upgrade(agent, "upgrade", "0.0.3", "--tarball", str(tar3))
+
+    # relctl verify names a process left on old code (counter_sp loaded again under it), and
+    # is content once the process made a call into the new code (sys goes through
+    # Mod:system_continue).
+    ok = relctl("verify", "-o", "json", agents=[agent.address], timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    erl_eval(counter_node, "{counter_sp, B, F} = code:get_object_code(counter_sp), "
+                           "{module, _} = code:load_binary(counter_sp, F, B), ok")
+    stale = relctl("verify", "-o", "json", agents=[agent.address], timeout=60)
+    assert stale.returncode == 1, stale.stdout + stale.stderr
+    [row] = stale.json()["mismatches"]
+    assert (row["application"], row["module"], row["problem"]) == (
+        "old code", "counter_sp", "old_code")
+    assert row["detail"].endswith(" (counter_sp) started by counter_sp:init/1 runs old "
+                                  "counter_sp: make_permanent's or the next code change's "
+                                  "purge kills it"), row
+    erl_eval(counter_node, "sys:get_state(counter_sp)")
+    assert relctl("verify", agents=[agent.address], timeout=60).returncode == 0
+
+    # A removed child left running, its module deleted: verify fails, the node rolls back.
+    extra = erl_eval(counter_node, "whereis(counter_extra)")
+    tar4 = tmp_path / "counter-0.0.4-tree.tar.gz"
+    make_relup(str(root3), str(root4), "--tarball", str(tar4), "--allow-incomplete-appup",
+               "--path", str(given_appup(root4, FORGETS_THE_REMOVED_CHILD, tmp_path / "tree")))
+    bad = relctl("upgrade", "0.0.4", "--tarball", str(tar4), "-o", "json",
+                 agents=[agent.address], timeout=240)
+    assert bad.returncode == 5, bad.stdout + bad.stderr
+    assert ("the supervision tree is not what a boot of the release gives: counter_sup: child "
+            "extra runs, but its module counter_extra is gone from the release (a removed child "
+            "still running: the appup needs {apply, {supervisor, terminate_child, [counter_sup, "
+            "extra]}} and delete_child before the supervisor's update)"
+            ) in bad.json()["operation"]["error"]
+    assert erl_eval(counter_node, CHILDREN) == WITH_EXTRA
+    assert erl_eval(counter_node, "whereis(counter_extra)") == extra
+    assert relctl("verify", agents=[agent.address], timeout=60).returncode == 0
+
+    # The special process loaded with load_module would stay on the old code, which
+    # make_permanent's purge kills: refused at the check, before anything changed.
+    tar4 = tmp_path / "counter-0.0.4-load.tar.gz"
+    make_relup(str(root3), str(root4), "--tarball", str(tar4), "--allow-incomplete-appup",
+               "--path", str(given_appup(root4, LOADS_THE_SPECIAL_PROCESS, tmp_path / "load")))
+    sp = erl_eval(counter_node, "whereis(counter_sp)")
+    erl_eval(counter_node, "counter_sp:tick()")
+    bad = relctl("upgrade", "0.0.4", "--tarball", str(tar4), "--replace", "-o", "json",
+                 agents=[agent.address], timeout=240)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    op = bad.json()["operation"]
+    who = f"{local(sp)} (counter_sp) started by counter_sp:init/1"
+    assert op["error"] == (
+        "the relup reloads counter_sp without a code change (load_module) while processes run "
+        "in it, which would stay on the old code and be killed by make_permanent's purge "
+        f"(their supervisors restart them empty): {who} runs in counter_sp. Have the appup "
+        "update counter_sp ({update, counter_sp, {advanced, []}}), or pass --allow-purge-kill "
+        "to have them killed and reported"), op["error"]
+    steps = [(s["name"], s["state"]) for s in op["steps"]]
+    assert ("check", "failed") in steps and "install" not in dict(steps), steps
+    assert erl_eval(counter_node, "whereis(counter_sp)") == sp
+    assert erl_eval(counter_node, "sys:get_state(counter_sp)") == "#{ticks => 1}"
+    assert erl_eval(counter_node, CHILDREN) == WITH_EXTRA
+    versions = relctl("versions", "-o", "json", agents=[agent.address])
+    assert {(r["version"], r["status"]) for r in versions.json()["nodes"][0]["releases"]} == {
+        ("0.0.1", "old"), ("0.0.3", "permanent")}
+
+    # Allowed: done, and each process the purge killed is reported; its supervisor restarted
+    # it on the new code, with a fresh state.
+    op = upgrade(agent, "upgrade", "0.0.4", "--tarball", str(tar4), "--allow-purge-kill")
+    assert step(op, "check").endswith(
+        "; the relup reloads counter_sp without a code change under running processes, which "
+        f"make_permanent's purge will kill (--allow-purge-kill): {who} runs in counter_sp")
+    assert step(op, "verify").endswith(
+        f"; 1 processes run old code, which make_permanent's purge kills "
+        f"(--allow-purge-kill): {who} runs old counter_sp"), step(op, "verify")
+    assert step(op, "make_permanent") == f"0.0.4 is permanent; killed by the purge: {who}"
+    assert erl_eval(counter_node, CHILDREN) == WITHOUT_EXTRA
+    assert erl_eval(counter_node, "whereis(counter_sp)") != sp
+    assert erl_eval(counter_node, "sys:get_state(counter_sp)") == "#{ticks => 0}"
+    assert erl_eval(counter_node, "counter_sp:tick()") == "2"

@@ -11,10 +11,13 @@ make permanent, rollback).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent.config import POST_INSTALL, PRE_INSTALL
 from bridge import Atom
 
 from .base import OperationContext, Options, guarded
+from .proccheck import check_loaded_under_processes
 from .releases import Release
 from .single import SingleSteps
 from .steps import DRY_RUN, FAILED_UNCHANGED, UP_TO_DATE, Failure, Result, term_text
@@ -68,7 +71,7 @@ class ReleaseEngine(SingleSteps):
             self.steps.skip_between("stage", "unpack", f"{version} is already "
                                     f"{target.status if target else '?'}")
 
-        await self._check_upgrade(version, ctx)
+        await self._check_upgrade(version, ctx, options)
         if options.dry_run:
             # What the stage placed is taken back by the operation's one undo (base.guarded).
             self.steps.skip_between(f"{PRE_INSTALL}:*", "make_permanent", "--dry-run",
@@ -116,7 +119,8 @@ class ReleaseEngine(SingleSteps):
             st.detail = (st.detail + f"; running {ctx.from_version}").lstrip("; ")
         return target, tarball, stale
 
-    async def _check_upgrade(self, version: str, ctx: OperationContext) -> None:
+    async def _check_upgrade(self, version: str, ctx: OperationContext,
+                             options: Options) -> None:
         async with self.steps.step("check") as st:
             res = await self._core.call("release_handler", "check_install_release", [version])
             if not (isinstance(res, tuple) and res[0] == _OK):
@@ -124,6 +128,11 @@ class ReleaseEngine(SingleSteps):
                 raise Failure(FAILED_UNCHANGED, f"check_install_release({version}) refused: "
                                                  f"{term_text(reason)}")
             st.detail = f"relup from {res[1]} found"
+            if ctx.dirs is not None:  # processes the relup would leave on old code
+                st.detail += await check_loaded_under_processes(
+                    self.node, str(Path(ctx.dirs.releases) / version / "relup"),
+                    ctx.from_version, allow_purge_kill=options.allow_purge_kill,
+                    timeout=self._core.rpc_timeout)
 
     @guarded("downgrade")
     async def downgrade(self, ctx: OperationContext, version: str, options: Options) -> Result:

@@ -23,7 +23,7 @@ from agent.config import CONTINUE, POST_INSTALL, PRE_INSTALL, Hook
 from agent.errors import NodeDown, NodeTimeout, ReplyTooLarge
 from agent.release.base import Options, Placing, Probe
 from agent.release.codecheck import CHECK_EXPR
-from agent.release.proccheck import OLD_CODE_EXPR, TREE_EXPR
+from agent.release.proccheck import OLD_CODE_EXPR, STUCK_EXPR, TREE_EXPR
 from agent.release.steps import (
     DRY_RUN,
     FAILED,
@@ -172,8 +172,16 @@ def unpack_ok(version: str = "0.0.2") -> Expect:
     return answer("release_handler:unpack_release", [f"counter-{version}"], (OK, version))
 
 
-def check_ok(version: str = "0.0.2", over: str = "0.0.1") -> Expect:
+def check_only(version: str = "0.0.2", over: str = "0.0.1") -> Expect:
+    """check_install_release answering ok (a downgrade's or the single step's check)."""
     return answer("release_handler:check_install_release", [version], (OK, over, []))
+
+
+def check_ok(version: str = "0.0.2", over: str = "0.0.1") -> list[Expect]:
+    """check_install_release, then the check that no process runs in a module the relup only
+    reloads (agent/release/proccheck.py): none does."""
+    return [answer("release_handler:check_install_release", [version], (OK, over, [])),
+            *code_check([])]
 
 
 def install_opts(options: Options = FAST, *, update_paths: bool = True) -> list[Any]:
@@ -289,7 +297,7 @@ async def test_a_tarball_for_a_release_already_there_is_not_uploaded_again(rig: 
                                            "needed. no releases/0.0.2/sys.config; running 0.0.1")
     # The tarball's sys.config is not read (the one erl_scan call is verify's code check).
     assert [c.args[0] for c in rig.node.calls_to("erl_scan:string")] == [
-        CHECK_EXPR, TREE_EXPR, OLD_CODE_EXPR]
+        STUCK_EXPR, CHECK_EXPR, TREE_EXPR, OLD_CODE_EXPR]
     assert not (rig.root / "releases" / "counter-0.0.2.tar.gz").exists()
     rig.done()
 
@@ -1235,7 +1243,7 @@ DOWNED = (("0.0.2", "old"), ("0.0.1", "permanent"))
 async def test_downgrade_installs_the_old_release_and_makes_it_permanent(rig: Rig) -> None:
     relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
-               check_ok("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
+               check_only("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
                verify_ok("0.0.1", ("0.0.2", "permanent"), ("0.0.1", "current")),
                permanent("0.0.1"), which_releases(*DOWNED))
     result = await rig.engine.downgrade("0.0.1", FAST)
@@ -1302,7 +1310,7 @@ async def test_downgrade_without_a_relup_down_is_refused_at_check(rig: Rig) -> N
 async def test_a_downgrade_dry_run_stops_after_check(rig: Rig) -> None:
     relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
-               check_ok("0.0.1", over="0.0.2"), which_releases(*DOWN))
+               check_only("0.0.1", over="0.0.2"), which_releases(*DOWN))
     result = await rig.engine.downgrade("0.0.1", Options(dry_run=True))
 
     assert_result(result, DRY_RUN, "0.0.2", "0.0.1")
@@ -1316,7 +1324,7 @@ async def test_a_downgrade_dry_run_stops_after_check(rig: Rig) -> None:
 async def test_a_downgrade_that_fails_verify_is_not_rolled_back(rig: Rig) -> None:
     relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
-               check_ok("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
+               check_only("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
                which_releases(("0.0.2", "permanent"), ("0.0.1", "current")),
                answer("application:which_applications", [], applications("0.0.2")),
                which_releases(("0.0.2", "permanent"), ("0.0.1", "current")))
@@ -1332,7 +1340,7 @@ async def test_a_downgrade_that_fails_verify_is_not_rolled_back(rig: Rig) -> Non
 async def test_a_downgrade_whose_make_permanent_fails_is_failed(rig: Rig) -> None:
     relup_on_node(rig)
     rig.expect(preflight(rig, *DOWN), config_on_node(rig.root, "0.0.1"),
-               check_ok("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
+               check_only("0.0.1", over="0.0.2"), install_ok("0.0.1", over="0.0.2"),
                verify_ok("0.0.1", ("0.0.2", "permanent"), ("0.0.1", "current")),
                permanent("0.0.1", (ERROR, Atom("enospc"))),
                which_releases(("0.0.2", "permanent"), ("0.0.1", "current")))
@@ -1414,7 +1422,7 @@ async def test_unpack_that_release_handler_refuses_is_failed_unchanged(rig: Rig)
 
 
 async def test_check_reports_what_the_release_can_be_installed_over(rig: Rig) -> None:
-    rig.expect(facts(rig, *UNPACKED), check_ok())
+    rig.expect(facts(rig, *UNPACKED), check_only())
     result = await rig.engine.check("0.0.2")
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")

@@ -17,6 +17,7 @@ do, with systools' own words kept; being a :class:`CliError`, it carries its exi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import io
@@ -79,10 +80,14 @@ class Tarball:
     erts_included: bool
 
 
+OTP_APPUP = "OTP's own"
+
+
 @dataclass(frozen=True)
 class AppupReport:
     """The appup of one application whose version changed: ``source`` is "generated", "given
-    and checked" or "given" (not checked: ``problems`` says why, or what it lacks)."""
+    and checked", "given" (not checked: ``problems`` says why, or what it lacks), or
+    OTP_APPUP (an application of OTP: the appup its OTP ships, checked too)."""
 
     app: str
     old_vsn: str
@@ -253,6 +258,32 @@ def _beam_dir(app: str, vsn: str, roots: Sequence[Path]) -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def otp_lib_dir(erl: str) -> Path | None:
+    """The lib directory of the OTP ``erl`` runs (code:lib_dir()), None if it cannot say."""
+    env = {k: v for k, v in os.environ.items() if k not in _ERL_ENV_NOISE}
+    try:
+        proc = subprocess.run([erl, "-boot", "no_dot_erlang", "-noshell", "-noinput", "-eval",
+                               "io:put_chars(code:lib_dir()), halt(0)."], env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=ERL_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lib = proc.stdout.decode("utf-8", "replace").strip()
+    return Path(lib) if proc.returncode == 0 and lib and Path(lib).is_dir() else None
+
+
+def _otp_appup(app: str, vsn: str, erl: str) -> Path | None:
+    """OTP's own appup of ``app`` ``vsn`` when that is an application of the OTP ``erl``
+    runs (kernel, stdlib, sasl, ...: their appups carry restart_new_emulator, which no beam
+    diff can tell), else None."""
+    lib = otp_lib_dir(erl)
+    if lib is None:
+        return None
+    appup = lib / f"{app}-{vsn}" / "ebin" / f"{app}.appup"
+    return appup if appup.is_file() else None
+
+
 def changed_applications(old: ReleaseDir, new: ReleaseDir) -> list[tuple[str, str, str]]:
     """(app, old vsn, new vsn) of every application in both releases whose version changed."""
     before = dict(old.applications)
@@ -283,6 +314,8 @@ def plan_appups(old: ReleaseDir, new: ReleaseDir, *, extra_paths: Sequence[Path]
         app_ebin = _app_ebin(app, new_vsn, extra_paths, roots)
         if app_ebin is not None and (app_ebin / f"{app}.appup").is_file():
             given[f"g{i}"] = (app_ebin / f"{app}.appup", old_vsn)
+        elif (own := _otp_appup(app, new_vsn, erl)) is not None:
+            given[f"g{i}"] = (own, old_vsn)
     reading = read(ebins, given, erl=erl)
     reports = []
     for i, (app, old_vsn, new_vsn) in enumerate(changed):
@@ -304,7 +337,10 @@ def plan_appups(old: ReleaseDir, new: ReleaseDir, *, extra_paths: Sequence[Path]
                                         "the release roots",)))
         else:
             problems = tuple(check_appup(app, old_vsn, new_vsn, appup, generated))
+            lib = otp_lib_dir(erl)
+            ours = lib is not None and appup.path.is_relative_to(lib)
             reports.append(AppupReport(app, old_vsn, new_vsn,
+                                       OTP_APPUP if ours and not problems else
                                        "given" if problems else "given and checked",
                                        appup.path, generated, problems))
     return reports
@@ -445,6 +481,11 @@ def make_relup(old: ReleaseDir | Sequence[ReleaseDir], new: ReleaseDir, *, erl: 
                 warnings += [w for w in report.generated.warnings if w not in warnings]
                 if report.source == "generated":
                     generated.setdefault(report.app, []).append(report.generated)
+            # systools takes APP.appup from the first path directory holding the .app of that
+            # version: OTP's own goes before the release roots, whose ebins have none.
+            for own in dict.fromkeys(str(r.path.parent) for r in reports
+                                     if r.source == OTP_APPUP and r.path is not None):
+                paths.insert(0, own)
             for app, entries in generated.items():
                 report = next(r for r in reports if r.app == app)
                 app_ebin = _app_ebin(report.app, report.new_vsn, extra_paths,

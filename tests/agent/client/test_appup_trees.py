@@ -210,3 +210,40 @@ def test_systools_makes_a_relup_with_the_supervisor_calls_after_the_point_of_no_
     assert down.index("{apply,{supervisor,delete_child,[top_sup,fresh]}}") < down.index(
         "{code_change,down,[{top_sup,[]}]}") < down.index(
         "{apply,{supervisor,restart_child,[top_sup,gone]}}")
+
+
+def test_an_otp_application_takes_the_appup_its_otp_ships_and_the_relup_restarts_the_emulator(
+        tmp_path: Path, release_build: ReleaseBuild) -> None:
+    """kernel changes version (a copy of this OTP's kernel posing as the version before): its
+    appup is not generated from the beams but taken from the OTP that makes the relup, whose
+    entries say restart_new_emulator, and systools puts that first in the relup."""
+    otp = release_build.otp
+    kernel = otp.app_vsns["kernel"]
+    major, minor, patch = (kernel.split(".") + ["0", "0"])[:3]
+    before = f"{major}.{minor}.{int(patch) - 1}" if int(patch) > 0 else f"{major}.{minor}"
+    real = otp.root_dir / "lib" / f"kernel-{kernel}" / "ebin"
+    assert (real / "kernel.appup").is_file()
+    roots = {}
+    for side, vsn, kvsn in (("old", "1", before), ("new", "2", kernel)):
+        root = tmp_path / side
+        ebin = root / "lib" / f"kernel-{kvsn}" / "ebin"
+        # As release roots have them: the beams and kernel.app, no appup.
+        shutil.copytree(real, ebin, ignore=shutil.ignore_patterns("*.appup"))
+        app = (ebin / "kernel.app").read_text()
+        (ebin / "kernel.app").write_text(app.replace(f'"{kernel}"', f'"{kvsn}"'))
+        rel = root / "releases" / vsn / "app.rel"
+        rel.parent.mkdir(parents=True)
+        rel.write_text(f'{{release, {{"app", "{vsn}"}}, {{erts, "{otp.erts_vsn}"}}, '
+                       f'[{{kernel, "{kvsn}"}}, {{stdlib, "{otp.app_vsns["stdlib"]}"}}, '
+                       f'{{sasl, "{otp.app_vsns["sasl"]}"}}]}}.\n')
+        roots[side] = root
+    others = [otp.root_dir / "lib" / f"{a}-{otp.app_vsns[a]}" / "ebin" for a in ("stdlib", "sasl")]
+    made = build(roots["old"], roots["new"], extra_paths=others)
+    assert [(r.app, r.old_vsn, r.new_vsn, r.source, r.path) for r in made.appups] == [
+        ("kernel", before, kernel, "OTP's own", real / "kernel.appup")]
+    relup = (roots["new"] / "releases" / "2" / "relup").read_text()
+    # Up: the new emulator first; down: the old emulator, after everything else (relctl waits
+    # for that restart).
+    assert "".join(relup.split()).endswith(
+        '{"2",[{"1",[],[restart_new_emulator,point_of_no_return]}],'
+        '[{"1",[],[point_of_no_return,restart_emulator]}]}.'), relup

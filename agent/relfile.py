@@ -211,6 +211,10 @@ class RelupVersions:
     # The up-from versions whose script starts with restart_new_emulator: systools writes it
     # first when the ERTS of the two releases differ.
     new_emulator_from: tuple[str, ...] = ()
+    # The entries whose instructions hold restart_emulator (release_handler answers ok, then
+    # reboots the node into the release): by version, up and down.
+    up_restart: tuple[str, ...] = ()
+    down_restart: tuple[str, ...] = ()
 
 
 # Every token the text of an Erlang term can hold, coarsely: enough to skip the instructions
@@ -291,22 +295,28 @@ class _RelupReader:
             elif kind == "close":
                 depth -= 1
 
-    def first_word(self) -> str:
-        """A list skipped like skip_term; the atom it starts with, or ""."""
+    def instructions(self) -> tuple[str, bool]:
+        """A list skipped like skip_term: the atom it starts with ("" if none), and whether
+        one of its instructions is restart_emulator (the bare atom, at the list's own
+        level)."""
         kind, found, pos = self._take("a list")
         if found != "[":
             raise self._unexpected("a list", found, pos)
-        kind, found, pos = self._take("a term or ']'")
-        first = found if kind == "word" else ""
-        depth = 1 + (kind == "open") - (kind == "close")
+        depth, first, restart, index = 1, "", False, 0
         while depth:
             kind, found, pos = self._take("']'")
+            if depth == 1 and kind == "word":
+                first = found if index == 0 else first
+                restart = restart or found == "restart_emulator"
             depth += (kind == "open") - (kind == "close")
-        return first
+            index += 1
+        return first, restart
 
-    def entries(self, firsts: list[str] | None = None) -> tuple[str, ...]:
+    def entries(self, firsts: list[str] | None = None,
+                restarts: list[str] | None = None) -> tuple[str, ...]:
         """[{Vsn, Descr, Instructions}, ...]: the Vsn of each (and, into ``firsts``, the
-        atom each script starts with)."""
+        atom each script starts with; into ``restarts``, the Vsn of those whose instructions
+        restart the emulator)."""
         self.expect("[")
         found: list[str] = []
         _, text, pos = self._take("']' or '{'")
@@ -319,10 +329,11 @@ class _RelupReader:
             self.expect(",")
             self.skip_term()
             self.expect(",")
-            if firsts is None:
-                self.skip_term()
-            else:
-                firsts.append(self.first_word())
+            first, restart = self.instructions()
+            if firsts is not None:
+                firsts.append(first)
+            if restart and restarts is not None:
+                restarts.append(found[-1])
             self.expect("}")
             _, text, pos = self._take("',' or ']'")
             if text == "]":
@@ -347,10 +358,13 @@ def relup_versions(text: str) -> RelupVersions:
     version = reader.string()
     reader.expect(",")
     firsts: list[str] = []
-    up = reader.entries(firsts)
+    up_restart: list[str] = []
+    up = reader.entries(firsts, up_restart)
     reader.expect(",")
-    down = reader.entries()
+    down_restart: list[str] = []
+    down = reader.entries(None, down_restart)
     reader.expect("}")
     reader.end()
     return RelupVersions(version, up, down, tuple(
-        vsn for vsn, first in zip(up, firsts) if first == "restart_new_emulator"))
+        vsn for vsn, first in zip(up, firsts) if first == "restart_new_emulator"),
+        tuple(up_restart), tuple(down_restart))

@@ -27,6 +27,7 @@ from .codecheck import check_code, mismatch_text, read_appups, split_lib
 from .hooks import run_hooks
 from .proccheck import OldCodeProcess, killed_text, old_code_processes, verify_processes
 from .releases import Release, parse_which_releases
+from .relupscript import restarts_emulator
 from .runtime import RuntimeConfig
 from .steps import FAILED, FAILED_UNCHANGED, ROLLED_BACK, SUCCEEDED, Failure, Result, term_text
 
@@ -59,6 +60,9 @@ class Switch:
         node = self._core.node
         # relx's rendered sys.config first: install_release reads and applies that file.
         await self._runtime.write(version, ctx, outcome=FAILED_UNCHANGED)
+        # A script holding restart_emulator answers ok, then reboots the node into version.
+        restarts = bool(ctx.dirs and ctx.from_version) and await restarts_emulator(
+            ctx.dirs.releases if ctx.dirs else "", ctx.from_version, version)
         async with self._core.steps.step("install") as st:
             try:
                 res = await self._core.call("release_handler", "install_release",
@@ -71,6 +75,14 @@ class Switch:
                 return
             if isinstance(res, tuple) and res[0] == _OK:
                 st.detail = f"{ctx.from_version} -> {version}"
+                if restarts:
+                    if not await node.wait_for_restart(down_within=30.0,
+                                                       up_within=options.restart_timeout):
+                        raise Failure(FAILED, f"the relup's script ends with restart_emulator, "
+                                              f"and the node did not restart into {version} "
+                                              f"and come back within "
+                                              f"{options.restart_timeout:g} s")
+                    st.detail += "; the node restarted its emulator (restart_emulator)"
                 return
             if isinstance(res, tuple) and res[0] == Atom("continue_after_restart"):
                 if not await node.wait_for_restart(down_within=30.0,

@@ -36,10 +36,32 @@ async def _read(path: Path) -> RelupVersions | None:
         return None
 
 
-async def restarts_emulator(releases_dir: str, running: str, version: str) -> bool:
-    """Whether going from ``running`` to ``version`` runs a script holding restart_emulator."""
+RESTART_EMULATOR = "restart_emulator"
+RESTART_NEW_EMULATOR = "restart_new_emulator"
+
+
+async def restart_kind(releases_dir: str, running: str, version: str) -> str:
+    """How going from ``running`` to ``version`` restarts the emulator: RESTART_NEW_EMULATOR
+    (the script starts with it: install answers continue_after_restart), RESTART_EMULATOR
+    (the script holds it: install answers ok, then reboots), or "" (no restart)."""
     up = await _read(Path(releases_dir) / version / "relup")
     if up is not None and up.version == version and running in up.up_from:
-        return running in up.up_restart
+        return (RESTART_NEW_EMULATOR if running in up.new_emulator_from else
+                RESTART_EMULATOR if running in up.up_restart else "")
     down = await _read(Path(releases_dir) / running / "relup")
-    return down is not None and down.version == running and version in down.down_restart
+    if down is not None and down.version == running and version in down.down_restart:
+        return RESTART_EMULATOR
+    return ""
+
+
+def heart_needed(restart: str, running: str, version: str, node: str) -> str:
+    """The refusal when the node runs without heart: release_handler restarts the emulator
+    through it (heart:set_cmd of its start program, then init:reboot), and without heart
+    set_cmd fails, the install crashes and release_handler restarts the node on its
+    permanent release."""
+    return (f"going from {running} to {version} restarts the emulator ({restart} in the "
+            f"relup), which release_handler does through heart (heart:set_cmd, then "
+            f"init:reboot), but {node} runs without heart: the install would crash and the "
+            "node restart on its permanent release. Start the node with -heart (in its vm.args: "
+            "relx's and mix's start scripts then set HEART_COMMAND), or build the relup "
+            "without the restart")

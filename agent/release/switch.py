@@ -27,7 +27,7 @@ from .codecheck import check_code, mismatch_text, read_appups, split_lib
 from .hooks import run_hooks
 from .proccheck import OldCodeProcess, killed_text, old_code_processes, verify_processes
 from .releases import Release, parse_which_releases
-from .relupscript import restarts_emulator
+from .relupscript import RESTART_EMULATOR, heart_needed, restart_kind
 from .runtime import RuntimeConfig
 from .steps import FAILED, FAILED_UNCHANGED, ROLLED_BACK, SUCCEEDED, Failure, Result, term_text
 
@@ -60,10 +60,16 @@ class Switch:
         node = self._core.node
         # relx's rendered sys.config first: install_release reads and applies that file.
         await self._runtime.write(version, ctx, outcome=FAILED_UNCHANGED)
-        # A script holding restart_emulator answers ok, then reboots the node into version.
-        restarts = bool(ctx.dirs and ctx.from_version) and await restarts_emulator(
-            ctx.dirs.releases if ctx.dirs else "", ctx.from_version, version)
+        # A script holding restart_emulator answers ok, then reboots the node into version;
+        # any emulator restart needs heart on the node (relupscript.py).
+        restart = (await restart_kind(ctx.dirs.releases, ctx.from_version, version)
+                   if ctx.dirs and ctx.from_version else "")
+        restarts = restart == RESTART_EMULATOR
         async with self._core.steps.step("install") as st:
+            if restart and await self._core.call("erlang", "whereis",
+                                                 [Atom("heart")]) == Atom("undefined"):
+                raise Failure(FAILED_UNCHANGED, heart_needed(restart, ctx.from_version,
+                                                             version, node.name))
             try:
                 res = await self._core.call("release_handler", "install_release",
                                             [version, install_options(options, update_paths=True)],

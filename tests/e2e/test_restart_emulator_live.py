@@ -2,19 +2,25 @@
 systools writes going down across an OTP change) restarts the emulator, which release_handler
 does through heart (heart:set_cmd, then init:reboot). On a node without heart, set_cmd fails,
 the install crashes and the node restarts on its permanent release: relctl refuses it before
-the install, the node unchanged (the same emulator, its releases as they were). With heart,
-the install's ok is followed by the reboot, which relctl waits for
-(tests/agent/release/test_restart_emulator.py)."""
+the install, the node unchanged (the same emulator, its releases as they were). Under heart,
+the install's ok is followed by the reboot into the release, which relctl waits for, both
+ways: then it verifies the new emulator and makes the release permanent (start_erl.data names
+it); it used to verify a node going down and exit 6."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.tools import otp_select
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
-from tests.tools.otp_procs import NodeProc, erl_eval
-from tests.tools.release_fixture import ReleaseBuild, extract_tar
+from tests.tools.otp_procs import EpmdProc, NodeProc, erl_eval, start_node
+from tests.tools.release_fixture import ReleaseBuild, extract_tar, make_target_copy
 
 pytestmark = pytest.mark.otp
 
@@ -60,3 +66,103 @@ def test_a_relup_restarting_the_emulator_on_a_node_without_heart_is_refused_befo
     versions = relctl("versions", "-o", "json", agents=[agent.address])
     assert [(r["version"], r["status"]) for r in versions.json()["nodes"][0]["releases"]] == [
         ("0.0.1", "permanent")]
+
+
+# release_handler's start program (sasl's start_prg defaults to ROOT/bin/start): heart runs it
+# with the start_erl.data to boot (releases/new_start_erl.data after a relup's restart) when
+# the emulator reboots. It boots that release as bin/counter does, with the node's arguments.
+START = """#!/bin/sh
+bin=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd -P)
+ROOTDIR=$(dirname -- "$bin")
+read -r ERTS_VSN REL_VSN < "${1:-$ROOTDIR/releases/start_erl.data}"
+BINDIR="$ROOTDIR/erts-$ERTS_VSN/bin"
+EMU=beam
+PROGNAME=counter
+export ROOTDIR BINDIR EMU PROGNAME
+exec "$BINDIR/erlexec" -boot "$ROOTDIR/releases/$REL_VSN/start" \\
+    -config "$ROOTDIR/releases/$REL_VSN/sys" -args_file "$ROOTDIR/releases/$REL_VSN/vm.args" \\
+    -mode embedded -noshell -noinput $(cat "$bin/node.args") >>"$ROOTDIR/heart-boots.log" 2>&1
+"""
+NODE_ARGS = "-sname counter@localhost -start_epmd false -kernel inet_dist_use_interface " \
+            "{127,0,0,1} -heart"
+
+
+def emulators_of(root: Path) -> list[int]:
+    """Pids of the emulators running the release in ``root`` (the ones heart started are
+    not children of the test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"beam.smp") and any(
+                    str(root).encode() in a for a in argv):
+                found.append(int(entry.name))
+    return found
+
+
+def stop_emulators(root: Path) -> None:
+    for pid in emulators_of(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while emulators_of(root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in emulators_of(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_relup_restarting_the_emulator_is_waited_for_up_and_down_under_heart(
+        agents: list[AgentProc], epmd: EpmdProc, node_cookie: str,
+        release_build: ReleaseBuild, tmp_path: Path) -> None:
+    old = extract_tar(release_build.tarball("0.0.1"), tmp_path / "0.0.1")
+    new = extract_tar(release_build.tarball("0.0.2"), tmp_path / "0.0.2")
+    (new / "releases" / "0.0.2" / "relup").unlink()
+    tarball = tmp_path / "counter-0.0.2.tar.gz"
+    made = relctl("make-relup", str(old), str(new), "--restart-emulator", "--tarball",
+                  str(tarball), timeout=180)
+    assert made.returncode == 0, made.stdout + made.stderr
+    target = make_target_copy(release_build, tmp_path / "target", erl=otp_select.erl())
+    (target / "bin" / "start").write_text(START)
+    (target / "bin" / "start").chmod(0o755)
+    (target / "bin" / "node.args").write_text(NODE_ARGS)
+    node = start_node(target, "counter@localhost", cookie=node_cookie, epmd_port=epmd.port,
+                      extra_args=["-heart"], workdir=tmp_path / "node")
+    try:
+        agent = start_agent(tmp_path / "agent", [
+            NodeEntry(node.name, node.cookie, node.epmd_port)])
+        agents.append(agent)
+        assert erl_eval(node, "is_pid(whereis(heart))") == "true"
+        first = erl_eval(node, "os:getpid()")
+
+        up = relctl("upgrade", "0.0.2", "--tarball", str(tarball), "-o", "json",
+                    agents=[agent.address], timeout=240)
+        assert up.returncode == 0, up.stdout + up.stderr
+        op = up.json()["operation"]
+        steps = {s["name"]: s["detail"] for s in op["steps"]}
+        assert steps["install"] == ("0.0.1 -> 0.0.2; the node restarted its emulator "
+                                    "(restart_emulator)"), steps
+        assert steps["make_permanent"].startswith("0.0.2 is permanent"), steps
+        second = erl_eval(node, "os:getpid()")
+        assert second != first  # a new emulator, booted on 0.0.2 (not migrated)
+        assert erl_eval(node, "sys:get_state(counter)") == "#{count => 0,upgraded_from => none}"
+        assert (target / "releases" / "start_erl.data").read_text().split()[1] == "0.0.2"
+
+        down = relctl("downgrade", "0.0.1", "-o", "json", agents=[agent.address], timeout=240)
+        assert down.returncode == 0, down.stdout + down.stderr
+        steps = {s["name"]: s["detail"] for s in down.json()["operation"]["steps"]}
+        assert steps["install"] == ("0.0.2 -> 0.0.1; the node restarted its emulator "
+                                    "(restart_emulator)"), steps
+        assert erl_eval(node, "os:getpid()") not in (first, second)
+        assert erl_eval(node, "sys:get_state(counter)") == "0"  # 0.0.1's state shape
+        assert (target / "releases" / "start_erl.data").read_text().split()[1] == "0.0.1"
+        versions = relctl("versions", "-o", "json", agents=[agent.address])
+        assert {(r["version"], r["status"]) for r in versions.json()["nodes"][0]["releases"]} \
+            == {("0.0.1", "permanent"), ("0.0.2", "old")}
+    finally:
+        node.stop()
+        stop_emulators(target)
+    assert not emulators_of(target)

@@ -35,7 +35,7 @@ from typing import Any
 from agent.errors import NodeFault
 from bridge import Atom, BadRpc
 
-from .proccheck import CheckFailed, old_code_processes, tree_problems
+from .proccheck import CheckFailed, old_code_processes, stale_funs, tree_problems
 from .releases import parse_which_releases
 from .steps import Caller, term_text
 
@@ -404,12 +404,17 @@ async def verify_running(node: Caller, *, timeout: float) -> NodeCode:
         tree = await tree_problems(node, [split_lib(a)[0] for a in running.applications],
                                    timeout=timeout)
         old = await old_code_processes(node, timeout=timeout)
+        funs = await stale_funs(node, [split_lib(a)[0] for a in running.applications],
+                                timeout=timeout)
     except CheckFailed as exc:
         raise NodeFault(f"{node.name}: {exc}") from None
     processes = (*((TREE, ", ".join(t.modules), t.kind, t.text()) for t in tree),
                  *((OLD_CODE, o.module, "old_code",
                     f"{o.text()}: make_permanent's or the next code change's purge kills it")
-                   for o in old))
+                   for o in old),
+                 *((OLD_CODE, f.module, "old_fun",
+                    f"{f.fun_text()}: calling it fails with badfun once that code is purged")
+                   for f in funs))
     return NodeCode(running.name, running.version, report,
                     tuple(problem_text(p, appups.get(p.app)) for p in report.problems),
                     processes)

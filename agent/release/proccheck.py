@@ -95,6 +95,64 @@ Found = [{P, M} || M <- Old, P <- processes(), P =/= Me,
 [{P, M, Name(P), Init(P)} || {P, M} <- lists:sublist(Found, 50)].
 """
 
+# Bound: Apps (as TREE_EXPR). Returns [{Pid, Module, RegisteredName | [], InitialCall}] of
+# the processes of the applications' supervision trees whose state (sys:get_state, 1 s each,
+# 5 s in all) holds a fun of one of the applications' modules made by other code than the
+# module's current code (a fun's new_uniq is the md5 of the module that made it). OTP 25+'s
+# check_process_code does not see funs, so release_handler purges that code at the end of the
+# install when no process runs it: calling such a fun then fails with badfun. At most 50.
+STALE_FUN_EXPR = r"""
+Old = lists:append([Ms || App <- Apps, {ok, Ms} <- [application:get_key(App, modules)]]),
+Kids = fun K(Sup, Acc) ->
+    case catch supervisor:which_children(Sup) of
+        Cs when is_list(Cs) ->
+            lists:foldl(fun({_, P, supervisor, _}, A) when is_pid(P) -> K(P, [P | A]);
+                           ({_, P, _, _}, A) when is_pid(P) -> [P | A];
+                           (_, A) -> A end, Acc, Cs);
+        _ -> Acc end end,
+Tops = [Top || App <- Apps,
+               Master <- [application_controller:get_master(App)], is_pid(Master),
+               {Top, _} <- [catch application_master:get_child(Master)], is_pid(Top)],
+%% sys:get_state moves a special process on old code to the current code (sys calls
+%% Mod:system_continue): those are the old-code check's, and are left as they are.
+OldCode = [M || {M, _} <- code:all_loaded(), erlang:check_old_code(M)],
+Procs = [P || P <- lists:usort(lists:foldl(Kids, Tops, Tops)),
+              not lists:any(fun(M) -> (catch erlang:check_process_code(P, M)) =:= true end,
+                            OldCode)],
+Walk = fun W(_, {Found, 0}) -> {Found, 0};
+           W(F, {Found, N}) when is_function(F) ->
+               Stale = case erlang:fun_info(F, type) of
+                   {type, local} ->
+                       {module, M} = erlang:fun_info(F, module),
+                       {new_uniq, U} = erlang:fun_info(F, new_uniq),
+                       case lists:member(M, Old) andalso erlang:module_loaded(M)
+                            andalso (catch M:module_info(md5)) =/= U of
+                           true -> [M]; false -> [] end;
+                   _ -> [] end,
+               {Stale ++ Found, N - 1};
+           W(T, {Found, N}) when is_tuple(T) -> W(tuple_to_list(T), {Found, N - 1});
+           W(T, {Found, N}) when is_map(T) -> W(maps:to_list(T), {Found, N - 1});
+           W([H | T], Acc) -> W(T, W(H, Acc));
+           W(_, {Found, N}) -> {Found, N - 1} end,
+Init = fun(P) ->
+    case process_info(P, dictionary) of
+        {dictionary, D} ->
+            case lists:keyfind('$initial_call', 1, D) of
+                {_, IC} -> IC;
+                false -> case process_info(P, initial_call) of
+                             {initial_call, IC} -> IC; _ -> undefined end end;
+        _ -> undefined end end,
+Name = fun(P) -> case process_info(P, registered_name) of
+                     {registered_name, N} -> N; _ -> [] end end,
+Deadline = erlang:monotonic_time(millisecond) + 5000,
+Found = lists:append(
+    [[{P, M, Name(P), Init(P)} || M <- lists:usort(Ms)]
+     || P <- Procs, erlang:monotonic_time(millisecond) < Deadline,
+        {ok, State} <- [catch {ok, sys:get_state(P, 1000)}],
+        {Ms, _} <- [Walk(State, {[], 100000})], Ms =/= []]),
+lists:sublist(Found, 50).
+"""
+
 # A call in progress into old code returns within moments; a loop in it does not.
 OLD_CODE_TRIES = 3
 OLD_CODE_PAUSE = 0.3
@@ -132,8 +190,14 @@ class OldCodeProcess:
     initial_call: str  # M:F/A
 
     def text(self) -> str:
-        who = f"<0.{self.pid.id}.{self.pid.serial}>" + (f" ({self.name})" if self.name else "")
-        return f"{who} started by {self.initial_call} runs old {self.module}"
+        return f"{self.who()} runs old {self.module}"
+
+    def fun_text(self) -> str:
+        return f"{self.who()} holds a fun made by replaced code of {self.module} in its state"
+
+    def who(self) -> str:
+        return (f"<0.{self.pid.id}.{self.pid.serial}>" + (f" ({self.name})" if self.name else "")
+                + f" started by {self.initial_call}")
 
 
 async def evaluate(node: Caller, expr: str, bindings: Sequence[tuple[Atom, Any]], *,
@@ -186,6 +250,13 @@ async def old_code_processes(node: Caller, *, timeout: float,
     return await _stable(node, OLD_CODE_EXPR, [], timeout=timeout, tries=tries)
 
 
+async def stale_funs(node: Caller, apps: Iterable[str], *,
+                     timeout: float) -> list[OldCodeProcess]:
+    """The supervised processes whose state holds a fun made by old code (STALE_FUN_EXPR)."""
+    return await _stable(node, STALE_FUN_EXPR, [(Atom("Apps"), [Atom(a) for a in apps])],
+                         timeout=max(timeout, 10.0), tries=1)
+
+
 async def alive(node: Caller, pids: Iterable[Pid], *, timeout: float) -> set[Pid]:
     """Which of ``pids`` (of the node) are alive."""
     out = set()
@@ -202,12 +273,19 @@ async def verify_processes(node: Caller, apps: Sequence[str], *, allow_purge_kil
     try:
         tree = await tree_problems(node, apps, timeout=timeout)
         old = await old_code_processes(node, timeout=timeout)
+        funs = await stale_funs(node, apps, timeout=timeout)
     except CheckFailed as exc:
         raise Failure(FAILED, f"the process check could not run: {exc}") from None
     if tree:
         raise Failure(FAILED, "the supervision tree is not what a boot of the release gives: "
                               + "; ".join(p.text() for p in tree)
                               + f". See {DOCS} (relctl make-relup writes these calls)")
+    if funs:
+        raise Failure(FAILED, "processes keep funs made by replaced code in their state, "
+                              "which fail with badfun once that code is purged (when no "
+                              "process runs it, at the end of the install): "
+                              + "; ".join(p.fun_text() for p in funs)
+                              + ". Have their code_change replace those funs")
     if not old:
         return "; no process runs old code"
     listed = "; ".join(p.text() for p in old)

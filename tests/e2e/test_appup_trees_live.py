@@ -309,9 +309,29 @@ def test_old_code_and_a_wrong_tree_fail_verify_and_roll_back_unless_purge_kill_i
     assert {(r["version"], r["status"]) for r in versions.json()["nodes"][0]["releases"]} == {
         ("0.0.1", "old"), ("0.0.3", "permanent")}
 
+    # A fun made by the old code kept in a process's state (check_process_code does not see
+    # it; it would fail with badfun after the purge): verify names the holder, rolls back.
+    good = tmp_path / "counter-0.0.4.tar.gz"
+    make_relup(str(root3), str(root4), "--tarball", str(good))
+    erl_eval(counter_node, "sys:replace_state(counter_sp, "
+                           "fun(S) -> S#{cb => counter_sp:callback()} end), ok")
+    bad = relctl("upgrade", "0.0.4", "--tarball", str(good), "-o", "json",
+                 agents=[agent.address], timeout=240)
+    assert bad.returncode == 5, bad.stdout + bad.stderr
+    assert ("processes keep funs made by replaced code in their state, which fail with badfun "
+            "once that code is purged (when no process runs it, at the end of the install): "
+            f"{who} holds a fun made by replaced code of counter_sp in its state. Have their "
+            "code_change replace those funs") in bad.json()["operation"]["error"], \
+        bad.json()["operation"]["error"]
+    assert erl_eval(counter_node, "whereis(counter_sp)") == sp
+    # 0.0.4's code_change down keeps only what 0.0.3 knows: the fun is gone with it.
+    assert erl_eval(counter_node, "maps:is_key(cb, sys:get_state(counter_sp))") == "false"
+    assert relctl("verify", agents=[agent.address], timeout=60).returncode == 0
+
     # Allowed: done, and each process the purge killed is reported; its supervisor restarted
     # it on the new code, with a fresh state.
-    op = upgrade(agent, "upgrade", "0.0.4", "--tarball", str(tar4), "--allow-purge-kill")
+    op = upgrade(agent, "upgrade", "0.0.4", "--tarball", str(tar4), "--replace",
+                 "--allow-purge-kill")
     assert step(op, "check").endswith(
         "; the relup reloads counter_sp without a code change under running processes, which "
         f"make_permanent's purge will kill (--allow-purge-kill): {who} runs in counter_sp")

@@ -322,5 +322,6 @@ def code_report(counter: str, *problems: tuple[str, str, str], mode: str = "embe
 def code_matches(counter: str) -> list[Expect]:
     """The code check of a node that runs all of counter ``counter``'s code, then the process
     checks (agent/release/proccheck.py) finding nothing: no child of the supervision tree a
-    boot would not give, no process on old code."""
-    return [*code_check(code_report(counter)), *code_check([]), *code_check([])]
+    boot would not give, no process on old code, no fun of old code in a process's state."""
+    return [*code_check(code_report(counter)), *code_check([]), *code_check([]),
+            *code_check([])]

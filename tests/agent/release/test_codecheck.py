@@ -150,7 +150,8 @@ def test_the_message_lists_the_first_mismatches_and_counts_the_rest() -> None:
 async def test_verify_running_checks_the_running_release_and_reads_no_appup_when_all_match(
         ) -> None:
     node = ScriptedNode([which_releases(("0.0.2", "permanent"), ("0.0.1", "old")),
-                         *code_check(code_report("0.0.2")), *code_check([]), *code_check([])])
+                         *code_check(code_report("0.0.2")), *code_check([]), *code_check([]),
+                         *code_check([])])
     found = await verify_running(node, timeout=1.0)
     assert (found.release, found.version, found.report.ok, found.details, found.processes) == (
         "counter", "0.0.2", True, (), ())
@@ -168,7 +169,7 @@ async def test_verify_running_of_a_current_release_explains_with_the_permanent_o
         answer("file:consult", [f"{LIB}/ebin/counter.appup"], (a("error"), a("enoent"))),
         answer("file:consult", ["/srv/counter/lib/counter-0.0.1/ebin/counter.appup"],
                (OK, [("0.0.1", [], [("0.0.2", [(a("load_module"), a("counter_app"))])])])),
-        *code_check([]), *code_check([])])
+        *code_check([]), *code_check([]), *code_check([])])
     found = await verify_running(node, timeout=1.0)
     assert found.details == (f"counter changed but the appup has no instruction for it (the "
                              f"node still runs {OLD_BEAM})",)
@@ -184,7 +185,8 @@ async def test_verify_running_names_children_a_boot_would_not_give_and_old_code_
                      (a("module_gone"), a("counter_sup"), a("extra"), [a("counter_extra")])]),
         # Still there on each of the three looks: not a process passing through old code.
         *[e for _ in range(3) for e in code_check([(sp, a("counter_sp"), a("counter_sp"),
-                                                     (a("counter_sp"), a("init"), 1))])]])
+                                                     (a("counter_sp"), a("init"), 1))])],
+        *code_check([(sp, a("counter_sp"), a("counter_sp"), (a("counter_sp"), a("init"), 1))])])
     found = await verify_running(node, timeout=1.0)
     assert found.report.ok
     assert found.processes == (
@@ -199,7 +201,10 @@ async def test_verify_running_names_children_a_boot_would_not_give_and_old_code_
          "update)"),
         ("old code", "counter_sp", "old_code",
          "<0.93.0> (counter_sp) started by counter_sp:init/1 runs old counter_sp: "
-         "make_permanent's or the next code change's purge kills it"))
+         "make_permanent's or the next code change's purge kills it"),
+        ("old code", "counter_sp", "old_fun",
+         "<0.93.0> (counter_sp) started by counter_sp:init/1 holds a fun made by replaced code "
+         "of counter_sp in its state: calling it fails with badfun once that code is purged"))
     node.assert_done()
 
 

@@ -23,7 +23,7 @@ from agent.config import CONTINUE, POST_INSTALL, PRE_INSTALL, Hook
 from agent.errors import NodeDown, NodeTimeout, ReplyTooLarge
 from agent.release.base import Options, Placing, Probe
 from agent.release.codecheck import CHECK_EXPR
-from agent.release.proccheck import OLD_CODE_EXPR, STUCK_EXPR, TREE_EXPR
+from agent.release.proccheck import OLD_CODE_EXPR, STALE_FUN_EXPR, STUCK_EXPR, TREE_EXPR
 from agent.release.steps import (
     DRY_RUN,
     FAILED,
@@ -297,7 +297,7 @@ async def test_a_tarball_for_a_release_already_there_is_not_uploaded_again(rig: 
                                            "needed. no releases/0.0.2/sys.config; running 0.0.1")
     # The tarball's sys.config is not read (the one erl_scan call is verify's code check).
     assert [c.args[0] for c in rig.node.calls_to("erl_scan:string")] == [
-        STUCK_EXPR, CHECK_EXPR, TREE_EXPR, OLD_CODE_EXPR]
+        STUCK_EXPR, CHECK_EXPR, TREE_EXPR, OLD_CODE_EXPR, STALE_FUN_EXPR]
     assert not (rig.root / "releases" / "counter-0.0.2.tar.gz").exists()
     rig.done()
 

@@ -6,7 +6,7 @@
 -module(counter_sp).
 -vsn("0.0.4").
 
--export([start_link/0, tick/0, init/1]).
+-export([start_link/0, tick/0, callback/0, init/1]).
 -export([system_continue/3, system_terminate/4, system_code_change/4]).
 
 start_link() ->
@@ -16,6 +16,11 @@ tick() ->
     Ref = make_ref(),
     ?MODULE ! {tick, self(), Ref},
     receive {Ref, N} -> N after 5000 -> exit(timeout) end.
+
+%% A fun made by this module's code: kept in a process's state, it outlives a code change
+%% and fails with badfun once the old code is purged (relctl's verify names its holder).
+callback() ->
+    fun(N) -> N + 1 end.
 
 init(Parent) ->
     register(?MODULE, self()),

@@ -25,6 +25,10 @@ from pathlib import Path
 
 from agent.relfile import RelSyntaxError, parse_rel, parse_releases
 
+# Why a path of the running node's code path is in use (callers tell this case apart: it
+# ends when the node restarts, not when a file is fixed).
+ON_CODE_PATH = "on the running node's code path"
+
 
 @dataclass(frozen=True)
 class InUse:
@@ -137,7 +141,7 @@ def compute(root: Path, releases: Path, *, code_path: Collection[str] = (),
             # ROOT/lib/APP-VSN/ebin -> ROOT/lib/APP-VSN; ROOT/releases/VSN/consolidated ->
             # ROOT/releases/VSN (Elixir's protocols).
             top = path.relative_to(root).parts
-            why.append((root.joinpath(*top[:2]), "on the running node's code path"))
+            why.append((root.joinpath(*top[:2]), ON_CODE_PATH))
     if erts_version:
         why.append((root / f"erts-{erts_version}", "the running node's ERTS"))
     why.append((releases / "RELEASES", "release_handler's list"))

@@ -29,6 +29,7 @@ from agent.errors import NodeDown, NodeTimeout, NodeUnavailable
 from bridge import Atom
 
 from .base import EngineCore, OperationContext
+from .inuse import ON_CODE_PATH
 from .releases import Release
 from .preflight import SHA_FILE
 from .steps import FAILED, FAILED_UNCHANGED, Failure, term_text
@@ -307,9 +308,17 @@ class Staging:
         used = await self._core.in_use(ctx, removing={release.version})
         _, kept = used.split(doomed)
         if kept:
+            # The running code (e.g. a mix release's releases/VSN/consolidated, which a hot
+            # upgrade leaves on the code path) is freed by a restart, not by fixing RELEASES.
+            fixes = ["restart the node (it boots the permanent release, which frees what the "
+                     "running code holds), then retry"] if any(ON_CODE_PATH in k for k in kept) \
+                else []
+            if any(ON_CODE_PATH not in k for k in kept):
+                fixes.append("release_handler does not know every release on this root: "
+                             "check releases/RELEASES")
             raise Failure(FAILED_UNCHANGED, f"removing {release.version} would delete what is "
-                          f"in use: {'; '.join(kept)}; nothing was changed. release_handler "
-                          "does not know every release on this root: check releases/RELEASES")
+                          f"in use: {'; '.join(kept)}; nothing was changed. "
+                          + "; ".join(fixes))
 
     async def undo(self, version: str, ctx: OperationContext) -> str:
         """The one way back for stage and unpack: the node forgets the release if it had

@@ -40,7 +40,15 @@ from hypothesis.stateful import (
 
 from bridge import Atom, Node
 from tests.tools import invariants, otp_select
-from tests.tools.agent_proc import ROOT, AgentProc, NodeEntry, relctl, relctl_env, start_agent
+from tests.tools.agent_proc import (
+    ROOT,
+    AgentProc,
+    NodeEntry,
+    eventually,
+    relctl,
+    relctl_env,
+    start_agent,
+)
 from tests.tools.elixir_fixture import ElixirBuild, start_elixir_node
 from tests.tools.elixir_fixture import make_target_copy as make_ex_target
 from tests.tools.otp_procs import EpmdProc, NodeProc, start_node
@@ -83,6 +91,9 @@ class Kind:
     app: str
     tarballs: Tarballs
     start: Callable[[Path], NodeProc]  # a fresh node, its files under the given dir
+    # A mix release boots with -pa releases/VSN/consolidated (its protocols) and a hot upgrade
+    # leaves that on the code path: the release it booted stays in use until it restarts.
+    booted_in_use: bool
 
 
 def _relup_member(tarball: Path) -> str:
@@ -301,6 +312,10 @@ class NeverWorse(RuleBasedStateMachine):
         code, op = self._run("remove", version)
         if self.releases[version] in ("permanent", "current"):
             assert (op["outcome"], code) == ("failed_unchanged", FAILED), (op, self.steps_run)
+        elif version == OLD and self.kind.booted_in_use:
+            assert (op["outcome"], code) == ("failed_unchanged", FAILED), (op, self.steps_run)
+            assert f"releases/{OLD} is in use (on the running node's code path)" in op["error"]
+            assert "restart the node" in op["error"], op["error"]
         else:
             assert (op["outcome"], code) == ("succeeded", OK), (op, self.steps_run)
             del self.releases[version]
@@ -419,7 +434,7 @@ def test_never_worse_on_the_systools_release(release_build: ReleaseBuild, epmd: 
         return start_node(target, "counter@localhost", cookie=node_cookie,
                           epmd_port=epmd.port, workdir=workdir / "node")
     run_machine(Kind("systools", "counter", tarballs_for(
-        release_build.tarball(NEW), "counter", tmp_path / "tarballs"), start),
+        release_build.tarball(NEW), "counter", tmp_path / "tarballs"), start, False),
         tmp_path / "examples")
 
 
@@ -430,5 +445,42 @@ def test_never_worse_on_the_mix_release(elixir_build: ElixirBuild, epmd: EpmdPro
         return start_elixir_node(target, "ex_counter@localhost", cookie=node_cookie,
                                  epmd_port=epmd.port, workdir=workdir / "node")
     run_machine(Kind("mix", "ex_counter", tarballs_for(
-        elixir_build.tarball, "ex_counter", tmp_path / "tarballs"), start),
+        elixir_build.tarball, "ex_counter", tmp_path / "tarballs"), start, True),
         tmp_path / "examples")
+
+
+def test_a_mix_release_keeps_the_release_it_booted_until_it_restarts(
+        agents: list[AgentProc], ex_node: NodeProc, start_ex_node: Callable[[Path | None],
+                                                                            NodeProc],
+        elixir_build: ElixirBuild, tmp_path: Path) -> None:
+    """What the property test found on the mix release: after a hot upgrade its code path
+    still holds releases/0.0.1/consolidated (mix boots with -pa of the booted release's
+    protocols), so removing 0.0.1 is refused, and the error says to restart, not to check
+    RELEASES; once the node booted 0.0.2, 0.0.1 goes."""
+    entry = [NodeEntry(ex_node.name, ex_node.cookie, ex_node.epmd_port)]
+    agent = start_agent(tmp_path / "agent", entry, metrics=False)
+    agents.append(agent)
+    up = relctl("upgrade", NEW, "--tarball", str(elixir_build.tarball), agents=[agent.address],
+                timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    refused = relctl("remove", OLD, "-o", "json", agents=[agent.address], timeout=60)
+    assert refused.returncode == FAILED, refused.stdout + refused.stderr
+    assert refused.json()["operation"]["error"] == (
+        f"removing {OLD} would delete what is in use: releases/{OLD} is in use (on the running "
+        "node's code path); nothing was changed. restart the node (it boots the permanent "
+        "release, which frees what the running code holds), then retry")
+    assert node_releases(ex_node) == {NEW: "permanent", OLD: "old"}
+
+    ex_node.stop()
+    again = start_ex_node(ex_node.root)
+    assert node_releases(again) == {NEW: "permanent", OLD: "old"}
+
+    def seen() -> bool:
+        shown = relctl("versions", "-o", "json", agents=[agent.address])
+        return shown.returncode == 0 and bool(shown.json()["nodes"][0]["up"])
+    eventually(seen, what="the agent sees the restarted node")
+    removed = relctl("remove", OLD, "-o", "json", agents=[agent.address], timeout=60)
+    assert removed.returncode == OK, removed.stdout + removed.stderr
+    assert node_releases(again) == {NEW: "permanent"}
+    assert not (again.root / "releases" / OLD).exists()

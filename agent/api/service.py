@@ -388,6 +388,16 @@ def _map(fn: Callable[[Any], _T], items: Iterable[Any]) -> list[_T]:
     return [fn(item) for item in items]
 
 
+# relctl pings its agent while a call is open, to notice a silent host (a cut link) within its
+# --host-timeout (agent.client.channel.keepalive_options, at most one ping a second). grpc's
+# default takes a ping more often than every 5 minutes on a call that sends no data (a health
+# soak) as abuse and closes the connection; these accept relctl's.
+KEEPALIVE_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
 class ApiServer:
     """The agent's gRPC server, so that the daemon needs no grpc of its own."""
 
@@ -396,7 +406,8 @@ class ApiServer:
         # Without SO_REUSEPORT a second agent on the same port fails to start instead of
         # silently sharing the port with the first.
         self._server = grpc.aio.server(interceptors=list(interceptors),
-                                       options=[("grpc.so_reuseport", 0)])
+                                       options=[("grpc.so_reuseport", 0),
+                                                *KEEPALIVE_SERVER_OPTIONS])
         service.add_to(self._server)
 
     def bind(self, address: str, tls: ApiTls | None = None) -> None:

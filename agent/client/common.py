@@ -26,6 +26,9 @@ from .status import CliError, ExitCode, Problem, exit_code_for_rpc
 
 DEFAULT_AGENT = "unix:/run/relctl/agent.sock"
 DEFAULT_TIMEOUT = 10.0
+# How long an agent may say nothing at all (not even answer a keepalive ping) during a call
+# before relctl counts it as silent: a cut link, a stopped host.
+DEFAULT_HOST_TIMEOUT = 30.0
 # Long enough for a big code_change; the agent enforces its own install timeout.
 OPERATION_TIMEOUT = 3600.0
 # How long relctl waits for an agent that went away during an operation (a restart: the
@@ -48,6 +51,7 @@ class Settings:
     ca: str = ""           # CA of the agents' certificates: TLS on
     cert: str = ""         # client certificate and key, for agents that require them (mTLS)
     key: str = ""
+    host_timeout: float = DEFAULT_HOST_TIMEOUT  # silence after which an agent is given up
 
 
 def agent_targets(given: Sequence[str]) -> list[str]:
@@ -90,6 +94,11 @@ def shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
                      expose_value=False, callback=_store("timeout"),
                      help=f"Seconds to wait for each agent (default: {DEFAULT_TIMEOUT:g}).")(f)
+    f = click.option("--host-timeout", type=click.FloatRange(min=2), default=None,
+                     expose_value=False, callback=_store("host_timeout"), metavar="S",
+                     help="Seconds an agent may stay silent during a call (no answer, not "
+                          "even to keepalive pings) before it is given up; a rollout marks it "
+                          f"unknown (default: {DEFAULT_HOST_TIMEOUT:g}).")(f)
     return _debug_option(f)
 
 

@@ -56,11 +56,14 @@ from .output import outcome_of, table
 from .prestage import STAGED, Staging, StageResult, run_staging, stage_on
 from .status import OK_OUTCOMES, CliError, ExitCode, exit_code_for_outcome, worst_code
 from .transfer import UpgradeSpec, file_digest, target_node, upgrade_on
+from .watch import Recovery, Watch, watched_stub
 
 SUCCEEDED = "succeeded"
 UP_TO_DATE = "up_to_date"
 ERROR = "error"      # no finished operation: unreachable, refused, busy, stream lost
 SKIPPED = "skipped"  # not started: the rollout stopped before the agent's batch
+UNKNOWN = "unknown"  # its operation started, then the agent went silent: outcome not known
+IN_PROGRESS = "in_progress"  # relctl was interrupted while the agent's operation ran
 # What is not a failure is status.py's one definition: the outcomes that exit 0.
 OK_RESULTS = OK_OUTCOMES
 
@@ -144,6 +147,7 @@ class Rollout:
     stopped_after: int | None = None  # the batch after which it stopped; None: all attempted
     staging: Staging | None = None    # the staging phase; None: --no-prestage, or no tarball
     switch_seconds: float | None = None  # the switch phase; None: not reached
+    interrupted_in: int | None = None  # the batch Ctrl-C/SIGTERM came in; None: not interrupted
 
     @property
     def stopped_in_staging(self) -> bool:
@@ -159,9 +163,29 @@ class Rollout:
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.interrupted_in is not None:
+            return ExitCode.INTERRUPTED
         return worst_code(r.code for r in self.results if r.failed)
 
+    def may_go_on(self) -> list[NodeResult]:
+        """The rows whose operation may still run on its agent (interrupted or silent)."""
+        return [r for r in self.results if r.result in (IN_PROGRESS, UNKNOWN)]
+
+    def _going_on(self) -> str:
+        going = self.may_go_on()
+        if not going:
+            return "no operation is left running"
+        names = ", ".join(f"{r.agent} (operation {r.operation_id})" if r.operation_id
+                          else r.agent for r in going)
+        return (f"{len(going)} operation(s) may go on on their agents: {names}; relctl --agent "
+                "AGENT operation N shows how each ends")
+
     def summary(self) -> str:
+        if self.interrupted_in is not None:
+            return (f"rollout of {self.version} interrupted during batch {self.interrupted_in} "
+                    f"of {self.batches}: no further batch was started; {self._going_on()}; "
+                    f"{self.not_attempted} agent(s) not attempted (run the same command again "
+                    f"once they ended: nodes already on {self.version} are left alone)")
         if self.staging is not None and self.stopped_in_staging:
             failed = ", ".join(r.agent for r in self.staging.failed)
             staged = sum(r.result == STAGED for r in self.results)
@@ -183,6 +207,8 @@ class Rollout:
         if self.failures:
             sign = ">" if over_budget(self.failures, self.max_failures) else "<="
             line += f"; {self.failures} failure(s) {sign} --max-failures {self.max_failures}"
+        if self.may_go_on():
+            line += f"; {self._going_on()}"
         return line
 
     def table(self) -> str:
@@ -197,10 +223,13 @@ class Rollout:
     def as_json(self) -> dict[str, Any]:
         stopped_in = ("staging" if self.stopped_in_staging
                       else "switch" if self.stopped_after is not None else None)
+        status = ("interrupted" if self.interrupted_in is not None
+                  else "completed" if stopped_in is None else "stopped")
         return {"rollout": {
             "version": self.version, "batch": self.batch, "max_failures": self.max_failures,
             "batches": self.batches, "prestage": self.staging is not None,
-            "status": "completed" if stopped_in is None else "stopped",
+            "status": status, "interrupted_in_batch": self.interrupted_in,
+            "may_go_on": [r.agent for r in self.may_go_on()],
             "stopped_in": stopped_in,
             "stopped_after_batch": self.stopped_after, "failures": self.failures,
             "not_attempted": self.not_attempted, "exit_code": int(self.exit_code),
@@ -246,18 +275,44 @@ def _short(text: str) -> str:
 Attempt = Callable[[str, int], NodeResult]
 
 
+def _as_is(row: NodeResult) -> NodeResult:
+    return row
+
+
+def _running(agent: str, batch: int) -> NodeResult:
+    return NodeResult(agent, "", batch, IN_PROGRESS, ExitCode.FAILED_CHANGED,
+                      reason="relctl was interrupted while its upgrade ran; it may go on")
+
+
 def run_rollout(agents: Sequence[str], *, version: str, batch: int, max_failures: int,
                 attempt: Attempt, node: str = "",
-                on_batch: Callable[[int, int, tuple[str, ...]], None] | None = None) -> Rollout:
+                on_batch: Callable[[int, int, tuple[str, ...]], None] | None = None,
+                current: Callable[[NodeResult], NodeResult] = _as_is,
+                in_flight: Attempt = _running) -> Rollout:
     """Call ``attempt(agent, batch_number)`` for every agent, a batch at a time, and stop
-    after a batch that brings the failures over ``max_failures``."""
+    after a batch that brings the failures over ``max_failures``. ``current(row)``: the row
+    as known now (a silent agent may have answered since); the stop rule counts those.
+    Ctrl-C (SIGTERM) in the main thread ends it at once with the rows known: ``in_flight``
+    gives the row of an agent whose attempt had not returned."""
     batches = plan(agents, batch)
     results: list[NodeResult] = []
     for number, members in enumerate(batches, 1):
         if on_batch is not None:
             on_batch(number, len(batches), members)
-        results += _concurrently(members, lambda agent: attempt(agent, number))
-        failures = sum(r.failed for r in results)
+        done: dict[int, NodeResult] = {}
+        try:
+            _concurrently(members, lambda agent: attempt(agent, number), done)
+        except KeyboardInterrupt:
+            results += [done[i] if i in done else in_flight(agent, number)
+                        for i, agent in enumerate(members)]
+            reason = f"not started: the rollout was interrupted during batch {number}"
+            results += [NodeResult(agent, node, later, SKIPPED, reason=reason)
+                        for later, rest in enumerate(batches[number:], number + 1)
+                        for agent in rest]
+            return Rollout(version, batch, max_failures, len(batches), tuple(results),
+                           interrupted_in=number)
+        results += [done[i] for i in range(len(members))]
+        failures = sum(current(r).failed for r in results)
         if over_budget(failures, max_failures) and number < len(batches):
             reason = f"not started: the rollout stopped after batch {number}"
             results += [NodeResult(agent, node, later, SKIPPED, reason=reason)
@@ -267,11 +322,12 @@ def run_rollout(agents: Sequence[str], *, version: str, batch: int, max_failures
     return Rollout(version, batch, max_failures, len(batches), tuple(results))
 
 
-def _concurrently(agents: Sequence[str], work: Callable[[str], NodeResult]) -> list[NodeResult]:
-    """``work(agent)`` for each agent at once; results in the order of ``agents``. Daemon
-    threads, even for one agent: the main thread only waits, so Ctrl-C reaches it and the
-    process need not wait for operations that go on on the agents anyway."""
-    results: dict[int, NodeResult] = {}
+def _concurrently(agents: Sequence[str], work: Callable[[str], NodeResult],
+                  results: dict[int, NodeResult]) -> None:
+    """``work(agent)`` for each agent at once, each result in ``results`` by the agent's index
+    as it comes (so an interrupted caller knows who finished). Daemon threads, even for one
+    agent: the main thread only waits, so Ctrl-C reaches it and the process need not wait for
+    operations that go on on the agents anyway."""
     crashes: list[BaseException] = []
 
     def run(i: int, agent: str) -> None:
@@ -291,7 +347,6 @@ def _concurrently(agents: Sequence[str], work: Callable[[str], NodeResult]) -> l
             t.join(0.2)
     if crashes:
         raise crashes[0]
-    return [results[i] for i in range(len(agents))]
 
 
 # --- talking to the agents ------------------------------------------------------------------
@@ -302,10 +357,23 @@ class _Printer:
     def __init__(self, agents: Sequence[str]) -> None:
         self._lock = threading.Lock()
         self._width = max(len(a) for a in agents) + 2
+        self._started = time.monotonic()
+        self._muted = False
 
     def line(self, text: str) -> None:
         with self._lock:
-            click.echo(text)
+            if not self._muted:
+                click.echo(text)
+
+    def mute(self) -> None:
+        """No more progress lines: the final table is being printed (threads of operations
+        that go on must not write under it)."""
+        with self._lock:
+            self._muted = True
+
+    def elapsed(self) -> str:
+        """"+12.3 s": when a line about silence came, counted from the rollout's start."""
+        return f"+{time.monotonic() - self._started:.1f} s"
 
     def for_agent(self, agent: str) -> Callable[[str], None]:
         prefix = f"[{agent}]".ljust(self._width)
@@ -349,7 +417,7 @@ def _stage_all(settings: Settings, spec: UpgradeSpec, printer: _Printer,
         raise CliError("interrupted while staging: no node was switched; uploads and unpacks "
                        "already started go on on their agents (relctl operations on each; "
                        f"relctl remove {spec.version} takes an unpacked release back)",
-                       ExitCode.FAILED) from None
+                       ExitCode.INTERRUPTED) from None
     if text:
         printer.line(staging.line())
     return staging
@@ -369,18 +437,57 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int, max_fail
         staging = _stage_all(settings, spec, printer, stage_parallel or len(settings.agents))
         if staging.failed:
             return _finish(settings, stopped_in_staging(staging, batch=batch,
-                                                        max_failures=max_failures))
+                                                        max_failures=max_failures), printer)
         # Every node has the release now (or runs it), the one of this tarball (staging
         # checked or replaced it): the upgrades upload nothing.
         spec = replace(spec, tarball=None, digest=None, replace=False)
+    switch = _Switch(settings, spec, printer)
+    started = time.monotonic()
+    rollout: Rollout | None = None
+    try:
+        rollout = run_rollout(settings.agents, version=spec.version, batch=batch,
+                              max_failures=max_failures, attempt=switch.attempt,
+                              node=settings.node, on_batch=switch.on_batch,
+                              current=switch.current, in_flight=switch.in_flight)
+        if rollout.interrupted_in is None:
+            switch.wait_for_silent()
+    except KeyboardInterrupt:  # while waiting for silent agents, after the last batch
+        if rollout is None:
+            raise  # between batches, before any row: main() says "interrupted", exit 130
+        rollout = replace(rollout, interrupted_in=rollout.batches)
+    switch.recovery.stop()
+    rollout = replace(rollout, results=tuple(switch.current(r) for r in rollout.results),
+                      staging=staging, switch_seconds=time.monotonic() - started)
+    return _finish(settings, rollout, printer)
 
-    def attempt(agent: str, number: int) -> NodeResult:
-        say = printer.for_agent(agent)
+
+class _Switch:
+    """The switch phase's talk with the agents: each agent's upgrade, watched, so that an
+    agent that goes silent is reported at once and marked ``unknown``, then asked again for
+    its operation's real outcome (:mod:`agent.client.watch`)."""
+
+    def __init__(self, settings: Settings, spec: UpgradeSpec, printer: _Printer) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.printer = printer
+        self.text = settings.output == "text"
+        self.watches: dict[str, Watch] = {}
+        self.recovery = Recovery(settings, self._answered)
+        self._silent_since: dict[str, float] = {}
+
+    def on_batch(self, number: int, total: int, members: tuple[str, ...]) -> None:
+        if self.text:
+            self.printer.line(f"batch {number}/{total}: {', '.join(members)}")
+
+    def attempt(self, agent: str, number: int) -> NodeResult:
+        settings, spec = self.settings, self.spec
+        say = self.printer.for_agent(agent)
         node = settings.node
+        watch = self.watches[agent] = Watch(agent)
         started = time.monotonic()
         try:
             with connect(settings, agent) as channel:
-                stub = agent_pb2_grpc.AgentStub(channel)
+                stub = watched_stub(channel, watch, settings.host_timeout, self._lost)
                 # Asked here rather than in upgrade_on: an error row still names the node.
                 node, done, _ = target_node(settings, stub, agent, spec.version)
                 op = upgrade_on(settings, stub, agent, spec, say=say, bar=False, up_to_date=done)
@@ -388,29 +495,81 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int, max_fail
         except CliError as exc:
             row = result_of_error(agent, node, number, spec.version, exc,
                                   time.monotonic() - started)
-        if text:
+            if watch.lost:
+                row = self._unknown(watch, row)
+        if self.text:
             say(_finished_line(row))
         return row
 
-    def on_batch(number: int, total: int, members: tuple[str, ...]) -> None:
-        if text:
-            printer.line(f"batch {number}/{total}: {', '.join(members)}")
+    def _lost(self, watch: Watch) -> None:
+        """The moment an agent's stream broke: say so, and start asking it again."""
+        self._silent_since[watch.agent] = time.monotonic()
+        if self.text:
+            self.printer.for_agent(watch.agent)(
+                f"  !! {self.printer.elapsed()}: lost during {watch.where()} "
+                f"({self.spec.version}): {watch.lost}; marked {UNKNOWN} (never done or "
+                "unchanged) until the agent answers again")
+        self.recovery.follow(watch.agent, watch.operation_id)
 
-    started = time.monotonic()
-    try:
-        rollout = run_rollout(settings.agents, version=spec.version, batch=batch,
-                              max_failures=max_failures, attempt=attempt, node=settings.node,
-                              on_batch=on_batch)
-    except KeyboardInterrupt:
-        raise CliError("interrupted: upgrades already started go on on their agents (see "
-                       "relctl operations on each); no further batch was started",
-                       ExitCode.FAILED) from None
-    return _finish(settings, replace(rollout, staging=staging,
-                                     switch_seconds=time.monotonic() - started))
+    def _unknown(self, watch: Watch, row: NodeResult) -> NodeResult:
+        where = watch.where()
+        again = (f"relctl --agent {watch.agent} operation {watch.operation_id} shows how it "
+                 "ended" if watch.operation_id
+                 else f"relctl --agent {watch.agent} operations lists it")
+        return replace(row, result=UNKNOWN, code=ExitCode.FAILED_CHANGED,
+                       operation_id=watch.operation_id or None,
+                       reason=f"lost during {where}: {watch.lost}; the operation may go on; "
+                              f"{again}")
+
+    def _answered(self, agent: str, op: pb.Operation) -> None:
+        if self.text:
+            silent = time.monotonic() - self._silent_since.get(agent, time.monotonic())
+            self.printer.for_agent(agent)(
+                f"  .. {self.printer.elapsed()}: answers again after {silent:.1f} s: operation "
+                f"{op.id} ended {outcome_of(op)}")
+
+    def current(self, row: NodeResult) -> NodeResult:
+        """``row`` with the real outcome of its operation when its silent agent answered."""
+        if row.result not in (UNKNOWN, IN_PROGRESS):
+            return row
+        op = self.recovery.outcome(row.agent)
+        if op is None:
+            return row
+        found = result_of(row.agent, row.batch, op, row.seconds)
+        return replace(found, reason=f"read back after the agent went silent: "
+                                     f"{found.reason or found.result}")
+
+    def in_flight(self, agent: str, number: int) -> NodeResult:
+        """The row of an agent whose upgrade ran when Ctrl-C (SIGTERM) came."""
+        watch = self.watches.get(agent, Watch(agent))
+        if watch.lost:
+            return self._unknown(watch, NodeResult(agent, self.settings.node, number, UNKNOWN,
+                                                   to_version=self.spec.version))
+        what = (f"operation {watch.operation_id} goes on on the agent (it was at step "
+                f"{watch.step or 'one'}); relctl --agent {agent} operation "
+                f"{watch.operation_id} shows how it ends" if watch.operation_id
+                else "its upgrade may have started and go on; relctl --agent "
+                     f"{agent} operations lists it")
+        return NodeResult(agent, self.settings.node, number, IN_PROGRESS,
+                          ExitCode.FAILED_CHANGED, to_version=self.spec.version,
+                          operation_id=watch.operation_id or None,
+                          reason=f"interrupted while it ran: {what}")
+
+    def wait_for_silent(self) -> None:
+        """After the last batch: agents that went silent get up to --host-timeout more to
+        answer, so that a short cut ends with the real outcome rather than ``unknown``."""
+        pending = self.recovery.pending()
+        if not pending:
+            return
+        if self.text:
+            self.printer.line(f"waiting up to {self.settings.host_timeout:g} s for silent "
+                              f"agent(s) to answer: {', '.join(pending)}")
+        self.recovery.wait(self.settings.host_timeout)
 
 
-def _finish(settings: Settings, rollout: Rollout) -> ExitCode:
+def _finish(settings: Settings, rollout: Rollout, printer: _Printer) -> ExitCode:
     """Print the table and the last line (or the JSON); the rollout's exit code."""
+    printer.mute()
     if settings.output == "text":
         click.echo("")
         click.echo(rollout.table())

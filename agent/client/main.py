@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import click
@@ -155,6 +155,22 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
+def _sigterm_interrupts() -> Callable[[], None]:
+    """SIGTERM (a CI job cancelled, systemd stopping a deploy unit) ends relctl the way Ctrl-C
+    does: with what is known printed and exit 130, not killed mid-line. Returns what puts the
+    previous handler back (main() may run inside another program, a test for one)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal() works only there
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+    return restore
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `relctl` with ``argv`` (default: the process's arguments); the exit status.
 
@@ -164,6 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    restore = _sigterm_interrupts()
+    try:
+        return _run(args, debug)
+    finally:
+        restore()
+
+
+def _run(args: list[str], debug: bool) -> int:
     try:
         # The command's return value; or click's own code for --help and --version.
         result = cli.main(args=args, prog_name="relctl", standalone_mode=False)
@@ -175,9 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return ExitCode.USAGE if isinstance(exc, click.UsageError) else ExitCode.FAILED
-    except click.exceptions.Abort:  # Ctrl-C, or end of input at a prompt
-        click.echo("relctl: aborted", err=True)
-        return ExitCode.FAILED
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C/SIGTERM, or end of input
+        click.echo("relctl: interrupted; an operation already started on an agent goes on "
+                   "there (relctl operations shows it)", err=True)
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug: still one line, unless --debug
         if debug:
             _print_traceback()

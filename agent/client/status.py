@@ -33,6 +33,7 @@ class ExitCode(IntEnum):
     FAILED_CHANGED = 6
     BUSY = 7
     DENIED = 8
+    INTERRUPTED = 130   # Ctrl-C or SIGTERM: 128 + SIGINT, as shells and httpie use
 
 
 # The words of `relctl --help`; every code has a line (exit_codes_help() fails otherwise).
@@ -46,6 +47,8 @@ MEANINGS: Mapping[ExitCode, str] = {
     ExitCode.FAILED_CHANGED: "the operation failed part-way; check the node's releases",
     ExitCode.BUSY: "another operation is in progress on the node",
     ExitCode.DENIED: "not allowed: missing or wrong credentials, or the role does not allow it",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); operations already started may go "
+                          "on on their agents",
 }
 
 
@@ -136,6 +139,8 @@ def exit_code_for_outcome(outcome: str) -> ExitCode:
 WORST_FIRST: tuple[ExitCode, ...] = (
     ExitCode.FAILED_CHANGED, ExitCode.ROLLED_BACK, ExitCode.FAILED, ExitCode.UNAVAILABLE,
     ExitCode.DENIED, ExitCode.BUSY, ExitCode.NOT_FOUND, ExitCode.USAGE)
+# Not a row's code: the rollout as a whole was interrupted, whatever its rows say.
+NOT_A_ROW = frozenset({ExitCode.INTERRUPTED})
 
 
 def worst_code(codes: Iterable[ExitCode]) -> ExitCode:

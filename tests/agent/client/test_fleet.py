@@ -247,7 +247,7 @@ def test_json_has_the_same_data() -> None:
         "version": "0.0.2", "batch": 1, "max_failures": 0, "batches": 3, "prestage": False,
         "status": "stopped", "stopped_in": "switch", "stopped_after_batch": 2, "failures": 1,
         "not_attempted": 1, "exit_code": 5, "switch_duration_s": None,
-        "summary": _stopped().summary()}
+        "interrupted_in_batch": None, "may_go_on": [], "summary": _stopped().summary()}
     assert data["staging"] is None
     assert data["nodes"] == [
         {"agent": A, "node": "app@h1", "batch": 1, "result": "succeeded", "exit_code": 0,

@@ -13,6 +13,7 @@ import pytest
 from agent.client.common import describe_rpc_error
 from agent.client.status import (
     MEANINGS,
+    NOT_A_ROW,
     WORST_FIRST,
     CliError,
     ExitCode,
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_the_codes_keep_the_numbers_the_readme_documents() -> None:
     assert {code.name: int(code) for code in ExitCode} == {
         "OK": 0, "FAILED": 1, "USAGE": 2, "UNAVAILABLE": 3, "NOT_FOUND": 4, "ROLLED_BACK": 5,
-        "FAILED_CHANGED": 6, "BUSY": 7, "DENIED": 8}
+        "FAILED_CHANGED": 6, "BUSY": 7, "DENIED": 8, "INTERRUPTED": 130}
 
 
 def test_the_help_lists_every_code_in_order_with_its_meaning() -> None:
@@ -136,7 +137,7 @@ def test_a_cli_error_carries_its_code() -> None:
 
 def test_worst_first_is_the_documented_order_and_ranks_every_failure() -> None:
     assert [int(c) for c in WORST_FIRST] == [6, 5, 1, 3, 8, 7, 4, 2]
-    assert set(WORST_FIRST) == set(ExitCode) - {ExitCode.OK}
+    assert set(WORST_FIRST) == set(ExitCode) - {ExitCode.OK} - NOT_A_ROW
     assert worst_first_text() == "6, 5, 1, 3, 8, 7, 4, 2"
 
 
@@ -162,3 +163,10 @@ def test_the_policy_loads_without_grpc() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=30).stdout
     assert out.strip() == "False"
+
+
+def test_an_interrupt_is_130_as_shells_say_and_not_a_failure_code() -> None:
+    # 128 + SIGINT: a deploy script tells "stopped by a person" from "failed, node unchanged".
+    assert int(ExitCode.INTERRUPTED) == 130
+    assert "  130  interrupted (Ctrl-C or SIGTERM)" in exit_codes_help()
+    assert ExitCode.INTERRUPTED not in WORST_FIRST

@@ -49,6 +49,9 @@ def keepalive_options(host_timeout: float) -> list[tuple[str, int]]:
     wait = max(MIN_PING_INTERVAL, host_timeout - interval)
     return [("grpc.keepalive_time_ms", int(interval * 1000)),
             ("grpc.keepalive_timeout_ms", int(wait * 1000)),
+            # grpc 1.6x waits for a ping's answer this long (default 1 minute), whatever
+            # keepalive_timeout says: measured, a stopped agent was noticed only with this.
+            ("grpc.http2.ping_timeout_ms", int(wait * 1000)),
             # Only while calls are open: an idle channel has nothing to lose.
             ("grpc.keepalive_permit_without_calls", 0),
             # grpc stops pinging after 2 pings without data by default: a quiet step of an

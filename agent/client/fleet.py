@@ -148,6 +148,8 @@ class Rollout:
     staging: Staging | None = None    # the staging phase; None: --no-prestage, or no tarball
     switch_seconds: float | None = None  # the switch phase; None: not reached
     interrupted_in: int | None = None  # the batch Ctrl-C/SIGTERM came in; None: not interrupted
+    stopped_failures: int = 0  # the failures the stop rule counted (silent agents may answer
+                               # later with an outcome that is not one)
 
     @property
     def stopped_in_staging(self) -> bool:
@@ -165,7 +167,12 @@ class Rollout:
     def exit_code(self) -> ExitCode:
         if self.interrupted_in is not None:
             return ExitCode.INTERRUPTED
-        return worst_code(r.code for r in self.results if r.failed)
+        code = worst_code(r.code for r in self.results if r.failed)
+        if code == ExitCode.OK and self.stopped_after is not None:
+            # It stopped for agents that were silent then and answered "done" later: the
+            # rollout did not reach every agent, and a script must not take it as done.
+            return ExitCode.UNAVAILABLE
+        return code
 
     def may_go_on(self) -> list[NodeResult]:
         """The rows whose operation may still run on its agent (interrupted or silent)."""
@@ -196,9 +203,11 @@ class Rollout:
                     "failed, then run the same command again: what is staged is not uploaded "
                     "again)")
         if self.stopped_after is not None:
+            since = ("" if self.failures == self.stopped_failures else
+                     f" (then; {self.failures} now: silent agents answered since)")
             return (f"rollout of {self.version} stopped after batch {self.stopped_after} of "
-                    f"{self.batches}: {self.failures} failure(s) > --max-failures "
-                    f"{self.max_failures}; {self.not_attempted} agent(s) not attempted "
+                    f"{self.batches}: {self.stopped_failures} failure(s) > --max-failures "
+                    f"{self.max_failures}{since}; {self.not_attempted} agent(s) not attempted "
                     "(fix what failed, then run the same command again: nodes already on "
                     f"{self.version} are left alone)")
         counts = Counter(r.result for r in self.results)
@@ -318,7 +327,8 @@ def run_rollout(agents: Sequence[str], *, version: str, batch: int, max_failures
             results += [NodeResult(agent, node, later, SKIPPED, reason=reason)
                         for later, rest in enumerate(batches[number:], number + 1)
                         for agent in rest]
-            return Rollout(version, batch, max_failures, len(batches), tuple(results), number)
+            return Rollout(version, batch, max_failures, len(batches), tuple(results), number,
+                           stopped_failures=failures)
     return Rollout(version, batch, max_failures, len(batches), tuple(results))
 
 

@@ -221,7 +221,7 @@ def _stopped() -> Rollout:
     return Rollout("0.0.2", 1, 0, 3, (
         ok(A, 1), rolled_back(B, 2),
         NodeResult(C, "", 3, SKIPPED, reason="not started: the rollout stopped after batch 2")),
-        stopped_after=2)
+        stopped_after=2, stopped_failures=1)
 
 
 def test_the_table_has_one_row_per_agent() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import threading
+from dataclasses import replace
 
 import grpc
 
@@ -39,6 +40,7 @@ def silent(agent: str, batch: int) -> NodeResult:
 def test_keepalive_notices_silence_within_the_host_timeout() -> None:
     options = dict(keepalive_options(30.0))
     assert options["grpc.keepalive_time_ms"] + options["grpc.keepalive_timeout_ms"] == 30_000
+    assert options["grpc.http2.ping_timeout_ms"] == options["grpc.keepalive_timeout_ms"]
     assert options["grpc.http2.max_pings_without_data"] == 0  # a quiet soak keeps pinging
     assert options["grpc.keepalive_permit_without_calls"] == 0
     # Never more often than the agent accepts (agent.api.service.KEEPALIVE_SERVER_OPTIONS).
@@ -117,3 +119,14 @@ def test_silence_is_worded_apart_from_a_closed_connection() -> None:
 def test_a_watch_says_where_the_operation_was() -> None:
     assert Watch(A, 12, "verify").where() == "step verify of operation 12"
     assert Watch(A).where() == "its first step (before the agent named the operation)"
+
+
+def test_a_rollout_stopped_for_an_agent_that_answered_done_later_is_not_exit_0() -> None:
+    rollout = run_rollout([B, C], version="0.0.2", batch=1, max_failures=0,
+                          attempt=lambda a, n: silent(a, n) if a == B else ok(a, n))
+    # What fleet_upgrade does once B answered: its row becomes the real outcome.
+    rollout = replace(rollout, results=(ok(B, 1), *rollout.results[1:]))
+    assert rollout.exit_code == ExitCode.UNAVAILABLE  # C was never reached
+    assert rollout.summary().startswith(
+        "rollout of 0.0.2 stopped after batch 1 of 2: 1 failure(s) > --max-failures 0 (then; "
+        "0 now: silent agents answered since); 1 agent(s) not attempted")

@@ -39,6 +39,8 @@ _CODES = {"unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 # grpc peer -> (uid, where from) of a caller that came through the agent's Unix socket
 UnixCaller = Callable[[str], "tuple[int, str] | None"]
+# grpc peer -> the caller's own address ("ipv4:HOST:PORT") for a call relayed by a TCP front
+TcpPeer = Callable[[str], "str | None"]
 
 
 def _is_unix(peer: str) -> bool:
@@ -112,15 +114,24 @@ class AuditedCall:
 
 class AccessInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator, audit: AuditLog | None,
-                 unix_caller: UnixCaller = lambda peer: None) -> None:
+                 unix_caller: UnixCaller = lambda peer: None,
+                 tcp_peer: TcpPeer = lambda peer: None) -> None:
         self._auth = authenticator
         self._audit = audit
         self._unix_caller = unix_caller
         # Set by the daemon when it stops: a call cut from then on was cut by the agent.
         self.stopping = False
+        self._tcp_peer = tcp_peer
 
     def identify(self, context: _Ctx) -> Identity:
         peer = context.peer() or "unknown"
+        # First: a TCP caller relayed by the agent's TCP front also arrives from a Unix
+        # address, and must show its token, never pass as a local uid.
+        outside = self._tcp_peer(peer)
+        if outside is not None:
+            return self._auth.from_token(
+                [(k, v) for k, v in (context.invocation_metadata() or ())], outside,
+                _certificate(context))
         if _is_unix(peer):
             found = self._unix_caller(peer)
             return self._auth.from_unix_peer(*(found or (None, peer)))

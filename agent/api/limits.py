@@ -1,6 +1,8 @@
-"""Bounds on what a request may carry, checked before anything of it is journaled, audited or
-logged: a version or a node name is short and plain, every other string is bounded and free of
-control characters (a newline in a version once forged a whole log line).
+"""Bounds on what a caller may take of the agent: what a request may carry, checked before
+anything of it is journaled, audited or logged (a version or a node name is short and plain,
+every other string is bounded and free of control characters: a newline in a version once
+forged a whole log line), and how many TCP connections a listener and one peer address may
+hold, within the process's descriptors (:func:`connection_caps`).
 
 No grpc here: the interceptor hands over the request's fields as a dict.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 MAX_VERSION = 128
@@ -82,3 +85,54 @@ def bounded(fields: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+# --- TCP connections ------------------------------------------------------------------------------
+
+# Anyone who can reach a TCP listener can open connections without a token (and, with TLS,
+# without finishing a handshake): 8,300 idle ones once took every descriptor of the agent, and
+# the Unix socket and /metrics with them. So each listener holds at most this many, one peer
+# address at most MAX_PER_PEER, and the caps fit the descriptors with RESERVED_FDS to spare.
+MAX_TCP_CONNECTIONS = 512
+MAX_PER_PEER = 32
+# For the Unix socket's relays (2 each), /metrics, the journal, the audit trail, the node links,
+# uploads and extraction: what must keep working while TCP is flooded.
+RESERVED_FDS = 512
+# A relayed TCP connection holds 3: the caller's socket, our end and grpc's end of the relay.
+FDS_PER_CONNECTION = 3
+# A connection must send its first byte within this (the front closes it), and grpc closes one
+# that has not finished its TLS handshake and HTTP/2 preface within HANDSHAKE_TIMEOUT.
+FIRST_BYTE_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = 10.0
+# A connection with no call open for this long is closed by grpc (relctl opens its channel
+# when it has something to ask, and reconnects by itself).
+IDLE_TIMEOUT = 60.0
+# Refusals and accept errors are logged at most once per this many seconds (with a count),
+# not once per connection: a flood must not become a flood of log lines.
+LOG_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class ConnectionCaps:
+    """How many TCP connections each listener, and each peer address on it, may hold."""
+
+    per_listener: int
+    per_peer: int
+    warning: str = ""   # set when the descriptors do not allow the usual caps
+
+
+def connection_caps(nofile: int, tcp_listeners: int) -> ConnectionCaps:
+    """The caps for ``tcp_listeners`` listeners in a process allowed ``nofile`` descriptors:
+    MAX_TCP_CONNECTIONS each, fewer when that would eat into RESERVED_FDS."""
+    if tcp_listeners < 1:
+        return ConnectionCaps(MAX_TCP_CONNECTIONS, MAX_PER_PEER)
+    budget = max(0, nofile - RESERVED_FDS) // (FDS_PER_CONNECTION * tcp_listeners)
+    per_listener = max(1, min(MAX_TCP_CONNECTIONS, budget))
+    warning = ""
+    if per_listener < MAX_TCP_CONNECTIONS:
+        wanted = RESERVED_FDS + FDS_PER_CONNECTION * MAX_TCP_CONNECTIONS * tcp_listeners
+        warning = (f"only {nofile} file descriptors (LimitNOFILE): each TCP listener takes at "
+                   f"most {per_listener} connections, not {MAX_TCP_CONNECTIONS}, so that "
+                   f"{RESERVED_FDS} stay for the Unix socket, /metrics and the nodes; "
+                   f"raise LimitNOFILE to {wanted} or more for the full caps")
+    return ConnectionCaps(per_listener, min(MAX_PER_PEER, per_listener), warning)

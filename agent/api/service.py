@@ -33,6 +33,7 @@ from relctl.v1 import agent_pb2 as pb
 from .audit import AuditLog, AuditRecord
 from .interceptor import CALLER
 from .messages import node_message, operation_message, ping_message, progress_message
+from .limits import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 
 log = logging.getLogger("relctl.agent.api.service")
 
@@ -397,6 +398,13 @@ KEEPALIVE_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_permit_without_calls", 1),
 )
 
+# A connection that finishes no TLS handshake and HTTP/2 preface in time (grpc's default: 120 s),
+# or holds no call for long, is closed: each one holds descriptors (agent.api.tcp_front).
+CONNECTION_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT * 1000)),
+    ("grpc.max_connection_idle_ms", int(IDLE_TIMEOUT * 1000)),
+)
+
 
 class ApiServer:
     """The agent's gRPC server, so that the daemon needs no grpc of its own."""
@@ -407,7 +415,8 @@ class ApiServer:
         # silently sharing the port with the first.
         self._server = grpc.aio.server(interceptors=list(interceptors),
                                        options=[("grpc.so_reuseport", 0),
-                                                *KEEPALIVE_SERVER_OPTIONS])
+                                                *KEEPALIVE_SERVER_OPTIONS,
+                                                *CONNECTION_SERVER_OPTIONS])
         service.add_to(self._server)
 
     def bind(self, address: str, tls: ApiTls | None = None) -> None:

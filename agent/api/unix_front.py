@@ -52,7 +52,7 @@ def abstract_name() -> str:
     return f"relctl-{secrets.token_hex(16)}"
 
 
-class _Relay(asyncio.Protocol):
+class Relay(asyncio.Protocol):
     """One direction-pair end: what it receives goes to its partner, with flow control.
 
     Bytes that arrive before the partner exists are kept, not dropped: pause_reading() in
@@ -61,7 +61,7 @@ class _Relay(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.partner: _Relay | None = None
+        self.partner: Relay | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self._early: list[bytes] = []
 
@@ -75,7 +75,7 @@ class _Relay(asyncio.Protocol):
         else:
             self._early.append(data)
 
-    def pair(self, partner: _Relay) -> None:
+    def pair(self, partner: Relay) -> None:
         """Relay to ``partner`` from now on, starting with what arrived before it existed."""
         self.partner = partner
         early, self._early = self._early, []
@@ -105,7 +105,7 @@ class _Relay(asyncio.Protocol):
             self.partner.transport.close()
 
 
-class _Accepted(_Relay):
+class _Accepted(Relay):
     """A connection to the public socket: it waits (not reading) until its relay exists."""
 
     def __init__(self, front: UnixFront) -> None:
@@ -131,7 +131,7 @@ class UnixFront:
         self._inner = str(self._private / "grpc.sock")
         self._peers: dict[str, PeerCred] = {}
         self._server: asyncio.AbstractServer | None = None
-        self._relays: set[_Relay] = set()
+        self._relays: set[Relay] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._bound = False
 
@@ -156,15 +156,15 @@ class UnixFront:
             self._accepted, sock=sock)
         self._bound = True
 
-    def _accepted(self) -> _Relay:
+    def _accepted(self) -> Relay:
         return _Accepted(self)
 
-    def _relay_later(self, outer: _Relay, transport: asyncio.Transport) -> None:
+    def _relay_later(self, outer: Relay, transport: asyncio.Transport) -> None:
         task = asyncio.get_running_loop().create_task(self._connect_inner(outer, transport))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _connect_inner(self, outer: _Relay, transport: asyncio.Transport) -> None:
+    async def _connect_inner(self, outer: Relay, transport: asyncio.Transport) -> None:
         self._relays.add(outer)
         raw = transport.get_extra_info("socket")
         name = ""
@@ -172,11 +172,11 @@ class UnixFront:
         try:
             pid, uid, gid = _UCRED.unpack(raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                          _UCRED.size))
-            inner_sock, name = _bind_abstract()
+            inner_sock, name = bind_abstract()
             self._peers[name] = PeerCred(pid, uid, gid)
             loop = asyncio.get_running_loop()
             await loop.sock_connect(inner_sock, self._inner)
-            inner = _Relay()
+            inner = Relay()
             await loop.create_unix_connection(lambda: inner, sock=inner_sock)
         except OSError as exc:
             log.warning("local connection dropped: cannot reach the gRPC server (%s)", exc)
@@ -218,7 +218,7 @@ class UnixFront:
         shutil.rmtree(self._private, ignore_errors=True)
 
 
-def _bind_abstract() -> tuple[socket.socket, str]:
+def bind_abstract() -> tuple[socket.socket, str]:
     """A non-blocking socket bound to a fresh random abstract name, and the name."""
     for _ in range(_NAME_TRIES):
         name = abstract_name()

@@ -16,6 +16,8 @@ from agent.api.audit import AuditLog
 from agent.api.auth import Authenticator
 from agent.api.interceptor import AccessInterceptor
 from agent.api.service import AgentService, ApiServer
+from agent.api.limits import connection_caps
+from agent.api.tcp_front import TcpFront, descriptor_limit
 from agent.api.unix_front import SocketError, UnixFront
 from agent.config import AgentConfig, UnixAddress
 from agent.errors import HostError
@@ -69,18 +71,30 @@ def _discovery(config: AgentConfig, nodes: NodeManager) -> Discovery | None:
     return Discovery(cfg, nodes, lambda: epmd.names("localhost", timeout=config.connect_timeout))
 
 
-def _bind(server: ApiServer, config: AgentConfig, fronts: list[UnixFront]) -> None:
-    inner = iter(fronts)
-    for address in config.listen:
-        target = next(inner).inner_address if isinstance(address, UnixAddress) else str(address)
+def _bind(server: ApiServer, config: AgentConfig, fronts: list[UnixFront | TcpFront]) -> None:
+    # One front per listen address, in order: grpc listens only on the fronts' private sockets.
+    for address, front in zip(config.listen, fronts):
         try:
-            server.bind(target, None if isinstance(address, UnixAddress) else config.tls)
+            server.bind(front.inner_address,
+                        None if isinstance(address, UnixAddress) else config.tls)
         except OSError as exc:
             raise StartupError(f"{config.path}: agent.listen: cannot listen on {address} "
                                f"({exc}); is another agent running there?") from None
         if not isinstance(address, UnixAddress) and config.insecure_no_auth:
             log.warning("insecure_no_auth = true: calls to %s without a token are accepted as "
                         "operator \"anonymous\"; for tests and demos only", address)
+
+
+def _fronts(config: AgentConfig) -> list[UnixFront | TcpFront]:
+    """The public side of each listen address: the Unix socket (the caller's uid) or a TCP
+    listener with connection caps that fit the descriptors (agent.api.tcp_front)."""
+    tcp = [a for a in config.listen if not isinstance(a, UnixAddress)]
+    caps = connection_caps(descriptor_limit(), len(tcp))
+    if tcp and caps.warning:
+        log.warning("%s", caps.warning)
+    return [UnixFront(a.path, mode=config.socket_mode, gid=config.socket_gid)
+            if isinstance(a, UnixAddress) else TcpFront(a.host, a.port, caps)
+            for a in config.listen]
 
 
 @dataclass
@@ -93,7 +107,7 @@ class Parts:
     journal: Journal
     operations: Operations
     audit: AuditLog
-    fronts: list[UnixFront]
+    fronts: list[UnixFront | TcpFront]
     server: ApiServer
     discovery: Discovery | None
     uploads: UploadStore
@@ -143,15 +157,19 @@ def build(config: AgentConfig) -> Parts:
     except OSError as exc:
         raise StartupError(f"{config.path}: agent.state_dir: cannot open the audit trail "
                            f"{config.state_dir / AUDIT_FILE}: {exc.strerror or exc}") from None
-    fronts = [UnixFront(a.path, mode=config.socket_mode, gid=config.socket_gid)
-              for a in config.listen if isinstance(a, UnixAddress)]
+    fronts = _fronts(config)
 
     def unix_caller(peer: str) -> tuple[int, str] | None:
-        return next((found for f in fronts if (found := f.caller(peer)) is not None), None)
+        return next((found for f in fronts if isinstance(f, UnixFront)
+                     and (found := f.caller(peer)) is not None), None)
+
+    def tcp_peer(peer: str) -> str | None:
+        return next((found for f in fronts if isinstance(f, TcpFront)
+                     and (found := f.peer(peer)) is not None), None)
 
     access = AccessInterceptor(Authenticator(config.tokens,
                                              insecure_no_auth=config.insecure_no_auth),
-                               audit, unix_caller)
+                               audit, unix_caller, tcp_peer)
     server = ApiServer(AgentService(nodes, operations, uploads, rpc_timeout=config.rpc_timeout,
                                     node_options=node_options, audit=audit), [access])
     return Parts(config, nodes, metrics, journal, operations, audit, fronts, server,

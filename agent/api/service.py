@@ -251,7 +251,10 @@ class AgentService:
             writer = uploads.begin(self._node_name(header.node), header.version,
                                    header.size, header.sha256)
             try:
-                async for part in request_iterator:
+                # Each part raced against the upload's expiry: a stalled client is told, and
+                # its call ends (agent.upload_idle_expiry), even without a deadline of its own.
+                parts = aiter(request_iterator)
+                while (part := await writer.receive(anext(parts, None))) is not None:
                     writer.write(part.chunk)
                 # Cancelled meanwhile (the client went away), it still removes what it made.
                 upload = await uploads.finish(writer)

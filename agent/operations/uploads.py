@@ -24,12 +24,15 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from agent.errors import HostError, NotFound, RequestError
 from agent.release.tarball import ReleaseTarball, TarballError, inspect_tarball
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("relctl.agent.operations.uploads")
 
@@ -91,12 +94,41 @@ class UploadWriter:
         self.finishing = False  # finish() runs (in a thread): expiry leaves it alone
         self.expired = False
         self._ended = False
+        self._gone: asyncio.Future[None] | None = None  # set by abort(): wakes receive()
+
+    def _ended_error(self) -> UploadRefused:
+        if self.expired:
+            return UploadRefused(
+                f"upload {self.id} expired after {self._store.idle_expiry:g} s without data "
+                "(agent.upload_idle_expiry); the agent removed what it had received: send the "
+                "tarball again")
+        return UploadRefused(f"upload {self.id} has ended")
+
+    async def receive(self, part: Awaitable[_T]) -> _T:
+        """``part`` (the caller's next message), unless the upload ends first (expiry): then
+        UploadRefused, which ends the call. Without this, a client that stalled and set no
+        deadline would wait forever on a call whose file is long gone."""
+        if self._ended:
+            raise self._ended_error()
+        if self._gone is None:
+            self._gone = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(part)
+        either: set[asyncio.Future[Any]] = {task, self._gone}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise self._ended_error()
 
     def write(self, chunk: bytes) -> None:
         if self._ended:
-            raise UploadRefused(
-                f"upload {self.id} expired after {self._store.idle_expiry:g} s without data "
-                "(agent.upload_idle_expiry)" if self.expired else f"upload {self.id} has ended")
+            raise self._ended_error()
         self.touched = self._store.now()
         self.received += len(chunk)
         if self.received > self.size:
@@ -125,8 +157,7 @@ class UploadWriter:
         in a thread); on any failure the files are gone."""
         self.finishing = True
         if self._ended:
-            raise UploadRefused(f"upload {self.id} expired after {self._store.idle_expiry:g} s "
-                                "without data (agent.upload_idle_expiry)")
+            raise self._ended_error()
         self._ended = True
         try:
             try:
@@ -158,6 +189,8 @@ class UploadWriter:
         if self._ended or self.finishing:
             return
         self._ended = True
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
         self._store.forget(self)
         with contextlib.suppress(OSError):  # what was buffered cannot be written: no matter
             self._file.close()

@@ -77,6 +77,26 @@ async def test_an_idle_upload_expires_and_its_client_is_told(
     assert list((tmp_path / "uploads").iterdir()) == []
 
 
+async def test_a_stalled_upload_without_a_deadline_ends_when_it_expires(
+        stub: agent_pb2_grpc.AgentStub, tmp_path: Path) -> None:
+    never = asyncio.Event()
+
+    async def parts() -> AsyncIterator[pb.UploadRequest]:
+        yield _header(100)
+        yield pb.UploadRequest(chunk=b"x" * 10)
+        await never.wait()  # stalls for good: only the agent can end this call
+        yield pb.UploadRequest(chunk=b"x" * 10)
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(stub.Upload(parts()), 10)  # no deadline on the call itself
+    assert asyncio.get_running_loop().time() - started < 5  # expiry 0.5 s, sweep every 0.1 s
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expired after 0.5 s without data (agent.upload_idle_expiry); the agent removed " \
+           "what it had received: send the tarball again" in (info.value.details() or "")
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
 async def test_an_upload_over_the_quota_is_refused_naming_the_key(
         stub: agent_pb2_grpc.AgentStub, tmp_path: Path) -> None:
     async def parts() -> AsyncIterator[pb.UploadRequest]:

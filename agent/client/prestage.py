@@ -8,10 +8,12 @@ Unpack RPCs), ``--stage-parallel N`` agents at a time (default: all), and only t
   before the first node switches, and the switch of a batch takes only its install time.
 - Each agent is first asked for its node's releases: a node already running VSN as permanent
   is ``up_to_date`` (neither staged nor switched), one where VSN is installed and not
-  permanent is ``staged`` with nothing uploaded. A node that has VSN unpacked (or old), e.g.
-  from an earlier run that stopped, gets the tarball and a dry-run Upgrade: the agent checks
-  that its release is this tarball's (sha256) and can be installed, and refuses other bytes
-  unless ``--replace`` (then Unpack replaces it): never a silent mix of two builds of VSN.
+  permanent is ``staged`` with nothing uploaded, and so is one where the agent unpacked VSN
+  from a tarball with this one's sha256 (a run that stopped: the same rule as a single-agent
+  rerun). A node that has VSN unpacked from other or unrecorded bytes (or old) gets the
+  tarball and a dry-run Upgrade: the agent checks that its release is this tarball's (sha256)
+  and can be installed, and refuses other bytes unless ``--replace`` (then Unpack replaces
+  it): never a silent mix of two builds of VSN.
 - A failed stage on any agent stops the rollout before any node is switched: no new stage is
   started once one failed (the stages under way finish), and the agents not reached are
   ``skipped``. The nodes already staged have VSN unpacked, not installed; ``relctl remove VSN``
@@ -40,7 +42,7 @@ from relctl.v1 import agent_pb2_grpc
 from .common import OPERATION_TIMEOUT, Settings, operation_error, rpc_error
 from .output import STATUS_NAMES, outcome_of, step_line
 from .status import ExitCode, exit_code_for_outcome
-from .transfer import UpgradeSpec, is_up_to_date, upgrade_on, upload
+from .transfer import UpgradeSpec, file_digest, is_up_to_date, upgrade_on, upload
 
 STAGED = "staged"          # VSN is on the node, ready to switch: unpacked now, or there before
 UP_TO_DATE = "up_to_date"  # the node runs VSN as permanent: nothing to stage or switch
@@ -188,9 +190,20 @@ def stage_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
                 "the tarball is not sent")
         return StageResult(agent, node, STAGED, seconds=time.monotonic() - started,
                            reason=f"{spec.version} already runs (current, not permanent)")
+    sha256 = (spec.digest or file_digest(spec.tarball))[1]
+    if (target is not None and not spec.replace and target.status == pb.RELEASE_STATUS_UNPACKED
+            and target.sha256 == sha256):
+        # Unpacked from these very bytes (the agent's record, e.g. by a run that stopped):
+        # nothing to send; the switch checks the relup as it always does.
+        if settings.output == "text":
+            say(f"  {'stage':<22} {'skip':<6} {'':>9}  {spec.version} is unpacked from these "
+                "bytes already (same sha256); the tarball is not sent")
+        return StageResult(agent, node, STAGED, seconds=time.monotonic() - started,
+                           reason=f"{spec.version} was already unpacked from this tarball (same "
+                                  "sha256); nothing sent; not installed", removable=True)
     if target is not None and not spec.replace:
-        # From an earlier run, or by hand: the agent compares its sha256 with the tarball's
-        # and checks the relup, changing nothing (dry run).
+        # From an earlier run, by hand, or with no record of its bytes: the agent compares
+        # its sha256 with the tarball's and checks the relup, changing nothing (dry run).
         check = upgrade_on(settings, stub, agent, UpgradeSpec(
             spec.version, spec.tarball, dry_run=True, digest=spec.digest,
             allow_config_reset=spec.allow_config_reset), say=say, bar=False, up_to_date=False)

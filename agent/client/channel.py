@@ -136,6 +136,11 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor,
         return continuation(self._details(details), requests)
 
 
+# agent -> (CA, client certificate, key) its TLS channel was opened with: what a failed
+# handshake is diagnosed with (diagnose_tls).
+_TLS_MATERIAL: dict[str, tuple[str, str, str]] = {}
+
+
 def open_channel(settings: Credentials, agent: str) -> grpc.Channel:
     """The channel to ``agent`` (HOST:PORT or unix:PATH) with the credentials given, and the
     keepalive that bounds how long a silent agent can keep a call waiting
@@ -155,6 +160,7 @@ def open_channel(settings: Credentials, agent: str) -> grpc.Channel:
         if token:
             credentials = grpc.composite_channel_credentials(
                 credentials, grpc.access_token_call_credentials(token))
+        _TLS_MATERIAL[agent] = (settings.ca, settings.cert, settings.key)
         return grpc.secure_channel(agent, credentials, options)
     if token and not is_loopback(agent):
         raise _error(f"refusing to send the token to {agent} unencrypted: pass --ca FILE (the CA "
@@ -177,16 +183,100 @@ _HINTS: Sequence[tuple[str, str, str]] = (
                     "certificate) and, if the agent verifies clients, --cert and --key", "tcp"),
     ("handshake", "the TLS handshake failed: check --ca (the CA that signed the agent's "
                   "certificate) and, if the agent verifies clients, --cert and --key", "tcp"),
+    ("hostname verification", "the agent's certificate does not name the address relctl "
+                              "dialed: dial a name the certificate holds, or reissue it with "
+                              "this address in subjectAltName", "tcp"),
     ("socket closed", "the agent closed the connection: if it serves TLS on this address, pass "
                       "--ca FILE; if it verifies clients, --cert and --key too", "tcp"),
 )
 
 
+_TLS_WORDS = ("hostname verification", "certificate", "handshake", "issuer", "ssl",
+              "peer name", "socket closed")
+
+
+def _subject(cert: dict[str, Any]) -> str:
+    """"CN=relctl test CA, O=..." of a certificate as ssl's getpeercert()/get_ca_certs() give
+    it."""
+    short = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+             "countryName": "C"}
+    return ", ".join(f"{short.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+
+
+def _names_match(host: str, names: Sequence[tuple[str, str]]) -> bool:
+    """Whether ``host`` is one of a certificate's subjectAltNames (a DNS wildcard covers one
+    label), as TLS clients check it."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    for kind, value in names:
+        if ip is not None and kind == "IP Address":
+            with_ip = value.strip()
+            try:
+                if ipaddress.ip_address(with_ip) == ip:
+                    return True
+            except ValueError:
+                continue
+        elif ip is None and kind == "DNS":
+            pattern, name = value.lower(), host.lower()
+            if pattern == name or (pattern.startswith("*.") and "." in name
+                                   and name.split(".", 1)[1] == pattern[2:]):
+                return True
+    return False
+
+
+def diagnose_tls(agent: str, ca: str, cert: str, key: str, timeout: float = 3.0) -> str | None:
+    """What is wrong with an agent's TLS, found by a handshake of our own: the certificate is
+    not signed by the CA given (which one was used), or it does not name the address dialed
+    (which names it holds). None when this finds nothing to say."""
+    import socket
+    import ssl
+
+    host = _host(agent)
+    port = agent.rpartition(":")[2]
+    try:
+        context = ssl.create_default_context(cafile=str(Path(ca).expanduser()) if ca else None)
+        context.check_hostname = False  # checked below, to say which names it has
+        if cert and key:
+            context.load_cert_chain(str(Path(cert).expanduser()), str(Path(key).expanduser()))
+    except (OSError, ssl.SSLError):
+        return None  # the files themselves: open_channel has said what is wrong with them
+    authorities = "; ".join(_subject(c) for c in context.get_ca_certs()) or "none"
+    against = (f"the CA in --ca {ca} ({authorities})" if ca
+               else "this host's default CAs (no --ca given)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as raw, \
+                context.wrap_socket(raw) as tls:
+            peer = tls.getpeercert() or {}
+    except ssl.SSLCertVerificationError as exc:
+        return (f"the agent's certificate is not trusted: {exc.verify_message}, checked against "
+                f"{against}; pass the CA that signed the agent's certificate with --ca")
+    except (OSError, ssl.SSLError, ValueError):
+        return None
+    # typeshed types the entries loosely; they are (kind, value) pairs of str.
+    names = [(str(entry[0]), str(entry[1])) for entry in peer.get("subjectAltName", ())]
+    if _names_match(host, names):
+        return None
+    held = ", ".join(f"{'IP' if k == 'IP Address' else k}:{v}" for k, v in names) or "none"
+    return (f"the agent's certificate (signed by {against}, which is right) does not name "
+            f"{host}, the address relctl dialed; its names: {held}. Dial the agent by one of "
+            f"those names, or reissue its certificate with {host} in subjectAltName")
+
+
 def transport_hint(agent: str, details: str) -> str:
     """What to do about an agent that could not be reached, judging by grpc's details. A Unix
-    socket is never TLS: no TLS advice for it."""
+    socket is never TLS: no TLS advice for it. A failed TLS handshake is diagnosed by one of
+    our own (:func:`diagnose_tls`), so that the hint names the mismatch."""
     lowered = details.lower()
     kind = "unix" if agent.startswith("unix:") else "tcp"
+    material = _TLS_MATERIAL.get(agent)
+    if kind == "tcp" and material is not None and any(w in lowered for w in _TLS_WORDS):
+        found = diagnose_tls(agent, *material)
+        if found is not None:
+            return found
     for needle, hint, scope in _HINTS:
         if needle in lowered and scope in ("any", kind):
             return hint

@@ -160,7 +160,31 @@ def test_tls_and_client_certificates(tmp_path: Path,
         other = TestCA.create(tmp_path / "other", name="unrelated CA")
         wrong_ca = relctl("--ca", str(other.cert), "--cert", str(client.cert), "--key",
                           str(client.key), "nodes", agents=tcp)
-        assert wrong_ca.returncode == 3 and "check --ca" in wrong_ca.stderr
+        assert wrong_ca.returncode == 3, wrong_ca.stderr
+        # Names the mismatch (issue 23): the CA it was checked against, and what to pass.
+        assert ("the agent's certificate is not trusted: unable to get local issuer "
+                f"certificate, checked against the CA in --ca {other.cert} (CN=unrelated CA); "
+                "pass the CA that signed the agent's certificate with --ca") in wrong_ca.stderr
+        # A certificate that does not name the address dialed: its names, not "is it running?"
+        by_name = relctl(*mtls, "nodes", agents=[f"localhost:{port}"])
+        # "localhost" is one of its names: the agent answers (about its node, which is down).
+        assert "node ghost@localhost is down" in by_name.stderr, by_name.stderr
+        elsewhere = ca.issue("elsewhere", dns=["agent.example"], client=False)
+        other_agent = start_agent(
+            tmp_path / "agent2", [NodeEntry("ghost@localhost", "cookie", free_port())],
+            metrics=False, extra_agent={"listen": f"127.0.0.1:{(port2 := free_port())}",
+                                        "tls": {"cert_file": str(elsewhere.cert),
+                                                "key_file": str(elsewhere.key)}})
+        try:
+            misnamed = relctl(*tls, "nodes", agents=[f"127.0.0.1:{port2}"])
+        finally:
+            other_agent.stop()
+        assert misnamed.returncode == 3, misnamed.stderr
+        assert "is relctl-agent running" not in misnamed.stderr
+        assert (f"the agent's certificate (signed by the CA in --ca {ca.cert} (CN=relctl test "
+                "CA), which is right) does not name 127.0.0.1, the address relctl dialed; its "
+                "names: DNS:agent.example. Dial the agent by one of those names, or reissue its "
+                "certificate with 127.0.0.1 in subjectAltName") in misnamed.stderr
         half = relctl(*tls, "--cert", str(client.cert), "nodes", agents=tcp)
         assert half.returncode == 2 and "--cert and --key go together" in half.stderr
     finally:

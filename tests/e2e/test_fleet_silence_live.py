@@ -13,9 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NodeFactory
-from tests.tools.agent_proc import ROOT, AgentProc, NodeEntry, eventually, relctl_env, start_agent
+from tests.tools.agent_proc import AgentProc, NodeEntry, eventually, start_agent
+from tests.tools.cli_proc import Cli
 from tests.tools.otp_procs import NodeProc, erl_eval, pid_exists
 from tests.tools.release_fixture import ReleaseBuild
 
@@ -34,40 +32,6 @@ HOST_TIMEOUT = 3.0
 
 def releases(node: NodeProc) -> str:
     return erl_eval(node, "[{V, S} || {_, V, _, S} <- release_handler:which_releases()]")
-
-
-class Cli:
-    """`relctl` run in the background, its stdout lines kept with the time each came."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.client", *args], cwd=ROOT,
-                                     env=relctl_env(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.started = time.monotonic()
-        self.lines: list[tuple[float, str]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append((time.monotonic() - self.started, line.rstrip("\n")))
-
-    def seen(self, pattern: str) -> tuple[float, str] | None:
-        return next(((t, line) for t, line in list(self.lines) if re.search(pattern, line)), None)
-
-    def finish(self, timeout: float) -> tuple[int, str, str]:
-        assert self.proc.stderr is not None
-        err = self.proc.stderr.read() if self.proc.wait(timeout) is not None else ""
-        self._reader.join(5)
-        return self.proc.returncode, "\n".join(line for _, line in self.lines), err
-
-    def stop(self) -> None:
-        print("relctl's lines so far:", *(f"+{t:.1f} {line}" for t, line in self.lines),
-              sep="\n")
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -113,6 +77,7 @@ def test_an_agent_silent_during_its_switch_is_reported_then_read_back(
         os.kill(a1.pid, signal.SIGCONT)
         code, out, err = cli.finish(timeout=90)
     finally:
+        print(cli.transcript())
         cli.stop()
     print(f"silenced at +{silenced:.1f} s; relctl printed at +{lost[0]:.1f} s:\n{out}")
     assert lost[0] - silenced <= HOST_TIMEOUT + 2.5, (silenced, lost)

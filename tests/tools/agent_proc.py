@@ -93,9 +93,10 @@ def write_config(path: Path, nodes: Sequence[NodeEntry], *, grpc_port: int, metr
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = dict(extra_agent or {})
     listen = extra.pop("listen", f"127.0.0.1:{grpc_port}")
+    # A given metrics_listen (a host's own address, as for a file_sd inventory) wins.
+    metrics = extra.pop("metrics_listen", f"127.0.0.1:{metrics_port}" if metrics_port else "")
     lines = ["[agent]", f"listen = {toml_value(listen)}",
-             f'metrics_listen = "127.0.0.1:{metrics_port}"' if metrics_port else 'metrics_listen = ""',
-             'state_dir = "state"']
+             f"metrics_listen = {toml_value(metrics)}", 'state_dir = "state"']
     for key, value in extra.items():
         lines.append(f"{key} = {toml_value(value)}")
     if not extra.get("insecure_no_auth"):

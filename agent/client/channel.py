@@ -32,6 +32,10 @@ class Credentials(Protocol):
     def key(self) -> str: ...
     @property
     def host_timeout(self) -> float: ...
+    @property
+    def token_dir(self) -> str: ...
+    @property
+    def per_agent(self) -> dict[str, dict[str, str]]: ...
 
 
 # The agent accepts a ping this often (agent.api.service.KEEPALIVE_SERVER_OPTIONS allows one
@@ -141,6 +145,24 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor,
 _TLS_MATERIAL: dict[str, tuple[str, str, str]] = {}
 
 
+def token_file_for(settings: Credentials, agent: str) -> str:
+    """The token file for ``agent``: its inventory group's label, else the file named by its
+    address in --token-dir (HOST:PORT, else HOST), else --token-file; "" for none."""
+    own = settings.per_agent.get(agent, {}).get("token_file", "")
+    if own:
+        return own
+    if settings.token_dir:
+        directory = Path(settings.token_dir).expanduser()
+        host = _host(agent)
+        for name in (agent, host):
+            if (directory / name).is_file():
+                return str(directory / name)
+        if not settings.token_file:
+            raise _error(f"no token for agent {agent} in --token-dir {settings.token_dir}: put "
+                         f"it in {directory / agent} or {directory / host}")
+    return settings.token_file
+
+
 def open_channel(settings: Credentials, agent: str) -> grpc.Channel:
     """The channel to ``agent`` (HOST:PORT or unix:PATH) with the credentials given, and the
     keepalive that bounds how long a silent agent can keep a call waiting
@@ -150,17 +172,19 @@ def open_channel(settings: Credentials, agent: str) -> grpc.Channel:
         return grpc.insecure_channel(agent, options)  # the socket's permissions decide
     if bool(settings.cert) != bool(settings.key):
         raise _error("--cert and --key go together (the client certificate and its key)")
-    token = read_token(settings.token_file) if settings.token_file else ""
-    if settings.ca or settings.cert:
+    token_file = token_file_for(settings, agent)
+    token = read_token(token_file) if token_file else ""
+    ca = settings.per_agent.get(agent, {}).get("ca", "") or settings.ca
+    if ca or settings.cert:
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(settings.ca, "CA certificate", "--ca") if settings.ca else None,
+            root_certificates=_read(ca, "CA certificate", "--ca") if ca else None,
             private_key=_read(settings.key, "client key", "--key") if settings.key else None,
             certificate_chain=(_read(settings.cert, "client certificate", "--cert")
                                if settings.cert else None))
         if token:
             credentials = grpc.composite_channel_credentials(
                 credentials, grpc.access_token_call_credentials(token))
-        _TLS_MATERIAL[agent] = (settings.ca, settings.cert, settings.key)
+        _TLS_MATERIAL[agent] = (ca, settings.cert, settings.key)
         return grpc.secure_channel(agent, credentials, options)
     if token and not is_loopback(agent):
         raise _error(f"refusing to send the token to {agent} unencrypted: pass --ca FILE (the CA "

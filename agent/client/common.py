@@ -52,6 +52,9 @@ class Settings:
     cert: str = ""         # client certificate and key, for agents that require them (mTLS)
     key: str = ""
     host_timeout: float = DEFAULT_HOST_TIMEOUT  # silence after which an agent is given up
+    token_dir: str = ""    # one token file per agent, named by its address (--token-dir)
+    # agent -> {"token_file": ..., "ca": ...} from its inventory group's labels
+    per_agent: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def agent_targets(given: Sequence[str]) -> list[str]:

@@ -23,24 +23,39 @@ from typing import Any
 from .status import CliError, ExitCode
 
 AGENT_LABEL = "relctl_agent"
+# A group's own operator token file and CA: one leaked token is then one group's, not the
+# fleet's (relative paths are taken from the inventory file's directory).
+TOKEN_LABEL = "relctl_token_file"
+CA_LABEL = "relctl_ca"
 
 
 def inventory_agents(path: str, selectors: Sequence[str], agent_port: int | None) -> list[str]:
     """The agents of ``path`` whose groups match ``selectors``, in file order, without
     duplicates; a CliError (usage) naming the file and the problem otherwise."""
+    return list(inventory_targets(path, selectors, agent_port))
+
+
+def inventory_targets(path: str, selectors: Sequence[str], agent_port: int | None
+                      ) -> dict[str, dict[str, str]]:
+    """:func:`inventory_agents` with each agent's credentials from its group's labels:
+    ``{agent: {"token_file": ..., "ca": ...}}`` (only the labels given), in file order."""
     wanted = [_selector(s) for s in selectors]
     groups = _groups(path)
-    agents: list[str] = []
+    base = Path(path).parent
+    agents: dict[str, dict[str, str]] = {}
     for i, group in enumerate(groups):
         labels = group["labels"]
         if not all(labels.get(k) == v for k, v in wanted):
             continue
+        credentials = {key: str(base / labels[label]) for key, label in
+                       (("token_file", TOKEN_LABEL), ("ca", CA_LABEL)) if labels.get(label)}
         for target in group["targets"]:
-            agents.append(_agent(path, i, target, labels.get(AGENT_LABEL), agent_port))
+            agents.setdefault(_agent(path, i, target, labels.get(AGENT_LABEL), agent_port),
+                              credentials)
     if not agents:
         which = f" matching {', '.join(selectors)}" if selectors else ""
         raise CliError(f"{path}: no targets{which}; check the file and --selector", ExitCode.USAGE)
-    return list(dict.fromkeys(agents))
+    return agents
 
 
 def _selector(text: str) -> tuple[str, str]:

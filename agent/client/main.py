@@ -117,6 +117,10 @@ class _LazyGroup(click.Group):
                    "relctl_agent label per group).")
 @click.option("--token-file", envvar="RELCTL_TOKEN_FILE", default="", metavar="FILE",
               help="Bearer token for agents on TCP (default: $RELCTL_TOKEN_FILE).")
+@click.option("--token-dir", envvar="RELCTL_TOKEN_DIR", default="", metavar="DIR",
+              help="One token file per agent, named by its address (DIR/HOST:PORT or "
+                   "DIR/HOST), so that each agent has its own token; --token-file is the "
+                   "fallback. An inventory group's relctl_token_file label wins over both.")
 @click.option("--ca", envvar="RELCTL_CA", default="", metavar="FILE",
               help="CA certificate of the agents: talk TLS (default: $RELCTL_CA).")
 @click.option("--cert", envvar="RELCTL_CERT", default="", metavar="FILE",
@@ -127,8 +131,8 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="relctl", prog_name="relctl")
 @click.pass_context
 def cli(ctx: click.Context, agents: tuple[str, ...], agents_file: str,
-        selectors: tuple[str, ...], agent_port: int | None, token_file: str, ca: str, cert: str,
-        key: str) -> None:
+        selectors: tuple[str, ...], agent_port: int | None, token_file: str, token_dir: str,
+        ca: str, cert: str, key: str) -> None:
     """relctl: see and upgrade the releases of BEAM nodes through their relctl agents.
 
     On the agent's host, relctl talks to its Unix socket (access: the socket's group). Across
@@ -138,14 +142,16 @@ def cli(ctx: click.Context, agents: tuple[str, ...], agents_file: str,
     if agents_file:
         if agents:
             raise CliError("give --agent or --agents-file, not both", ExitCode.USAGE)
-        from .inventory import inventory_agents  # only when a file is given
+        from .inventory import inventory_targets  # only when a file is given
 
-        settings.agents = inventory_agents(agents_file, selectors, agent_port)
+        settings.per_agent = inventory_targets(agents_file, selectors, agent_port)
+        settings.agents = list(settings.per_agent)
     elif selectors or agent_port is not None:
         raise CliError("--selector and --agent-port go with --agents-file", ExitCode.USAGE)
     else:
         settings.agents = agent_targets(agents)
     settings.token_file, settings.ca, settings.cert, settings.key = token_file, ca, cert, key
+    settings.token_dir = token_dir
 
 
 

@@ -1,5 +1,6 @@
 """The `relctl` commands that read an agent's operation journal: `operations` (the list, newest
-first) and `operation ID` (one of them with its steps)."""
+first; over every agent given, e.g. a whole --agents-file fleet, as one table with an AGENT
+column) and `operation ID` (one of them with its steps, on one agent)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,59 @@ import click
 
 from relctl.v1 import agent_pb2 as pb
 
-from ..common import Settings, ask_one, shared_options
-from ..output import KIND_NAMES, local_time, operation_json, outcome_of, step_line, summary, table
+from ..common import Settings, ask_agents, ask_one, shared_options
+from ..output import (
+    KIND_NAMES,
+    local_time,
+    operation_json,
+    outcome_of,
+    report,
+    step_line,
+    summary,
+    table,
+)
 from ..status import ExitCode
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(min=1, max=1000), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=1000), default=20, show_default=True,
+              help="Operations per agent.")
 @shared_options
 @click.pass_obj
 def operations(settings: Settings, limit: int) -> ExitCode:
-    """The operation journal, newest first."""
-    reply = ask_one(settings, "ListOperations",
-                    pb.ListOperationsRequest(node=settings.node, limit=limit))
+    """The operation journal, newest first.
+
+    With several agents (--agent ..., --agents-file), every agent's journal in one table with
+    an AGENT column, newest first across the fleet. An agent that cannot be asked adds a line
+    on stderr, and its code is the exit code (the others are still shown)."""
+    request = pb.ListOperationsRequest(node=settings.node, limit=limit)
+    if len(settings.agents) == 1:
+        found = [(settings.agents[0], op)
+                 for op in ask_one(settings, "ListOperations", request).operations]
+        problems = []
+    else:
+        answers = ask_agents(settings, "ListOperations", request)
+        problems = [a.problem for a in answers if a.problem is not None]
+        found = [(a.agent, op) for a in answers if a.response is not None
+                 for op in a.response.operations]
+        # Newest first across agents: their ids are each agent's own, their times are not.
+        found.sort(key=lambda pair: (pair[1].started_at.seconds, pair[1].started_at.nanos),
+                   reverse=True)
+    many = len(settings.agents) > 1
     if settings.output == "json":
-        click.echo(json.dumps({"operations": [operation_json(o) for o in reply.operations]},
-                              indent=2))
-        return ExitCode.OK
-    rows = [["ID", "NODE", "KIND", "FROM", "TO", "OUTCOME", "STARTED", "BY"]]
-    for op in reply.operations:
-        rows.append([str(op.id), op.node, KIND_NAMES.get(op.kind, "?"), op.from_version or "-",
-                     op.to_version, outcome_of(op), local_time(op.started_at),
-                     op.requested_by])
+        click.echo(json.dumps({"operations": [
+            {**({"agent": agent} if many else {}), **operation_json(op)} for agent, op in found]},
+            indent=2))
+        return report(problems)
+    rows = [[*(["AGENT"] if many else []), "ID", "NODE", "KIND", "FROM", "TO", "OUTCOME",
+             "STARTED", "BY"]]
+    for agent, op in found:
+        rows.append([*([agent] if many else []), str(op.id), op.node, KIND_NAMES.get(op.kind, "?"),
+                     op.from_version or "-", op.to_version, outcome_of(op),
+                     local_time(op.started_at), op.requested_by])
     if len(rows) > 1:
         click.echo(table(rows))
-    return ExitCode.OK
+    return report(problems)
 
 
 @click.command()

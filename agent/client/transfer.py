@@ -123,7 +123,7 @@ def follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent], *
         raise operation_error(agent, err, OPERATION_TIMEOUT, op_id=op_id, what=what) from None
     except KeyboardInterrupt:
         raise CliError(f"stopped following; operation {op_id} goes on on the agent "
-                       f"(relctl operation {op_id})", ExitCode.FAILED) from None
+                       f"(relctl operation {op_id})", ExitCode.INTERRUPTED) from None
     raise CliError(f"the agent ended the stream before operation {op_id} finished; "
                    f"see relctl operation {op_id}", ExitCode.FAILED_CHANGED)
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import _thread
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 
 import grpc
+import pytest
 
 from agent.client.channel import MIN_PING_INTERVAL, keepalive_options
+from agent.client.common import Settings
 from agent.client.fleet import (
     IN_PROGRESS,
     SKIPPED,
@@ -20,8 +23,10 @@ from agent.client.fleet import (
     NodeResult,
     run_rollout,
 )
-from agent.client.status import ExitCode
+from agent.client.status import CliError, ExitCode
+from agent.client.transfer import follow
 from agent.client.watch import Watch, lost_reason
+from relctl.v1 import agent_pb2 as pb
 from tests.tools.grpc_errors import FailedCall
 
 A, B, C = "h1:7079", "h2:7079", "h3:7079"
@@ -130,3 +135,15 @@ def test_a_rollout_stopped_for_an_agent_that_answered_done_later_is_not_exit_0()
     assert rollout.summary().startswith(
         "rollout of 0.0.2 stopped after batch 1 of 2: 1 failure(s) > --max-failures 0 (then; "
         "0 now: silent agents answered since); 1 agent(s) not attempted")
+
+
+def test_ctrl_c_while_following_one_agent_is_130_not_1() -> None:
+    def events() -> Iterator[pb.ProgressEvent]:
+        yield pb.ProgressEvent(operation_id=5)
+        raise KeyboardInterrupt
+
+    with pytest.raises(CliError) as info:
+        follow(Settings(), "unix:/run/relctl/agent.sock", events())
+    assert info.value.code == ExitCode.INTERRUPTED
+    assert str(info.value) == ("stopped following; operation 5 goes on on the agent (relctl "
+                               "operation 5)")

@@ -53,7 +53,7 @@ from relctl.v1 import agent_pb2_grpc
 
 from .common import Settings, connect
 from .output import outcome_of, table
-from .prestage import STAGED, Staging, StageResult, run_staging, stage_on
+from .prestage import IN_PROGRESS, STAGED, Staging, StageResult, run_staging, stage_on
 from .status import OK_OUTCOMES, CliError, ExitCode, exit_code_for_outcome, worst_code
 from .transfer import UpgradeSpec, file_digest, target_node, upgrade_on
 from .watch import Recovery, Watch, watched_stub
@@ -63,7 +63,7 @@ UP_TO_DATE = "up_to_date"
 ERROR = "error"      # no finished operation: unreachable, refused, busy, stream lost
 SKIPPED = "skipped"  # not started: the rollout stopped before the agent's batch
 UNKNOWN = "unknown"  # its operation started, then the agent went silent: outcome not known
-IN_PROGRESS = "in_progress"  # relctl was interrupted while the agent's operation ran
+# IN_PROGRESS (prestage's word): relctl was interrupted while the agent's operation ran
 # What is not a failure is status.py's one definition: the outcomes that exit 0.
 OK_RESULTS = OK_OUTCOMES
 
@@ -165,7 +165,8 @@ class Rollout:
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.interrupted_in is not None:
+        if self.interrupted_in is not None or (self.staging is not None
+                                               and self.staging.interrupted):
             return ExitCode.INTERRUPTED
         code = worst_code(r.code for r in self.results if r.failed)
         if code == ExitCode.OK and self.stopped_after is not None:
@@ -193,6 +194,15 @@ class Rollout:
                     f"of {self.batches}: no further batch was started; {self._going_on()}; "
                     f"{self.not_attempted} agent(s) not attempted (run the same command again "
                     f"once they ended: nodes already on {self.version} are left alone)")
+        if self.staging is not None and self.staging.interrupted:
+            going = [r.agent for r in self.staging.results if r.result == IN_PROGRESS]
+            staged = sum(r.result == STAGED for r in self.results)
+            return (f"rollout of {self.version} interrupted in staging, before any node was "
+                    f"switched: {staged} node(s) have {self.version} staged, not installed; "
+                    f"{len(going)} upload(s) or unpack(s) may go on on their agents"
+                    + (f" ({', '.join(going)})" if going else "")
+                    + "; run the same command again to go on: what is staged from these "
+                    "bytes is not sent again")
         if self.staging is not None and self.stopped_in_staging:
             failed = ", ".join(r.agent for r in self.staging.failed)
             staged = sum(r.result == STAGED for r in self.results)
@@ -232,7 +242,9 @@ class Rollout:
     def as_json(self) -> dict[str, Any]:
         stopped_in = ("staging" if self.stopped_in_staging
                       else "switch" if self.stopped_after is not None else None)
-        status = ("interrupted" if self.interrupted_in is not None
+        interrupted = self.interrupted_in is not None or (self.staging is not None
+                                                          and self.staging.interrupted)
+        status = ("interrupted" if interrupted
                   else "completed" if stopped_in is None else "stopped")
         return {"rollout": {
             "version": self.version, "batch": self.batch, "max_failures": self.max_failures,
@@ -254,23 +266,27 @@ def stopped_in_staging(staging: Staging, *, batch: int, max_failures: int) -> Ro
     where its node stands (the failure, staged and not installed, up to date, not staged)."""
     batches = plan([r.agent for r in staging.results], batch)
     number = {agent: n for n, members in enumerate(batches, 1) for agent in members}
-    failed = ", ".join(r.agent for r in staging.failed)
-    rows = [_row_of_stage(r, number[r.agent], staging.version, failed) for r in staging.results]
+    why = ("relctl was interrupted in staging" if staging.interrupted else
+           f"staging failed on {', '.join(r.agent for r in staging.failed)}")
+    rows = [_row_of_stage(r, number[r.agent], staging.version, why) for r in staging.results]
     return Rollout(staging.version, batch, max_failures, len(batches), tuple(rows),
                    staging=staging)
 
 
-def _row_of_stage(r: StageResult, batch: int, version: str, failed: str) -> NodeResult:
+def _row_of_stage(r: StageResult, batch: int, version: str, why: str) -> NodeResult:
     if r.failed:
         return NodeResult(r.agent, r.node, batch, r.result, r.code, to_version=version,
                           seconds=r.seconds, operation_id=r.operation_id,
                           reason=f"staging failed: {r.reason}")
+    if r.result == IN_PROGRESS:
+        return NodeResult(r.agent, r.node, batch, r.result, r.code, to_version=version,
+                          seconds=r.seconds, reason=r.reason)
     if r.result == STAGED:
         undo = (f"; relctl --agent {r.agent} remove {version} takes it back" if r.removable
                 else "")
         return NodeResult(r.agent, r.node, batch, STAGED, to_version=version,
                           seconds=r.seconds, operation_id=r.operation_id,
-                          reason=f"not switched (staging failed on {failed}): {r.reason}{undo}")
+                          reason=f"not switched ({why}): {r.reason}{undo}")
     return NodeResult(r.agent, r.node, batch, r.result, to_version=version, seconds=r.seconds,
                       reason=r.reason)
 
@@ -420,15 +436,9 @@ def _stage_all(settings: Settings, spec: UpgradeSpec, printer: _Printer,
     if text:
         printer.line(f"staging {spec.version} on {len(settings.agents)} agent(s), "
                      f"{parallel} at a time")
-    try:
-        staging = run_staging(settings.agents, version=spec.version, parallel=parallel,
-                              stage=stage)
-    except KeyboardInterrupt:
-        raise CliError("interrupted while staging: no node was switched; uploads and unpacks "
-                       "already started go on on their agents (relctl operations on each; "
-                       f"relctl remove {spec.version} takes an unpacked release back)",
-                       ExitCode.INTERRUPTED) from None
-    if text:
+    staging = run_staging(settings.agents, version=spec.version, parallel=parallel,
+                          stage=stage)
+    if text and not staging.interrupted:
         printer.line(staging.line())
     return staging
 
@@ -445,7 +455,7 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int, max_fail
     staging: Staging | None = None
     if prestage and spec.tarball is not None and not spec.dry_run:
         staging = _stage_all(settings, spec, printer, stage_parallel or len(settings.agents))
-        if staging.failed:
+        if staging.failed or staging.interrupted:
             return _finish(settings, stopped_in_staging(staging, batch=batch,
                                                         max_failures=max_failures), printer)
         # Every node has the release now (or runs it), the one of this tarball (staging

@@ -44,6 +44,7 @@ from .output import STATUS_NAMES, outcome_of, step_line
 from .status import ExitCode, exit_code_for_outcome
 from .transfer import UpgradeSpec, file_digest, is_up_to_date, upgrade_on, upload
 
+IN_PROGRESS = "in_progress"  # relctl was interrupted while this agent staged: it may go on
 STAGED = "staged"          # VSN is on the node, ready to switch: unpacked now, or there before
 UP_TO_DATE = "up_to_date"  # the node runs VSN as permanent: nothing to stage or switch
 ERROR = "error"            # no finished Unpack: unreachable, refused, busy, upload failed
@@ -84,6 +85,7 @@ class Staging:
     parallel: int
     results: tuple[StageResult, ...]
     seconds: float
+    interrupted: bool = False  # Ctrl-C/SIGTERM came while agents staged
 
     @property
     def failed(self) -> tuple[StageResult, ...]:
@@ -99,7 +101,8 @@ class Staging:
 
     def as_json(self) -> dict[str, Any]:
         return {"parallel": self.parallel, "duration_s": round(self.seconds, 3),
-                "status": "failed" if self.failed else "completed",
+                "status": ("interrupted" if self.interrupted
+                           else "failed" if self.failed else "completed"),
                 "agents": [r.as_json() for r in self.results]}
 
 
@@ -108,7 +111,9 @@ Stage = Callable[[str], StageResult]
 
 def run_staging(agents: Sequence[str], *, version: str, parallel: int, stage: Stage) -> Staging:
     """``stage(agent)`` for every agent, at most ``parallel`` at once, in the order given;
-    once a stage failed no further one starts, and the agents not started are SKIPPED."""
+    once a stage failed no further one starts, and the agents not started are SKIPPED.
+    Ctrl-C (SIGTERM) in the main thread ends it at once: the stages under way are
+    IN_PROGRESS (their upload or unpack may go on), the rest SKIPPED."""
     if parallel < 1:
         raise ValueError(f"stage parallelism must be at least 1, not {parallel}")
     started = time.monotonic()
@@ -117,11 +122,12 @@ def run_staging(agents: Sequence[str], *, version: str, parallel: int, stage: St
     lock = threading.Lock()
     queue = list(enumerate(agents))
     first_failure: list[str] = []
+    interrupted: list[bool] = []
 
     def worker() -> None:
         while True:
             with lock:
-                if not queue or first_failure or crashes:
+                if not queue or first_failure or crashes or interrupted:
                     return
                 i, agent = queue.pop(0)
             try:
@@ -141,9 +147,26 @@ def run_staging(agents: Sequence[str], *, version: str, parallel: int, stage: St
                for n in range(min(parallel, len(agents)))]
     for t in threads:
         t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:
+        with lock:
+            interrupted.append(True)
+            waiting = {i for i, _ in queue}
+            for i, agent in enumerate(agents):
+                if i in results:
+                    continue
+                results[i] = (StageResult(agent, "", SKIPPED,
+                                          reason="not staged: relctl was interrupted first")
+                              if i in waiting else
+                              StageResult(agent, "", IN_PROGRESS, ExitCode.FAILED_CHANGED,
+                                          reason="relctl was interrupted while it staged: its "
+                                                 "upload or unpack may go on (relctl "
+                                                 f"--agent {agent} operations)"))
+            return Staging(version, parallel, tuple(results[i] for i in range(len(agents))),
+                           time.monotonic() - started, interrupted=True)
     if crashes:
         raise crashes[0]
     for i, agent in queue:  # never started

@@ -22,7 +22,9 @@ from agent.client.fleet import (
     UNKNOWN,
     NodeResult,
     run_rollout,
+    stopped_in_staging,
 )
+from agent.client.prestage import STAGED, StageResult, run_staging
 from agent.client.status import CliError, ExitCode
 from agent.client.transfer import follow
 from agent.client.watch import Watch, lost_reason
@@ -147,3 +149,34 @@ def test_ctrl_c_while_following_one_agent_is_130_not_1() -> None:
     assert info.value.code == ExitCode.INTERRUPTED
     assert str(info.value) == ("stopped following; operation 5 goes on on the agent (relctl "
                                "operation 5)")
+
+
+def test_ctrl_c_in_staging_prints_where_each_node_stands_and_exits_130() -> None:
+    release = threading.Event()
+
+    def stage(agent: str) -> StageResult:
+        if agent == A:
+            return StageResult(agent, "app@h", STAGED, seconds=1.0, operation_id=4,
+                               uploaded=True, reason="uploaded and unpacked, not installed",
+                               removable=True)
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        release.wait(30)
+        return StageResult(agent, "app@h", STAGED)
+
+    try:
+        staging = run_staging([A, B, C], version="0.0.2", parallel=1, stage=stage)
+    finally:
+        release.set()
+    assert staging.interrupted
+    assert [r.result for r in staging.results] == [STAGED, IN_PROGRESS, SKIPPED]
+    rollout = stopped_in_staging(staging, batch=1, max_failures=0)
+    assert rollout.exit_code == ExitCode.INTERRUPTED
+    assert [r.result for r in rollout.results] == [STAGED, IN_PROGRESS, SKIPPED]
+    assert rollout.results[0].reason.startswith("not switched (relctl was interrupted in "
+                                                "staging): uploaded and unpacked")
+    assert rollout.summary() == (
+        "rollout of 0.0.2 interrupted in staging, before any node was switched: 1 node(s) have "
+        "0.0.2 staged, not installed; 1 upload(s) or unpack(s) may go on on their agents "
+        f"({B}); run the same command again to go on: what is staged from these bytes is not "
+        "sent again")
+    assert rollout.as_json()["rollout"]["status"] == "interrupted"

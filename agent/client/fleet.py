@@ -31,6 +31,16 @@ the README:
   same data instead.
 - The exit code is the most serious one among the failed agents
   (:data:`agent.client.status.WORST_FIRST`), 0 when none failed.
+- A silent agent (no answer, not even to keepalive pings, for ``--host-timeout``; or a
+  connection that broke) is reported at once with the step and operation it was in, and its
+  row is ``unknown`` (exit 6: the operation may go on), a failure for the stop rule. Its
+  operation is then asked for in the background (:mod:`agent.client.watch`); once the agent
+  answers, during later batches or up to ``--host-timeout`` after the last one, the row is
+  the operation's real outcome. A rollout stopped for an agent that later answered
+  ``succeeded`` exits 3: it did not reach every agent.
+- Ctrl-C or SIGTERM ends relctl at once, never the operations: the table of what is known
+  (``in_progress`` rows with their operation ids, ``skipped`` for agents not started), which
+  operations may go on, exit 130 (:data:`agent.client.status.ExitCode.INTERRUPTED`).
 
 The planner, the stop rule, the exit code and the rendering are functions of plain values,
 tested without agents; :func:`fleet_upgrade` wires them to the agents.

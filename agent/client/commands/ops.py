@@ -64,6 +64,11 @@ than --max-failures agents failed (any result but succeeded, dry_run or up_to_da
 also an agent that could not be reached or refused), the rollout stops and the agents of
 later batches are reported as skipped. It ends with one row per agent; the exit code is
 the worst row's, in this order: {worst_first_text()} (0 when none failed).
+
+An agent silent for --host-timeout during its switch (a cut link, a frozen host) is
+reported at once and marked unknown (a failure; exit 6 unless its real outcome is read back
+once it answers again). Ctrl-C or SIGTERM prints the table of what is known and exits 130;
+operations already started go on on their agents.
 """
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import otp_select
+from tests.tools import invariants, otp_select
 from tests.tools.agent_proc import AgentProc, NodeEntry, eventually, start_agent
 from tests.tools.cli_proc import Cli
 from tests.tools.mounts import mount_read_only
@@ -180,6 +180,31 @@ def _agree(out: str, hosts: list[Host], staged: dict[int, str] | None = None) ->
         assert h.releases() == expected, (h.index, result, h.releases())
 
 
+class Invariants:
+    """DESIGN.md section 4's invariants around each relctl run, as tests.tools.agent_proc's
+    relctl() checks them, but with each node asked from inside its own namespace."""
+
+    def __init__(self, hosts: list[Host]) -> None:
+        self.hosts = hosts
+        self.before: dict[int, invariants.Snapshot] = {}
+
+    def take(self) -> None:
+        self.before = {h.index: invariants.snapshot(h.node.root) for h in self.hosts}
+
+    def hold(self, what: str) -> None:
+        problems: list[str] = []
+        for h in self.hosts:
+            after = invariants.snapshot(h.node.root)
+            problems += [f"host {h.index}: {p}"
+                         for p in invariants.compare(self.before[h.index], after, None)]
+            with inside(h.namespace):  # the bridge's thread is born in the namespace too
+                view = invariants.ask(invariants.Watched(h.entry.name, h.entry.cookie,
+                                                         h.entry.epmd_port, h.node.root))
+            assert view is not None, f"host {h.index}: its node cannot be asked"
+            problems += [f"host {h.index}: {p}" for p in invariants.agree(h.node.root, view)]
+        assert not problems, f"{what} broke an invariant:\n" + "\n".join(problems)
+
+
 def test_a_fleet_on_a_real_network_cut_killed_interrupted_and_read_back(
         lab: Lab, hosts: list[Host], release_build: ReleaseBuild, tmp_path: Path,
         read_only: list[Path], agents: list[AgentProc]) -> None:
@@ -190,7 +215,10 @@ def test_a_fleet_on_a_real_network_cut_killed_interrupted_and_read_back(
                "--host-timeout", str(HOST_TIMEOUT), "upgrade", "0.0.2",
                "--tarball", str(release_build.tarball("0.0.2")), "--max-failures", "2"]
 
+    checks = Invariants(hosts)
+
     def run_in_hub() -> Cli:
+        checks.take()
         with inside(lab.hub):
             return Cli(*command)
 
@@ -206,6 +234,7 @@ def test_a_fleet_on_a_real_network_cut_killed_interrupted_and_read_back(
                                            f"node was switched: staging failed on "
                                            f"{h3.agent_address}")
     _agree(out, hosts, staged={1: UNPACKED, 2: UNPACKED, 3: ORIGINAL})
+    checks.hold("run A (read-only root)")
     subprocess.run(["umount", str(h3.node.root)], check=True, capture_output=True, timeout=30)
     read_only.remove(h3.node.root)
 
@@ -255,6 +284,7 @@ def test_a_fleet_on_a_real_network_cut_killed_interrupted_and_read_back(
     assert "read back after the agent went silent" in " ".join(rows[2])
     assert code == 6, out + err  # an interrupted operation: the node needs a look
     _agree(out, hosts)
+    checks.hold("run B (link cut, agent killed)")
 
     # C. relctl itself killed while host 3's switch runs: the operation goes on alone.
     before = len(h3.journal())
@@ -270,6 +300,7 @@ def test_a_fleet_on_a_real_network_cut_killed_interrupted_and_read_back(
                what="host 3's operation ends without relctl")
     assert h3.journal()[-1][1:] == ("upgrade", "succeeded")
     assert h3.releases() == PERMANENT
+    checks.hold("run C (relctl killed)")
 
     # D. Run again: nothing left to do, nothing sent, and the table says what the nodes are.
     cli = run_in_hub()
@@ -281,4 +312,5 @@ def test_a_fleet_on_a_real_network_cut_killed_interrupted_and_read_back(
     assert out.splitlines()[-1] == "rollout of 0.0.2 completed: 3 up_to_date", out
     assert "(0 uploaded)" in out
     _agree(out, hosts)
+    checks.hold("run D (nothing to do)")
     assert time.monotonic() - began < 150

@@ -28,6 +28,7 @@ from relctl.v1 import agent_pb2_grpc
 
 from .common import Settings, connect, connection_lost
 from .output import outcome_of
+from .status import CliError
 
 RUNNING = "running"
 # How often a silent agent is asked again (each try also waits up to its own deadline).
@@ -157,5 +158,7 @@ class Recovery:
                 reply: pb.Operation = agent_pb2_grpc.AgentStub(channel).GetOperation(
                     request, timeout=timeout)
                 return reply
-        except grpc.RpcError:
-            return None  # still silent, or not back yet: asked again
+        except (grpc.RpcError, CliError):
+            # Still silent, or not back yet: asked again. (A CliError here is the token or TLS
+            # files, read fine for the first call: changed meanwhile; the row stays unknown.)
+            return None

@@ -3,6 +3,7 @@
 ``main`` registers the commands of ``commands/`` and owns the exit status; the shared modules
 are ``common`` (settings, options, asking agents), ``status`` (exit codes and their mappings),
 ``channel`` (reaching an agent), ``output``, ``transfer`` (uploads, progress), ``fleet``
-(rollouts over several agents) and ``relup`` (`make-relup`). It imports no other agent package
+(rollouts over several agents), ``watch`` (a rollout's silent agents, read back once they
+answer) and ``relup`` (`make-relup`). It imports no other agent package
 and never ``bridge``.
 """

@@ -227,7 +227,7 @@ def _subject(cert: dict[str, Any]) -> str:
     return ", ".join(f"{short.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
 
 
-def _names_match(host: str, names: Sequence[tuple[str, str]]) -> bool:
+def names_match(host: str, names: Sequence[tuple[str, str]]) -> bool:
     """Whether ``host`` is one of a certificate's subjectAltNames (a DNS wildcard covers one
     label), as TLS clients check it."""
     import ipaddress
@@ -282,7 +282,7 @@ def diagnose_tls(agent: str, ca: str, cert: str, key: str, timeout: float = 3.0)
         return None
     # typeshed types the entries loosely; they are (kind, value) pairs of str.
     names = [(str(entry[0]), str(entry[1])) for entry in peer.get("subjectAltName", ())]
-    if _names_match(host, names):
+    if names_match(host, names):
         return None
     held = ", ".join(f"{'IP' if k == 'IP Address' else k}:{v}" for k, v in names) or "none"
     return (f"the agent's certificate (signed by {against}, which is right) does not name "

@@ -4,7 +4,8 @@ agent went silent.
 - :class:`Watch` holds what the agent's progress stream showed: the operation's id and the
   step it was in; :func:`watched_stub` fills it and says at once when the stream is lost (a
   cut link is noticed by the channel's keepalive within ``--host-timeout``; an agent that
-  stopped closes the connection), before anything else handles the error.
+  stopped closes the connection), and ends the agent's attempt there, rather than waiting
+  for the agent to come back as a single-agent upgrade does.
 - :class:`Recovery` then asks the agent for that operation again, a fresh connection each
   time, until it answers with the operation finished or the rollout's time is up: a host
   that answers again is reported with its real outcome, never guessed.
@@ -28,7 +29,7 @@ from relctl.v1 import agent_pb2_grpc
 
 from .common import Settings, connect, connection_lost
 from .output import outcome_of
-from .status import CliError
+from .status import CliError, ExitCode
 
 RUNNING = "running"
 # How often a silent agent is asked again (each try also waits up to its own deadline).
@@ -86,11 +87,16 @@ def watched_stub(channel: grpc.Channel, watch: Watch, host_timeout: float,
                     watch.step = event.step.name
                 yield event
         except grpc.RpcError as err:
-            if is_lost(err):
-                watch.lost = lost_reason(err, host_timeout)
-                watch.lost_at = time.monotonic()
-                on_lost(watch)
-            raise
+            if not is_lost(err):
+                raise
+            watch.lost = lost_reason(err, host_timeout)
+            watch.lost_at = time.monotonic()
+            on_lost(watch)
+            # Not the RpcError: a single agent's follow() would wait here for the agent to
+            # come back (transfer.follow_returning_agent), holding up the whole batch; in a
+            # rollout the row is unknown now and Recovery asks again in the background.
+            raise CliError(f"lost during {watch.where()}: {watch.lost}",
+                           ExitCode.FAILED_CHANGED) from None
 
     setattr(stub, "Upgrade", events)  # noqa: B010 - the stub's methods are instance attributes
     return stub

@@ -75,10 +75,9 @@ Tops = [Top || App <- Apps,
 lists:sublist(lists:reverse(lists:foldl(Walk, [], Tops)), 50).
 """
 
-# Returns [{Pid, Module, RegisteredName | [], InitialCall}] of the processes running (or
-# referring to) old code, at most 50.
-OLD_CODE_EXPR = r"""
-Old = [M || {M, _} <- code:all_loaded(), erlang:check_old_code(M)],
+# Me, and how a process is named in a report: Init(P) its initial call ($initial_call of a
+# proc_lib process), Name(P) its registered name or []. Shared by the expressions below.
+WHO = r"""
 Me = self(),
 Init = fun(P) ->
     case process_info(P, dictionary) of
@@ -90,6 +89,13 @@ Init = fun(P) ->
         _ -> undefined end end,
 Name = fun(P) -> case process_info(P, registered_name) of
                      {registered_name, N} -> N; _ -> [] end end,
+"""
+
+# Returns [{Pid, Module, RegisteredName | [], InitialCall}] of the processes running (or
+# referring to) old code, at most 50.
+OLD_CODE_EXPR = r"""
+Old = [M || {M, _} <- code:all_loaded(), erlang:check_old_code(M)],
+""" + WHO + r"""
 Found = [{P, M} || M <- Old, P <- processes(), P =/= Me,
                    (catch erlang:check_process_code(P, M)) =:= true],
 [{P, M, Name(P), Init(P)} || {P, M} <- lists:sublist(Found, 50)].
@@ -333,17 +339,7 @@ Changed = lists:append([[case X of {M, _} -> M; M -> M end || X <- Ms]
                            K =:= suspend orelse K =:= code_change, is_list(Ms)]),
 Plain = [M || M <- lists:usort(Loaded), not lists:member(M, Changed),
               erlang:module_loaded(M)],
-Me = self(),
-Init = fun(P) ->
-    case process_info(P, dictionary) of
-        {dictionary, D} ->
-            case lists:keyfind('$initial_call', 1, D) of
-                {_, IC} -> IC;
-                false -> case process_info(P, initial_call) of
-                             {initial_call, IC} -> IC; _ -> undefined end end;
-        _ -> undefined end end,
-Name = fun(P) -> case process_info(P, registered_name) of
-                     {registered_name, N} -> N; _ -> [] end end,
+""" + WHO + r"""
 In = fun(P, M) -> case process_info(P, current_stacktrace) of
                       {current_stacktrace, St} -> lists:keymember(M, 1, St);
                       _ -> false end end,

@@ -26,7 +26,6 @@ from .present import TermStyle
 from .releases import Release, parse_which_releases
 from .steps import DRY_RUN, FAILED, FAILED_UNCHANGED, Caller, Failure, NodeDirs, Result, Steps
 from .steps import StepSink, node_dirs
-from .tarball import ReleaseTarball
 from .unpack import Extracted
 
 
@@ -135,7 +134,6 @@ class OperationContext:
     erts_version: str = ""               # the running emulator's (erlang:system_info(version))
     releases: tuple[Release, ...] = ()
     dirs: NodeDirs | None = None
-    tarball: ReleaseTarball | None = None
     extracted: Extracted | None = None   # the agent's extraction, until unpack places it
     placed: tuple[Path, ...] = ()        # what this operation put under the root (or may have)
     registered: bool = False             # the node lists the release this operation unpacked

@@ -33,8 +33,9 @@ ON_CODE_PATH = "on the running node's code path"
 @dataclass(frozen=True)
 class InUse:
     root: Path
-    paths: frozenset[Path]          # absolute, normalised
-    why: tuple[tuple[Path, str], ...]  # each path with the first reason it is in use
+    why: tuple[tuple[Path, str], ...]  # each path in use (absolute, normalised), with the
+                                       # first reason it is
+
     problems: tuple[str, ...] = ()  # files that could not be read: the set may be too small
 
     def holds(self, path: Path) -> str | None:
@@ -149,4 +150,4 @@ def compute(root: Path, releases: Path, *, code_path: Collection[str] = (),
     unique: dict[Path, str] = {}
     for path, reason in why:
         unique.setdefault(path, reason)
-    return InUse(root, frozenset(unique), tuple(unique.items()), tuple(problems))
+    return InUse(root, tuple(unique.items()), tuple(problems))

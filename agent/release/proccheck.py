@@ -140,16 +140,7 @@ Walk = fun W(_, {Found, 0}) -> {Found, 0};
            W(T, {Found, N}) when is_map(T) -> W(maps:to_list(T), {Found, N - 1});
            W([H | T], Acc) -> W(T, W(H, Acc));
            W(_, {Found, N}) -> {Found, N - 1} end,
-Init = fun(P) ->
-    case process_info(P, dictionary) of
-        {dictionary, D} ->
-            case lists:keyfind('$initial_call', 1, D) of
-                {_, IC} -> IC;
-                false -> case process_info(P, initial_call) of
-                             {initial_call, IC} -> IC; _ -> undefined end end;
-        _ -> undefined end end,
-Name = fun(P) -> case process_info(P, registered_name) of
-                     {registered_name, N} -> N; _ -> [] end end,
+""" + WHO + r"""
 Deadline = erlang:monotonic_time(millisecond) + 5000,
 Found = lists:append(
     [[{P, M, Name(P), Init(P)} || M <- lists:usort(Ms)]

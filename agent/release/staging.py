@@ -180,7 +180,6 @@ class Staging:
         else:
             await self._unpack_release(tarball, ctx)
         ctx.registered = True
-        ctx.tarball = tarball
         # The node lists the release now: what is placed is in use, never a leftover again.
         self._core.ledger.settled()
 

@@ -134,7 +134,7 @@ def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
     rels: dict[str, _RelFile | _BadRel] = {}
     extras: dict[str, tarfile.TarInfo] = {}
     names: list[str] = []
-    regular: list[str] = []
+    erlexecs: set[str] = set()
     symlinks: set[str] = set()
     unpacked = rel_bytes = count = 0
     while True:
@@ -152,7 +152,8 @@ def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
         if info.issym():
             symlinks.add(name)
         if info.isreg():
-            regular.append(name)
+            if _ERLEXEC.fullmatch(name):
+                erlexecs.add(name)
             unpacked += info.size
             if unpacked > limits.max_unpacked:
                 raise TarballError(f"{path}: members add up to more than {limits.max_unpacked} "
@@ -169,7 +170,7 @@ def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
             extras[name] = info
     _check_not_under_symlink(path, names, symlinks)
     tops = {"/".join(name.split("/")[:depth]) for name in names for depth in (1, 2)}
-    return _Scan(rels, extras, frozenset(n for n in regular if _ERLEXEC.fullmatch(n)),
+    return _Scan(rels, extras, frozenset(erlexecs),
                  frozenset(t for t in tops if t not in ("", ".")))
 
 

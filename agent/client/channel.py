@@ -212,11 +212,15 @@ _HINTS: Sequence[tuple[str, str, str]] = (
                               "this address in subjectAltName", "tcp"),
     ("socket closed", "the agent closed the connection: if it serves TLS on this address, pass "
                       "--ca FILE; if it verifies clients, --cert and --key too", "tcp"),
+    # A handshake the agent refuses ends in a reset as often as in a close: the connection
+    # goes through the agent's TCP front, which may close before reading all the client sent.
+    ("connection reset", "the agent reset the connection: if it serves TLS on this address, "
+                         "pass --ca FILE; if it verifies clients, --cert and --key too", "tcp"),
 )
 
 
 _TLS_WORDS = ("hostname verification", "certificate", "handshake", "issuer", "ssl",
-              "peer name", "socket closed")
+              "peer name", "socket closed", "connection reset")
 
 
 def _subject(cert: dict[str, Any]) -> str:

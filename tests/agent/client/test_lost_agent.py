@@ -33,6 +33,10 @@ def test_a_unix_socket_gets_no_tls_advice() -> None:
     assert "nothing listens on this socket" in transport_hint(SOCKET, REFUSED)
     # TCP keeps its TLS advice: a plain client to a TLS agent sees "Socket closed".
     assert "pass --ca FILE" in transport_hint(TCP, TLS_MISMATCH)
+    # A refused handshake through the agent's TCP front may end in a reset instead.
+    reset = "recvmsg:Connection reset by peer (104)"
+    assert "--cert and --key too" in transport_hint(TCP, reset)
+    assert "--ca" not in transport_hint(SOCKET, reset)
 
 
 def test_a_connection_lost_mid_call_is_told_apart_from_no_connection() -> None:

@@ -115,7 +115,9 @@ def test_a_relup_slower_than_install_timeout_is_waited_for_not_undone(
 def test_a_node_stopped_during_install_then_resumed_ends_upgraded(
         agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
         tmp_path: Path, continue_node: list[int]) -> None:
-    slow = slow_relup_tarball(release_build, tmp_path / "slow.tar.gz", 2000)
+    # The script sleeps 6 s: a wide enough window for the poll below to see the install running
+    # on a busy machine (2 s was missed once in four CI runs).
+    slow = slow_relup_tarball(release_build, tmp_path / "slow.tar.gz", 6000)
     agent = start_for(agents, counter_node, tmp_path / "agent", install_timeout=2)
     client = subprocess.Popen(
         [sys.executable, "-m", "agent.client", "--agent", agent.address, "upgrade", "0.0.2",

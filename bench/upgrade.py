@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import node_and_agent  # noqa: E402
-from agent.release.tarball import inspect_tarball  # noqa: E402
-from agent.release.unpack import extract, place  # noqa: E402
+from agent.release.tarballs.check import inspect_tarball  # noqa: E402
+from agent.release.tarballs.extract import extract, place  # noqa: E402
 from tests.tools.otp_procs import NodeProc, erl_eval  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent

@@ -68,7 +68,10 @@ LAYERS: dict[str, Layer] = {layer.package: layer for layer in (
     _layer("agent.daemon", ["agent.daemon", *_BELOW_API, "agent.api", "relctl.v1"], [*_GRPC, "prometheus_client"]),
     # `python -m agent` is the daemon's entry point: the daemon's rules.
     _layer("agent.__main__", ["agent.daemon", *_BELOW_API, "agent.api", "relctl.v1"], [*_GRPC, "prometheus_client"]),
-    _layer("agent.client", ["agent.client", "agent.relfile", "relctl.v1"], [*_GRPC, "click"],
+    # The release build tool (make-relup, make-appup): standard library, .rel parsing, errors.
+    _layer("agent.build", ["agent.build", "agent.relfile", "agent.errors"]),
+    # The client loads agent.build only when a build command runs (see the start-up test).
+    _layer("agent.client", ["agent.client", "agent.build", "agent.relfile", "relctl.v1"], [*_GRPC, "click"],
            rule="DESIGN.md §2 rule 5: the client imports only the stubs, grpc, click and its own package"),
 )}
 

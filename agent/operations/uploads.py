@@ -2,7 +2,7 @@
 uses them.
 
 An upload is written to a `.part` file, checked against its announced size and sha256, then
-validated as a release tarball (agent/tarball.py). Anything that fails is deleted: nothing
+validated as a release tarball (agent/release/tarballs/). Anything that fails is deleted: nothing
 half-received is ever offered to release_handler. Uploads do not survive an agent restart.
 
 Bounded: an upload (being received, or received and not yet used) that sees no activity for
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import HostError, NotFound, RequestError
-from agent.release.tarball import ReleaseTarball, TarballError, inspect_tarball
+from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
 
 _T = TypeVar("_T")
 

@@ -6,5 +6,5 @@ before anything changes (preflight.py, ertscheck.py, inuse.py).
 It may not know gRPC, Prometheus, SQLite or sockets: it talks to the node through ``Caller``,
 reports steps to a callback, and keeps what must outlive an operation through the
 ``UnpackLedger`` its caller gives it (the journal, in agent.operations). The tarball's checks
-and the agent's own extraction (tarball.py, tarstream.py, unpack.py) live here too.
+and the agent's own extraction live in the tarballs/ sub-room.
 """

@@ -26,7 +26,7 @@ from .present import TermStyle
 from .releases import Release, parse_which_releases
 from .steps import DRY_RUN, FAILED, FAILED_UNCHANGED, Caller, Failure, NodeDirs, Result, Steps
 from .steps import StepSink, node_dirs
-from .unpack import Extracted
+from .tarballs import Extracted
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bridge import Atom, encode
 
-from .tarball import ReleaseTarball, normalise
+from .tarballs import ReleaseTarball, normalise
 
 STATUS = 73  # what the boot script halts with; erlexec's own failures are 1 or 127
 _BOOT = encode((Atom("script"), ("relctl_erts_check", "1"),

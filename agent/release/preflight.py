@@ -21,7 +21,7 @@ from .base import EngineCore, OperationContext
 from .ertscheck import erts_runs_here
 from .releases import Release
 from .steps import FAILED_UNCHANGED, Failure, StepState, consult_error, term_text
-from .tarball import ReleaseTarball
+from .tarballs import ReleaseTarball
 
 SHA_FILE = "relctl.sha256"  # releases/VSN/relctl.sha256: the tarball the agent unpacked there
 RELUP_HINT = "build it with `rebar3 relup` or `relctl make-relup OLD NEW`"

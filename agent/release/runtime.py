@@ -37,7 +37,7 @@ from .preflight import Preflight
 from .records import ConfigChange
 from .reload import ConfigReload
 from .steps import FAILED, FAILED_UNCHANGED, Failure, term_text
-from .tarball import ReleaseTarball
+from .tarballs import ReleaseTarball
 
 _OK = Atom("ok")
 _VAR = re.compile(rb"\$\{([^}]*)\}")  # relx's awk pattern: [$]{[^}]*}

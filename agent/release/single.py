@@ -13,7 +13,7 @@ from .base import OperationContext, Options, guarded
 from .hooks import run_hooks
 from .parts import EngineParts
 from .steps import FAILED, FAILED_UNCHANGED, SUCCEEDED, Failure, Result, term_text
-from .tarball import ReleaseTarball
+from .tarballs import ReleaseTarball
 
 _OK = Atom("ok")
 

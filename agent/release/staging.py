@@ -1,7 +1,7 @@
 """Stage and unpack a release tarball for the node (DESIGN.md section 4, step 2), and take an
 unpack back when the operation stops before install.
 
-When the agent may write the node's release root, it extracts the tarball itself (unpack.py)
+When the agent may write the node's release root, it extracts the tarball itself (tarballs/extract.py)
 into ROOT/.relctl-unpack-XXXX at the stage step, moves what is new into place and has the node
 register it with ``release_handler:set_unpacked`` at the unpack step: the node decompresses
 nothing. Otherwise (a root of another owner, read-only, ...) the tarball is put whole into
@@ -33,9 +33,9 @@ from .inuse import ON_CODE_PATH
 from .releases import Release
 from .preflight import SHA_FILE
 from .steps import FAILED, FAILED_UNCHANGED, Failure, term_text
-from .tarball import ReleaseTarball, TarballError
-from .unpack import Conflict, Extracted, Interrupted, WriteFailed, extract, leftovers, place, remove
-from .unpack import TREE, UNPACK_PREFIX, why_not_write, write_sha
+from .tarballs import ReleaseTarball, TarballError
+from .tarballs import NotADirectoryOnNode, Extracted, Interrupted, WriteFailed, extract, leftovers, place, remove
+from .tarballs import TREE, UNPACK_PREFIX, why_not_write, write_sha
 
 _OK = Atom("ok")
 
@@ -200,7 +200,7 @@ class Staging:
                 except OSError as exc:
                     raise Failure(FAILED_UNCHANGED, write_refused(
                         Path(exc.filename or root), exc)) from None
-                except Conflict as exc:
+                except NotADirectoryOnNode as exc:
                     raise Failure(FAILED_UNCHANGED, f"{exc}; nothing was changed: rebuild the "
                                   f"tarball without what it has below {exc.path.name}") from None
                 kept = [d for d in [f"erts-{tarball.erts_version}"] + [

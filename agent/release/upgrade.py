@@ -21,7 +21,7 @@ from .proccheck import check_loaded_under_processes
 from .releases import Release
 from .single import SingleSteps
 from .steps import DRY_RUN, FAILED_UNCHANGED, UP_TO_DATE, Failure, Result, term_text
-from .tarball import ReleaseTarball
+from .tarballs import ReleaseTarball
 
 _OK = Atom("ok")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.release.tarball import inspect_tarball
+from agent.release.tarballs.check import inspect_tarball
 from tests.e2e.conftest import StartNode
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
 from tests.tools.elixir_fixture import COUNTER, ElixirBuild

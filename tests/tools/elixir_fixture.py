@@ -8,7 +8,7 @@ installed OTP:
   output directory, with HOME, MIX_HOME and HEX_HOME there too (nothing is written to the
   real home, and without dependencies mix never asks Hex or the network);
 * the relup 0.0.1 <-> 0.0.2 and the upgrade tarball, made by relctl's own helper
-  (:mod:`agent.client.relup`, i.e. ``relctl make-relup``) as a user would;
+  (:mod:`agent.build.relup`, i.e. ``relctl make-relup``) as a user would;
 * an installed 0.0.1 target: the 0.0.1 release directory as mix left it, so with no
   ``releases/RELEASES`` (relctl's agent creates it on first contact).
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from agent.client.relup import RelupError, RelupResult
-from agent.client.relup import build as build_relup
+from agent.build.relup import RelupError, RelupResult
+from agent.build.relup import build as build_relup
 from tests.tools.otp_procs import (
     NodeProc,
     OtpProcessError,

@@ -1,11 +1,13 @@
 """`relctl` commands that run in the user's build rather than against an agent: `make-relup` and
 `make-appup`.
-The work is done by :mod:`agent.client.relup`, imported only when the command runs so that
+The work is done by :mod:`agent.build`, imported only when the command runs so that
 every other command starts without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,19 @@ import click
 
 from ..common import Settings, local_options
 from ..output import emit
-from ..status import ExitCode
+from ..status import CliError, ExitCode
+
+
+@contextlib.contextmanager
+def build_errors() -> Iterator[None]:
+    """The build tool's errors as the client's: input that does not fit is a usage error
+    (exit 2), anything else a failure (exit 1; nothing on a node was touched)."""
+    from agent.build import BuildError  # only here: loading it costs every other command
+
+    try:
+        yield
+    except BuildError as exc:
+        raise CliError(str(exc), ExitCode.USAGE if exc.bad_input else ExitCode.FAILED) from None
 
 
 @click.command("make-relup")
@@ -67,14 +81,14 @@ def make_relup(settings: Settings, old_roots: tuple[Path, ...], new_root: Path,
     against them. The tarball is reproducible (member times: $SOURCE_DATE_EPOCH, else 0).
     Runs the local erl; needs no agent. See docs/preparing-releases.md.
     """
-    from ..relup import build  # only here: the other commands need none of it
+    from agent.build import build  # only here: the other commands need none of it
 
-    # A RelupError is a CliError with its exit code: main() reports it.
-    made = build(old_roots, new_root, old_version=old_versions, new_version=new_version,
-                 tarball=tarball, include_erts=include_erts, extra_paths=extra_paths,
-                 restart_emulator=restart_emulator, erl=erl,
-                 allow_incomplete_appup=allow_incomplete_appup,
-                 all_old_versions=all_old_versions)
+    with build_errors():
+        made = build(old_roots, new_root, old_version=old_versions, new_version=new_version,
+                     tarball=tarball, include_erts=include_erts, extra_paths=extra_paths,
+                     restart_emulator=restart_emulator, erl=erl,
+                     allow_incomplete_appup=allow_incomplete_appup,
+                     all_old_versions=all_old_versions)
 
     data: dict[str, Any] = {
         "release": made.new.name, "from_version": made.old.version,
@@ -134,10 +148,12 @@ def make_appup(settings: Settings, old_root: Path, new_root: Path, apps: tuple[s
     One per application whose version changed, to read, edit and commit; a given appup is
     also checked, and what it lacks is said. Runs the local erl; needs no agent.
     """
-    from ..relup import appups_for  # only here
+    from agent.build import appups_for  # only here
 
-    reports = appups_for(old_root, new_root, old_version=old_version,
-                         new_version=new_version, extra_paths=extra_paths, erl=erl, apps=apps)
+    with build_errors():
+        reports = appups_for(old_root, new_root, old_version=old_version,
+                             new_version=new_version, extra_paths=extra_paths, erl=erl,
+                             apps=apps)
     written: dict[str, str] = {}
     if write_dir is not None:
         write_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.operations.uploads import Upload, UploadRefused, UploadStore, UploadWriter
-from agent.release.tarball import ReleaseTarball
+from agent.release.tarballs.check import ReleaseTarball
 
 
 class Clock:

@@ -33,7 +33,7 @@ from agent.release.steps import (
     UP_TO_DATE,
     Result,
 )
-from agent.release.tarball import ReleaseTarball
+from agent.release.tarballs.check import ReleaseTarball
 from agent.release.upgrade import ReleaseEngine
 from bridge import Atom, BadRpc, ConnectionLost, Pid
 from tests.agent.release.scripted import (
@@ -81,7 +81,7 @@ class Rig:
         self.node = ScriptedNode()
         self.log = StepLog()
         # unpack_release in the node: the way these scripts follow (the agent's own unpack,
-        # with real files, is in test_unpack.py and the e2e tests).
+        # with real files, is in tarballs/test_extract.py and the e2e tests).
         self.engine = ReleaseEngine(self.node, self.log, rpc_timeout=RPC_TIMEOUT,
                                     agent_unpack=False)
 

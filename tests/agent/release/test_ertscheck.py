@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.release.ertscheck import erts_runs_here
-from agent.release.tarball import ReleaseTarball
+from agent.release.tarballs.check import ReleaseTarball
 from tests.tools.release_fixture import discover_otp
 
 pytestmark = pytest.mark.otp

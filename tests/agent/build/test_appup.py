@@ -1,4 +1,4 @@
-"""The appup generator and checker (agent/client/appup.py) on beams compiled in the test: no
+"""The appup generator and checker (agent/build/appup.py) on beams compiled in the test: no
 node, only erlc and erl."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.client.appup import Beam, Instruction, atom, check, generate, read
-from agent.client.relup import build
+from agent.build.appup import Beam, Instruction, atom, check, generate, read
+from agent.build.relup import build
 from tests.tools.release_fixture import ReleaseBuild
 
 pytestmark = pytest.mark.otp

@@ -10,7 +10,7 @@ Any input, however hostile, ends in a `ReleaseTarball` or a `TarballError` that 
 file (and member) and says what to do; nothing else escapes.
 
 Here: the members (paths, links, kinds, sizes) and the release they hold (its .rel, sys.config
-and relup). Reading the file, its gzip and the bounded tar stream is tarstream.py's part.
+and relup). Reading the file, its gzip and the bounded tar stream is stream.py's part.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from agent.relfile import RelSyntaxError, parse_rel
 
-from .tarstream import (
+from .stream import (
     CHUNK,
     MAKERS,
     Limits,

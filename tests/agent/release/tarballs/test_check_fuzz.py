@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 
-from agent.release.tarball import ReleaseTarball, TarballError, inspect_tarball
+from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
 from agent.relfile import parse_rel
 
 BLOCK = tarfile.BLOCKSIZE

@@ -4,7 +4,7 @@ bomb makes us read or keep more than the limits allow; pax headers are checked b
 parses them (CVE-2024-6232). Also the end of the archive and the file's sha256.
 
 Every failure is a `TarballError` (defined here, where the first checks raise it) that names
-the file and says what to do; tarball.py checks the members and the release they hold.
+the file and says what to do; check.py checks the members and the release they hold.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ version's `releases/VSN/` and the `lib/APP-VSN/` of each application in the `.re
 
 Standard library only (and :mod:`agent.relfile`); the `relctl` client loads it only when
 `make-relup` runs. Every failure is a :class:`RelupError` that says what went wrong and what to
-do, with systools' own words kept; being a :class:`CliError`, it carries its exit code.
+do, with systools' own words kept.
 """
 
 from __future__ import annotations
@@ -36,23 +36,13 @@ from agent.relfile import RelSyntaxError, parse_rel
 
 from .appup import Appup, appup_text, generate, read
 from .appup import check as check_appup
-from .status import CliError, ExitCode
+from .erl import ERL_TIMEOUT, BuildError, clean_env, erl_path
 
 DOCS = "docs/preparing-releases.md"
-ERL_TIMEOUT = 120.0
-
-# Environment variables that would change what the build-time erl does behind our back.
-_ERL_ENV_NOISE = ("ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS", "ERL_LIBS", "ERL_ROOTDIR",
-                  "ERL_COMPILER_OPTIONS")
 
 
-class RelupError(CliError):
-    """What went wrong and what to do. ``bad_input``: the paths or versions given do not fit
-    (a usage error) rather than systools or the machine failing."""
-
-    def __init__(self, message: str, *, bad_input: bool = False) -> None:
-        super().__init__(message, ExitCode.USAGE if bad_input else ExitCode.FAILED)
-        self.bad_input = bad_input
+class RelupError(BuildError):
+    """The relup or the tarball could not be made (see :class:`BuildError`)."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +251,7 @@ def _beam_dir(app: str, vsn: str, roots: Sequence[Path]) -> Path | None:
 @functools.lru_cache(maxsize=8)
 def otp_lib_dir(erl: str) -> Path | None:
     """The lib directory of the OTP ``erl`` runs (code:lib_dir()), None if it cannot say."""
-    env = {k: v for k, v in os.environ.items() if k not in _ERL_ENV_NOISE}
+    env = clean_env()
     try:
         proc = subprocess.run([erl, "-boot", "no_dot_erlang", "-noshell", "-noinput", "-eval",
                                "io:put_chars(code:lib_dir()), halt(0)."], env=env,
@@ -382,16 +372,6 @@ end.
 """
 
 
-def _erl_path(erl: str) -> str:
-    found = shutil.which(erl)
-    if found is None:
-        where = "on PATH" if os.sep not in erl else "there"
-        raise RelupError(f"erl not found ({erl!r} is not {where}); install Erlang/OTP (the "
-                         "version the release was built with, whose sasl has systools) or "
-                         "pass --erl /path/to/erl")
-    return found
-
-
 def _hint(text: str, old: ReleaseDir, new: ReleaseDir) -> str:
     """What to do about the systools errors users meet most."""
     if "No release upgrade script entry" in text:
@@ -457,7 +437,7 @@ def make_relup(old: ReleaseDir | Sequence[ReleaseDir], new: ReleaseDir, *, erl: 
         if "\n" in value:
             raise RelupError(f"{value!r}: a path with a newline cannot be passed to systools",
                              bad_input=True)
-    erl = _erl_path(erl)
+    erl = erl_path(erl)
     reports: list[AppupReport] = []
     warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="relctl-appups-") as tmp:
@@ -508,12 +488,11 @@ def _run_make_relup(olds: Sequence[ReleaseDir], new: ReleaseDir, out_dir: Path,
                     paths: list[str], erl: str, restart_emulator: bool,
                     timeout: float) -> RelupResult:
     old = olds[0]
-    env = {k: v for k, v in os.environ.items() if k not in _ERL_ENV_NOISE}
-    env.update({"RELCTL_PATH": "\n".join(paths), "RELCTL_OUTDIR": str(out_dir),
+    env = clean_env(**{"RELCTL_PATH": "\n".join(paths), "RELCTL_OUTDIR": str(out_dir),
                 "RELCTL_NEW_REL": str(new.rel_file),
                 "RELCTL_OLD_REL": "\n".join(str(o.rel_file) for o in olds),
                 "RELCTL_RESTART_EMULATOR": "true" if restart_emulator else "false"})
-    argv = [_erl_path(erl), "-boot", "no_dot_erlang", "-noshell", "-noinput",
+    argv = [erl_path(erl), "-boot", "no_dot_erlang", "-noshell", "-noinput",
             "-eval", _MAKE_RELUP]
     try:
         proc = subprocess.run(argv, cwd=out_dir, env=env, stdin=subprocess.DEVNULL,

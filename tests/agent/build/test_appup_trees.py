@@ -1,4 +1,4 @@
-"""The appup generator on the hard cases (agent/client/appup.py): sys special processes,
+"""The appup generator on the hard cases (agent/build/appup.py): sys special processes,
 supervisors whose children are added, removed or started differently (tuple and map child
 specs), supervisors whose children are known only at run time; checked against
 systools:make_relup on beams compiled in the test. No node: erlc and erl only."""
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.client.appup import Instruction, check, generate, read
-from agent.client.relup import build
-from tests.agent.client.test_appup import compile_all
+from agent.build.appup import Instruction, check, generate, read
+from agent.build.relup import build
+from tests.agent.build.test_appup import compile_all
 from tests.tools.release_fixture import ReleaseBuild
 
 pytestmark = pytest.mark.otp
@@ -155,7 +155,7 @@ def test_a_given_appup_loading_a_special_process_or_missing_restart_child_is_nam
 
 
 def test_unnamed_and_simple_one_for_one_supervisors() -> None:
-    from agent.client.appup import Beam, Child, SupTree
+    from agent.build.appup import Beam, Child, SupTree
     one = (Child("a", "{a,start_link,[]}"),)
     two = (*one, Child("b", "{b,start_link,[]}"))
     sup = ("supervisor",)

@@ -4,7 +4,7 @@ is new into place, and the node only registers it (``release_handler:set_unpacke
 of decompressing the tarball again inside the production VM with ``unpack_release``.
 
 The extraction reads the tarball with the same bounded stream and the same member checks as
-the validation (tarball.py, tarstream.py), and compares the sha256 of the bytes it read with
+the validation (check.py, stream.py), and compares the sha256 of the bytes it read with
 the validated tarball's: it extracts exactly what the validation accepted.
 
 The result is what ``unpack_release`` leaves, file for file: erl_tar's ``keep_old_files``
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .tarball import MAX_MEMBERS, MAX_UNPACKED, ReleaseTarball, check_member, normalise
-from .tarstream import (
+from .check import MAX_MEMBERS, MAX_UNPACKED, ReleaseTarball, check_member, normalise
+from .stream import (
     CHUNK,
     Limits,
     TarballError,
@@ -59,7 +59,7 @@ class WriteFailed(Exception):
         self.error = error
 
 
-class Conflict(Exception):
+class NotADirectoryOnNode(Exception):
     """The tarball has files below a path the root has as a file (erl_tar fails there too)."""
 
     def __init__(self, path: Path) -> None:
@@ -359,7 +359,7 @@ def _merge(tree: Path, root: Path, rel: Path, skip: Path, placed: list[Path]) ->
             if dst.is_dir():
                 _merge(tree, root, part, skip, placed)
             elif any(os.scandir(src)):  # erl_tar fails to write below a file, so do we
-                raise Conflict(dst)
+                raise NotADirectoryOnNode(dst)
 
 
 def remove(paths: tuple[Path, ...] | list[Path]) -> list[str]:

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import RequestError
-from agent.release import tarball
-from agent.release.tarball import ReleaseTarball, TarballError, inspect_tarball
+from agent.release.tarballs import check as tarball
+from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
 
 Member = tuple[tarfile.TarInfo, bytes]
 

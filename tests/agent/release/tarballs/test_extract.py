@@ -1,4 +1,4 @@
-"""The agent's own unpack (agent/release/unpack.py) on real tarballs and a real root on disk:
+"""The agent's own unpack (agent/release/tarballs/extract.py) on real tarballs and a real root on disk:
 what it places and keeps (erl_tar's keep_old_files), where the .rel ends up in each layout,
 that it extracts only the bytes that were validated, and when it declines to write the root."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.release.tarball import ReleaseTarball, TarballError, inspect_tarball
-from agent.release.unpack import extract, place, why_not_write
+from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
+from agent.release.tarballs.extract import extract, place, why_not_write
 
 REL = (b'{release, {"counter", "0.0.2"}, {erts, "13.1.5"}, '
        b'[{kernel, "8.5.3"}, {counter, "0.0.2"}]}.')

@@ -1,4 +1,4 @@
-"""`relctl make-relup` (agent/client/relup.py) without a node: finding releases, the errors a user
+"""`relctl make-relup` (agent/build/relup.py) without a node: finding releases, the errors a user
 meets, and the relup and tarball made over a plain systools release (the counter fixture)."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent.client.main import main
-from agent.client.relup import (
+from agent.build.erl import BuildError
+from agent.build.relup import (
     RelupError,
     build,
     find_release,
@@ -21,7 +22,7 @@ from agent.client.relup import (
     write_tarball,
 )
 from agent.client.status import ExitCode
-from agent.release.tarball import inspect_tarball
+from agent.release.tarballs.check import inspect_tarball
 from tests.tools.release_fixture import ReleaseBuild, extract_tar
 
 REL = """%% coding: utf-8
@@ -106,7 +107,7 @@ def test_relups_go_between_two_versions_of_one_release(tmp_path: Path) -> None:
 
 def test_without_erl_it_says_to_install_otp_or_pass_erl(tmp_path: Path) -> None:
     root = fake_root(tmp_path, "1.0.0", "1.1.0")
-    with pytest.raises(RelupError, match=r"erl not found \('/nonexistent/erl' is not there\); "
+    with pytest.raises(BuildError, match=r"erl not found \('/nonexistent/erl' is not there\); "
                                          "install Erlang/OTP .* or pass --erl"):
         build(root, root, old_version="1.0.0", new_version="1.1.0", erl="/nonexistent/erl")
 
@@ -292,7 +293,7 @@ def test_make_appup_prints_or_writes_the_generated_appup(
 
 def test_the_client_loads_relup_only_when_make_relup_runs() -> None:
     code = ("import sys, agent.client.main; "
-            "print('agent.client.relup' in sys.modules, 'tarfile' in sys.modules)")
+            "print('agent.build.relup' in sys.modules, 'tarfile' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3],
                          capture_output=True, text=True, check=True, timeout=30).stdout
     assert out.split() == ["False", "False"]

@@ -27,7 +27,7 @@ imported modules. From that diff:
 A given appup is read by ``erl`` too (``file:consult``) and must have entries from the old
 version (up and down) that name every changed, added and deleted module.
 
-Standard library only; loaded by :mod:`agent.client.relup`, which the client imports only when a
+Standard library only; loaded by :mod:`agent.build.relup`, which the client imports only when a
 build command runs.
 """
 
@@ -41,23 +41,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .status import CliError, ExitCode
-
-ERL_TIMEOUT = 120.0
+from .erl import ERL_TIMEOUT, BuildError, clean_env, erl_path
 
 SUPERVISORS = frozenset({"supervisor", "Elixir.Supervisor"})
 PROCESSES = frozenset({"gen_server", "gen_statem", "gen_event", "gen_fsm", "Elixir.GenServer",
                        "Elixir.GenStateMachine", "Elixir.GenEvent"})
 
-_ERL_ENV_NOISE = ("ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS", "ERL_LIBS", "ERL_ROOTDIR",
-                  "ERL_COMPILER_OPTIONS")
-
-
-class AppupError(CliError):
+class AppupError(BuildError):
     """The beams or an appup could not be read (a failure, not the user's input)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, ExitCode.FAILED)
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -388,19 +382,9 @@ def _unhex(text: str) -> str:
     return bytes.fromhex(text).decode("utf-8", "replace")
 
 
-def _erl_path(erl: str) -> str:
-    found = shutil.which(erl)
-    if found is None:
-        where = "on PATH" if os.sep not in erl else "there"
-        raise AppupError(f"erl not found ({erl!r} is not {where}); install Erlang/OTP or pass "
-                         "--erl /path/to/erl")
-    return found
-
-
 def _run_erl(jobs: Sequence[str], erl: str, timeout: float) -> list[list[str]]:
-    env = {k: v for k, v in os.environ.items() if k not in _ERL_ENV_NOISE}
-    env["RELCTL_JOBS"] = "\n".join(jobs)
-    argv = [_erl_path(erl), "-boot", "no_dot_erlang", "-noshell", "-noinput", "-eval", _ANALYSE]
+    env = clean_env(RELCTL_JOBS="\n".join(jobs))
+    argv = [erl_path(erl), "-boot", "no_dot_erlang", "-noshell", "-noinput", "-eval", _ANALYSE]
     try:
         proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=timeout, check=False)

@@ -8,8 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agent.nodes.link import NodeState, PingResult
 from agent.operations.journal import OperationRecord
 from agent.operations.runner import Progress
-from agent.release.records import StepRecord
-from agent.release.releases import Release
+from agent.release import Release, StepRecord
 from relctl.v1 import agent_pb2 as pb
 
 _STATUS = {

@@ -22,11 +22,7 @@ from agent.errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, Not
 from agent.nodes.manager import NodeManager
 from agent.operations.runner import Operations
 from agent.operations.uploads import UploadStore
-from agent.release.base import Options
-from agent.release.codecheck import verify_running
-from agent.release.reload import ConfigReload, ReloadOptions
-from agent.release.steps import Result
-from agent.release.upgrade import ReleaseEngine
+from agent.release import ConfigReload, Options, ReleaseEngine, ReloadOptions, Result, verify_running
 from relctl.v1 import AGENT_ERROR_METADATA, agent_pb2_grpc
 from relctl.v1 import agent_pb2 as pb
 

@@ -27,7 +27,7 @@ from agent.operations.journal import FILE_NAME as JOURNAL_FILE
 from agent.operations.journal import Journal, JournalError, OperationRecord
 from agent.operations.runner import Operations
 from agent.operations.uploads import UploadStore
-from agent.release.base import Options, Probe
+from agent.release import Options, Probe
 from bridge import Node
 
 from .metrics import AgentMetrics

@@ -20,7 +20,7 @@ from typing import Any
 from agent.config import NodeConfig, read_cookie
 from agent.config import hint as tls_hint
 from agent.errors import ConfigError, NodeDown, NodeTimeout, ReplyTooLarge
-from agent.release.releases import Release, UnexpectedReply, parse_which_releases
+from agent.release import Release, UnexpectedReply, parse_which_releases
 from bridge import (
     Atom,
     BadRpc,

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.errors import HostError
-from agent.release.records import OUTCOMES, STEP_STATES, ConfigChange, StepRecord
+from agent.release import OUTCOMES, STEP_STATES, ConfigChange, StepRecord
 
 FILE_NAME = "journal.sqlite3"
 # Like the audit trail: the agent writes, its group (operators) may read, nobody else.

@@ -24,11 +24,7 @@ from pathlib import Path
 from agent.errors import HostError, NodeDown, NodeUnavailable, NotFound, OperationInProgress
 from agent.nodes.link import NodeLink
 from agent.nodes.manager import NodeManager
-from agent.release.base import Placing
-from agent.release.records import ConfigChange, StepRecord
-from agent.release.releases import Release
-from agent.release.steps import FAILED, Result
-from agent.release.upgrade import ReleaseEngine
+from agent.release import FAILED, ConfigChange, Placing, Release, ReleaseEngine, Result, StepRecord
 
 from .journal import Journal, JournalError, JournalWriteError, OperationRecord, ReleaseRow
 

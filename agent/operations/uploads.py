@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import HostError, NotFound, RequestError
-from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
+from agent.release import ReleaseTarball, TarballError, inspect_tarball
 
 _T = TypeVar("_T")
 

@@ -1,6 +1,6 @@
 """The release engine: every operation on one node's releases (upgrade, downgrade, the single
 steps, config reload), each a declared flow of steps (flows.py) over a small call protocol
-(``Caller``), with one undo (staging.py, run by ``base.guarded``) and the checks that refuse
+(``Caller``), with one undo (staging.py, run by ``core.guarded``) and the checks that refuse
 before anything changes (preflight.py, ertscheck.py, inuse.py).
 
 It may not know gRPC, Prometheus, SQLite or sockets: it talks to the node through ``Caller``,
@@ -8,3 +8,32 @@ reports steps to a callback, and keeps what must outlive an operation through th
 ``UnpackLedger`` its caller gives it (the journal, in agent.operations). The tarball's checks
 and the agent's own extraction live in the tarballs/ sub-room.
 """
+
+from .codecheck import verify_running
+from .core import UnpackLedger
+from .releases import Release, UnexpectedReply, parse_which_releases
+from .reload import ConfigReload, ReloadOptions
+from .tarballs import ReleaseTarball, TarballError, inspect_tarball
+from .upgrade import ReleaseEngine
+from .values import (
+    FAILED,
+    OUTCOMES,
+    STEP_STATES,
+    Caller,
+    ConfigChange,
+    Failure,
+    Options,
+    Placing,
+    Probe,
+    Result,
+    StepRecord,
+)
+
+# What the rooms above the engine (nodes, operations, api, daemon) may use; they import the
+# package, never its modules (tests/test_layout.py).
+__all__ = [
+    "FAILED", "OUTCOMES", "STEP_STATES", "Caller", "ConfigChange", "ConfigReload", "Failure",
+    "Options", "Placing", "Probe", "Release", "ReleaseEngine", "ReleaseTarball",
+    "ReloadOptions", "Result", "StepRecord", "TarballError", "UnexpectedReply",
+    "UnpackLedger", "inspect_tarball", "parse_which_releases", "verify_running",
+]

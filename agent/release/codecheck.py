@@ -37,7 +37,7 @@ from bridge import Atom, BadRpc
 
 from .proccheck import CheckFailed, old_code_processes, stale_funs, tree_problems
 from .releases import parse_which_releases
-from .steps import Caller, term_text
+from .values import Caller, term_text
 
 # The check, evaluated on the node with Apps bound to [{AppName, Vsn}] (charlists). Returns
 # {Mode, [{App, Vsn, LibDir, ModuleCount, ProblemCount, Problems | AppFileError}]}, with at most

@@ -16,8 +16,9 @@ from agent.config import CONTINUE, PRE_INSTALL, Hook
 from agent.errors import NodeTimeout, NodeUnavailable, ReplyTooLarge
 from bridge import Atom, BadRpc
 
+from .core import Steps
 from .present import TermStyle
-from .steps import Caller, Failure, Steps
+from .values import Caller, Failure
 
 _OK = Atom("ok")
 

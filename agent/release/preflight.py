@@ -17,11 +17,11 @@ from typing import Any
 from agent.relfile import RelSyntaxError, RelupVersions, parse_releases, relup_versions
 from bridge import Atom, BadRpc
 
-from .base import EngineCore, OperationContext
+from .core import EngineCore, OperationContext, StepState, consult_error
 from .ertscheck import erts_runs_here
 from .releases import Release
-from .steps import FAILED_UNCHANGED, Failure, StepState, consult_error, term_text
 from .tarballs import ReleaseTarball
+from .values import FAILED_UNCHANGED, Failure, term_text
 
 SHA_FILE = "relctl.sha256"  # releases/VSN/relctl.sha256: the tarball the agent unpacked there
 RELUP_HINT = "build it with `rebar3 relup` or `relctl make-relup OLD NEW`"

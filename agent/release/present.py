@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from agent.errors import NodeUnavailable, ReplyTooLarge
 from bridge import Atom, BadRpc, Export, format_term
 
-from .steps import Caller, term_text
+from .values import Caller, term_text
 
 VALUE_LIMIT = 500         # format_term's own limit: a value in a step detail
 EXCEPTION_LIMIT = 4 * VALUE_LIMIT   # an exception with a few stack lines (file:line each)

@@ -36,7 +36,7 @@ from typing import Any
 
 from bridge import Atom, BadRpc, Pid
 
-from .steps import FAILED, FAILED_UNCHANGED, Caller, Failure, term_text
+from .values import FAILED, FAILED_UNCHANGED, Caller, Failure, term_text
 
 DOCS = "docs/preparing-releases.md"
 

@@ -21,21 +21,19 @@ from typing import Any
 from bridge import Atom, BadRpc, format_term
 
 from . import config_line
+from .core import Steps, consult_error, node_dirs
 from .present import TermStyle
-from .records import ConfigChange
 from .releases import parse_which_releases
-from .steps import (
+from .values import (
     DRY_RUN,
     FAILED,
     FAILED_UNCHANGED,
     ROLLED_BACK,
     SUCCEEDED,
     Caller,
+    ConfigChange,
     Failure,
     Result,
-    Steps,
-    consult_error,
-    node_dirs,
     term_text,
 )
 

@@ -32,12 +32,11 @@ from typing import Any
 
 from bridge import Atom, BadRpc
 
-from .base import EngineCore, OperationContext, Options
+from .core import EngineCore, OperationContext
 from .preflight import Preflight
-from .records import ConfigChange
 from .reload import ConfigReload
-from .steps import FAILED, FAILED_UNCHANGED, Failure, term_text
 from .tarballs import ReleaseTarball
+from .values import FAILED, FAILED_UNCHANGED, ConfigChange, Failure, Options, term_text
 
 _OK = Atom("ok")
 _VAR = re.compile(rb"\$\{([^}]*)\}")  # relx's awk pattern: [$]{[^}]*}

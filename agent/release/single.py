@@ -9,13 +9,53 @@ from __future__ import annotations
 from agent.config import POST_INSTALL
 from bridge import Atom
 
-from .base import OperationContext, Options, guarded
+from .core import EngineCore, OperationContext, Steps, UnpackLedger, guarded
 from .hooks import run_hooks
-from .parts import EngineParts
-from .steps import FAILED, FAILED_UNCHANGED, SUCCEEDED, Failure, Result, term_text
+from .preflight import Preflight
+from .releases import Release
+from .runtime import RuntimeConfig
+from .staging import Staging
+from .switch import Switch
 from .tarballs import ReleaseTarball
+from .values import FAILED, FAILED_UNCHANGED, SUCCEEDED, Caller, Failure, Options, Result, StepSink
+from .values import term_text
 
 _OK = Atom("ok")
+
+
+class EngineParts:
+    """The release engine's parts wired over one core: the operations (here and upgrade.py)
+    are written against it and reach the node only through its parts and core. The core and the parts, as protected attributes for the operations that subclass it;
+    the node, steps and RPC timeout are public for what runs beside an operation (a config
+    reload uses the same ones)."""
+
+    def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float,
+                 ledger: UnpackLedger | None = None, agent_unpack: bool = True) -> None:
+        self._core = EngineCore(node, on_step, rpc_timeout=rpc_timeout, ledger=ledger,
+                                agent_unpack=agent_unpack)
+        self._preflight = Preflight(self._core)
+        self._staging = Staging(self._core)
+        self._runtime = RuntimeConfig(self._core, self._preflight)
+        self._switch = Switch(self._core, self._runtime)
+
+    @property
+    def core(self) -> EngineCore:
+        return self._core
+
+    @property
+    def node(self) -> Caller:
+        return self._core.node
+
+    @property
+    def steps(self) -> Steps:
+        return self._core.steps
+
+    @property
+    def rpc_timeout(self) -> float:
+        return self._core.rpc_timeout
+
+    async def releases(self) -> tuple[Release, ...]:
+        return await self._core.releases()
 
 
 class SingleSteps(EngineParts):

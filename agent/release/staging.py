@@ -28,14 +28,14 @@ from typing import Any
 from agent.errors import NodeDown, NodeTimeout, NodeUnavailable
 from bridge import Atom
 
-from .base import EngineCore, OperationContext
+from .core import EngineCore, OperationContext
 from .inuse import ON_CODE_PATH
-from .releases import Release
 from .preflight import SHA_FILE
-from .steps import FAILED, FAILED_UNCHANGED, Failure, term_text
-from .tarballs import ReleaseTarball, TarballError
+from .releases import Release
 from .tarballs import NotADirectoryOnNode, Extracted, Interrupted, WriteFailed, extract, leftovers, place, remove
+from .tarballs import ReleaseTarball, TarballError
 from .tarballs import TREE, UNPACK_PREFIX, why_not_write, write_sha
+from .values import FAILED, FAILED_UNCHANGED, Failure, term_text
 
 _OK = Atom("ok")
 

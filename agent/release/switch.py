@@ -22,14 +22,15 @@ from agent.config import POST_INSTALL, PRE_INSTALL
 from agent.errors import NodeDown, NodeTimeout, NodeUnavailable, ReplyTooLarge
 from bridge import Atom, BadRpc
 
-from .base import EngineCore, OperationContext, Options
 from .codecheck import check_code, mismatch_text, read_appups, split_lib
+from .core import EngineCore, OperationContext
 from .hooks import run_hooks
 from .proccheck import OldCodeProcess, killed_text, old_code_processes, verify_processes
 from .releases import Release, parse_which_releases
 from .relupscript import RESTART_EMULATOR, heart_needed, restart_kind
 from .runtime import RuntimeConfig
-from .steps import FAILED, FAILED_UNCHANGED, ROLLED_BACK, SUCCEEDED, Failure, Result, term_text
+from .values import FAILED, FAILED_UNCHANGED, ROLLED_BACK, SUCCEEDED, Failure, Options, Result
+from .values import term_text
 
 _OK = Atom("ok")
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from agent.config import POST_INSTALL, PRE_INSTALL
 from bridge import Atom
 
-from .base import OperationContext, Options, guarded
+from .core import OperationContext, guarded
 from .proccheck import check_loaded_under_processes
 from .releases import Release
 from .single import SingleSteps
-from .steps import DRY_RUN, FAILED_UNCHANGED, UP_TO_DATE, Failure, Result, term_text
 from .tarballs import ReleaseTarball
+from .values import DRY_RUN, FAILED_UNCHANGED, UP_TO_DATE, Failure, Options, Result, term_text
 
 _OK = Atom("ok")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.operations.journal import FILE_NAME, SCHEMA_VERSION, Journal, JournalError, ReleaseRow
-from agent.release.records import ConfigChange, StepRecord
+from agent.release import ConfigChange, StepRecord
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from agent.nodes.link import NodeState
 from agent.operations.journal import FILE_NAME, Journal, JournalWriteError
 from agent.operations.runner import Operations
 from agent.release.releases import Release
-from agent.release.steps import SUCCEEDED, Result
+from agent.release.values import SUCCEEDED, Result
 from agent.release.upgrade import ReleaseEngine
 
 NODE = "counter@localhost"

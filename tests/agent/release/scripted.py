@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.release.base import Placing
-from agent.release.records import StepRecord
+from agent.release import Placing, StepRecord
 from bridge import Atom
 
 OK = Atom("ok")

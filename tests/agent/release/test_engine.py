@@ -21,18 +21,20 @@ import pytest
 
 from agent.config import CONTINUE, POST_INSTALL, PRE_INSTALL, Hook
 from agent.errors import NodeDown, NodeTimeout, ReplyTooLarge
-from agent.release.base import Options, Placing, Probe
-from agent.release.codecheck import CHECK_EXPR
-from agent.release.proccheck import OLD_CODE_EXPR, STALE_FUN_EXPR, STUCK_EXPR, TREE_EXPR
-from agent.release.steps import (
+from agent.release.values import (
     DRY_RUN,
     FAILED,
     FAILED_UNCHANGED,
     ROLLED_BACK,
     SUCCEEDED,
     UP_TO_DATE,
+    Options,
+    Placing,
+    Probe,
     Result,
 )
+from agent.release.codecheck import CHECK_EXPR
+from agent.release.proccheck import OLD_CODE_EXPR, STALE_FUN_EXPR, STUCK_EXPR, TREE_EXPR
 from agent.release.tarballs.check import ReleaseTarball
 from agent.release.upgrade import ReleaseEngine
 from bridge import Atom, BadRpc, ConnectionLost, Pid

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.release.base import Options
-from agent.release.steps import DRY_RUN, FAILED_UNCHANGED, SUCCEEDED
+from agent.release.values import DRY_RUN, FAILED_UNCHANGED, SUCCEEDED, Options
 from agent.release.upgrade import ReleaseEngine
 from bridge import Atom
 from tests.agent.release.scripted import (
@@ -57,7 +56,7 @@ SHA_FILE = "relctl.sha256"
 
 
 class DictLedger(MemoryLedger):
-    """The agent's journal as the engine sees it (agent.release.base.UnpackLedger), with the
+    """The agent's journal as the engine sees it (agent.release.core.UnpackLedger), with the
     sha256 records given as version_with_underscores=sha."""
 
     def __init__(self, **recorded: str) -> None:

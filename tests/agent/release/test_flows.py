@@ -7,7 +7,7 @@ import pytest
 
 from agent.config import POST_INSTALL, PRE_INSTALL, Hook
 from agent.release.flows import FLOWS, Flow, UndeclaredStep
-from agent.release.steps import Steps
+from agent.release.core import Steps
 from tests.agent.release.scripted import StepLog
 
 PRE = Hook("flush", PRE_INSTALL, "m", "f", ())

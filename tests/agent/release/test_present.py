@@ -10,7 +10,8 @@ from agent.config import FAIL, PRE_INSTALL, Hook
 from agent.errors import NodeDown
 from agent.release.hooks import run_hooks
 from agent.release.present import EXCEPTION_LIMIT, TermStyle, find_exception
-from agent.release.steps import FAILED_UNCHANGED, Failure, Steps
+from agent.release.core import Steps
+from agent.release.values import FAILED_UNCHANGED, Failure
 from bridge import Atom, BadRpc, Export
 
 from .scripted import ANY, Expect, ScriptedNode, StepLog, answer, fail, repeatedly

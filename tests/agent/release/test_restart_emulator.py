@@ -6,7 +6,7 @@ relup files are read from the node's disk; the node is scripted (tests/agent/rel
 from __future__ import annotations
 
 from agent.relfile import relup_versions
-from agent.release.steps import FAILED, FAILED_UNCHANGED, SUCCEEDED
+from agent.release.values import FAILED, FAILED_UNCHANGED, SUCCEEDED
 from bridge import Atom, Pid
 from tests.agent.release.scripted import Expect, answer
 from tests.agent.release.test_engine import (

@@ -1,72 +1,126 @@
-"""What every part of the release engine stands on: the node it talks to and how (the RPC
-timeout, the step reporter), the options of an operation, the context one operation carries
-from step to step, and the guard that turns the Failure ending an operation into its Result.
+"""The release engine's core: the node it talks to (``Caller``) and how (the RPC timeout, the
+step reporter ``Steps``), the context one operation carries from step to step, the ledger that
+outlives it, and the guard that turns the Failure ending an operation into its Result.
 
-The parts (preflight.py, staging.py, switch.py) and the operations (single.py, upgrade.py)
-all act through one :class:`EngineCore`.
+The parts (preflight.py, staging.py, runtime.py, switch.py) and the operations (single.py,
+upgrade.py) all act through one :class:`EngineCore`; reload.py uses its ``Steps`` and
+``Caller``. An operation is a sequence of named steps, declared once in flows.py: each step is
+reported when it starts and when it ends (with its duration and what it found), so that the
+journal and every client following the operation see the same story.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Awaitable, Callable, Collection, Sequence
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from agent.config import Hook
-from agent.errors import NodeUnavailable
-from bridge import Atom, BadRpc
+from agent.errors import NodeFault, NodeUnavailable
+from bridge import Atom, BadRpc, format_term
 
+from .flows import Flow, UndeclaredStep
 from .inuse import InUse
 from .inuse import compute as compute_in_use
 from .present import TermStyle
 from .releases import Release, parse_which_releases
-from .steps import DRY_RUN, FAILED, FAILED_UNCHANGED, Caller, Failure, NodeDirs, Result, Steps
-from .steps import StepSink, node_dirs
 from .tarballs import Extracted
+from .values import DRY_RUN, FAILED, FAILED_UNCHANGED, Caller, Failure, NodeDirs, Placing, Result
+from .values import StepRecord, StepSink, term_text
 
 
-@dataclass(frozen=True)
-class Probe:
-    """A health probe: ``module:function()`` must return ``ok``."""
-
-    module: str
-    function: str
-
-    def __str__(self) -> str:
-        return f"{self.module}:{self.function}()"
+@dataclass
+class StepState:
+    detail: str = ""
 
 
-@dataclass(frozen=True)
-class Options:
-    permanent: bool = True
-    dry_run: bool = False
-    install_timeout: float = 300.0   # relup scripts may migrate big states
-    health_timeout: float = 0.0      # soak time of the probes; 0: probes run once
-    probes: tuple[Probe, ...] = ()
-    restart_timeout: float = 60.0    # how long a node restarted by release_handler may take
-    hooks: tuple[Hook, ...] = ()     # RPCs before and after each install_release
-    replace: bool = False            # a release of the version already there is replaced
-    # A release whose runtime config cannot be reproduced (runtime.py) is installed anyway,
-    # its unset relx variables rendered empty, its unknown providers not run.
-    allow_config_reset: bool = False
-    # Processes still on old code at make_permanent are killed by its purge and reported,
-    # instead of failing the verification (proccheck.py).
-    allow_purge_kill: bool = False
+class Steps:
+    """Reports steps to a sink: started, then succeeded (with ``detail``) or failed. Once told
+    which flow it follows (flows.py), it reports only the steps that flow declares."""
+
+    def __init__(self, sink: StepSink) -> None:
+        self._sink = sink
+        self._flow: Flow | None = None
+
+    @property
+    def flow(self) -> Flow | None:
+        return self._flow
+
+    def follow(self, flow: str) -> Flow:
+        self._flow = Flow.of(flow)
+        return self._flow
+
+    def _declared(self, name: str) -> None:
+        if self._flow is not None and not self._flow.declares(name):
+            raise UndeclaredStep(f"step {name!r} is not declared in the {self._flow.name} "
+                                 "flow (agent/release/flows.py)")
+
+    def skip_between(self, first: str, last: str, reason: str,
+                     hooks: Sequence[Hook] = ()) -> None:
+        """The flow's steps from ``first`` to ``last`` shown skipped, for ``reason``."""
+        assert self._flow is not None
+        for name in self._flow.between(first, last, hooks):
+            self.skip(name, f"{reason}; hooks run only when a release is installed"
+                      if ":" in name else reason)
+
+    @contextlib.asynccontextmanager
+    async def step(self, name: str) -> AsyncIterator[StepState]:
+        self._declared(name)
+        started = time.time()
+        clock = time.perf_counter()
+        self._sink(StepRecord(name, "running", started, None))
+        state = StepState()
+        try:
+            yield state
+        except Failure as failure:
+            self._sink(StepRecord(name, "failed", started, time.perf_counter() - clock,
+                                  failure.message))
+            raise
+        except (NodeUnavailable, NodeFault) as exc:  # their messages name the node and cause
+            self._sink(StepRecord(name, "failed", started, time.perf_counter() - clock, str(exc)))
+            raise
+        except BaseException as exc:
+            self._sink(StepRecord(name, "failed", started, time.perf_counter() - clock,
+                                  f"internal error: {exc!r}"))
+            raise
+        self._sink(StepRecord(name, "succeeded", started, time.perf_counter() - clock,
+                              state.detail))
+
+    def skip(self, name: str, detail: str) -> None:
+        self._declared(name)
+        self._sink(StepRecord(name, "skipped", time.time(), 0.0, detail))
 
 
-@dataclass(frozen=True)
-class Placing:
-    """What one operation was about to place under a release root for ``version``: the paths
-    that did not exist before it (the agent's extraction dir included). Kept in the ledger from
-    before the first file is written until the operation knows what became of them."""
+async def consult_error(node: Caller, reason: Any, timeout: float) -> str:
+    """Why file:consult failed, in file:format_error's words: "line 2: syntax error before:
+    '{'" for a parse error, "no such file or directory" for enoent."""
+    words = await node.call("lists", "flatten",
+                            [await node.call("file", "format_error", [reason], timeout=timeout)],
+                            timeout=timeout)
+    text = term_text(words)
+    # {Line, Module, Term} comes out as "Line: text".
+    return f"line {text}" if (isinstance(reason, tuple) and len(reason) == 3
+                              and isinstance(reason[0], int)) else text
 
-    key: int                  # the operation's id (the ledger's key)
-    version: str
-    paths: tuple[str, ...]
+
+async def node_dirs(node: Caller, timeout: float) -> NodeDirs:
+    """The node's root and releases directory, found the way release_handler finds them."""
+    root = await node.call("code", "root_dir", timeout=timeout)
+    env = await node.call("application", "get_env", [Atom("sasl"), Atom("releases_dir")],
+                          timeout=timeout)
+    if isinstance(env, tuple) and len(env) == 2 and isinstance(env[1], str):
+        return NodeDirs(root, env[1])
+    reldir = await node.call("os", "getenv", ["RELDIR"], timeout=timeout)
+    if isinstance(reldir, str) and reldir:
+        return NodeDirs(root, reldir)
+    return NodeDirs(root, os.path.join(root, "releases"))
 
 
 class UnpackLedger(Protocol):
@@ -150,7 +204,7 @@ class EngineCore:
     """The node, the step reporter and the RPC timeout that every part of an operation shares."""
 
     def __init__(self, node: Caller, on_step: StepSink, *, rpc_timeout: float,
-                 ledger: UnpackLedger | None = None, agent_unpack: bool = True) -> None:
+                 ledger: UnpackLedger | None = None, agent_unpack: bool) -> None:
         self._node = node
         # False: always unpack_release in the node (the scripted-node tests of that way).
         self.agent_unpack = agent_unpack

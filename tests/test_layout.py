@@ -397,6 +397,47 @@ def test_client_commands_import_neither_each_other_nor_main(module: str) -> None
     assert not problems, "\n".join(problems)
 
 
+ROOMS = ("agent.api", "agent.build", "agent.client", "agent.config", "agent.daemon", "agent.nodes",
+         "agent.operations", "agent.release")
+
+
+def room_of(module: str) -> str | None:
+    if module == "agent.__main__":
+        return "agent.daemon"  # `python -m agent` is the daemon's entry point
+    return next((room for room in ROOMS if within(module, [room])), None)
+
+
+def cross_room_violations(imports: Iterable[Import], known: Collection[str] = KNOWN) -> list[str]:
+    """Imports of another room's modules: a room is used through its package (its __all__)."""
+    problems = []
+    for imp in imports:
+        mine, target = room_of(imp.importer), imp.module(known)
+        theirs = room_of(target)
+        if theirs is not None and theirs != mine and target != theirs:
+            problems.append(f"{imp}: {imp.importer} reaches into {target}; import {theirs} "
+                            f"(add the name to its __all__) [DESIGN.md §2: rooms name their "
+                            "public surface]")
+    return problems
+
+
+@pytest.mark.parametrize("module", AGENT)
+def test_other_rooms_are_imported_as_packages(module: str) -> None:
+    problems = cross_room_violations(imports_of(module))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_every_room_says_what_it_is_and_names_its_surface(room: str) -> None:
+    init = ROOT / room.replace(".", "/") / "__init__.py"
+    tree = ast.parse(init.read_text())
+    doc = ast.get_docstring(tree) or ""
+    assert len(doc) > 80 and "TODO" not in doc, f"{init}: say what the room is for and what it may not know"
+    used = any(room_of(imp.module(KNOWN)) == room for m in AGENT if room_of(m) not in (room, None)
+               for imp in imports_of(m))
+    names = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "__all__"]
+    assert names or not used, f"{init}: other rooms import {room}, so it names its public surface in __all__"
+
+
 @pytest.mark.parametrize("module", SCANNED)
 def test_no_private_name_is_imported_from_another_module(module: str) -> None:
     problems = private_name_violations(imports_of(module))
@@ -485,6 +526,18 @@ def test_parse_imports_resolves_names_and_marks_type_checking() -> None:
     assert [(i.module(known), i.runtime) for i in found] == [
         ("typing", True), ("agent.config.status", True), ("agent.release.steps", True),
         ("agent.nodes", False), ("agent.api.service", True)]
+
+
+def test_cross_room_imports_must_go_through_the_package() -> None:
+    source = ("from agent.release import Options\nfrom agent.release.core import Steps\n"
+              "from ..release import values\nfrom . import service\n")
+    found = parse_imports("agent.api.messages", source, path="agent/api/messages.py")
+    known = {"agent.release", "agent.release.core", "agent.release.values", "agent.api.service"}
+    problems = cross_room_violations(found, known)
+    assert len(problems) == 2
+    assert problems[0].startswith("agent/api/messages.py:2 `from agent.release.core import Steps`")
+    assert "import agent.release (add the name to its __all__)" in problems[0]
+    assert "agent.release.values" in problems[1]
 
 
 def test_layer_violations_name_file_import_and_rule() -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.nodes.link import NodeState, PingResult
-from agent.operations.journal import OperationRecord
-from agent.operations.runner import Progress
+from agent.nodes import NodeState, PingResult
+from agent.operations import OperationRecord, Progress
 from agent.release import Release, StepRecord
 from relctl.v1 import agent_pb2 as pb
 

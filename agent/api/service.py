@@ -19,9 +19,8 @@ import grpc
 from agent import __version__
 from agent.config import ApiTls
 from agent.errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, NotFound, RequestError
-from agent.nodes.manager import NodeManager
-from agent.operations.runner import Operations
-from agent.operations.uploads import UploadStore
+from agent.nodes import NodeManager
+from agent.operations import Operations, UploadStore
 from agent.release import ConfigReload, Options, ReleaseEngine, ReloadOptions, Result, verify_running
 from relctl.v1 import AGENT_ERROR_METADATA, agent_pb2_grpc
 from relctl.v1 import agent_pb2 as pb

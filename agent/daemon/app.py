@@ -11,22 +11,24 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from agent.api.audit import FILE_NAME as AUDIT_FILE
-from agent.api.audit import AuditLog
-from agent.api.auth import Authenticator
-from agent.api.interceptor import AccessInterceptor
-from agent.api.service import AgentService, ApiServer
-from agent.api.limits import connection_caps
-from agent.api.tcp_front import TcpFront, descriptor_limit
-from agent.api.unix_front import SocketError, UnixFront
+from agent.api import (
+    AUDIT_FILE,
+    AccessInterceptor,
+    AgentService,
+    ApiServer,
+    AuditLog,
+    Authenticator,
+    SocketError,
+    TcpFront,
+    UnixFront,
+    connection_caps,
+    descriptor_limit,
+)
 from agent.config import AgentConfig, UnixAddress
 from agent.errors import HostError
-from agent.nodes.discovery import Discovery
-from agent.nodes.manager import NodeManager
-from agent.operations.journal import FILE_NAME as JOURNAL_FILE
-from agent.operations.journal import Journal, JournalError, OperationRecord
-from agent.operations.runner import Operations
-from agent.operations.uploads import UploadStore
+from agent.nodes import Discovery, NodeManager
+from agent.operations import JOURNAL_FILE, Journal, JournalError, OperationRecord, Operations
+from agent.operations import UploadStore
 from agent.release import Options, Probe
 from bridge import Node
 

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.config import Address
-from agent.nodes.link import NodeState
+from agent.nodes import NodeState
 
 from .metrics_http import MetricsHttp
 

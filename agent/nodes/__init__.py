@@ -5,3 +5,9 @@ discovery through EPMD (discovery.py).
 The only users of bridge ``Connection``s; they offer the release engine its ``Caller``. They
 may not know gRPC, the journal or Prometheus.
 """
+
+from .discovery import Discovery
+from .link import NodeLink, NodeState, PingResult
+from .manager import NodeManager
+
+__all__ = ["Discovery", "NodeLink", "NodeManager", "NodeState", "PingResult"]

@@ -5,3 +5,11 @@ step in SQLite (journal.py, the only sqlite3 user), from uploads kept until used
 It drives the release engine (agent.release) over the node links (agent.nodes); it may not
 know gRPC or Prometheus.
 """
+
+from .journal import FILE_NAME as JOURNAL_FILE
+from .journal import Journal, JournalError, OperationRecord
+from .runner import Operations, Progress
+from .uploads import UploadStore
+
+__all__ = ["JOURNAL_FILE", "Journal", "JournalError", "OperationRecord", "Operations",
+           "Progress", "UploadStore"]

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.errors import HostError, NodeDown, NodeUnavailable, NotFound, OperationInProgress
-from agent.nodes.link import NodeLink
-from agent.nodes.manager import NodeManager
+from agent.nodes import NodeLink, NodeManager
 from agent.release import FAILED, ConfigChange, Placing, Release, ReleaseEngine, Result, StepRecord
 
 from .journal import Journal, JournalError, JournalWriteError, OperationRecord, ReleaseRow

@@ -21,6 +21,15 @@ class RelSyntaxError(RequestError, ValueError):
     """A .rel file that does not parse: whoever supplied the release is at fault."""
 
 
+def decode(data: bytes) -> str:
+    """The text of a term file (.rel, relup, RELEASES) as file:consult reads it: UTF-8, else
+    Latin-1, Erlang's encoding for source files before OTP 17 (a file may still be in it)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
 @dataclass(frozen=True)
 class _Atom:
     name: str

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.relfile import RelSyntaxError, parse_rel
+from agent.relfile import RelSyntaxError, decode, parse_rel
 
 from .appup import Appup, appup_text, generate, read
 from .appup import check as check_appup
@@ -112,11 +112,7 @@ def read_rel(path: Path) -> ReleaseDir | None:
     except OSError:
         return None
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")  # Erlang's encoding for source files before OTP 17
-    try:
-        name, version, erts, apps = parse_rel(text)
+        name, version, erts, apps = parse_rel(decode(data))
     except RelSyntaxError:
         return None
     # releases/NAME-VSN.rel or releases/VSN/NAME.rel: the root is above releases/

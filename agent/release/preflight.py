@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent.relfile import RelSyntaxError, RelupVersions, parse_releases, relup_versions
+from agent.relfile import RelSyntaxError, RelupVersions, decode, parse_releases, relup_versions
 from bridge import Atom, BadRpc
 
 from .core import EngineCore, OperationContext, StepState, consult_error
@@ -33,6 +33,24 @@ _ERROR = Atom("error")
 class Preflight:
     def __init__(self, core: EngineCore) -> None:
         self._core = core
+
+    async def read_target(self, ctx: OperationContext, version: str, *,
+                          absent: str | None = None, running: str | None = None
+                          ) -> Release | None:
+        """Reads the node (its releases, dirs, ERTS) and finds ``version`` among its releases.
+        ``absent``: what to do when the node does not have it, which is then refused (None:
+        not having it is no refusal); ``running``: the same for a target that already runs."""
+        await self._core.read_node(ctx)
+        target = ctx.find(version)
+        node = self._core.node.name
+        if target is None and absent is not None:
+            known = ", ".join(f"{r.version} ({r.status})" for r in ctx.releases) or "none"
+            raise Failure(FAILED_UNCHANGED, f"release {version} is not on {node} (it has: "
+                                             f"{known}){'; ' + absent if absent else ''}")
+        if target is not None and target.running and running is not None:
+            raise Failure(FAILED_UNCHANGED, f"{version} already runs on {node}"
+                                             f"{'; ' + running if running else ''}")
+        return target
 
     async def ensure_releases_file(self, ctx: OperationContext, state: StepState) -> None:
         """Without RELEASES, release_handler invents a release with no libraries, and a later
@@ -86,11 +104,7 @@ class Preflight:
             reason = res[1] if isinstance(res, tuple) and len(res) == 2 else res
             raise Failure(FAILED_UNCHANGED, f"{where} does not parse: "
                           f"{await consult_error(self._core.node, reason, self._core.rpc_timeout)}")
-        try:
-            source = text.decode("utf-8")
-        except UnicodeDecodeError:
-            source = text.decode("latin-1")
-        return await self._check_source(where, source)
+        return await self._check_source(where, decode(text))
 
     def recorded_sha256(self, version: str, ctx: OperationContext) -> tuple[str | None, str]:
         """The sha256 of the tarball VSN was unpacked from, and where it was read: the file
@@ -268,12 +282,8 @@ class Preflight:
 
     async def _parse_relup(self, data: bytes, where: str) -> RelupVersions:
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("latin-1")
-        try:
             # Off the event loop: a relup may be megabytes.
-            return await asyncio.to_thread(relup_versions, text)
+            return await asyncio.to_thread(relup_versions, decode(data))
         except RelSyntaxError as exc:
             raise Failure(FAILED_UNCHANGED, f"{where} does not parse as a relup "
                           f"({exc}); {RELUP_HINT}") from None

@@ -18,7 +18,7 @@ import asyncio
 from pathlib import Path
 
 from agent.errors import RequestError
-from agent.relfile import RelupVersions, relup_versions
+from agent.relfile import RelupVersions, decode, relup_versions
 
 
 async def _read(path: Path) -> RelupVersions | None:
@@ -27,11 +27,7 @@ async def _read(path: Path) -> RelupVersions | None:
     except OSError:
         return None
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    try:
-        return await asyncio.to_thread(relup_versions, text)
+        return await asyncio.to_thread(relup_versions, decode(data))
     except RequestError:  # RelSyntaxError: check_install_release reports a bad relup
         return None
 

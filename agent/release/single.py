@@ -63,8 +63,7 @@ class SingleSteps(EngineParts):
     async def unpack(self, ctx: OperationContext, version: str, tarball: ReleaseTarball,
                      *, replace: bool = False) -> Result:
         async with self.steps.step("preflight") as st:
-            await self._core.read_node(ctx)
-            existing = ctx.find(version)
+            existing = await self._preflight.read_target(ctx, version)
             if existing is not None and not self._preflight.existing_release(
                     existing, tarball, ctx, replace=replace):
                 raise Failure(FAILED_UNCHANGED, f"{version} is already {existing.status} on "
@@ -94,13 +93,8 @@ class SingleSteps(EngineParts):
     async def install(self, ctx: OperationContext, version: str, options: Options) -> Result:
         """install_release and verify; not made permanent (that is its own step)."""
         async with self.steps.step("preflight") as st:
-            await self._core.read_node(ctx)
-            target = ctx.find(version)
-            if target is None:
-                raise Failure(FAILED_UNCHANGED, f"release {version} is not on "
-                                                 f"{self.node.name}; unpack it first")
-            if target.running:
-                raise Failure(FAILED_UNCHANGED, f"{version} already runs on {self.node.name}")
+            await self._preflight.read_target(ctx, version, absent="unpack it first",
+                                              running="")
             await self._preflight.ensure_releases_file(ctx, st)
             st.detail = await self._preflight.check_config(version, None, ctx)
         await self._switch.pre_install_hooks(version, options, ctx)
@@ -114,8 +108,7 @@ class SingleSteps(EngineParts):
     @guarded("make_permanent")
     async def make_permanent(self, ctx: OperationContext, version: str) -> Result:
         async with self.steps.step("preflight") as st:
-            await self._core.read_node(ctx)
-            target = ctx.find(version)
+            target = await self._preflight.read_target(ctx, version)
             if target is None or not target.running:
                 state = target.status if target else "not on the node"
                 raise Failure(FAILED_UNCHANGED, f"{version} is {state}; only the running "
@@ -127,10 +120,8 @@ class SingleSteps(EngineParts):
     @guarded("remove")
     async def remove(self, ctx: OperationContext, version: str) -> Result:
         async with self.steps.step("preflight") as st:
-            await self._core.read_node(ctx)
-            target = ctx.find(version)
-            if target is None:
-                raise Failure(FAILED_UNCHANGED, f"release {version} is not on {self.node.name}")
+            target = await self._preflight.read_target(ctx, version, absent="")
+            assert target is not None  # read_target refused its absence
             if target.running or target.status in ("permanent", "current"):
                 raise Failure(FAILED_UNCHANGED, f"{version} is {target.status} on "
                                                  f"{self.node.name}; the running or "

@@ -92,16 +92,14 @@ class ReleaseEngine(SingleSteps):
         the release that tarball replaces (--replace)."""
         stale = None
         async with self.steps.step("preflight") as st:
-            await self._core.read_node(ctx)
-            target = ctx.find(version)
+            target = await self._preflight.read_target(
+                ctx, version, absent=None if tarball is not None else
+                "pass --tarball FILE to upload it")
             if _up_to_date(target):
                 st.detail = (f"{version} already runs and is permanent on {self.node.name}; "
                              "nothing to do" + ("; the uploaded tarball is not needed"
                                                 if tarball is not None else ""))
                 return target, None, None
-            if target is None and tarball is None:
-                raise Failure(FAILED_UNCHANGED, f"release {version} is not on {self.node.name}; "
-                                                 "pass --tarball FILE to upload it")
             if target is not None and tarball is not None:
                 if self._preflight.existing_release(target, tarball, ctx,
                                                     replace=options.replace):
@@ -137,14 +135,8 @@ class ReleaseEngine(SingleSteps):
     @guarded("downgrade")
     async def downgrade(self, ctx: OperationContext, version: str, options: Options) -> Result:
         async with self.steps.step("preflight") as st:
-            await self._core.read_node(ctx)
-            target = ctx.find(version)
-            if target is None:
-                known = ", ".join(f"{r.version} ({r.status})" for r in ctx.releases)
-                raise Failure(FAILED_UNCHANGED, f"release {version} is not on "
-                                                 f"{self.node.name} (it has: {known})")
-            if target.running:
-                raise Failure(FAILED_UNCHANGED, f"{version} already runs on {self.node.name}")
+            target = await self._preflight.read_target(ctx, version, absent="", running="")
+            assert target is not None  # read_target refused its absence
             if target.status == "unpacked":
                 raise Failure(FAILED_UNCHANGED, f"{version} was never installed on "
                                                  f"{self.node.name}; use `relctl upgrade "

@@ -257,7 +257,8 @@ def test_unknown_version_without_tarball_changes_nothing(
         agent: AgentProc, counter_node: NodeProc) -> None:
     result = relctl("upgrade", "9.9.9", agents=[agent.address])
     assert result.returncode == 1
-    assert "release 9.9.9 is not on counter@localhost; pass --tarball FILE to upload it" \
+    assert ("release 9.9.9 is not on counter@localhost (it has: 0.0.1 (permanent)); "
+            "pass --tarball FILE to upload it") \
         in result.stdout
     assert counter_state(counter_node) == "0"
 

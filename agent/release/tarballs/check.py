@@ -24,7 +24,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.relfile import RelSyntaxError, parse_rel
+from agent.relfile import RelSyntaxError, decode, parse_rel
 
 from .stream import (
     CHUNK,
@@ -328,11 +328,7 @@ def _read_rel(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> _RelFil
         return _BadRel(info.name, f"{info.size} bytes, more than the {REL_MAX} a .rel may have")
     data = _read_capped(tar, info, REL_MAX)
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")  # Erlang's encoding for source files before OTP 17
-    try:
-        rel_name, vsn, erts, apps = parse_rel(text)
+        rel_name, vsn, erts, apps = parse_rel(decode(data))
     except RelSyntaxError as e:
         return _BadRel(info.name, str(e))
     return _RelFile(name, rel_name, vsn, erts, apps)

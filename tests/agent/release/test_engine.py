@@ -432,7 +432,8 @@ async def test_upgrade_to_an_unknown_release_without_a_tarball_is_refused(rig: R
     result = await rig.engine.upgrade("9.9.9", None, FAST)
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "9.9.9",
-                  f"release 9.9.9 is not on {NODE}; pass --tarball FILE to upload it")
+                  f"release 9.9.9 is not on {NODE} (it has: 0.0.1 (permanent)); pass "
+                  "--tarball FILE to upload it")
     assert rig.log.ended() == [("preflight", "failed")]
     rig.done()
 
@@ -1466,7 +1467,8 @@ async def test_install_installs_and_verifies_but_does_not_make_permanent(rig: Ri
 
 
 @pytest.mark.parametrize(("version", "error"), [
-    ("0.0.3", f"release 0.0.3 is not on {NODE}; unpack it first"),
+    ("0.0.3", f"release 0.0.3 is not on {NODE} (it has: 0.0.2 (unpacked), 0.0.1 (permanent)); "
+              "unpack it first"),
     ("0.0.1", f"0.0.1 already runs on {NODE}"),
 ])
 async def test_install_refuses_a_release_it_cannot_install(
@@ -1571,7 +1573,7 @@ async def test_remove_removes_an_old_release(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize(("entries", "version", "error"), [
-    (DONE, "0.0.3", f"release 0.0.3 is not on {NODE}"),
+    (DONE, "0.0.3", f"release 0.0.3 is not on {NODE} (it has: 0.0.2 (permanent), 0.0.1 (old))"),
     (DONE, "0.0.2", f"0.0.2 is permanent on {NODE}; the running or permanent release cannot "
                     "be removed"),
     (CURRENT, "0.0.1", f"0.0.1 is permanent on {NODE}; the running or permanent release "

@@ -7,7 +7,7 @@ register it with ``release_handler:set_unpacked`` at the unpack step: the node d
 nothing. Otherwise (a root of another owner, read-only, ...) the tarball is put whole into
 the node's releases directory and ``release_handler:unpack_release`` extracts and registers it.
 What this operation places is written to the agent's ledger before the first file is, and
-kept in its context with the one way back (:meth:`Staging.undo`, run by ``base.guarded``): a
+kept in its context with the one way back (:meth:`Staging.undo`, run by ``core.guarded``): a
 failed check, a refused hook or a dry run leaves the node's releases as they were, and an
 operation that never finished is taken back by the next one from that record. Nothing is ever
 deleted that the release root's in-use set holds (inuse.py).

@@ -73,11 +73,11 @@ class ReleaseEngine(SingleSteps):
 
         await self._check_upgrade(version, ctx, options)
         if options.dry_run:
-            # What the stage placed is taken back by the operation's one undo (base.guarded).
+            # What the stage placed is taken back by the operation's one undo (core.guarded).
             self.steps.skip_between(f"{PRE_INSTALL}:*", "make_permanent", "--dry-run",
                                     options.hooks)
             # Nothing changed since preflight read them (an unpack is taken back, then they
-            # are read again: base.guarded).
+            # are read again: core.guarded).
             return Result(DRY_RUN, ctx.from_version, version, releases=ctx.releases,
                           detail="checks passed; nothing was changed")
 

@@ -85,7 +85,7 @@ def test_hooks_run_in_order_around_install_as_steps_for_upgrade_and_downgrade(
     assert dry.returncode == 0, dry.stdout + dry.stderr
     dry_op = dry.json()["operation"]
     # The steps a real run would take are shown skipped; then the one undo takes back the
-    # unpack (base.guarded).
+    # unpack (core.guarded).
     assert steps(dry_op)[4:] == [
         ("pre_install:pre-a", "skipped"),
         ("pre_install:pre-b", "skipped"), ("install", "skipped"),

@@ -753,7 +753,7 @@ async def test_an_install_that_fails_without_a_restart_is_taken_back(rig: Rig) -
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
                   'install_release(0.0.2) failed: {bad_relup_file,"relup"}')
-    # The one take-back runs once the operation's own steps are over (base.guarded).
+    # The one take-back runs once the operation's own steps are over (core.guarded).
     assert rig.log.ended()[-2:] == [("install", "failed"), ("undo_unpack", "succeeded")]
     assert rig.node.restart_waits == [(5.0, FAST.restart_timeout)]
     rig.done()
@@ -921,7 +921,7 @@ async def test_a_dry_run_unpacks_checks_and_takes_everything_back(rig: Rig) -> N
     assert_result(result, DRY_RUN, "0.0.1", "0.0.2")
     assert result.detail == "checks passed; nothing was changed"
     assert versions(result) == [("0.0.1", "permanent")]
-    # The one undo runs once the operation's own steps are over (base.guarded).
+    # The one undo runs once the operation's own steps are over (core.guarded).
     assert rig.log.ended() == [
         ("preflight", "succeeded"), ("stage", "succeeded"), ("unpack", "succeeded"),
         ("check", "succeeded"), ("install", "skipped"), ("verify", "skipped"),

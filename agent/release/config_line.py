@@ -10,7 +10,7 @@ would: it reads the file on the node, takes the line of each top-level expressio
 expression of that prefix is the one that fails. A config file is meant to be free of side
 effects; it is read again by every boot and every reload anyway.
 
-Only calls through the given :class:`~agent.release.base.Caller`-like function; no I/O of its
+Only calls through the given :class:`~agent.release.values.Caller`-like function; no I/O of its
 own.
 """
 

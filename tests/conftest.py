@@ -14,7 +14,6 @@ root a ``RELCTL_TEST_OTP=27`` run asks for is missing (see
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 from collections.abc import Generator, Iterator, Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import failures, otp_select
+from tests.tools import failures, needs, otp_select
 from tests.tools.otp_procs import EpmdProc, NodeProc, pid_exists, start_epmd, start_node
 from tests.tools.release_fixture import ReleaseBuild, build_release, make_target_copy
 
@@ -46,7 +45,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reason = otp_missing_reason()
     if reason is None:
         return
-    if os.environ.get("CI"):
+    if needs.under_ci():
         # CI installs OTP itself (.ci/setup, .ci/otp27-root); a skip there would hide that the
         # real tests never ran, so the run fails with the reason.
         raise pytest.UsageError(f"{reason}; CI must run the tests against real OTP")
@@ -60,6 +59,10 @@ _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 def pytest_configure(config: pytest.Config) -> None:
     failures.install()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    needs.check_marks(item)  # a missing tool or privilege: a skip, or a failure under CI
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ import pytest
 
 from agent.config import DEFAULT_SOCKET, DEFAULT_STATE_DIR, AgentConfig
 from agent.daemon.main import DEFAULT_CONFIG, EXIT_CONFIG
+from tests.tools.needs import needs_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_NAME = "relctl-agent.service"
@@ -30,8 +31,7 @@ HOST_UNITS = Path("/usr/lib/systemd/system")
 MAX_EXPOSURE = 3.0  # our bar, stricter than what systemd-analyze still calls "OK"
 ANALYZE = shutil.which("systemd-analyze")
 
-pytestmark = pytest.mark.skipif(ANALYZE is None, reason="needs systemd-analyze (Debian package "
-                                                        "systemd; .ci/setup installs it)")
+pytestmark = needs_tool("systemd-analyze", hint="Debian package systemd; .ci/setup installs it")
 
 
 def make_root(tmp_path: Path, *, unit_text: str | None = None, drop_in: bool = False) -> Path:

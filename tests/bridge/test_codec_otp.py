@@ -3,7 +3,6 @@ back what we write, equal (=:=) to the original."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,11 @@ from typing import Any
 import pytest
 
 from bridge import Atom, BitString, Export, Fun, ImproperList, Pid, Port, Reference, decode, encode
+from tests.tools.needs import needs_tool
 
 pytestmark = [
     pytest.mark.otp,
-    pytest.mark.skipif(shutil.which("escript") is None, reason="needs Erlang/OTP (escript): run .ci/setup"),
+    needs_tool("escript", hint="Erlang/OTP: run .ci/setup"),
 ]
 
 ORACLE = Path(__file__).with_name("etf_oracle.escript")

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import NodeFactory
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
+from tests.tools.needs import require_root, unavailable
 from tests.tools.otp_procs import NodeProc, erl_eval
 from tests.tools.release_fixture import ReleaseBuild, make_target_copy
 
@@ -122,8 +123,7 @@ def test_an_upgrade_through_the_agents_unpack_migrates_the_state_and_goes_back(
 def test_a_root_of_another_owner_is_unpacked_by_the_node_and_says_why(
         agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
         tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("giving the release root to another user needs root")
+    require_root("giving the release root to another user")
     # The node runs as root and can still write; the agent must not leave files of its own
     # user in a root that belongs to another one.
     subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(counter_node.root)], check=True,
@@ -182,7 +182,7 @@ def test_a_disk_that_fills_up_mid_extract_leaves_nothing_behind(
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                           capture_output=True, timeout=30)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.decode().strip()}")
+        unavailable(f"cannot mount a tmpfs (needs root): {done.stderr.decode().strip()}")
     tmpfs.append(mount)
     root = make_target_copy(release_build, mount / "counter")
     node = node_factory("counter@localhost", target=root)

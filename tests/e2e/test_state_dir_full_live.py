@@ -27,6 +27,7 @@ from tests.tools.agent_proc import (
     relctl_env,
     start_agent,
 )
+from tests.tools.needs import unavailable
 from tests.tools.otp_procs import NodeProc, erl_eval
 from tests.tools.release_fixture import ReleaseBuild
 from tests.tools.tarball_variants import rewrite_tarball
@@ -51,7 +52,7 @@ def mount_tmpfs(mounted: list[Path], path: Path, size: str) -> Path:
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs",
                            str(path)], capture_output=True, timeout=30)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.decode().strip()}")
+        unavailable(f"cannot mount a tmpfs (needs root): {done.stderr.decode().strip()}")
     mounted.append(path)
     return path
 

@@ -6,7 +6,6 @@ as what it is, and fast; a real relctl-agent with [distribution_tls] shows the n
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import time
 from collections.abc import Iterator
@@ -19,12 +18,12 @@ from bridge import Atom, CookieRejected, Node, TlsCause, TlsHandshakeFailed
 from tests.conftest import current_test_failed
 from tests.tools import otp_select
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
+from tests.tools.needs import needs_tool, unavailable
 from tests.tools.otp_procs import EpmdProc, NodeProc, pid_exists, start_epmd, start_node
 from tests.tools.pki import CertPair, TestCA
 from tests.tools.release_fixture import ReleaseBuild, make_target_copy
 
-pytestmark = [pytest.mark.otp,
-              pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")]
+pytestmark = [pytest.mark.otp, needs_tool("openssl")]
 
 TLS_APPS = ("asn1", "crypto", "public_key", "ssl")  # what inet_tls_dist loads
 
@@ -49,7 +48,7 @@ def _ssl_code_path(build: ReleaseBuild) -> list[str]:
     for app in TLS_APPS:
         found = sorted(otp_select.host_view(lib).glob(f"{app}-*/ebin"))
         if not found:
-            pytest.skip(f"the OTP at {build.otp.root_dir} has no {app} application")
+            unavailable(f"the OTP at {build.otp.root_dir} has no {app} application")
         args += ["-pa", str(lib / found[-1].parent.name / "ebin")]  # as the node sees it
     return args
 

@@ -1,12 +1,12 @@
-"""Read-only bind mounts for e2e tests (root with CAP_SYS_ADMIN only; skipped otherwise).
-The ``read_only`` fixture of tests/e2e/conftest.py unmounts them after the test."""
+"""Read-only bind mounts for e2e tests (root with CAP_SYS_ADMIN only; skipped otherwise, failed
+under CI). The ``read_only`` fixture of tests/e2e/conftest.py unmounts them after the test."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.tools.needs import unavailable
 
 
 def mount_read_only(mounted: list[Path], path: Path) -> None:
@@ -14,7 +14,7 @@ def mount_read_only(mounted: list[Path], path: Path) -> None:
     bind = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True,
                           timeout=30)
     if bind.returncode != 0:
-        pytest.skip(f"cannot bind-mount (needs root): {bind.stderr.decode().strip()}")
+        unavailable(f"cannot bind-mount (needs root): {bind.stderr.decode().strip()}")
     mounted.append(path)
     subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True,
                    capture_output=True, timeout=30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 import stat
 import subprocess
@@ -11,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools.needs import needs_tool
 from tests.tools.pki import CertPair, TestCA
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+pytestmark = needs_tool("openssl")
 
 
 def openssl(*args: str) -> subprocess.CompletedProcess[str]:

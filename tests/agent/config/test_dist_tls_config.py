@@ -14,9 +14,10 @@ from agent.config import NodeConfig, client_context, hint, load_config
 from agent.errors import ConfigError
 from agent.nodes.manager import NodeManager
 from bridge import TlsCause
+from tests.tools.needs import needs_tool
 from tests.tools.pki import CertPair, TestCA
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+pytestmark = needs_tool("openssl")
 
 BASE = """
 [agent]

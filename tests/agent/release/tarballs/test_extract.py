@@ -14,6 +14,8 @@ import pytest
 from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
 from agent.release.tarballs.extract import extract, place, why_not_write
 
+from tests.tools.needs import needs_root
+
 REL = (b'{release, {"counter", "0.0.2"}, {erts, "13.1.5"}, '
        b'[{kernel, "8.5.3"}, {counter, "0.0.2"}]}.')
 
@@ -102,8 +104,7 @@ def _as_nodes_user(root: Path, mode: int) -> None:
         os.chmod(path, mode)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
-                    reason="giving the root to another user needs root (chown)")
+@needs_root("giving the root to another user (chown)")
 def test_a_root_shared_by_group_is_unpacked_group_writable(root: Path, tmp_path: Path) -> None:
     """Issue 22, point 5: the root belongs to the node's user, group-writable and setgid for
     a group of the agent's: the agent unpacks there, and what it places stays writable (so
@@ -123,8 +124,7 @@ def test_a_root_shared_by_group_is_unpacked_group_writable(root: Path, tmp_path:
     assert beam.stat().st_gid == os.getegid()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
-                    reason="giving the root to another user needs root (chown)")
+@needs_root("giving the root to another user (chown)")
 def test_a_root_of_another_user_not_shared_names_users_and_groups(root: Path) -> None:
     _as_nodes_user(root, 0o755)
     why = why_not_write(root, root / "releases")

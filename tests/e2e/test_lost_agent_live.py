@@ -77,7 +77,8 @@ def test_a_cli_that_lost_its_agent_mid_operation_says_it_may_go_on(
             cli.kill()
             cli.wait(10)
     message = " ".join(err.split())
-    assert cli.returncode not in (0, 1), (cli.returncode, out, err)
+    # 6, not 1: the node may be changed by the operation that goes on (README, exit codes).
+    assert cli.returncode == 6, (cli.returncode, out, err)
     assert "may go on" in message or "may continue" in message, err
     # The id when the stream had brought it before the agent died; else the generic hint.
     assert (f"relctl operation {op_id}" in message
@@ -90,7 +91,7 @@ def test_a_cli_that_lost_its_agent_mid_operation_says_it_may_go_on(
     agents.append(start_agent(workdir, [entry], metrics=False, extra_agent=extra))
     shown = relctl("operation", str(op_id), "-o", "json", agents=[socket],
                    env={"RELCTL_TOKEN_FILE": ""})
-    assert shown.returncode != 4, shown.stderr  # the operation is found
+    assert shown.returncode == 0, shown.stderr  # the operation is found and shown
     assert shown.json()["operation"]["outcome"] == "interrupted", shown.stdout
 
 

@@ -280,6 +280,12 @@ class Connection:
         return self._rpc.spawn
 
     @property
+    def spawned_held(self) -> int:
+        """Processes spawned for calls that are still watched (0 once every call has ended:
+        a timed-out call leaves no monitor on the node)."""
+        return self._rpc.spawned_held
+
+    @property
     def tls_version(self) -> str | None:
         """The TLS version of the link ("TLSv1.2"), or None over plain TCP."""
         return self._protocol.tls_version()
@@ -374,7 +380,10 @@ class Connection:
 
     # --- called by the protocol ---------------------------------------------------------
 
-    def _on_data(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
+        """Bytes of the connected phase, as the socket delivered them (any split): the
+        protocol passes them on; a test may feed frames here without a socket. Raises
+        BridgeError when the stream is broken beyond one message."""
         events, owed = self._session.receive_data(data)
         if owed:
             self._protocol.write(owed)
@@ -521,7 +530,7 @@ class _DistProtocol(asyncio.Protocol):
     def _connected_data(self, data: bytes) -> None:
         assert self._conn is not None
         try:
-            self._conn._on_data(data)
+            self._conn.data_received(data)
         except BridgeError as exc:  # the stream is broken beyond one message
             log.error("protocol error from %s, closing: %s", self._conn.peer, exc)
             self.abort_transport()

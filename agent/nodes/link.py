@@ -99,6 +99,12 @@ class NodeLink:
     def state(self) -> NodeState:
         return self._state
 
+    @property
+    def bridge_node(self) -> Node:
+        """The bridge node this link connects with: the config's cookie, TLS context, server
+        name and decode budget (a new one once the cookie file changed)."""
+        return self._bridge
+
     # --- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:

@@ -62,7 +62,7 @@ async def test_a_reply_answers_its_call_whatever_its_control(op: int) -> None:
     await asyncio.sleep(0)
     _, (our_pid, ref), _ = sent_call(recorder)
     control = (2, Atom(""), our_pid) if op == 2 else (22, PEER, our_pid)
-    conn._on_data(frame(control, (ref, Atom("counter@localhost"))))
+    conn.data_received(frame(control, (ref, Atom("counter@localhost"))))
     assert await call == Atom("counter@localhost")
     conn.abort()
 
@@ -73,7 +73,7 @@ async def test_an_undecodable_reply_fails_its_call_with_decode_error() -> None:
     await asyncio.sleep(0)
     _, (our_pid, ref), _ = sent_call(recorder)
     good = frame((22, PEER, our_pid), (ref, Atom("x")))
-    conn._on_data(good[:-3] + b"\x01\x01\x01")
+    conn.data_received(good[:-3] + b"\x01\x01\x01")
     with pytest.raises(DecodeError, match="reply from counter@localhost could not be decoded"):
         await call
     conn.abort()

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,11 @@ from bridge import (
     EpmdUnreachable,
     Node,
     NodeNotFound,
+    Pid,
 )
+from bridge.handshake import ClientHandshake
 from tests.tools.otp_procs import erl_eval, free_port
+from tests.tools.polls import until_async
 
 pytestmark = pytest.mark.otp
 
@@ -99,15 +103,34 @@ async def test_a_thousand_concurrent_calls_on_one_connection(counter_node: Any) 
         assert echoed == [(Atom("n"), i, b"x" * i) for i in range(200)]
 
 
+SLEEPING = (Atom("current_function"), (Atom("timer"), Atom("sleep"), 1))
+
+
+async def sleepers(conn: Any) -> list[Pid]:
+    """The node's processes in timer:sleep/1, found over the connection itself."""
+    pids = await conn.call("erlang", "processes", [])
+    where = await asyncio.gather(*(conn.call("erlang", "process_info", [p, Atom("current_function")])
+                                   for p in pids))
+    return [pid for pid, at in zip(pids, where) if at == SLEEPING]
+
+
 async def test_deadline_and_late_reply(counter_node: Any) -> None:
     async with bridge_node(counter_node).connect(counter_node.name) as conn:
         started = time.monotonic()
         with pytest.raises(BridgeTimeout, match="timer:sleep/1 on .* did not answer within 0.3 s"):
             await conn.call("timer", "sleep", [1500], timeout=0.3)
         assert time.monotonic() - started < 1.0
-        await asyncio.sleep(1.5)  # the late reply arrives now and is dropped
+        [sleeper] = await sleepers(conn)  # the call's process runs on
+        # Once it has ended, its late reply (if the node still sends one) came before the
+        # answer to any call made after: one stream, in order.
+        await until_async(lambda: negated(conn.call("erlang", "is_process_alive", [sleeper])),
+                          what="the timed-out call's process ends")
         assert await conn.call("erlang", "abs", [-1]) == 1
         assert conn.pending_calls == 0
+
+
+async def negated(answer: Awaitable[Any]) -> bool:
+    return not await answer
 
 
 async def test_killed_node_fails_every_pending_call_at_once(counter_node: Any) -> None:
@@ -133,14 +156,30 @@ async def test_ticks_keep_an_idle_link_up(node_factory: Any) -> None:
 
 
 async def test_without_ticks_the_peer_drops_us(node_factory: Any) -> None:
-    """The control for the test above: it would fail if ticks did not matter."""
+    """The control for the test above: it would fail if ticks did not matter. A hidden node
+    that completes the handshake (the bridge's own, sans-IO) and then sends nothing, not even
+    an answer to the node's ticks, is dropped after net_ticktime."""
     target = node_factory(name="strict@localhost", extra_args=("-kernel", "net_ticktime", "2"))
-    conn = await Node(cookie=target.cookie, epmd_port=target.epmd_port).connect(target.name)
-    conn._timer.cancel()  # never send ticks of our own...
-    receive = conn._session.receive_data
-    conn._session.receive_data = lambda data: (receive(data)[0], b"")  # ...nor answer the peer's
-    reason = await asyncio.wait_for(conn.wait_closed(), timeout=10)
-    assert reason and conn.is_closed
+    us = bridge_node(target)
+    address = await us.lookup(target.name)
+    reader, writer = await asyncio.open_connection("localhost", address.port)
+    try:
+        handshake = ClientHandshake(our_name=us.name, peer_name=target.name,
+                                    cookie=target.cookie, creation=us.creation)
+        writer.write(handshake.start())
+        while handshake.result is None:
+            data = await asyncio.wait_for(reader.read(4096), timeout=5)
+            assert data, "the node closed the connection during the handshake"
+            writer.write(handshake.receive_data(data))
+        connected = time.monotonic()
+        ticks = 0
+        while await asyncio.wait_for(reader.read(4096), timeout=10):  # b"": the node closed it
+            ticks += 1
+        silent_for = time.monotonic() - connected
+    finally:
+        writer.close()
+    # Dropped for the silence (about net_ticktime), not at once for a bad handshake.
+    assert ticks >= 1 and 1.0 <= silent_for <= 6.0, (ticks, silent_for)
 
 
 async def test_full_hot_upgrade_and_downgrade_through_release_handler(counter_node: Any, release_build: Any) -> None:

@@ -4,16 +4,22 @@ path gives (what the agent relies on), and a call given up on leaves no monitor 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 
 from bridge import Atom, BadRpc, BridgeTimeout, Node
 from tests.tools.otp_procs import erl_eval
+from tests.tools.polls import until_async
 
 pytestmark = pytest.mark.otp
 
 EXIT = Atom("EXIT")
+
+
+async def equal(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
 
 
 async def outcome(conn: Any, module: str, function: str, args: list[Any]) -> Any:
@@ -74,13 +80,18 @@ async def test_a_timed_out_call_leaves_no_monitor_on_the_node(counter_node: Any)
     watched = WATCHED.replace("{node}", node.name)
     async with node.connect(counter_node.name) as conn:
         call = asyncio.ensure_future(conn.call("timer", "sleep", [20_000], timeout=6.0))
-        await asyncio.sleep(0.3)
-        assert (await asyncio.to_thread(erl_eval, counter_node, watched)).strip() == "1"
+
+        async def watching() -> str:
+            return (await asyncio.to_thread(erl_eval, counter_node, watched)).strip()
+        # The call's process is spawned and monitored by us (the probe is one erl run each).
+        await until_async(lambda: equal(watching(), "1"), what="our monitor on the call's process",
+                          timeout=5.0, interval=0.05)
         with pytest.raises(BridgeTimeout):
             await call
-        await asyncio.sleep(0.3)
-        # The process runs on (erpc does not kill it either), but we no longer watch it.
+        # The process runs on (erpc does not kill it either), but we no longer watch it: the
+        # DEMONITOR is on its way, so poll for it rather than guess how long it takes.
+        await until_async(lambda: equal(watching(), "0"), what="the monitor is taken off",
+                          timeout=10.0, interval=0.05)
         assert int((await asyncio.to_thread(erl_eval, counter_node, SLEEPERS)).strip()) >= 1
-        assert (await asyncio.to_thread(erl_eval, counter_node, watched)).strip() == "0"
-        assert conn.pending_calls == 0 and conn._rpc.spawned_held == 0
+        assert conn.pending_calls == 0 and conn.spawned_held == 0
         assert await conn.call("erlang", "abs", [-1]) == 1

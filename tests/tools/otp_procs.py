@@ -270,7 +270,7 @@ class ManagedProcess:
         self._proc = proc
         self.pid = proc.pid
         self.log_path = log_path
-        self._owned_dir = owned_dir  # removed by stop(), after its log is kept in final_log
+        self.owned_dir = owned_dir  # removed by stop(), after its log is kept in final_log
         self.final_log: str | None = None
 
     def running(self) -> bool:
@@ -287,9 +287,9 @@ class ManagedProcess:
 
     def stop(self, grace: float | None = None) -> None:
         _terminate(self._proc, self.stop_grace if grace is None else grace)
-        if self._owned_dir is not None and self.final_log is None:
+        if self.owned_dir is not None and self.final_log is None:
             self.final_log = self.log_text()
-            shutil.rmtree(self._owned_dir, ignore_errors=True)
+            shutil.rmtree(self.owned_dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self
@@ -385,7 +385,7 @@ def start_epmd(
         log_path = base / f"epmd-{chosen}.log"
         started = _start_epmd_once(chosen, log_path, timeout)
         if started is not None:
-            started._owned_dir = base if owned else None
+            started.owned_dir = base if owned else None
             return started
     last_log = (base / f"epmd-{tried[-1]}.log").read_text("utf-8", "replace")
     if owned:

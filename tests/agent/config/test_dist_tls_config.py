@@ -162,9 +162,9 @@ def test_every_link_gets_the_context_discovered_ones_too(tmp_path: Path,
     found = manager.add(NodeConfig(name="found@localhost", cookie_file=tmp_path / "counter.cookie",
                                    cookie="s3cret"))
     links = [manager.get("counter@localhost"), found]
-    contexts = {id(link._bridge.tls) for link in links}
-    assert len(contexts) == 1 and links[0]._bridge.tls is not None
-    assert all(link._bridge.tls_server_name == "node.example" for link in links)
+    contexts = {id(link.bridge_node.tls) for link in links}
+    assert len(contexts) == 1 and links[0].bridge_node.tls is not None
+    assert all(link.bridge_node.tls_server_name == "node.example" for link in links)
 
 
 def test_every_tls_cause_has_its_own_hint() -> None:

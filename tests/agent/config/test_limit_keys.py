@@ -52,7 +52,7 @@ def test_decode_caps_reach_each_node_link(tmp_path: Path) -> None:
     config = _load(tmp_path, "max_term_elements = 5000\nmax_term_bytes = 70000\n"
                    f'[[nodes]]\nname = "a@localhost"\ncookie_file = "{cookie}"\n')
     link = NodeManager.from_config(config).get("a@localhost")
-    budget = link._bridge.decode_budget  # noqa: SLF001 - what the bridge node was given
+    budget = link.bridge_node.decode_budget
     assert (budget.max_elements, budget.max_bytes) == (5000, 70000)
     assert budget.elements_setting == "[agent] max_term_elements"
 

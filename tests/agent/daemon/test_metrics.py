@@ -17,6 +17,7 @@ from agent.daemon.metrics import AgentMetrics
 from agent.nodes.link import NodeState
 from agent.release.releases import Release
 from tests.tools.otp_procs import free_port
+from tests.tools.polls import until
 
 STATES = (
     NodeState("a@h", up=True, since=0.0, releases=(
@@ -94,6 +95,14 @@ async def test_served_over_http_on_loopback() -> None:
     assert second["beam_node_up"] == [({"node": "a@h"}, 0.0)]
 
 
+async def _to_the_end(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before it closed the connection (b"" after a reset)."""
+    try:
+        return await reader.read()
+    except ConnectionError:
+        return b""
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -109,20 +118,28 @@ async def test_idle_connections_are_capped_and_timed_out() -> None:
     server = await m.serve(Address("127.0.0.1", free_port()), max_connections=32,
                            idle_timeout=0.5)
     writers: list[asyncio.StreamWriter] = []
+    ends: list[asyncio.Future[bytes]] = []  # each connection read to its end: closed by the server
     try:
         before = _open_fds()
         for _ in range(idle):
-            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writers.append(writer)
-        await asyncio.sleep(0.1)
+            ends.append(asyncio.ensure_future(_to_the_end(reader)))
+        # Every connection taken: held, or answered 503 and closed.
+        await until(lambda: sum(e.done() for e in ends) + server.open_connections == idle,
+                    what="the server took every connection")
         assert server.open_connections <= 32
         # Our client ends plus at most 32 served ones: the server keeps no more.
         assert _open_fds() - before <= idle + 32 + 8
-        await asyncio.sleep(0.8)  # past the idle timeout: the held ones are closed
-        assert server.open_connections == 0
+        assert all(e.result().startswith(b"HTTP/1.1 503 ") or e.result() == b""
+                   for e in ends if e.done())
+        # Past the idle timeout the held ones are closed.
+        await until(lambda: server.open_connections == 0, what="the idle ones are closed")
         text = await asyncio.to_thread(scrape, f"http://127.0.0.1:{server.port}/metrics")
         assert "beam_node_up" in text
     finally:
+        for end in ends:
+            end.cancel()
         for writer in writers:
             writer.close()
         await server.close()

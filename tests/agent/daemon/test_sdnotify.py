@@ -20,6 +20,7 @@ import pytest
 from agent.daemon.sdnotify import MAX_STATUS, Notifier, nodes_status
 from tests.tools.agent_proc import NodeEntry, eventually, start_agent
 from tests.tools.otp_procs import free_port
+from tests.tools.polls import until
 
 
 class Receiver:
@@ -205,18 +206,23 @@ def test_an_unreachable_socket_never_raises_and_warns_once(
 # --- the watchdog ---------------------------------------------------------------------------
 
 
-def run_for(notifier: Notifier, seconds: float, status: Callable[[], str] | None = None,
-            during: Callable[[], object] | None = None, status_interval: float = 15.0) -> None:
-    """Run the watchdog task for ``seconds``; ``during`` runs on the loop half-way."""
+def run_until(notifier: Notifier, *waits: tuple[str, Callable[[], bool]],
+              status: Callable[[], str] | None = None, status_interval: float = 15.0,
+              between: Callable[[], object] | None = None) -> None:
+    """Run the watchdog task until the receiver got what each of ``waits`` waits for (polled,
+    5 s at most each), in turn; ``between`` runs on the loop between two waits."""
     async def main() -> None:
         task = asyncio.create_task(notifier.run_watchdog(status, status_interval=status_interval))
-        await asyncio.sleep(seconds / 2)
-        if during is not None:
-            during()
-        await asyncio.sleep(seconds / 2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        try:
+            for i, (what, check) in enumerate(waits):
+                if i and between is not None:
+                    between()
+                await until(check, what=what)
+            assert not task.done()  # it runs until cancelled
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
     asyncio.run(main())
 
@@ -224,17 +230,19 @@ def run_for(notifier: Notifier, seconds: float, status: Callable[[], str] | None
 def test_watchdog_pings_come_every_half_watchdog_usec(receiver: Receiver) -> None:
     notifier = Notifier.from_environ(socket_env(receiver, WATCHDOG_USEC="200000"))
     assert notifier.watchdog_interval == 0.1
-    run_for(notifier, 0.75)
+    run_until(notifier, ("six pings", lambda: len(pings(receiver)) >= 6))
     times = pings(receiver)
-    assert 5 <= len(times) <= 9, times  # at 0, 0.1, ... 0.7
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(0.05 <= gap <= 0.3 for gap in gaps), gaps  # slack for a busy machine
+    assert all(0.05 <= gap <= 0.3 for gap in gaps), gaps  # ~0.1 s; slack for a busy machine
     notifier.close()
 
 
 def test_a_blocked_event_loop_stops_the_pings(receiver: Receiver) -> None:
     notifier = Notifier.from_environ(socket_env(receiver, WATCHDOG_USEC="100000"))
-    run_for(notifier, 0.4, during=lambda: time.sleep(0.5))  # blocks the loop, as a bug would
+    # Two pings, then the loop blocks (as a bug would) for 0.5 s, then one more ping.
+    run_until(notifier, ("two pings", lambda: len(pings(receiver)) >= 2),
+              ("a ping after the block", lambda: len(pings(receiver)) >= 3),
+              between=lambda: time.sleep(0.5))
     times = pings(receiver)
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert max(gaps) >= 0.45, gaps  # systemd (WatchdogSec=0.1) would have restarted us
@@ -246,8 +254,12 @@ def test_watchdog_pid_of_another_process_means_no_pings(receiver: Receiver, offs
     env = socket_env(receiver, WATCHDOG_USEC="100000", WATCHDOG_PID=str(os.getpid() + offset))
     notifier = Notifier.from_environ(env)
     assert notifier.watchdog_interval is None
-    run_for(notifier, 0.3, status=lambda: "1 node: 1 up", status_interval=0.05)
-    assert receiver.messages == ["STATUS=1 node: 1 up"]  # status still refreshed, never pinged
+    up = iter(range(1, 100))  # a new text each round: each round sends what it has
+    run_until(notifier, ("three rounds", lambda: len(receiver.messages) >= 3),
+              status=lambda: f"3 nodes: {next(up)} up", status_interval=0.05)
+    # Status still refreshed, never pinged.
+    sent = receiver.messages
+    assert sent == [f"STATUS=3 nodes: {n} up" for n in range(1, len(sent) + 1)], sent
     notifier.close()
 
 
@@ -265,13 +277,18 @@ def test_status_is_sent_with_the_ping_only_when_it_changed(receiver: Receiver) -
     texts = iter(["2 nodes: 2 up"] * 3 + ["2 nodes: 1 up, 1 down: b@h"] * 100)
     notifier = Notifier.from_environ(socket_env(receiver, WATCHDOG_USEC="100000"))
     notifier.ready("2 nodes: 2 up")
-    run_for(notifier, 0.7, status=lambda: next(texts),  # STOPPING at 0.35 s
-            during=lambda: notifier.stopping("stopping"))
+    stopping = "STOPPING=1\nSTATUS=stopping"
+
+    def after_stopping() -> list[str]:
+        messages = receiver.messages
+        return messages[messages.index(stopping) + 1:] if stopping in messages else []
+    run_until(notifier, ("READY, three pings and a new STATUS", lambda: len(receiver.messages) >= 5),
+              ("two rounds after STOPPING", lambda: len(after_stopping()) >= 2),
+              status=lambda: next(texts), between=lambda: notifier.stopping("stopping"))
     messages = receiver.messages
     assert messages[:5] == ["READY=1\nSTATUS=2 nodes: 2 up"] + ["WATCHDOG=1"] * 3 + [
         "WATCHDOG=1\nSTATUS=2 nodes: 1 up, 1 down: b@h"]
-    stop = messages.index("STOPPING=1\nSTATUS=stopping")
-    after = messages[stop + 1:]
+    after = after_stopping()
     assert after and set(after) == {"WATCHDOG=1"}  # pings go on, STATUS stays "stopping"
     notifier.close()
 
@@ -282,8 +299,8 @@ def test_a_failing_status_callable_costs_the_status_not_the_pings(
         raise KeyError("bug")
 
     notifier = Notifier.from_environ(socket_env(receiver, WATCHDOG_USEC="100000"))
-    run_for(notifier, 0.35, status=broken)
-    assert len(pings(receiver)) >= 3 and set(receiver.messages) == {"WATCHDOG=1"}
+    run_until(notifier, ("three pings", lambda: len(pings(receiver)) >= 3), status=broken)
+    assert set(receiver.messages) == {"WATCHDOG=1"}
     [warning] = logged.at(logging.WARNING)
     assert "cannot compute the systemd STATUS text" in warning
     notifier.close()

@@ -398,8 +398,7 @@ class ConfigReload:
         res = _refusals(await self._call("application_controller", "config_change", [before]))
         if res == _OK:
             return f"config_change/3 called for {', '.join(d.app.name for d in diffs)}"
-        refused = await self._style.reason(res[1] if isinstance(res, tuple) and len(res) == 2
-                                           else res)
+        refused = await self._style.reason(_why(res))
         # Put the old environment back and tell the applications, so none keeps a config
         # another one refused.
         now = await self._call("application_controller", "prep_config_change")
@@ -411,8 +410,13 @@ class ConfigReload:
                                        "callback) and reload again")
         raise Failure(FAILED, f"config_change/3 refused the new config: {refused}; restoring the "
                               f"previous environment was refused too: "
-                              f"{await self._style.reason(back)}. The "
+                              f"{await self._style.reason(_why(back))}. The "
                               "environment is the previous one; check the applications")
+
+
+def _why(refusal: Any) -> Any:
+    """The reason of config_change/1's {error, Reason}: both refusals are worded alike."""
+    return refusal[1] if isinstance(refusal, tuple) and len(refusal) == 2 else refusal
 
 
 def _refusals(res: Any) -> Any:

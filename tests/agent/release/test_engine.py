@@ -2,6 +2,11 @@
 of upgrade, downgrade and each single step, with the RPCs it makes in order, the steps it
 reports and the Result it returns.
 
+The engine unpacks as the agent builds it: it extracts the tarball (a real one, checked as an
+upload is) into the root on tmp_path itself and has the node register it with set_unpacked.
+Each flow that unpacks also runs with the fallback, unpack_release in the node
+(``BOTH_UNPACKS``); a few tests are about that fallback only (``UNPACK_IN_NODE``).
+
 The replies are release_handler's, as the e2e tests see them on a real node: which_releases
 entries {Name, Vsn, Libs, Status}; {ok, OtherVsn, Descr} from check/install_release; ok or
 {error, Reason} from make_permanent, set_removed and remove_release.
@@ -10,9 +15,12 @@ entries {Name, Vsn, Libs, Status}; {ok, OtherVsn, Descr} from check/install_rele
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
+import io
 import os
 import re
+import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -35,11 +43,11 @@ from agent.release.values import (
 )
 from agent.release.codecheck import CHECK_EXPR
 from agent.release.proccheck import OLD_CODE_EXPR, STALE_FUN_EXPR, STUCK_EXPR, TREE_EXPR
-from agent.release.tarballs.check import ReleaseTarball
-from agent.release.upgrade import ReleaseEngine
+from agent.release import ReleaseEngine, ReleaseTarball, UnpackLedger, inspect_tarball
 from bridge import Atom, BadRpc, ConnectionLost, Pid
 from tests.agent.release.scripted import (
     ERROR,
+    ERTS,
     NODE,
     OK,
     SYS_CONFIG,
@@ -75,17 +83,32 @@ PRE = Hook("flush", PRE_INSTALL, "counter_hooks", "run", (b"flush",))
 POST = Hook("warm", POST_INSTALL, "counter_hooks", "run", (b"warm",))
 
 
+# How the engine unpacks a tarball. By default as the agent does: it extracts the tarball
+# into the root itself (real files, on tmp_path), then has the node register it with
+# set_unpacked. Its fallback (a root the agent may not write): unpack_release in the node.
+BY_AGENT, IN_NODE = "by the agent", "in the node"
+BOTH_UNPACKS = pytest.mark.parametrize("rig", [BY_AGENT, IN_NODE], indirect=True)
+UNPACK_IN_NODE = pytest.mark.parametrize("rig", [IN_NODE], indirect=True)
+
+
 class Rig:
     """A ReleaseEngine over a ScriptedNode, with the node's release root on disk."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, unpack: str = BY_AGENT) -> None:
         self.root = root
+        self.unpack = unpack
         self.node = ScriptedNode()
         self.log = StepLog()
-        # unpack_release in the node: the way these scripts follow (the agent's own unpack,
-        # with real files, is in tarballs/test_extract.py and the e2e tests).
-        self.engine = ReleaseEngine(self.node, self.log, rpc_timeout=RPC_TIMEOUT,
-                                    agent_unpack=False)
+        self.engine = self.engine_with()
+
+    @property
+    def by_agent(self) -> bool:
+        return self.unpack == BY_AGENT
+
+    def engine_with(self, ledger: UnpackLedger | None = None) -> ReleaseEngine:
+        """An engine over this rig's node and log that unpacks as the rig says."""
+        return ReleaseEngine(self.node, self.log, rpc_timeout=RPC_TIMEOUT, ledger=ledger,
+                             agent_unpack=self.by_agent)
 
     def expect(self, *parts: Expect | Iterable[Expect]) -> None:
         for part in parts:
@@ -94,14 +117,15 @@ class Rig:
     def done(self) -> None:
         self.node.assert_done()
         assert self.log.balanced()
+        assert not list(self.root.glob(".relctl-unpack-*"))  # the agent's extraction dirs go
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Rig:
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Rig:
     root = tmp_path.resolve() / "counter"
     for folder in ("releases", "lib", "bin"):
         (root / folder).mkdir(parents=True)
-    return Rig(root)
+    return Rig(root, getattr(request, "param", BY_AGENT))
 
 
 def relup(version: str = "0.0.2", up: str = "0.0.1", down: str = "0.0.1") -> bytes:
@@ -110,21 +134,42 @@ def relup(version: str = "0.0.2", up: str = "0.0.1", down: str = "0.0.1") -> byt
             f' [{{"{down}",[],[point_of_no_return]}}]}}.\n').encode()
 
 
+def rel_text(version: str) -> bytes:
+    return (f'{{release, {{"counter", "{version}"}}, {{erts, "{ERTS}"}},\n'
+            f' [{{kernel, "8.5.3"}}, {{stdlib, "4.2"}}, {{counter, "{version}"}}]}}.\n').encode()
+
+
+LIB_FILES_KERNEL = "lib/kernel-8.5.3/ebin/kernel.app"
+LIB_FILES = {LIB_FILES_KERNEL: b"{application, kernel, []}.\n",
+             "lib/stdlib-4.2/ebin/stdlib.app": b"{application, stdlib, []}.\n"}
+
+
 def tarball(rig: Rig, version: str = "0.0.2", sys_config: bytes | None = SYS_CONFIG,
             relup_text: bytes | None = b"", data: bytes | None = None) -> ReleaseTarball:
-    """An uploaded tarball; its relup upgrades from 0.0.1 unless ``relup_text`` says else
-    (None: it has none)."""
-    data = f"the bytes of counter {version}".encode() if data is None else data
-    path = rig.root.parent / f"upload-{version}.tar.gz"
-    path.write_bytes(data)
-    return ReleaseTarball(path, "counter", version, "13.1.5", f"counter-{version}",
-                          f"releases/counter-{version}.rel",
-                          (("kernel", "8.5.3"), ("stdlib", "4.2"), ("counter", version)),
-                          sys_config, relup(version) if relup_text == b"" else relup_text,
-                          len(data), hashlib.sha256(data).hexdigest(),
-                          tops=frozenset({"releases", f"releases/counter-{version}.rel",
-                                          f"releases/{version}", "lib", f"lib/counter-{version}",
-                                          "lib/kernel-8.5.3", "lib/stdlib-4.2"}))
+    """An uploaded tarball, as systools builds one, checked as the agent checks an upload:
+    releases/counter-VSN.rel, releases/VSN/{sys.config,relup}, lib/counter-VSN with ``data``
+    as its beam, kernel and stdlib. Its relup upgrades from 0.0.1 unless ``relup_text`` says
+    else (None: it has none). The same arguments give the same bytes (and sha256)."""
+    members = {f"releases/counter-{version}.rel": rel_text(version),
+               f"releases/{version}/start.boot": b"boot",
+               f"lib/counter-{version}/ebin/counter.beam":
+                   f"the beam of counter {version}".encode() if data is None else data,
+               **LIB_FILES}
+    if sys_config is not None:
+        members[f"releases/{version}/sys.config"] = sys_config
+    relup_bytes = relup(version) if relup_text == b"" else relup_text
+    if relup_bytes is not None:
+        members[f"releases/{version}/relup"] = relup_bytes
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(content), 0o644, 1_700_000_000
+            tar.addfile(info, io.BytesIO(content))
+    packed = gzip.compress(raw.getvalue(), mtime=0)
+    path = rig.root.parent / f"upload-{version}-{hashlib.sha256(packed).hexdigest()[:8]}.tar.gz"
+    path.write_bytes(packed)
+    return inspect_tarball(path)
 
 
 def relup_on_node(rig: Rig, version: str = "0.0.2", text: bytes | None = None) -> None:
@@ -141,14 +186,20 @@ def sha_on_node(rig: Rig, tar: ReleaseTarball) -> None:
     path.write_text(tar.sha256 + "\n")
 
 
+def running_libs(rig: Rig) -> list[Path]:
+    """lib/kernel-8.5.3 and lib/stdlib-4.2 in the root, as the running 0.0.1 has them."""
+    for name, content in LIB_FILES.items():
+        (rig.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (rig.root / name).write_bytes(content)
+    return [rig.root / "lib" / "kernel-8.5.3", rig.root / "lib" / "stdlib-4.2"]
+
+
 def unpacked_files(rig: Rig, version: str = "0.0.2") -> list[Path]:
-    """What unpack_release extracts: releases/VSN and lib/counter-VSN, new, and the libraries
-    the running 0.0.1 has there already (made now; kept as they are, keep_old_files)."""
+    """What an unpack writes: releases/VSN and lib/counter-VSN, new, and the libraries the
+    running 0.0.1 has there already (made now; kept as they are, keep_old_files). The agent
+    extracts them from the tarball; in the node, the scripted unpack_release writes them."""
     new = [rig.root / "releases" / version, rig.root / "lib" / f"counter-{version}"]
-    there = [rig.root / "lib" / "kernel-8.5.3", rig.root / "lib" / "stdlib-4.2"]
-    for path in there:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "file").write_text("0.0.1")
+    there = running_libs(rig)
 
     def extract() -> None:
         for path in new:
@@ -170,8 +221,31 @@ def preflight(rig: Rig, *entries: tuple[str, str]) -> list[Expect]:
     return [*facts(rig, *entries), releases_file(rig.root)]
 
 
-def unpack_ok(version: str = "0.0.2") -> Expect:
-    return answer("release_handler:unpack_release", [f"counter-{version}"], (OK, version))
+def unpack_call(rig: Rig, version: str = "0.0.2") -> str:
+    """The registering call as the engine names it in what it reports."""
+    if rig.by_agent:
+        return f"set_unpacked({str(rig.root / 'releases' / version / f'counter-{version}.rel')!r})"
+    return f"unpack_release('counter-{version}')"
+
+
+def unpack_reply(rig: Rig, reply: Any, version: str = "0.0.2") -> Expect:
+    """The node's answer to the unpack: to set_unpacked(RelFile, Libs) after the agent's
+    extraction (each library in ROOT/lib), or to unpack_release(Name)."""
+    if rig.by_agent:
+        libs = [(Atom(app), vsn, "lib")
+                for app, vsn in (("kernel", "8.5.3"), ("stdlib", "4.2"), ("counter", version))]
+        rel = str(rig.root / "releases" / version / f"counter-{version}.rel")
+        return answer("release_handler:set_unpacked", [rel, libs], reply)
+    return answer("release_handler:unpack_release", [f"counter-{version}"], reply)
+
+
+def unpack_fails(rig: Rig, error: BaseException, version: str = "0.0.2") -> Expect:
+    expected = unpack_reply(rig, None, version)
+    return fail(expected.mfa, expected.args, error)
+
+
+def unpack_ok(rig: Rig, version: str = "0.0.2") -> Expect:
+    return unpack_reply(rig, (OK, version), version)
 
 
 def check_only(version: str = "0.0.2", over: str = "0.0.1") -> Expect:
@@ -241,11 +315,13 @@ def assert_result(result: Result, outcome: str, from_version: str, to_version: s
 
 # --- upgrade: succeeded ------------------------------------------------------------------
 
+@BOTH_UNPACKS
 async def test_upgrade_with_a_tarball_stages_unpacks_installs_verifies_and_commits(
         rig: Rig) -> None:
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(), install_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(), install_ok(),
                verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
-    result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
+    tar = tarball(rig)
+    result = await rig.engine.upgrade("0.0.2", tar, FAST)
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
     assert versions(result) == [("0.0.2", "permanent"), ("0.0.1", "old")]
@@ -254,22 +330,39 @@ async def test_upgrade_with_a_tarball_stages_unpacks_installs_verifies_and_commi
                                ("install", "succeeded"), ("verify", "succeeded"),
                                ("make_permanent", "succeeded")]
     assert rig.log.detail("preflight") == "releases/0.0.2/sys.config parses; running 0.0.1"
-    assert rig.log.detail("unpack") == "unpack_release('counter-0.0.2') -> 0.0.2"
     assert rig.log.detail("check") == "relup from 0.0.1 found"
     assert rig.log.detail("install") == "0.0.1 -> 0.0.2"
     assert rig.log.detail("verify") == ("0.0.2 is current; 3 applications run; 187 modules "
                                          "match the release's beams (embedded mode); no "
                                          "process runs old code")
     assert rig.log.detail("make_permanent") == "0.0.2 is permanent"
-    # Staged where unpack_release looks, whole (the scripted node does not consume it).
-    staged = rig.root / "releases" / "counter-0.0.2.tar.gz"
-    assert staged.read_bytes() == b"the bytes of counter 0.0.2"
-    assert staged.stat().st_ino == (rig.root.parent / "upload-0.0.2.tar.gz").stat().st_ino
-    assert rig.log.detail("stage").startswith(f"{staged} (26 bytes, sha256 ")
-    assert sorted(p.name for p in (rig.root / "releases").iterdir()) == ["counter-0.0.2.tar.gz"]
+    if rig.by_agent:
+        # Extracted and placed by the agent; the node only registers it, and the sha256 of
+        # the tarball is kept beside the release.
+        assert re.fullmatch(rf"extracted by the agent into {rig.root}/\.relctl-unpack-\w+ \(7 "
+                            rf"files written, 0 kept as the root has them; sha256 "
+                            rf"{tar.sha256[:12]}\.\.\. checked again\)", rig.log.detail("stage"))
+        assert rig.log.detail("unpack") == (
+            "the agent unpacked it (the node decompressed nothing): placed lib/counter-0.0.2, "
+            f"lib/kernel-8.5.3, lib/stdlib-4.2, releases/0.0.2; {unpack_call(rig)} -> 0.0.2")
+        assert sorted(p.name for p in (rig.root / "releases" / "0.0.2").iterdir()) == [
+            "counter-0.0.2.rel", "relctl.sha256", "relup", "start.boot", "sys.config"]
+        assert (rig.root / "releases" / "0.0.2" / "relctl.sha256").read_text() == (
+            tar.sha256 + "\n")
+        assert (rig.root / "lib/counter-0.0.2/ebin/counter.beam").read_bytes() == (
+            b"the beam of counter 0.0.2")
+    else:
+        # Staged where unpack_release looks, whole (the scripted node does not consume it).
+        staged = rig.root / "releases" / "counter-0.0.2.tar.gz"
+        assert staged.read_bytes() == tar.path.read_bytes()
+        assert staged.stat().st_ino == tar.path.stat().st_ino
+        assert rig.log.detail("stage").startswith(f"{staged} ({tar.size} bytes, sha256 ")
+        assert rig.log.detail("unpack") == "unpack_release('counter-0.0.2') -> 0.0.2"
+        assert sorted(p.name for p in (rig.root / "releases").iterdir()) == [
+            "counter-0.0.2.tar.gz"]
     # A big relup gets the install timeout, an unpack at least two minutes.
     assert rig.node.calls_to("release_handler:install_release")[0].timeout == 5.0
-    assert rig.node.calls_to("release_handler:unpack_release")[0].timeout == 120.0
+    assert rig.node.calls_to(unpack_ok(rig).mfa)[0].timeout == 120.0
     assert rig.node.calls_to("release_handler:which_releases")[0].timeout == RPC_TIMEOUT
     rig.done()
 
@@ -506,9 +599,10 @@ async def test_a_sys_config_on_the_node_that_does_not_parse_is_refused(rig: Rig)
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_a_release_that_fails_its_check_is_taken_back(rig: Rig) -> None:
     made = unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig),
                answer("release_handler:check_install_release", ["0.0.2"],
                       (ERROR, (Atom("no_matching_relup"), "0.0.2", "0.0.1"))),
                *taken_back(rig), which_releases(*UP))
@@ -525,20 +619,24 @@ async def test_a_release_that_fails_its_check_is_taken_back(rig: Rig) -> None:
     rig.done()
 
 
-async def test_a_failed_unpack_leaves_no_staged_tarball(rig: Rig) -> None:
+@BOTH_UNPACKS
+async def test_a_failed_unpack_leaves_nothing_it_staged(rig: Rig) -> None:
+    libs = running_libs(rig)
     rig.expect(preflight(rig, *UP), config_parses(),
-               answer("release_handler:unpack_release", ["counter-0.0.2"],
-                      (ERROR, (Atom("existing_release"), "0.0.2"))),
+               unpack_reply(rig, (ERROR, (Atom("existing_release"), "0.0.2"))),
                code_path(rig.root), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
-    assert result.error == ("unpack_release('counter-0.0.2') failed: "
-                            '{existing_release,"0.0.2"}')
+    assert result.error == f'{unpack_call(rig)} failed: {{existing_release,"0.0.2"}}'
     assert rig.log.ended() == [("preflight", "succeeded"), ("stage", "succeeded"),
                                ("unpack", "failed"), ("undo_unpack", "succeeded")]
-    assert rig.log.detail("undo_unpack") == "deleted releases/counter-0.0.2.tar.gz"
+    # The agent's extraction placed the release; unpack_release had only the tarball staged.
+    assert rig.log.detail("undo_unpack") == (
+        "deleted lib/counter-0.0.2, releases/0.0.2" if rig.by_agent
+        else "deleted releases/counter-0.0.2.tar.gz")
     assert list((rig.root / "releases").iterdir()) == []
+    assert sorted((rig.root / "lib").iterdir()) == libs
     rig.done()
 
 
@@ -553,6 +651,7 @@ def half_unpacked(rig: Rig) -> tuple[list[Path], list[Path]]:
     return left, owned
 
 
+@UNPACK_IN_NODE  # what unpack_release extracted before it failed (the agent's: the test above)
 async def test_a_failed_unpack_removes_what_it_extracted_but_nothing_that_was_there(
         rig: Rig) -> None:
     owned = [rig.root / "lib" / "kernel-8.5.3", rig.root / "lib" / "stdlib-4.2"]
@@ -579,11 +678,11 @@ async def test_a_failed_unpack_removes_what_it_extracted_but_nothing_that_was_th
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_an_unpack_that_times_out_then_finished_goes_on(rig: Rig) -> None:
     unpacked_files(rig)
     rig.expect(preflight(rig, *UP), config_parses(),
-               fail("release_handler:unpack_release", ["counter-0.0.2"],
-                    NodeTimeout(NODE, "release_handler:unpack_release/1", 120)),
+               unpack_fails(rig, NodeTimeout(NODE, "release_handler:unpack/1", 120)),
                which_releases(*UNPACKED), check_ok(), install_ok(),
                verify_ok("0.0.2", *CURRENT), permanent(), which_releases(*DONE))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
@@ -592,22 +691,23 @@ async def test_an_unpack_that_times_out_then_finished_goes_on(rig: Rig) -> None:
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_an_unpack_that_times_out_and_did_not_unpack_leaves_nothing(rig: Rig) -> None:
     made = unpacked_files(rig)
     rig.expect(preflight(rig, *UP), config_parses(),
-               fail("release_handler:unpack_release", ["counter-0.0.2"],
-                    NodeTimeout(NODE, "release_handler:unpack_release/1", 120)),
+               unpack_fails(rig, NodeTimeout(NODE, "release_handler:unpack/1", 120)),
                which_releases(*UP), code_path(rig.root), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
+    call = unpack_call(rig)
     assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
-                  "unpack_release('counter-0.0.2') failed: unpack_release('counter-0.0.2') did "
-                  "not answer within 120 s and did not register it")
+                  f"{call} failed: {call} did not answer within 120 s and did not register it")
     assert rig.log.detail("undo_unpack") == "deleted lib/counter-0.0.2, releases/0.0.2"
     assert [p.exists() for p in made] == [False, False, True, True]
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_the_next_unpack_removes_what_an_interrupted_one_left_first(rig: Rig) -> None:
     # The node was killed mid-unpack: releases/0.0.2 and lib/counter-0.0.2 are on disk, the
     # node does not list 0.0.2, and the ledger says an operation was placing them.
@@ -616,17 +716,20 @@ async def test_the_next_unpack_removes_what_an_interrupted_one_left_first(rig: R
     ledger = MemoryLedger()
     ledger.unfinished_placings.append(Placing(7, "0.0.2", tuple(
         str(p) for p in [*left, rig.root / "lib" / "kernel-8.5.3"])))
-    engine = ReleaseEngine(rig.node, rig.log, rpc_timeout=RPC_TIMEOUT, agent_unpack=False,
-                           ledger=ledger)
+    engine = rig.engine_with(ledger)
     seen: list[bool] = []
     rig.node.effects["release_handler:unpack_release"] = (
         lambda: seen.extend(p.exists() for p in left))
     rig.expect(facts(rig, *UP), releases_file(rig.root), config_parses(), code_path(rig.root),
-               unpack_ok(), which_releases(*UNPACKED))
+               unpack_ok(rig), which_releases(*UNPACKED))
     result = await engine.unpack("0.0.2", tarball(rig))
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
-    assert seen == [False, False]  # gone before unpack_release ran
+    if rig.by_agent:  # extracted afresh: nothing of the half-written dirs is kept
+        assert not [p for p in left if (p / "some.beam").exists()]
+        assert (rig.root / "lib/counter-0.0.2/ebin/counter.beam").is_file()
+    else:
+        assert seen == [False, False]  # gone before unpack_release ran
     assert all(p.exists() for p in owned)  # kernel was in the record, but 0.0.1 runs it
     assert rig.log.detail("stage").endswith(
         "; removed what an unfinished operation left: releases/0.0.2, lib/counter-0.0.2; "
@@ -652,12 +755,12 @@ async def test_what_is_on_disk_without_a_record_is_never_guessed_a_leftover(rig:
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_a_connection_lost_during_unpack_is_failed_and_left_for_the_next_one(
         rig: Rig) -> None:
     made = unpacked_files(rig)
     rig.expect(preflight(rig, *UP), config_parses(),
-               fail("release_handler:unpack_release", ["counter-0.0.2"],
-                    NodeDown(NODE, "connection lost (closed)")),
+               unpack_fails(rig, NodeDown(NODE, "connection lost (closed)")),
                fail("release_handler:which_releases", [], NodeDown(NODE, "not connected")))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
 
@@ -668,6 +771,7 @@ async def test_a_connection_lost_during_unpack_is_failed_and_left_for_the_next_o
     rig.done()
 
 
+@UNPACK_IN_NODE  # the staged tarball is unpack_release's
 async def test_a_tarball_that_cannot_be_put_in_place_stops_at_stage(rig: Rig) -> None:
     (rig.root / "releases" / "counter-0.0.2.tar.gz" / "in-the-way").mkdir(parents=True)
     rig.expect(preflight(rig, *UP), config_parses(), which_releases(*UP))
@@ -683,6 +787,7 @@ async def test_a_tarball_that_cannot_be_put_in_place_stops_at_stage(rig: Rig) ->
     rig.done()
 
 
+@UNPACK_IN_NODE  # the agent declines a read-only root and stages the tarball: this
 async def test_a_read_only_release_root_is_failed_unchanged_and_says_what_to_do(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     def read_only(*args: object, **kwargs: object) -> None:
@@ -712,10 +817,11 @@ async def test_a_releases_dir_that_is_not_a_directory_stops_at_stage(rig: Rig) -
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_a_failing_pre_install_hook_stops_before_install_and_takes_the_release_back(
         rig: Rig) -> None:
     unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(),
                hook_call(PRE, (ERROR, Atom("busy"))), *taken_back(rig),
                which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(hooks=(PRE, POST)))
@@ -743,9 +849,10 @@ async def test_a_pre_install_hook_that_may_fail_lets_the_upgrade_go_on(rig: Rig)
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_an_install_that_fails_without_a_restart_is_taken_back(rig: Rig) -> None:
     unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(),
                install("0.0.2", (ERROR, (Atom("bad_relup_file"), "relup"))),
                *taken_back(rig), which_releases(*UP))
     rig.node.then_restart(False)
@@ -764,12 +871,13 @@ def install_times_out(version: str = "0.0.2", options: Options = FAST) -> Expect
                 NodeTimeout(NODE, "release_handler:install_release/2", options.install_timeout))
 
 
+@BOTH_UNPACKS
 async def test_an_install_that_outlasts_its_timeout_is_waited_for_and_finished(
         rig: Rig) -> None:
     # The relup runs longer than install_timeout: nothing is taken back (no set_removed under
     # the running install); which_releases waits for release_handler, which shows 0.0.2 current.
     made = unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(), install_times_out(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(), install_times_out(),
                which_releases(*CURRENT), *verify_ok("0.0.2", *CURRENT), permanent(),
                which_releases(*DONE))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), FAST)
@@ -787,12 +895,13 @@ async def test_an_install_that_outlasts_its_timeout_is_waited_for_and_finished(
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_an_install_whose_answer_is_too_large_is_read_back_from_the_node(
         rig: Rig) -> None:
     # The answer was over the decode budget: the install is over but its result unknown, so
     # nothing is taken back; which_releases says where the node is.
     made = unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(),
                fail("release_handler:install_release", ["0.0.2", install_opts(FAST)],
                     ReplyTooLarge(NODE, "the reply to release_handler:install_release/2 is "
                                         "too large")),
@@ -823,10 +932,11 @@ async def test_a_hook_whose_reply_is_too_large_fails_as_a_hook(rig: Rig) -> None
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_an_install_still_running_after_the_wait_is_reported_so_and_not_undone(
         rig: Rig) -> None:
     made = unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(), install_times_out(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(), install_times_out(),
                fail("release_handler:which_releases", [],
                     NodeTimeout(NODE, "release_handler:which_releases/0", 7.0)),
                fail("release_handler:which_releases", [],
@@ -873,13 +983,14 @@ async def test_a_timeout_then_a_node_restart_is_a_rollback_seen_on_the_node(rig:
     rig.done()
 
 
+@BOTH_UNPACKS
 @pytest.mark.parametrize("status", ["current", "permanent"])
 async def test_a_release_the_node_reports_current_is_never_taken_back(
         rig: Rig, status: str) -> None:
     # A pre-install hook failed, yet the node lists 0.0.2 current (e.g. an install by hand in
     # between): no set_removed, no file deleted.
     made = unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(),
                hook_call(PRE, (ERROR, Atom("busy"))),
                which_releases(("0.0.2", status), ("0.0.1", "old")),
                which_releases(("0.0.2", status), ("0.0.1", "old")))
@@ -912,9 +1023,10 @@ async def test_install_release_bounds_code_change_and_suspend_by_install_timeout
 
 # --- upgrade: dry_run --------------------------------------------------------------------
 
+@BOTH_UNPACKS
 async def test_a_dry_run_unpacks_checks_and_takes_everything_back(rig: Rig) -> None:
     made = unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(),
                *taken_back(rig), which_releases(*UP))
     result = await rig.engine.upgrade("0.0.2", tarball(rig), Options(dry_run=True))
 
@@ -943,9 +1055,10 @@ async def test_a_dry_run_of_an_unpacked_release_leaves_it_unpacked(rig: Rig) -> 
 
 # --- upgrade: rolled_back ----------------------------------------------------------------
 
+@BOTH_UNPACKS
 async def test_a_crashing_relup_is_rolled_back_by_node_restart(rig: Rig) -> None:
     unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(),
                install("0.0.2", (ERROR, (Atom("EXIT"), Atom("migration_bug")))),
                which_releases(("0.0.2", "unpacked"), ("0.0.1", "permanent")))
     rig.node.then_restart(True)
@@ -976,10 +1089,11 @@ async def test_a_connection_lost_during_install_then_a_restart_is_a_rollback(rig
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_a_connection_lost_during_install_and_no_node_back_is_unknown_not_undone(
         rig: Rig) -> None:
     made = unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), check_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), check_ok(),
                fail("release_handler:install_release", ["0.0.2", install_opts()],
                     NodeDown(NODE, "connection lost (closed)")),
                fail("release_handler:which_releases", [], NodeDown(NODE, "not connected")))
@@ -1126,9 +1240,10 @@ async def test_make_permanent_that_fails_after_a_good_install_is_failed(rig: Rig
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_a_set_removed_that_fails_while_taking_an_unpack_back_is_failed(rig: Rig) -> None:
     made = unpacked_files(rig)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(),
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig),
                answer("release_handler:check_install_release", ["0.0.2"],
                       (ERROR, (Atom("no_matching_relup"), "0.0.2", "0.0.1"))),
                which_releases(*UNPACKED),
@@ -1197,7 +1312,7 @@ async def test_a_missing_RELEASES_file_is_created_from_the_running_rel(rig: Rig)
                answer("supervisor:terminate_child", child, OK),
                answer("supervisor:restart_child", child,
                       (OK, Pid(Atom(NODE), 90, 0, 1))),
-               config_parses(), unpack_ok(), which_releases(*UNPACKED))
+               config_parses(), unpack_ok(rig), which_releases(*UNPACKED))
     result = await rig.engine.unpack("0.0.2", tarball(rig))
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
@@ -1357,8 +1472,9 @@ async def test_a_downgrade_whose_make_permanent_fails_is_failed(rig: Rig) -> Non
 
 # --- single steps: unpack, check ---------------------------------------------------------
 
+@BOTH_UNPACKS
 async def test_unpack_stages_and_unpacks_only(rig: Rig) -> None:
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), which_releases(*UNPACKED))
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), which_releases(*UNPACKED))
     result = await rig.engine.unpack("0.0.2", tarball(rig))
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
@@ -1369,19 +1485,76 @@ async def test_unpack_stages_and_unpacks_only(rig: Rig) -> None:
     rig.done()
 
 
+@UNPACK_IN_NODE  # staged for unpack_release (the agent itself refuses another file system)
 async def test_a_tarball_on_another_file_system_is_copied(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     def cross_device(src: object, dst: object) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
     monkeypatch.setattr(os, "link", cross_device)
-    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(), which_releases(*UNPACKED))
-    result = await rig.engine.unpack("0.0.2", tarball(rig))
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), which_releases(*UNPACKED))
+    tar = tarball(rig)
+    result = await rig.engine.unpack("0.0.2", tar)
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
     staged = rig.root / "releases" / "counter-0.0.2.tar.gz"
-    assert staged.read_bytes() == b"the bytes of counter 0.0.2"
-    assert staged.stat().st_ino != (rig.root.parent / "upload-0.0.2.tar.gz").stat().st_ino
+    assert staged.read_bytes() == tar.path.read_bytes()
+    assert staged.stat().st_ino != tar.path.stat().st_ino
     rig.done()
+
+
+async def test_the_agent_keeps_the_libraries_the_root_has_and_registers_them_in_lib(
+        rig: Rig) -> None:
+    running_libs(rig)
+    (rig.root / LIB_FILES_KERNEL).write_bytes(b"the node's own kernel.app")
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig), which_releases(*UNPACKED))
+    result = await rig.engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    # As unpack_release with keep_old_files: what the root has is not written over.
+    assert (rig.root / LIB_FILES_KERNEL).read_bytes() == b"the node's own kernel.app"
+    assert rig.log.detail("unpack") == (
+        "the agent unpacked it (the node decompressed nothing): placed lib/counter-0.0.2, "
+        "releases/0.0.2; kept as they were: lib/kernel-8.5.3, lib/stdlib-4.2; "
+        f"{unpack_call(rig)} -> 0.0.2")
+    assert "2 kept as the root has them" in rig.log.detail("stage")
+    rig.done()
+
+
+async def test_a_tarball_changed_after_its_check_is_not_extracted(rig: Rig) -> None:
+    checked = tarball(rig)
+    checked.path.write_bytes(tarball(rig, data=b"other bytes").path.read_bytes())
+    rig.expect(preflight(rig, *UP), config_parses(), which_releases(*UP))
+    result = await rig.engine.unpack("0.0.2", checked)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2", "changed since it was checked")
+    assert result.error.endswith("; nothing was changed")
+    assert rig.log.ended() == [("preflight", "succeeded"), ("stage", "failed")]
+    assert files_under(rig.root) == ["bin", "lib", "releases"]
+    rig.done()
+
+
+async def test_a_file_where_the_tarball_has_a_directory_stops_before_registering(
+        rig: Rig) -> None:
+    running_libs(rig)
+    (rig.root / "lib" / "stdlib-4.2" / "ebin").rename(rig.root / "stdlib-ebin")
+    (rig.root / "lib" / "stdlib-4.2" / "ebin").write_text("a file, not a directory")
+    rig.expect(preflight(rig, *UP), config_parses(), which_releases(*UP))
+    result = await rig.engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert result.error == (f"{rig.root}/lib/stdlib-4.2/ebin is not a directory on the node, "
+                            "and the tarball has files below it; nothing was changed: rebuild "
+                            "the tarball without what it has below ebin")
+    # Refused before anything was moved into place: nothing to take back.
+    assert rig.log.ended()[-1] == ("unpack", "failed")
+    assert "release_handler:set_unpacked" not in rig.node.mfas()
+    assert not (rig.root / "releases" / "0.0.2").exists()
+    assert not (rig.root / "lib" / "counter-0.0.2").exists()
+    rig.done()
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 async def test_a_latin1_sys_config_is_read_as_erlang_reads_it(rig: Rig) -> None:
@@ -1392,7 +1565,7 @@ async def test_a_latin1_sys_config_is_read_as_erlang_reads_it(rig: Rig) -> None:
                       (OK, scanned, 2)),
                answer("erl_parse:parse_term", [scanned],
                       (OK, [(Atom("counter"), [(Atom("greeting"), "h\u00e9")])])),
-               unpack_ok(), which_releases(*UNPACKED))
+               unpack_ok(rig), which_releases(*UNPACKED))
     result = await rig.engine.unpack("0.0.2", tarball(rig, sys_config=config))
 
     assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
@@ -1410,17 +1583,19 @@ async def test_unpack_of_a_release_already_there_is_refused(rig: Rig) -> None:
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_unpack_that_release_handler_refuses_is_failed_unchanged(rig: Rig) -> None:
-    rig.expect(preflight(rig, *UP), config_parses(),
-               answer("release_handler:unpack_release", ["counter-0.0.2"],
-                      (ERROR, Atom("enoent"))), code_path(rig.root), which_releases(*UP))
+    libs = running_libs(rig)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_reply(rig, (ERROR, Atom("enoent"))),
+               code_path(rig.root), which_releases(*UP))
     result = await rig.engine.unpack("0.0.2", tarball(rig))
 
-    # What the stage placed (the tarball) is taken back; nothing had been registered.
-    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2",
-                  "unpack_release('counter-0.0.2') failed: enoent")
+    # What the stage placed (the tarball, or the extracted release) is taken back; nothing
+    # had been registered.
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2", f"{unpack_call(rig)} failed: enoent")
     assert "release_handler:set_removed" not in rig.node.mfas()
     assert list((rig.root / "releases").iterdir()) == []
+    assert sorted((rig.root / "lib").iterdir()) == libs
     rig.done()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.release.values import DRY_RUN, FAILED_UNCHANGED, SUCCEEDED, Options
-from agent.release.upgrade import ReleaseEngine
 from bridge import Atom
 from tests.agent.release.scripted import (
     ERROR,
@@ -28,10 +27,10 @@ from tests.agent.release.scripted import (
     which_releases,
 )
 from tests.agent.release.test_engine import (
+    BOTH_UNPACKS,
     CURRENT,
     DOWN,
     FAST,
-    RPC_TIMEOUT,
     UNPACKED,
     UP,
     Rig,
@@ -69,8 +68,7 @@ class DictLedger(MemoryLedger):
 
 
 def with_ledger(rig: Rig, ledger: DictLedger) -> None:
-    rig.engine = ReleaseEngine(rig.node, rig.log, rpc_timeout=RPC_TIMEOUT, ledger=ledger,
-                               agent_unpack=False)
+    rig.engine = rig.engine_with(ledger)
 
 
 def remove_ok(version: str = "0.0.2") -> object:
@@ -142,6 +140,7 @@ async def test_the_same_bytes_per_the_journal_are_not_unpacked_again(rig: Rig) -
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_replace_removes_the_stale_release_then_unpacks_and_records_the_tarball(
         rig: Rig) -> None:
     ledger = DictLedger(**{"0_0_2": "0" * 64})
@@ -149,7 +148,7 @@ async def test_replace_removes_the_stale_release_then_unpacks_and_records_the_ta
     fixed = tarball(rig, data=b"the fixed build of 0.0.2")
     rig.expect(preflight(rig, *UNPACKED), config_parses(), which_releases(*UNPACKED), remove_ok(),
                which_releases(*UP),
-               unpack_ok(), which_releases(*UNPACKED))
+               unpack_ok(rig), which_releases(*UNPACKED))
     # unpack_release makes releases/0.0.2 on a real node; the record is written into it.
     rig.node.effects["release_handler:unpack_release"] = (
         lambda: (rig.root / "releases" / "0.0.2").mkdir())
@@ -166,12 +165,13 @@ async def test_replace_removes_the_stale_release_then_unpacks_and_records_the_ta
     rig.done()
 
 
+@BOTH_UNPACKS
 async def test_replace_in_an_upgrade_goes_on_to_check_and_a_failed_check_takes_it_back(
         rig: Rig) -> None:
     fixed = tarball(rig, data=b"fixed")
     rig.expect(preflight(rig, *(OLD, ("0.0.1", "permanent"))), config_parses(),
                which_releases(*(OLD, ("0.0.1", "permanent"))), remove_ok(),
-               which_releases(*UP), unpack_ok(),
+               which_releases(*UP), unpack_ok(rig),
                answer("release_handler:check_install_release", ["0.0.2"],
                       (ERROR, Atom("bad_relup"))),
                which_releases(*UNPACKED), set_removed(), code_path(rig.root),

@@ -129,6 +129,10 @@ async def test_deadline_and_late_reply(counter_node: Any) -> None:
         assert conn.pending_calls == 0
 
 
+async def sleeping_count(conn: Any, count: int) -> bool:
+    return len(await sleepers(conn)) == count
+
+
 async def negated(answer: Awaitable[Any]) -> bool:
     return not await answer
 
@@ -136,7 +140,7 @@ async def negated(answer: Awaitable[Any]) -> bool:
 async def test_killed_node_fails_every_pending_call_at_once(counter_node: Any) -> None:
     conn = await bridge_node(counter_node).connect(counter_node.name)
     calls = [asyncio.ensure_future(conn.call("timer", "sleep", [30_000], timeout=60)) for _ in range(5)]
-    await asyncio.sleep(0.3)
+    await until_async(lambda: sleeping_count(conn, 5), what="the five calls run on the node")
     started = time.monotonic()
     os.kill(counter_node.pid, signal.SIGKILL)
     results = await asyncio.gather(*calls, return_exceptions=True)

@@ -17,6 +17,7 @@ from agent.api.auth import Authenticator, Identity
 from agent.api.interceptor import CALLER, AccessInterceptor, AuditedCall, serving
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
+from tests.tools.polls import until
 
 
 class _Finishes:
@@ -89,7 +90,8 @@ async def test_streams_whose_clients_leave_after_finished_are_each_recorded_ok(
                     if event.HasField("finished"):
                         call.cancel()  # the client has what it needs and leaves
                         break
-        await asyncio.sleep(0.2)  # the server side sees the last ones leave
+        # The server side sees the last ones leave.
+        await until(lambda: len(audit.tail(100)) == 20, what="20 streams recorded")
     finally:
         await server.stop(1)
     records = audit.tail(100)
@@ -122,12 +124,12 @@ async def test_a_stream_cut_by_the_agents_stop_is_not_the_client_going_away(
             left = stub.Upgrade(pb.UpgradeRequest(node="a@h", version="0.0.2"))
             await left.read()
             left.cancel()  # this client does go away
-            await asyncio.sleep(0.2)
+            await until(lambda: len(audit.tail(10)) == 1, what="the left stream recorded")
             cut = stub.Upgrade(pb.UpgradeRequest(node="a@h", version="0.0.2"))
             await cut.read()
             access.stopping = True
             await server.stop(0)
-            await asyncio.sleep(0.2)
+            await until(lambda: len(audit.tail(10)) == 2, what="the cut stream recorded")
     finally:
         await server.stop(0)
     records = audit.tail(10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from agent.operations.uploads import UploadStore
 from relctl.v1 import agent_pb2_grpc
 from relctl.v1 import agent_pb2 as pb
 from tests.tools.otp_procs import free_port
+from tests.tools.polls import until
 
 
 @pytest.fixture
@@ -62,13 +64,12 @@ async def test_an_idle_upload_expires_and_its_client_is_told(
         await resume.wait()
         yield pb.UploadRequest(chunk=b"x" * 10)
     call = asyncio.ensure_future(stub.Upload(parts(), timeout=20))
-    for _ in range(20):
-        await asyncio.sleep(0.05)
-        if list((tmp_path / "uploads").iterdir()):
-            break
+    await until(lambda: list((tmp_path / "uploads").iterdir()), what="the upload started")
     assert len(list((tmp_path / "uploads").iterdir())) == 1
-    await asyncio.sleep(1.0)  # idle for twice the expiry
-    assert list((tmp_path / "uploads").iterdir()) == []
+    started = time.monotonic()
+    # Idle past the expiry (0.5 s): its file goes.
+    await until(lambda: not list((tmp_path / "uploads").iterdir()), what="the upload expired")
+    assert time.monotonic() - started >= 0.2  # not at once: the expiry, not something else
     resume.set()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call

@@ -1,7 +1,9 @@
-"""The agent's configuration: TOML parsed into frozen values (pure), then a separate step that
-loads the secrets and files it names. Everything else in the agent takes these values.
+"""The agent's configuration: TOML parsed into frozen values (pure), then a separate load step
+that locates what the file names on this host (absolute paths, this host's name: locate.py)
+and reads the secrets and files it names (secrets.py). Everything else in the agent takes
+these values; every default is written once, in values.py.
 
-    cfg = load_config("/etc/relctl/agent.toml")   # read_config + load_secrets
+    cfg = load_config("/etc/relctl/agent.toml")   # read_config, then load_secrets (+ locate)
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .dist_tls import client_context, hint
+from .locate import locate
 from .parse import parse_address, parse_config, read_config
 from .secrets import load_secrets, read_cookie
 from .values import (
@@ -22,6 +25,7 @@ from .values import (
     OPERATOR,
     POST_INSTALL,
     PRE_INSTALL,
+    RESTART_TIMEOUT,
     ROLES,
     VIEWER,
     Address,
@@ -35,6 +39,7 @@ from .values import (
     SecretRef,
     Token,
     UnixAddress,
+    default,
 )
 
 
@@ -44,10 +49,11 @@ def load_config(file: str | Path, environ: Mapping[str, str] = os.environ) -> Ag
 
 
 __all__ = [
-    "load_config", "read_config", "parse_config", "parse_address", "load_secrets",
+    "load_config", "read_config", "parse_config", "parse_address", "locate", "load_secrets",
     "read_cookie", "client_context", "hint",
     "AgentConfig", "NodeConfig", "DiscoveryConfig", "Address", "UnixAddress", "Endpoint",
     "ApiTls", "DistributionTls", "Token", "Hook", "SecretRef",
-    "DEFAULT_DISCOVERY_EXCLUDE", "DEFAULT_SOCKET", "DEFAULT_STATE_DIR",
+    "DEFAULT_DISCOVERY_EXCLUDE", "DEFAULT_SOCKET", "DEFAULT_STATE_DIR", "RESTART_TIMEOUT",
+    "default",
     "VIEWER", "OPERATOR", "ROLES", "FAIL", "CONTINUE", "PRE_INSTALL", "POST_INSTALL",
 ]

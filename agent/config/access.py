@@ -68,7 +68,7 @@ def socket_mode(agent: Mapping[str, Any], *, path: str) -> int:
     return mode
 
 
-def parse_tls(table: Any, *, path: str, base: Path) -> ApiTls:
+def parse_tls(table: Any, *, path: str) -> ApiTls:
     """[agent.tls]: the files it names (read when the secrets are loaded)."""
     if not isinstance(table, dict):
         raise ConfigError(path, "agent.tls", "must be a table ([agent.tls])")
@@ -84,14 +84,14 @@ def parse_tls(table: Any, *, path: str, base: Path) -> ApiTls:
         value = table[key]
         if not isinstance(value, str) or not value:
             raise ConfigError(path, f"agent.tls.{key}", "must be a file path")
-        return base / Path(value).expanduser()
+        return Path(value)  # as written: made absolute when loaded (locate.py)
 
     return ApiTls(cert_file=file("cert_file"), key_file=file("key_file"),
                   client_ca_file=file("client_ca_file") if "client_ca_file" in table else None)
 
 
 def secret_ref(table: Mapping[str, object], *, file_key: str, credential_key: str,
-               base: Path, path: str, prefix: str) -> SecretRef | None:
+               path: str, prefix: str) -> SecretRef | None:
     """The file named by ``file_key`` or the credential named by ``credential_key`` (exactly
     one may be given); None when neither is."""
     has_file, has_cred = file_key in table, credential_key in table
@@ -102,7 +102,7 @@ def secret_ref(table: Mapping[str, object], *, file_key: str, credential_key: st
         value = table[file_key]
         if not isinstance(value, str) or not value:
             raise ConfigError(path, prefix + file_key, "must be a file path")
-        return SecretRef(prefix + file_key, file=base / Path(value).expanduser())
+        return SecretRef(prefix + file_key, file=Path(value))  # as written (locate.py)
     if has_cred:
         name = table[credential_key]
         key = prefix + credential_key
@@ -113,7 +113,7 @@ def secret_ref(table: Mapping[str, object], *, file_key: str, credential_key: st
     return None
 
 
-def parse_tokens(tables: Any, *, path: str, base: Path) -> tuple[Token, ...]:
+def parse_tokens(tables: Any, *, path: str) -> tuple[Token, ...]:
     """[[tokens]]: names, roles and where each secret is (read when the secrets are loaded)."""
     if not isinstance(tables, list):
         raise ConfigError(path, "tokens", "must be an array of tables ([[tokens]])")
@@ -132,8 +132,8 @@ def parse_tokens(tables: Any, *, path: str, base: Path) -> tuple[Token, ...]:
         if role not in ROLES:
             raise ConfigError(path, prefix + "role",
                               f"{role!r} is not one of " + ", ".join(f'"{r}"' for r in ROLES))
-        ref = secret_ref(table, file_key="file", credential_key="credential", base=base,
-                         path=path, prefix=prefix)
+        ref = secret_ref(table, file_key="file", credential_key="credential", path=path,
+                         prefix=prefix)
         if ref is None:
             raise ConfigError(path, prefix + "file",
                               "is required (or credential = \"NAME\" for a systemd credential)")

@@ -75,14 +75,14 @@ def _said(exc: BaseException) -> str:
     return str(exc)
 
 
-def _file(table: Mapping[str, Any], key: str, *, path: str, base: Path) -> Path:
+def _file(table: Mapping[str, Any], key: str, *, path: str) -> Path:
     value = table[key]
     if not value:
         raise ConfigError(path, f"{TABLE}.{key}", "must be a file path")
-    return base / Path(value).expanduser()
+    return Path(value)  # as written: made absolute when loaded (locate.py)
 
 
-def parse_distribution_tls(table: Any, *, path: str, base: Path) -> DistributionTls:
+def parse_distribution_tls(table: Any, *, path: str) -> DistributionTls:
     """Check ``[distribution_tls]``; the files it names are read by the load step."""
     if not isinstance(table, dict):
         raise ConfigError(path, TABLE, f"must be a table ([{TABLE}])")
@@ -103,9 +103,9 @@ def parse_distribution_tls(table: Any, *, path: str, base: Path) -> Distribution
         raise ConfigError(path, f"{TABLE}.{missing}",
                           "is required with " + ("cert_file" if has_cert else "key_file") +
                           ": the agent's client certificate and its key go together")
-    ca_file = _file(table, "ca_file", path=path, base=base)
-    cert_file = _file(table, "cert_file", path=path, base=base) if has_cert else None
-    key_file = _file(table, "key_file", path=path, base=base) if has_key else None
+    ca_file = _file(table, "ca_file", path=path)
+    cert_file = _file(table, "cert_file", path=path) if has_cert else None
+    key_file = _file(table, "key_file", path=path) if has_key else None
     verify_hostname: bool = table.get("verify_hostname", True)
     server_name: str | None = table.get("server_name")
     if server_name is not None:

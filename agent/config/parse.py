@@ -3,14 +3,15 @@
 Every mistake is reported before anything starts, with the file, the key and the reason
 (`agent.toml: nodes[0].name: ...`). Unknown keys are errors too: a typo must not silently
 fall back to a default. Parsing is pure: it reads the config file and nothing else (no
-secrets, no sockets, no SSL); agent/config/secrets.py loads what the file names.
+secrets, no sockets, no SSL, no host name, no home directory, no working directory). Paths
+are kept as written; the load step makes them absolute and fills in this host's name
+(agent/config/locate.py), then reads the secrets the file names (agent/config/secrets.py).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,7 @@ from .values import (
     Hook,
     NodeConfig,
     default,
+    is_host_name,
 )
 
 _AGENT_KEYS: Mapping[str, type | tuple[type, ...]] = {
@@ -211,7 +213,7 @@ def _hooks(tables: list[Any], prefix: str, *, path: str) -> tuple[Hook, ...]:
     return tuple(hooks)
 
 
-def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
+def _node(table: Any, index: int, *, path: str) -> NodeConfig:
     prefix = f"nodes[{index}]."
     if not isinstance(table, dict):
         raise ConfigError(path, f"nodes[{index}]", "must be a table ([[nodes]])")
@@ -226,7 +228,7 @@ def _node(table: Any, index: int, *, path: str, base: Path) -> NodeConfig:
     if not 0 < epmd_port < 65536:
         raise ConfigError(path, prefix + "epmd_port", f"{epmd_port} is outside 1-65535")
     ref = secret_ref(table, file_key="cookie_file", credential_key="cookie_credential",
-                     base=base, path=path, prefix=prefix)
+                     path=path, prefix=prefix)
     if ref is None:
         raise ConfigError(path, prefix + "cookie_file", "is required (or cookie_credential = "
                                                         "\"NAME\" for a systemd credential)")
@@ -277,24 +279,21 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
     if not isinstance(agent, dict):
         raise ConfigError(where, "agent", "must be a table ([agent])")
     _check_keys(agent, _AGENT_KEYS, path=where, prefix="agent.")
-    # Relative paths in the file are relative to the file, not to wherever the agent started.
-    base = path.resolve().parent
-
     listen = _listen(agent.get("listen", DEFAULT_LISTEN), path=where)
-    tokens = parse_tokens(raw.get("tokens", []), path=where, base=base)
-    tls = parse_tls(agent["tls"], path=where, base=base) if "tls" in agent else None
-    insecure_no_auth = bool(agent.get("insecure_no_auth", False))
+    tokens = parse_tokens(raw.get("tokens", []), path=where)
+    tls = parse_tls(agent["tls"], path=where) if "tls" in agent else None
+    insecure_no_auth = bool(agent.get("insecure_no_auth", default(AgentConfig, "insecure_no_auth")))
     check_listeners(listen, tokens=tokens, tls=tls, insecure_no_auth=insecure_no_auth,
                     path=where)
     metrics_text = agent.get("metrics_listen", DEFAULT_METRICS_LISTEN)
     metrics = (parse_address(metrics_text, path=where, key="agent.metrics_listen")
                if metrics_text else None)
-    state_dir = base / Path(agent.get("state_dir", DEFAULT_STATE_DIR)).expanduser()
+    state_dir = Path(agent.get("state_dir", DEFAULT_STATE_DIR))  # as written (locate.py)
 
     nodes_raw = raw.get("nodes", [])
     if not isinstance(nodes_raw, list):
         raise ConfigError(where, "nodes", "must be an array of tables ([[nodes]])")
-    nodes = tuple(_node(t, i, path=where, base=base) for i, t in enumerate(nodes_raw))
+    nodes = tuple(_node(t, i, path=where) for i, t in enumerate(nodes_raw))
     seen: set[str] = set()
     for i, node in enumerate(nodes):
         if node.name in seen:
@@ -303,7 +302,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
     if nodes and "discovery" in raw:
         raise ConfigError(where, "discovery", "applies only without [[nodes]]: list the nodes, "
                                               "or remove [[nodes]] to discover them through EPMD")
-    discovery = None if nodes else _discovery(raw.get("discovery", {}), path=where, base=base)
+    discovery = None if nodes else _discovery(raw.get("discovery", {}), path=where)
 
     return AgentConfig(
         path=path,
@@ -330,7 +329,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         insecure_no_auth=insecure_no_auth,
         socket_mode=socket_mode(agent, path=where),
         socket_group=socket_group(agent, path=where),
-        distribution_tls=(parse_distribution_tls(raw["distribution_tls"], path=where, base=base)
+        distribution_tls=(parse_distribution_tls(raw["distribution_tls"], path=where)
                           if "distribution_tls" in raw else None),
     )
 
@@ -351,19 +350,19 @@ def _listen(value: str | list[Any], *, path: str) -> tuple[Endpoint, ...]:
     return tuple(found)
 
 
-def _discovery(table: Any, *, path: str, base: Path) -> DiscoveryConfig:
+def _discovery(table: Any, *, path: str) -> DiscoveryConfig:
     if not isinstance(table, dict):
         raise ConfigError(path, "discovery", "must be a table ([discovery])")
     _check_keys(table, _DISCOVERY_KEYS, path=path, prefix="discovery.")
-    host = table.get("host") or socket.gethostname().split(".")[0]
-    if not host or "@" in host or any(ch.isspace() for ch in host):
+    host: str = table.get("host", "")  # "": this host's name, looked up when loaded
+    if host and not is_host_name(host):
         raise ConfigError(path, "discovery.host", f"{host!r} is not a host name")
     epmd_port = table.get("epmd_port", DEFAULT_EPMD_PORT)
     if not 0 < epmd_port < 65536:
         raise ConfigError(path, "discovery.epmd_port", f"{epmd_port} is not a TCP port")
-    cookie_dir = (base / Path(table["cookie_dir"]).expanduser()) if "cookie_dir" in table else None
+    cookie_dir = Path(table["cookie_dir"]) if "cookie_dir" in table else None  # as written
     ref = secret_ref(table, file_key="cookie_file", credential_key="cookie_credential",
-                     base=base, path=path, prefix="discovery.")
+                     path=path, prefix="discovery.")
     exclude = table.get("exclude", list(default(DiscoveryConfig, "exclude")))
     if not all(isinstance(p, str) and p for p in exclude):
         raise ConfigError(path, "discovery.exclude", "must be an array of name patterns "

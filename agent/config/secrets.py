@@ -2,8 +2,9 @@
 credentials, refusing files that every user of the host can read (such a secret is no longer
 one), PEM files, the socket's group, and a trial TLS context for [distribution_tls].
 
-This is the step after parsing (agent/config/parse.py), which touches nothing but the
-config file: `relctl-agent --check-config` runs both, and nothing else.
+This is the load step after parsing (agent/config/parse.py), which touches nothing but the
+config file; it starts by locating the config's paths on this host (locate.py).
+`relctl-agent --check-config` runs both steps, and nothing else.
 
 A systemd credential (``LoadCredential=NAME:/etc/relctl/...`` in the unit) is a file in
 ``$CREDENTIALS_DIRECTORY``, readable by the service only; configs name it with
@@ -22,8 +23,8 @@ from pathlib import Path
 from agent.errors import ConfigError
 
 from .dist_tls import client_context
+from .locate import locate
 from .values import (
-    DEFAULT_COOKIE_FILE,
     MIN_TOKEN_LENGTH,
     AgentConfig,
     ApiTls,
@@ -119,14 +120,16 @@ def read_cookie(cookie_file: Path, *, path: str, key: str) -> str:
 
 def load_secrets(cfg: AgentConfig, environ: Mapping[str, str] = os.environ, *,
                  unit_credentials: list[SecretRef] | None = None) -> AgentConfig:
-    """``cfg`` with every secret it names read, and every file it names checked; raises
-    ConfigError naming the file, the key and the reason.
+    """``cfg`` located on this host (locate.py: absolute paths, the host name), with every
+    secret it names read and every file it names checked; raises ConfigError naming the file,
+    the key and the reason.
 
     ``unit_credentials``: for a check outside the unit (`--check-config` by an operator):
     when $CREDENTIALS_DIRECTORY is not set, a secret given as a systemd credential exists only
     inside the unit, so it is not read but appended to this list (the secret stays empty)."""
     if cfg.loaded:
         return cfg
+    cfg = locate(cfg)
     where = str(cfg.path)
     deferred = unit_credentials if not environ.get(CREDENTIALS_ENV) else None
     tokens = _tokens(cfg.tokens, path=where, environ=environ, deferred=deferred)
@@ -166,14 +169,15 @@ def _discovery(cfg: DiscoveryConfig, *, path: str, environ: Mapping[str, str],
         raise ConfigError(path, "discovery.cookie_dir", f"{cfg.cookie_dir} is not a directory")
     if _defer(cfg.cookie_ref, deferred):
         return cfg
-    # Like erl itself: without a cookie file named, the agent user's ~/.erlang.cookie. When
-    # that is missing too, only cookie_dir's nodes are managed (the agent says so at start).
+    # Without a cookie named, cookie_file is ~/.erlang.cookie (locate.py), as for erl itself.
+    # When that is missing too, only cookie_dir's nodes are managed (the agent says so at
+    # start).
     if cfg.cookie_ref is not None:
         file: Path | None = resolve(cfg.cookie_ref, path=path, environ=environ)
         key = cfg.cookie_ref.key
     else:
-        file, key = Path(DEFAULT_COOKIE_FILE).expanduser(), "discovery.cookie_file"
-        if not file.exists():
+        file, key = cfg.cookie_file, "discovery.cookie_file"
+        if file is not None and not file.exists():
             file = None
     cookie = read_cookie(file, path=path, key=key) if file is not None else None
     return replace(cfg, cookie_file=file, cookie=cookie)

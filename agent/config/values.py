@@ -1,8 +1,13 @@
 """The agent's configuration as frozen values, and every default, written once.
 
 Parsing (agent/config/parse.py) fills these from the TOML file without touching anything
-else; loading (agent/config/secrets.py) then reads the secrets the file names (cookies,
-tokens, PEM files) into the fields marked "loaded". Secrets are kept out of every repr.
+else: paths are kept as written. Loading then makes the paths absolute and fills in this
+host's name (agent/config/locate.py: the fields marked "located"), and reads the secrets the
+file names (agent/config/secrets.py: cookies, tokens, PEM files, the fields marked "loaded").
+Secrets are kept out of every repr.
+
+Every default of a setting is written here once, as the default of its field (or a constant
+below); the rest of the agent takes the values as required arguments.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ DEFAULT_STATE_DIR = "/var/lib/relctl"
 DEFAULT_EPMD_PORT = 4369
 DEFAULT_SOCKET_MODE = 0o660
 DEFAULT_COOKIE_FILE = "~/.erlang.cookie"  # what erl itself reads when no cookie is named
+# How long a node restarted by release_handler (a relup with restart_emulator) may take to
+# come back up; not a config key yet, but an operation's option (agent.release Options).
+RESTART_TIMEOUT = 60.0
 
 # Roles of a bearer token: a viewer reads, an operator may change nodes.
 VIEWER = "viewer"
@@ -173,9 +181,11 @@ class DiscoveryConfig:
     """[discovery]: used when the config has no [[nodes]]."""
 
     path: Path                      # the config file, for error messages
-    host: str                       # the host part of the discovered node names
+    host: str                       # the host part of the discovered node names; located:
+                                    # "" (not configured) becomes this host's short name
     epmd_port: int = DEFAULT_EPMD_PORT
-    cookie_file: Path | None = None  # the default cookie; None: only cookie_dir's
+    cookie_file: Path | None = None  # the default cookie; None: only cookie_dir's (located:
+                                     # ~/.erlang.cookie when no cookie is named)
     cookie: str | None = field(default=None, repr=False)  # loaded
     cookie_dir: Path | None = None  # per-node cookies: cookie_dir/ALIVE
     exclude: tuple[str, ...] = DEFAULT_DISCOVERY_EXCLUDE  # fnmatch patterns on ALIVE
@@ -213,7 +223,13 @@ class AgentConfig:
     socket_group: str | None = None  # group of the Unix socket; None: the agent's
     socket_gid: int | None = None    # loaded: socket_group's id
     distribution_tls: DistributionTls | None = None  # [distribution_tls]: TLS to every node
+    located: bool = False            # paths made absolute, host filled in (locate.py)
     loaded: bool = False             # the secrets were read (agent/config/secrets.py)
+
+
+def is_host_name(text: str) -> bool:
+    """Whether ``text`` can be the host part of a node name (``alive@HOST``)."""
+    return bool(text) and "@" not in text and not any(ch.isspace() for ch in text)
 
 
 def default(cls: type, name: str) -> Any:

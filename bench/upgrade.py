@@ -37,6 +37,7 @@ from bench.harness import node_and_agent  # noqa: E402
 from agent.release.tarballs.check import inspect_tarball  # noqa: E402
 from agent.release.tarballs.extract import extract, place  # noqa: E402
 from tests.tools.otp_procs import NodeProc, erl_eval  # noqa: E402
+from tests.tools.settings import MAX_UPLOAD  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 ESCRIPT = ROOT / "bench" / "relx_upgrade.escript"
@@ -114,7 +115,7 @@ class Bench:
         rh = self._tc(f'release_handler, unpack_release, ["{self.unpack_name}"]')
         self.reset()
         started = time.perf_counter()
-        tarball = inspect_tarball(self.tarball)
+        tarball = inspect_tarball(self.tarball, max_size=MAX_UPLOAD)
         extracted = extract(tarball, root)
         place(extracted, root, tarball.version)
         agent_s = time.perf_counter() - started

@@ -144,9 +144,9 @@ def build(config: AgentConfig) -> Parts:
 
     operations = Operations(journal, nodes, rpc_timeout=config.rpc_timeout,
                             on_finished=operation_finished)
-    uploads = UploadStore(config.state_dir / "uploads", max_size=config.max_upload_bytes,
-                          max_total=config.uploads_max_bytes,
-                          idle_expiry=config.upload_idle_expiry)
+    uploads = UploadStore(config.state_dir / "uploads", max_upload_bytes=config.max_upload_bytes,
+                          uploads_max_bytes=config.uploads_max_bytes,
+                          upload_idle_expiry=config.upload_idle_expiry)
 
     def node_options(name: str) -> Options:
         node = nodes.config(name)
@@ -185,8 +185,8 @@ async def start(parts: Parts) -> None:
     if config.metrics_listen is not None:
         try:
             parts.metrics_server = await parts.metrics.serve(
-                config.metrics_listen, max_connections=config.metrics_max_connections,
-                idle_timeout=config.metrics_idle_timeout)
+                config.metrics_listen, metrics_max_connections=config.metrics_max_connections,
+                metrics_idle_timeout=config.metrics_idle_timeout)
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise StartupError(f"{config.path}: agent.metrics_listen: cannot listen on "

@@ -102,12 +102,12 @@ class AgentMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def serve(self, address: Address, *, max_connections: int = 64,
-                    idle_timeout: float = 10.0) -> MetricsHttp:
+    async def serve(self, address: Address, *, metrics_max_connections: int,
+                    metrics_idle_timeout: float) -> MetricsHttp:
         """Start serving /metrics on the running loop; raises OSError when the address cannot
         be bound."""
-        server = MetricsHttp(self.exposition, max_connections=max_connections,
-                             idle_timeout=idle_timeout)
+        server = MetricsHttp(self.exposition, metrics_max_connections=metrics_max_connections,
+                             metrics_idle_timeout=metrics_idle_timeout)
         await server.start(address.host, address.port)
         log.info("metrics on http://%s/metrics", address)
         return server

@@ -24,11 +24,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class MetricsHttp:
     """Serves ``exposition()`` at GET /metrics (and /) on ``host``:``port``."""
 
-    def __init__(self, exposition: Callable[[], bytes], *, max_connections: int = 64,
-                 idle_timeout: float = 10.0) -> None:
+    def __init__(self, exposition: Callable[[], bytes], *, metrics_max_connections: int,
+                 metrics_idle_timeout: float) -> None:
         self._exposition = exposition
-        self._max = max_connections
-        self._idle = idle_timeout
+        self._max = metrics_max_connections
+        self._idle = metrics_idle_timeout
         self._open: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self.port = 0

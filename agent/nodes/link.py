@@ -69,9 +69,9 @@ class NodeLink:
 
     MIN_DELAY = 0.25
 
-    def __init__(self, config: NodeConfig, *, refresh_interval: float = 15.0,
-                 rpc_timeout: float = 30.0, connect_timeout: float = 5.0,
-                 max_delay: float = 30.0, observe_rpc: RpcObserver = ignore_rpc,
+    def __init__(self, config: NodeConfig, *, refresh_interval: float, rpc_timeout: float,
+                 connect_timeout: float, reconnect_max_delay: float,
+                 observe_rpc: RpcObserver = ignore_rpc,
                  tls: ssl.SSLContext | None = None, tls_server_name: str | None = None,
                  decode_budget: DecodeBudget | None = None) -> None:
         self.name = config.name
@@ -82,7 +82,7 @@ class NodeLink:
         self._refresh_interval = refresh_interval
         self._rpc_timeout = rpc_timeout
         self._connect_timeout = connect_timeout
-        self._max_delay = max(max_delay, self.MIN_DELAY)
+        self._max_delay = max(reconnect_max_delay, self.MIN_DELAY)
         self._observe = observe_rpc
         self._state = NodeState(self.name, up=False, since=time.time(), error="not connected yet")
         self._conn: Connection | None = None

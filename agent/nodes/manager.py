@@ -36,7 +36,7 @@ class NodeManager:
         def new_link(node: NodeConfig) -> NodeLink:
             return NodeLink(node, refresh_interval=config.refresh_interval,
                             rpc_timeout=config.rpc_timeout, connect_timeout=config.connect_timeout,
-                            max_delay=config.reconnect_max_delay, observe_rpc=observe_rpc,
+                            reconnect_max_delay=config.reconnect_max_delay, observe_rpc=observe_rpc,
                             tls=tls, tls_server_name=server_name, decode_budget=budget)
         return cls([new_link(node) for node in config.nodes], new_link)
 

@@ -164,7 +164,7 @@ def _unfinished(steps: list[StepRecord], now: float, detail: str) -> list[StepRe
 
 
 class Operations:
-    def __init__(self, journal: Journal, nodes: NodeManager, *, rpc_timeout: float = 30.0,
+    def __init__(self, journal: Journal, nodes: NodeManager, *, rpc_timeout: float,
                  on_finished: Callable[[OperationRecord], None] = lambda record: None) -> None:
         self._journal = journal
         self._on_finished = on_finished

@@ -36,9 +36,6 @@ _T = TypeVar("_T")
 
 log = logging.getLogger("relctl.agent.operations.uploads")
 
-DEFAULT_MAX_UPLOAD = 2 * 1024**3
-DEFAULT_MAX_TOTAL = 8 * 1024**3
-DEFAULT_IDLE_EXPIRY = 3600.0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -175,7 +172,9 @@ class UploadWriter:
             final = self._path.with_suffix("")  # drop .part
             os.replace(self._path, final)
             try:
-                tarball = inspect_tarball(final, expected_version=self.version)
+                # The agent's own limit (agent.max_upload_bytes), not the check's.
+                tarball = inspect_tarball(final, expected_version=self.version,
+                                          max_size=self._store.max_size)
             except BaseException:
                 final.unlink(missing_ok=True)
                 raise
@@ -198,13 +197,13 @@ class UploadWriter:
 
 
 class UploadStore:
-    def __init__(self, directory: Path, *, max_size: int = DEFAULT_MAX_UPLOAD,
-                 max_total: int = DEFAULT_MAX_TOTAL, idle_expiry: float = DEFAULT_IDLE_EXPIRY,
+    def __init__(self, directory: Path, *, max_upload_bytes: int, uploads_max_bytes: int,
+                 upload_idle_expiry: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._dir = directory
-        self.max_size = max_size
-        self.max_total = max_total
-        self.idle_expiry = idle_expiry
+        self.max_size = max_upload_bytes
+        self.max_total = uploads_max_bytes
+        self.idle_expiry = upload_idle_expiry
         self.now = clock
         self._uploads: dict[str, Upload] = {}
         self._used: dict[str, float] = {}      # upload id -> when it was kept or last asked for

@@ -123,7 +123,7 @@ def _as_env(value: Any, where: str) -> Env:
 
 
 class ConfigReload:
-    def __init__(self, node: Caller, steps: Steps, *, rpc_timeout: float = 30.0) -> None:
+    def __init__(self, node: Caller, steps: Steps, *, rpc_timeout: float) -> None:
         self._node = node
         self._steps = steps
         self._rpc_timeout = rpc_timeout

@@ -85,7 +85,7 @@ class ReleaseTarball:
 
 
 def inspect_tarball(path: Path, *, expected_version: str | None = None,
-                    max_size: int = 2 * 1024**3, max_members: int = MAX_MEMBERS,
+                    max_size: int, max_members: int = MAX_MEMBERS,
                     max_unpacked: int = MAX_UNPACKED) -> ReleaseTarball:
     """Check the tarball at `path` and say what it holds; raises TarballError otherwise."""
     limits = Limits(max_members, max_unpacked)

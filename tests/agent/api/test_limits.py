@@ -25,6 +25,7 @@ from agent.operations.uploads import UploadStore
 from relctl.v1 import agent_pb2_grpc
 from relctl.v1 import agent_pb2 as pb
 from tests.tools.otp_procs import free_port
+from tests.tools.settings import LINK, UPLOADS, settings
 
 
 @pytest.mark.parametrize("version", ["0.0.2", "1.2.3-rc.1+build.5", "2024.01.02~x", "v1_0"])
@@ -64,11 +65,13 @@ class Agent:
 @pytest.fixture
 async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
     config = NodeConfig("ghost@localhost", Path("/dev/null"), "cookie", epmd_port=free_port())
-    nodes = NodeManager([NodeLink(config, connect_timeout=1.0, max_delay=1.0)])
+    link = NodeLink(config, **settings(LINK, connect_timeout=1.0, reconnect_max_delay=1.0))
+    nodes = NodeManager([link])
     journal = Journal.open(tmp_path / "journal.sqlite3")
     audit = AuditLog(tmp_path / "audit.jsonl")
     service = AgentService(nodes, Operations(journal, nodes, rpc_timeout=2.0),
-                           UploadStore(tmp_path / "uploads"), rpc_timeout=2.0, audit=audit)
+                           UploadStore(tmp_path / "uploads", **settings(UPLOADS)), rpc_timeout=2.0,
+                           audit=audit)
     server = grpc.aio.server(interceptors=[
         AccessInterceptor(Authenticator([], insecure_no_auth=True), audit)])
     service.add_to(server)

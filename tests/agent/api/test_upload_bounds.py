@@ -24,15 +24,18 @@ from relctl.v1 import agent_pb2_grpc
 from relctl.v1 import agent_pb2 as pb
 from tests.tools.otp_procs import free_port
 from tests.tools.polls import until
+from tests.tools.settings import LINK, UPLOADS, settings
 
 
 @pytest.fixture
 async def stub(tmp_path: Path) -> AsyncIterator[agent_pb2_grpc.AgentStub]:
     config = NodeConfig("ghost@localhost", Path("/dev/null"), "cookie", epmd_port=free_port())
-    nodes = NodeManager([NodeLink(config, connect_timeout=1.0, max_delay=1.0)])
+    link = NodeLink(config, **settings(LINK, connect_timeout=1.0, reconnect_max_delay=1.0))
+    nodes = NodeManager([link])
     journal = Journal.open(tmp_path / "journal.sqlite3")
     operations = Operations(journal, nodes, rpc_timeout=2.0)
-    uploads = UploadStore(tmp_path / "uploads", max_total=1000, idle_expiry=0.5)
+    uploads = UploadStore(tmp_path / "uploads", **settings(UPLOADS, uploads_max_bytes=1000,
+                                                                upload_idle_expiry=0.5))
     sweeper = asyncio.create_task(uploads.sweep_forever(0.1))
     server = grpc.aio.server()
     AgentService(nodes, operations, uploads, rpc_timeout=2.0).add_to(server)

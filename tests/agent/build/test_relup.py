@@ -24,6 +24,7 @@ from agent.build.relup import (
 from agent.client.status import ExitCode
 from agent.release.tarballs.check import inspect_tarball
 from tests.tools.release_fixture import ReleaseBuild, extract_tar
+from tests.tools.settings import MAX_UPLOAD
 
 REL = """%% coding: utf-8
 {release, {"shop", "%s"}, {erts, "13.1.5"},
@@ -175,7 +176,7 @@ def test_systools_release_gets_its_relup_and_a_tarball_release_handler_takes(
     assert relup.count("{code_change,up,[{counter,[]}]}") == 1
     assert relup.count("{code_change,down,[{counter,[]}]}") == 1
     assert made.tarball is not None
-    checked = inspect_tarball(made.tarball.path, expected_version="0.0.2")
+    checked = inspect_tarball(made.tarball.path, expected_version="0.0.2", max_size=MAX_UPLOAD)
     assert (checked.unpack_name, checked.sha256) == ("counter-0.0.2", made.tarball.sha256)
     with tarfile.open(made.tarball.path) as tar:
         names = tar.getnames()

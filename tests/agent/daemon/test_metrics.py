@@ -18,6 +18,7 @@ from agent.nodes.link import NodeState
 from agent.release.releases import Release
 from tests.tools.otp_procs import free_port
 from tests.tools.polls import until
+from tests.tools.settings import METRICS, settings
 
 STATES = (
     NodeState("a@h", up=True, since=0.0, releases=(
@@ -80,7 +81,7 @@ def scrape(url: str) -> str:
 async def test_served_over_http_on_loopback() -> None:
     state = list(STATES[:1])
     m = AgentMetrics(lambda: tuple(state))
-    server = await m.serve(Address("127.0.0.1", free_port()))
+    server = await m.serve(Address("127.0.0.1", free_port()), **settings(METRICS))
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
         first = samples(await asyncio.to_thread(scrape, url))
@@ -115,8 +116,9 @@ async def test_idle_connections_are_capped_and_timed_out() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     idle = min(1000, wanted - 200)  # this process holds both ends of each connection
     m = AgentMetrics(lambda: STATES)
-    server = await m.serve(Address("127.0.0.1", free_port()), max_connections=32,
-                           idle_timeout=0.5)
+    server = await m.serve(Address("127.0.0.1", free_port()),
+                           **settings(METRICS, metrics_max_connections=32,
+                                      metrics_idle_timeout=0.5))
     writers: list[asyncio.StreamWriter] = []
     ends: list[asyncio.Future[bytes]] = []  # each connection read to its end: closed by the server
     try:

@@ -13,6 +13,7 @@ from agent.config import NodeConfig
 from agent.nodes.link import NodeLink
 from agent.nodes.manager import NodeManager
 from tests.tools.otp_procs import free_port
+from tests.tools.settings import LINK, settings
 
 
 def cookie_file(tmp_path: Path, name: str, cookie: str) -> Path:
@@ -25,7 +26,7 @@ def cookie_file(tmp_path: Path, name: str, cookie: str) -> Path:
 def link(tmp_path: Path, name: str = "a@localhost", cookie: str = "first-cookie") -> NodeLink:
     file = cookie_file(tmp_path, f"{name}.cookie", cookie)
     return NodeLink(NodeConfig(name, cookie_file=file, cookie=cookie, epmd_port=free_port()),
-                    connect_timeout=1.0, max_delay=1.0)
+                    **settings(LINK, connect_timeout=1.0, reconnect_max_delay=1.0))
 
 
 def test_a_rewritten_cookie_file_is_used_from_then_on(tmp_path: Path,
@@ -58,7 +59,8 @@ def test_a_cookie_file_that_cannot_be_used_keeps_the_cookie_in_use(
 
 
 def test_a_node_made_in_code_without_a_file_has_nothing_to_re_read() -> None:
-    node = NodeLink(NodeConfig("b@localhost", cookie="in-code", epmd_port=free_port()))
+    node = NodeLink(NodeConfig("b@localhost", cookie="in-code", epmd_port=free_port()),
+                    **settings(LINK))
     assert not node.reload_cookie()
     assert node.config.cookie == "in-code"
 

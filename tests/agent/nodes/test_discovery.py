@@ -14,10 +14,11 @@ from agent.nodes.discovery import Discovery
 from agent.nodes.link import NodeLink
 from agent.nodes.manager import NodeManager
 from bridge import EpmdUnreachable
+from tests.tools.settings import LINK, settings
 
 
 def manager() -> NodeManager:
-    return NodeManager([], lambda node: NodeLink(node))
+    return NodeManager([], lambda node: NodeLink(node, **settings(LINK)))
 
 
 def discovery(tmp_path: Path, nodes: NodeManager, names: dict[str, int] | Exception, *,

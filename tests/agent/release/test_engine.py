@@ -70,6 +70,7 @@ from tests.agent.release.scripted import (
     tokens,
     which_releases,
 )
+from tests.tools.settings import MAX_UPLOAD
 
 RPC_TIMEOUT = 1.0
 FAST = Options(install_timeout=5.0, restart_timeout=2.0)
@@ -169,7 +170,7 @@ def tarball(rig: Rig, version: str = "0.0.2", sys_config: bytes | None = SYS_CON
     packed = gzip.compress(raw.getvalue(), mtime=0)
     path = rig.root.parent / f"upload-{version}-{hashlib.sha256(packed).hexdigest()[:8]}.tar.gz"
     path.write_bytes(packed)
-    return inspect_tarball(path)
+    return inspect_tarball(path, max_size=MAX_UPLOAD)  # as the agent checks an upload
 
 
 def relup_on_node(rig: Rig, version: str = "0.0.2", text: bytes | None = None) -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from agent.errors import RequestError
 from agent.release.tarballs import check as tarball
 from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
+from tests.tools.settings import MAX_UPLOAD
 
 Member = tuple[tarfile.TarInfo, bytes]
 
@@ -106,7 +107,7 @@ def relx_members() -> list[Member]:
 
 def refused(path: Path, **options: Any) -> str:
     with pytest.raises(TarballError) as caught:
-        inspect_tarball(path, **options)
+        inspect_tarball(path, **({"max_size": MAX_UPLOAD} | options))
     return str(caught.value)
 
 
@@ -115,7 +116,7 @@ def refused(path: Path, **options: Any) -> str:
 def test_a_systools_tarball(tmp_path: Path) -> None:
     path = write(tmp_path / "counter-0.0.2.tar.gz", systools_members())
     data = path.read_bytes()
-    assert inspect_tarball(path, expected_version="0.0.2") == ReleaseTarball(
+    assert inspect_tarball(path, expected_version="0.0.2", max_size=MAX_UPLOAD) == ReleaseTarball(
         path=path, release_name="counter", version="0.0.2", erts_version="13.2.2",
         unpack_name="counter-0.0.2", rel_member="releases/counter-0.0.2.rel",
         applications=APPS, sys_config=b"[{counter, [{step, 2}]}].",
@@ -125,7 +126,7 @@ def test_a_systools_tarball(tmp_path: Path) -> None:
 
 
 def test_a_relx_tarball(tmp_path: Path) -> None:
-    found = inspect_tarball(write(tmp_path / "counter.tar.gz", relx_members()))
+    found = inspect_tarball(write(tmp_path / "counter.tar.gz", relx_members()), max_size=MAX_UPLOAD)
     assert (found.unpack_name, found.rel_member) == ("0.0.2/counter", "releases/0.0.2/counter.rel")
     assert (found.release_name, found.version, found.applications) == ("counter", "0.0.2", APPS)
     assert (found.sys_config, found.relup) == (b"[].", None)
@@ -145,7 +146,8 @@ def test_dot_member_names_are_refused_with_how_to_repack(
 
 def test_a_rel_without_final_dot_and_with_escapes_and_quoted_atoms(tmp_path: Path) -> None:
     text = b'{release,{"my\\"rel","1"},{erts,"14"},[{\'my-app\',"1.0"}]} % done\n'
-    found = inspect_tarball(write(tmp_path / "t.tar.gz", [file('releases/my"rel-1.rel', text)]))
+    found = inspect_tarball(write(tmp_path / "t.tar.gz", [file('releases/my"rel-1.rel', text)]),
+                            max_size=MAX_UPLOAD)
     assert (found.release_name, found.unpack_name) == ('my"rel', 'my"rel-1')
     assert found.applications == (("my-app", "1.0"),)
 
@@ -154,13 +156,15 @@ def test_a_symlink_inside_the_root_is_accepted(tmp_path: Path) -> None:
     members = relx_members() + [link("bin/current", "../releases/0.0.2"),
                                 link("lib/counter/priv/self", "."),
                                 link("releases/latest", "0.0.2/counter.rel")]
-    assert inspect_tarball(write(tmp_path / "t.tar.gz", members)).version == "0.0.2"
+    found = inspect_tarball(write(tmp_path / "t.tar.gz", members), max_size=MAX_UPLOAD)
+    assert found.version == "0.0.2"
 
 
 def test_of_several_releases_the_expected_version_is_chosen(tmp_path: Path) -> None:
     members = systools_members("0.0.1") + systools_members("0.0.2")
     path = write(tmp_path / "t.tar.gz", members)
-    assert inspect_tarball(path, expected_version="0.0.1").unpack_name == "counter-0.0.1"
+    found = inspect_tarball(path, expected_version="0.0.1", max_size=MAX_UPLOAD)
+    assert found.unpack_name == "counter-0.0.1"
     message = refused(path)
     assert "holds more than one release (counter 0.0.1, counter 0.0.2)" in message
     assert "give the expected version" in message
@@ -170,7 +174,7 @@ def test_of_several_releases_the_expected_version_is_chosen(tmp_path: Path) -> N
 
 def test_with_both_layouts_the_systools_one_is_named(tmp_path: Path) -> None:
     members = relx_members() + [file("releases/counter-0.0.2.rel", rel())]
-    found = inspect_tarball(write(tmp_path / "t.tar.gz", members))
+    found = inspect_tarball(write(tmp_path / "t.tar.gz", members), max_size=MAX_UPLOAD)
     assert (found.unpack_name, found.rel_member) == ("counter-0.0.2", "releases/counter-0.0.2.rel")
 
 
@@ -346,7 +350,7 @@ def test_symlinks_out_of_the_root(tmp_path: Path, name: str, target: str,
                                   problem: str | None) -> None:
     path = write(tmp_path / "t.tar.gz", relx_members() + [link(name, target)])
     if problem is None:
-        assert inspect_tarball(path).version == "0.0.2"
+        assert inspect_tarball(path, max_size=MAX_UPLOAD).version == "0.0.2"
     else:
         assert f"member {name!r} is a symlink to {target!r}, {problem}" in refused(path)
 
@@ -371,7 +375,7 @@ def test_hard_links_out_of_the_root(tmp_path: Path, target: str, problem: str) -
 def test_a_hard_link_inside_the_root_is_accepted(tmp_path: Path) -> None:
     path = write(tmp_path / "t.tar.gz",
                  relx_members() + [link("bin/counter2", "bin/counter", tarfile.LNKTYPE)])
-    assert inspect_tarball(path).version == "0.0.2"
+    assert inspect_tarball(path, max_size=MAX_UPLOAD).version == "0.0.2"
 
 
 @pytest.mark.parametrize("kind, called", [
@@ -484,7 +488,7 @@ def mutate(data: bytes, changes: Flips, keep: float) -> bytes:
 def survives(path: Path, data: bytes) -> None:
     path.write_bytes(data)
     try:
-        inspect_tarball(path)
+        inspect_tarball(path, max_size=MAX_UPLOAD)
     except TarballError:
         pass
 

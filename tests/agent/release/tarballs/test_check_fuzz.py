@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
 from agent.relfile import parse_rel
+from tests.tools.settings import MAX_UPLOAD
 
 BLOCK = tarfile.BLOCKSIZE
 # RELCTL_FUZZ_SCALE=20 multiplies every example count, for a long run by hand or nightly.
@@ -141,7 +142,7 @@ def check_accepted(data: bytes, found: ReleaseTarball) -> None:
 def outcome(path: Path, data: bytes, **options: Any) -> ReleaseTarball | TarballError:
     path.write_bytes(data)
     try:
-        found = inspect_tarball(path, **options)
+        found = inspect_tarball(path, **({"max_size": MAX_UPLOAD} | options))
     except TarballError as exc:
         message = str(exc)
         assert message.startswith(f"{path}: ")

@@ -13,6 +13,7 @@ import pytest
 
 from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
 from agent.release.tarballs.extract import extract, place, why_not_write
+from tests.tools.settings import MAX_UPLOAD
 
 from tests.tools.needs import needs_root
 
@@ -43,7 +44,7 @@ def systools(tmp_path: Path) -> ReleaseTarball:
         "releases/counter-0.0.2.rel": REL, "releases/0.0.2/start.boot": b"boot",
         "lib/kernel-8.5.3/ebin/kernel.app": b"the tarball's",
         "lib/kernel-8.5.3/ebin/new.beam": b"new in a kept dir",
-        "lib/counter-0.0.2/ebin/counter.beam": b"beam"}))
+        "lib/counter-0.0.2/ebin/counter.beam": b"beam"}), max_size=MAX_UPLOAD)
 
 
 def test_new_dirs_are_placed_and_what_the_root_has_is_kept(root: Path, tmp_path: Path) -> None:
@@ -67,7 +68,8 @@ def test_new_dirs_are_placed_and_what_the_root_has_is_kept(root: Path, tmp_path:
 def test_a_relx_rel_is_read_from_the_temporary_dir_and_never_placed(
         root: Path, tmp_path: Path) -> None:
     tarball = inspect_tarball(make_tarball(tmp_path / "relx.tar.gz", {
-        "releases/0.0.2/counter.rel": REL, "lib/counter-0.0.2/ebin/counter.beam": b"beam"}))
+        "releases/0.0.2/counter.rel": REL, "lib/counter-0.0.2/ebin/counter.beam": b"beam"}),
+        max_size=MAX_UPLOAD)
     extracted = extract(tarball, root)
     place(extracted, root, "0.0.2")
     assert extracted.rel_file == extracted.tmp / "counter.rel"

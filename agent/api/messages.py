@@ -1,13 +1,18 @@
-"""Agent values as relctl.v1 messages (protobuf only; no grpc here)."""
+"""Agent values as relctl.v1 messages, and the options a request asks for as agent values
+(protobuf only; no grpc here)."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.nodes import NodeState, PingResult
 from agent.operations import OperationRecord, Progress
-from agent.release import Release, StepRecord
+from agent.release import Release, Requested, StepRecord
 from relctl.v1 import agent_pb2 as pb
 
 _STATUS = {
@@ -116,3 +121,30 @@ def progress_message(event: Progress) -> pb.ProgressEvent:
         return pb.ProgressEvent(operation_id=event.op_id, finished=operation_message(event.finished))
     assert event.step is not None
     return pb.ProgressEvent(operation_id=event.op_id, step=step_message(event.step))
+
+
+# The fields of an operation request that say what to act on; every other field is an option.
+TARGET_FIELDS = frozenset({"node", "version", "upload_id"})
+_REQUESTED = frozenset(f.name for f in dataclasses.fields(Requested))
+
+
+def requested(message: Message, **fixed: Any) -> Requested:
+    """The options ``message`` (an operation request) asks for, taken by field name: each
+    field but the TARGET_FIELDS is the Requested field of the same name (``no_permanent``
+    is ``permanent`` negated; a zero Duration is None: the node's config decides); ``fixed``
+    sets what the RPC itself decides (an install is never made permanent). A field Requested
+    does not know raises TypeError, so a new option cannot be dropped on its way."""
+    values: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        name, value = field.name, getattr(message, field.name)
+        if name in TARGET_FIELDS:
+            continue
+        if name == "no_permanent":
+            name, value = "permanent", not value
+        elif isinstance(value, Duration):
+            value = value.ToNanoseconds() / 1e9 or None
+        if name not in _REQUESTED:
+            raise TypeError(f"{message.DESCRIPTOR.name}.{field.name} is not an operation option "
+                            "(agent/release/options.py Requested) nor a target field")
+        values[name] = value
+    return Requested(**(values | fixed))

@@ -7,7 +7,6 @@ Only this module and the interceptor (agent/api/interceptor.py) know about grpc.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import socket
@@ -21,13 +20,22 @@ from agent.config import ApiTls
 from agent.errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, NotFound, RequestError
 from agent.nodes import NodeManager
 from agent.operations import Operations, UploadStore
-from agent.release import ConfigReload, Options, ReleaseEngine, ReloadOptions, Result, verify_running
+from agent.release import (
+    ConfigReload,
+    Options,
+    ReleaseEngine,
+    ReloadOptions,
+    Requested,
+    Result,
+    operation_options,
+    verify_running,
+)
 from relctl.v1 import AGENT_ERROR_METADATA, agent_pb2_grpc
 from relctl.v1 import agent_pb2 as pb
 
 from .audit import AuditLog, AuditRecord
 from .interceptor import CALLER
-from .messages import node_message, operation_message, ping_message, progress_message
+from .messages import node_message, operation_message, ping_message, progress_message, requested
 from .limits import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
 
 log = logging.getLogger("relctl.agent.api.service")
@@ -109,15 +117,13 @@ class AgentService:
     """Implements every RPC of relctl.v1.Agent."""
 
     def __init__(self, nodes: NodeManager, operations: Operations | None = None,
-                 uploads: UploadStore | None = None, *, rpc_timeout: float = 30.0,
-                 node_options: Callable[[str], Options] = lambda node: Options(),
+                 uploads: UploadStore | None = None, *, rpc_timeout: float,
                  audit: AuditLog | None = None) -> None:
         self._nodes = nodes
         self._audit = audit
         self._ops = operations
         self._uploads = uploads
         self._rpc_timeout = rpc_timeout
-        self._node_options = node_options
         self._info = pb.AgentInfo(version=__version__, hostname=socket.gethostname())
 
     def add_to(self, server: grpc.aio.Server) -> None:
@@ -268,20 +274,9 @@ class AgentService:
             raise RuntimeError("this AgentService has no upload store")
         return self._uploads.get(upload_id, self._node_name(node), claim=True).tarball
 
-    def _options(self, node: str, *, permanent: bool = True, dry_run: bool = False,
-                 install_timeout: Any = None, health_timeout: Any = None,
-                 allow_config_reset: bool = False) -> Options:
-        base = self._node_options(self._node_name(node))
-        return Options(
-            permanent=permanent, dry_run=dry_run,
-            install_timeout=(install_timeout.ToNanoseconds() / 1e9
-                             if install_timeout is not None and install_timeout.ToNanoseconds()
-                             else base.install_timeout),
-            health_timeout=(health_timeout.ToNanoseconds() / 1e9
-                            if health_timeout is not None and health_timeout.ToNanoseconds()
-                            else base.health_timeout),
-            probes=base.probes, restart_timeout=base.restart_timeout, hooks=base.hooks,
-            allow_config_reset=allow_config_reset)
+    def _options(self, node: str, asked: Requested) -> Options:
+        """The operation's options: the node's config, with what the request overrides."""
+        return operation_options(self._nodes.config(self._node_name(node)), asked)
 
     async def Unpack(self, request: pb.UnpackRequest, context: _Ctx) -> pb.OperationResult:
         with _Claim(self._uploads, request.upload_id) as claim:
@@ -293,7 +288,8 @@ class AgentService:
                                     "--tarball F)", _ERROR_METADATA)
 
             async def unpack(engine: ReleaseEngine) -> Result:
-                return await engine.unpack(request.version, tarball, replace=request.replace)
+                return await engine.unpack(request.version, tarball,
+                                           replace=requested(request).replace)
             work = claim.consume(unpack)
             return await self._unary(context, request.node, "unpack", request.version, work)
 
@@ -304,7 +300,7 @@ class AgentService:
 
     async def Install(self, request: pb.InstallRequest, context: _Ctx) -> pb.OperationResult:
         options = await _answer(context, _now(lambda: self._options(
-            request.node, permanent=False, install_timeout=request.timeout)))
+            request.node, requested(request, permanent=False))))
         return await self._unary(context, request.node, "install", request.version,
                                  lambda engine: engine.install(request.version, options))
 
@@ -321,15 +317,9 @@ class AgentService:
                       context: _Ctx) -> AsyncIterator[pb.ProgressEvent]:
         def prepare() -> tuple[Any, Options]:
             return (self._tarball(request.node, request.upload_id),
-                    self._options(request.node, permanent=not request.no_permanent,
-                                  dry_run=request.dry_run,
-                                  install_timeout=request.install_timeout,
-                                  health_timeout=request.health_timeout,
-                                  allow_config_reset=request.allow_config_reset))
+                    self._options(request.node, requested(request)))
         with _Claim(self._uploads, request.upload_id) as claim:
             tarball, options = await _answer(context, _now(prepare))
-            options = dataclasses.replace(options, replace=request.replace,
-                                          allow_purge_kill=request.allow_purge_kill)
             work = claim.consume(lambda engine: engine.upgrade(request.version, tarball, options))
             async for event in self._stream(context, request.node, "upgrade", request.version,
                                             work):
@@ -337,11 +327,8 @@ class AgentService:
 
     async def Downgrade(self, request: pb.DowngradeRequest,
                         context: _Ctx) -> AsyncIterator[pb.ProgressEvent]:
-        options = await _answer(context, _now(lambda: self._options(
-            request.node, permanent=not request.no_permanent,
-            install_timeout=request.install_timeout,
-            allow_config_reset=request.allow_config_reset)))
-        options = dataclasses.replace(options, allow_purge_kill=request.allow_purge_kill)
+        options = await _answer(context, _now(lambda: self._options(request.node,
+                                                                  requested(request))))
         async for event in self._stream(context, request.node, "downgrade", request.version,
                                         lambda engine: engine.downgrade(request.version, options)):
             yield event

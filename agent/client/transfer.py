@@ -204,7 +204,7 @@ class UpgradeSpec:
     tarball: Path | None = None
     no_permanent: bool = False
     dry_run: bool = False
-    health_timeout: float | None = None
+    health_soak: float | None = None
     install_timeout: float | None = None
     digest: tuple[int, str] | None = None  # file_digest(tarball), read once for every agent
     allow_config_reset: bool = False
@@ -279,7 +279,7 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
     events = stub.Upgrade(pb.UpgradeRequest(
         node=settings.node, version=spec.version, upload_id=upload_id,
         no_permanent=spec.no_permanent, dry_run=spec.dry_run,
-        health_timeout=_duration(spec.health_timeout),
+        health_soak=_duration(spec.health_soak),
         install_timeout=_duration(spec.install_timeout),
         allow_config_reset=spec.allow_config_reset, replace=spec.replace,
         allow_purge_kill=spec.allow_purge_kill),

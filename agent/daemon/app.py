@@ -29,7 +29,6 @@ from agent.errors import HostError
 from agent.nodes import Discovery, NodeManager
 from agent.operations import JOURNAL_FILE, Journal, JournalError, OperationRecord, Operations
 from agent.operations import UploadStore
-from agent.release import Options, Probe
 from bridge import Node
 
 from .metrics import AgentMetrics
@@ -148,12 +147,6 @@ def build(config: AgentConfig) -> Parts:
                           uploads_max_bytes=config.uploads_max_bytes,
                           upload_idle_expiry=config.upload_idle_expiry)
 
-    def node_options(name: str) -> Options:
-        node = nodes.config(name)
-        return Options(install_timeout=node.install_timeout, health_timeout=node.health_soak,
-                       probes=tuple(Probe(m, f) for m, f in node.health_probes),
-                       hooks=node.hooks)
-
     try:
         audit = AuditLog(config.state_dir / AUDIT_FILE)
     except OSError as exc:
@@ -172,8 +165,10 @@ def build(config: AgentConfig) -> Parts:
     access = AccessInterceptor(Authenticator(config.tokens,
                                              insecure_no_auth=config.insecure_no_auth),
                                audit, unix_caller, tcp_peer)
+    # Each operation's options come from its node's config and the request
+    # (agent.release.options, called by the service): nothing to hand over here.
     server = ApiServer(AgentService(nodes, operations, uploads, rpc_timeout=config.rpc_timeout,
-                                    node_options=node_options, audit=audit), [access])
+                                    audit=audit), [access])
     return Parts(config, nodes, metrics, journal, operations, audit, fronts, server,
                  _discovery(config, nodes), uploads, access=access)
 

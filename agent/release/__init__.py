@@ -11,6 +11,7 @@ and the agent's own extraction live in the tarballs/ sub-room.
 
 from .codecheck import verify_running
 from .core import UnpackLedger
+from .options import Requested, operation_options
 from .releases import Release, UnexpectedReply, parse_which_releases
 from .reload import ConfigReload, ReloadOptions
 from .tarballs import ReleaseTarball, TarballError, inspect_tarball
@@ -34,6 +35,7 @@ from .values import (
 __all__ = [
     "FAILED", "OUTCOMES", "STEP_STATES", "Caller", "ConfigChange", "ConfigReload", "Failure",
     "Options", "Placing", "Probe", "Release", "ReleaseEngine", "ReleaseTarball",
-    "ReloadOptions", "Result", "StepRecord", "TarballError", "UnexpectedReply",
-    "UnpackLedger", "inspect_tarball", "parse_which_releases", "verify_running",
+    "ReloadOptions", "Requested", "Result", "StepRecord", "TarballError", "UnexpectedReply",
+    "UnpackLedger", "inspect_tarball", "operation_options", "parse_which_releases",
+    "verify_running",
 ]

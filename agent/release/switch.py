@@ -229,7 +229,7 @@ class Switch:
         return (f"{report.modules} modules match the release's beams ({report.mode} mode)")
 
     async def _soak(self, options: Options) -> str:
-        deadline = time.monotonic() + options.health_timeout
+        deadline = time.monotonic() + options.health_soak
         rounds = 0
         while True:
             for probe in options.probes:
@@ -242,7 +242,7 @@ class Switch:
                                           f"{await self._core.style.reason(res)}")
             rounds += 1
             if time.monotonic() >= deadline:
-                return f"probes ok {rounds}x over {options.health_timeout:g} s"
+                return f"probes ok {rounds}x over {options.health_soak:g} s"
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     async def verify_and_commit(self, version: str, options: Options, ctx: OperationContext,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.config import Hook, NodeConfig
+from agent.config import RESTART_TIMEOUT, Hook, NodeConfig
 from bridge import format_term
 
 from .releases import Release
@@ -116,9 +116,11 @@ class Options:
     dry_run: bool = False
     # relup scripts may migrate big states; the config's default (agent/config/values.py)
     install_timeout: float = NodeConfig.install_timeout
-    health_timeout: float = 0.0      # soak time of the probes; 0: probes run once
+    # Seconds the probes must keep passing (health_soak in agent.toml, the API and relctl);
+    # 0: they run once.
+    health_soak: float = NodeConfig.health_soak
     probes: tuple[Probe, ...] = ()
-    restart_timeout: float = 60.0    # how long a node restarted by release_handler may take
+    restart_timeout: float = RESTART_TIMEOUT  # a node restarted by release_handler
     hooks: tuple[Hook, ...] = ()     # RPCs before and after each install_release
     replace: bool = False            # a release of the version already there is replaced
     # A release whose runtime config cannot be reproduced (runtime.py) is installed anyway,

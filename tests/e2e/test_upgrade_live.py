@@ -18,6 +18,7 @@ from relctl.v1 import agent_pb2_grpc
 from tests.tools.agent_proc import (
     ROOT,
     AgentProc,
+    CliResult,
     NodeEntry,
     eventually,
     relctl,
@@ -364,3 +365,34 @@ def test_an_upgrade_of_a_release_unpacked_from_the_same_bytes_sends_nothing(
     assert "upgrade 0.0.2 on counter@localhost: done" in again.stdout
     trail = relctl("audit", "-o", "json", agents=[agent.address]).json()["records"]
     assert [r["rpc"] for r in trail] == ["Upgrade", "Downgrade", "Upgrade", "Unpack", "Upload"]
+
+
+def test_health_soak_is_one_setting_in_the_config_the_api_and_relctl(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    """agent.toml's health_soak is the default; relctl --health-soak (the API's health_soak)
+    overrides it for one upgrade; --health-timeout, its old name, still works with a warning."""
+    agent = start_agent(tmp_path / "soak", [
+        NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)],
+        node_extra={"health_probes": ["counter:health"], "health_soak": 3})
+    agents.append(agent)
+    tarball = str(release_build.tarball("0.0.2"))
+
+    def verify_detail(result: CliResult) -> str:
+        assert result.returncode == 0, result.stdout + result.stderr
+        detail: str = next(s["detail"] for s in result.json()["operation"]["steps"]
+                           if s["name"] == "verify")
+        return detail
+
+    up = relctl("upgrade", "0.0.2", "--tarball", tarball, "--health-soak", "1", "-o", "json",
+                agents=[agent.address], timeout=180)
+    assert "over 1 s" in verify_detail(up) and up.stderr == ""
+    trail = relctl("audit", "-o", "json", agents=[agent.address]).json()["records"]
+    assert trail[0]["rpc"] == "Upgrade" and trail[0]["arguments"]["health_soak"] == "1s"
+    down = relctl("downgrade", "0.0.1", "-o", "json", agents=[agent.address], timeout=180)
+    assert "over 3 s" in verify_detail(down)  # the config's, as nothing overrides it
+    again = relctl("upgrade", "0.0.2", "--health-timeout", "1", "-o", "json",
+                   agents=[agent.address], timeout=180)
+    assert "over 1 s" in verify_detail(again)
+    assert again.stderr == ("relctl: warning: --health-timeout is the old name of --health-soak; "
+                            "use --health-soak (the old name will go away)\n")

@@ -23,6 +23,17 @@ from ..status import ExitCode, exit_code_for_outcome, worst_first_text
 from ..transfer import UpgradeSpec, follow, upgrade_on, upload
 
 
+def _old_name(new: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """The callback of an option kept under its old name: a warning on stderr when it is used
+    (the old name still works; scripts have time to change)."""
+    def warn(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            click.echo(f"relctl: warning: {param.opts[0]} is the old name of {new}; use {new} "
+                       "(the old name will go away)", err=True)
+        return value
+    return warn
+
+
 def _finished(settings: Settings, op: pb.Operation) -> ExitCode:
     print_operation(settings, op)
     return exit_code_for_outcome(outcome_of(op))
@@ -78,8 +89,11 @@ operations already started go on on their agents.
               help="Release tarball to upload first (not needed for an unpacked or old release).")
 @click.option("--no-permanent", is_flag=True, help="Install but do not make permanent.")
 @click.option("--dry-run", is_flag=True, help="Stop after check_install_release; change nothing.")
-@click.option("--health-timeout", type=click.FloatRange(min=0), default=None, metavar="S",
-              help="Soak time of the health probes (default: the agent's config).")
+@click.option("--health-soak", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Seconds the health probes must keep passing after the install (default: "
+                   "the node's health_soak in the agent's config).")
+@click.option("--health-timeout", type=click.FloatRange(min=0), default=None, hidden=True,
+              callback=_old_name("--health-soak"))
 @click.option("--install-timeout", type=click.FloatRange(min=1), default=None, metavar="S",
               help="Time limit of install_release (default: the agent's config).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -105,12 +119,16 @@ operations already started go on on their agents.
 @shared_options
 @click.pass_obj
 def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent: bool,
-            dry_run: bool, health_timeout: float | None, install_timeout: float | None,
+            dry_run: bool, health_soak: float | None, health_timeout: float | None,
+            install_timeout: float | None,
             batch: int, max_failures: int, stage_parallel: int | None,
             no_prestage: bool, allow_config_reset: bool, replace: bool,
             allow_purge_kill: bool) -> ExitCode:
     # The help is _UPGRADE_HELP: it quotes the worst-first order from agent.client.status.
-    spec = UpgradeSpec(version, tarball, no_permanent, dry_run, health_timeout, install_timeout,
+    if health_soak is not None and health_timeout is not None:
+        raise click.UsageError("--health-timeout is the old name of --health-soak: give one")
+    soak = health_soak if health_soak is not None else health_timeout
+    spec = UpgradeSpec(version, tarball, no_permanent, dry_run, soak, install_timeout,
                        allow_config_reset=allow_config_reset, replace=replace,
                        allow_purge_kill=allow_purge_kill)
     if len(settings.agents) > 1:

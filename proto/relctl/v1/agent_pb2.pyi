@@ -385,14 +385,14 @@ class CheckInstallRequest(_message.Message):
     def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class InstallRequest(_message.Message):
-    __slots__ = ("node", "version", "timeout")
+    __slots__ = ("node", "version", "install_timeout")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
-    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    INSTALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     node: str
     version: str
-    timeout: _duration_pb2.Duration
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    install_timeout: _duration_pb2.Duration
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class MakePermanentRequest(_message.Message):
     __slots__ = ("node", "version")
@@ -411,13 +411,13 @@ class RemoveRequest(_message.Message):
     def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class UpgradeRequest(_message.Message):
-    __slots__ = ("node", "version", "upload_id", "no_permanent", "dry_run", "health_timeout", "install_timeout", "allow_config_reset", "replace", "allow_purge_kill")
+    __slots__ = ("node", "version", "upload_id", "no_permanent", "dry_run", "health_soak", "install_timeout", "allow_config_reset", "replace", "allow_purge_kill")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     NO_PERMANENT_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
-    HEALTH_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_SOAK_FIELD_NUMBER: _ClassVar[int]
     INSTALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ALLOW_CONFIG_RESET_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
@@ -427,12 +427,12 @@ class UpgradeRequest(_message.Message):
     upload_id: str
     no_permanent: bool
     dry_run: bool
-    health_timeout: _duration_pb2.Duration
+    health_soak: _duration_pb2.Duration
     install_timeout: _duration_pb2.Duration
     allow_config_reset: bool
     replace: bool
     allow_purge_kill: bool
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., upload_id: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., health_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ..., replace: _Optional[bool] = ..., allow_purge_kill: _Optional[bool] = ...) -> None: ...
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., upload_id: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., health_soak: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ..., replace: _Optional[bool] = ..., allow_purge_kill: _Optional[bool] = ...) -> None: ...
 
 class DowngradeRequest(_message.Message):
     __slots__ = ("node", "version", "no_permanent", "install_timeout", "allow_config_reset", "allow_purge_kill")

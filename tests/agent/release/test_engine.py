@@ -483,8 +483,8 @@ async def test_a_release_that_restarts_the_emulator_is_waited_for(rig: Rig) -> N
     rig.done()
 
 
-async def test_probes_soak_for_the_health_timeout(rig: Rig) -> None:
-    options = Options(probes=(Probe("counter", "health"),), health_timeout=0.05)
+async def test_probes_soak_for_the_health_soak(rig: Rig) -> None:
+    options = Options(probes=(Probe("counter", "health"),), health_soak=0.05)
     rig.expect(preflight(rig, *UNPACKED), config_on_node(rig.root, "0.0.2"), check_ok(),
                install_ok(options=SLOW), verify_ok("0.0.2", *CURRENT),
                repeatedly("counter:health", [], OK), permanent(), which_releases(*DONE))

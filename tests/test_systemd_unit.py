@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_SOCKET, DEFAULT_STATE_DIR, AgentConfig
-from agent.daemon.main import DEFAULT_CONFIG, EXIT_CONFIG
+from agent.config import DEFAULT_CONFIG, DEFAULT_SOCKET, DEFAULT_STATE_DIR, AgentConfig
+from agent.daemon.main import EXIT_CONFIG
 from tests.tools.needs import needs_tool
 
 ROOT = Path(__file__).resolve().parent.parent

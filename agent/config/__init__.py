@@ -18,6 +18,7 @@ from .parse import parse_address, parse_config, read_config
 from .secrets import load_secrets, read_cookie
 from .values import (
     CONTINUE,
+    DEFAULT_CONFIG,
     DEFAULT_DISCOVERY_EXCLUDE,
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
@@ -53,7 +54,7 @@ __all__ = [
     "read_cookie", "client_context", "hint",
     "AgentConfig", "NodeConfig", "DiscoveryConfig", "Address", "UnixAddress", "Endpoint",
     "ApiTls", "DistributionTls", "Token", "Hook", "SecretRef",
-    "DEFAULT_DISCOVERY_EXCLUDE", "DEFAULT_SOCKET", "DEFAULT_STATE_DIR", "RESTART_TIMEOUT",
+    "DEFAULT_CONFIG", "DEFAULT_DISCOVERY_EXCLUDE", "DEFAULT_SOCKET", "DEFAULT_STATE_DIR", "RESTART_TIMEOUT",
     "default",
     "VIEWER", "OPERATOR", "ROLES", "FAIL", "CONTINUE", "PRE_INSTALL", "POST_INSTALL",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 
 from bridge import Atom, DecodeBudget, format_term
 
+DEFAULT_CONFIG = "/etc/relctl/agent.toml"  # relctl-agent --config, and the unit's
 DEFAULT_SOCKET = "/run/relctl/agent.sock"
 DEFAULT_LISTEN = f"unix:{DEFAULT_SOCKET}"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9568"

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from agent import __version__
 from agent.config import (
+    DEFAULT_CONFIG,
     AgentConfig,
     SecretRef,
     UnixAddress,
@@ -32,7 +33,6 @@ log = logging.getLogger("relctl.agent")
 EXIT_OK = 0
 EXIT_START_FAILED = 1
 EXIT_CONFIG = 78
-DEFAULT_CONFIG = "/etc/relctl/agent.toml"
 
 
 def summary(config: AgentConfig) -> str:

@@ -244,30 +244,51 @@ def _beam_dir(app: str, vsn: str, roots: Sequence[Path]) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class OtpAppups:
+    """The lib directory of the OTP an ``erl`` runs and the appups its applications ship, as
+    that erl sees them: the erl may be a wrapper running OTP in a container or chroot, whose
+    files relctl does not see at the same paths (they are only handed back to that erl)."""
+
+    lib: Path
+    appups: frozenset[Path]
+
+
 @functools.lru_cache(maxsize=8)
-def otp_lib_dir(erl: str) -> Path | None:
-    """The lib directory of the OTP ``erl`` runs (code:lib_dir()), None if it cannot say."""
+def otp_appups(erl: str) -> OtpAppups | None:
+    """What ``erl``'s OTP ships (code:lib_dir() and its lib/*/ebin/*.appup), None if it
+    cannot say."""
     env = clean_env()
+    program = ('io:setopts(standard_io, [{encoding, unicode}]), L = code:lib_dir(), '
+               'io:format("~ts~n", [L]), [io:format("~ts~n", [F]) || F <- '
+               'filelib:wildcard(filename:join([L, "*", "ebin", "*.appup"]))], halt(0).')
     try:
         proc = subprocess.run([erl, "-boot", "no_dot_erlang", "-noshell", "-noinput", "-eval",
-                               "io:put_chars(code:lib_dir()), halt(0)."], env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True,
+                               program], env=env, stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=ERL_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    lib = proc.stdout.decode("utf-8", "replace").strip()
-    return Path(lib) if proc.returncode == 0 and lib and Path(lib).is_dir() else None
+    lines = proc.stdout.decode("utf-8", "replace").splitlines()
+    if proc.returncode != 0 or not lines or not lines[0].startswith("/"):
+        return None
+    return OtpAppups(Path(lines[0]), frozenset(Path(f) for f in lines[1:] if f))
+
+
+def otp_lib_dir(erl: str) -> Path | None:
+    """The lib directory of the OTP ``erl`` runs (code:lib_dir()), None if it cannot say."""
+    found = otp_appups(erl)
+    return None if found is None else found.lib
 
 
 def _otp_appup(app: str, vsn: str, erl: str) -> Path | None:
     """OTP's own appup of ``app`` ``vsn`` when that is an application of the OTP ``erl``
     runs (kernel, stdlib, sasl, ...: their appups carry restart_new_emulator, which no beam
     diff can tell), else None."""
-    lib = otp_lib_dir(erl)
-    if lib is None:
+    found = otp_appups(erl)
+    if found is None:
         return None
-    appup = lib / f"{app}-{vsn}" / "ebin" / f"{app}.appup"
-    return appup if appup.is_file() else None
+    appup = found.lib / f"{app}-{vsn}" / "ebin" / f"{app}.appup"
+    return appup if appup in found.appups else None
 
 
 def changed_applications(old: ReleaseDir, new: ReleaseDir) -> list[tuple[str, str, str]]:
@@ -454,7 +475,8 @@ def make_relup(old: ReleaseDir | Sequence[ReleaseDir], new: ReleaseDir, *, erl: 
                                  f"appup {report.path} is used {problem}"
                                  for problem in report.problems]
                     continue
-                warnings += [w for w in report.generated.warnings if w not in warnings]
+                if report.source != OTP_APPUP:  # OTP's own restarts the emulator: moot
+                    warnings += [w for w in report.generated.warnings if w not in warnings]
                 if report.source == "generated":
                     generated.setdefault(report.app, []).append(report.generated)
             # systools takes APP.appup from the first path directory holding the .app of that
@@ -507,8 +529,11 @@ def _run_make_relup(olds: Sequence[ReleaseDir], new: ReleaseDir, out_dir: Path,
     relup = out_dir / "relup"
     if not relup.is_file():
         raise RelupError(f"systools:make_relup reported success but wrote no {relup}")
-    warnings = tuple(line.removeprefix("*WARNING* ").strip()
-                     for line in out.splitlines() if line.strip())
+    # systools prints each warning as "*WARNING* ..." over one or more lines, the same one
+    # once per direction (the ERTS change): one line each, once.
+    warnings = tuple(dict.fromkeys(
+        " ".join(w.split()) for w in re.split(r"^\*WARNING\* ", out, flags=re.M)
+        if w.strip()))
     return RelupResult(old, new, relup, warnings, olds=tuple(olds))
 
 

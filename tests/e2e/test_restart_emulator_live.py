@@ -9,16 +9,13 @@ it); it used to verify a node going down and exit 6."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.tools import otp_select
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
+from tests.tools.heart_node import emulators_of, install_start, stop_emulators
 from tests.tools.otp_procs import EpmdProc, NodeProc, erl_eval, start_node
 from tests.tools.release_fixture import ReleaseBuild, extract_tar, make_target_copy
 
@@ -68,53 +65,6 @@ def test_a_relup_restarting_the_emulator_on_a_node_without_heart_is_refused_befo
         ("0.0.1", "permanent")]
 
 
-# release_handler's start program (sasl's start_prg defaults to ROOT/bin/start): heart runs it
-# with the start_erl.data to boot (releases/new_start_erl.data after a relup's restart) when
-# the emulator reboots. It boots that release as bin/counter does, with the node's arguments.
-START = """#!/bin/sh
-bin=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd -P)
-ROOTDIR=$(dirname -- "$bin")
-read -r ERTS_VSN REL_VSN < "${1:-$ROOTDIR/releases/start_erl.data}"
-BINDIR="$ROOTDIR/erts-$ERTS_VSN/bin"
-EMU=beam
-PROGNAME=counter
-export ROOTDIR BINDIR EMU PROGNAME
-exec "$BINDIR/erlexec" -boot "$ROOTDIR/releases/$REL_VSN/start" \\
-    -config "$ROOTDIR/releases/$REL_VSN/sys" -args_file "$ROOTDIR/releases/$REL_VSN/vm.args" \\
-    -mode embedded -noshell -noinput $(cat "$bin/node.args") >>"$ROOTDIR/heart-boots.log" 2>&1
-"""
-NODE_ARGS = "-sname counter@localhost -start_epmd false -kernel inet_dist_use_interface " \
-            "{127,0,0,1} -heart"
-
-
-def emulators_of(root: Path) -> list[int]:
-    """Pids of the emulators running the release in ``root`` (the ones heart started are
-    not children of the test)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"beam.smp") and any(
-                    str(root).encode() in a for a in argv):
-                found.append(int(entry.name))
-    return found
-
-
-def stop_emulators(root: Path) -> None:
-    for pid in emulators_of(root):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while emulators_of(root) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in emulators_of(root):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def test_a_relup_restarting_the_emulator_is_waited_for_up_and_down_under_heart(
         agents: list[AgentProc], epmd: EpmdProc, node_cookie: str,
         release_build: ReleaseBuild, tmp_path: Path) -> None:
@@ -126,9 +76,7 @@ def test_a_relup_restarting_the_emulator_is_waited_for_up_and_down_under_heart(
                   str(tarball), timeout=180)
     assert made.returncode == 0, made.stdout + made.stderr
     target = make_target_copy(release_build, tmp_path / "target", erl=otp_select.erl())
-    (target / "bin" / "start").write_text(START)
-    (target / "bin" / "start").chmod(0o755)
-    (target / "bin" / "node.args").write_text(NODE_ARGS)
+    install_start(target)
     node = start_node(target, "counter@localhost", cookie=node_cookie, epmd_port=epmd.port,
                       extra_args=["-heart"], workdir=tmp_path / "node")
     try:

@@ -459,7 +459,7 @@ def build_release(out_dir: Path, *, erl: str | None = None,
             f"make_script {vsn}",
             f'systools:make_script("{REL_NAME}-{vsn}", '
             f"[{{path, {_erl_list([ebins[vsn]])}}}, warnings_as_errors])",
-            cwd=bdir,
+            cwd=bdir, erl=erl,
         )
 
     # Relups live with the newer release and describe both directions:
@@ -472,7 +472,7 @@ def build_release(out_dir: Path, *, erl: str | None = None,
         f'systools:make_relup("{REL_NAME}-{UPGRADE_VSN}", ["{base_rel}"], ["{base_rel}"], '
         f"[{{path, {_erl_list([build_dirs[BASE_VSN], ebins[BASE_VSN], ebins[UPGRADE_VSN]])}}}, "
         "warnings_as_errors])",
-        cwd=upgrade_dir,
+        cwd=upgrade_dir, erl=erl,
     )
 
     # make_tar looks for start.boot/relup/sys.config next to the .rel first,
@@ -486,7 +486,7 @@ def build_release(out_dir: Path, *, erl: str | None = None,
             f'systools:make_tar("{rel_stem}", ['
             f"{{erts, code:root_dir()}}, {{path, {_erl_list([ebins[vsn]])}}}, "
             f'{{extra_files, [{{"vm.args", "releases/{vsn}/vm.args"}}]}}])',
-            cwd=bdir,
+            cwd=bdir, erl=erl,
         )
         tarball = bdir / f"{rel_stem}.tar.gz"
         members = _tar_members(tarball)
@@ -513,7 +513,7 @@ def build_release(out_dir: Path, *, erl: str | None = None,
     _run_erl_step(
         "make_script start_clean",
         'systools:make_script("start_clean", [no_warn_sasl, warnings_as_errors])',
-        cwd=clean_dir,
+        cwd=clean_dir, erl=erl,
     )
 
     target = _install_target(

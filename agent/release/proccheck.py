@@ -11,7 +11,10 @@ code, ``erlang:check_process_code/2`` of every process, and names the processes 
 registered name, initial call). A process caught in the middle of a call into old code leaves
 it within moments: the check is repeated a few times before anything is reported. What it
 cannot see: a fun of an old module kept in a process's state (OTP 25+ no longer counts funs in
-check_process_code), which breaks with ``badfun`` on its next use, not at the purge.
+check_process_code), which breaks with ``badfun`` on its next use, not at the purge. For those,
+the states of the supervised processes (sys:get_state) are searched: before the install for
+funs of the modules the relup replaces (a holder whose code the relup does not change is
+refused), and at verify for funs made by replaced code.
 
 **Supervision tree.** ``{update, Sup, supervisor}`` only replaces the child specs a supervisor
 holds. Walking every application's tree (``application_master:get_child/1``,
@@ -101,14 +104,8 @@ Found = [{P, M} || M <- Old, P <- processes(), P =/= Me,
 [{P, M, Name(P), Init(P)} || {P, M} <- lists:sublist(Found, 50)].
 """
 
-# Bound: Apps (as TREE_EXPR). Returns [{Pid, Module, RegisteredName | [], InitialCall}] of
-# the processes of the applications' supervision trees whose state (sys:get_state, 1 s each,
-# 5 s in all) holds a fun of one of the applications' modules made by other code than the
-# module's current code (a fun's new_uniq is the md5 of the module that made it). OTP 25+'s
-# check_process_code does not see funs, so release_handler purges that code at the end of the
-# install when no process runs it: calling such a fun then fails with badfun. At most 50.
-STALE_FUN_EXPR = r"""
-Old = lists:append([Ms || App <- Apps, {ok, Ms} <- [application:get_key(App, modules)]]),
+# Bound: Apps. The processes of the applications' supervision trees: Supervised.
+SUPERVISED = r"""
 Kids = fun K(Sup, Acc) ->
     case catch supervisor:which_children(Sup) of
         Cs when is_list(Cs) ->
@@ -119,35 +116,54 @@ Kids = fun K(Sup, Acc) ->
 Tops = [Top || App <- Apps,
                Master <- [application_controller:get_master(App)], is_pid(Master),
                {Top, _} <- [catch application_master:get_child(Master)], is_pid(Top)],
-%% sys:get_state moves a special process on old code to the current code (sys calls
-%% Mod:system_continue): those are the old-code check's, and are left as they are.
-OldCode = [M || {M, _} <- code:all_loaded(), erlang:check_old_code(M)],
-Procs = [P || P <- lists:usort(lists:foldl(Kids, Tops, Tops)),
-              not lists:any(fun(M) -> (catch erlang:check_process_code(P, M)) =:= true end,
-                            OldCode)],
+Supervised = lists:usort(lists:foldl(Kids, Tops, Tops)),
+"""
+
+# Bound: Procs, and Stale(M, U): whether a local fun of module M whose new_uniq (the md5 of
+# the module that made it) is U is, or will be, made by replaced code. Binds Held:
+# [{Pid, Module, RegisteredName | [], InitialCall}] of the processes whose state (sys:get_state,
+# 1 s each, 5 s in all) holds such a fun.
+HELD_FUNS = r"""
 Walk = fun W(_, {Found, 0}) -> {Found, 0};
            W(F, {Found, N}) when is_function(F) ->
-               Stale = case erlang:fun_info(F, type) of
+               Hit = case erlang:fun_info(F, type) of
                    {type, local} ->
                        {module, M} = erlang:fun_info(F, module),
                        {new_uniq, U} = erlang:fun_info(F, new_uniq),
-                       case lists:member(M, Old) andalso erlang:module_loaded(M)
-                            andalso (catch M:module_info(md5)) =/= U of
-                           true -> [M]; false -> [] end;
+                       case Stale(M, U) of true -> [M]; false -> [] end;
                    _ -> [] end,
-               {Stale ++ Found, N - 1};
+               {Hit ++ Found, N - 1};
            W(T, {Found, N}) when is_tuple(T) -> W(tuple_to_list(T), {Found, N - 1});
            W(T, {Found, N}) when is_map(T) -> W(maps:to_list(T), {Found, N - 1});
            W([H | T], Acc) -> W(T, W(H, Acc));
            W(_, {Found, N}) -> {Found, N - 1} end,
 """ + WHO + r"""
 Deadline = erlang:monotonic_time(millisecond) + 5000,
-Found = lists:append(
+Held = lists:append(
     [[{P, M, Name(P), Init(P)} || M <- lists:usort(Ms)]
      || P <- Procs, erlang:monotonic_time(millisecond) < Deadline,
         {ok, State} <- [catch {ok, sys:get_state(P, 1000)}],
         {Ms, _} <- [Walk(State, {[], 100000})], Ms =/= []]),
-lists:sublist(Found, 50).
+"""
+
+# Bound: Apps (as TREE_EXPR). Returns [{Pid, Module, RegisteredName | [], InitialCall}] of
+# the processes of the applications' supervision trees whose state holds a fun of one of the
+# applications' modules made by other code than the module's current code. OTP 25+'s
+# check_process_code does not see funs, so release_handler purges that code at the end of the
+# install when no process runs it: calling such a fun then fails with badfun. At most 50.
+STALE_FUN_EXPR = r"""
+Old = lists:append([Ms || App <- Apps, {ok, Ms} <- [application:get_key(App, modules)]]),
+""" + SUPERVISED + r"""
+%% sys:get_state moves a special process on old code to the current code (sys calls
+%% Mod:system_continue): those are the old-code check's, and are left as they are.
+OldCode = [M || {M, _} <- code:all_loaded(), erlang:check_old_code(M)],
+Procs = [P || P <- Supervised,
+              not lists:any(fun(M) -> (catch erlang:check_process_code(P, M)) =:= true end,
+                            OldCode)],
+Stale = fun(M, U) -> lists:member(M, Old) andalso erlang:module_loaded(M)
+                     andalso (catch M:module_info(md5)) =/= U end,
+""" + HELD_FUNS + r"""
+lists:sublist(Held, 50).
 """
 
 # A call in progress into old code returns within moments; a loop in it does not.
@@ -258,7 +274,8 @@ async def alive(node: Caller, pids: Iterable[Pid], *, timeout: float) -> set[Pid
     """Which of ``pids`` (of the node) are alive."""
     out = set()
     for pid in pids:
-        if await node.call("erlang", "is_process_alive", [pid], timeout=timeout) == Atom("true"):
+        # The bridge decodes the atoms true and false as Python's booleans.
+        if await node.call("erlang", "is_process_alive", [pid], timeout=timeout) is True:
             out.add(pid)
     return out
 
@@ -313,12 +330,10 @@ async def killed_text(node: Caller, doomed: Sequence[OldCodeProcess], *,
         + f" started by {p.initial_call}" for p in killed)
 
 
-# Bound: File (the relup on the node), From (the running version). Returns
-# [{Pid, Module, RegisteredName | [], InitialCall}] of the processes running code of a module
-# that the relup's script from From loads without a code change (load_module, add_module of a
-# module already loaded): after the load they run old code. At most 50; [] when the relup has
-# no such entry.
-STUCK_EXPR = r"""
+# Bound: File (the relup on the node), From (the running version). Binds Script, the relup's
+# script from From ([] when it has no such entry), Loaded, the modules it loads, and Changed,
+# those it suspends or changes the code of (their processes' state goes through code_change).
+SCRIPT = r"""
 Script = case file:consult(File) of
     {ok, [{_, Ups, _}]} when is_list(Ups) ->
         case [S || {V, _, S} <- Ups, V =:= From] of [S | _] when is_list(S) -> S; _ -> [] end;
@@ -328,6 +343,14 @@ Changed = lists:append([[case X of {M, _} -> M; M -> M end || X <- Ms]
                         || I <- Script, is_tuple(I), tuple_size(I) >= 2,
                            {K, Ms} <- [{element(1, I), element(tuple_size(I), I)}],
                            K =:= suspend orelse K =:= code_change, is_list(Ms)]),
+"""
+
+# Bound: File (the relup on the node), From (the running version). Returns
+# [{Pid, Module, RegisteredName | [], InitialCall}] of the processes running code of a module
+# that the relup's script from From loads without a code change (load_module, add_module of a
+# module already loaded): after the load they run old code. At most 50; [] when the relup has
+# no such entry.
+STUCK_EXPR = SCRIPT + r"""
 Plain = [M || M <- lists:usort(Loaded), not lists:member(M, Changed),
               erlang:module_loaded(M)],
 """ + WHO + r"""
@@ -384,3 +407,82 @@ async def check_loaded_under_processes(node: Caller, relup: str, from_version: s
                   f"{listed}. Have the appup update "
                   + ", ".join(f"{m} ({{update, {m}, {{advanced, []}}}})" for m in mods)
                   + ", or pass --allow-purge-kill to have them killed and reported")
+
+
+# Bound: File, From (as STUCK_EXPR) and Apps (the running release's applications). Returns
+# [{Pid, Module, RegisteredName | [], InitialCall, HolderModule, Changes}] of the processes of
+# the applications' supervision trees whose state holds a fun of a module the relup's script
+# loads with other code (the md5 of its new beam, in ROOT/lib/APP-VSN/ebin as
+# load_object_code names it, is not the fun's new_uniq): after the install that fun is made by
+# replaced code, and fails with badfun once that code is purged. Changes: whether the script
+# suspends or changes the code of the holder's own module (its code_change may rebuild the
+# fun). [] when the script restarts the emulator (every process starts afresh). At most 50.
+HELD_FUN_EXPR = SCRIPT + r"""
+Restarts = lists:any(fun(I) -> I =:= restart_new_emulator orelse I =:= restart_emulator end,
+                     Script),
+Root = code:root_dir(),
+NewMd5 = maps:from_list(
+    [{M, Md5} || {load_object_code, {App, Vsn, Ms}} <- Script, M <- Ms, lists:member(M, Loaded),
+                 {ok, {_, Md5}} <- [beam_lib:md5(filename:join(
+                     [Root, "lib", atom_to_list(App) ++ "-" ++ Vsn, "ebin",
+                      atom_to_list(M) ++ ".beam"]))]]),
+""" + SUPERVISED + r"""
+Procs = case Restarts orelse map_size(NewMd5) =:= 0 of true -> []; false -> Supervised end,
+Stale = fun(M, U) -> case maps:find(M, NewMd5) of {ok, New} -> New =/= U; error -> false end end,
+""" + HELD_FUNS + r"""
+Mod = fun({M, _, _}) when is_atom(M) -> M; (_) -> undefined end,
+[{P, M, N, I, Mod(I), lists:member(Mod(I), Changed)} || {P, M, N, I} <- lists:sublist(Held, 50)].
+"""
+
+
+@dataclass(frozen=True)
+class FunHolder:
+    """A process whose state holds a fun of ``process.module``, which the relup replaces."""
+
+    process: OldCodeProcess
+    holder_module: str   # the module of its initial call ("" if it has none)
+    changes: bool        # the relup suspends it / changes the code of its module
+
+    def text(self) -> str:
+        return f"{self.process.who()} holds a fun of {self.process.module}"
+
+
+async def check_held_funs(node: Caller, relup: str, from_version: str, apps: Iterable[str], *,
+                          timeout: float) -> str:
+    """Before the install: the funs the relup will leave made by replaced code in the state of
+    supervised processes (check_process_code does not see them; after the install they fail
+    with badfun once the old code is purged, and verify rolls the node back). A holder whose
+    own module the relup does not change cannot get a new fun from it: refused (nothing
+    changed yet). A holder whose code_change runs may rebuild the fun: named in the step's
+    detail (verify checks it). "" when there is none."""
+    try:
+        found = await evaluate(node, HELD_FUN_EXPR, [
+            (Atom("File"), relup), (Atom("From"), from_version),
+            (Atom("Apps"), [Atom(a) for a in apps])], timeout=max(timeout, 10.0))
+    except CheckFailed as exc:
+        raise Failure(FAILED_UNCHANGED, f"the process check could not run: {exc}") from None
+    holders = []
+    for item in found if isinstance(found, list) else []:
+        if isinstance(item, tuple) and len(item) == 6 and isinstance(item[0], Pid):
+            name = "" if item[2] == [] else _name(item[2])
+            holder = "" if item[4] == Atom("undefined") else _name(item[4])
+            holders.append(FunHolder(OldCodeProcess(item[0], _name(item[1]), name,
+                                                    _mfa(item[3])),
+                                     holder, item[5] is True))
+    stuck = [h for h in holders if not h.changes]
+    if stuck:
+        mods = sorted({h.holder_module for h in stuck if h.holder_module})
+        how = ("Have the appup update " + ", ".join(
+            f"{m} ({{update, {m}, {{advanced, []}}}})" for m in mods)
+               + " with a code_change that rebuilds the funs" if mods else
+               "Have the processes rebuild those funs in a code_change the appup runs")
+        raise Failure(FAILED_UNCHANGED,
+                      "processes keep in their state funs of modules the relup replaces, and "
+                      "the relup does not change those processes' code: after the install the "
+                      "funs are made by replaced code and fail with badfun once it is purged "
+                      "(at the end of the install): "
+                      + "; ".join(h.text() for h in stuck) + f". {how}")
+    if not holders:
+        return ""
+    return ("; " + "; ".join(h.text() for h in holders) + ", which the relup replaces: their "
+            "code_change must rebuild these funs (verify checks it)")

@@ -17,7 +17,7 @@ from agent.config import POST_INSTALL, PRE_INSTALL
 from bridge import Atom
 
 from .core import OperationContext, guarded
-from .proccheck import check_loaded_under_processes
+from .proccheck import check_held_funs, check_loaded_under_processes
 from .releases import Release
 from .single import SingleSteps
 from .tarballs import ReleaseTarball
@@ -127,10 +127,15 @@ class ReleaseEngine(SingleSteps):
                                                  f"{term_text(reason)}")
             st.detail = f"relup from {res[1]} found"
             if ctx.dirs is not None:  # processes the relup would leave on old code
+                relup = str(Path(ctx.dirs.releases) / version / "relup")
                 st.detail += await check_loaded_under_processes(
-                    self.node, str(Path(ctx.dirs.releases) / version / "relup"),
-                    ctx.from_version, allow_purge_kill=options.allow_purge_kill,
-                    timeout=self._core.rpc_timeout)
+                    self.node, relup, ctx.from_version,
+                    allow_purge_kill=options.allow_purge_kill, timeout=self._core.rpc_timeout)
+                # ... or holding funs of replaced code in their state
+                running = next((r for r in ctx.releases if r.running), None)
+                apps = [lib.partition("-")[0] for lib in running.applications] if running else []
+                st.detail += await check_held_funs(self.node, relup, ctx.from_version, apps,
+                                                   timeout=self._core.rpc_timeout)
 
     @guarded("downgrade")
     async def downgrade(self, ctx: OperationContext, version: str, options: Options) -> Result:

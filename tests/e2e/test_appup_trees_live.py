@@ -309,15 +309,47 @@ def test_old_code_and_a_wrong_tree_fail_verify_and_roll_back_unless_purge_kill_i
     assert {(r["version"], r["status"]) for r in versions.json()["nodes"][0]["releases"]} == {
         ("0.0.1", "old"), ("0.0.3", "permanent")}
 
-    # A fun made by the old code kept in a process's state (check_process_code does not see
-    # it; it would fail with badfun after the purge): verify names the holder, rolls back.
+    # A fun of a module the relup replaces, kept in the state of a process whose own code the
+    # relup does not change (counter holds counter_sp's): nothing could give it a new fun, so
+    # after the install it would be made by replaced code and fail with badfun once that is
+    # purged. Refused at the check, before anything changed, naming the holder.
     good = tmp_path / "counter-0.0.4.tar.gz"
     make_relup(str(root3), str(root4), "--tarball", str(good))
+    counter = erl_eval(counter_node, "whereis(counter)")
+    erl_eval(counter_node, "sys:replace_state(counter, fun(N) -> {N, counter_sp:callback()} end),"
+                           " ok")
+    bad = relctl("upgrade", "0.0.4", "--tarball", str(good), "-o", "json",
+                 agents=[agent.address], timeout=240)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    op = bad.json()["operation"]
+    assert op["error"] == (
+        "processes keep in their state funs of modules the relup replaces, and the relup does "
+        "not change those processes' code: after the install the funs are made by replaced "
+        "code and fail with badfun once it is purged (at the end of the install): "
+        f"{local(counter)} (counter) started by counter:init/1 holds a fun of counter_sp. Have "
+        "the appup update counter ({update, counter, {advanced, []}}) with a code_change that "
+        "rebuilds the funs"), op["error"]
+    steps = [(s["name"], s["state"]) for s in op["steps"]]
+    assert ("check", "failed") in steps and "install" not in dict(steps), steps
+    assert erl_eval(counter_node, "whereis(counter_sp)") == sp
+    assert erl_eval(counter_node, "whereis(counter)") == counter
+    erl_eval(counter_node, "sys:replace_state(counter, fun({N, _}) -> N end), ok")
+    versions = relctl("versions", "-o", "json", agents=[agent.address])
+    assert {(r["version"], r["status"]) for r in versions.json()["nodes"][0]["releases"]} == {
+        ("0.0.1", "old"), ("0.0.3", "permanent")}
+
+    # A fun made by the old code kept in a process's state (check_process_code does not see
+    # it; it would fail with badfun after the purge), its holder's code_change run by the
+    # relup, which could rebuild it: the check names the holder, and verify, seeing the fun
+    # kept, names it again and rolls back.
     erl_eval(counter_node, "sys:replace_state(counter_sp, "
                            "fun(S) -> S#{cb => counter_sp:callback()} end), ok")
     bad = relctl("upgrade", "0.0.4", "--tarball", str(good), "-o", "json",
                  agents=[agent.address], timeout=240)
     assert bad.returncode == 5, bad.stdout + bad.stderr
+    assert step(bad.json()["operation"], "check").endswith(
+        f"; {who} holds a fun of counter_sp, which the relup replaces: their code_change must "
+        "rebuild these funs (verify checks it)"), step(bad.json()["operation"], "check")
     assert ("processes keep funs made by replaced code in their state, which fail with badfun "
             "once that code is purged (when no process runs it, at the end of the install): "
             f"{who} holds a fun made by replaced code of counter_sp in its state. Have their "

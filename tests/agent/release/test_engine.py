@@ -42,7 +42,13 @@ from agent.release.values import (
     Result,
 )
 from agent.release.codecheck import CHECK_EXPR
-from agent.release.proccheck import OLD_CODE_EXPR, STALE_FUN_EXPR, STUCK_EXPR, TREE_EXPR
+from agent.release.proccheck import (
+    HELD_FUN_EXPR,
+    OLD_CODE_EXPR,
+    STALE_FUN_EXPR,
+    STUCK_EXPR,
+    TREE_EXPR,
+)
 from agent.release import ReleaseEngine, ReleaseTarball, UnpackLedger, inspect_tarball
 from bridge import Atom, BadRpc, ConnectionLost, Pid
 from tests.agent.release.scripted import (
@@ -255,10 +261,10 @@ def check_only(version: str = "0.0.2", over: str = "0.0.1") -> Expect:
 
 
 def check_ok(version: str = "0.0.2", over: str = "0.0.1") -> list[Expect]:
-    """check_install_release, then the check that no process runs in a module the relup only
-    reloads (agent/release/proccheck.py): none does."""
+    """check_install_release, then the checks that no process runs in a module the relup only
+    reloads, or holds a fun of a module it replaces (agent/release/proccheck.py): none does."""
     return [answer("release_handler:check_install_release", [version], (OK, over, [])),
-            *code_check([])]
+            *code_check([]), *code_check([])]
 
 
 def install_opts(options: Options = FAST, *, update_paths: bool = True) -> list[Any]:
@@ -393,7 +399,7 @@ async def test_a_tarball_for_a_release_already_there_is_not_uploaded_again(rig: 
                                            "needed. no releases/0.0.2/sys.config; running 0.0.1")
     # The tarball's sys.config is not read (the one erl_scan call is verify's code check).
     assert [c.args[0] for c in rig.node.calls_to("erl_scan:string")] == [
-        STUCK_EXPR, CHECK_EXPR, TREE_EXPR, OLD_CODE_EXPR, STALE_FUN_EXPR]
+        STUCK_EXPR, HELD_FUN_EXPR, CHECK_EXPR, TREE_EXPR, OLD_CODE_EXPR, STALE_FUN_EXPR]
     assert not (rig.root / "releases" / "counter-0.0.2.tar.gz").exists()
     rig.done()
 

@@ -10,8 +10,9 @@ It may not know an agent, gRPC, the client's exit codes or the network: it raise
 standard library, :mod:`agent.relfile` and :mod:`agent.errors`.
 """
 
-from .appup import AppupError
+from .appup import AppupError, appup_text
 from .erl import BuildError
-from .relup import RelupError, RelupResult, appups_for, build
+from .relup import AppupReport, RelupError, RelupResult, appups_for, build
 
-__all__ = ["AppupError", "BuildError", "RelupError", "RelupResult", "appups_for", "build"]
+__all__ = ["AppupError", "AppupReport", "BuildError", "RelupError", "RelupResult", "appup_text",
+           "appups_for", "build"]

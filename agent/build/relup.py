@@ -693,17 +693,39 @@ def build(old_root: Path | Sequence[Path], new_root: Path, *,
     return dataclasses.replace(result, warnings=tuple(warnings), tarball=packed)
 
 
-def appups_for(old_root: Path, new_root: Path, *, old_version: str | None = None,
+def appups_for(old_root: Path | Sequence[Path], new_root: Path, *,
+               old_version: str | Sequence[str] | None = None,
                new_version: str | None = None, extra_paths: Sequence[Path] = (),
-               erl: str = "erl", apps: Sequence[str] = ()) -> list[AppupReport]:
-    """`relctl make-appup`: the appup of each changed application, generated and checked."""
+               erl: str = "erl", apps: Sequence[str] = (),
+               all_old_versions: bool = False) -> list[AppupReport]:
+    """`relctl make-appup`: the appup of each changed application, generated and checked, one
+    report per application and old version (several old roots or versions, as make-relup
+    takes them: an appup with an entry from each)."""
     new = find_release(new_root, new_version, role="new")
-    if Path(os.path.abspath(old_root)) == new.root and old_version is None:
-        raise RelupError(f"both releases are in {new.root}; give the version to upgrade from "
-                         "with --old-version", bad_input=True)
-    old = find_release(old_root, old_version, role="old")
-    if old.name != new.name or old.version == new.version:
-        raise RelupError(f"the old release is {old.name} {old.version} and the new one "
-                         f"{new.name} {new.version}: give two versions of one release",
+    roots = [old_root] if isinstance(old_root, (str, Path)) else list(old_root)
+    versions = [old_version] if isinstance(old_version, str) else list(old_version or ())
+    olds = find_olds(roots, versions, new, every=all_old_versions)
+    seen = [o.version for o in olds]
+    if len(set(seen)) != len(seen):
+        raise RelupError(f"old version given twice ({', '.join(seen)}); give each once",
                          bad_input=True)
-    return plan_appups(old, new, extra_paths=extra_paths, erl=erl, apps=apps)
+    for old in olds:
+        if old.name != new.name or old.version == new.version:
+            raise RelupError(f"the old release is {old.name} {old.version} and the new one "
+                             f"{new.name} {new.version}: give two versions of one release",
+                             bad_input=True)
+    changed = {o.version: {app for app, _, _ in changed_applications(o, new)} for o in olds}
+    unknown = sorted(set(apps) - set().union(*changed.values()))
+    if unknown:
+        froms = ", ".join(o.version for o in olds)
+        names = sorted(set().union(*changed.values()))
+        raise RelupError(f"{', '.join(unknown)}: no such application whose version changed "
+                         f"between {froms} and {new.version} (changed: "
+                         f"{', '.join(names) or 'none'})", bad_input=True)
+    reports = []
+    for old in olds:
+        wanted = [a for a in apps if a in changed[old.version]]
+        if apps and not wanted:
+            continue  # none of the asked-for applications changed from this version
+        reports += plan_appups(old, new, extra_paths=extra_paths, erl=erl, apps=wanted)
+    return reports

@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..common import Settings, local_options
 from ..output import emit
 from ..status import CliError, ExitCode
+
+if TYPE_CHECKING:  # the build tool is loaded only when a build command runs
+    from agent.build import AppupReport
 
 
 @contextlib.contextmanager
@@ -122,15 +125,19 @@ def make_relup(settings: Settings, old_roots: tuple[Path, ...], new_root: Path,
 
 
 @click.command("make-appup")
-@click.argument("old_root", type=click.Path(path_type=Path))
-@click.argument("new_root", type=click.Path(path_type=Path))
+@click.argument("old_roots", metavar="OLD_ROOT... NEW_ROOT", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.argument("new_root", metavar="", type=click.Path(path_type=Path))
 @click.option("--app", "apps", multiple=True, metavar="APP",
               help="Only this application (repeatable); default: every one whose version "
                    "changed.")
 @click.option("--write", "write_dir", type=click.Path(path_type=Path, file_okay=False),
               default=None, metavar="DIR", help="Write DIR/APP.appup instead of printing.")
-@click.option("--old-version", metavar="VSN", default=None,
-              help="Version to upgrade from (default: the one OLD_ROOT boots).")
+@click.option("--old-version", "old_versions", metavar="VSN", multiple=True,
+              help="Version to upgrade from, looked for in the OLD_ROOTs (repeatable: one "
+                   "entry each; default: the one each OLD_ROOT boots).")
+@click.option("--all-old-versions", is_flag=True, default=False,
+              help="An entry from every version of the release found in the OLD_ROOTs.")
 @click.option("--new-version", metavar="VSN", default=None,
               help="Version to upgrade to (default: the one NEW_ROOT boots).")
 @click.option("--path", "extra_paths", multiple=True, metavar="DIR",
@@ -140,53 +147,76 @@ def make_relup(settings: Settings, old_roots: tuple[Path, ...], new_root: Path,
               help="The erl that reads the beams.")
 @local_options
 @click.pass_obj
-def make_appup(settings: Settings, old_root: Path, new_root: Path, apps: tuple[str, ...],
-               write_dir: Path | None, old_version: str | None, new_version: str | None,
+def make_appup(settings: Settings, old_roots: tuple[Path, ...], new_root: Path,
+               apps: tuple[str, ...], write_dir: Path | None, old_versions: tuple[str, ...],
+               all_old_versions: bool, new_version: str | None,
                extra_paths: tuple[Path, ...], erl: str) -> ExitCode:
-    """Print (or --write) the appups generated from the beams of OLD_ROOT and NEW_ROOT.
+    """Print (or --write) the appups generated from the beams of the OLD_ROOTs and NEW_ROOT.
 
-    One per application whose version changed, to read, edit and commit; a given appup is
-    also checked, and what it lacks is said. Runs the local erl; needs no agent.
+    One per application whose version changed, with an entry (up and down) from each old
+    version, to read, edit and commit; a given appup is also checked, and what it lacks is
+    said. Old versions are chosen as in make-relup. Runs the local erl; needs no agent.
     """
-    from agent.build import appups_for  # only here
+    from agent.build import appup_text, appups_for  # only here
 
     with build_errors():
-        reports = appups_for(old_root, new_root, old_version=old_version,
+        reports = appups_for(old_roots, new_root, old_version=old_versions,
                              new_version=new_version, extra_paths=extra_paths, erl=erl,
-                             apps=apps)
+                             apps=apps, all_old_versions=all_old_versions)
+    # One appup per application, its entries in the order of the old versions.
+    by_app: dict[str, list[AppupReport]] = {}
+    for r in reports:
+        by_app.setdefault(r.app, []).append(r)
+    several = len({r.old_vsn for r in reports}) > 1
+
+    def problems(group: list[AppupReport]) -> list[str]:
+        return [(f"from {r.old_vsn}: " if several else "") + p for r in group for p in r.problems]
+
+    def generated(group: list[AppupReport]) -> str | None:
+        made = [r.generated for r in group if r.generated is not None]
+        return appup_text(made) if made else None
+
+    def warnings(group: list[AppupReport]) -> list[str]:
+        return list(dict.fromkeys(w for r in group if r.generated is not None
+                                  for w in r.generated.warnings))
+
     written: dict[str, str] = {}
     if write_dir is not None:
         write_dir.mkdir(parents=True, exist_ok=True)
-        for r in reports:
-            if r.generated is not None:
-                target = write_dir / f"{r.app}.appup"
-                target.write_text(r.generated.text(), "utf-8")
-                written[r.app] = str(target)
+        for app, group in by_app.items():
+            made = generated(group)
+            if made is not None:
+                target = write_dir / f"{app}.appup"
+                target.write_text(made, "utf-8")
+                written[app] = str(target)
     data: dict[str, Any] = {"appups": [
-        {"application": r.app, "from_version": r.old_vsn, "to_version": r.new_vsn,
-         "given": None if r.path is None else str(r.path), "given_status": r.source,
-         "problems": list(r.problems), "written": written.get(r.app),
-         "appup": None if r.generated is None else r.generated.text(),
-         "warnings": [] if r.generated is None else list(r.generated.warnings)}
-        for r in reports]}
+        {"application": app, "from_version": group[0].old_vsn,
+         "from_versions": [r.old_vsn for r in group], "to_version": group[0].new_vsn,
+         "given": next((str(r.path) for r in group if r.path is not None), None),
+         "given_status": group[0].source if len(group) == 1 else
+         ", ".join(f"{r.source} from {r.old_vsn}" for r in group),
+         "problems": problems(group), "written": written.get(app),
+         "appup": generated(group), "warnings": warnings(group)}
+        for app, group in by_app.items()]}
 
     def text() -> str:
         out = []
-        for r in reports:
-            head = f"%% {r.app} {r.old_vsn} -> {r.new_vsn}"
-            if r.path is not None:
-                head += f": given {r.path}, " + ("complete" if not r.problems
-                                                 else "; ".join(r.problems))
-            if r.app in written:
-                out.append(f"{head}\n%% written to {written[r.app]}")
-            elif r.generated is not None:
-                out.append(f"{head}\n{r.generated.text()}")
+        for app, group in by_app.items():
+            head = (f"%% {app} {', '.join(r.old_vsn for r in group)} -> {group[0].new_vsn}")
+            given = next((r.path for r in group if r.path is not None), None)
+            if given is not None:
+                head += f": given {given}, " + ("; ".join(problems(group)) or "complete")
+            body = generated(group)
+            if app in written:
+                out.append(f"{head}\n%% written to {written[app]}")
+            elif body is not None:
+                out.append(f"{head}\n{body.rstrip()}")
             else:
                 out.append(head)
         return "\n".join(out) or "no application changed its version"
 
-    for r in reports:
-        for warning in (() if r.generated is None else r.generated.warnings):
+    for group in by_app.values():
+        for warning in warnings(group):
             click.echo(f"relctl: warning: {warning}", err=True)
     emit(settings, data, text)
     return ExitCode.OK

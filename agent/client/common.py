@@ -22,7 +22,7 @@ import grpc
 from relctl.v1 import AGENT_ERROR_METADATA
 from relctl.v1 import agent_pb2_grpc
 
-from .status import CliError, ExitCode, Problem, exit_code_for_rpc
+from .status import GOES_ON, Call, CliError, ExitCode, Problem, exit_code_for_rpc
 
 DEFAULT_AGENT = "unix:/run/relctl/agent.sock"
 DEFAULT_TIMEOUT = 10.0
@@ -118,6 +118,14 @@ def _from_agent(err: grpc.RpcError) -> bool:
     return any(item[0] == AGENT_ERROR_METADATA for item in metadata)
 
 
+def _status(err: grpc.RpcError) -> grpc.StatusCode:
+    return err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+
+
+def _details(err: grpc.RpcError) -> str:
+    return (err.details() if isinstance(err, grpc.Call) else "") or ""
+
+
 def _transport_reason(details: str) -> str:
     """The useful end of grpc's "failed to connect to all addresses; last error: ..." text."""
     if not details:
@@ -136,14 +144,20 @@ def connection_lost(err: grpc.RpcError) -> bool:
             and "failed to connect" not in (err.details() or "").lower())
 
 
+def exit_code_of(err: grpc.RpcError, call: Call = Call.READ, *, started: bool = False
+                 ) -> ExitCode:
+    """:func:`~agent.client.status.exit_code_for_rpc` with the facts of ``err``."""
+    return exit_code_for_rpc(_status(err), from_agent=_from_agent(err),
+                             lost=connection_lost(err), call=call, started=started)
+
+
 def describe_rpc_error(agent: str, err: grpc.RpcError, timeout: float) -> Problem:
     """One line a user can act on, and its exit code, for an RPC that failed; ``timeout``: the
     deadline the call had."""
-    status = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (err.details() if isinstance(err, grpc.Call) else "") or ""
-    from_agent = _from_agent(err)
-    code = exit_code_for_rpc(status, from_agent=from_agent)
-    if from_agent:
+    status = _status(err)
+    details = _details(err)
+    code = exit_code_of(err)
+    if _from_agent(err):
         return Problem(f"agent {agent}: {details}", code)
     if connection_lost(err):
         # It answered the connection, so neither the address nor TLS is wrong.
@@ -170,28 +184,42 @@ def rpc_error(agent: str, err: grpc.RpcError, timeout: float) -> CliError:
     return CliError(problem.message, problem.code)
 
 
+def upload_error(agent: str, err: grpc.RpcError, timeout: float, file_name: str) -> CliError:
+    """The error of an upload: a lost connection says that no operation started."""
+    code = exit_code_of(err, Call.UPLOAD)
+    if connection_lost(err):
+        return CliError(f"lost the connection to agent {agent} during the upload of "
+                        f"{file_name} ({_transport_reason(_details(err))}); no operation "
+                        "started: once the agent answers again, run the command again", code)
+    return rpc_error(agent, err, timeout)
+
+
 def operation_error(agent: str, err: grpc.RpcError, timeout: float, *, op_id: int = 0,
                     what: str = "the operation") -> CliError:
-    """The error of an RPC that runs an operation (``op_id`` once known): when the connection
-    broke or relctl stopped waiting, the operation may go on, or have ended with the agent, so
-    the message says so and how to see its outcome once the agent answers again."""
+    """The error of an RPC that runs an operation (``op_id`` once the agent named it). When
+    the operation may go on (the connection broke, relctl stopped waiting, or it had started),
+    the message says so and how to see its outcome once the agent answers again; the exit code
+    is status.py's (:data:`~agent.client.status.GOES_ON`, never 1)."""
+    code = exit_code_of(err, Call.OPERATION, started=bool(op_id))
+    if code != GOES_ON:
+        return rpc_error(agent, err, timeout)  # refused before it started
     if connection_lost(err):
-        details = (err.details() if isinstance(err, grpc.Call) else "") or ""
-        lost = f"lost the connection to agent {agent} during {what} ({_transport_reason(details)})"
+        lost = (f"lost the connection to agent {agent} during {what} "
+                f"({_transport_reason(_details(err))})")
         again = "once the agent answers again (after its restart, if it stopped)"
-    elif (isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-          and not _from_agent(err)):
+    elif _status(err) == grpc.StatusCode.DEADLINE_EXCEEDED and not _from_agent(err):
         lost = (f"{what} did not end within {timeout:g} s, the time relctl waits for an "
                 f"operation on agent {agent}")
         again = "later"
-    else:
-        return rpc_error(agent, err, timeout)
+    else:  # it had started, then the call failed: the agent's or grpc's word, as it is
+        lost = f"{describe_rpc_error(agent, err, timeout).message} (during {what})"
+        again = "once the agent answers"
     if op_id:
         return CliError(f"{lost}; operation {op_id} may go on without relctl; {again}, see how "
-                        f"it ended: relctl operation {op_id}", ExitCode.FAILED_CHANGED)
+                        f"it ended: relctl operation {op_id}", code)
     return CliError(f"{lost}; the operation may have started and go on without relctl; "
                     f"{again}, relctl operations lists it and relctl operation N shows how it "
-                    "ended", ExitCode.FAILED_CHANGED)
+                    "ended", code)
 
 
 # --- asking agents ------------------------------------------------------------------------------

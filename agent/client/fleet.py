@@ -64,7 +64,14 @@ from relctl.v1 import agent_pb2_grpc
 from .common import Settings, connect
 from .output import outcome_of, table
 from .prestage import IN_PROGRESS, STAGED, Staging, StageResult, run_staging, stage_on
-from .status import OK_OUTCOMES, CliError, ExitCode, exit_code_for_outcome, worst_code
+from .status import (
+    GOES_ON,
+    OK_OUTCOMES,
+    CliError,
+    ExitCode,
+    exit_code_for_outcome,
+    exit_code_of_rollout,
+)
 from .transfer import UpgradeSpec, file_digest, target_node, upgrade_on
 from .watch import Recovery, Watch, watched_stub
 
@@ -174,16 +181,15 @@ class Rollout:
         return sum(r.result == SKIPPED for r in self.results)
 
     @property
+    def interrupted(self) -> bool:
+        return self.interrupted_in is not None or (self.staging is not None
+                                                   and self.staging.interrupted)
+
+    @property
     def exit_code(self) -> ExitCode:
-        if self.interrupted_in is not None or (self.staging is not None
-                                               and self.staging.interrupted):
-            return ExitCode.INTERRUPTED
-        code = worst_code(r.code for r in self.results if r.failed)
-        if code == ExitCode.OK and self.stopped_after is not None:
-            # It stopped for agents that were silent then and answered "done" later: the
-            # rollout did not reach every agent, and a script must not take it as done.
-            return ExitCode.UNAVAILABLE
-        return code
+        return exit_code_of_rollout((r.code for r in self.results if r.failed),
+                                    interrupted=self.interrupted,
+                                    stopped=self.stopped_after is not None)
 
     def may_go_on(self) -> list[NodeResult]:
         """The rows whose operation may still run on its agent (interrupted or silent)."""
@@ -252,9 +258,7 @@ class Rollout:
     def as_json(self) -> dict[str, Any]:
         stopped_in = ("staging" if self.stopped_in_staging
                       else "switch" if self.stopped_after is not None else None)
-        interrupted = self.interrupted_in is not None or (self.staging is not None
-                                                          and self.staging.interrupted)
-        status = ("interrupted" if interrupted
+        status = ("interrupted" if self.interrupted
                   else "completed" if stopped_in is None else "stopped")
         return {"rollout": {
             "version": self.version, "batch": self.batch, "max_failures": self.max_failures,
@@ -315,7 +319,7 @@ def _as_is(row: NodeResult) -> NodeResult:
 
 
 def _running(agent: str, batch: int) -> NodeResult:
-    return NodeResult(agent, "", batch, IN_PROGRESS, ExitCode.FAILED_CHANGED,
+    return NodeResult(agent, "", batch, IN_PROGRESS, GOES_ON,
                       reason="relctl was interrupted while its upgrade ran; it may go on")
 
 
@@ -546,7 +550,7 @@ class _Switch:
         again = (f"relctl --agent {watch.agent} operation {watch.operation_id} shows how it "
                  "ended" if watch.operation_id
                  else f"relctl --agent {watch.agent} operations lists it")
-        return replace(row, result=UNKNOWN, code=ExitCode.FAILED_CHANGED,
+        return replace(row, result=UNKNOWN, code=GOES_ON,
                        operation_id=watch.operation_id or None,
                        reason=f"lost during {where}: {watch.lost}; the operation may go on; "
                               f"{again}")
@@ -581,7 +585,7 @@ class _Switch:
                 else "its upgrade may have started and go on; relctl --agent "
                      f"{agent} operations lists it")
         return NodeResult(agent, self.settings.node, number, IN_PROGRESS,
-                          ExitCode.FAILED_CHANGED, to_version=self.spec.version,
+                          GOES_ON, to_version=self.spec.version,
                           operation_id=watch.operation_id or None,
                           reason=f"interrupted while it ran: {what}")
 

@@ -202,17 +202,18 @@ def _run(args: list[str], debug: bool) -> int:
             _print_traceback()
         click.echo(f"relctl: {exc}", err=True)
         return exc.code
-    except click.ClickException as exc:
+    except click.ClickException as exc:  # the command line's: usage errors, unreadable files
         exc.show()
-        return ExitCode.USAGE if isinstance(exc, click.UsageError) else ExitCode.FAILED
+        return ExitCode.USAGE
     except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C/SIGTERM, or end of input
         click.echo("relctl: interrupted; an operation already started on an agent goes on "
                    "there (relctl operations shows it)", err=True)
         return ExitCode.INTERRUPTED
-    except Exception as exc:  # a bug: still one line, unless --debug
+    except Exception as exc:  # a bug: still one line, unless --debug; not 1 (work may go on)
         if debug:
             _print_traceback()
-        click.echo(f"relctl: internal error: {exc!r} (run with --debug for the traceback)",
-                   err=True)
-        return ExitCode.FAILED
+        click.echo(f"relctl: internal error: {exc!r}; an operation already started on an agent "
+                   "may go on there (relctl operations shows it); run with --debug for the "
+                   "traceback", err=True)
+        return ExitCode.INTERNAL
     return int(result) if isinstance(result, int) else ExitCode.OK

@@ -41,7 +41,7 @@ from relctl.v1 import agent_pb2_grpc
 
 from .common import OPERATION_TIMEOUT, Settings, operation_error, rpc_error
 from .output import STATUS_NAMES, outcome_of, step_line
-from .status import ExitCode, exit_code_for_outcome
+from .status import GOES_ON, ExitCode, exit_code_for_outcome
 from .transfer import UpgradeSpec, file_digest, is_up_to_date, upgrade_on, upload
 
 IN_PROGRESS = "in_progress"  # relctl was interrupted while this agent staged: it may go on
@@ -161,7 +161,7 @@ def run_staging(agents: Sequence[str], *, version: str, parallel: int, stage: St
                 results[i] = (StageResult(agent, "", SKIPPED,
                                           reason="not staged: relctl was interrupted first")
                               if i in waiting else
-                              StageResult(agent, "", IN_PROGRESS, ExitCode.FAILED_CHANGED,
+                              StageResult(agent, "", IN_PROGRESS, GOES_ON,
                                           reason="relctl was interrupted while it staged: its "
                                                  "upload or unpack may go on (relctl "
                                                  f"--agent {agent} operations)"))

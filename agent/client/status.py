@@ -1,10 +1,11 @@
 """What `relctl`'s exit status means, and every rule that picks one.
 
-:class:`ExitCode` holds the numbers (documented in the README; they never change meaning), the
-`relctl --help` epilog is made from it, and the mappings live here and nowhere else: a gRPC
-status to a code, an operation's outcome to a code, and the worst-first order a rollout over
-several agents uses to pick its one code. :class:`CliError` is the client's error: it carries
-its code, and ``main()`` alone turns that into the process status.
+:class:`ExitCode` holds the numbers (documented in the README's table; they never change
+meaning), the `relctl --help` epilog is made from it, and the mappings live here and nowhere
+else: a failed gRPC call to a code (with the rule that work which may go on is
+:data:`GOES_ON`, never 1), an operation's outcome to a code, and a rollout's one code from its
+rows (worst first). :class:`CliError` is the client's error: it carries its code, and
+``main()`` alone turns that into the process status.
 
 Standard library only at run time, so that any client module (the relup builder included) can
 raise a :class:`CliError` without loading grpc.
@@ -13,9 +14,8 @@ raise a :class:`CliError` without loading grpc.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import TYPE_CHECKING
+from enum import Enum, IntEnum
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import grpc
@@ -33,6 +33,7 @@ class ExitCode(IntEnum):
     FAILED_CHANGED = 6
     BUSY = 7
     DENIED = 8
+    INTERNAL = 70       # a bug in relctl: EX_SOFTWARE of sysexits.h (the agent uses its 78)
     INTERRUPTED = 130   # Ctrl-C or SIGTERM: 128 + SIGINT, as shells and httpie use
 
 
@@ -44,9 +45,12 @@ MEANINGS: Mapping[ExitCode, str] = {
     ExitCode.UNAVAILABLE: "an agent could not be reached, or a node is down",
     ExitCode.NOT_FOUND: "unknown node, upload or operation",
     ExitCode.ROLLED_BACK: "the operation failed and the node was rolled back",
-    ExitCode.FAILED_CHANGED: "the operation failed part-way; check the node's releases",
+    ExitCode.FAILED_CHANGED: "the operation failed part-way, or relctl lost sight of it and it "
+                             "may go on; check the node's releases",
     ExitCode.BUSY: "another operation is in progress on the node",
     ExitCode.DENIED: "not allowed: missing or wrong credentials, or the role does not allow it",
+    ExitCode.INTERNAL: "internal error of relctl (a bug; --debug shows where); operations "
+                       "already started may go on on their agents",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); operations already started may go "
                           "on on their agents",
 }
@@ -67,8 +71,7 @@ class CliError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """An error about one agent or node among several: printed, and the first one decides the
     exit code (the other agents' answers are still shown)."""
 
@@ -101,11 +104,40 @@ _TRANSPORT_STATUS = {
 }
 
 
-def exit_code_for_rpc(status: grpc.StatusCode, *, from_agent: bool) -> ExitCode:
-    """The code of an RPC that failed with ``status``; ``from_agent``: the agent itself refused
-    (its error metadata is on the call), rather than the transport failing."""
+class Call(Enum):
+    """What a call that failed was doing: it decides whether work may go on after it."""
+
+    READ = "read"            # a question: nothing runs on for it on the agent
+    UPLOAD = "upload"        # a tarball on its way: no operation starts before it arrived
+    OPERATION = "operation"  # an operation was asked for: it may have started, and go on
+
+
+# The code of work relctl lost sight of and that may go on on its agent: an operation whose
+# connection broke or that relctl stopped waiting for, a rollout row in progress or unknown.
+# Never 1 (that says "node unchanged") and never 0: someone has to look at the node.
+GOES_ON = ExitCode.FAILED_CHANGED
+
+
+def exit_code_for_rpc(status: grpc.StatusCode, *, from_agent: bool, lost: bool = False,
+                      call: Call = Call.READ, started: bool = False) -> ExitCode:
+    """The code of an RPC that failed with ``status``. ``from_agent``: the agent itself refused
+    (its error metadata is on the call) rather than the transport failing; ``lost``: the call
+    had reached the agent when its connection broke; ``call``: what it was doing; ``started``:
+    the operation had started (the agent had named it).
+
+    An operation's call that lost its connection, that relctl stopped waiting for (the
+    transport's deadline) or that failed in any way once the operation had started is
+    :data:`GOES_ON`. Any other call that lost its connection is UNAVAILABLE (an upload: no
+    operation started, run it again). The rest map by their status: the agent's refusals by
+    one table, the transport's by another, anything else is FAILED."""
+    name = status.name
+    if call is Call.OPERATION and (
+            started or lost or (name == "DEADLINE_EXCEEDED" and not from_agent)):
+        return GOES_ON
+    if lost:
+        return ExitCode.UNAVAILABLE
     table = _AGENT_STATUS if from_agent else _TRANSPORT_STATUS
-    return table.get(status.name, ExitCode.FAILED)
+    return table.get(name, ExitCode.FAILED)
 
 
 # --- operation outcome -> exit code -------------------------------------------------------------
@@ -139,8 +171,9 @@ def exit_code_for_outcome(outcome: str) -> ExitCode:
 WORST_FIRST: tuple[ExitCode, ...] = (
     ExitCode.FAILED_CHANGED, ExitCode.ROLLED_BACK, ExitCode.FAILED, ExitCode.UNAVAILABLE,
     ExitCode.DENIED, ExitCode.BUSY, ExitCode.NOT_FOUND, ExitCode.USAGE)
-# Not a row's code: the rollout as a whole was interrupted, whatever its rows say.
-NOT_A_ROW = frozenset({ExitCode.INTERRUPTED})
+# Not a row's code: the rollout as a whole was interrupted (whatever its rows say), or relctl
+# itself failed (a bug stops the whole command).
+NOT_A_ROW = frozenset({ExitCode.INTERRUPTED, ExitCode.INTERNAL})
 
 
 def worst_code(codes: Iterable[ExitCode]) -> ExitCode:
@@ -154,3 +187,18 @@ def worst_code(codes: Iterable[ExitCode]) -> ExitCode:
 def worst_first_text() -> str:
     """:data:`WORST_FIRST` as help text: "6, 5, 1, ..."."""
     return ", ".join(str(int(code)) for code in WORST_FIRST)
+
+
+def exit_code_of_rollout(failed: Iterable[ExitCode], *, interrupted: bool,
+                         stopped: bool) -> ExitCode:
+    """A rollout's one code from its failed rows' codes: INTERRUPTED when Ctrl-C or SIGTERM
+    ended it, whatever its rows say; else the :func:`worst_code`. A rollout that ``stopped``
+    before its last batch is never 0: when the agents it stopped for were silent then and
+    answered "done" later, it is UNAVAILABLE, as it did not reach every agent and a script
+    must not take it as done."""
+    if interrupted:
+        return ExitCode.INTERRUPTED
+    code = worst_code(failed)
+    if code == ExitCode.OK and stopped:
+        return ExitCode.UNAVAILABLE
+    return code

@@ -30,9 +30,10 @@ from .common import (
     connection_lost,
     operation_error,
     rpc_error,
+    upload_error,
 )
 from .output import STATE_NAMES, step_line
-from .status import CliError, ExitCode
+from .status import GOES_ON, CliError, ExitCode
 
 CHUNK = 1024 * 1024
 
@@ -77,12 +78,7 @@ def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node:
     try:
         reply = stub.Upload(parts(), timeout=limit)
     except grpc.RpcError as err:
-        if connection_lost(err):
-            raise CliError(f"lost the connection to agent {agent} during the upload of "
-                           f"{tarball.name} ({err.details() if isinstance(err, grpc.Call) else err}"
-                           "); no operation started: once the agent answers again, run the "
-                           "command again", ExitCode.UNAVAILABLE) from None
-        raise rpc_error(agent, err, limit) from None
+        raise upload_error(agent, err, limit, tarball.name) from None
     if settings.output == "text":
         say(f"  {'upload':<22} {'ok':<6} {(time.perf_counter() - started) * 1e3:>6.0f} ms"
             f"  {reply.release_name} {reply.version}, {reply.size} bytes, "
@@ -122,10 +118,14 @@ def follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent], *
                                           what=what)
         raise operation_error(agent, err, OPERATION_TIMEOUT, op_id=op_id, what=what) from None
     except KeyboardInterrupt:
+        if not op_id:
+            raise CliError(f"stopped before the agent named {what}; it may have started and go "
+                           "on on the agent (relctl operations lists it)",
+                           ExitCode.INTERRUPTED) from None
         raise CliError(f"stopped following; operation {op_id} goes on on the agent "
                        f"(relctl operation {op_id})", ExitCode.INTERRUPTED) from None
     raise CliError(f"the agent ended the stream before operation {op_id} finished; "
-                   f"see relctl operation {op_id}", ExitCode.FAILED_CHANGED)
+                   f"see relctl operation {op_id}", GOES_ON)
 
 
 def agent_return_wait() -> float:
@@ -160,13 +160,16 @@ def follow_returning_agent(settings: Settings, stub: agent_pb2_grpc.AgentStub, a
         except grpc.RpcError as err:
             code = err.code() if isinstance(err, grpc.Call) else None
             if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise rpc_error(agent, err, settings.timeout) from None
+                # The agent answers, but not with the operation (its token or role changed,
+                # or it lost the journal): the operation may still go on.
+                raise operation_error(agent, err, settings.timeout, op_id=op_id,
+                                      what=what) from None
             if not answered and time.monotonic() - started >= wait:
                 raise CliError(
                     f"agent {agent} did not answer within {wait:g} s after it went away during "
                     f"{what}; operation {op_id} may go on without relctl; once the agent "
                     f"answers again, see how it ended: relctl operation {op_id}",
-                    ExitCode.FAILED_CHANGED) from None
+                    GOES_ON) from None
             if answered and time.monotonic() - started >= OPERATION_TIMEOUT:
                 raise operation_error(agent, err, OPERATION_TIMEOUT, op_id=op_id,
                                       what=what) from None

@@ -29,7 +29,7 @@ from relctl.v1 import agent_pb2_grpc
 
 from .common import Settings, connect, connection_lost
 from .output import outcome_of
-from .status import CliError, ExitCode
+from .status import GOES_ON, CliError
 
 RUNNING = "running"
 # How often a silent agent is asked again (each try also waits up to its own deadline).
@@ -95,8 +95,7 @@ def watched_stub(channel: grpc.Channel, watch: Watch, host_timeout: float,
             # Not the RpcError: a single agent's follow() would wait here for the agent to
             # come back (transfer.follow_returning_agent), holding up the whole batch; in a
             # rollout the row is unknown now and Recovery asks again in the background.
-            raise CliError(f"lost during {watch.where()}: {watch.lost}",
-                           ExitCode.FAILED_CHANGED) from None
+            raise CliError(f"lost during {watch.where()}: {watch.lost}", GOES_ON) from None
 
     setattr(stub, "Upgrade", events)  # noqa: B010 - the stub's methods are instance attributes
     return stub

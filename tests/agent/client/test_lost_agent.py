@@ -102,3 +102,67 @@ def test_following_an_operation_reports_its_id_when_the_stream_breaks() -> None:
         follow(Settings(output="json"), SOCKET, events(), what="the upgrade")
     assert info.value.code == ExitCode.FAILED_CHANGED
     assert str(info.value).endswith("see how it ended: relctl operation 12")
+
+
+# --- work that may go on is never 1 (issue 25, item 4) -------------------------------------------
+
+def test_a_failure_after_the_operation_started_may_go_on_whatever_its_status() -> None:
+    # The agent named operation 9, then the call failed with the agent's own INTERNAL: the
+    # operation was under way, so relctl cannot say the node is unchanged.
+    error = operation_error(SOCKET, FailedCall(grpc.StatusCode.INTERNAL, "journal write failed",
+                                               from_agent=True), 3600.0, op_id=9,
+                            what="the downgrade")
+    assert error.code == ExitCode.FAILED_CHANGED
+    assert str(error) == (
+        f"agent {SOCKET}: journal write failed (during the downgrade); operation 9 may go on "
+        "without relctl; once the agent answers, see how it ended: relctl operation 9")
+
+
+class _RestartedAgent:
+    """The agent after its restart, answering GetOperation with ``error``."""
+
+    def __init__(self, error: grpc.RpcError) -> None:
+        self.error = error
+        self.asked: list[int] = []
+
+    def GetOperation(self, request: pb.GetOperationRequest, timeout: float) -> pb.Operation:
+        self.asked.append(request.id)
+        raise self.error
+
+
+def test_an_agent_that_comes_back_refusing_the_operation_read_leaves_it_going_on() -> None:
+    def events() -> Iterator[pb.ProgressEvent]:
+        yield pb.ProgressEvent(operation_id=12, step=pb.Step(name="preflight"))
+        raise FailedCall(grpc.StatusCode.UNAVAILABLE, LOST)
+
+    # Its token was rotated while it restarted: it answers, but not with the operation.
+    agent = _RestartedAgent(FailedCall(grpc.StatusCode.UNAUTHENTICATED, "bad token",
+                                       from_agent=True))
+    with pytest.raises(CliError) as info:
+        follow(Settings(output="json"), SOCKET, events(), what="the upgrade",
+               stub=agent)  # type: ignore[arg-type]  # only GetOperation is called
+    assert agent.asked == [12]
+    assert info.value.code == ExitCode.FAILED_CHANGED  # not 8: the upgrade may go on
+    assert str(info.value).endswith("operation 12 may go on without relctl; once the agent "
+                                    "answers, see how it ended: relctl operation 12")
+
+
+def test_ctrl_c_before_the_agent_named_the_operation_is_130_and_points_at_the_list() -> None:
+    def events() -> Iterator[pb.ProgressEvent]:
+        raise KeyboardInterrupt
+        yield pb.ProgressEvent()  # a generator: the interrupt comes while waiting for it
+
+    with pytest.raises(CliError) as info:
+        follow(Settings(), SOCKET, events(), what="the upgrade")
+    assert info.value.code == ExitCode.INTERRUPTED
+    assert str(info.value) == ("stopped before the agent named the upgrade; it may have started "
+                               "and go on on the agent (relctl operations lists it)")
+
+
+def test_a_stream_the_agent_ends_early_may_go_on() -> None:
+    def events() -> Iterator[pb.ProgressEvent]:
+        yield pb.ProgressEvent(operation_id=4, step=pb.Step(name="install"))
+
+    with pytest.raises(CliError) as info:
+        follow(Settings(output="json"), SOCKET, events())
+    assert info.value.code == ExitCode.FAILED_CHANGED

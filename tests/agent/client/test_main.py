@@ -107,3 +107,18 @@ def test_every_command_of_commands_is_in_the_table() -> None:
                     if isinstance(value, click.Command)
                     and getattr(value.callback, "__module__", "") == module.__name__}
     assert defined == {(e.module, e.attr) for e in COMMANDS.values()}
+
+
+def test_a_bug_is_its_own_exit_code_not_1(monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # A fault no real part produces on demand: the command's code raising what it should not.
+    import agent.client.commands.nodes as nodes
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("unexpected")
+
+    monkeypatch.setattr(nodes, "ask_agents", broken)
+    assert main(["--agent", "unix:/nonexistent", "versions"]) == ExitCode.INTERNAL == 70
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("relctl: internal error: ValueError('unexpected'); an operation "
+                           "already started on an agent may go on there")

@@ -1,8 +1,10 @@
-"""The exit-code policy of `relctl` (agent/client/status.py): the codes, the help made from them,
-and each mapping: gRPC status, operation outcome, problems, and a rollout's worst-first order."""
+"""The exit-code policy of `relctl` (agent/client/status.py): the codes, the help and the README
+table that say them, and each mapping: gRPC status (and work that may go on), operation
+outcome, problems, and a rollout's one code."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +14,18 @@ import pytest
 
 from agent.client.common import describe_rpc_error
 from agent.client.status import (
+    GOES_ON,
     MEANINGS,
     NOT_A_ROW,
     WORST_FIRST,
+    Call,
     CliError,
     ExitCode,
     Problem,
     exit_code_for_outcome,
     exit_code_for_rpc,
     exit_code_of_problems,
+    exit_code_of_rollout,
     exit_codes_help,
     worst_code,
     worst_first_text,
@@ -34,7 +39,18 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_the_codes_keep_the_numbers_the_readme_documents() -> None:
     assert {code.name: int(code) for code in ExitCode} == {
         "OK": 0, "FAILED": 1, "USAGE": 2, "UNAVAILABLE": 3, "NOT_FOUND": 4, "ROLLED_BACK": 5,
-        "FAILED_CHANGED": 6, "BUSY": 7, "DENIED": 8, "INTERRUPTED": 130}
+        "FAILED_CHANGED": 6, "BUSY": 7, "DENIED": 8, "INTERNAL": 70, "INTERRUPTED": 130}
+
+
+def test_the_readme_table_says_each_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", readme, flags=re.MULTILINE))
+    assert {int(code) for code in rows} == {int(code) for code in ExitCode}
+    # The table's words and the help's agree on what each code is about.
+    assert rows["1"].startswith("the command failed and the node is unchanged")
+    assert "may go on" in rows["6"] and "may go on" in MEANINGS[ExitCode.FAILED_CHANGED]
+    assert "internal error" in rows["70"] and "internal error" in MEANINGS[ExitCode.INTERNAL]
+    assert "Ctrl-C or SIGTERM" in rows["130"]
 
 
 def test_the_help_lists_every_code_in_order_with_its_meaning() -> None:
@@ -45,7 +61,9 @@ def test_the_help_lists_every_code_in_order_with_its_meaning() -> None:
 
 
 def test_the_help_keeps_its_words() -> None:
-    assert "  6  the operation failed part-way; check the node's releases" in exit_codes_help()
+    assert ("  6  the operation failed part-way, or relctl lost sight of it and it may go on; "
+            "check the node's releases") in exit_codes_help()
+    assert "  70  internal error of relctl" in exit_codes_help()
     assert "  7  another operation is in progress on the node" in exit_codes_help()
 
 
@@ -79,6 +97,34 @@ def test_an_agent_error_maps_by_its_status(status: grpc.StatusCode, code: ExitCo
 ])
 def test_a_transport_error_maps_by_its_status(status: grpc.StatusCode, code: ExitCode) -> None:
     assert exit_code_for_rpc(status, from_agent=False) == code
+
+
+@pytest.mark.parametrize(("status", "from_agent", "lost", "started", "code"), [
+    # The connection broke, or relctl stopped waiting: the operation may go on.
+    (grpc.StatusCode.UNAVAILABLE, False, True, False, GOES_ON),
+    (grpc.StatusCode.UNAVAILABLE, False, True, True, GOES_ON),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, False, False, False, GOES_ON),
+    # Started, then any failure: it may go on as well (never 1).
+    (grpc.StatusCode.INTERNAL, True, False, True, GOES_ON),
+    (grpc.StatusCode.UNKNOWN, False, False, True, GOES_ON),
+    # Refused before it started: the agent's or the transport's word.
+    (grpc.StatusCode.ABORTED, True, False, False, ExitCode.BUSY),
+    (grpc.StatusCode.FAILED_PRECONDITION, True, False, False, ExitCode.FAILED),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, True, False, False, ExitCode.UNAVAILABLE),
+    (grpc.StatusCode.UNAVAILABLE, False, False, False, ExitCode.UNAVAILABLE),  # never connected
+])
+def test_an_operation_that_may_go_on_is_never_1(status: grpc.StatusCode, from_agent: bool,
+                                                lost: bool, started: bool, code: ExitCode
+                                                ) -> None:
+    assert exit_code_for_rpc(status, from_agent=from_agent, lost=lost, call=Call.OPERATION,
+                             started=started) == code
+
+
+def test_a_lost_upload_or_read_is_unavailable_as_nothing_goes_on() -> None:
+    for call in (Call.UPLOAD, Call.READ):
+        assert exit_code_for_rpc(grpc.StatusCode.UNAVAILABLE, from_agent=False, lost=True,
+                                 call=call) == ExitCode.UNAVAILABLE
+    assert GOES_ON == ExitCode.FAILED_CHANGED != ExitCode.FAILED
 
 
 def test_describing_an_rpc_error_uses_the_mapping() -> None:
@@ -138,6 +184,7 @@ def test_a_cli_error_carries_its_code() -> None:
 def test_worst_first_is_the_documented_order_and_ranks_every_failure() -> None:
     assert [int(c) for c in WORST_FIRST] == [6, 5, 1, 3, 8, 7, 4, 2]
     assert set(WORST_FIRST) == set(ExitCode) - {ExitCode.OK} - NOT_A_ROW
+    assert NOT_A_ROW == {ExitCode.INTERRUPTED, ExitCode.INTERNAL}
     assert worst_first_text() == "6, 5, 1, 3, 8, 7, 4, 2"
 
 
@@ -170,3 +217,12 @@ def test_an_interrupt_is_130_as_shells_say_and_not_a_failure_code() -> None:
     assert int(ExitCode.INTERRUPTED) == 130
     assert "  130  interrupted (Ctrl-C or SIGTERM)" in exit_codes_help()
     assert ExitCode.INTERRUPTED not in WORST_FIRST
+
+
+def test_a_rollout_has_one_code_interrupted_first_and_never_0_when_it_stopped() -> None:
+    rows = [ExitCode.FAILED, GOES_ON]
+    assert exit_code_of_rollout(rows, interrupted=True, stopped=True) == ExitCode.INTERRUPTED
+    assert exit_code_of_rollout(rows, interrupted=False, stopped=True) == GOES_ON
+    assert exit_code_of_rollout([], interrupted=False, stopped=False) == ExitCode.OK
+    # Stopped for agents that answered "done" later: it did not reach every agent.
+    assert exit_code_of_rollout([], interrupted=False, stopped=True) == ExitCode.UNAVAILABLE

@@ -74,6 +74,7 @@ from .status import (
 )
 from .transfer import UpgradeSpec, file_digest, target_node, upgrade_on
 from .watch import Recovery, Watch, watched_stub
+from .workers import run_on_threads
 
 SUCCEEDED = "succeeded"
 UP_TO_DATE = "up_to_date"
@@ -338,11 +339,10 @@ def run_rollout(agents: Sequence[str], *, version: str, batch: int, max_failures
     for number, members in enumerate(batches, 1):
         if on_batch is not None:
             on_batch(number, len(batches), members)
-        done: dict[int, NodeResult] = {}
-        try:
-            _concurrently(members, lambda agent: attempt(agent, number), done)
-        except KeyboardInterrupt:
-            results += [done[i] if i in done else in_flight(agent, number)
+        run = run_on_threads(members, lambda agent: attempt(agent, number),
+                             parallel=len(members), name="relctl-upgrade")
+        if run.interrupted:
+            results += [run.results[i] if i in run.results else in_flight(agent, number)
                         for i, agent in enumerate(members)]
             reason = f"not started: the rollout was interrupted during batch {number}"
             results += [NodeResult(agent, node, later, SKIPPED, reason=reason)
@@ -350,7 +350,7 @@ def run_rollout(agents: Sequence[str], *, version: str, batch: int, max_failures
                         for agent in rest]
             return Rollout(version, batch, max_failures, len(batches), tuple(results),
                            interrupted_in=number)
-        results += [done[i] for i in range(len(members))]
+        results += [run.results[i] for i in range(len(members))]
         failures = sum(current(r).failed for r in results)
         if over_budget(failures, max_failures) and number < len(batches):
             reason = f"not started: the rollout stopped after batch {number}"
@@ -360,33 +360,6 @@ def run_rollout(agents: Sequence[str], *, version: str, batch: int, max_failures
             return Rollout(version, batch, max_failures, len(batches), tuple(results), number,
                            stopped_failures=failures)
     return Rollout(version, batch, max_failures, len(batches), tuple(results))
-
-
-def _concurrently(agents: Sequence[str], work: Callable[[str], NodeResult],
-                  results: dict[int, NodeResult]) -> None:
-    """``work(agent)`` for each agent at once, each result in ``results`` by the agent's index
-    as it comes (so an interrupted caller knows who finished). Daemon threads, even for one
-    agent: the main thread only waits, so Ctrl-C reaches it and the process need not wait for
-    operations that go on on the agents anyway."""
-    crashes: list[BaseException] = []
-
-    def run(i: int, agent: str) -> None:
-        try:
-            results[i] = work(agent)
-        except BaseException as exc:  # a bug: re-raised in the main thread below
-            crashes.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i, a), name=f"relctl-upgrade-{a}",
-                                daemon=True) for i, a in enumerate(agents)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            # Timed: a Ctrl-C may be delivered to a worker thread, and the main thread only
-            # acts on it when it wakes up.
-            t.join(0.2)
-    if crashes:
-        raise crashes[0]
 
 
 # --- talking to the agents ------------------------------------------------------------------

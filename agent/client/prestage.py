@@ -27,7 +27,6 @@ stages one agent.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -43,6 +42,7 @@ from .common import OPERATION_TIMEOUT, Settings, operation_error, rpc_error
 from .output import STATUS_NAMES, outcome_of, step_line
 from .status import GOES_ON, ExitCode, exit_code_for_outcome
 from .transfer import UpgradeSpec, file_digest, is_up_to_date, upgrade_on, upload
+from .workers import run_on_threads
 
 IN_PROGRESS = "in_progress"  # relctl was interrupted while this agent staged: it may go on
 STAGED = "staged"          # VSN is on the node, ready to switch: unpacked now, or there before
@@ -114,66 +114,26 @@ def run_staging(agents: Sequence[str], *, version: str, parallel: int, stage: St
     once a stage failed no further one starts, and the agents not started are SKIPPED.
     Ctrl-C (SIGTERM) in the main thread ends it at once: the stages under way are
     IN_PROGRESS (their upload or unpack may go on), the rest SKIPPED."""
-    if parallel < 1:
-        raise ValueError(f"stage parallelism must be at least 1, not {parallel}")
     started = time.monotonic()
-    results: dict[int, StageResult] = {}
-    crashes: list[BaseException] = []
-    lock = threading.Lock()
-    queue = list(enumerate(agents))
-    first_failure: list[str] = []
-    interrupted: list[bool] = []
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if not queue or first_failure or crashes or interrupted:
-                    return
-                i, agent = queue.pop(0)
-            try:
-                result = stage(agent)
-            except BaseException as exc:  # a bug: re-raised in the main thread below
-                with lock:
-                    crashes.append(exc)
-                return
-            with lock:
-                results[i] = result
-                if result.failed and not first_failure:
-                    first_failure.append(agent)
-
-    # Daemon threads, the main thread only waits (timed, so that Ctrl-C reaches it): the
-    # same reasoning as the switch phase's batches.
-    threads = [threading.Thread(target=worker, name=f"relctl-stage-{n}", daemon=True)
-               for n in range(min(parallel, len(agents)))]
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
-    except KeyboardInterrupt:
-        with lock:
-            interrupted.append(True)
-            waiting = {i for i, _ in queue}
-            for i, agent in enumerate(agents):
-                if i in results:
-                    continue
-                results[i] = (StageResult(agent, "", SKIPPED,
-                                          reason="not staged: relctl was interrupted first")
-                              if i in waiting else
-                              StageResult(agent, "", IN_PROGRESS, GOES_ON,
-                                          reason="relctl was interrupted while it staged: its "
-                                                 "upload or unpack may go on (relctl "
-                                                 f"--agent {agent} operations)"))
-            return Staging(version, parallel, tuple(results[i] for i in range(len(agents))),
-                           time.monotonic() - started, interrupted=True)
-    if crashes:
-        raise crashes[0]
-    for i, agent in queue:  # never started
-        results[i] = StageResult(agent, "", SKIPPED, reason=(
-            f"not staged: staging stopped after the failure on {first_failure[0]}"))
-    return Staging(version, parallel, tuple(results[i] for i in range(len(agents))),
-                   time.monotonic() - started)
+    run = run_on_threads(agents, stage, parallel=parallel, name="relctl-stage",
+                         stop=lambda result: result.failed)
+    rows: list[StageResult] = []
+    for i, agent in enumerate(agents):
+        if i in run.results:
+            rows.append(run.results[i])
+        elif run.interrupted and i in run.started:
+            rows.append(StageResult(agent, "", IN_PROGRESS, GOES_ON, reason=(
+                "relctl was interrupted while it staged: its upload or unpack may go on "
+                f"(relctl --agent {agent} operations)")))
+        elif run.interrupted:
+            rows.append(StageResult(agent, "", SKIPPED,
+                                    reason="not staged: relctl was interrupted first"))
+        else:  # never started: only a failure stops a run that was not interrupted
+            failed = agents[run.stopped_by] if run.stopped_by is not None else "?"
+            rows.append(StageResult(agent, "", SKIPPED, reason=(
+                f"not staged: staging stopped after the failure on {failed}")))
+    return Staging(version, parallel, tuple(rows), time.monotonic() - started,
+                   interrupted=run.interrupted)
 
 
 # --- talking to one agent -------------------------------------------------------------------

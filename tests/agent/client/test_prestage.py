@@ -112,7 +112,7 @@ def test_a_bug_in_a_stage_is_raised() -> None:
 
 
 def test_a_parallelism_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="stage parallelism must be at least 1, not 0"):
+    with pytest.raises(ValueError, match="parallelism must be at least 1, not 0"):
         run_staging([A], version="0.0.2", parallel=0, stage=staged)
 
 

@@ -1,22 +1,21 @@
-"""What every `relctl` command shares: the :class:`Settings` the command line gives, the options
-accepted before and after a command, and the two ways of asking agents: every agent at once
+"""What every `relctl` command shares: the :class:`Settings` the command line gives, the
+agents to ask, what a failed RPC means, and the two ways of asking agents: every agent at once
 (:func:`ask_agents`, each answer or problem kept apart) and the one agent of a command that
 acts on one (:func:`ask_one`, errors raised as :class:`CliError`).
 
-Channels are opened by :mod:`agent.client.channel`, loaded only when a command opens one, so
-that `relctl --help` does not load it.
+No click here (the options that fill :class:`Settings` are :mod:`agent.client.options`), and no
+dataclasses: `relctl versions`, `upgrade` and `downgrade` run without loading either (issue 24).
+Channels are opened by :mod:`agent.client.channel`, loaded only when a command opens one.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-import click
 import grpc
 
 from relctl.v1 import AGENT_ERROR_METADATA
@@ -37,24 +36,36 @@ OPERATION_TIMEOUT = 3600.0
 AGENT_RETURN_WAIT = 180.0
 
 
-@dataclass
 class Settings:
     """The command line's choices, filled by the group's options and the shared options (which
-    may come before or after the command name)."""
+    may come before or after the command name). Mutable: click's option callbacks store each
+    value given (:mod:`agent.client.options`), and so does the click-free reader of the
+    common command lines (:mod:`agent.client.fastpath`)."""
 
-    agents: list[str] = field(default_factory=list)
-    output: str = "text"
-    node: str = ""
-    timeout: float = DEFAULT_TIMEOUT
-    debug: bool = False
-    token_file: str = ""   # bearer token for TCP agents
-    ca: str = ""           # CA of the agents' certificates: TLS on
-    cert: str = ""         # client certificate and key, for agents that require them (mTLS)
-    key: str = ""
-    host_timeout: float = DEFAULT_HOST_TIMEOUT  # silence after which an agent is given up
-    token_dir: str = ""    # one token file per agent, named by its address (--token-dir)
-    # agent -> {"token_file": ..., "ca": ...} from its inventory group's labels
-    per_agent: dict[str, dict[str, str]] = field(default_factory=dict)
+    def __init__(self, *, agents: Sequence[str] = (), output: str = "text", node: str = "",
+                 timeout: float = DEFAULT_TIMEOUT, debug: bool = False, token_file: str = "",
+                 ca: str = "", cert: str = "", key: str = "",
+                 host_timeout: float = DEFAULT_HOST_TIMEOUT, token_dir: str = "",
+                 per_agent: dict[str, dict[str, str]] | None = None) -> None:
+        self.agents = list(agents)
+        self.output = output          # "text" or "json" (-o)
+        self.node = node
+        self.timeout = timeout
+        self.debug = debug
+        self.token_file = token_file  # bearer token for TCP agents
+        self.ca = ca                  # CA of the agents' certificates: TLS on
+        self.cert = cert              # client certificate and key, for agents that require them
+        self.key = key
+        self.host_timeout = host_timeout  # silence after which an agent is given up
+        self.token_dir = token_dir    # one token file per agent, named by its address
+        # agent -> {"token_file": ..., "ca": ...} from its inventory group's labels
+        self.per_agent: dict[str, dict[str, str]] = per_agent if per_agent is not None else {}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 def agent_targets(given: Sequence[str]) -> list[str]:
@@ -67,47 +78,25 @@ def agent_targets(given: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(from_env)) or [DEFAULT_AGENT]
 
 
-# --- options ------------------------------------------------------------------------------------
+def apply_group_options(settings: Settings, *, agents: Sequence[str], agents_file: str,
+                        selectors: Sequence[str], agent_port: int | None, token_file: str,
+                        token_dir: str, ca: str, cert: str, key: str) -> None:
+    """What the options before the command mean (`relctl --agent A ... COMMAND`): the agents
+    to ask (given, from an inventory file, from $RELCTL_AGENT, or the local socket) and the
+    credentials. The click group and the fast path both call this."""
+    if agents_file:
+        if agents:
+            raise CliError("give --agent or --agents-file, not both", ExitCode.USAGE)
+        from .inventory import inventory_targets  # only when a file is given
 
-def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
-    # A shared option given after the command must not reset the value given before it, so
-    # only a value actually given is stored.
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
-        if value is not None:
-            setattr(ctx.ensure_object(Settings), name, value)
-    return callback
-
-
-def _output_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("-o", "--output", type=click.Choice(["text", "json"]), default=None,
-                        expose_value=False, callback=_store("output"),
-                        help="Output format (default: text).")(f)
-
-
-def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--debug", is_flag=True, default=None, expose_value=False,
-                        callback=_store("debug"), help="Show tracebacks of errors.")(f)
-
-
-def shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options accepted before and after the command (`relctl versions -o json`)."""
-    f = _output_option(f)
-    f = click.option("--node", metavar="NAME", default=None, expose_value=False,
-                     callback=_store("node"), help="Only this node (name@host).")(f)
-    f = click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
-                     expose_value=False, callback=_store("timeout"),
-                     help=f"Seconds to wait for each agent (default: {DEFAULT_TIMEOUT:g}).")(f)
-    f = click.option("--host-timeout", type=click.FloatRange(min=2), default=None,
-                     expose_value=False, callback=_store("host_timeout"), metavar="S",
-                     help="Seconds an agent may stay silent during a call (no answer, not "
-                          "even to keepalive pings) before it is given up; a rollout marks it "
-                          f"unknown (default: {DEFAULT_HOST_TIMEOUT:g}).")(f)
-    return _debug_option(f)
-
-
-def local_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The shared options that mean something without an agent (`-o`, `--debug`)."""
-    return _debug_option(_output_option(f))
+        settings.per_agent = inventory_targets(agents_file, selectors, agent_port)
+        settings.agents = list(settings.per_agent)
+    elif selectors or agent_port is not None:
+        raise CliError("--selector and --agent-port go with --agents-file", ExitCode.USAGE)
+    else:
+        settings.agents = agent_targets(agents)
+    settings.token_file, settings.ca, settings.cert, settings.key = token_file, ca, cert, key
+    settings.token_dir = token_dir
 
 
 # --- RPC errors ---------------------------------------------------------------------------------
@@ -232,8 +221,7 @@ def connect(settings: Settings, agent: str) -> grpc.Channel:
     return open_channel(settings, agent)
 
 
-@dataclass
-class Answer:
+class Answer(NamedTuple):
     """One agent's reply to :func:`ask_agents`, or the problem instead of it."""
 
     agent: str

@@ -48,21 +48,17 @@ tested without agents; :func:`fleet_upgrade` wires them to the agents.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import click
-
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
 from .common import Settings, connect
-from .output import outcome_of, table
+from .output import Lines, emit, outcome_of, table
 from .prestage import IN_PROGRESS, STAGED, Staging, StageResult, run_staging, stage_on
 from .status import (
     GOES_ON,
@@ -364,35 +360,6 @@ def run_rollout(agents: Sequence[str], *, version: str, batch: int, max_failures
 
 # --- talking to the agents ------------------------------------------------------------------
 
-class _Printer:
-    """Progress lines of concurrent upgrades, whole lines only, each with its agent."""
-
-    def __init__(self, agents: Sequence[str]) -> None:
-        self._lock = threading.Lock()
-        self._width = max(len(a) for a in agents) + 2
-        self._started = time.monotonic()
-        self._muted = False
-
-    def line(self, text: str) -> None:
-        with self._lock:
-            if not self._muted:
-                click.echo(text)
-
-    def mute(self) -> None:
-        """No more progress lines: the final table is being printed (threads of operations
-        that go on must not write under it)."""
-        with self._lock:
-            self._muted = True
-
-    def elapsed(self) -> str:
-        """"+12.3 s": when a line about silence came, counted from the rollout's start."""
-        return f"+{time.monotonic() - self._started:.1f} s"
-
-    def for_agent(self, agent: str) -> Callable[[str], None]:
-        prefix = f"[{agent}]".ljust(self._width)
-        return lambda text: self.line(prefix + text)
-
-
 def _finished_line(r: NodeResult | StageResult) -> str:
     what = f"  => {r.result}"
     if r.operation_id is not None:
@@ -400,32 +367,28 @@ def _finished_line(r: NodeResult | StageResult) -> str:
     return what + (f": {_short(r.reason)}" if r.reason else "")
 
 
-def _stage_all(settings: Settings, spec: UpgradeSpec, printer: _Printer,
+def _stage_all(settings: Settings, spec: UpgradeSpec, printer: Lines,
                parallel: int) -> Staging:
     """The staging phase on every agent (see :mod:`agent.client.prestage`)."""
-    text = settings.output == "text"
-
     def stage(agent: str) -> StageResult:
-        say = printer.for_agent(agent)
+        progress = printer.for_agent(agent)
         started = time.monotonic()
         try:
             with connect(settings, agent) as channel:
                 row = stage_on(settings, agent_pb2_grpc.AgentStub(channel), agent, spec,
-                               say=say)
+                               progress=progress)
         except CliError as exc:
             row = StageResult(agent, settings.node, ERROR, exc.code,
                               time.monotonic() - started,
                               reason=str(exc).removeprefix(f"agent {agent}: "))
-        if text:
-            say(_finished_line(row))
+        progress.line(_finished_line(row))
         return row
 
-    if text:
-        printer.line(f"staging {spec.version} on {len(settings.agents)} agent(s), "
-                     f"{parallel} at a time")
+    printer.line(f"staging {spec.version} on {len(settings.agents)} agent(s), {parallel} at a "
+                 "time")
     staging = run_staging(settings.agents, version=spec.version, parallel=parallel,
                           stage=stage)
-    if text and not staging.interrupted:
+    if not staging.interrupted:
         printer.line(staging.line())
     return staging
 
@@ -436,9 +399,8 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int, max_fail
     ``prestage`` is off or it is a dry run), roll out, print the table; the rollout's exit
     code. ``stage_parallel``: agents staging at once (None: all)."""
     if spec.tarball is not None and spec.digest is None:  # hashed once, not once per agent
-        spec = replace(spec, digest=file_digest(spec.tarball))
-    text = settings.output == "text"
-    printer = _Printer(settings.agents)
+        spec = spec._replace(digest=file_digest(spec.tarball))
+    printer = Lines(settings, settings.agents)
     staging: Staging | None = None
     if prestage and spec.tarball is not None and not spec.dry_run:
         staging = _stage_all(settings, spec, printer, stage_parallel or len(settings.agents))
@@ -447,7 +409,7 @@ def fleet_upgrade(settings: Settings, spec: UpgradeSpec, *, batch: int, max_fail
                                                         max_failures=max_failures), printer)
         # Every node has the release now (or runs it), the one of this tarball (staging
         # checked or replaced it): the upgrades upload nothing.
-        spec = replace(spec, tarball=None, digest=None, replace=False)
+        spec = spec._replace(tarball=None, digest=None, replace=False)
     switch = _Switch(settings, spec, printer)
     started = time.monotonic()
     rollout: Rollout | None = None
@@ -473,22 +435,20 @@ class _Switch:
     agent that goes silent is reported at once and marked ``unknown``, then asked again for
     its operation's real outcome (:mod:`agent.client.watch`)."""
 
-    def __init__(self, settings: Settings, spec: UpgradeSpec, printer: _Printer) -> None:
+    def __init__(self, settings: Settings, spec: UpgradeSpec, printer: Lines) -> None:
         self.settings = settings
         self.spec = spec
         self.printer = printer
-        self.text = settings.output == "text"
         self.watches: dict[str, Watch] = {}
         self.recovery = Recovery(settings, self._answered)
         self._silent_since: dict[str, float] = {}
 
     def on_batch(self, number: int, total: int, members: tuple[str, ...]) -> None:
-        if self.text:
-            self.printer.line(f"batch {number}/{total}: {', '.join(members)}")
+        self.printer.line(f"batch {number}/{total}: {', '.join(members)}")
 
     def attempt(self, agent: str, number: int) -> NodeResult:
         settings, spec = self.settings, self.spec
-        say = self.printer.for_agent(agent)
+        progress = self.printer.for_agent(agent)
         node = settings.node
         watch = self.watches[agent] = Watch(agent)
         started = time.monotonic()
@@ -497,25 +457,23 @@ class _Switch:
                 stub = watched_stub(channel, watch, settings.host_timeout, self._lost)
                 # Asked here rather than in upgrade_on: an error row still names the node.
                 node, done, _ = target_node(settings, stub, agent, spec.version)
-                op = upgrade_on(settings, stub, agent, spec, say=say, bar=False, up_to_date=done)
+                op = upgrade_on(settings, stub, agent, spec, progress=progress, up_to_date=done)
                 row = result_of(agent, number, op, time.monotonic() - started)
         except CliError as exc:
             row = result_of_error(agent, node, number, spec.version, exc,
                                   time.monotonic() - started)
             if watch.lost:
                 row = self._unknown(watch, row)
-        if self.text:
-            say(_finished_line(row))
+        progress.line(_finished_line(row))
         return row
 
     def _lost(self, watch: Watch) -> None:
         """The moment an agent's stream broke: say so, and start asking it again."""
         self._silent_since[watch.agent] = time.monotonic()
-        if self.text:
-            self.printer.for_agent(watch.agent)(
-                f"  !! {self.printer.elapsed()}: lost during {watch.where()} "
-                f"({self.spec.version}): {watch.lost}; marked {UNKNOWN} (never done or "
-                "unchanged) until the agent answers again")
+        self.printer.for_agent(watch.agent).line(
+            f"  !! {self.printer.elapsed()}: lost during {watch.where()} "
+            f"({self.spec.version}): {watch.lost}; marked {UNKNOWN} (never done or "
+            "unchanged) until the agent answers again")
         self.recovery.follow(watch.agent, watch.operation_id)
 
     def _unknown(self, watch: Watch, row: NodeResult) -> NodeResult:
@@ -529,11 +487,10 @@ class _Switch:
                               f"{again}")
 
     def _answered(self, agent: str, op: pb.Operation) -> None:
-        if self.text:
-            silent = time.monotonic() - self._silent_since.get(agent, time.monotonic())
-            self.printer.for_agent(agent)(
-                f"  .. {self.printer.elapsed()}: answers again after {silent:.1f} s: operation "
-                f"{op.id} ended {outcome_of(op)}")
+        silent = time.monotonic() - self._silent_since.get(agent, time.monotonic())
+        self.printer.for_agent(agent).line(
+            f"  .. {self.printer.elapsed()}: answers again after {silent:.1f} s: operation "
+            f"{op.id} ended {outcome_of(op)}")
 
     def current(self, row: NodeResult) -> NodeResult:
         """``row`` with the real outcome of its operation when its silent agent answered."""
@@ -568,19 +525,14 @@ class _Switch:
         pending = self.recovery.pending()
         if not pending:
             return
-        if self.text:
-            self.printer.line(f"waiting up to {self.settings.host_timeout:g} s for silent "
-                              f"agent(s) to answer: {', '.join(pending)}")
+        self.printer.line(f"waiting up to {self.settings.host_timeout:g} s for silent agent(s) "
+                          f"to answer: {', '.join(pending)}")
         self.recovery.wait(self.settings.host_timeout)
 
 
-def _finish(settings: Settings, rollout: Rollout, printer: _Printer) -> ExitCode:
+def _finish(settings: Settings, rollout: Rollout, printer: Lines) -> ExitCode:
     """Print the table and the last line (or the JSON); the rollout's exit code."""
     printer.mute()
-    if settings.output == "text":
-        click.echo("")
-        click.echo(rollout.table())
-        click.echo(rollout.summary())
-    else:
-        click.echo(json.dumps(rollout.as_json(), indent=2))
+    emit(settings, rollout.as_json(),
+         lambda: "\n".join(["", rollout.table(), rollout.summary()]))
     return rollout.exit_code

@@ -1,11 +1,16 @@
-"""`relctl`: the thin client of relctl agents. This module is the program: the command group, the
-registration of every command (the only place that does it) and :func:`main`, the only place
-that turns a result into the process exit status.
+"""`relctl`: the thin client of relctl agents. This module is the program: the table of every
+command (the only place that registers them) and :func:`main`, the only place that turns a
+result into the process exit status.
 
 The client asks one or several agents (gRPC) and prints what they say, as a table or as JSON
 (`-o json`). It never talks to a BEAM node itself: it imports the stubs, grpc and click only,
 so it starts fast and runs anywhere. Errors are one line on stderr and an exit code from
 :class:`~agent.client.status.ExitCode`; `--debug` adds the traceback.
+
+Start-up: the plain forms of the command lines run most (`versions`, `upgrade`, `downgrade`)
+are read by :mod:`agent.client.fastpath` and run without loading click; every other one
+(help and usage errors included) goes to the click group of :mod:`agent.client.cli`. This
+module loads neither grpc nor click itself.
 """
 
 from __future__ import annotations
@@ -13,16 +18,16 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
-import click
+from . import fastpath
+from .status import CliError, ExitCode
 
-from .common import DEFAULT_AGENT, Settings, agent_targets, shared_options
-from .status import CliError, ExitCode, exit_codes_help
+if TYPE_CHECKING:
+    import click
 
 
-@dataclass(frozen=True)
-class CommandEntry:
+class CommandEntry(NamedTuple):
     """Where a command lives (``agent.client.commands.MODULE``, attribute ``attr``) and its
     one-line help, which `relctl --help` shows without importing the module."""
 
@@ -81,80 +86,6 @@ def load_command(name: str) -> click.Command:
     return command
 
 
-class _LazyGroup(click.Group):
-    """click's group, with the commands of :data:`COMMANDS` loaded on demand (click's "lazy
-    group" pattern)."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return load_command(cmd_name) if cmd_name in COMMANDS else None
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # click's own would import every command for its help line; the table has them, cut
-        # to the width the way click cuts a command's help.
-        names = self.list_commands(ctx)
-        limit = formatter.width - 6 - max(len(n) for n in names)
-        # A stand-in Command cuts it as the real one would (click's helper for it is private).
-        rows = [(n, click.Command(n, help=COMMANDS[n].short_help).get_short_help_str(limit))
-                for n in names]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-@click.group(cls=_LazyGroup, epilog=exit_codes_help(),
-             context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--agent", "agents", multiple=True, metavar="HOST:PORT|unix:PATH",
-              help=f"Agent to ask; repeat for several. Default: $RELCTL_AGENT, then {DEFAULT_AGENT}.")
-@click.option("--agents-file", envvar="RELCTL_AGENTS_FILE", default="", metavar="FILE",
-              help="The agents of a Prometheus file_sd targets file (JSON or YAML), in its "
-                   "order: the list Prometheus scrapes is the list a rollout walks.")
-@click.option("--selector", "selectors", multiple=True, metavar="LABEL=VALUE",
-              help="With --agents-file: only the groups with this label; repeat to narrow.")
-@click.option("--agent-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
-              help="With --agents-file: the agents' gRPC port on each target's host (or a "
-                   "relctl_agent label per group).")
-@click.option("--token-file", envvar="RELCTL_TOKEN_FILE", default="", metavar="FILE",
-              help="Bearer token for agents on TCP (default: $RELCTL_TOKEN_FILE).")
-@click.option("--token-dir", envvar="RELCTL_TOKEN_DIR", default="", metavar="DIR",
-              help="One token file per agent, named by its address (DIR/HOST:PORT or "
-                   "DIR/HOST), so that each agent has its own token; --token-file is the "
-                   "fallback. An inventory group's relctl_token_file label wins over both.")
-@click.option("--ca", envvar="RELCTL_CA", default="", metavar="FILE",
-              help="CA certificate of the agents: talk TLS (default: $RELCTL_CA).")
-@click.option("--cert", envvar="RELCTL_CERT", default="", metavar="FILE",
-              help="Client certificate, for agents that verify clients (mTLS).")
-@click.option("--key", envvar="RELCTL_KEY", default="", metavar="FILE",
-              help="Private key of --cert.")
-@shared_options
-@click.version_option(package_name="relctl", prog_name="relctl")
-@click.pass_context
-def cli(ctx: click.Context, agents: tuple[str, ...], agents_file: str,
-        selectors: tuple[str, ...], agent_port: int | None, token_file: str, token_dir: str,
-        ca: str, cert: str, key: str) -> None:
-    """relctl: see and upgrade the releases of BEAM nodes through their relctl agents.
-
-    On the agent's host, relctl talks to its Unix socket (access: the socket's group). Across
-    the network it needs a token (--token-file) and, off loopback, the agent's CA (--ca).
-    """
-    settings = ctx.ensure_object(Settings)
-    if agents_file:
-        if agents:
-            raise CliError("give --agent or --agents-file, not both", ExitCode.USAGE)
-        from .inventory import inventory_targets  # only when a file is given
-
-        settings.per_agent = inventory_targets(agents_file, selectors, agent_port)
-        settings.agents = list(settings.per_agent)
-    elif selectors or agent_port is not None:
-        raise CliError("--selector and --agent-port go with --agents-file", ExitCode.USAGE)
-    else:
-        settings.agents = agent_targets(agents)
-    settings.token_file, settings.ca, settings.cert, settings.key = token_file, ca, cert, key
-    settings.token_dir = token_dir
-
-
-
 def _print_traceback() -> None:
     import traceback  # only with --debug: keeps start-up lean
 
@@ -177,43 +108,63 @@ def _sigterm_interrupts() -> Callable[[], None]:
     return restore
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, fast_path: bool = True) -> int:
     """Run `relctl` with ``argv`` (default: the process's arguments); the exit status.
 
     Commands return an :class:`ExitCode` and raise :class:`CliError` (which carries one);
     click runs outside its standalone mode, so that its usage errors come here too (exit 2,
-    click's message) and nothing but this function decides the status.
+    click's message) and nothing but this function decides the status. ``fast_path=False``
+    reads every command line with click (the tests compare both readers).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     restore = _sigterm_interrupts()
     try:
-        return _run(args, debug)
+        return _run(args, debug, fast_path)
     finally:
         restore()
 
 
-def _run(args: list[str], debug: bool) -> int:
+def _with_click(args: list[str]) -> object:
+    """The command line read and run by click (the command's return value; or click's own
+    code for --help and --version); click's usage errors shown and made exit 2."""
+    import click
+
+    from .cli import make_group
+
     try:
-        # The command's return value; or click's own code for --help and --version.
-        result = cli.main(args=args, prog_name="relctl", standalone_mode=False)
-    except CliError as exc:
-        if debug:
-            _print_traceback()
-        click.echo(f"relctl: {exc}", err=True)
-        return exc.code
+        return make_group(COMMANDS, load_command).main(args=args, prog_name="relctl",
+                                                       standalone_mode=False)
     except click.ClickException as exc:  # the command line's: usage errors, unreadable files
         exc.show()
         return ExitCode.USAGE
-    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C/SIGTERM, or end of input
-        click.echo("relctl: interrupted; an operation already started on an agent goes on "
-                   "there (relctl operations shows it)", err=True)
+    except click.exceptions.Abort:  # end of input at a prompt: as Ctrl-C
+        raise KeyboardInterrupt from None
+
+
+def _error(message: str) -> None:
+    from .output import error  # what main prints goes through output, loaded when needed
+
+    error(message)
+
+
+def _run(args: list[str], debug: bool, fast_path: bool) -> int:
+    try:
+        reading = fastpath.read(args) if fast_path else None
+        result = reading.run() if reading is not None else _with_click(args)
+    except CliError as exc:
+        if debug:
+            _print_traceback()
+        _error(str(exc))
+        return exc.code
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        _error("interrupted; an operation already started on an agent goes on there (relctl "
+              "operations shows it)")
         return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug: still one line, unless --debug; not 1 (work may go on)
         if debug:
             _print_traceback()
-        click.echo(f"relctl: internal error: {exc!r}; an operation already started on an agent "
-                   "may go on there (relctl operations shows it); run with --debug for the "
-                   "traceback", err=True)
+        _error(f"internal error: {exc!r}; an operation already started on an agent may go on "
+              "there (relctl operations shows it); run with --debug for the traceback")
         return ExitCode.INTERNAL
     return int(result) if isinstance(result, int) else ExitCode.OK

@@ -1,22 +1,30 @@
-"""How `relctl` prints: JSON for ``-o json`` or text (aligned tables) otherwise, the one-line
-problems on stderr, timestamps, and the names and renderings of the agent's values (release
-status, operations, their steps and config changes) shared by the commands and the rollout.
+"""How `relctl` prints, and the only module that does: JSON for ``-o json`` or text (aligned
+tables, step rows) otherwise, the one-line errors and problems on stderr, the progress of an
+operation as it goes (:class:`Progress`, and :class:`Lines` for concurrent ones), timestamps,
+and the names and renderings of the agent's values (release status, operations, their steps
+and config changes). Command modules hand it values; no other module writes to stdout or
+stderr, or asks which output was chosen (tests/agent/client/test_output.py checks it).
 
-Printing only: which exit code follows is :mod:`agent.client.status`'s business.
+Standard output without click: `print`, flushed, as click.echo does; click's progress bar is
+loaded only when one is shown. Which exit code follows is :mod:`agent.client.status`'s
+business.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
-
-import click
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from relctl.v1 import agent_pb2 as pb
 
-from .common import Settings
 from .status import ExitCode, Problem, exit_code_of_problems
+
+if TYPE_CHECKING:
+    from .common import Settings
 
 STATUS_NAMES = {
     pb.RELEASE_STATUS_PERMANENT: "permanent",
@@ -38,6 +46,27 @@ def outcome_of(op: pb.Operation) -> str:
 
 # --- general ------------------------------------------------------------------------------------
 
+def echo(text: str, *, err: bool = False) -> None:
+    """``text`` and a newline on stdout (stderr with ``err``), flushed: what click.echo does
+    with a str, without loading click."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def error(message: str) -> None:
+    """One line on stderr: "relctl: MESSAGE"."""
+    echo(f"relctl: {message}", err=True)
+
+
+def warning(message: str) -> None:
+    """One line on stderr: "relctl: warning: MESSAGE"."""
+    error(f"warning: {message}")
+
+
+def is_json(settings: Settings) -> bool:
+    """Whether ``-o json`` was chosen: then stdout holds one JSON document and nothing else."""
+    return settings.output == "json"
+
+
 def table(rows: Sequence[Sequence[str]]) -> str:
     """``rows`` (the first one the header) as left-aligned columns."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -47,20 +76,20 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 
 def emit(settings: Settings, data: dict[str, Any], text: Callable[[], str]) -> None:
     """Print ``data`` as JSON with ``-o json``, else what ``text()`` makes of it (if anything)."""
-    if settings.output == "json":
+    if is_json(settings):
         import json  # only for -o json: text output starts without it
 
-        click.echo(json.dumps(data, indent=2))
+        echo(json.dumps(data, indent=2))
     else:
         out = text()
         if out:
-            click.echo(out)
+            echo(out)
 
 
 def report(problems: Sequence[Problem]) -> ExitCode:
     """Print each problem as one line on stderr; the exit code they make."""
     for problem in problems:
-        click.echo(f"relctl: {problem.message}", err=True)
+        error(problem.message)
     return exit_code_of_problems(problems)
 
 
@@ -131,18 +160,27 @@ def _changes_table(changes: Iterable[pb.ConfigChange]) -> str:
                                            "--show-values prints them)"
 
 
-def _duration_text(step: pb.Step) -> str:
-    if not step.HasField("duration"):
+def _duration_text(ms: float | None) -> str:
+    if ms is None:
         return ""
-    ms = step.duration.ToNanoseconds() / 1e6
     return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1e3:.1f} s"
 
 
+# A step's state as its row says it.
+_MARKS = {"succeeded": "ok", "failed": "FAILED", "skipped": "skip"}
+
+
+def step_row(name: str, mark: str, detail: str, ms: float | None = None) -> str:
+    """The one format of a progress row: a step (or the client's own upload and stage
+    steps), its result ("ok", "FAILED", "skip"), its duration when it has one, what it says."""
+    return f"  {name:<22} {mark:<6} {_duration_text(ms):>9}  {detail}".rstrip()
+
+
 def step_line(step: pb.Step) -> str:
-    """One progress line: the step, its result and duration, and what it says."""
+    """The row of an agent's step."""
     state = STATE_NAMES.get(step.state, "?")
-    mark = {"succeeded": "ok", "failed": "FAILED", "skipped": "skip"}.get(state, state)
-    return f"  {step.name:<22} {mark:<6} {_duration_text(step):>9}  {step.detail}".rstrip()
+    ms = step.duration.ToNanoseconds() / 1e6 if step.HasField("duration") else None
+    return step_row(step.name, _MARKS.get(state, state), step.detail, ms)
 
 
 def summary(op: pb.Operation) -> str:
@@ -170,11 +208,107 @@ def summary(op: pb.Operation) -> str:
     return "\n".join(lines)
 
 
-def print_operation(settings: Settings, op: pb.Operation) -> None:
-    """A finished operation: its JSON with ``-o json``, else its :func:`summary`."""
-    if settings.output == "json":
-        import json  # only for -o json
+def print_operation(settings: Settings, op: pb.Operation, *, steps: bool = False) -> None:
+    """A finished operation: its JSON with ``-o json``, else its :func:`summary`, after the
+    rows of its ``steps`` when asked (`relctl operation ID`)."""
+    emit(settings, {"operation": operation_json(op)}, lambda: "\n".join(
+        [*(step_line(s) for s in op.steps if steps), summary(op)]))
 
-        click.echo(json.dumps({"operation": operation_json(op)}, indent=2))
-    else:
-        click.echo(summary(op))
+
+def print_operations(settings: Settings, found: Sequence[tuple[str, pb.Operation]],
+                     many: bool) -> None:
+    """The journal's operations (agent, operation), with an AGENT column when ``many``."""
+    def text() -> str:
+        rows = [[*(["AGENT"] if many else []), "ID", "NODE", "KIND", "FROM", "TO", "OUTCOME",
+                 "STARTED", "BY"]]
+        for agent, op in found:
+            rows.append([*([agent] if many else []), str(op.id), op.node,
+                         KIND_NAMES.get(op.kind, "?"), op.from_version or "-", op.to_version,
+                         outcome_of(op), local_time(op.started_at), op.requested_by])
+        return table(rows) if len(rows) > 1 else ""
+
+    emit(settings, {"operations": [{**({"agent": agent} if many else {}), **operation_json(op)}
+                                   for agent, op in found]}, text)
+
+
+# --- progress, while an operation runs -----------------------------------------------------------
+
+class Progress:
+    """What one agent's operation says while it runs: a row per step as it ends, the client's
+    own rows (upload, stage), and notes. Text output only: with ``-o json`` rows are not
+    printed (the JSON at the end has the steps), and a note, which says something to know now
+    (the agent went away), goes to stderr. ``sink`` prints a line (a rollout's puts the agent
+    in front, :class:`Lines`); ``bars``: an upload may show a progress bar (on a terminal)."""
+
+    def __init__(self, settings: Settings, *, sink: Callable[[str], None] = echo,
+                 bars: bool = True) -> None:
+        self.text = not is_json(settings)
+        self._sink = sink
+        self._bars = bars and self.text
+
+    def line(self, text: str) -> None:
+        """A line of the client's own, in text output."""
+        if self.text:
+            self._sink(text)
+
+    def row(self, name: str, mark: str, detail: str, ms: float | None = None) -> None:
+        """A :func:`step_row` of the client's own."""
+        self.line(step_row(name, mark, detail, ms))
+
+    def step(self, step: pb.Step) -> None:
+        """The row of an agent's step, once it ended (a running step has no row yet)."""
+        if STATE_NAMES.get(step.state, "") != "running":
+            self.line(step_line(step))
+
+    def note(self, text: str) -> None:
+        """Something to know now: in the progress in text output, on stderr with -o json."""
+        if self.text:
+            self._sink(text)
+        else:
+            echo(text, err=True)
+
+    @contextmanager
+    def bar(self, length: int, label: str) -> Iterator[Callable[[int], None]]:
+        """A progress bar on stderr while the block runs, when one may be shown and stderr is
+        a terminal; yields what advances it by a number of bytes."""
+        if not (self._bars and sys.stderr.isatty()):
+            yield lambda n: None
+            return
+        import click  # only for a bar on a terminal
+
+        with click.progressbar(length=length, label=label, file=sys.stderr) as progress:
+            yield progress.update
+
+
+class Lines:
+    """The text of concurrent operations (a rollout): whole lines only, each agent's with
+    ``[AGENT]`` in front, none once :meth:`mute` was called (the final table is printing and
+    operations that go on must not write under it); nothing at all with ``-o json``."""
+
+    def __init__(self, settings: Settings, agents: Sequence[str]) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._width = max(len(a) for a in agents) + 2
+        self._started = time.monotonic()
+        self._muted = False
+        self.text = not is_json(settings)
+
+    def line(self, text: str) -> None:
+        if not self.text:
+            return
+        with self._lock:
+            if not self._muted:
+                echo(text)
+
+    def mute(self) -> None:
+        with self._lock:
+            self._muted = True
+
+    def elapsed(self) -> str:
+        """"+12.3 s": when a line came, counted from the rollout's start."""
+        return f"+{time.monotonic() - self._started:.1f} s"
+
+    def for_agent(self, agent: str) -> Progress:
+        """The :class:`Progress` of ``agent``'s operation, its lines prefixed, no bars."""
+        prefix = f"[{agent}]".ljust(self._width)
+        return Progress(self._settings, sink=lambda text: self.line(prefix + text), bars=False)

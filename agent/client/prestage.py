@@ -39,7 +39,7 @@ from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
 
 from .common import OPERATION_TIMEOUT, Settings, operation_error, rpc_error
-from .output import STATUS_NAMES, outcome_of, step_line
+from .output import STATUS_NAMES, Progress, outcome_of
 from .status import GOES_ON, ExitCode, exit_code_for_outcome
 from .transfer import UpgradeSpec, file_digest, is_up_to_date, upgrade_on, upload
 from .workers import run_on_threads
@@ -155,7 +155,7 @@ def target_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, ve
 
 
 def stage_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
-             spec: UpgradeSpec, *, say: Callable[[str], None]) -> StageResult:
+             spec: UpgradeSpec, *, progress: Progress) -> StageResult:
     """Put ``spec.version`` on the agent's node, unpacked: upload ``spec.tarball`` and Unpack
     it, unless the node has it already. Errors before the Unpack's end raise CliError."""
     assert spec.tarball is not None, "staging needs a tarball"
@@ -168,9 +168,8 @@ def stage_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
     if target is not None and target.status == pb.RELEASE_STATUS_CURRENT:
         # It runs already: no bytes to compare with (it cannot be replaced); the switch
         # makes it permanent.
-        if settings.output == "text":
-            say(f"  {'stage':<22} {'skip':<6} {'':>9}  {spec.version} is already current; "
-                "the tarball is not sent")
+        progress.row("stage", "skip", f"{spec.version} is already current; the tarball is not "
+                     "sent")
         return StageResult(agent, node, STAGED, seconds=time.monotonic() - started,
                            reason=f"{spec.version} already runs (current, not permanent)")
     sha256 = (spec.digest or file_digest(spec.tarball))[1]
@@ -178,9 +177,8 @@ def stage_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
             and target.sha256 == sha256):
         # Unpacked from these very bytes (the agent's record, e.g. by a run that stopped):
         # nothing to send; the switch checks the relup as it always does.
-        if settings.output == "text":
-            say(f"  {'stage':<22} {'skip':<6} {'':>9}  {spec.version} is unpacked from these "
-                "bytes already (same sha256); the tarball is not sent")
+        progress.row("stage", "skip", f"{spec.version} is unpacked from these bytes already "
+                     "(same sha256); the tarball is not sent")
         return StageResult(agent, node, STAGED, seconds=time.monotonic() - started,
                            reason=f"{spec.version} was already unpacked from this tarball (same "
                                   "sha256); nothing sent; not installed", removable=True)
@@ -189,21 +187,20 @@ def stage_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
         # its sha256 with the tarball's and checks the relup, changing nothing (dry run).
         check = upgrade_on(settings, stub, agent, UpgradeSpec(
             spec.version, spec.tarball, dry_run=True, digest=spec.digest,
-            allow_config_reset=spec.allow_config_reset), say=say, bar=False, up_to_date=False)
+            allow_config_reset=spec.allow_config_reset), progress=progress, up_to_date=False)
         return _staged_or_failed(agent, node, check, started, "dry_run",
                                  f"{spec.version} was already {status}, from this tarball "
                                  "(checked: same sha256); not installed")
     upload_id = upload(settings, stub, agent, settings.node, spec.version, spec.tarball,
-                       say=say, bar=False, digest=spec.digest)
+                       progress=progress, digest=spec.digest)
     try:
         reply = stub.Unpack(pb.UnpackRequest(node=settings.node, version=spec.version,
                                              upload_id=upload_id, replace=spec.replace),
                             timeout=OPERATION_TIMEOUT)
     except grpc.RpcError as err:
         raise operation_error(agent, err, OPERATION_TIMEOUT, what="the unpack") from None
-    if settings.output == "text":
-        for step in reply.operation.steps:
-            say(step_line(step))
+    for step in reply.operation.steps:
+        progress.step(step)
     done = ("uploaded and unpacked, not installed" if target is None else
             f"uploaded and unpacked in place of the {spec.version} that was {status} "
             "(--replace), not installed")

@@ -3,21 +3,19 @@ chunked upload (with a progress bar on a terminal), the progress stream of an op
 agent's upgrade (ask, upload if needed, then follow), which `relctl upgrade` and a rollout over
 several agents (:mod:`agent.client.fleet`) both run.
 
-Text goes through a ``say`` callable so that a rollout can put the agent's name in front of
-each line; errors before the operation's end are :class:`CliError`.
+What they print goes through a :class:`~agent.client.output.Progress`, so that a rollout can
+put the agent's name in front of each line; errors before the operation's end are
+:class:`CliError`. No click and no dataclasses: `relctl upgrade` runs without either.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import click
 import grpc
 
 from relctl.v1 import agent_pb2 as pb
@@ -32,7 +30,7 @@ from .common import (
     rpc_error,
     upload_error,
 )
-from .output import STATE_NAMES, step_line
+from .output import STATE_NAMES, Progress
 from .status import GOES_ON, CliError, ExitCode
 
 CHUNK = 1024 * 1024
@@ -55,23 +53,20 @@ def file_digest(path: Path) -> tuple[int, str]:
 
 
 def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node: str,
-           version: str, tarball: Path, *, say: Callable[[str], None] = click.echo,
-           bar: bool = True, digest: tuple[int, str] | None = None) -> str:
-    """Stream ``tarball`` to the agent; return its upload id. Text output goes through ``say``;
-    ``bar=False`` hides the progress bar (concurrent uploads would garble it); ``digest`` is
-    the tarball's :func:`file_digest` when the caller has it already."""
+           version: str, tarball: Path, *, progress: Progress,
+           digest: tuple[int, str] | None = None) -> str:
+    """Stream ``tarball`` to the agent; return its upload id. ``progress`` shows the bar (if
+    it may) and the upload's row; ``digest`` is the tarball's :func:`file_digest` when the
+    caller has it already."""
     size, sha = digest or file_digest(tarball)
-    show = bar and settings.output == "text" and sys.stderr.isatty()
 
     def parts() -> Iterator[pb.UploadRequest]:
         yield pb.UploadRequest(header=pb.UploadHeader(node=node, version=version, size=size,
                                                       sha256=sha, file_name=tarball.name))
-        with open(tarball, "rb") as f, click.progressbar(
-                length=size, label=f"uploading {tarball.name}", file=sys.stderr,
-                hidden=not show) as progress:
+        with open(tarball, "rb") as f, progress.bar(size, f"uploading {tarball.name}") as sent:
             while chunk := f.read(CHUNK):
                 yield pb.UploadRequest(chunk=chunk)
-                progress.update(len(chunk))
+                sent(len(chunk))
 
     started = time.perf_counter()
     limit = max(settings.timeout, OPERATION_TIMEOUT)
@@ -79,10 +74,8 @@ def upload(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, node:
         reply = stub.Upload(parts(), timeout=limit)
     except grpc.RpcError as err:
         raise upload_error(agent, err, limit, tarball.name) from None
-    if settings.output == "text":
-        say(f"  {'upload':<22} {'ok':<6} {(time.perf_counter() - started) * 1e3:>6.0f} ms"
-            f"  {reply.release_name} {reply.version}, {reply.size} bytes, "
-            f"sha256 {reply.sha256[:12]}...")
+    progress.row("upload", "ok", f"{reply.release_name} {reply.version}, {reply.size} bytes, "
+                 f"sha256 {reply.sha256[:12]}...", (time.perf_counter() - started) * 1e3)
     return str(reply.upload_id)
 
 
@@ -95,12 +88,14 @@ def _step_key(step: pb.Step) -> tuple[str, int, int]:
 
 
 def follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent], *,
-           say: Callable[[str], None] = click.echo, what: str = "the operation",
+           progress: Progress | None = None, what: str = "the operation",
            stub: agent_pb2_grpc.AgentStub | None = None) -> pb.Operation:
-    """Print the steps of an operation's progress stream as they end; the finished
-    operation. ``what`` names it in errors ("the upgrade"). With ``stub``, a stream the agent
-    cut (it stopped or restarted) is not the end: relctl waits for the agent to answer again
-    and follows the operation through GetOperation (:func:`follow_returning_agent`)."""
+    """Show the steps of an operation's progress stream as they end (``progress``, default:
+    this process's); the finished operation. ``what`` names it in errors ("the upgrade").
+    With ``stub``, a stream the agent cut (it stopped or restarted) is not the end: relctl
+    waits for the agent to answer again and follows the operation through GetOperation
+    (:func:`follow_returning_agent`)."""
+    progress = progress or Progress(settings)
     op_id = 0
     shown: set[tuple[str, int, int]] = set()
     try:
@@ -108,14 +103,13 @@ def follow(settings: Settings, agent: str, events: Iterator[pb.ProgressEvent], *
             op_id = event.operation_id or op_id
             if event.HasField("finished"):
                 return event.finished
-            if event.HasField("step") and settings.output == "text":
-                if STATE_NAMES.get(event.step.state, "") != "running":
-                    shown.add(_step_key(event.step))
-                    say(step_line(event.step))
+            if event.HasField("step") and STATE_NAMES.get(event.step.state, "") != "running":
+                shown.add(_step_key(event.step))
+                progress.step(event.step)
     except grpc.RpcError as err:
         if stub is not None and op_id and connection_lost(err):
-            return follow_returning_agent(settings, stub, agent, op_id, err, shown, say=say,
-                                          what=what)
+            return follow_returning_agent(settings, stub, agent, op_id, err, shown,
+                                          progress=progress, what=what)
         raise operation_error(agent, err, OPERATION_TIMEOUT, op_id=op_id, what=what) from None
     except KeyboardInterrupt:
         if not op_id:
@@ -140,16 +134,14 @@ def agent_return_wait() -> float:
 
 def follow_returning_agent(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
                            op_id: int, lost: grpc.RpcError, shown: set[tuple[str, int, int]],
-                           *, say: Callable[[str], None] = click.echo,
-                           what: str = "the operation") -> pb.Operation:
+                           *, progress: Progress, what: str = "the operation") -> pb.Operation:
     """After the stream of operation ``op_id`` broke: wait (bounded) for the agent to answer
     again, then poll the operation until it ends, printing the steps not ``shown`` yet. The
     finished operation; CliError (exit 6, with how to see the outcome later) when the agent
     does not come back in time."""
     wait = agent_return_wait()
     reason = (lost.details() if isinstance(lost, grpc.Call) else "") or "connection lost"
-    note = say if settings.output == "text" else (lambda line: click.echo(line, err=True))
-    note(f"lost the connection to agent {agent} during {what} ({reason}); operation {op_id} "
+    progress.note(f"lost the connection to agent {agent} during {what} ({reason}); operation {op_id} "
          f"goes on there: waiting up to {wait:g} s for the agent to answer again")
     started = time.monotonic()
     answered = False
@@ -177,14 +169,12 @@ def follow_returning_agent(settings: Settings, stub: agent_pb2_grpc.AgentStub, a
             continue
         if not answered:
             answered = True
-            note(f"agent {agent} answers again after {time.monotonic() - started:.0f} s; "
+            progress.note(f"agent {agent} answers again after {time.monotonic() - started:.0f} s; "
                  f"following operation {op_id}")
-        if settings.output == "text":
-            for step in op.steps:
-                if (STATE_NAMES.get(step.state, "") != "running"
-                        and _step_key(step) not in shown):
-                    shown.add(_step_key(step))
-                    say(step_line(step))
+        for step in op.steps:
+            if STATE_NAMES.get(step.state, "") != "running" and _step_key(step) not in shown:
+                shown.add(_step_key(step))
+                progress.step(step)
         if op.outcome != pb.OUTCOME_RUNNING:
             return op
         time.sleep(POLL_INTERVAL)
@@ -199,8 +189,7 @@ def _duration(value: float | None) -> Any:
     return d
 
 
-@dataclass(frozen=True)
-class UpgradeSpec:
+class UpgradeSpec(NamedTuple):
     """What `relctl upgrade` asks of every agent it talks to."""
 
     version: str
@@ -251,12 +240,13 @@ def target_node(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
 
 
 def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
-               spec: UpgradeSpec, *, say: Callable[[str], None] = click.echo,
-               bar: bool = True, up_to_date: bool | None = None) -> pb.Operation:
+               spec: UpgradeSpec, *, progress: Progress | None = None,
+               up_to_date: bool | None = None) -> pb.Operation:
     """One agent's upgrade: upload the tarball (if any, and unless the node is up to date),
     then follow the Upgrade stream to the finished operation. ``up_to_date``: the caller's
     :func:`target_node` answer; None asks the agent here, before any byte is sent. Errors
     before the operation's end raise CliError."""
+    progress = progress or Progress(settings)
     upload_id = ""
     recorded = ""
     if spec.tarball is not None and up_to_date is None:
@@ -266,19 +256,17 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
     elif up_to_date:
         # Asked before sending: a rerun sends nothing, and the Upgrade call without an
         # upload lets the agent journal it as up_to_date.
-        if settings.output == "text":
-            say(f"  {'upload':<22} {'skip':<6} {'':>9}  {spec.version} already runs and is "
-                "permanent; the tarball was not sent")
+        progress.row("upload", "skip", f"{spec.version} already runs and is permanent; the "
+                     "tarball was not sent")
     elif (recorded and not spec.replace
           and recorded == (spec.digest or file_digest(spec.tarball))[1]):
         # On the node from these very bytes (the agent's record), unpacked or old: the
         # Upgrade call without an upload goes on from the release the node has.
-        if settings.output == "text":
-            say(f"  {'upload':<22} {'skip':<6} {'':>9}  {spec.version} is on the node from "
-                "these bytes already (same sha256); the tarball was not sent")
+        progress.row("upload", "skip", f"{spec.version} is on the node from these bytes "
+                     "already (same sha256); the tarball was not sent")
     else:
         upload_id = upload(settings, stub, agent, settings.node, spec.version, spec.tarball,
-                           say=say, bar=bar, digest=spec.digest)
+                           progress=progress, digest=spec.digest)
     events = stub.Upgrade(pb.UpgradeRequest(
         node=settings.node, version=spec.version, upload_id=upload_id,
         no_permanent=spec.no_permanent, dry_run=spec.dry_run,
@@ -287,4 +275,4 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
         allow_config_reset=spec.allow_config_reset, replace=spec.replace,
         allow_purge_kill=spec.allow_purge_kill),
         timeout=OPERATION_TIMEOUT)
-    return follow(settings, agent, events, say=say, what="the upgrade", stub=stub)
+    return follow(settings, agent, events, progress=progress, what="the upgrade", stub=stub)

@@ -9,7 +9,8 @@ import click
 
 from relctl.v1 import agent_pb2 as pb
 
-from ..common import Settings, ask_agents, ask_one, shared_options
+from ..common import Settings, ask_agents, ask_one
+from ..options import shared_options
 from ..output import emit, local_time, report, table, timestamp
 from ..status import ExitCode
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..common import Settings, local_options
-from ..output import emit
+from ..common import Settings
+from ..options import local_options
+from ..output import emit, warning
 from ..status import CliError, ExitCode
 
 if TYPE_CHECKING:  # the build tool is loaded only when a build command runs
@@ -118,8 +119,8 @@ def make_relup(settings: Settings, old_roots: tuple[Path, ...], new_root: Path,
                          f"{made.tarball.path}")
         return "\n".join(lines)
 
-    for warning in made.warnings:
-        click.echo(f"relctl: warning: {warning}", err=True)
+    for said in made.warnings:
+        warning(said)
     emit(settings, data, text)
     return ExitCode.OK
 
@@ -216,7 +217,7 @@ def make_appup(settings: Settings, old_roots: tuple[Path, ...], new_root: Path,
         return "\n".join(out) or "no application changed its version"
 
     for group in by_app.values():
-        for warning in warnings(group):
-            click.echo(f"relctl: warning: {warning}", err=True)
+        for said in warnings(group):
+            warning(said)
     emit(settings, data, text)
     return ExitCode.OK

@@ -4,23 +4,13 @@ column) and `operation ID` (one of them with its steps, on one agent)."""
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from relctl.v1 import agent_pb2 as pb
 
-from ..common import Settings, ask_agents, ask_one, shared_options
-from ..output import (
-    KIND_NAMES,
-    local_time,
-    operation_json,
-    outcome_of,
-    report,
-    step_line,
-    summary,
-    table,
-)
+from ..common import Settings, ask_agents, ask_one
+from ..options import shared_options
+from ..output import print_operation, print_operations, report
 from ..status import ExitCode
 
 
@@ -48,20 +38,7 @@ def operations(settings: Settings, limit: int) -> ExitCode:
         # Newest first across agents: their ids are each agent's own, their times are not.
         found.sort(key=lambda pair: (pair[1].started_at.seconds, pair[1].started_at.nanos),
                    reverse=True)
-    many = len(settings.agents) > 1
-    if settings.output == "json":
-        click.echo(json.dumps({"operations": [
-            {**({"agent": agent} if many else {}), **operation_json(op)} for agent, op in found]},
-            indent=2))
-        return report(problems)
-    rows = [[*(["AGENT"] if many else []), "ID", "NODE", "KIND", "FROM", "TO", "OUTCOME",
-             "STARTED", "BY"]]
-    for agent, op in found:
-        rows.append([*([agent] if many else []), str(op.id), op.node, KIND_NAMES.get(op.kind, "?"),
-                     op.from_version or "-", op.to_version, outcome_of(op),
-                     local_time(op.started_at), op.requested_by])
-    if len(rows) > 1:
-        click.echo(table(rows))
+    print_operations(settings, found, many=len(settings.agents) > 1)
     return report(problems)
 
 
@@ -72,10 +49,5 @@ def operations(settings: Settings, limit: int) -> ExitCode:
 def operation(settings: Settings, op_id: int) -> ExitCode:
     """One operation of the journal, with its steps."""
     op = ask_one(settings, "GetOperation", pb.GetOperationRequest(id=op_id))
-    if settings.output == "json":
-        click.echo(json.dumps({"operation": operation_json(op)}, indent=2))
-        return ExitCode.OK
-    for step in op.steps:
-        click.echo(step_line(step))
-    click.echo(summary(op))
+    print_operation(settings, op, steps=True)
     return ExitCode.OK

@@ -1,5 +1,6 @@
 """The `relctl` commands that change a node: `upgrade`, `downgrade`, `reload-config` and the
-single steps `unpack`, `install`, `make-permanent`, `remove`.
+single steps `unpack`, `install`, `make-permanent`, `remove` (what they do:
+:mod:`agent.client.operate`, which each calls with its parameters as they are).
 
 One agent per command, except `upgrade` with several agents, which hands over to the rolling
 upgrade of :mod:`agent.client.fleet`. Each command returns the exit code of the operation's
@@ -8,19 +9,17 @@ outcome.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from relctl.v1 import agent_pb2 as pb
-from relctl.v1 import agent_pb2_grpc
-
-from ..common import OPERATION_TIMEOUT, Settings, connect, one_agent, run_operation, shared_options
-from ..output import outcome_of, print_operation, step_line
-from ..status import ExitCode, exit_code_for_outcome, worst_first_text
-from ..transfer import UpgradeSpec, follow, upgrade_on, upload
+from .. import operate
+from ..common import Settings
+from ..options import shared_options
+from ..output import warning
+from ..status import ExitCode, worst_first_text
 
 
 def _old_name(new: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -28,35 +27,10 @@ def _old_name(new: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     (the old name still works; scripts have time to change)."""
     def warn(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is not None:
-            click.echo(f"relctl: warning: {param.opts[0]} is the old name of {new}; use {new} "
-                       "(the old name will go away)", err=True)
+            warning(f"{param.opts[0]} is the old name of {new}; use {new} (the old name will "
+                    "go away)")
         return value
     return warn
-
-
-def _finished(settings: Settings, op: pb.Operation) -> ExitCode:
-    print_operation(settings, op)
-    return exit_code_for_outcome(outcome_of(op))
-
-
-def _streamed(settings: Settings, what: str,
-              call: Callable[[agent_pb2_grpc.AgentStub], Iterator[pb.ProgressEvent]]
-              ) -> ExitCode:
-    """Run an operation that streams its progress, on the one agent."""
-    agent = one_agent(settings)
-    with connect(settings, agent) as channel:
-        stub = agent_pb2_grpc.AgentStub(channel)
-        op = follow(settings, agent, call(stub), what=what, stub=stub)
-    return _finished(settings, op)
-
-
-def _unary(settings: Settings, method: str, request: Any, what: str) -> ExitCode:
-    """Run a single step, which answers with the finished operation."""
-    reply = run_operation(settings, method, request, what)
-    if settings.output == "text":
-        for step in reply.operation.steps:
-            click.echo(step_line(step))
-    return _finished(settings, reply.operation)
 
 
 _UPGRADE_HELP = f"""\
@@ -128,18 +102,9 @@ def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent
     if health_soak is not None and health_timeout is not None:
         raise click.UsageError("--health-timeout is the old name of --health-soak: give one")
     soak = health_soak if health_soak is not None else health_timeout
-    spec = UpgradeSpec(version, tarball, no_permanent, dry_run, soak, install_timeout,
-                       allow_config_reset=allow_config_reset, replace=replace,
-                       allow_purge_kill=allow_purge_kill)
-    if len(settings.agents) > 1:
-        from ..fleet import fleet_upgrade  # here: a single-agent upgrade needs none of it
-
-        return fleet_upgrade(settings, spec, batch=batch, max_failures=max_failures,
-                             prestage=not no_prestage, stage_parallel=stage_parallel)
-    agent = one_agent(settings)
-    with connect(settings, agent) as channel:
-        op = upgrade_on(settings, agent_pb2_grpc.AgentStub(channel), agent, spec)
-    return _finished(settings, op)
+    return operate.upgrade(settings, version, tarball, no_permanent, dry_run, soak,
+                           install_timeout, batch, max_failures, stage_parallel, no_prestage,
+                           allow_config_reset, replace, allow_purge_kill)
 
 
 @click.command()
@@ -158,10 +123,8 @@ def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent
 def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: bool,
               allow_config_reset: bool, allow_purge_kill: bool) -> ExitCode:
     """Go back to an old VERSION through the running release's relup (its down script)."""
-    return _streamed(settings, "the downgrade", lambda stub: stub.Downgrade(pb.DowngradeRequest(
-        node=settings.node, version=version, no_permanent=no_permanent,
-        allow_config_reset=allow_config_reset, allow_purge_kill=allow_purge_kill),
-        timeout=OPERATION_TIMEOUT))
+    return operate.downgrade(settings, version, no_permanent, dry_run, allow_config_reset,
+                             allow_purge_kill)
 
 
 @click.command("reload-config")
@@ -173,8 +136,7 @@ def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: boo
 def reload_config(settings: Settings, dry_run: bool, show_values: bool) -> ExitCode:
     """Re-read the running release's sys.config and apply what changed, calling each
     application's config_change/3, as a release upgrade does."""
-    return _streamed(settings, "the config reload", lambda stub: stub.ReloadConfig(pb.ReloadConfigRequest(
-        node=settings.node, dry_run=dry_run, show_values=show_values), timeout=OPERATION_TIMEOUT))
+    return operate.reload_config(settings, dry_run, show_values)
 
 
 @click.command()
@@ -188,13 +150,7 @@ def reload_config(settings: Settings, dry_run: bool, show_values: bool) -> ExitC
 @click.pass_obj
 def unpack(settings: Settings, version: str, tarball: Path, replace: bool) -> ExitCode:
     """Upload and unpack VERSION ahead of time (the upgrade then takes milliseconds)."""
-    agent = one_agent(settings)
-    with connect(settings, agent) as channel:
-        upload_id = upload(settings, agent_pb2_grpc.AgentStub(channel), agent, settings.node,
-                           version, tarball)
-    return _unary(settings, "Unpack", pb.UnpackRequest(node=settings.node, version=version,
-                                                       upload_id=upload_id, replace=replace),
-                  "the unpack")
+    return operate.unpack(settings, version, tarball, replace)
 
 
 @click.command()
@@ -203,8 +159,7 @@ def unpack(settings: Settings, version: str, tarball: Path, replace: bool) -> Ex
 @click.pass_obj
 def install(settings: Settings, version: str) -> ExitCode:
     """Install an unpacked VERSION (not made permanent)."""
-    return _unary(settings, "Install", pb.InstallRequest(node=settings.node, version=version),
-                  "the install")
+    return operate.install(settings, version)
 
 
 @click.command("make-permanent")
@@ -213,9 +168,7 @@ def install(settings: Settings, version: str) -> ExitCode:
 @click.pass_obj
 def make_permanent(settings: Settings, version: str) -> ExitCode:
     """Make the running VERSION the one the node boots."""
-    return _unary(settings, "MakePermanent",
-                  pb.MakePermanentRequest(node=settings.node, version=version),
-                  "make-permanent")
+    return operate.make_permanent(settings, version)
 
 
 @click.command()
@@ -224,5 +177,4 @@ def make_permanent(settings: Settings, version: str) -> ExitCode:
 @click.pass_obj
 def remove(settings: Settings, version: str) -> ExitCode:
     """Remove an old or unpacked VERSION (never the running or permanent one)."""
-    return _unary(settings, "Remove", pb.RemoveRequest(node=settings.node, version=version),
-                  "the remove")
+    return operate.remove(settings, version)

@@ -9,8 +9,9 @@ import click
 
 from relctl.v1 import agent_pb2 as pb
 
-from ..common import Settings, ask_one, shared_options
-from ..output import emit, table
+from ..common import Settings, ask_one
+from ..options import shared_options
+from ..output import emit, error, table
 from ..status import ExitCode
 
 # Reading every beam of a big release takes a few seconds on a slow disk.
@@ -46,8 +47,8 @@ def verify(settings: Settings) -> ExitCode:
 
     emit(settings, data, text)
     if not ok:
-        click.echo(f"relctl: {reply.node} does not run all of the code of {reply.release} "
-                   f"{reply.version}: fix the appups (`relctl make-relup` checks them) and "
-                   "upgrade again, or restart the node", err=True)
+        error(f"{reply.node} does not run all of the code of {reply.release} {reply.version}: "
+              "fix the appups (`relctl make-relup` checks them) and upgrade again, or restart "
+              "the node")
         return ExitCode.FAILED
     return ExitCode.OK

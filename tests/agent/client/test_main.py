@@ -80,11 +80,29 @@ def _modules_after(*args: str) -> list[str]:
 def test_versions_loads_its_command_module_only() -> None:
     loaded = _modules_after("--agent", f"127.0.0.1:{free_port()}", "versions", "--timeout", "2")
     ours = {m for m in loaded if m.startswith("agent")}
-    assert ours == {"agent", "agent.client", "agent.client.main", "agent.client.common",
-                    "agent.client.status", "agent.client.channel", "agent.client.output",
-                    "agent.client.commands", "agent.client.commands.nodes"}
-    # Nor what only uploads, rollouts, relups or -o json need.
-    assert not {"tarfile", "hashlib", "json", "google.protobuf.json_format"} & set(loaded)
+    assert ours == {"agent", "agent.client", "agent.client.main", "agent.client.fastpath",
+                    "agent.client.common", "agent.client.status", "agent.client.channel",
+                    "agent.client.output", "agent.client.views"}
+    # Nor what only uploads, rollouts, relups or -o json need; nor click and dataclasses,
+    # which the plain command lines run without (issue 24).
+    assert not {"tarfile", "hashlib", "json", "google.protobuf.json_format", "click",
+                "dataclasses"} & set(loaded)
+
+
+@pytest.mark.parametrize("args", [
+    ["upgrade", "0.0.2", "--no-permanent", "--timeout", "2"],
+    ["downgrade", "0.0.1", "--dry-run", "-o", "json"],
+])
+def test_an_upgrade_and_a_downgrade_start_without_click_or_dataclasses(args: list[str]) -> None:
+    loaded = set(_modules_after("--agent", f"127.0.0.1:{free_port()}", *args))
+    assert "agent.client.operate" in loaded
+    assert not {"click", "dataclasses", "agent.client.fleet", "agent.client.commands"} & loaded
+
+
+def test_a_command_line_the_fast_path_leaves_to_click_is_read_by_click() -> None:
+    loaded = set(_modules_after("--agent", f"127.0.0.1:{free_port()}", "nodes", "--timeout",
+                                "2"))
+    assert {"click", "agent.client.cli", "agent.client.commands.nodes"} <= loaded
 
 
 def test_help_lists_every_command_without_loading_one() -> None:
@@ -112,13 +130,15 @@ def test_every_command_of_commands_is_in_the_table() -> None:
 def test_a_bug_is_its_own_exit_code_not_1(monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     # A fault no real part produces on demand: the command's code raising what it should not.
-    import agent.client.commands.nodes as nodes
+    import agent.client.views as views
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("unexpected")
 
-    monkeypatch.setattr(nodes, "ask_agents", broken)
-    assert main(["--agent", "unix:/nonexistent", "versions"]) == ExitCode.INTERNAL == 70
-    [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("relctl: internal error: ValueError('unexpected'); an operation "
-                           "already started on an agent may go on there")
+    monkeypatch.setattr(views, "ask_agents", broken)
+    for fast_path in (True, False):  # the same on either reader of the command line
+        assert main(["--agent", "unix:/nonexistent", "versions"],
+                    fast_path=fast_path) == ExitCode.INTERNAL == 70
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith("relctl: internal error: ValueError('unexpected'); an operation "
+                               "already started on an agent may go on there")

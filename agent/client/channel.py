@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -68,6 +67,8 @@ def _error(message: str) -> CliError:
 
 
 def _read(path: str, what: str, option: str) -> bytes:
+    from pathlib import Path  # token and TLS files: TCP agents only (the socket needs none)
+
     try:
         return Path(path).expanduser().read_bytes()
     except OSError as exc:
@@ -152,6 +153,8 @@ def token_file_for(settings: Credentials, agent: str) -> str:
     if own:
         return own
     if settings.token_dir:
+        from pathlib import Path
+
         directory = Path(settings.token_dir).expanduser()
         host = _host(agent)
         for name in (agent, host):
@@ -262,6 +265,7 @@ def diagnose_tls(agent: str, ca: str, cert: str, key: str, timeout: float = 3.0)
     (which names it holds). None when this finds nothing to say."""
     import socket
     import ssl
+    from pathlib import Path
 
     host = _host(agent)
     port = agent.rpartition(":")[2]

@@ -10,8 +10,7 @@ with the same arguments.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relctl.v1 import agent_pb2 as pb
 from relctl.v1 import agent_pb2_grpc
@@ -20,6 +19,9 @@ from .common import OPERATION_TIMEOUT, Settings, connect, one_agent, run_operati
 from .output import Progress, outcome_of, print_operation
 from .status import ExitCode, exit_code_for_outcome
 from .transfer import UpgradeSpec, follow, upgrade_on, upload
+
+if TYPE_CHECKING:
+    from pathlib import Path  # at run time only with a tarball: the caller's
 
 
 def _finished(settings: Settings, op: pb.Operation) -> ExitCode:

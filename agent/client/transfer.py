@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
@@ -32,6 +31,9 @@ from .common import (
 )
 from .output import STATE_NAMES, Progress
 from .status import GOES_ON, CliError, ExitCode
+
+if TYPE_CHECKING:
+    from pathlib import Path  # at run time only with a tarball: the caller's
 
 CHUNK = 1024 * 1024
 

@@ -74,7 +74,7 @@ COMMANDS: Mapping[str, CommandEntry] = {
     "make-relup": CommandEntry("build", "make_relup", "Write the relup of NEW_ROOT (up from "
                                "each old version and down to it), and a tarball."),
     "make-appup": CommandEntry("build", "make_appup", "Print (or --write) the appups generated "
-                               "from the beams of OLD_ROOT and NEW_ROOT."),
+                               "from the beams of the OLD_ROOTs and NEW_ROOT."),
 }
 
 

@@ -41,7 +41,7 @@ from relctl.v1 import agent_pb2_grpc
 from .common import OPERATION_TIMEOUT, Settings, operation_error, rpc_error
 from .output import STATUS_NAMES, Progress, outcome_of
 from .status import GOES_ON, ExitCode, exit_code_for_outcome
-from .transfer import UpgradeSpec, file_digest, is_up_to_date, upgrade_on, upload
+from .transfer import UpgradeSpec, file_digest, is_up_to_date, target_on, upgrade_on, upload
 from .workers import run_on_threads
 
 IN_PROGRESS = "in_progress"  # relctl was interrupted while this agent staged: it may go on
@@ -137,22 +137,6 @@ def run_staging(agents: Sequence[str], *, version: str, parallel: int, stage: St
 
 
 # --- talking to one agent -------------------------------------------------------------------
-
-def target_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, version: str
-              ) -> tuple[str, pb.Release | None]:
-    """The node the agent would act on ("" when it manages several and no --node was given:
-    the agent refuses the next call with its own message) and ``version`` as that node lists
-    it (None: not there)."""
-    try:
-        reply = stub.GetReleases(pb.GetReleasesRequest(node=settings.node),
-                                 timeout=settings.timeout)
-    except grpc.RpcError as err:
-        raise rpc_error(agent, err, settings.timeout) from None
-    if len(reply.nodes) != 1:
-        return settings.node, None
-    node = reply.nodes[0]
-    return node.node, next((r for r in node.releases if r.version == version), None)
-
 
 def stage_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
              spec: UpgradeSpec, *, progress: Progress) -> StageResult:

@@ -224,21 +224,30 @@ def present_sha256(releases: Iterable[pb.Release], version: str) -> str:
                  if r.version == version and r.status in _ON_DISK), "")
 
 
-def target_node(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
-                version: str) -> tuple[str, bool, str]:
-    """The node the agent would upgrade ("" when it manages several and no --node was given),
-    whether it is :func:`is_up_to_date` already, and :func:`present_sha256`; one GetReleases
-    call."""
+def target_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str, version: str
+              ) -> tuple[str, pb.Release | None]:
+    """The node the agent would act on ("" when it manages several and no --node was given:
+    the agent refuses the next call with its own message) and ``version`` as that node lists
+    it (None: not there)."""
     try:
         reply = stub.GetReleases(pb.GetReleasesRequest(node=settings.node),
                                  timeout=settings.timeout)
     except grpc.RpcError as err:
         raise rpc_error(agent, err, settings.timeout) from None
     if len(reply.nodes) != 1:
-        return settings.node, False, ""  # the Upgrade call names the problem
+        return settings.node, None
     node = reply.nodes[0]
-    return (node.node, is_up_to_date(node.releases, version),
-            present_sha256(node.releases, version))
+    return node.node, next((r for r in node.releases if r.version == version), None)
+
+
+def target_node(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
+                version: str) -> tuple[str, bool, str]:
+    """The node the agent would upgrade (see :func:`target_on`), whether it is
+    :func:`is_up_to_date` already, and :func:`present_sha256`; one GetReleases call."""
+    node, release = target_on(settings, stub, agent, version)
+    if release is None:
+        return node, False, ""  # not there, or several nodes: the Upgrade call names it
+    return node, is_up_to_date([release], version), present_sha256([release], version)
 
 
 def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,

@@ -20,6 +20,7 @@ from agent.config import ApiTls
 from agent.errors import AgentError, Conflict, NodeTimeout, NodeUnavailable, NotFound, RequestError
 from agent.nodes import NodeManager
 from agent.operations import Operations, UploadStore
+from agent.operations import Upload as StoredUpload
 from agent.release import (
     ConfigReload,
     Options,
@@ -249,8 +250,8 @@ class AgentService:
                 raise RequestError("an upload starts with its header (node, version, size, sha256)")
             header = first.header
             uploads = self._uploads
-            writer = uploads.begin(self._node_name(header.node), header.version,
-                                   header.size, header.sha256)
+            writer = await uploads.open(self._node_name(header.node), header.version,
+                                        header.size, header.sha256)
             try:
                 # Each part raced against the upload's expiry: a stalled client is told, and
                 # its call ends (agent.upload_idle_expiry), even without a deadline of its own.
@@ -266,13 +267,13 @@ class AgentService:
                                      release_name=tb.release_name, version=tb.version)
         return await _answer(context, receive())
 
-    def _tarball(self, node: str, upload_id: str) -> Any:
-        """The upload's tarball, claimed: the caller discards it whatever happens (_Claim)."""
+    def _upload(self, node: str, upload_id: str) -> StoredUpload | None:
+        """The upload, claimed: the caller discards it whatever happens (_Claim)."""
         if not upload_id:
             return None
         if self._uploads is None:
             raise RuntimeError("this AgentService has no upload store")
-        return self._uploads.get(upload_id, self._node_name(node), claim=True).tarball
+        return self._uploads.get(upload_id, self._node_name(node), claim=True)
 
     def _options(self, node: str, asked: Requested) -> Options:
         """The operation's options: the node's config, with what the request overrides."""
@@ -280,16 +281,18 @@ class AgentService:
 
     async def Unpack(self, request: pb.UnpackRequest, context: _Ctx) -> pb.OperationResult:
         with _Claim(self._uploads, request.upload_id) as claim:
-            tarball = await _answer(context, _now(lambda: self._tarball(request.node,
-                                                                        request.upload_id)))
-            if tarball is None:
+            upload = await _answer(context, _now(lambda: self._upload(request.node,
+                                                                      request.upload_id)))
+            if upload is None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     "unpack needs an uploaded tarball (relctl unpack VSN "
                                     "--tarball F)", _ERROR_METADATA)
+            assert upload is not None  # abort() raises
 
             async def unpack(engine: ReleaseEngine) -> Result:
-                return await engine.unpack(request.version, tarball,
-                                           replace=requested(request).replace)
+                return await engine.unpack(request.version, upload.tarball,
+                                           replace=requested(request).replace,
+                                           ahead=upload.staged)
             work = claim.consume(unpack)
             return await self._unary(context, request.node, "unpack", request.version, work)
 
@@ -315,12 +318,14 @@ class AgentService:
 
     async def Upgrade(self, request: pb.UpgradeRequest,
                       context: _Ctx) -> AsyncIterator[pb.ProgressEvent]:
-        def prepare() -> tuple[Any, Options]:
-            return (self._tarball(request.node, request.upload_id),
+        def prepare() -> tuple[StoredUpload | None, Options]:
+            return (self._upload(request.node, request.upload_id),
                     self._options(request.node, requested(request)))
         with _Claim(self._uploads, request.upload_id) as claim:
-            tarball, options = await _answer(context, _now(prepare))
-            work = claim.consume(lambda engine: engine.upgrade(request.version, tarball, options))
+            upload, options = await _answer(context, _now(prepare))
+            tarball, ahead = (upload.tarball, upload.staged) if upload else (None, None)
+            work = claim.consume(lambda engine: engine.upgrade(request.version, tarball, options,
+                                                               ahead=ahead))
             async for event in self._stream(context, request.node, "upgrade", request.version,
                                             work):
                 yield event

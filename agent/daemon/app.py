@@ -28,7 +28,7 @@ from agent.config import AgentConfig, UnixAddress
 from agent.errors import HostError
 from agent.nodes import Discovery, NodeManager
 from agent.operations import JOURNAL_FILE, Journal, JournalError, OperationRecord, Operations
-from agent.operations import UploadStore
+from agent.operations import JournalPlaces, UploadStore
 from bridge import Node
 
 from .metrics import AgentMetrics
@@ -141,11 +141,14 @@ def build(config: AgentConfig) -> Parts:
             metrics.observe_operation(record.node, record.kind, record.outcome,
                                       record.finished_at - record.started_at)
 
+    # Uploads are checked and extracted as they arrive where the agent may write the node's
+    # release root; what they extract is in the journal's placing records meanwhile.
+    places = JournalPlaces(nodes, journal, rpc_timeout=config.rpc_timeout)
     operations = Operations(journal, nodes, rpc_timeout=config.rpc_timeout,
-                            on_finished=operation_finished)
+                            on_finished=operation_finished, busy_placings=places.busy)
     uploads = UploadStore(config.state_dir / "uploads", max_upload_bytes=config.max_upload_bytes,
                           uploads_max_bytes=config.uploads_max_bytes,
-                          upload_idle_expiry=config.upload_idle_expiry)
+                          upload_idle_expiry=config.upload_idle_expiry, places=places)
 
     try:
         audit = AuditLog(config.state_dir / AUDIT_FILE)
@@ -254,6 +257,7 @@ async def stop(parts: Parts) -> None:
     if parts.discovery is not None:
         await parts.discovery.stop()
     await parts.nodes.stop()
+    parts.uploads.close()  # their extractions leave the release roots, with their records
     parts.journal.close()
     if parts.metrics_server is not None:
         await parts.metrics_server.close()

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -61,10 +61,12 @@ class _JournalLedger:
     journal that cannot be written or read only weakens the sha256 check (the release dir
     keeps its own record): logged, never raised into the operation."""
 
-    def __init__(self, journal: Journal, node: str, op_id: int) -> None:
+    def __init__(self, journal: Journal, node: str, op_id: int,
+                 busy: Callable[[], Collection[int]] = frozenset) -> None:
         self._journal = journal
         self._node = node
         self._op_id = op_id
+        self._busy = busy  # placing keys of uploads alive in this agent (ahead.py)
 
     def recorded(self, version: str) -> str | None:
         try:
@@ -105,8 +107,9 @@ class _JournalLedger:
             log.warning("operation %d: cannot read what unfinished operations placed (%s)",
                         self._op_id, exc)
             return ()
+        busy = self._busy()
         return tuple(Placing(op, version, paths) for op, version, paths in rows
-                     if op != self._op_id)
+                     if op != self._op_id and op not in busy)
 
     def forget(self, placing: Placing) -> None:
         try:
@@ -165,8 +168,12 @@ def _unfinished(steps: list[StepRecord], now: float, detail: str) -> list[StepRe
 
 class Operations:
     def __init__(self, journal: Journal, nodes: NodeManager, *, rpc_timeout: float,
-                 on_finished: Callable[[OperationRecord], None] = lambda record: None) -> None:
+                 on_finished: Callable[[OperationRecord], None] = lambda record: None,
+                 busy_placings: Callable[[], Collection[int]] = frozenset) -> None:
         self._journal = journal
+        # What uploads alive in this agent are placing (their extraction as they arrive,
+        # ahead.py): never taken back by an operation as if it were left unfinished.
+        self._busy_placings = busy_placings
         self._on_finished = on_finished
         self._nodes = nodes
         self._rpc_timeout = rpc_timeout
@@ -216,7 +223,8 @@ class Operations:
                 q.put_nowait(Progress(op_id, step=step))
 
         engine = ReleaseEngine(link, on_step, rpc_timeout=self._rpc_timeout,
-                               ledger=_JournalLedger(self._journal, node, op_id))
+                               ledger=_JournalLedger(self._journal, node, op_id,
+                                                     self._busy_placings))
         task = asyncio.create_task(self._run(op_id, link, kind, work(engine)),
                                    name=f"relctl operation {op_id}")
         self._running[node] = _Running(op_id, kind, task, listeners)

@@ -1,9 +1,11 @@
 """Release tarballs uploaded to the agent, kept in `state_dir/uploads` until an operation
 uses them.
 
-An upload is written to a `.part` file, checked against its announced size and sha256, then
-validated as a release tarball (agent/release/tarballs/). Anything that fails is deleted: nothing
-half-received is ever offered to release_handler. Uploads do not survive an agent restart.
+An upload is written to a `.part` file, checked against its announced size and sha256, and
+validated as a release tarball (agent/release/tarballs/): while it arrives, together with its
+extraction into the node's release root when the agent may write there (ahead.py), else once it
+is complete. Anything that fails is deleted: nothing half-received is ever offered to
+release_handler. Uploads do not survive an agent restart.
 
 Bounded: an upload (being received, or received and not yet used) that sees no activity for
 ``idle_expiry`` seconds is removed by :meth:`UploadStore.expire` (run every so often by
@@ -30,7 +32,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import HostError, NotFound, RequestError
-from agent.release import ReleaseTarball, TarballError, inspect_tarball
+from agent.release import Extracted, ReleaseTarball, TarballError, WriteFailed, inspect_tarball
+
+from .ahead import Ahead, AheadPlaces
 
 _T = TypeVar("_T")
 
@@ -67,6 +71,9 @@ class Upload:
     id: str
     node: str
     tarball: ReleaseTarball
+    # Its extraction as it arrived, under the node's release root (ahead.py), for the
+    # operation that uses it to move into place; None: that operation extracts it.
+    staged: Extracted | None = None
 
 
 class UploadWriter:
@@ -92,6 +99,22 @@ class UploadWriter:
         self.expired = False
         self._ended = False
         self._gone: asyncio.Future[None] | None = None  # set by abort(): wakes receive()
+        self.ahead: Ahead | None = None  # the extraction as it arrives, if any
+
+    @property
+    def path(self) -> Path:
+        """The ``.part`` file being written."""
+        return self._path
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def drop_ahead(self) -> None:
+        """The extraction as it arrived is not kept: removed, with its record (event loop)."""
+        if self.ahead is not None:
+            ahead, self.ahead = self.ahead, None
+            ahead.drop()
 
     def _ended_error(self) -> UploadRefused:
         if self.expired:
@@ -134,6 +157,9 @@ class UploadWriter:
         self._digest.update(chunk)
         try:
             self._file.write(chunk)
+            if self.ahead is not None:  # the extraction reads the file as it grows
+                self._file.flush()
+                self.ahead.wrote(self.received)
         except OSError as exc:  # a full disk: say so, and keep nothing
             self.abort()
             raise UploadNotStored(self._path.parent, exc) from None
@@ -146,7 +172,7 @@ class UploadWriter:
             upload = self.check()
         finally:
             self._store.forget(self)
-        self._store.keep(upload)
+        self._store.keep(upload, self.ahead)
         return upload
 
     def check(self) -> Upload:
@@ -172,16 +198,31 @@ class UploadWriter:
             final = self._path.with_suffix("")  # drop .part
             os.replace(self._path, final)
             try:
-                # The agent's own limit (agent.max_upload_bytes), not the check's.
-                tarball = inspect_tarball(final, expected_version=self.version,
-                                          max_size=self._store.max_size)
+                return self._validated(final, digest)
             except BaseException:
                 final.unlink(missing_ok=True)
                 raise
         except BaseException:
+            if self.ahead is not None:
+                self.ahead.cancel()
             self._path.unlink(missing_ok=True)
             raise
-        return Upload(self.id, self.node, tarball)
+
+    def _validated(self, final: Path, digest: str) -> Upload:
+        """The upload at ``final`` as a release tarball: as its extraction found it while it
+        arrived, or, without one, as inspect_tarball finds it now."""
+        if self.ahead is not None:
+            try:
+                contents, staged = self.ahead.result()
+            except (WriteFailed, OSError) as exc:  # the root's fault, not the tarball's
+                log.warning("upload %s for %s: extracting it as it arrived failed (%s); the "
+                            "operation will extract it", self.id, self.node, exc)
+            else:
+                return Upload(self.id, self.node, contents.tarball(final, self.size, digest),
+                              staged)
+        # The agent's own limit (agent.max_upload_bytes), not the check's.
+        return Upload(self.id, self.node, inspect_tarball(
+            final, expected_version=self.version, max_size=self._store.max_size))
 
     def abort(self) -> None:
         """Drop what was received; nothing once finish() has started (it cleans up itself)."""
@@ -191,6 +232,7 @@ class UploadWriter:
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
         self._store.forget(self)
+        self.drop_ahead()
         with contextlib.suppress(OSError):  # what was buffered cannot be written: no matter
             self._file.close()
         self._path.unlink(missing_ok=True)
@@ -199,8 +241,11 @@ class UploadWriter:
 class UploadStore:
     def __init__(self, directory: Path, *, max_upload_bytes: int, uploads_max_bytes: int,
                  upload_idle_expiry: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 places: AheadPlaces | None = None) -> None:
         self._dir = directory
+        self._places = places  # None: never extracted as they arrive
+        self._aheads: dict[str, Ahead] = {}    # upload id -> its kept extraction
         self.max_size = max_upload_bytes
         self.max_total = uploads_max_bytes
         self.idle_expiry = upload_idle_expiry
@@ -238,6 +283,19 @@ class UploadStore:
         self._writers[upload_id] = writer
         return writer
 
+    async def open(self, node: str, version: str, size: int, sha256: str) -> UploadWriter:
+        """:meth:`begin`, and the upload's extraction as it arrives when the agent may write
+        the node's release root (ahead.py)."""
+        writer = self.begin(node, version, size, sha256)
+        if self._places is not None:
+            final = writer.path.with_suffix("")
+            ahead = await Ahead.start(self._places, node, writer.id, version, writer.path, final)
+            if ahead is not None:
+                writer.ahead = ahead
+                if writer.ended:  # expired while the root was looked up
+                    writer.drop_ahead()
+        return writer
+
     def total(self) -> int:
         """Bytes held: uploads kept, plus the announced size of those being received."""
         return (sum(u.tarball.size for u in self._uploads.values())
@@ -248,9 +306,11 @@ class UploadStore:
         if self._writers.get(writer.id) is writer:
             del self._writers[writer.id]
 
-    def keep(self, upload: Upload) -> None:
-        """Offer a checked and validated upload to operations."""
+    def keep(self, upload: Upload, ahead: Ahead | None = None) -> None:
+        """Offer a checked and validated upload to operations (``ahead``: its extraction)."""
         self._uploads[upload.id] = upload
+        if ahead is not None and upload.staged is not None:
+            self._aheads[upload.id] = ahead
         self._used[upload.id] = self.now()
         tarball = upload.tarball
         log.info("upload %s for %s: %s %s, %d bytes, sha256 %s", upload.id, upload.node,
@@ -273,6 +333,21 @@ class UploadStore:
         self._claimed.discard(upload_id)
         if upload is not None:
             upload.tarball.path.unlink(missing_ok=True)
+        ahead = self._aheads.pop(upload_id, None)
+        if ahead is not None:  # moved away by the operation that used it, or removed now
+            ahead.drop()
+
+    def close(self) -> None:
+        """The agent stops: every extraction of an upload is removed from the release roots,
+        with its record (blocking)."""
+        for writer in list(self._writers.values()):
+            if writer.ahead is not None:
+                writer.ahead.cancel()
+                writer.ahead.settle()
+        for ahead in self._aheads.values():
+            ahead.cancel()
+            ahead.settle()
+        self._aheads.clear()
 
     def expire(self) -> int:
         """Remove uploads idle for longer than ``idle_expiry`` and any file no upload owns;
@@ -338,6 +413,7 @@ class UploadStore:
             self.forget(writer)
             if not done.cancelled() and done.exception() is None:
                 done.result().tarball.path.unlink(missing_ok=True)
+            writer.drop_ahead()
             self._sweep_orphans()
         try:
             upload = await asyncio.shield(work)
@@ -346,7 +422,10 @@ class UploadStore:
             raise
         except BaseException:
             self.forget(writer)
+            writer.drop_ahead()  # the check removed its dir: only the record is left
             raise
         self.forget(writer)
-        self.keep(upload)
+        if upload.staged is None:
+            writer.drop_ahead()
+        self.keep(upload, writer.ahead)
         return upload

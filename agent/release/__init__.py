@@ -10,11 +10,22 @@ and the agent's own extraction live in the tarballs/ sub-room.
 """
 
 from .codecheck import verify_running
-from .core import UnpackLedger
+from .core import UnpackLedger, node_dirs
 from .options import Requested, operation_options
 from .releases import Release, UnexpectedReply, parse_which_releases
 from .reload import ConfigReload, ReloadOptions
-from .tarballs import ReleaseTarball, TarballError, inspect_tarball
+from .tarballs import (
+    TREE,
+    Contents,
+    Extracted,
+    Interrupted,
+    ReleaseTarball,
+    TarballError,
+    WriteFailed,
+    extract_arriving,
+    inspect_tarball,
+    why_not_write,
+)
 from .upgrade import ReleaseEngine
 from .values import (
     FAILED,
@@ -33,9 +44,10 @@ from .values import (
 # What the rooms above the engine (nodes, operations, api, daemon) may use; they import the
 # package, never its modules (tests/test_layout.py).
 __all__ = [
-    "FAILED", "OUTCOMES", "STEP_STATES", "Caller", "ConfigChange", "ConfigReload", "Failure",
-    "Options", "Placing", "Probe", "Release", "ReleaseEngine", "ReleaseTarball",
-    "ReloadOptions", "Requested", "Result", "StepRecord", "TarballError", "UnexpectedReply",
-    "UnpackLedger", "inspect_tarball", "operation_options", "parse_which_releases",
-    "verify_running",
+    "FAILED", "OUTCOMES", "STEP_STATES", "TREE", "Caller", "ConfigChange", "ConfigReload",
+    "Contents", "Extracted", "Failure", "Interrupted", "Options", "Placing", "Probe", "Release",
+    "ReleaseEngine", "ReleaseTarball", "ReloadOptions", "Requested", "Result", "StepRecord",
+    "TarballError", "UnexpectedReply", "UnpackLedger", "WriteFailed", "extract_arriving",
+    "inspect_tarball", "node_dirs", "operation_options", "parse_which_releases",
+    "verify_running", "why_not_write",
 ]

@@ -16,7 +16,7 @@ from .releases import Release
 from .runtime import RuntimeConfig
 from .staging import Staging
 from .switch import Switch
-from .tarballs import ReleaseTarball
+from .tarballs import Extracted, ReleaseTarball
 from .values import FAILED, FAILED_UNCHANGED, SUCCEEDED, Caller, Failure, Options, Result, StepSink
 from .values import term_text
 
@@ -61,7 +61,7 @@ class EngineParts:
 class SingleSteps(EngineParts):
     @guarded("unpack")
     async def unpack(self, ctx: OperationContext, version: str, tarball: ReleaseTarball,
-                     *, replace: bool = False) -> Result:
+                     *, replace: bool = False, ahead: Extracted | None = None) -> Result:
         async with self.steps.step("preflight") as st:
             existing = await self._preflight.read_target(ctx, version)
             if existing is not None and not self._preflight.existing_release(
@@ -74,7 +74,7 @@ class SingleSteps(EngineParts):
             st.detail += await self._preflight.check_config(version, tarball.sys_config, ctx)
         if existing is not None:
             await self._staging.remove_stale(existing, ctx)
-        await self._staging.stage(tarball, ctx)
+        await self._staging.stage(tarball, ctx, ahead)
         await self._staging.unpack(tarball, ctx)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
 

@@ -2,7 +2,8 @@
 unpack back when the operation stops before install.
 
 When the agent may write the node's release root, it extracts the tarball itself (tarballs/extract.py)
-into ROOT/.relctl-unpack-XXXX at the stage step, moves what is new into place and has the node
+into ROOT/.relctl-unpack-XXXX at the stage step (or the upload did, as it arrived: then the
+stage renames that extraction to its own dir), moves what is new into place and has the node
 register it with ``release_handler:set_unpacked`` at the unpack step: the node decompresses
 nothing. Otherwise (a root of another owner, read-only, ...) the tarball is put whole into
 the node's releases directory and ``release_handler:unpack_release`` extracts and registers it.
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import logging
 import os
 import shutil
 import threading
@@ -32,12 +34,14 @@ from .core import EngineCore, OperationContext
 from .inuse import ON_CODE_PATH
 from .preflight import SHA_FILE
 from .releases import Release
-from .tarballs import NotADirectoryOnNode, Extracted, Interrupted, WriteFailed, extract, leftovers, place, remove
+from .tarballs import NotADirectoryOnNode, Extracted, Interrupted, WriteFailed, adopt, extract, leftovers, place, remove
 from .tarballs import ReleaseTarball, TarballError
 from .tarballs import TREE, UNPACK_PREFIX, why_not_write, write_sha
 from .values import FAILED, FAILED_UNCHANGED, Failure, term_text
 
 _OK = Atom("ok")
+
+log = logging.getLogger("relctl.agent.release.staging")
 
 
 def write_refused(path: Path, exc: OSError) -> str:
@@ -49,6 +53,19 @@ def write_refused(path: Path, exc: OSError) -> str:
     return (f"cannot write {path}: {exc.strerror or exc}; nothing was changed. The agent needs "
             f"write access to {path.parent}" + (f" ({fix})" if fix else "")
             + ", then retry")
+
+
+def _adopted(ahead: Extracted | None, root: Path) -> Extracted | None:
+    """The upload's extraction moved to this operation's dir, or None when there is none that
+    fits the root now (tarballs/extract.py adopt)."""
+    if ahead is None:
+        return None
+    try:
+        return adopt(ahead, root)
+    except OSError as exc:  # e.g. removed meanwhile: extract again
+        log.info("the upload's extraction %s cannot be used (%s); extracting again",
+                 ahead.tmp, exc.strerror or exc)
+        return None
 
 
 class Staging:
@@ -95,7 +112,11 @@ class Staging:
                  if removed else "")
                 + (f"; kept, being in use: {'; '.join(kept)}" if kept else ""))
 
-    async def stage(self, tarball: ReleaseTarball, ctx: OperationContext) -> None:
+    async def stage(self, tarball: ReleaseTarball, ctx: OperationContext,
+                    ahead: Extracted | None = None) -> None:
+        """``ahead``: the tarball as extracted while it was uploaded, moved into this
+        operation's extraction dir when it still fits the root (one rename), else removed
+        by its owner (the upload) and the tarball extracted again."""
         assert ctx.dirs is not None
         root = Path(ctx.dirs.root)
         async with self._core.steps.step("stage") as st:
@@ -118,11 +139,18 @@ class Staging:
             ctx.undo = functools.partial(self.undo, tarball.version, ctx)
             if why_not is None:
                 self._core.ledger.placing(tarball.version, ctx.placed)
-                ctx.extracted = await self._extract(tarball, root)
-                st.detail = (f"extracted by the agent into {ctx.extracted.tmp} "
-                             f"({ctx.extracted.written} files written, {ctx.extracted.kept} "
-                             "kept as the root has them; sha256 "
-                             f"{tarball.sha256[:12]}... checked again)")
+                ctx.extracted = _adopted(ahead, root)
+                if ctx.extracted is not None:
+                    st.detail = (f"extracted by the agent into {ctx.extracted.tmp} as the "
+                                 f"upload arrived ({ctx.extracted.written} files written, "
+                                 f"{ctx.extracted.kept} kept as the root has them; one pass, "
+                                 f"sha256 {tarball.sha256[:12]}...)")
+                else:
+                    ctx.extracted = await self._extract(tarball, root)
+                    st.detail = (f"extracted by the agent into {ctx.extracted.tmp} "
+                                 f"({ctx.extracted.written} files written, {ctx.extracted.kept} "
+                                 "kept as the root has them; sha256 "
+                                 f"{tarball.sha256[:12]}... checked again)")
             else:
                 ctx.in_node = why_not and (f"the agent may not write {root} ({why_not}): "
                                            "unpacking in the node")

@@ -20,7 +20,7 @@ from .core import OperationContext, guarded
 from .proccheck import check_held_funs, check_loaded_under_processes
 from .releases import Release
 from .single import SingleSteps
-from .tarballs import ReleaseTarball
+from .tarballs import Extracted, ReleaseTarball
 from .values import DRY_RUN, FAILED_UNCHANGED, UP_TO_DATE, Failure, Options, Result, term_text
 
 _OK = Atom("ok")
@@ -37,7 +37,9 @@ class ReleaseEngine(SingleSteps):
 
     @guarded("upgrade")
     async def upgrade(self, ctx: OperationContext, version: str, tarball: ReleaseTarball | None,
-                      options: Options) -> Result:
+                      options: Options, *, ahead: Extracted | None = None) -> Result:
+        """``ahead``: the tarball extracted as it was uploaded (staging.py moves it into
+        place when it still fits the root)."""
         target, tarball, stale = await self._upgrade_preflight(ctx, version, tarball, options)
         if _up_to_date(target):
             # Nothing to do, and not a failure: a deploy script run again must exit 0 (relx
@@ -65,7 +67,7 @@ class ReleaseEngine(SingleSteps):
                                                         installed=False)
 
         if tarball is not None:
-            await self._staging.stage(tarball, ctx)
+            await self._staging.stage(tarball, ctx, ahead)
             await self._staging.unpack(tarball, ctx)
         else:
             self.steps.skip_between("stage", "unpack", f"{version} is already "

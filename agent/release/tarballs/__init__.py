@@ -6,7 +6,15 @@ It may not know the node, the engine's steps or the journal: it reads files and 
 the root it is given, and every refusal is a ``TarballError`` naming the file and what to do.
 """
 
-from .check import MAX_MEMBERS, MAX_UNPACKED, ReleaseTarball, check_member, inspect_tarball, normalise
+from .check import (
+    MAX_MEMBERS,
+    MAX_UNPACKED,
+    Contents,
+    ReleaseTarball,
+    check_member,
+    inspect_tarball,
+    normalise,
+)
 from .extract import (
     TREE,
     UNPACK_PREFIX,
@@ -14,7 +22,9 @@ from .extract import (
     Interrupted,
     NotADirectoryOnNode,
     WriteFailed,
+    adopt,
     extract,
+    extract_arriving,
     leftovers,
     place,
     remove,
@@ -24,8 +34,8 @@ from .extract import (
 from .stream import TarballError
 
 __all__ = [
-    "MAX_MEMBERS", "MAX_UNPACKED", "TREE", "UNPACK_PREFIX", "Extracted", "Interrupted",
-    "NotADirectoryOnNode", "ReleaseTarball", "TarballError", "WriteFailed", "check_member",
-    "extract", "inspect_tarball", "leftovers", "normalise", "place", "remove", "why_not_write",
-    "write_sha",
+    "MAX_MEMBERS", "MAX_UNPACKED", "TREE", "UNPACK_PREFIX", "Contents", "Extracted",
+    "Interrupted", "NotADirectoryOnNode", "ReleaseTarball", "TarballError", "WriteFailed",
+    "adopt", "check_member", "extract", "extract_arriving", "inspect_tarball", "leftovers",
+    "normalise", "place", "remove", "why_not_write", "write_sha",
 ]

@@ -10,7 +10,9 @@ Any input, however hostile, ends in a `ReleaseTarball` or a `TarballError` that 
 file (and member) and says what to do; nothing else escapes.
 
 Here: the members (paths, links, kinds, sizes) and the release they hold (its .rel, sys.config
-and relup). Reading the file, its gzip and the bounded tar stream is stream.py's part.
+and relup), in one pass (`read_members`) that the extraction shares: it hands each checked
+member to a sink (extract.py writes it), so that a tarball is decompressed once whether it is
+only checked, or checked and extracted as it arrives. Reading the file, its gzip and the bounded tar stream is stream.py's part.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from agent.relfile import RelSyntaxError, decode, parse_rel
 
@@ -30,6 +33,7 @@ from .stream import (
     CHUNK,
     MAKERS,
     Limits,
+    RawFile,
     TarballError,
     TarStream,
     corrupt,
@@ -42,7 +46,8 @@ from .stream import (
 )
 
 # TarballError lives with the stream checks, which raise it first; it is this module's API too.
-__all__ = ["ReleaseTarball", "TarballError", "check_member", "inspect_tarball", "normalise"]
+__all__ = ["Contents", "MemberSink", "ReleaseTarball", "TarballError", "check_member",
+           "inspect_tarball", "is_rel_member", "normalise", "read_members"]
 
 REL_MAX = 1024**2             # one .rel file: a few KiB in practice
 REL_TOTAL_MAX = 16 * 1024**2  # all .rel candidates together: bounds memory on hostile input
@@ -91,22 +96,66 @@ def inspect_tarball(path: Path, *, expected_version: str | None = None,
     limits = Limits(max_members, max_unpacked)
     with open_file(path, max_size) as (raw, size):
         require_gzip(path, raw)
-        with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-            stream = TarStream(path, gz, limits.stream_max, limits.headers_max)
-            tar = open_tar(path, stream)
-            with reading(path):
-                scan = _scan_members(path, tar, stream, limits)
-                require_clean_end(path, stream, tar.offset)
-            rel = _choose_release(path, scan.rels, expected_version)
-            with reading(path):
-                sys_config = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/sys.config")
-                relup = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/relup")
-                src = _read_extra(path, tar, scan.extras, f"releases/{rel.vsn}/sys.config.src")
+        contents = read_members(path, raw, limits, expected_version=expected_version)
         sha256 = digest(path, raw, size)
-    return ReleaseTarball(path, rel.name, rel.vsn, rel.erts, rel.unpack_name, rel.member,
-                          rel.apps, sys_config, relup, size, sha256, src,
-                          erts_included=f"erts-{rel.erts}/bin/erlexec" in scan.erts_bins,
-                          tops=scan.tops)
+    return contents.tarball(path, size, sha256)
+
+
+class MemberSink(Protocol):
+    """What a pass over the members does with each one besides checking it (extract.py
+    writes it under a release root)."""
+
+    def take(self, tar: tarfile.TarFile, info: tarfile.TarInfo, name: str,
+             data: bytes | None) -> None:
+        """``info``, checked, at ``name`` (normalised); ``data``: its bytes when the pass read
+        them already (a .rel, or a sys.config or relup of the expected version), else None
+        (the sink reads them from ``tar`` if it needs them)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What one pass over a tarball found: the release it holds and what the upgrade reads."""
+
+    release_name: str
+    version: str
+    erts_version: str
+    unpack_name: str
+    rel_member: str
+    applications: tuple[tuple[str, str], ...]
+    sys_config: bytes | None
+    relup: bytes | None
+    sys_config_src: bytes | None
+    erts_included: bool
+    tops: frozenset[str]
+
+    def tarball(self, path: Path, size: int, sha256: str) -> ReleaseTarball:
+        return ReleaseTarball(path, self.release_name, self.version, self.erts_version,
+                              self.unpack_name, self.rel_member, self.applications,
+                              self.sys_config, self.relup, size, sha256, self.sys_config_src,
+                              erts_included=self.erts_included, tops=self.tops)
+
+
+def read_members(path: Path, raw: RawFile, limits: Limits, *, expected_version: str | None,
+                 sink: MemberSink | None = None) -> Contents:
+    """One pass over the gzipped tar in ``raw`` (read from its start, never seeked back when
+    ``expected_version`` is given): every member checked, and handed to ``sink``; then the
+    release it holds. ``path`` names the file in every refusal."""
+    with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+        stream = TarStream(path, gz, limits.stream_max, limits.headers_max)
+        tar = open_tar(path, stream)
+        with reading(path):
+            scan = _scan_members(path, tar, stream, limits, sink, expected_version)
+            require_clean_end(path, stream, tar.offset)
+        rel = _choose_release(path, scan.rels, expected_version)
+        with reading(path):
+            sys_config, relup, src = (
+                _extra(path, tar, scan, f"releases/{rel.vsn}/{name}")
+                for name in ("sys.config", "relup", "sys.config.src"))
+    return Contents(rel.name, rel.vsn, rel.erts, rel.unpack_name, rel.member, rel.apps,
+                    sys_config, relup, src,
+                    erts_included=f"erts-{rel.erts}/bin/erlexec" in scan.erts_bins,
+                    tops=scan.tops)
 
 
 # --- Members ---------------------------------------------------------------------------
@@ -125,14 +174,21 @@ _KINDS = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block devic
 class _Scan:
     rels: dict[str, _RelFile | _BadRel]    # normalised member -> its .rel, last copy wins
     extras: dict[str, tarfile.TarInfo]     # normalised member -> sys.config / relup
+    read: dict[str, bytes]                 # of those, the ones read during the pass
     erts_bins: frozenset[str]              # erts-VSN/bin/erlexec members (regular files)
     tops: frozenset[str]                   # every member path's first one and two components
 
 
-def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
-                  limits: Limits) -> _Scan:
+_EXTRA_NAMES = ("sys.config", "relup", "sys.config.src")
+
+
+def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream, limits: Limits,
+                  sink: MemberSink | None = None, version: str | None = None) -> _Scan:
     rels: dict[str, _RelFile | _BadRel] = {}
     extras: dict[str, tarfile.TarInfo] = {}
+    read: dict[str, bytes] = {}
+    # The expected version's extras are read as they pass (no seek back for them later).
+    wanted = {f"releases/{version}/{n}" for n in _EXTRA_NAMES} if version else set()
     names: list[str] = []
     erlexecs: set[str] = set()
     symlinks: set[str] = set()
@@ -159,19 +215,30 @@ def _scan_members(path: Path, tar: tarfile.TarFile, stream: TarStream,
                 raise TarballError(f"{path}: members add up to more than {limits.max_unpacked} "
                                    f"bytes unpacked (at member {info.name!r}); refused as a "
                                    "possible archive bomb (raise max_unpacked if it is genuine)")
+        data = None
         if _REL_PATH.fullmatch(name):
             rel_bytes += info.size if info.isreg() and info.size <= REL_MAX else 0
             if rel_bytes > REL_TOTAL_MAX:
                 raise TarballError(f"{path}: its .rel files add up to more than {REL_TOTAL_MAX} "
                                    f"bytes (at member {info.name!r}); a release has one small "
                                    ".rel file")
-            rels[name] = _read_rel(tar, info, name)
+            rels[name], data = _read_rel(tar, info, name)
         elif _EXTRA_PATH.fullmatch(name):
-            extras[name] = info
+            extras[name] = info  # the last copy counts, as tarfile's extractfile finds it
+            read.pop(name, None)
+            if name in wanted and info.isreg() and info.size <= EXTRA_MAX:
+                data = read[name] = _read_capped(tar, info, EXTRA_MAX)
+        if sink is not None:
+            sink.take(tar, info, name, data)
     _check_not_under_symlink(path, names, symlinks)
     tops = {"/".join(name.split("/")[:depth]) for name in names for depth in (1, 2)}
-    return _Scan(rels, extras, frozenset(erlexecs),
+    return _Scan(rels, extras, read, frozenset(erlexecs),
                  frozenset(t for t in tops if t not in ("", ".")))
+
+
+def is_rel_member(name: str) -> bool:
+    """Whether the member at ``name`` (normalised) is where a release's .rel may be."""
+    return _REL_PATH.fullmatch(name) is not None
 
 
 def normalise(name: str) -> str:
@@ -272,9 +339,11 @@ def _read_capped(archive: tarfile.TarFile, info: tarfile.TarInfo, cap: int) -> b
     return bytes(data)
 
 
-def _read_extra(path: Path, tar: tarfile.TarFile, extras: dict[str, tarfile.TarInfo],
-                member: str) -> bytes | None:
-    info = extras.get(member)
+def _extra(path: Path, tar: tarfile.TarFile, scan: _Scan, member: str) -> bytes | None:
+    """The release's ``member`` (sys.config, relup), as read during the pass or now."""
+    if member in scan.read:
+        return scan.read[member]
+    info = scan.extras.get(member)
     if info is None:
         return None
     if not info.isreg():
@@ -321,12 +390,19 @@ class _BadRel:
     reason: str
 
 
-def _read_rel(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> _RelFile | _BadRel:
+def _read_rel(tar: tarfile.TarFile, info: tarfile.TarInfo,
+              name: str) -> tuple[_RelFile | _BadRel, bytes | None]:
+    """The .rel member ``info``, and its bytes when it was read."""
     if not info.isreg():
-        return _BadRel(info.name, f"it is {_kind(info)}, not a regular file")
+        return _BadRel(info.name, f"it is {_kind(info)}, not a regular file"), None
     if info.size > REL_MAX:
-        return _BadRel(info.name, f"{info.size} bytes, more than the {REL_MAX} a .rel may have")
+        return _BadRel(info.name, f"{info.size} bytes, more than the {REL_MAX} a .rel may "
+                                  "have"), None
     data = _read_capped(tar, info, REL_MAX)
+    return _parse_rel(info, name, data), data
+
+
+def _parse_rel(info: tarfile.TarInfo, name: str, data: bytes) -> _RelFile | _BadRel:
     try:
         rel_name, vsn, erts, apps = parse_rel(decode(data))
     except RelSyntaxError as e:

@@ -3,9 +3,11 @@ a validated release tarball into a temporary dir on the release root's file syst
 is new into place, and the node only registers it (``release_handler:set_unpacked``), instead
 of decompressing the tarball again inside the production VM with ``unpack_release``.
 
-The extraction reads the tarball with the same bounded stream and the same member checks as
-the validation (check.py, stream.py), and compares the sha256 of the bytes it read with
-the validated tarball's: it extracts exactly what the validation accepted.
+The extraction is the validation's own pass (check.py ``read_members``, stream.py) with a sink
+that writes each member: from a validated tarball file (``extract``, comparing the sha256 of the
+bytes it read with the validated tarball's: it extracts exactly what the validation accepted),
+or from an upload as it arrives (``extract_arriving``: validated and extracted at once, one
+decompression; ``adopt`` hands that extraction to the operation that places it).
 
 The result is what ``unpack_release`` leaves, file for file: erl_tar's ``keep_old_files``
 (a file the root already has is kept as it is, hard links are not extracted), the systools
@@ -19,31 +21,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import grp
-import gzip
 import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import stat
 import tarfile
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .check import MAX_MEMBERS, MAX_UNPACKED, ReleaseTarball, check_member, normalise
-from .stream import (
-    CHUNK,
-    Limits,
-    TarballError,
-    TarStream,
-    open_file,
-    open_tar,
-    reading,
-    require_clean_end,
-    require_gzip,
-)
+from .check import MAX_MEMBERS, MAX_UNPACKED, Contents, ReleaseTarball, is_rel_member
+from .check import read_members
+from .stream import CHUNK, Limits, RawFile, TarballError, open_file, require_gzip
 
 UNPACK_PREFIX = ".relctl-unpack-"  # ROOT/.relctl-unpack-XXXX: what an extraction in progress holds
 TREE = "root"                       # in it: the files as they go under ROOT
@@ -137,6 +131,9 @@ class Extracted:
     rel_file: Path     # the .rel set_unpacked reads: its final path (systools) or in tmp (relx)
     written: int       # regular files written
     kept: int          # regular files not written: the root has them (keep_old_files)
+    # What was not written because the root had it then (files and links): an extraction made
+    # ahead (while the upload arrived) is placed only if the root still has them all.
+    kept_in_root: tuple[str, ...] = ()
 
 
 def extract(tarball: ReleaseTarball, root: Path, *, stop: threading.Event | None = None,
@@ -145,32 +142,62 @@ def extract(tarball: ReleaseTarball, root: Path, *, stop: threading.Event | None
     tarball), WriteFailed (the disk) or Interrupted (``stop`` set); then nothing is left."""
     tmp = Path(tempfile.mkdtemp(prefix=UNPACK_PREFIX, dir=root))
     try:
-        tree = tmp / TREE
-        tree.mkdir()
-        # In a root the agent shares by group: group-writable files, and dirs that stay
-        # setgid, so that the node's user can remove what the agent placed (see _set_info).
-        extra = _GROUP_BITS if shared_root(root) else 0
         limits = Limits(max_members, max_unpacked)
         path = tarball.path
         with open_file(path, tarball.size) as (raw, size):
             require_gzip(path, raw)
             hashed = _Hashing(raw)
-            with gzip.GzipFile(fileobj=hashed, mode="rb") as gz:
-                stream = TarStream(path, gz, limits.stream_max, limits.headers_max)
-                tar = open_tar(path, stream)
-                with reading(path):
-                    written, kept = _members(tarball, tar, stream, limits, tree, root, stop,
-                                             extra)
-                    require_clean_end(path, stream, tar.offset)
+            try:
+                writer = _Writer(path, tmp / TREE, root, stop)
+                read_members(path, hashed, limits, expected_version=tarball.version,
+                             sink=writer)
+            except TarballError:
+                if hashed.hexdigest() != tarball.sha256:
+                    raise _changed(tarball, hashed.hexdigest()) from None
+                raise
             if (size, hashed.hexdigest()) != (tarball.size, tarball.sha256):
-                raise TarballError(f"{path}: changed since it was checked (sha256 "
-                                   f"{hashed.hexdigest()[:12]}..., checked {tarball.sha256[:12]}"
-                                   "...); upload it again")
-        rel_file = _arrange(tarball, tmp, tree, root)
-        return Extracted(tmp, rel_file, written, kept)
+                raise _changed(tarball, hashed.hexdigest())
+        rel_file = _arrange(tarball.version, tarball.rel_member, tmp, root)
+        return writer.extracted(tmp, rel_file)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _changed(tarball: ReleaseTarball, sha256: str) -> TarballError:
+    return TarballError(f"{tarball.path}: changed since it was checked (sha256 {sha256[:12]}..., "
+                        f"checked {tarball.sha256[:12]}...); upload it again")
+
+
+def extract_arriving(source: RawFile, path: Path, tmp: Path, root: Path, *, version: str,
+                     max_members: int = MAX_MEMBERS,
+                     max_unpacked: int = MAX_UNPACKED) -> tuple[Contents, Extracted]:
+    """Check the tarball of ``version`` that ``source`` reads as it arrives (``path``: its
+    name in refusals) and extract it into ``tmp``, a new dir of the caller's under ``root``:
+    one pass, one decompression, the checks of inspect_tarball. What the root has is not
+    written (keep_old_files, as of now: see :func:`adopt`). Raises as :func:`extract`; what
+    it wrote is then left in ``tmp`` for the caller to remove."""
+    writer = _Writer(path, tmp / TREE, root, None)
+    require_gzip(path, source)
+    contents = read_members(path, source, Limits(max_members, max_unpacked),
+                            expected_version=version, sink=writer)
+    rel_file = _arrange(contents.version, contents.rel_member, tmp, root)
+    return contents, writer.extracted(tmp, rel_file)
+
+
+def adopt(ahead: Extracted, root: Path) -> Extracted | None:
+    """An extraction made ahead into a dir under ``root`` (:func:`extract_arriving`), moved
+    to a new ROOT/.relctl-unpack-XXXX (one rename) for the operation that places it; None,
+    and nothing moved, when the root lost something the extraction kept as the root had it
+    (then keep_old_files decides differently now: extract again). Raises OSError."""
+    if ahead.tmp.parent != root or not all(os.path.lexists(root / name)
+                                           for name in ahead.kept_in_root):
+        return None
+    tmp = root / f"{UNPACK_PREFIX}{secrets.token_hex(4)}"
+    os.rename(ahead.tmp, tmp)
+    rel_file = (tmp / ahead.rel_file.relative_to(ahead.tmp)
+                if ahead.rel_file.is_relative_to(ahead.tmp) else ahead.rel_file)
+    return Extracted(tmp, rel_file, ahead.written, ahead.kept, ahead.kept_in_root)
 
 
 class _Hashing:
@@ -203,48 +230,56 @@ class _Hashing:
         return self._digest.hexdigest()
 
 
-def _members(tarball: ReleaseTarball, tar: tarfile.TarFile, stream: TarStream, limits: Limits,
-             tree: Path, root: Path, stop: threading.Event | None,
-             extra: int = 0) -> tuple[int, int]:
-    path = tarball.path
-    written = kept = count = unpacked = 0
-    while True:
-        if stop is not None and stop.is_set():
+class _Writer:
+    """The MemberSink that writes each member under ``tree`` as erl_tar's keep_old_files
+    would under ``root``: a file the root has (or a second copy of a member) is not written,
+    hard links are not extracted. The .rel files are always written: the release's own is moved
+    by _arrange, the others stay as the root has them when placed (place keeps what exists)."""
+
+    def __init__(self, path: Path, tree: Path, root: Path, stop: threading.Event | None) -> None:
+        self._path = path
+        self._tree = tree
+        self._root = root
+        self._stop = stop
+        # In a root the agent shares by group: group-writable files, and dirs that stay
+        # setgid, so that the node's user can remove what the agent placed (see _set_info).
+        self._extra = _GROUP_BITS if shared_root(root) else 0
+        self.written = self.kept = 0
+        self._kept_in_root: list[str] = []
+        tree.mkdir()
+
+    def extracted(self, tmp: Path, rel_file: Path) -> Extracted:
+        return Extracted(tmp, rel_file, self.written, self.kept, tuple(self._kept_in_root))
+
+    def take(self, tar: tarfile.TarFile, info: tarfile.TarInfo, name: str,
+             data: bytes | None) -> None:
+        if self._stop is not None and self._stop.is_set():
             raise Interrupted()
-        with stream.headers():
-            info = tar.next()
-        if info is None:
-            return written, kept
-        count += 1
-        if count > limits.max_members:
-            raise TarballError(f"{path}: more than {limits.max_members} members; refused as a "
-                               "possible archive bomb (raise max_members if it is genuine)")
-        check_member(path, info, tar.offset)
-        name = normalise(info.name)
-        if info.isreg():
-            unpacked += info.size
-            if unpacked > limits.max_unpacked:
-                raise TarballError(f"{path}: members add up to more than {limits.max_unpacked} "
-                                   f"bytes unpacked (at member {info.name!r}); refused as a "
-                                   "possible archive bomb")
         if info.islnk():
-            continue  # erl_tar extracts no hard links: neither does unpack_release
+            return  # erl_tar extracts no hard links: neither does unpack_release
+        path, tree, root = self._path, self._tree, self._root
         dest = tree / name
         try:
             if info.isdir():
                 if _make_dirs(path, tree, name):
-                    _set_info(dest, info, extra)
+                    _set_info(dest, info, self._extra)
             elif info.issym():
                 _make_dirs(path, tree, _parent(name))
-                if not (os.path.lexists(dest) or os.path.lexists(root / name)):
+                if os.path.lexists(dest):
+                    pass
+                elif os.path.lexists(root / name):
+                    self._kept_in_root.append(name)
+                else:
                     os.symlink(info.linkname, dest)
-            elif name != tarball.rel_member and (os.path.lexists(dest)
-                                                 or os.path.exists(root / name)):
-                kept += 1  # keep_old_files (a second copy of a member: the first one stays)
+            elif not is_rel_member(name) and (os.path.lexists(dest)
+                                              or os.path.exists(root / name)):
+                self.kept += 1  # keep_old_files (a second copy of a member: the first stays)
+                if not os.path.lexists(dest):
+                    self._kept_in_root.append(name)
             else:
                 _make_dirs(path, tree, _parent(name))
-                _write(tar, info, dest, extra)
-                written += 1
+                _write(tar, info, dest, data, self._extra)
+                self.written += 1
         except OSError as exc:
             raise WriteFailed(dest, exc) from None
 
@@ -264,21 +299,33 @@ def _make_dirs(path: Path, tree: Path, name: str) -> bool:
             os.mkdir(current)
             made = True
         except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(current).st_mode):
+            mode = os.lstat(current).st_mode
+            if stat.S_ISLNK(mode):  # the words of check.py's own check, which comes later
+                raise TarballError(f"{path}: member {name!r} lies under the symlink "
+                                   f"{str(current.relative_to(tree))!r}, so unpacking it would "
+                                   "write through the link; rebuild the tarball without it"
+                                   ) from None
+            if not stat.S_ISDIR(mode):
                 raise TarballError(f"{path}: member {name!r} lies under "
                                    f"{current.relative_to(tree)}, which the tarball made a "
-                                   "file or link; rebuild the tarball without it") from None
+                                   "file; rebuild the tarball without it") from None
             made = False
     return made
 
 
-def _write(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path, extra: int = 0) -> None:
-    source = tar.extractfile(info)
-    assert source is not None  # a regular member
+def _write(tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path, data: bytes | None,
+           extra: int = 0) -> None:
+    """``info``'s bytes (``data`` when the pass read them already) into a new ``dest``."""
+    if data is None:
+        source = tar.extractfile(info)
+        assert source is not None  # a regular member
+        chunks: Iterable[bytes] = iter(lambda: source.read(CHUNK), b"")
+    else:
+        chunks = (data,)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     try:
-        while chunk := source.read(CHUNK):
+        for chunk in chunks:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view):]
@@ -302,14 +349,15 @@ def _set_info(dest: Path, info: tarfile.TarInfo, extra: int = 0) -> None:
     os.utime(dest, (info.mtime, info.mtime))
 
 
-def _arrange(tarball: ReleaseTarball, tmp: Path, tree: Path, root: Path) -> Path:
+def _arrange(version: str, rel_member: str, tmp: Path, root: Path) -> Path:
     """Put the .rel where unpack_release leaves it; the path set_unpacked is to read."""
-    vsn_dir = tree / "releases" / tarball.version
+    tree = tmp / TREE
+    vsn_dir = tree / "releases" / version
     vsn_dir.mkdir(parents=True, exist_ok=True)
-    extracted = tree / tarball.rel_member
-    if "/" not in tarball.unpack_name:  # systools: releases/NAME-VSN.rel -> releases/VSN/
+    extracted = tree / rel_member
+    if rel_member.count("/") == 1:  # systools: releases/NAME-VSN.rel -> releases/VSN/
         os.replace(extracted, vsn_dir / extracted.name)
-        return root / "releases" / tarball.version / extracted.name
+        return root / "releases" / version / extracted.name
     kept = tmp / extracted.name  # relx: read by set_unpacked from here, never placed
     os.replace(extracted, kept)
     return kept

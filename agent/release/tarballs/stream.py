@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import BinaryIO, Protocol, Self
 
 from agent.errors import RequestError
 
@@ -32,12 +32,26 @@ TRAILING_MAX = 1024**2        # bytes after the tar's end marker (record padding
 PER_MEMBER_SLACK = 4096       # header blocks and padding a member adds to the stream
 CHUNK = 64 * 1024
 BLOCK = tarfile.BLOCKSIZE
+# Bytes already read that a seek back may return to without gzip rewinding the whole stream
+# (it would decompress it again from the start): tarfile steps back one block at the end of
+# the archive, and the end check reads that block again.
+HISTORY = 4 * BLOCK
 
 MAKERS = "systools:make_tar, rebar3 tar (relx) or mix release"
 
 
 class TarballError(RequestError):
     """The tarball cannot be installed as it is: names the file, the member and what to do."""
+
+
+class RawFile(Protocol):
+    """The compressed bytes: a file, or one still arriving (agent/operations/uploads.py)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
 
 
 # --- The file and its compression -----------------------------------------------------
@@ -91,7 +105,7 @@ def _unreadable(path: Path, e: OSError) -> TarballError:
                         "and that the agent may read it")
 
 
-def require_gzip(path: Path, raw: BinaryIO) -> None:
+def require_gzip(path: Path, raw: RawFile) -> None:
     """Refuse what is not gzip, saying what it looks like instead."""
     try:
         head = raw.read(BLOCK)
@@ -139,6 +153,7 @@ class TarStream:
         self._gz = gz
         self._limit = limit
         self._ahead = b""  # peeked, not yet read
+        self._history = b""  # the last bytes read, up to HISTORY, for a short seek back
         self._in_headers = False
         self._member_header_bytes = 0
         self._header_bytes = 0
@@ -152,7 +167,15 @@ class TarStream:
         if self._in_headers:
             self._count_header_bytes(size)
         ahead, self._ahead = self._ahead[:size], self._ahead[size:]
-        return ahead + self._read_gz(size - len(ahead))
+        data = ahead + self._read_gz(size - len(ahead))
+        self._remember(data)
+        return data
+
+    def _remember(self, data: bytes) -> None:
+        if len(data) >= HISTORY:
+            self._history = data[-HISTORY:]
+        elif data:
+            self._history = (self._history + data)[-HISTORY:]
 
     def peek(self, size: int) -> bytes:
         """The next `size` bytes (fewer at the end of the stream), still to be read."""
@@ -162,8 +185,21 @@ class TarStream:
         return self._ahead[:size]
 
     def seek(self, offset: int) -> int:
+        """Forward within what was peeked, or back within HISTORY, without gzip seeking (a
+        seek back in gzip decompresses the stream again from its start; a stream that is
+        still arriving cannot go back at all)."""
         self._within_limit(offset)
-        self._ahead = b""
+        position = self.tell()
+        if position <= offset <= position + len(self._ahead):
+            self._remember(self._ahead[:offset - position])
+            self._ahead = self._ahead[offset - position:]
+            return offset
+        if offset < position and position - offset <= len(self._history):
+            cut = len(self._history) - (position - offset)
+            self._ahead = self._history[cut:] + self._ahead
+            self._history = self._history[:cut]
+            return offset
+        self._ahead = self._history = b""
         with self._guard():
             return self._gz.seek(offset)
 

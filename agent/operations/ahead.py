@@ -33,9 +33,12 @@ from typing import Protocol
 
 from agent.nodes import NodeManager
 from agent.release import (
+    BEAMS,
+    TREE,
     Contents,
     Extracted,
     Interrupted,
+    ebins,
     extract_arriving,
     node_dirs,
     why_not_write,
@@ -213,6 +216,11 @@ class Ahead:
     def _run(self, final: Path, version: str) -> None:
         try:
             result = extract_arriving(self._feed, final, self.tmp, self.root, version=version)
+            # The md5 of every beam of the release, for the verify at the switch (loaded.py):
+            # those extracted (renamed into place with their dirs, they stay the same files)
+            # and those the root has.
+            apps = result[0].applications
+            BEAMS.remember([*ebins(self.tmp / TREE, apps), *ebins(self.root, apps)])
         except BaseException as exc:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self._done.set_exception(exc)

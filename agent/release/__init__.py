@@ -9,6 +9,7 @@ reports steps to a callback, and keeps what must outlive an operation through th
 and the agent's own extraction live in the tarballs/ sub-room.
 """
 
+from .beams import BEAMS, ebins
 from .codecheck import verify_running
 from .core import UnpackLedger, node_dirs
 from .options import Requested, operation_options
@@ -44,10 +45,10 @@ from .values import (
 # What the rooms above the engine (nodes, operations, api, daemon) may use; they import the
 # package, never its modules (tests/test_layout.py).
 __all__ = [
-    "FAILED", "OUTCOMES", "STEP_STATES", "TREE", "Caller", "ConfigChange", "ConfigReload",
+    "BEAMS", "FAILED", "OUTCOMES", "STEP_STATES", "TREE", "Caller", "ConfigChange", "ConfigReload",
     "Contents", "Extracted", "Failure", "Interrupted", "Options", "Placing", "Probe", "Release",
     "ReleaseEngine", "ReleaseTarball", "ReloadOptions", "Requested", "Result", "StepRecord",
-    "TarballError", "UnexpectedReply", "UnpackLedger", "WriteFailed", "extract_arriving",
+    "TarballError", "UnexpectedReply", "UnpackLedger", "WriteFailed", "ebins", "extract_arriving",
     "inspect_tarball", "node_dirs", "operation_options", "parse_which_releases",
     "verify_running", "why_not_write",
 ]

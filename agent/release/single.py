@@ -102,7 +102,8 @@ class SingleSteps(EngineParts):
         await run_hooks(self.node, self.steps, options.hooks, POST_INSTALL, outcome=FAILED)
         async with self.steps.step("verify") as st:
             st.detail = await self._switch.verify(version, options,
-                                                  from_version=ctx.from_version)
+                                                  from_version=ctx.from_version,
+                                                  root=ctx.dirs.root if ctx.dirs else "")
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())
 
     @guarded("make_permanent")

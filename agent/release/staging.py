@@ -31,6 +31,7 @@ from agent.errors import NodeDown, NodeTimeout, NodeUnavailable
 from bridge import Atom
 
 from .core import EngineCore, OperationContext
+from .beams import BEAMS, ebins
 from .inuse import ON_CODE_PATH
 from .preflight import SHA_FILE
 from .releases import Release
@@ -160,7 +161,14 @@ class Staging:
 
     async def _extract(self, tarball: ReleaseTarball, root: Path) -> Extracted:
         stop = threading.Event()
-        job = asyncio.ensure_future(asyncio.to_thread(extract, tarball, root, stop=stop))
+
+        def work() -> Extracted:
+            extracted = extract(tarball, root, stop=stop)
+            # The beams' md5 for the verify at the switch (loaded.py), while they are at hand.
+            BEAMS.remember([*ebins(extracted.tmp / TREE, tarball.applications),
+                            *ebins(root, tarball.applications)])
+            return extracted
+        job = asyncio.ensure_future(asyncio.to_thread(work))
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:

@@ -25,6 +25,7 @@ from bridge import Atom, BadRpc
 from .codecheck import check_code, mismatch_text, read_appups, split_lib
 from .core import EngineCore, OperationContext
 from .hooks import run_hooks
+from .loaded import loaded_matches
 from .proccheck import OldCodeProcess, killed_text, old_code_processes, verify_processes
 from .releases import Release, parse_which_releases
 from .relupscript import RESTART_EMULATOR, heart_needed, restart_kind
@@ -181,10 +182,12 @@ class Switch:
                 break
         return None, dropped
 
-    async def verify(self, version: str, options: Options, *, from_version: str = "") -> str:
+    async def verify(self, version: str, options: Options, *, from_version: str = "",
+                     root: str = "") -> str:
         """The release ``version`` runs: it is current, its applications run, its code is
         loaded (codecheck.py) and the probes pass. ``from_version``: the release the node ran
-        before, whose appups explain a module that did not switch."""
+        before, whose appups explain a module that did not switch; ``root``: the node's release
+        root, where the agent reads the beams to compare what is loaded with (loaded.py)."""
         releases = await self._core.releases()
         target = next((r for r in releases if r.version == version), None)
         if target is None or not target.running:
@@ -200,7 +203,7 @@ class Switch:
                 wrong.append(f"{name} runs {running[name]}, release has {vsn}")
         if wrong:
             raise Failure(FAILED, "applications not switched: " + "; ".join(wrong))
-        code = await self._verify_code(target, releases, from_version)
+        code = await self._verify_code(target, releases, from_version, root)
         code += await verify_processes(self._core.node, [split_lib(a)[0] for a in
                                                           target.applications],
                                        allow_purge_kill=options.allow_purge_kill,
@@ -211,11 +214,15 @@ class Switch:
         return detail
 
     async def _verify_code(self, target: Release, releases: tuple[Release, ...],
-                           from_version: str) -> str:
+                           from_version: str, root: str) -> str:
         """Every module of the target's applications runs the release's beam; else a Failure
-        naming the modules and what the appup lacks."""
+        naming the modules and what the appup lacks. What is loaded is compared in the agent
+        (loaded.py); only when that does not show all of it running does the node check."""
         node, timeout = self._core.node, self._core.rpc_timeout
-        report = await check_code(node, map(split_lib, target.applications), timeout=timeout)
+        apps = [split_lib(a) for a in target.applications]
+        report = await loaded_matches(node, root, apps, timeout=timeout) if root else None
+        if report is None:
+            report = await check_code(node, apps, timeout=timeout)
         if not report.ok:
             prior = next((r for r in releases
                           if r.version == from_version and r.version != target.version), None)
@@ -258,7 +265,8 @@ class Switch:
                 await run_hooks(self._core.node, self._core.steps, options.hooks, POST_INSTALL,
                                 outcome=FAILED)
             async with self._core.steps.step("verify") as st:
-                st.detail = await self.verify(version, options, from_version=ctx.from_version)
+                st.detail = await self.verify(version, options, from_version=ctx.from_version,
+                                              root=ctx.dirs.root if ctx.dirs else "")
         except Failure as failure:
             if not rollback or not ctx.from_version:
                 raise
@@ -342,7 +350,8 @@ class Switch:
         except Failure as again:
             note += f"; after the rollback, {again.message}"
         async with self._core.steps.step("verify") as st:
-            st.detail = await self.verify(ctx.from_version, Options(), from_version=version)
+            st.detail = await self.verify(ctx.from_version, Options(), from_version=version,
+                                          root=ctx.dirs.root if ctx.dirs else "")
         return Result(ROLLED_BACK, ctx.from_version, version, error=failure.message + note,
                       releases=await self._core.releases(),
                       detail=f"back on {ctx.from_version}", config_changes=self._runtime.changes)

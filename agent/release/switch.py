@@ -221,6 +221,7 @@ class Switch:
         node, timeout = self._core.node, self._core.rpc_timeout
         apps = [split_lib(a) for a in target.applications]
         report = await loaded_matches(node, root, apps, timeout=timeout) if root else None
+        how = ", md5s compared in the agent" if report is not None else ""
         if report is None:
             report = await check_code(node, apps, timeout=timeout)
         if not report.ok:
@@ -233,7 +234,7 @@ class Switch:
                                   f"{mismatch_text(report, appups)}. Fix the appups (`relctl "
                                   "make-relup` checks them against the beams) and build the "
                                   "release again")
-        return (f"{report.modules} modules match the release's beams ({report.mode} mode)")
+        return f"{report.modules} modules match the release's beams ({report.mode} mode{how})"
 
     async def _soak(self, options: Options) -> str:
         deadline = time.monotonic() + options.health_soak

@@ -79,6 +79,8 @@ def test_the_agents_unpack_leaves_what_unpack_release_leaves(
     op = done.json()["operation"]
     assert step(op, "stage")["detail"].startswith(f"extracted by the agent into {mine.root}/"
                                                   ".relctl-unpack-")
+    # Checked and extracted in one pass while the upload arrived: the stage only renamed it.
+    assert " as the upload arrived (" in step(op, "stage")["detail"]
     unpack = step(op, "unpack")["detail"]
     assert unpack.startswith("the agent unpacked it (the node decompressed nothing): placed "
                              "lib/counter-0.0.2, releases/0.0.2; kept as they were: ")

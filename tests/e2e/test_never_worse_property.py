@@ -67,7 +67,7 @@ GATE = "relctl-property-gate"
 HOOK = {"name": "gate", "when": "post_install", "call": "persistent_term:get",
         "args": [GATE, {"atom": "ok"}]}
 # The exit codes of README's table the model predicts.
-OK, FAILED, ROLLED_BACK, FAILED_CHANGED = 0, 1, 5, 6
+OK, FAILED, UNAVAILABLE, ROLLED_BACK, FAILED_CHANGED = 0, 1, 3, 5, 6
 OUTCOME_CODES = {"succeeded": OK, "dry_run": OK, "up_to_date": OK, "failed_unchanged": FAILED,
                  "rolled_back": ROLLED_BACK, "interrupted": FAILED_CHANGED}
 # Sized for CI (issue 20: the file within 3 minutes on 2 cores; an example costs a node and
@@ -240,6 +240,10 @@ class NeverWorse(RuleBasedStateMachine):
         if stage is None or stage["state"] != "succeeded":
             return
         assert not list(root.glob(".relctl-unpack-*")), list(root.glob(".relctl-unpack-*"))
+        # An upload's extraction is moved by the stage, or removed (in the agent's background)
+        # with the upload when the stage could not use it.
+        eventually(lambda: not list(root.glob(".relctl-upload-*")), timeout=10,
+                   what="no .relctl-upload-* left")
         if NEW not in self.releases:
             left = [p for p in (root / "releases" / NEW, root / "lib" / f"{self.kind.app}-{NEW}")
                     if p.exists()]
@@ -334,12 +338,17 @@ class NeverWorse(RuleBasedStateMachine):
         self._agree(self.steps_run[-1], op)
 
     def agent_killed_mid_upgrade(self, data: st.DataObject) -> None:
-        """SIGKILL the agent while an upgrade streams (``extracting``: its extraction dir
-        exists; ``placed``: the app's 0.0.2 lib dir is in the root) and start an agent on the
-        same state dir and address: the relctl that lost it follows the operation to its end
-        (interrupted, exit 6) and reports the node as it is (0.0.1 runs, as before), and the
-        next stage takes back what the journal says the killed one was placing."""
-        when = data.draw(st.sampled_from(["placed", "extracting"]), label="kill when")
+        """SIGKILL the agent while an upgrade streams (``extracting``: the upload's extraction
+        dir exists, which it makes as the upload arrives; ``placed``: the app's 0.0.2 lib dir
+        is in the root) and start an agent on the same state dir and address: the relctl that
+        lost it follows the operation to its end (interrupted, exit 6) and reports the node as
+        it is (0.0.1 runs, as before), or, killed before the operation started (during the
+        upload), says the agent was lost (exit 3); and the next stage takes back what the
+        journal says the killed one was placing (the upload's extraction too)."""
+        # The derandomized examples draw the first: each release kind starts with another.
+        points = ["placed", "extracting"] if self.kind.name == "systools" else [
+            "extracting", "placed"]
+        when = data.draw(st.sampled_from(points), label="kill when")
         node = self._up()
         assert self.agent is not None
         root = node.root
@@ -355,7 +364,7 @@ class NeverWorse(RuleBasedStateMachine):
         target = root / "lib" / f"{self.kind.app}-{NEW}"
         try:
             deadline = time.monotonic() + 120
-            while not (any(root.glob(".relctl-unpack-*")) if when == "extracting"
+            while not (any(root.glob(".relctl-upload-*")) if when == "extracting"
                        else target.exists()):
                 assert client.poll() is None, client.communicate()
                 assert time.monotonic() < deadline, f"the upgrade never got to {when}"
@@ -376,9 +385,13 @@ class NeverWorse(RuleBasedStateMachine):
         self.releases = on_node
         self.sha = self.tar.good if NEW in on_node else None
         self.left = [] if NEW in on_node else [
-            p.name for p in [*root.glob(".relctl-unpack-*"), target, root / "releases" / NEW]
-            if p.exists()]
+            p.name for p in [*root.glob(".relctl-unpack-*"), *root.glob(".relctl-upload-*"),
+                             target, root / "releases" / NEW] if p.exists()]
         self.steps_run[-1] += f" -> node {on_node}, left {self.left}"
+        if client.returncode == UNAVAILABLE:  # killed during the upload: no operation began
+            assert when == "extracting" and on_node == {OLD: "permanent"}, (on_node, out, err)
+            assert "upload" in err or "upload" in out, (out, err)
+            return
         assert client.returncode == FAILED_CHANGED, (client.returncode, out, err)
         op = json.loads(out)["operation"]
         assert op["outcome"] == "interrupted", op

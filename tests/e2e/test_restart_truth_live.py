@@ -264,6 +264,24 @@ def step_states(op: dict[str, Any]) -> dict[str, str]:
     return {s["name"]: s["state"] for s in op["steps"]}
 
 
+def detail(op: dict[str, Any], name: str) -> str:
+    return str(next(s["detail"] for s in op["steps"] if s["name"] == name))
+
+
+def nothing_staged_left(root: Path) -> None:
+    """No extraction of an upload (issue 24: made as it arrived) nor of an operation is left
+    in the root once the command ended: used and moved, taken back, or removed with the
+    unused upload (that removal runs in the agent's background: waited for)."""
+    def clean() -> bool:
+        return not [p for p in root.iterdir() if p.name.startswith((".relctl-upload-",
+                                                                    ".relctl-unpack-"))]
+    eventually(clean, timeout=10, what=f"no .relctl-upload-* or .relctl-unpack-* in {root}")
+
+
+ONE_PASS = " as the upload arrived ("  # stage: the extraction made as the upload arrived, moved
+MD5S = "md5s compared in the agent)"  # verify: loaded code compared with the beams in the agent
+
+
 def test_after_every_operation_the_releases_own_script_boots_the_permanent_release(
         kind: Kind, agents: list[AgentProc], tmp_path: Path) -> None:
     seq = Sequence(kind, agents, tmp_path)
@@ -273,6 +291,8 @@ def test_after_every_operation_the_releases_own_script_boots_the_permanent_relea
 
     code, op = seq.run("upgrade", "0.0.2", "--tarball", tarball, "--dry-run")
     assert (code, op["outcome"]) == (0, "dry_run"), op
+    assert ONE_PASS in detail(op, "stage"), detail(op, "stage")
+    nothing_staged_left(seq.node.root)
     seq.restart("--dry-run", op, "0.0.1")
 
     refused = erts_variant(kind.tarball, tmp_path / "erts-99.tar.gz")
@@ -280,6 +300,7 @@ def test_after_every_operation_the_releases_own_script_boots_the_permanent_relea
     assert (code, op["outcome"]) == (1, "failed_unchanged"), op
     assert "ERTS 99.0.0" in op["error"], op["error"]
     assert [s["name"] for s in op["steps"]] == ["preflight"], op["steps"]
+    nothing_staged_left(seq.node.root)  # extracted as it arrived, never used: removed
     seq.restart("refused (ERTS 99.0.0)", op, "0.0.1")
 
     other = renamed_variant(kind.tarball, tmp_path / "other.tar.gz", kind.app)
@@ -295,6 +316,8 @@ def test_after_every_operation_the_releases_own_script_boots_the_permanent_relea
     assert step_states(op)["preflight"] == "succeeded" and step_states(op)["check"] == \
         "failed", op["steps"]
     assert "relctl_missing_module" in op["error"], op["error"]
+    assert ONE_PASS in detail(op, "stage"), detail(op, "stage")
+    nothing_staged_left(seq.node.root)
     seq.restart("failed check", op, "0.0.1")
 
     seq.use_agent([FAILING_HOOK])
@@ -308,8 +331,13 @@ def test_after_every_operation_the_releases_own_script_boots_the_permanent_relea
     seq.use_agent([])
     code, op = seq.run("upgrade", "0.0.2", "--tarball", tarball)
     assert (code, op["outcome"]) == (0, "succeeded"), op
+    # The rollback left 0.0.2 unpacked: the upload (extracted as it arrived) is not needed.
+    assert detail(op, "stage") == "0.0.2 is already unpacked", detail(op, "stage")
+    assert detail(op, "verify").split("; ")[2].endswith(MD5S), detail(op, "verify")
+    nothing_staged_left(seq.node.root)
     seq.restart("upgrade", op, "0.0.2")
 
     code, op = seq.run("downgrade", "0.0.1")
     assert (code, op["outcome"]) == (0, "succeeded"), op
+    assert detail(op, "verify").split("; ")[2].endswith(MD5S), detail(op, "verify")
     seq.restart("downgrade", op, "0.0.1")

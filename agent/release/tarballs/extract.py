@@ -300,16 +300,19 @@ def _make_dirs(path: Path, tree: Path, name: str) -> bool:
             made = True
         except FileExistsError:
             mode = os.lstat(current).st_mode
-            if stat.S_ISLNK(mode):  # the words of check.py's own check, which comes later
-                raise TarballError(f"{path}: member {name!r} lies under the symlink "
-                                   f"{str(current.relative_to(tree))!r}, so unpacking it would "
-                                   "write through the link; rebuild the tarball without it"
-                                   ) from None
-            if not stat.S_ISDIR(mode):
-                raise TarballError(f"{path}: member {name!r} lies under "
-                                   f"{current.relative_to(tree)}, which the tarball made a "
-                                   "file; rebuild the tarball without it") from None
-            made = False
+            if stat.S_ISDIR(mode):
+                made = False
+                continue
+            within = str(current.relative_to(tree))
+            if current != tree / name and stat.S_ISLNK(mode):
+                # The words of check.py's own check, which would refuse it at the end.
+                raise TarballError(f"{path}: member {name!r} lies under the symlink {within!r}, "
+                                   "so unpacking it would write through the link; rebuild the "
+                                   "tarball without it") from None
+            kind = "symlink" if stat.S_ISLNK(mode) else "file"
+            raise TarballError(f"{path}: member {name!r} needs {within} to be a directory, "
+                               f"where the tarball made a {kind}; rebuild the tarball without "
+                               "one of them") from None
     return made
 
 

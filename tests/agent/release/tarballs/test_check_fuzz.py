@@ -18,7 +18,9 @@ import io
 import os
 import posixpath
 import re
+import shutil
 import struct
+import tempfile
 import tarfile
 import time
 import zlib
@@ -32,6 +34,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, example, g
 from hypothesis import strategies as st
 
 from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
+from agent.release.tarballs.extract import WriteFailed, extract_arriving
 from agent.relfile import parse_rel
 from tests.tools.settings import MAX_UPLOAD
 
@@ -154,6 +157,35 @@ def outcome(path: Path, data: bytes, **options: Any) -> ReleaseTarball | Tarball
     return found
 
 
+def both(path: Path, data: bytes, **options: Any) -> None:
+    """outcome(), and the pass that extracts as an upload arrives (extract_arriving) on the same
+    bytes: it refuses what inspect_tarball refuses, and finds what it finds. It may refuse more
+    (what only writing shows: a member below one the tarball made a file, a directory where it
+    made a link; a name the file system refuses), never less."""
+    found = outcome(path, data, **options)
+    version = options.get("expected_version") or (
+        found.version if isinstance(found, ReleaseTarball) else None)
+    if version is None:
+        return
+    root = Path(tempfile.mkdtemp(dir=path.parent))
+    try:
+        (root / "x").mkdir()
+        with open(path, "rb") as source:
+            contents, _ = extract_arriving(source, path, root / "x", root, version=version)
+    except (TarballError, WriteFailed) as exc:
+        only_writing = isinstance(exc, WriteFailed) or "where the tarball made a" in str(exc)
+        assert isinstance(found, TarballError) or only_writing, (found, exc)
+        if isinstance(exc, TarballError):
+            assert str(exc).startswith(f"{path}: ")
+        note("refused when extracting too" if isinstance(found, TarballError)
+             else "refused only when extracting")
+        return
+    finally:
+        shutil.rmtree(root)
+    assert isinstance(found, ReleaseTarball), (found, contents)
+    assert contents.tarball(path, found.size, found.sha256) == found
+
+
 def note(what: str) -> None:
     """Count an outcome in --hypothesis-show-statistics (plain tests use outcome() too)."""
     if currently_in_test_context():
@@ -205,7 +237,7 @@ def test_hostile_members(tmp_path: Path, base: Callable[[], list[Member]], extra
     except (ValueError, UnicodeEncodeError, struct.error):
         event("tarfile cannot write it")
         return  # tarfile cannot write that member in that format: not an input
-    outcome(tmp_path / "t.tar.gz", gzip.compress(raw, mtime=0), expected_version=version)
+    both(tmp_path / "t.tar.gz", gzip.compress(raw, mtime=0), expected_version=version)
 
 
 # --- bytes: arbitrary, and damaged at the tar and gzip layers -----------------------------------
@@ -218,7 +250,7 @@ def test_arbitrary_bytes(tmp_path: Path, data: bytes, wrap: str) -> None:
         data = gzip.compress(data)
     elif wrap == "tar-prefix":  # a valid start, then anything
         data = gzip.compress(VALID_TAR[:BLOCK * 3] + data)
-    outcome(tmp_path / "t.tar.gz", data)
+    both(tmp_path / "t.tar.gz", data)
 
 
 FIELDS = {"name": (0, 100), "mode": (100, 8), "size": (124, 12), "type": (156, 1), "linkname": (157, 100),
@@ -244,7 +276,7 @@ def test_header_fields_with_valid_checksums(tmp_path: Path, edits: list[tuple[in
         raw[offset + start:offset + start + width] = value[:width].ljust(width, b"\0")
         if keep_checksum_valid:
             raw[offset:offset + BLOCK] = with_checksum(raw[offset:offset + BLOCK])
-    outcome(tmp_path / "t.tar.gz", gzip.compress(bytes(raw)))
+    both(tmp_path / "t.tar.gz", gzip.compress(bytes(raw)))
 
 
 @settings(max_examples=examples(300), **FUZZ)
@@ -262,7 +294,7 @@ def test_whole_blocks_dropped_repeated_swapped(tmp_path: Path, ops: list[tuple[s
             blocks[a], blocks[b] = blocks[b], blocks[a]
         else:
             blocks[a] = bytes(BLOCK)
-    outcome(tmp_path / "t.tar.gz", gzip.compress(b"".join(blocks)))
+    both(tmp_path / "t.tar.gz", gzip.compress(b"".join(blocks)))
 
 
 GZIP_FLAGS = {"FHCRC": 2, "FEXTRA": 4, "FNAME": 8, "FCOMMENT": 16, "reserved": 32}
@@ -293,7 +325,7 @@ def test_gzip_headers_and_trailers(tmp_path: Path, flags: set[str], field: bytes
         trailer = struct.pack("<II", zlib.crc32(VALID_TAR), len(VALID_TAR) + 1)
     elif tail == "more":
         trailer += gzip.compress(field)  # a second gzip member
-    outcome(tmp_path / "t.tar.gz", header + body + trailer)
+    both(tmp_path / "t.tar.gz", header + body + trailer)
 
 
 # --- pax headers: the records tarfile parses with regular expressions --------------------------
@@ -332,7 +364,7 @@ def test_pax_headers(tmp_path: Path, body: bytes, kind: bytes, where: int) -> No
     at = min(where, len(relx_release())) * 2 * BLOCK % (len(release) - 2 * BLOCK)
     at -= at % BLOCK
     raw = release[:at] + pax_header(body, kind) + release[at:]
-    outcome(tmp_path / "t.tar.gz", gzip.compress(raw))
+    both(tmp_path / "t.tar.gz", gzip.compress(raw))
 
 
 # --- explicit malicious archives ----------------------------------------------------------------

@@ -11,11 +11,28 @@ from pathlib import Path
 
 import pytest
 
-from agent.release.tarballs.check import ReleaseTarball, TarballError, inspect_tarball
-from agent.release.tarballs.extract import extract, place, why_not_write
-from tests.tools.settings import MAX_UPLOAD
-
+from agent.release.tarballs.check import (
+    MAX_MEMBERS,
+    MAX_UNPACKED,
+    Contents,
+    ReleaseTarball,
+    TarballError,
+    inspect_tarball,
+    read_members,
+)
+from agent.release.tarballs.extract import (
+    TREE,
+    UNPACK_PREFIX,
+    Extracted,
+    adopt,
+    extract,
+    extract_arriving,
+    place,
+    why_not_write,
+)
+from agent.release.tarballs.stream import Limits
 from tests.tools.needs import needs_root
+from tests.tools.settings import MAX_UPLOAD
 
 REL = (b'{release, {"counter", "0.0.2"}, {erts, "13.1.5"}, '
        b'[{kernel, "8.5.3"}, {counter, "0.0.2"}]}.')
@@ -133,3 +150,103 @@ def test_a_root_of_another_user_not_shared_names_users_and_groups(root: Path) ->
     assert why is not None and why.startswith(f"{root} belongs to user nobody and group "), why
     assert "(mode 0755)" in why and "the agent runs as user root in groups" in why, why
     assert "chmod 2775" in why and "uid" not in why.replace("SupplementaryGroups", ""), why
+
+
+# --- one pass: checked and extracted as an upload arrives (issue 24) --------------------------
+
+def tree_of(base: Path) -> dict[str, bytes | str]:
+    """Every file (its bytes) and dir ("dir") under ``base``, by relative path."""
+    return {str(p.relative_to(base)): (p.read_bytes() if p.is_file() else "dir")
+            for p in sorted(base.rglob("*"))}
+
+
+def arriving(tarball: ReleaseTarball, root: Path, name: str = ".relctl-upload-1"
+             ) -> tuple[Contents, Extracted]:
+    tmp = root / name
+    tmp.mkdir()
+    with open(tarball.path, "rb") as source:
+        return extract_arriving(source, tarball.path, tmp, root, version=tarball.version)
+
+
+@pytest.mark.parametrize("layout", ["systools", "relx"])
+def test_extracting_as_it_arrives_checks_and_makes_what_extract_makes(
+        root: Path, tmp_path: Path, layout: str) -> None:
+    tarball = systools(tmp_path) if layout == "systools" else inspect_tarball(make_tarball(
+        tmp_path / "relx.tar.gz", {"releases/0.0.2/counter.rel": REL,
+                                   "lib/kernel-8.5.3/ebin/kernel.app": b"the tarball's",
+                                   "lib/counter-0.0.2/ebin/counter.beam": b"beam"}),
+        max_size=MAX_UPLOAD)
+    contents, ahead = arriving(tarball, root)
+    # What the validation alone finds, from the same single pass.
+    assert contents.tarball(tarball.path, tarball.size, tarball.sha256) == tarball
+    staged = extract(tarball, root)
+    assert (ahead.written, ahead.kept) == (staged.written, staged.kept)
+    assert tree_of(ahead.tmp / TREE) == tree_of(staged.tmp / TREE)
+    assert ahead.kept_in_root == ("lib/kernel-8.5.3/ebin/kernel.app",)
+    assert ahead.rel_file == (ahead.tmp / "counter.rel" if layout == "relx"
+                              else root / "releases/0.0.2/counter-0.0.2.rel")
+
+
+def test_an_extraction_made_ahead_is_moved_for_the_operation_in_one_rename(
+        root: Path, tmp_path: Path) -> None:
+    tarball = inspect_tarball(make_tarball(tmp_path / "relx.tar.gz", {
+        "releases/0.0.2/counter.rel": REL, "lib/counter-0.0.2/ebin/counter.beam": b"beam"}),
+        max_size=MAX_UPLOAD)
+    _, ahead = arriving(tarball, root)
+    files = tree_of(ahead.tmp)
+    moved = adopt(ahead, root)
+    assert moved is not None and not ahead.tmp.exists()
+    assert moved.tmp.parent == root and moved.tmp.name.startswith(UNPACK_PREFIX)
+    assert moved.rel_file == moved.tmp / "counter.rel" and tree_of(moved.tmp) == files
+    placed = place(moved, root, "0.0.2")
+    assert [p.relative_to(root) for p in placed.paths] == [
+        Path("lib/counter-0.0.2"), Path("releases/0.0.2")]
+
+
+def test_an_extraction_made_ahead_is_not_used_once_the_root_lost_what_it_kept(
+        root: Path, tmp_path: Path) -> None:
+    """keep_old_files was decided when the upload arrived: a file the root had then and has
+    no more would be missing from the release, so the operation extracts again."""
+    _, ahead = arriving(systools(tmp_path), root)
+    (root / "lib/kernel-8.5.3/ebin/kernel.app").unlink()
+    assert adopt(ahead, root) is None
+    assert ahead.tmp.is_dir()  # still the upload's: it removes it
+    assert adopt(ahead, tmp_path / "another-root") is None
+
+
+class CountingFile:
+    """A file that counts the bytes read from it (the compressed stream)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by the test
+        self.read_bytes = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._file.read(size)
+        self.read_bytes += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def test_one_pass_decompresses_the_tarball_once(tmp_path: Path) -> None:
+    """The end check steps back one block and sys.config is read as it passes: before, each
+    made gzip decompress the whole tarball again from its start."""
+    path = make_tarball(tmp_path / "sys.tar.gz", {
+        "releases/counter-0.0.2.rel": REL, "releases/0.0.2/sys.config": b"[].",
+        "lib/counter-0.0.2/ebin/big.beam": os.urandom(3 * 1024**2)})
+    raw = CountingFile(path)
+    try:
+        contents = read_members(path, raw, Limits(MAX_MEMBERS, MAX_UNPACKED),
+                                expected_version="0.0.2")
+    finally:
+        raw.close()
+    assert contents.sys_config == b"[]."
+    assert raw.read_bytes <= path.stat().st_size

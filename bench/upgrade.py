@@ -8,7 +8,8 @@
   - release_handler's own time: the same release_handler calls, each timed by timer:tc inside
     the node.
 The agent's overhead is its operations' durations (from the journal; the upload is a separate
-RPC, excluded) minus release_handler's own time. Also measured: `relctl upgrade` of a release
+RPC, excluded) minus release_handler's own time; the agent's time is also printed by step (the
+journal's step durations, medians; release_handler's calls inside them marked). Also measured: `relctl upgrade` of a release
 unpacked ahead with `relctl unpack`. Between cycles `relctl remove 0.0.2` resets the node
 (not timed). Goals (issue 4): relctl <= 0.75x the escript; agent overhead <= 10 ms.
 And the node's own time to make the release unpacked (issue 16), each timed by timer:tc inside
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -88,12 +90,13 @@ class Bench:
         ops: list[dict[str, Any]] = json.loads(out)["operations"]
         return ops
 
-    def relctl_cycle(self) -> tuple[float, float, float]:
+    def relctl_cycle(self) -> tuple[float, float, float, list[dict[str, Any]]]:
         up, _ = run([*self.relctl, "upgrade", "0.0.2", "--tarball", str(self.tarball)], self.env)
         down, _ = run([*self.relctl, "downgrade", "0.0.1"], self.env)
         ops = self.last_ops(2)
         self.reset()
-        return up + down, sum(op_seconds(o) for o in ops), sum(own_seconds(o) for o in ops)
+        return (up + down, sum(op_seconds(o) for o in ops), sum(own_seconds(o) for o in ops),
+                ops)
 
     def escript(self, mode: str) -> tuple[float, str]:
         up = run(["escript", str(ESCRIPT), self.target.name, mode, "upgrade", "0.0.2",
@@ -152,12 +155,19 @@ def main() -> None:
         bench.relctl_cycle()  # warm up both paths once
         bench.escript("relx")
         rows: list[dict[str, float]] = []
+        by_step: dict[tuple[str, str], list[float]] = defaultdict(list)
         print(f"{'round':>5} {'relctl s':>9} {'escript s':>10} {'ratio':>6} "
               f"{'agent ops ms':>13} {'rh own ms':>10} {'ops-rh ms':>10} {'own ms':>7} "
               f"{'ahead: relctl ms':>17} {'op ms':>7} {'node: unp ms':>10} {'set ms':>8} "
               f"{'agent ms':>8}")
         for rnd in range(1, args.rounds + 1):
-            r_total, r_ops, own = bench.relctl_cycle()
+            r_total, r_ops, own, ops = bench.relctl_cycle()
+            for op in ops:
+                for s in op["steps"]:
+                    if s["duration_ms"] is not None:
+                        by_step[(op["kind"], s["name"])].append(s["duration_ms"])
+                by_step[(op["kind"], "(outside the steps)")].append(
+                    op_seconds(op) * 1e3 - sum(s["duration_ms"] or 0.0 for s in op["steps"]))
             e_total, _ = bench.escript("relx")
             rh = bench.release_handler_seconds()
             ahead_total, ahead_op = bench.unpacked_ahead()
@@ -191,6 +201,24 @@ def main() -> None:
               f"({med['set_unpacked'] / med['unpack_release']:.3f}x; goal: at most 0.1x)")
         print(f"  the agent's extract + place:      {med['agent_extract'] * 1e3:8.1f} ms "
               "(the same tarball, in the agent, off the node)")
+        print_steps(by_step)
+
+
+def print_steps(by_step: dict[tuple[str, str], list[float]]) -> None:
+    """The agent's time by step of relctl's upgrade and downgrade (journal, medians): a step
+    marked * is one release_handler call, whose own time is most of it."""
+    outside = "(outside the steps)"
+    names = [name for kind in ("upgrade", "downgrade") for k, name in by_step
+             if k == kind and name != outside]
+    names = [*dict.fromkeys(names), outside]
+    print("\nthe agent's time by step (median ms; * = one release_handler call inside):")
+    print(f"  {'step':<22} {'upgrade':>9} {'downgrade':>10}")
+    for name in names:
+        cells = [f"{statistics.median(by_step[(kind, name)]):9.1f}"
+                 if by_step.get((kind, name)) else f"{'-':>9}"
+                 for kind in ("upgrade", "downgrade")]
+        mark = "*" if name in RH_STEPS else " "
+        print(f"  {name + mark:<22} {cells[0]} {cells[1]:>10}")
 
 
 if __name__ == "__main__":

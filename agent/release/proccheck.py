@@ -33,6 +33,7 @@ ours is loaded there).
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -213,10 +214,30 @@ class OldCodeProcess:
                 + f" started by {self.initial_call}")
 
 
+# The checks' expressions as the node parsed them, by node connection: scanning and parsing
+# them again at every verify cost the node more than evaluating them (2 to 10 ms each). The
+# forms are plain terms; a node restarted on another OTP may answer them differently, so an
+# evaluation of remembered forms that fails is tried once more from the text.
+_PARSED: weakref.WeakKeyDictionary[Caller, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 async def evaluate(node: Caller, expr: str, bindings: Sequence[tuple[Atom, Any]], *,
                    timeout: float) -> Any:
     """The value of Erlang ``expr`` evaluated on the node with ``bindings``."""
+    known = _PARSED.setdefault(node, {})
+    forms = known.pop(expr, None)
     try:
+        if forms is not None:
+            try:
+                value = await node.call("erl_eval", "exprs", [forms, list(bindings)],
+                                        timeout=timeout)
+            except BadRpc:
+                forms = None
+            else:
+                if _evaluated(value):
+                    known[expr] = forms
+                    return value[1]
+                forms = None
         scanned = await node.call("erl_scan", "string", [expr], timeout=timeout)
         if not (isinstance(scanned, tuple) and scanned[0] == Atom("ok")):
             raise CheckFailed(f"the node could not scan the check: {term_text(scanned)}")
@@ -227,9 +248,14 @@ async def evaluate(node: Caller, expr: str, bindings: Sequence[tuple[Atom, Any]]
                                 timeout=timeout)
     except BadRpc as exc:
         raise CheckFailed(f"the check crashed on the node: {term_text(exc.reason)}") from None
-    if not (isinstance(value, tuple) and len(value) == 3 and value[0] == Atom("value")):
+    if not _evaluated(value):
         raise CheckFailed(f"the check returned {term_text(value)}")
+    known[expr] = parsed[1]
     return value[1]
+
+
+def _evaluated(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 3 and value[0] == Atom("value")
 
 
 def _name(value: Any) -> str:

@@ -307,6 +307,12 @@ def code_check(report: Any) -> list[Expect]:
             answer("erl_eval:exprs", ANY, (Atom("value"), report, []))]
 
 
+def evaluated(value: Any) -> list[Expect]:
+    """A check the node parsed before (agent/release/proccheck.py keeps the forms of each
+    expression per node): only evaluated, ``value`` being what it evaluates to."""
+    return [answer("erl_eval:exprs", ANY, (Atom("value"), value, []))]
+
+
 def code_report(counter: str, *problems: tuple[str, str, str], mode: str = "embedded",
                 root: str = "/srv/counter") -> tuple[Any, ...]:
     """A code check's value for a counter release: {Mode, [{App, Vsn, LibDir, Modules,
@@ -318,9 +324,11 @@ def code_report(counter: str, *problems: tuple[str, str, str], mode: str = "embe
     return (Atom(mode), entries)
 
 
-def code_matches(counter: str) -> list[Expect]:
+def code_matches(counter: str, *, parsed: bool = False) -> list[Expect]:
     """The code check of a node that runs all of counter ``counter``'s code, then the process
     checks (agent/release/proccheck.py) finding nothing: no child of the supervision tree a
-    boot would not give, no process on old code, no fun of old code in a process's state."""
-    return [*code_check(code_report(counter)), *code_check([]), *code_check([]),
-            *code_check([])]
+    boot would not give, no process on old code, no fun of old code in a process's state
+    (``parsed``: the node parsed those three before, in this operation)."""
+    process_check = evaluated if parsed else code_check
+    return [*code_check(code_report(counter)), *process_check([]), *process_check([]),
+            *process_check([])]

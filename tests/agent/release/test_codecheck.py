@@ -22,13 +22,17 @@ from agent.release.codecheck import (
     problem_text,
     verify_running,
 )
-from bridge import Atom, Pid
+from agent.release.proccheck import tree_problems
+from bridge import Atom, BadRpc, Pid
 from tests.agent.release.scripted import (
+    ANY,
     OK,
     ScriptedNode,
     answer,
     code_check,
     code_report,
+    evaluated,
+    fail,
     which_releases,
 )
 
@@ -183,9 +187,11 @@ async def test_verify_running_names_children_a_boot_would_not_give_and_old_code_
         which_releases(("0.0.4", "permanent")), *code_check(code_report("0.0.4")),
         *code_check([(a("not_started"), a("counter_sup"), a("ticker"), [a("counter_sp")]),
                      (a("module_gone"), a("counter_sup"), a("extra"), [a("counter_extra")])]),
-        # Still there on each of the three looks: not a process passing through old code.
-        *[e for _ in range(3) for e in code_check([(sp, a("counter_sp"), a("counter_sp"),
-                                                     (a("counter_sp"), a("init"), 1))])],
+        # Still there on each of the three looks: not a process passing through old code
+        # (parsed once: the node's forms are kept for the next looks).
+        *code_check([(sp, a("counter_sp"), a("counter_sp"), (a("counter_sp"), a("init"), 1))]),
+        *[e for _ in range(2) for e in evaluated([(sp, a("counter_sp"), a("counter_sp"),
+                                                    (a("counter_sp"), a("init"), 1))])],
         *code_check([(sp, a("counter_sp"), a("counter_sp"), (a("counter_sp"), a("init"), 1))])])
     found = await verify_running(node, timeout=1.0)
     assert found.report.ok
@@ -212,3 +218,16 @@ async def test_verify_running_on_a_node_without_a_release_says_so() -> None:
     node = ScriptedNode([which_releases()])
     with pytest.raises(NodeFault, match="runs no release known to release_handler"):
         await verify_running(node, timeout=1.0)
+
+
+async def test_a_check_is_parsed_once_per_node_and_again_when_its_forms_fail() -> None:
+    """Scanning and parsing a check costs the node more than evaluating it: the forms are kept
+    per node; forms the node no longer evaluates (restarted on another OTP) are parsed again."""
+    node = ScriptedNode([*code_check([]), *evaluated([]),
+                         fail("erl_eval:exprs", ANY, BadRpc(a("undef"))), *code_check([])])
+    for _ in range(3):
+        assert await tree_problems(node, ["counter"], timeout=1.0) == []
+    node.assert_done()
+    other = ScriptedNode(code_check([]))  # another node parses it for itself
+    assert await tree_problems(other, ["counter"], timeout=1.0) == []
+    other.assert_done()

@@ -2,9 +2,10 @@
 known in the agent (beams.py: computed when the agent extracted the release, or once from its
 files), so the node is only asked what it has loaded, and the agent compares.
 
-One round trip asks the node, all in compiled code (no erl_eval): each application's ``.app``
-(``file:consult``, the module lists the check goes by), the mode, and ``code:is_loaded`` of
-every module; a second one the md5 of the loaded ones (``erlang:get_module_info(M, md5)``).
+The module lists the check goes by are the ``.app`` files' (appfile.py reads them in the
+agent; one it cannot read as file:consult would is asked of the node). One round trip asks the
+node, in compiled code (no erl_eval), the mode and ``code:is_loaded`` of every module; a second
+one the md5 of the loaded ones (``erlang:get_module_info(M, md5)``).
 It says yes only where codecheck.py's check on the node would: every module the ``.app`` files
 list is preloaded, or loaded with its beam's md5, or loaded from a dir before the release's
 ebin on the code path with that file's md5 (a mix release's consolidated protocols). Anything
@@ -17,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bridge import Atom, BadRpc, Export
 
+from .appfile import APP_FILES
 from .beams import BEAMS
 from .codecheck import AppCode, CodeReport
 from .values import Caller
@@ -34,15 +37,23 @@ def _fun(module: str, function: str, arity: int) -> Export:
     return Export(Atom(module), Atom(function), arity)
 
 
-def _beams(root: str, apps: Sequence[tuple[str, str]]) -> dict[str, dict[str, bytes | None]] | None:
-    """app -> module -> md5 of the beams in each ROOT/lib/APP-VSN/ebin; None if one is missing."""
-    found = {}
+@dataclass(frozen=True)
+class _Disk:
+    beams: dict[str, dict[str, bytes | None]]  # app -> module -> md5 of its beam
+    listed: dict[str, list[str] | None]        # app -> the modules its .app lists (None: unread)
+
+
+def _disk(root: str, apps: Sequence[tuple[str, str]]) -> _Disk | None:
+    """What ROOT/lib/APP-VSN/ebin holds for each app; None when one cannot be listed."""
+    beams, listed = {}, {}
     for name, vsn in apps:
-        ebin = BEAMS.ebin(os.path.join(root, "lib", f"{name}-{vsn}", "ebin"))
-        if ebin is None:
+        ebin = os.path.join(root, "lib", f"{name}-{vsn}", "ebin")
+        found = BEAMS.ebin(ebin)
+        if found is None:
             return None
-        found[name] = ebin
-    return found
+        beams[name] = found
+        listed[name] = APP_FILES.modules(os.path.join(ebin, f"{name}.app"))
+    return _Disk(beams, listed)
 
 
 def _modules(consulted: Any) -> list[str] | None:
@@ -65,24 +76,22 @@ async def loaded_matches(node: Caller, root: str, apps: Sequence[tuple[str, str]
                          timeout: float) -> CodeReport | None:
     """The report of a node that runs all of the release's code, from what it has loaded; None
     when that is not what it shows (or cannot be told here): then ask check_code."""
-    disk = await asyncio.to_thread(_beams, root, apps)
-    if disk is None:
+    read = await asyncio.to_thread(_disk, root, apps)
+    if read is None:
         return None
+    disk = read.beams
     libs = {name: os.path.join(root, "lib", f"{name}-{vsn}") for name, vsn in apps}
     names = sorted({m for mods in disk.values() for m in mods})
     try:
-        consulted, mode, loaded = await asyncio.gather(
-            node.call("lists", "map", [_fun("file", "consult", 1),
-                                       [os.path.join(libs[n], "ebin", f"{n}.app")
-                                        for n, _ in apps]], timeout=timeout),
+        mode, loaded, app_modules = await asyncio.gather(
             node.call("code", "get_mode", [], timeout=timeout),
             node.call("lists", "map", [_fun("code", "is_loaded", 1),
-                                       [Atom(m) for m in names]], timeout=timeout))
+                                       [Atom(m) for m in names]], timeout=timeout),
+            _listed(node, libs, read.listed, timeout=timeout))
     except BadRpc:
         return None
-    if not (isinstance(consulted, list) and len(consulted) == len(apps)
-            and isinstance(loaded, list) and len(loaded) == len(names)
-            and isinstance(mode, Atom)):
+    if not (isinstance(loaded, list) and len(loaded) == len(names) and isinstance(mode, Atom)
+            and app_modules is not None):
         return None
     where: dict[str, str | None] = {}  # module -> the file it was loaded from (None: preloaded)
     for module, state in zip(names, loaded, strict=True):
@@ -93,8 +102,8 @@ async def loaded_matches(node: Caller, root: str, apps: Sequence[tuple[str, str]
                 where[module] = state[1]
     listed: list[tuple[str, str, bytes | None]] = []  # (app, module, the beam's md5)
     counts: list[int] = []
-    for (name, _), answer in zip(apps, consulted, strict=True):
-        mods = _modules(answer)
+    for name, _ in apps:
+        mods = app_modules[name]
         if mods is None or not all(m in disk[name] and m in where for m in mods):
             return None  # no .app, a module without a beam, or one not loaded: the node says
         listed += [(name, m, disk[name][m]) for m in mods if where[m] is not None]
@@ -117,6 +126,20 @@ async def loaded_matches(node: Caller, root: str, apps: Sequence[tuple[str, str]
     return CodeReport(mode.name, tuple(
         AppCode(name, vsn, libs[name], count, 0, ())
         for (name, vsn), count in zip(apps, counts, strict=True)))
+
+
+async def _listed(node: Caller, libs: dict[str, str], read: dict[str, list[str] | None], *,
+                  timeout: float) -> dict[str, list[str] | None] | None:
+    """The modules of each app's .app: as read in the agent, else as the node consults it."""
+    unread = [name for name, mods in read.items() if mods is None]
+    if not unread:
+        return read
+    consulted = await node.call("lists", "map", [_fun("file", "consult", 1), [
+        os.path.join(libs[name], "ebin", f"{name}.app") for name in unread]], timeout=timeout)
+    if not (isinstance(consulted, list) and len(consulted) == len(unread)):
+        return None
+    return {**read, **{name: _modules(answer)
+                       for name, answer in zip(unread, consulted, strict=True)}}
 
 
 async def _earlier_with_same_code(node: Caller, libs: dict[str, str],

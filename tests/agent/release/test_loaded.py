@@ -21,9 +21,16 @@ pytestmark = pytest.mark.otp  # the beams are the host OTP's
 APPS = [("stdlib", "4.2"), ("counter", "0.0.2")]
 
 
+def write_app(root: Path, lib: str, name: str, modules: list[str]) -> None:
+    (root / "lib" / lib / "ebin" / f"{name}.app").write_text(
+        f"%% the {name} application\n{{application, {name},\n [{{description, \"{name}, 1.0\"}},"
+        f" {{vsn, \"1\"}}, {{modules, [{', '.join(modules)}]}},\n  {{env, [{{k, #{{a => <<\"b\">>}}}}]}}]}}.\n")
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    """lib/stdlib-4.2 with lists and maps, lib/counter-0.0.2 with counter (a copy of queue)."""
+    """lib/stdlib-4.2 with lists and maps, lib/counter-0.0.2 with counter (a copy of queue),
+    and their .app files."""
     [stdlib] = otp_lib().glob("stdlib-*/ebin")
     for app, beams in (("stdlib-4.2", {"lists": "lists", "maps": "maps"}),
                        ("counter-0.0.2", {"counter": "queue"})):
@@ -31,6 +38,8 @@ def root(tmp_path: Path) -> Path:
         ebin.mkdir(parents=True)
         for name, source in beams.items():
             shutil.copyfile(stdlib / f"{source}.beam", ebin / f"{name}.beam")
+    write_app(tmp_path, "stdlib-4.2", "stdlib", ["lists", "maps"])
+    write_app(tmp_path, "counter-0.0.2", "counter", ["counter"])
     return tmp_path
 
 
@@ -49,17 +58,14 @@ def loaded_from(root: Path, app: str, module: str) -> tuple[Atom, str]:
     return (Atom("file"), str(root / "lib" / app / "ebin" / f"{module}.beam"))
 
 
-def script(root: Path, *, loaded: list[Any] | None = None, md5s: list[Any] | None = None,
-           counter_modules: tuple[str, ...] = ("counter",)) -> list[Any]:
-    """The first round trip (.app files, mode, what is loaded; modules sorted: counter,
-    lists, maps) and the md5s of the loaded ones."""
+def script(root: Path, *, loaded: list[Any] | None = None, md5s: list[Any] | None = None
+           ) -> list[Any]:
+    """The first round trip (the mode, what is loaded; modules sorted: counter, lists, maps)
+    and the md5s of the loaded ones; the .app files are read in the agent."""
     loaded = loaded if loaded is not None else [
         loaded_from(root, "counter-0.0.2", "counter"), loaded_from(root, "stdlib-4.2", "lists"),
         loaded_from(root, "stdlib-4.2", "maps")]
-    steps = [answer("lists:map", ANY, [app_file("stdlib", ["lists", "maps"]),
-                                       app_file("counter", list(counter_modules))]),
-             answer("code:get_mode", [], Atom("embedded")),
-             answer("lists:map", ANY, loaded)]
+    steps = [answer("code:get_mode", [], Atom("embedded")), answer("lists:map", ANY, loaded)]
     if md5s is not None:
         steps.append(answer("lists:zipwith", ANY, md5s))
     return steps
@@ -80,10 +86,7 @@ async def test_a_node_that_runs_every_beam_passes_in_two_round_trips(root: Path)
     assert [(a.app, a.vsn, a.lib_dir, a.modules) for a in report.apps] == [
         ("stdlib", "4.2", f"{root}/lib/stdlib-4.2", 2),
         ("counter", "0.0.2", f"{root}/lib/counter-0.0.2", 1)]
-    consult, _, is_loaded, zipwith = node.calls
-    assert consult.args == [Export(Atom("file"), Atom("consult"), 1),
-                            [f"{root}/lib/stdlib-4.2/ebin/stdlib.app",
-                             f"{root}/lib/counter-0.0.2/ebin/counter.app"]]
+    _, is_loaded, zipwith = node.calls
     assert is_loaded.args == [Export(Atom("code"), Atom("is_loaded"), 1),
                               [Atom("counter"), Atom("lists"), Atom("maps")]]
     assert zipwith.args == [Export(Atom("erlang"), Atom("get_module_info"), 2),
@@ -110,9 +113,26 @@ async def test_a_module_not_loaded_is_left_to_the_nodes_check(root: Path) -> Non
 
 async def test_a_module_the_app_lists_without_a_beam_is_left_to_the_nodes_check(
         root: Path) -> None:
-    node = ScriptedNode(script(root, counter_modules=("counter", "counter_gone")))
+    write_app(root, "counter-0.0.2", "counter", ["counter", "counter_gone"])
+    node = ScriptedNode(script(root))
     assert await loaded_matches(node, str(root), APPS, timeout=5) is None
     node.assert_done()
+
+
+async def test_an_app_file_the_agent_does_not_read_is_consulted_on_the_node(
+        root: Path) -> None:
+    app = root / "lib" / "counter-0.0.2" / "ebin" / "counter.app"
+    app.write_text('{application, counter, [{description, "two" "strings"}, '
+                   '{modules, [counter]}]}.\n')  # adjacent strings: not read here
+    node = ScriptedNode([*script(root), answer("lists:map", ANY, [app_file("counter",
+                                                                          ["counter"])]),
+                         answer("lists:zipwith", ANY, [md5(root, "stdlib-4.2", "lists"),
+                                                       md5(root, "stdlib-4.2", "maps"),
+                                                       md5(root, "counter-0.0.2", "counter")])])
+    report = await loaded_matches(node, str(root), APPS, timeout=5)
+    node.assert_done()
+    assert report is not None and report.modules == 3
+    assert node.calls[2].args == [Export(Atom("file"), Atom("consult"), 1), [str(app)]]
 
 
 async def test_other_code_loaded_from_the_release_ebin_is_left_to_the_nodes_check(

@@ -44,15 +44,19 @@ class _Disk:
 
 
 def _disk(root: str, apps: Sequence[tuple[str, str]]) -> _Disk | None:
-    """What ROOT/lib/APP-VSN/ebin holds for each app; None when one cannot be listed."""
+    """What ROOT/lib/APP-VSN/ebin holds for each app; None when one (or its .app) is not
+    there for the agent."""
     beams, listed = {}, {}
     for name, vsn in apps:
         ebin = os.path.join(root, "lib", f"{name}-{vsn}", "ebin")
         found = BEAMS.ebin(ebin)
         if found is None:
             return None
+        app_file = os.path.join(ebin, f"{name}.app")
+        if not os.path.isfile(app_file):
+            return None  # no .app the agent sees: the node's check says what it makes of it
         beams[name] = found
-        listed[name] = APP_FILES.modules(os.path.join(ebin, f"{name}.app"))
+        listed[name] = APP_FILES.modules(app_file)
     return _Disk(beams, listed)
 
 
@@ -80,6 +84,9 @@ async def loaded_matches(node: Caller, root: str, apps: Sequence[tuple[str, str]
     if read is None:
         return None
     disk = read.beams
+    if any(mods is not None and not all(disk[app].get(m) for m in mods)
+           for app, mods in read.listed.items()):
+        return None  # a listed module without a beam the agent reads: the node's check says
     libs = {name: os.path.join(root, "lib", f"{name}-{vsn}") for name, vsn in apps}
     names = sorted({m for mods in disk.values() for m in mods})
     try:

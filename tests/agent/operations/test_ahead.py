@@ -20,6 +20,7 @@ from agent.operations.ahead import UPLOAD_PREFIX
 from agent.operations.uploads import Upload, UploadRefused, UploadStore, UploadWriter
 from agent.release.beams import BEAMS
 from agent.release.tarballs.check import TarballError
+from tests.tools.settings import UPLOADS, settings
 
 REL = (b'{release, {"counter", "0.0.2"}, {erts, "13.1.5"}, '
        b'[{kernel, "8.5.3"}, {counter, "0.0.2"}]}.')
@@ -103,7 +104,7 @@ async def settled(places: Places, root: Path) -> None:
 async def test_an_upload_is_extracted_as_it_arrives_and_its_dir_goes_with_it(
         tmp_path: Path, root: Path) -> None:
     places = Places(root)
-    store = UploadStore(tmp_path / "up", places=places)
+    store = UploadStore(tmp_path / "up", places=places, **settings(UPLOADS))
     writer, upload = await send(store, release())
     staged = upload.staged
     assert staged is not None and staged.tmp == root / f"{UPLOAD_PREFIX}{upload.id}"
@@ -127,7 +128,7 @@ async def test_an_upload_is_extracted_as_it_arrives_and_its_dir_goes_with_it(
 async def test_a_refused_upload_leaves_nothing_in_the_root(
         tmp_path: Path, root: Path, fault: str) -> None:
     places = Places(root)
-    store = UploadStore(tmp_path / "up", places=places)
+    store = UploadStore(tmp_path / "up", places=places, **settings(UPLOADS))
     data = release(**({"/etc/evil": b"x"} if fault == "hostile" else {}))
     if fault == "not gzip":
         data = b"just some bytes, not a tarball" * 100
@@ -148,8 +149,8 @@ async def test_an_upload_aborted_or_expired_midway_leaves_nothing_in_the_root(
         tmp_path: Path, root: Path) -> None:
     places = Places(root)
     clock = [1000.0]
-    store = UploadStore(tmp_path / "up", places=places, idle_expiry=60,
-                        clock=lambda: clock[0])
+    store = UploadStore(tmp_path / "up", places=places, clock=lambda: clock[0],
+                        **settings(UPLOADS, upload_idle_expiry=60))
     data = release(**{"lib/counter-0.0.2/priv/big": os.urandom(512 * 1024)})
     for ending in ("abort", "expire"):
         writer = await store.open(NODE, "0.0.2", len(data), hashlib.sha256(data).hexdigest())
@@ -166,7 +167,7 @@ async def test_an_upload_aborted_or_expired_midway_leaves_nothing_in_the_root(
 
 async def test_the_agent_stopping_removes_every_extraction(tmp_path: Path, root: Path) -> None:
     places = Places(root)
-    store = UploadStore(tmp_path / "up", places=places)
+    store = UploadStore(tmp_path / "up", places=places, **settings(UPLOADS))
     data = release()
     _, kept = await send(store, data)
     arriving = await store.open(NODE, "0.0.2", len(data), hashlib.sha256(data).hexdigest())
@@ -181,7 +182,7 @@ async def test_without_a_root_or_a_record_the_upload_is_checked_whole_as_before(
         tmp_path: Path, root: Path, why: str) -> None:
     places = Places(None if why == "no root" else root)
     places.refuse_records = why == "no record"
-    store = UploadStore(tmp_path / "up", places=places)
+    store = UploadStore(tmp_path / "up", places=places, **settings(UPLOADS))
     _, upload = await send(store, release())
     assert upload.staged is None and upload.tarball.version == "0.0.2"
     assert uploads_in(root) == [] and places.records == {}
@@ -192,7 +193,7 @@ async def test_a_root_the_extraction_cannot_write_falls_back_to_the_whole_check(
     """A write that fails in the root (here: a name longer than the file system takes) is the
     host's fault, not the tarball's: the upload is checked whole, the operation extracts."""
     places = Places(root)
-    store = UploadStore(tmp_path / "up", places=places)
+    store = UploadStore(tmp_path / "up", places=places, **settings(UPLOADS))
     _, upload = await send(store, release(**{"lib/counter-0.0.2/" + "n" * 300: b"x"}))
     assert upload.staged is None and upload.tarball.version == "0.0.2"
     await settled(places, root)

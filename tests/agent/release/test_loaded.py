@@ -114,7 +114,14 @@ async def test_a_module_not_loaded_is_left_to_the_nodes_check(root: Path) -> Non
 async def test_a_module_the_app_lists_without_a_beam_is_left_to_the_nodes_check(
         root: Path) -> None:
     write_app(root, "counter-0.0.2", "counter", ["counter", "counter_gone"])
-    node = ScriptedNode(script(root))
+    node = ScriptedNode([])  # seen on the disk: nothing to ask
+    assert await loaded_matches(node, str(root), APPS, timeout=5) is None
+    node.assert_done()
+
+
+async def test_a_lib_without_its_app_file_asks_the_node_nothing(root: Path) -> None:
+    (root / "lib" / "counter-0.0.2" / "ebin" / "counter.app").unlink()
+    node = ScriptedNode([])
     assert await loaded_matches(node, str(root), APPS, timeout=5) is None
     node.assert_done()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.build.appup import Beam, Instruction, atom, check, generate, read
-from agent.build.relup import build
+from agent.build.relup import RelupResult, build
 from tests.tools.release_fixture import ReleaseBuild
 
 pytestmark = pytest.mark.otp
@@ -150,8 +150,10 @@ def test_elixir_behaviours_count_as_process_and_supervisor() -> None:
                                             "{update, 'Elixir.Sup', supervisor}"]
 
 
-def test_systools_makes_a_relup_of_the_generated_appup_library_loaded_before_its_caller(
-        ebins: tuple[Path, Path], tmp_path: Path, release_build: ReleaseBuild) -> None:
+def relup_of(ebins: tuple[Path, Path], tmp_path: Path, release_build: ReleaseBuild
+             ) -> tuple[dict[str, Path], RelupResult]:
+    """Release roots "old" (app 1) and "new" (app 2) of the two ebins, on the OTP of
+    ``release_build``, and what make-relup made of them (the appup generated)."""
     otp = release_build.otp
     roots = {}
     for side, vsn, ebin in (("old", "1", ebins[0]), ("new", "2", ebins[1])):
@@ -171,7 +173,12 @@ def test_systools_makes_a_relup_of_the_generated_appup_library_loaded_before_its
         roots[side] = root
     otp_ebins = [otp.root_dir / "lib" / f"{a}-{otp.app_vsns[a]}" / "ebin"
                  for a in ("kernel", "stdlib", "sasl")]
-    made = build(roots["old"], roots["new"], extra_paths=otp_ebins)
+    return roots, build(roots["old"], roots["new"], extra_paths=otp_ebins)
+
+
+def test_systools_makes_a_relup_of_the_generated_appup_library_loaded_before_its_caller(
+        ebins: tuple[Path, Path], tmp_path: Path, release_build: ReleaseBuild) -> None:
+    roots, made = relup_of(ebins, tmp_path, release_build)
     assert [(r.app, r.source) for r in made.appups] == [("app", "generated")]
     assert any("plain is a gen_statem without code_change" in w for w in made.warnings)
     relup = (roots["new"] / "releases" / "2" / "relup").read_text()

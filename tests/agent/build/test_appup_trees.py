@@ -12,7 +12,7 @@ import pytest
 
 from agent.build.appup import Instruction, check, generate, read
 from agent.build.relup import build
-from tests.agent.build.test_appup import compile_all
+from tests.agent.build.test_appup import compile_all, relup_of
 from tests.tools.release_fixture import ReleaseBuild
 
 pytestmark = pytest.mark.otp
@@ -175,26 +175,7 @@ def test_unnamed_and_simple_one_for_one_supervisors() -> None:
 
 def test_systools_makes_a_relup_with_the_supervisor_calls_after_the_point_of_no_return(
         ebins: tuple[Path, Path], tmp_path: Path, release_build: ReleaseBuild) -> None:
-    otp = release_build.otp
-    roots = {}
-    for side, vsn, ebin in (("old", "1", ebins[0]), ("new", "2", ebins[1])):
-        root = tmp_path / side
-        lib = root / "lib" / f"app-{vsn}" / "ebin"
-        shutil.copytree(ebin, lib, ignore=shutil.ignore_patterns("*.erl"))
-        mods = ", ".join(sorted(p.stem for p in lib.glob("*.beam")))
-        (lib / "app.app").write_text(
-            f'{{application, app, [{{description, "t"}}, {{vsn, "{vsn}"}}, '
-            f"{{registered, []}}, {{modules, [{mods}]}}, "
-            "{applications, [kernel, stdlib]}]}.\n")
-        rel = root / "releases" / vsn / "app.rel"
-        rel.parent.mkdir(parents=True)
-        apps = ", ".join(f'{{{a}, "{otp.app_vsns[a]}"}}' for a in ("kernel", "stdlib", "sasl"))
-        rel.write_text(f'{{release, {{"app", "{vsn}"}}, {{erts, "{otp.erts_vsn}"}}, '
-                       f'[{apps}, {{app, "{vsn}"}}]}}.\n')
-        roots[side] = root
-    otp_ebins = [otp.root_dir / "lib" / f"{a}-{otp.app_vsns[a]}" / "ebin"
-                 for a in ("kernel", "stdlib", "sasl")]
-    made = build(roots["old"], roots["new"], extra_paths=otp_ebins)
+    roots, made = relup_of(ebins, tmp_path, release_build)
     assert any("env_sup is a supervisor whose children" in w for w in made.warnings)
     relup = (roots["new"] / "releases" / "2" / "relup").read_text()
     split = relup.index('[{"1",', relup.index('[{"1",') + 1)

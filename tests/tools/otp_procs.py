@@ -74,11 +74,50 @@ class ErlRpcError(OtpProcessError):
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that was free a moment ago (callers must cope with races)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port that was free a moment ago, from below the kernel's ephemeral range.
+
+    A port the kernel picked (``bind(0)``) lies in the range it also hands out as the source
+    port of outgoing connections: between the choice and the agent's or node's own bind, a
+    client connecting anywhere could take it (CI saw "Address already in use" so). Ports below
+    that range are only ever taken by an explicit bind. Each xdist worker draws from its own
+    slice, from a random start, so that two workers (or two runs) rarely probe the same port;
+    callers must still cope with the race that remains."""
+    low, high = _port_slice()
+    if low >= high:  # no room below the ephemeral range: let the kernel choose
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+            return port
+    global _next_port
+    if _next_port is None or not low <= _next_port < high:
+        _next_port = low + secrets.randbelow(high - low)
+    for _ in range(high - low):
+        candidate, _next_port = _next_port, low + (_next_port + 1 - low) % (high - low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            return candidate
+    raise RuntimeError(f"no free TCP port on {host} in {low}-{high - 1}")
+
+
+_next_port: int | None = None
+_PORTS_FLOOR = 10000  # below: well-known services (epmd's 4369 among them)
+
+
+def _port_slice() -> tuple[int, int]:
+    """This worker's share of [_PORTS_FLOOR, the ephemeral range's low end)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    width = (ephemeral_low - _PORTS_FLOOR) // max(count, 1)
+    low = _PORTS_FLOOR + width * min(index, max(count, 1) - 1)
+    return low, low + width
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:

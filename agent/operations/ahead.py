@@ -15,6 +15,14 @@ discarded, and moved by the operation that uses it (``adopt``: its stage renames
 ROOT/.relctl-unpack-XXXX). An agent killed meanwhile leaves the record: the next operation on
 that node takes the dir back, as it takes back what an unfinished operation placed. The keys
 of the uploads alive in this agent are never taken back (:meth:`AheadPlaces.busy`).
+
+The dir is also made locked (agent/release/tarballs/held.py: an exclusive flock on an fd of
+it, taken at once, the window after mkdir closed on both sides), and stays locked while the
+upload owns it; ``adopt`` hands the operation a holder of the same lock, which it keeps until
+it removed the dir. The lock dies with the agent's process, so when the journal was lost with
+the state dir too, the next stage on that root still removes the dir (extract.py
+``clear_leftovers``), and never one whose lock is held: an upload alive in this agent or in
+another one on the same root.
 """
 
 from __future__ import annotations
@@ -23,11 +31,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import os
 import secrets
 import shutil
 import threading
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -35,11 +43,14 @@ from agent.nodes import NodeManager
 from agent.release import (
     BEAMS,
     TREE,
+    UPLOAD_PREFIX,
     Contents,
     Extracted,
+    HeldDir,
     Interrupted,
     ebins,
     extract_arriving,
+    make_held,
     node_dirs,
     why_not_write,
 )
@@ -47,8 +58,6 @@ from agent.release import (
 from .journal import Journal, JournalError
 
 log = logging.getLogger("relctl.agent.operations.ahead")
-
-UPLOAD_PREFIX = ".relctl-upload-"  # ROOT/.relctl-upload-ID: an upload's extraction
 
 
 class AheadPlaces(Protocol):
@@ -176,12 +185,13 @@ class Ahead:
     """One upload's extraction as it arrives, into ``tmp`` under ``root``."""
 
     def __init__(self, places: AheadPlaces, node: str, root: Path, tmp: Path, key: int,
-                 part: Path) -> None:
+                 part: Path, held: HeldDir) -> None:
         self.node = node
         self.root = root
         self.tmp = tmp
         self.key = key
         self._places = places
+        self._held = held  # the lock on tmp: let go once tmp is removed
         self._feed = _Arriving(part)
         self._done: concurrent.futures.Future[tuple[Contents, Extracted]] = \
             concurrent.futures.Future()
@@ -200,13 +210,22 @@ class Ahead:
         if not places.placing(node, key, version, tmp):
             return None
         try:
-            os.mkdir(tmp, 0o700)
-            ahead = cls(places, node, root, tmp, key, part)
+            # Made and locked at once (a scan for leftovers never takes a dir whose lock is
+            # held); when it raises, no dir of its own is left.
+            held = make_held(tmp)
+        except OSError as exc:
+            log.info("upload %s for %s: cannot extract into %s as it arrives (%s); the "
+                     "operation will", upload_id, node, root, exc.strerror or exc)
+            places.settled(node, key)
+            return None
+        try:
+            ahead = cls(places, node, root, tmp, key, part, held)
         except OSError as exc:
             log.info("upload %s for %s: cannot extract into %s as it arrives (%s); the "
                      "operation will", upload_id, node, root, exc.strerror or exc)
             with contextlib.suppress(OSError):
                 tmp.rmdir()
+            held.release()
             places.settled(node, key)
             return None
         threading.Thread(target=ahead._run, args=(final, version), daemon=True,
@@ -223,9 +242,11 @@ class Ahead:
             BEAMS.remember([*ebins(self.tmp / TREE, apps), *ebins(self.root, apps)])
         except BaseException as exc:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            self._held.release()
             self._done.set_exception(exc)
         else:
-            self._done.set_result(result)
+            # With the lock, so that adopt hands it on to the operation (tarballs/held.py).
+            self._done.set_result((result[0], replace(result[1], held=self._held)))
         finally:
             self._feed.close()
 
@@ -244,7 +265,8 @@ class Ahead:
         self._feed.abort()
         with contextlib.suppress(BaseException):
             self._done.result()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)  # gone already if an operation adopted it
+        self._held.release()  # the operation that adopted it holds the lock on its own
 
     def drop(self) -> None:
         """From the event loop: stop the extraction, remove its dir (unless an operation

@@ -17,14 +17,18 @@ from .releases import Release, UnexpectedReply, parse_which_releases
 from .reload import ConfigReload, ReloadOptions
 from .tarballs import (
     TREE,
+    UPLOAD_PREFIX,
     Contents,
     Extracted,
+    HeldDir,
     Interrupted,
     ReleaseTarball,
     TarballError,
+    Taken,
     WriteFailed,
     extract_arriving,
     inspect_tarball,
+    make_held,
     why_not_write,
 )
 from .upgrade import ReleaseEngine
@@ -45,10 +49,10 @@ from .values import (
 # What the rooms above the engine (nodes, operations, api, daemon) may use; they import the
 # package, never its modules (tests/test_layout.py).
 __all__ = [
-    "BEAMS", "FAILED", "OUTCOMES", "STEP_STATES", "TREE", "Caller", "ConfigChange", "ConfigReload",
-    "Contents", "Extracted", "Failure", "Interrupted", "Options", "Placing", "Probe", "Release",
-    "ReleaseEngine", "ReleaseTarball", "ReloadOptions", "Requested", "Result", "StepRecord",
-    "TarballError", "UnexpectedReply", "UnpackLedger", "WriteFailed", "ebins", "extract_arriving",
-    "inspect_tarball", "node_dirs", "operation_options", "parse_which_releases",
-    "verify_running", "why_not_write",
+    "BEAMS", "FAILED", "OUTCOMES", "STEP_STATES", "TREE", "UPLOAD_PREFIX", "Caller",
+    "ConfigChange", "ConfigReload", "Contents", "Extracted", "Failure", "HeldDir", "Interrupted",
+    "Options", "Placing", "Probe", "Release", "ReleaseEngine", "ReleaseTarball", "ReloadOptions",
+    "Requested", "Result", "StepRecord", "Taken", "TarballError", "UnexpectedReply",
+    "UnpackLedger", "WriteFailed", "ebins", "extract_arriving", "inspect_tarball", "make_held",
+    "node_dirs", "operation_options", "parse_which_releases", "verify_running", "why_not_write",
 ]

@@ -12,6 +12,12 @@ kept in its context with the one way back (:meth:`Staging.undo`, run by ``core.g
 failed check, a refused hook or a dry run leaves the node's releases as they were, and an
 operation that never finished is taken back by the next one from that record. Nothing is ever
 deleted that the release root's in-use set holds (inuse.py).
+
+The agent's own extraction dirs (ROOT/.relctl-unpack-*, and an upload's ROOT/.relctl-upload-*)
+are locked by whoever owns them (tarballs/held.py), so the stage also removes those a killed
+agent left, with or without their journal record, and never one alive: operations on one root
+can overlap (one at a time per node, but two nodes may run from one root), and so can an
+operation and an upload still arriving.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from .beams import BEAMS, ebins
 from .inuse import ON_CODE_PATH
 from .preflight import SHA_FILE
 from .releases import Release
-from .tarballs import NotADirectoryOnNode, Extracted, Interrupted, WriteFailed, adopt, extract, leftovers, place, remove
+from .tarballs import NotADirectoryOnNode, Extracted, Interrupted, WriteFailed, adopt, extract, place, remove
+from .tarballs import clear_leftovers
 from .tarballs import ReleaseTarball, TarballError
 from .tarballs import TREE, UNPACK_PREFIX, why_not_write, write_sha
 from .values import FAILED, FAILED_UNCHANGED, Failure, term_text
@@ -93,7 +100,8 @@ class Staging:
 
     async def _clear_unfinished(self, ctx: OperationContext) -> str:
         """Take back what operations that never finished were placing (the ledger's record,
-        never a guess from the disk), and the agent's own extraction dirs they left."""
+        never a guess from the disk), and the extraction dirs that a killed agent left (its
+        operations' and uploads': their lock is free; a held one is alive and stays)."""
         assert ctx.dirs is not None
         removed: list[str] = []
         kept: list[str] = []
@@ -103,11 +111,15 @@ class Staging:
             removed += gone
             kept += stayed
             self._core.ledger.forget(placing)
-        tmp = leftovers(Path(ctx.dirs.root))  # ROOT/.relctl-unpack-*: only ever the agent's
-        failed = await asyncio.to_thread(remove, tmp)
+        # ROOT/.relctl-unpack-* and .relctl-upload-*, only ever the agent's, whose lock no live
+        # extraction holds (tarballs/held.py): a killed agent's, journal or not.
+        tmp, failed = await asyncio.to_thread(clear_leftovers, Path(ctx.dirs.root))
         if failed:
-            raise Failure(FAILED_UNCHANGED, f"cannot delete {', '.join(failed)} (left by an "
-                          "extraction that did not finish); delete it, then retry")
+            raise Failure(FAILED_UNCHANGED, f"cannot delete {', '.join(failed)}: an extraction "
+                          "of a relctl agent that no longer runs left it (no process holds its "
+                          "lock) and the agent could not remove it; nothing was changed. Delete "
+                          "it by hand (rm -rf DIR, after chattr -i or a remount read-write if "
+                          "needed), then retry")
         removed += [p.name for p in tmp]
         return ((f"; removed what an unfinished operation left: {', '.join(removed)}"
                  if removed else "")
@@ -174,7 +186,10 @@ class Staging:
         except asyncio.CancelledError:
             stop.set()  # the thread stops at the next member and removes what it wrote
             with contextlib.suppress(BaseException):
-                await job
+                done = await job  # or it had just finished: its dir goes, its lock with it
+                await asyncio.to_thread(shutil.rmtree, done.tmp, True)
+                if done.held is not None:
+                    done.held.release()
             raise
         except TarballError as exc:
             raise Failure(FAILED_UNCHANGED, f"{exc}; nothing was changed") from None
@@ -246,6 +261,8 @@ class Staging:
                     "set_unpacked", [str(extracted.rel_file), libs], call, version, limit)
             finally:
                 await asyncio.to_thread(shutil.rmtree, extracted.tmp, True)
+                if extracted.held is not None:  # removed: no scan can mistake it now
+                    extracted.held.release()
                 ctx.extracted = None
             self._core.ledger.record(version, tarball.sha256)
             new = [str(p.relative_to(root)) for p in placed.paths]

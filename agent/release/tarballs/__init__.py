@@ -1,6 +1,7 @@
 """Release tarballs, untrusted until checked: the bounded stream that reads one (stream.py),
 the checks of its members and of the release it holds (check.py), and the agent's own
-extraction of exactly what the checks accepted into a node's release root (extract.py).
+extraction of exactly what the checks accepted into a node's release root (extract.py), in
+dirs locked by their live owner so that a killed agent's are told apart (held.py).
 
 It may not know the node, the engine's steps or the journal: it reads files and writes under
 the root it is given, and every refusal is a ``TarballError`` naming the file and what to do.
@@ -18,24 +19,27 @@ from .check import (
 from .extract import (
     TREE,
     UNPACK_PREFIX,
+    UPLOAD_PREFIX,
     Extracted,
     Interrupted,
     NotADirectoryOnNode,
     WriteFailed,
     adopt,
     extract,
+    clear_leftovers,
     extract_arriving,
-    leftovers,
     place,
     remove,
     why_not_write,
     write_sha,
 )
+from .held import HeldDir, Taken, make_held
 from .stream import TarballError
 
 __all__ = [
-    "MAX_MEMBERS", "MAX_UNPACKED", "TREE", "UNPACK_PREFIX", "Contents", "Extracted",
-    "Interrupted", "NotADirectoryOnNode", "ReleaseTarball", "TarballError", "WriteFailed",
-    "adopt", "check_member", "extract", "extract_arriving", "inspect_tarball", "leftovers",
-    "normalise", "place", "remove", "why_not_write", "write_sha",
+    "MAX_MEMBERS", "MAX_UNPACKED", "TREE", "UNPACK_PREFIX", "UPLOAD_PREFIX", "Contents",
+    "Extracted", "HeldDir", "Interrupted", "NotADirectoryOnNode", "ReleaseTarball", "Taken",
+    "TarballError", "WriteFailed", "adopt", "check_member", "clear_leftovers", "extract",
+    "extract_arriving", "inspect_tarball", "make_held", "normalise", "place", "remove",
+    "why_not_write", "write_sha",
 ]

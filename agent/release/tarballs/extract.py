@@ -28,18 +28,19 @@ import secrets
 import shutil
 import stat
 import tarfile
-import tempfile
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from .check import MAX_MEMBERS, MAX_UNPACKED, Contents, ReleaseTarball, is_rel_member
 from .check import read_members
+from .held import HeldDir, make_held_temp, take_free
 from .stream import CHUNK, Limits, RawFile, TarballError, open_file, require_gzip
 
 UNPACK_PREFIX = ".relctl-unpack-"  # ROOT/.relctl-unpack-XXXX: what an extraction in progress holds
+UPLOAD_PREFIX = ".relctl-upload-"  # ROOT/.relctl-upload-ID: an upload's, as it arrives
 TREE = "root"                       # in it: the files as they go under ROOT
 
 
@@ -134,13 +135,15 @@ class Extracted:
     # What was not written because the root had it then (files and links): an extraction made
     # ahead (while the upload arrived) is placed only if the root still has them all.
     kept_in_root: tuple[str, ...] = ()
+    # The lock on ``tmp`` (held.py) while the agent owns it: released once tmp is removed.
+    held: HeldDir | None = field(default=None, compare=False, repr=False)
 
 
 def extract(tarball: ReleaseTarball, root: Path, *, stop: threading.Event | None = None,
             max_members: int = MAX_MEMBERS, max_unpacked: int = MAX_UNPACKED) -> Extracted:
     """Extract ``tarball`` into a new ROOT/.relctl-unpack-XXXX. Raises TarballError (the
     tarball), WriteFailed (the disk) or Interrupted (``stop`` set); then nothing is left."""
-    tmp = Path(tempfile.mkdtemp(prefix=UNPACK_PREFIX, dir=root))
+    tmp, held = make_held_temp(root, UNPACK_PREFIX)
     try:
         limits = Limits(max_members, max_unpacked)
         path = tarball.path
@@ -158,9 +161,10 @@ def extract(tarball: ReleaseTarball, root: Path, *, stop: threading.Event | None
             if (size, hashed.hexdigest()) != (tarball.size, tarball.sha256):
                 raise _changed(tarball, hashed.hexdigest())
         rel_file = _arrange(tarball.version, tarball.rel_member, tmp, root)
-        return writer.extracted(tmp, rel_file)
+        return replace(writer.extracted(tmp, rel_file), held=held)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        held.release()
         raise
 
 
@@ -189,15 +193,25 @@ def adopt(ahead: Extracted, root: Path) -> Extracted | None:
     """An extraction made ahead into a dir under ``root`` (:func:`extract_arriving`), moved
     to a new ROOT/.relctl-unpack-XXXX (one rename) for the operation that places it; None,
     and nothing moved, when the root lost something the extraction kept as the root had it
-    (then keep_old_files decides differently now: extract again). Raises OSError."""
+    (then keep_old_files decides differently now: extract again). Raises OSError.
+
+    The dir stays locked throughout (held.py): the operation gets a holder of the upload's
+    own lock, which lasts until both have let go (the upload once it is discarded, the
+    operation once the dir is removed), so no scan for leftovers ever sees it free."""
     if ahead.tmp.parent != root or not all(os.path.lexists(root / name)
                                            for name in ahead.kept_in_root):
         return None
     tmp = root / f"{UNPACK_PREFIX}{secrets.token_hex(4)}"
-    os.rename(ahead.tmp, tmp)
+    held = ahead.held.share() if ahead.held is not None else None
+    try:
+        os.rename(ahead.tmp, tmp)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
     rel_file = (tmp / ahead.rel_file.relative_to(ahead.tmp)
                 if ahead.rel_file.is_relative_to(ahead.tmp) else ahead.rel_file)
-    return Extracted(tmp, rel_file, ahead.written, ahead.kept, ahead.kept_in_root)
+    return Extracted(tmp, rel_file, ahead.written, ahead.kept, ahead.kept_in_root, held)
 
 
 class _Hashing:
@@ -427,8 +441,14 @@ def remove(paths: tuple[Path, ...] | list[Path]) -> list[str]:
     return failed
 
 
-def leftovers(root: Path) -> list[Path]:
-    """Extractions an agent did not finish (killed): ROOT/.relctl-unpack-*."""
+def clear_leftovers(root: Path) -> tuple[list[Path], list[str]]:
+    """Remove the extractions no live agent owns: ROOT/.relctl-unpack-* (an operation's) and
+    ROOT/.relctl-upload-* (an upload's, as it arrived) whose lock is free (held.py: its maker
+    was killed, and with its journal lost nothing else would ever remove it). One whose lock
+    is held is extracting or owned now, by this agent or another on the same root, and is
+    kept. The dirs removed, and those that could not be, each with why."""
+    found: list[Path] = []
     with contextlib.suppress(OSError), os.scandir(root) as entries:
-        return [Path(e.path) for e in entries if e.name.startswith(UNPACK_PREFIX)]
-    return []
+        found = [Path(e.path) for e in entries
+                 if e.name.startswith((UNPACK_PREFIX, UPLOAD_PREFIX))]
+    return take_free(found)

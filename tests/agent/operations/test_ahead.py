@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.operations.ahead import UPLOAD_PREFIX
+from agent.release import UPLOAD_PREFIX
 from agent.operations.uploads import Upload, UploadRefused, UploadStore, UploadWriter
 from agent.release.beams import BEAMS
 from agent.release.tarballs.check import TarballError

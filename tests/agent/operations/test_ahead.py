@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from agent.release import UPLOAD_PREFIX
 from agent.operations.uploads import Upload, UploadRefused, UploadStore, UploadWriter
 from agent.release.beams import BEAMS
 from agent.release.tarballs.check import TarballError
+from agent.release.tarballs.extract import adopt, clear_leftovers
 from tests.tools.settings import UPLOADS, settings
 
 REL = (b'{release, {"counter", "0.0.2"}, {erts, "13.1.5"}, '
@@ -175,6 +177,32 @@ async def test_the_agent_stopping_removes_every_extraction(tmp_path: Path, root:
     assert len(uploads_in(root)) == 2
     store.close()
     assert uploads_in(root) == [] and places.records == {}
+
+
+async def test_a_scan_for_leftovers_never_takes_an_uploads_dir_while_anyone_owns_it(
+        tmp_path: Path, root: Path) -> None:
+    """The dir is locked from its making (tarballs/held.py): a scan at another operation's
+    stage keeps it while the upload arrives, once it is kept, and once an operation adopted it,
+    until that operation removed it and let go, even after the upload was discarded."""
+    places = Places(root)
+    store = UploadStore(tmp_path / "up", places=places, **settings(UPLOADS))
+    data = release()
+    writer = await store.open(NODE, "0.0.2", len(data), hashlib.sha256(data).hexdigest())
+    writer.write(data[:len(data) // 2])
+    assert clear_leftovers(root) == ([], [])  # arriving
+    writer.write(data[len(data) // 2:])
+    upload = await store.finish(writer)
+    assert upload.staged is not None
+    assert clear_leftovers(root) == ([], [])  # kept for an operation
+    adopted = adopt(upload.staged, root)
+    assert adopted is not None and adopted.held is not None
+    store.discard(upload.id)  # the upload lets go of its holder
+    await settled(places, root)
+    assert clear_leftovers(root) == ([], [])  # the operation's now
+    assert adopted.tmp.is_dir()
+    shutil.rmtree(adopted.tmp)  # as staging.py does once placed
+    adopted.held.release()
+    assert sorted(p.name for p in root.iterdir()) == ["lib", "releases"]
 
 
 @pytest.mark.parametrize("why", ["no root", "no record"])

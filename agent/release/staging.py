@@ -115,11 +115,10 @@ class Staging:
         # extraction holds (tarballs/held.py): a killed agent's, journal or not.
         tmp, failed = await asyncio.to_thread(clear_leftovers, Path(ctx.dirs.root))
         if failed:
-            raise Failure(FAILED_UNCHANGED, f"cannot delete {', '.join(failed)}: an extraction "
-                          "of a relctl agent that no longer runs left it (no process holds its "
-                          "lock) and the agent could not remove it; nothing was changed. Delete "
-                          "it by hand (rm -rf DIR, after chattr -i or a remount read-write if "
-                          "needed), then retry")
+            raise Failure(FAILED_UNCHANGED, f"cannot delete {', '.join(failed)}: left by an "
+                          "extraction of a relctl agent that no longer runs (no process holds "
+                          "its lock), and the agent may not delete it; nothing was changed. "
+                          "Delete it by hand (rm -rf, as a user who may), then retry")
         removed += [p.name for p in tmp]
         return ((f"; removed what an unfinished operation left: {', '.join(removed)}"
                  if removed else "")

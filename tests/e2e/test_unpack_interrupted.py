@@ -28,7 +28,7 @@ from tests.tools.agent_proc import (
     relctl_env,
     start_agent,
 )
-from tests.tools.needs import require_root
+from tests.tools.needs import require_root, unavailable
 from tests.tools.otp_procs import NodeProc
 from tests.tools.release_fixture import ReleaseBuild
 
@@ -164,3 +164,128 @@ def test_a_retry_after_an_agent_killed_mid_extract_removes_what_it_left(
     assert not left.exists()
     stage = next(s for s in retry.json()["operation"]["steps"] if s["name"] == "stage")
     assert f"removed what an unfinished operation left: {left.name}" in stage["detail"]
+
+
+# A process that holds the lock on an extraction dir as a live agent's upload does, until
+# killed (agent/release/tarballs/held.py).
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_upload_dir_of_an_agent_killed_with_its_journal_lost_goes_at_the_next_upgrade(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    """The agent is killed while it extracts an upload as it arrives, and comes back on a
+    fresh state dir (its journal, which recorded the dir, is lost): the dir's lock died with
+    the agent, so the next upgrade's stage removes it anyway; a dir whose lock a live process
+    holds (another agent's upload, arriving) is kept."""
+    big = with_big_file(release_build.tarball("0.0.2"), tmp_path / "big.tar.gz")
+    entry = [NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)]
+    agent = start_agent(tmp_path / "agent", entry)
+    agents.append(agent)
+    client = subprocess.Popen(
+        [sys.executable, "-m", "agent.client", "--agent", agent.address, "upgrade", "0.0.2",
+         "--tarball", str(big)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=relctl_env({"RELCTL_AGENT_RETURN_WAIT": "2"}))
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size > 0
+                      for p in counter_node.root.glob(f".relctl-upload-*/root/{BIG}")):
+            assert client.poll() is None, client.communicate()
+            assert time.monotonic() < deadline, "the upload's extraction never wrote big.bin"
+            time.sleep(0.001)
+        os.kill(agent.pid, signal.SIGKILL)
+        client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 3, client.stdout  # killed during the upload: nothing started
+    [left] = counter_node.root.glob(".relctl-upload-*")
+    assert not list(counter_node.root.glob(".relctl-unpack-*"))
+
+    live = counter_node.root / ".relctl-upload-live"
+    (live / "root").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(live)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        # A fresh state dir: no journal names the dir; only its free lock says it is a leftover.
+        again = start_agent(tmp_path / "fresh-agent", entry)
+        agents.append(again)
+        retry = relctl("upgrade", "0.0.2", "--tarball", str(big), "-o", "json",
+                       agents=[again.address], timeout=180)
+        assert retry.returncode == 0, retry.stdout + retry.stderr
+        assert live.is_dir()  # held: never taken
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
+    op = retry.json()["operation"]
+    assert op["outcome"] == "succeeded", op
+    assert mismatches(big, counter_node.root) == []
+    assert not left.exists()
+    stage = next(s for s in op["steps"] if s["name"] == "stage")
+    assert f"removed what an unfinished operation left: {left.name}" in stage["detail"]
+    assert live.name not in stage["detail"]
+    assert [p.name for p in counter_node.root.glob(".relctl-u*")] == [live.name]
+
+
+def test_a_leftover_dir_the_agent_cannot_delete_is_refused_by_name_and_nothing_changes(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    """A stray upload dir (its lock free) that the agent cannot delete, here because a dir in
+    it is immutable (chattr +i: root itself may not delete in it): the upgrade stops at
+    stage, naming the dir and what to do, and the node is as before; once it can be
+    deleted, the next upgrade removes it and ends done."""
+    require_root("making a dir immutable (chattr +i)")
+    stray = counter_node.root / ".relctl-upload-0123abcd"
+    stuck = stray / "root" / "lib" / "counter-0.0.2" / "ebin"
+    stuck.mkdir(parents=True)
+    (stuck / "counter.beam").write_bytes(b"half a beam")
+    made = subprocess.run(["chattr", "+i", str(stuck)], capture_output=True, text=True,
+                          timeout=30)
+    if made.returncode != 0:
+        unavailable(f"chattr +i {stuck} failed (needs root and a file system with the "
+                    f"immutable flag): {made.stderr.strip()}")
+    try:
+        agent = start_agent(tmp_path / "agent", [NodeEntry(
+            counter_node.name, counter_node.cookie, counter_node.epmd_port)])
+        agents.append(agent)
+        before = sorted(str(p.relative_to(counter_node.root))
+                        for p in counter_node.root.rglob("*") if not p.is_relative_to(stray))
+        refused = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
+                         "-o", "json", agents=[agent.address], timeout=180)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        op = refused.json()["operation"]
+        assert op["outcome"] == "failed_unchanged"
+        assert [(s["name"], s["state"]) for s in op["steps"]][-1] == ("stage", "failed")
+        assert op["error"].startswith(f"cannot delete {stray} (Operation not permitted: "
+                                      f"{stuck}/counter.beam): "), op["error"]
+        assert op["error"].endswith(
+            "left by an extraction of a relctl agent that no longer runs (no process holds its "
+            "lock), and the agent may not delete it; nothing was changed. Delete it by hand "
+            "(rm -rf, as a user who may), then retry"), op["error"]
+
+        def unchanged() -> bool:  # the upload's own dir goes in a thread, after the answer
+            return sorted(str(p.relative_to(counter_node.root))
+                          for p in counter_node.root.rglob("*")
+                          if not p.is_relative_to(stray)) == before
+        eventually(unchanged, what="the root as before the refused upgrade", timeout=10)
+        shown = relctl("versions", "-o", "json", agents=[agent.address])
+        assert [(r["version"], r["status"]) for r in shown.json()["nodes"][0]["releases"]] == [
+            ("0.0.1", "permanent")]
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True, timeout=30)
+
+    done = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
+                  "-o", "json", agents=[agent.address], timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not stray.exists()
+    stage = next(s for s in done.json()["operation"]["steps"] if s["name"] == "stage")
+    assert f"removed what an unfinished operation left: {stray.name}" in stage["detail"]

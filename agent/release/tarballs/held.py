@@ -18,6 +18,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import sys
 import weakref
 from pathlib import Path
 
@@ -92,6 +93,22 @@ def make_held_temp(root: Path, prefix: str) -> tuple[Path, HeldDir]:
     raise FileExistsError(f"no free name for {root}/{prefix}XXXXXXXX after 100 tries")
 
 
+def _rmtree(path: Path) -> str | None:
+    """Remove the tree ``path``, as much of it as it can; None when it all went, else the
+    first thing that would not go, with its full path (rmtree's own error names only the
+    entry, relative to the dir it was in)."""
+    errors: list[str] = []
+
+    def note(name: str, exc: BaseException) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            errors.append(f"{exc.strerror if isinstance(exc, OSError) else exc}: {name}")
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=lambda _, name, exc: note(name, exc))
+    else:
+        shutil.rmtree(path, onerror=lambda _, name, info: note(name, info[1]))
+    return errors[0] if errors else None
+
+
 def take_free(paths: list[Path]) -> tuple[list[Path], list[str]]:
     """Remove each of ``paths`` that is a dir nobody holds (:func:`make_held`), holding its
     lock while it goes. A held one is kept (a live extraction, of this agent or another), and
@@ -117,15 +134,11 @@ def take_free(paths: list[Path]) -> tuple[list[Path], list[str]]:
                 continue  # a live extraction's
             if not _same(fd, path):
                 continue  # removed and made again meanwhile: not the one locked
-            try:
-                shutil.rmtree(path)
-            except OSError as exc:
-                if not os.path.lexists(path):
-                    continue  # gone anyway: a remover that takes no lock was faster
-                what = f": {exc.filename}" if exc.filename and exc.filename != str(path) else ""
-                failed.append(f"{path} ({exc.strerror or exc}{what})")
-            else:
+            why = _rmtree(path)
+            if why is None:
                 removed.append(path)
+            elif os.path.lexists(path):  # else a remover that takes no lock was faster
+                failed.append(f"{path} ({why})")
         finally:
             os.close(fd)
     return removed, failed

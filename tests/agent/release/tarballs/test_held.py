@@ -15,6 +15,7 @@ import pytest
 
 from agent.release.tarballs.extract import UNPACK_PREFIX, UPLOAD_PREFIX, clear_leftovers
 from agent.release.tarballs.held import Taken, make_held, make_held_temp, take_free
+from tests.tools.needs import unavailable
 
 # A child that takes the lock on the dir it is given, says so, and keeps it until killed.
 HOLDER = """
@@ -151,3 +152,27 @@ def test_a_held_dir_lost_without_release_frees_its_lock(tmp_path: Path) -> None:
     assert take_free([path]) == ([], [])
     del held  # as an operation's context dropped without its undo: the fd is closed
     assert take_free([path]) == ([path], [])
+
+
+def test_a_free_dir_that_cannot_be_deleted_is_named_with_what_would_not_go(
+        tmp_path: Path) -> None:
+    path = stray(tmp_path, f"{UPLOAD_PREFIX}stuck")
+    stuck = path / "root" / "lib" / "counter-0.0.2"
+    if os.geteuid() == 0:  # root may delete in any dir but an immutable one
+        made = subprocess.run(["chattr", "+i", str(stuck)], capture_output=True, text=True,
+                              timeout=30)
+        if made.returncode != 0:
+            unavailable(f"chattr +i {stuck} failed (a file system without the immutable "
+                        f"flag?): {made.stderr.strip()}")
+        undo = ["chattr", "-i", str(stuck)]
+    else:
+        stuck.chmod(0o500)
+        undo = ["chmod", "700", str(stuck)]
+    try:
+        removed, failed = clear_leftovers(tmp_path)
+        assert removed == []
+        why = "Operation not permitted" if os.geteuid() == 0 else "Permission denied"
+        assert failed == [f"{path} ({why}: {stuck}/half.beam)"]
+    finally:
+        subprocess.run(undo, check=True, timeout=30)
+    assert clear_leftovers(tmp_path) == ([path], [])

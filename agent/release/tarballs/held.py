@@ -23,6 +23,9 @@ import weakref
 from pathlib import Path
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# flock's answers on a file system that has no such locks (some FUSE ones): there the dirs
+# are made unlocked, and the scan, which cannot lock them either, keeps them all.
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL})
 
 
 class Taken(OSError):
@@ -74,6 +77,9 @@ def make_held(path: Path, mode: int = 0o700) -> HeldDir:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # a scan holds it, to remove it
             raise Taken(0, "taken by a scan for leftovers as it was made", str(path)) from None
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
         if not _same(fd, path):  # the scan removed it, then let go of it
             raise Taken(0, "taken by a scan for leftovers as it was made", str(path))
     except BaseException:
@@ -132,6 +138,12 @@ def take_free(paths: list[Path]) -> tuple[list[Path], list[str]]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live extraction's
+            except OSError as exc:
+                if exc.errno in _NO_LOCKS:
+                    continue  # cannot tell a live one: never taken on a guess
+                failed.append(f"{path} (cannot lock it to see whether an extraction holds "
+                              f"it: {exc.strerror or exc})")
+                continue
             if not _same(fd, path):
                 continue  # removed and made again meanwhile: not the one locked
             why = _rmtree(path)

@@ -5,6 +5,7 @@ that died with its process frees it; the window between mkdir and the lock loses
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import subprocess
@@ -176,3 +177,18 @@ def test_a_free_dir_that_cannot_be_deleted_is_named_with_what_would_not_go(
     finally:
         subprocess.run(undo, check=True, timeout=30)
     assert clear_leftovers(tmp_path) == ([path], [])
+
+
+def test_on_a_file_system_without_locks_dirs_are_made_and_never_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock refused by the file system (ENOLCK, as some FUSE ones answer; faked, as no such
+    file system can be mounted on demand here): the extraction goes on unlocked, and the scan,
+    which cannot tell a live dir from a dead one there, keeps every dir."""
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    made = make_held(tmp_path / f"{UPLOAD_PREFIX}arriving")
+    left = stray(tmp_path, f"{UNPACK_PREFIX}dead")
+    assert clear_leftovers(tmp_path) == ([], [])
+    assert left.is_dir()
+    made.release()

@@ -10,6 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.errors import RequestError
 from agent.nodes import NodeState, PingResult
 from agent.operations import OperationRecord, Progress
 from agent.release import Release, Requested, StepRecord
@@ -128,12 +129,32 @@ TARGET_FIELDS = frozenset({"node", "version", "upload_id"})
 _REQUESTED = frozenset(f.name for f in dataclasses.fields(Requested))
 
 
+# Durations that are time limits: present, they must be more than 0 (a zero limit means
+# nothing; it is also what a relctl from before presence counted sent for "the config").
+_LIMITS = frozenset({"install_timeout"})
+
+
+def _seconds(message: Message, name: str) -> float | None:
+    """A Duration field in seconds; None when absent (the node's config decides). Presence,
+    not zero, says "not given", so that `--health-soak 0` can override a configured soak."""
+    if not message.HasField(name):
+        return None
+    seconds: float = getattr(message, name).ToNanoseconds() / 1e9
+    if seconds < 0 or (seconds == 0 and name in _LIMITS):
+        raise RequestError(
+            f"{name} {seconds:g} s: give more than 0{'' if name in _LIMITS else ' or 0'}, or "
+            "leave it out for the node's config (a relctl older than this agent sends 0 for "
+            "\"not given\": upgrade relctl)")
+    return seconds
+
+
 def requested(message: Message, **fixed: Any) -> Requested:
     """The options ``message`` (an operation request) asks for, taken by field name: each
     field but the TARGET_FIELDS is the Requested field of the same name (``no_permanent``
-    is ``permanent`` negated; a zero Duration is None: the node's config decides); ``fixed``
-    sets what the RPC itself decides (an install is never made permanent). A field Requested
-    does not know raises TypeError, so a new option cannot be dropped on its way."""
+    is ``permanent`` negated; a Duration is seconds, None when absent: the node's config
+    decides); ``fixed`` sets what the RPC itself decides (an install is never made
+    permanent). A field Requested does not know raises TypeError, so a new option cannot be
+    dropped on its way; a Duration out of range raises RequestError (INVALID_ARGUMENT)."""
     values: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         name, value = field.name, getattr(message, field.name)
@@ -142,7 +163,7 @@ def requested(message: Message, **fixed: Any) -> Requested:
         if name == "no_permanent":
             name, value = "permanent", not value
         elif isinstance(value, Duration):
-            value = value.ToNanoseconds() / 1e9 or None
+            value = _seconds(message, name)
         if name not in _REQUESTED:
             raise TypeError(f"{message.DESCRIPTOR.name}.{field.name} is not an operation option "
                             "(agent/release/options.py Requested) nor a target field")

@@ -31,7 +31,7 @@ from agent.release import (
     operation_options,
     verify_running,
 )
-from relctl.v1 import AGENT_ERROR_METADATA, agent_pb2_grpc
+from relctl.v1 import AGENT_ERROR_METADATA, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, agent_pb2_grpc
 from relctl.v1 import agent_pb2 as pb
 
 from .audit import AuditLog, AuditRecord
@@ -180,8 +180,7 @@ class AgentService:
     async def ListOperations(self, request: pb.ListOperationsRequest,
                              context: _Ctx) -> pb.ListOperationsResponse:
         ops = self._operations()
-        limit = request.limit if request.limit > 0 else 50
-        records = ops.journal.list(node=request.node or None, limit=min(limit, 1000),
+        records = ops.journal.list(node=request.node or None, limit=_list_limit(request.limit),
                                    before_id=request.before_id or None)
         return pb.ListOperationsResponse(operations=_map(operation_message, records))
 
@@ -355,8 +354,8 @@ class AgentService:
         audit = self._audit
         if audit is None:
             raise RuntimeError("this AgentService has no audit trail")
-        limit = min(request.limit if request.limit > 0 else 50, 1000)
-        records = await asyncio.to_thread(audit.tail, limit, node=request.node or None)
+        records = await asyncio.to_thread(audit.tail, _list_limit(request.limit),
+                                          node=request.node or None)
         return pb.ListAuditResponse(records=_map(_audit_message, records))
 
 
@@ -368,6 +367,11 @@ def _audit_message(record: AuditRecord) -> pb.AuditRecord:
                              operation_id=record.operation_id)
     message.time.FromNanoseconds(int(record.time * 1e9))
     return message
+
+
+def _list_limit(asked: int) -> int:
+    """The entries a list call answers with: the contract's default for 0, at most its max."""
+    return min(asked if asked > 0 else DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
 
 
 async def _now(fn: Callable[[], _T]) -> _T:

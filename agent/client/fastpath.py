@@ -138,9 +138,11 @@ _DOWNGRADE_FLAGS = ("--no-permanent", "--dry-run", "--allow-config-reset", "--al
 COMMANDS: Mapping[str, Command] = {
     "versions": Command((), {}, {}, "views", "versions"),
     "downgrade": Command(
-        ("version",), {name: Opt(name[2:].replace("-", "_"), _FLAG) for name in _DOWNGRADE_FLAGS},
+        ("version",),
+        {**{name: Opt(name[2:].replace("-", "_"), _FLAG) for name in _DOWNGRADE_FLAGS},
+         "--install-timeout": Opt("install_timeout", _at_least(1))},
         {"no_permanent": False, "dry_run": False, "allow_config_reset": False,
-         "allow_purge_kill": False}, "operate", "downgrade"),
+         "allow_purge_kill": False, "install_timeout": None}, "operate", "downgrade"),
     "upgrade": Command(
         ("version",),
         {**{name: Opt(name[2:].replace("-", "_"), _FLAG)

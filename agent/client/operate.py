@@ -18,7 +18,7 @@ from relctl.v1 import agent_pb2_grpc
 from .common import OPERATION_TIMEOUT, Settings, connect, one_agent, run_operation
 from .output import Progress, outcome_of, print_operation
 from .status import ExitCode, exit_code_for_outcome
-from .transfer import UpgradeSpec, follow, upgrade_on, upload
+from .transfer import UpgradeSpec, durations, follow, upgrade_on, upload
 
 if TYPE_CHECKING:
     from pathlib import Path  # at run time only with a tarball: the caller's
@@ -70,11 +70,13 @@ def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent
 
 
 def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: bool,
-              allow_config_reset: bool, allow_purge_kill: bool) -> ExitCode:
+              allow_config_reset: bool, allow_purge_kill: bool,
+              install_timeout: float | None) -> ExitCode:
     """`relctl downgrade`: through the running release's relup, followed to its end."""
     return _streamed(settings, "the downgrade", lambda stub: stub.Downgrade(pb.DowngradeRequest(
-        node=settings.node, version=version, no_permanent=no_permanent,
-        allow_config_reset=allow_config_reset, allow_purge_kill=allow_purge_kill),
+        node=settings.node, version=version, no_permanent=no_permanent, dry_run=dry_run,
+        allow_config_reset=allow_config_reset, allow_purge_kill=allow_purge_kill,
+        **durations(install_timeout=install_timeout)),
         timeout=OPERATION_TIMEOUT))
 
 
@@ -96,9 +98,10 @@ def unpack(settings: Settings, version: str, tarball: Path, replace: bool) -> Ex
                   "the unpack")
 
 
-def install(settings: Settings, version: str) -> ExitCode:
-    return _unary(settings, "Install", pb.InstallRequest(node=settings.node, version=version),
-                  "the install")
+def install(settings: Settings, version: str, install_timeout: float | None) -> ExitCode:
+    return _unary(settings, "Install", pb.InstallRequest(
+        node=settings.node, version=version, **durations(install_timeout=install_timeout)),
+        "the install")
 
 
 def make_permanent(settings: Settings, version: str) -> ExitCode:

@@ -182,13 +182,18 @@ def follow_returning_agent(settings: Settings, stub: agent_pb2_grpc.AgentStub, a
         time.sleep(POLL_INTERVAL)
 
 
-def _duration(value: float | None) -> Any:
+def durations(**given: float | None) -> dict[str, Any]:
+    """The Duration fields of a request, only those given: an absent field is "the agent's
+    config", a present one its value, 0 included (`--health-soak 0`: no soak), so None must
+    not become an empty Duration (that is present, and 0)."""
     from google.protobuf.duration_pb2 import Duration
 
-    d = Duration()
-    if value:
-        d.FromNanoseconds(int(value * 1e9))
-    return d
+    fields: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is not None:
+            fields[name] = d = Duration()
+            d.FromNanoseconds(round(value * 1e9))
+    return fields
 
 
 class UpgradeSpec(NamedTuple):
@@ -281,8 +286,7 @@ def upgrade_on(settings: Settings, stub: agent_pb2_grpc.AgentStub, agent: str,
     events = stub.Upgrade(pb.UpgradeRequest(
         node=settings.node, version=spec.version, upload_id=upload_id,
         no_permanent=spec.no_permanent, dry_run=spec.dry_run,
-        health_soak=_duration(spec.health_soak),
-        install_timeout=_duration(spec.install_timeout),
+        **durations(health_soak=spec.health_soak, install_timeout=spec.install_timeout),
         allow_config_reset=spec.allow_config_reset, replace=spec.replace,
         allow_purge_kill=spec.allow_purge_kill),
         timeout=OPERATION_TIMEOUT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import click
 
+from relctl.v1 import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from relctl.v1 import agent_pb2 as pb
 
 from ..common import Settings, ask_agents, ask_one
@@ -15,7 +16,8 @@ from ..status import ExitCode
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(min=1, max=1000), default=20, show_default=True,
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIST_LIMIT),
+              default=DEFAULT_LIST_LIMIT, show_default=True,
               help="Operations per agent.")
 @shared_options
 @click.pass_obj

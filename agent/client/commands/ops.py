@@ -33,6 +33,15 @@ def _old_name(new: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     return warn
 
 
+def _install_timeout(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--install-timeout, of every command whose request has install_timeout (upgrade,
+    downgrade, install): given or not sent at all (absent: the node's config decides)."""
+    return click.option("--install-timeout", type=click.FloatRange(min=1), default=None,
+                        metavar="S", help="Time limit of install_release, the relup script "
+                        "with its code_change calls (default: the node's install_timeout in "
+                        "the agent's config).")(f)
+
+
 _UPGRADE_HELP = f"""\
 Upgrade the node to VERSION live: upload, unpack, check, install, verify, make permanent.
 A node that already runs VERSION as permanent is up_to_date (exit 0): the tarball is not
@@ -64,12 +73,12 @@ operations already started go on on their agents.
 @click.option("--no-permanent", is_flag=True, help="Install but do not make permanent.")
 @click.option("--dry-run", is_flag=True, help="Stop after check_install_release; change nothing.")
 @click.option("--health-soak", type=click.FloatRange(min=0), default=None, metavar="S",
-              help="Seconds the health probes must keep passing after the install (default: "
-                   "the node's health_soak in the agent's config).")
+              help="Seconds the health probes must keep passing after the install; 0: no "
+                   "soak, the probes run once (default: the node's health_soak in the agent's "
+                   "config).")
 @click.option("--health-timeout", type=click.FloatRange(min=0), default=None, hidden=True,
               callback=_old_name("--health-soak"))
-@click.option("--install-timeout", type=click.FloatRange(min=1), default=None, metavar="S",
-              help="Time limit of install_release (default: the agent's config).")
+@_install_timeout
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="With several agents: how many agents upgrade at once.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=0, show_default=True,
@@ -111,20 +120,22 @@ def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent
 @click.argument("version")
 @click.option("--no-permanent", is_flag=True, help="Install but do not make permanent.")
 @click.option("--dry-run", is_flag=True, help="Stop after check_install_release; change nothing.")
+@_install_timeout
 @click.option("--allow-config-reset", is_flag=True,
               help="Install even when the release's runtime config (mix config providers, relx "
                    "${VAR}s) cannot be reproduced on the node; those keys fall back.")
 @click.option("--allow-purge-kill", is_flag=True,
               help="Processes still running old code when the release is made permanent are "
                    "killed by its purge, and each is reported (default: they fail the "
-                   "verification, and the node is rolled back).")
+                   "verification; a downgrade is not rolled back).")
 @shared_options
 @click.pass_obj
 def downgrade(settings: Settings, version: str, no_permanent: bool, dry_run: bool,
-              allow_config_reset: bool, allow_purge_kill: bool) -> ExitCode:
+              install_timeout: float | None, allow_config_reset: bool,
+              allow_purge_kill: bool) -> ExitCode:
     """Go back to an old VERSION through the running release's relup (its down script)."""
     return operate.downgrade(settings, version, no_permanent, dry_run, allow_config_reset,
-                             allow_purge_kill)
+                             allow_purge_kill, install_timeout)
 
 
 @click.command("reload-config")
@@ -155,11 +166,12 @@ def unpack(settings: Settings, version: str, tarball: Path, replace: bool) -> Ex
 
 @click.command()
 @click.argument("version")
+@_install_timeout
 @shared_options
 @click.pass_obj
-def install(settings: Settings, version: str) -> ExitCode:
+def install(settings: Settings, version: str, install_timeout: float | None) -> ExitCode:
     """Install an unpacked VERSION (not made permanent)."""
-    return operate.install(settings, version)
+    return operate.install(settings, version, install_timeout)
 
 
 @click.command("make-permanent")

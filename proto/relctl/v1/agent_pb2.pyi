@@ -435,20 +435,22 @@ class UpgradeRequest(_message.Message):
     def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., upload_id: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., health_soak: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ..., replace: _Optional[bool] = ..., allow_purge_kill: _Optional[bool] = ...) -> None: ...
 
 class DowngradeRequest(_message.Message):
-    __slots__ = ("node", "version", "no_permanent", "install_timeout", "allow_config_reset", "allow_purge_kill")
+    __slots__ = ("node", "version", "no_permanent", "install_timeout", "dry_run", "allow_config_reset", "allow_purge_kill")
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NO_PERMANENT_FIELD_NUMBER: _ClassVar[int]
     INSTALL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     ALLOW_CONFIG_RESET_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PURGE_KILL_FIELD_NUMBER: _ClassVar[int]
     node: str
     version: str
     no_permanent: bool
     install_timeout: _duration_pb2.Duration
+    dry_run: bool
     allow_config_reset: bool
     allow_purge_kill: bool
-    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., allow_config_reset: _Optional[bool] = ..., allow_purge_kill: _Optional[bool] = ...) -> None: ...
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., no_permanent: _Optional[bool] = ..., install_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dry_run: _Optional[bool] = ..., allow_config_reset: _Optional[bool] = ..., allow_purge_kill: _Optional[bool] = ...) -> None: ...
 
 class ReloadConfigRequest(_message.Message):
     __slots__ = ("node", "dry_run", "show_values")

@@ -11,6 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from agent.api.messages import TARGET_FIELDS, requested
+from agent.errors import RequestError
 from agent.release import Requested
 from relctl.v1 import agent_pb2 as pb
 
@@ -40,12 +41,35 @@ def test_every_option_of_a_request_changes_what_is_requested(kind: type[Message]
         assert requested(message) != plain, f"{kind.DESCRIPTOR.name}.{name} is dropped"
 
 
-def test_durations_are_seconds_and_zero_is_the_nodes_config() -> None:
+def test_durations_are_seconds_and_an_absent_one_is_the_nodes_config() -> None:
     message = pb.UpgradeRequest(no_permanent=True, health_soak=Duration(seconds=2, nanos=5 * 10**8))
     asked = requested(message)
     assert (asked.permanent, asked.health_soak, asked.install_timeout) == (False, 2.5, None)
     install = requested(pb.InstallRequest(install_timeout=Duration(seconds=9)), permanent=False)
     assert (install.install_timeout, install.permanent) == (9.0, False)
+
+
+def test_a_present_zero_soak_is_zero_not_the_config() -> None:
+    """`relctl upgrade --health-soak 0` overrides a configured soak: presence, not the value,
+    says whether the request set it."""
+    zero = pb.UpgradeRequest(health_soak=Duration())
+    assert zero.HasField("health_soak") and requested(zero).health_soak == 0.0
+    assert requested(pb.UpgradeRequest()).health_soak is None
+
+
+@pytest.mark.parametrize("message", [
+    pb.UpgradeRequest(install_timeout=Duration()),
+    pb.DowngradeRequest(install_timeout=Duration()),
+    pb.InstallRequest(install_timeout=Duration()),
+    pb.UpgradeRequest(health_soak=Duration(seconds=-1)),
+    pb.InstallRequest(install_timeout=Duration(seconds=-5)),
+], ids=lambda m: f"{m.DESCRIPTOR.name}:{m.ListFields()[0][0].name}")
+def test_a_zero_time_limit_or_a_negative_duration_is_refused(message: Message) -> None:
+    # A zero install_timeout is also what a relctl from before presence counted sent for
+    # "the config": refused with a word on it, rather than run with no time limit at all.
+    with pytest.raises(RequestError, match=r"leave it out for the node's config .*upgrade "
+                                            r"relctl"):
+        requested(message)
 
 
 def test_a_field_that_is_no_option_is_refused_rather_than_dropped() -> None:

@@ -190,6 +190,13 @@ def operation_error(agent: str, err: grpc.RpcError, timeout: float, *, op_id: in
     the message says so and how to see its outcome once the agent answers again; the exit code
     is status.py's (:data:`~agent.client.status.GOES_ON`, never 1)."""
     code = exit_code_of(err, Call.OPERATION, started=bool(op_id))
+    if code == ExitCode.INTERNAL:  # an error nobody classified, before the agent named it
+        said = describe_rpc_error(agent, err, timeout).message
+        log = "" if _from_agent(err) else (
+            "; the agent's log (journalctl -u relctl-agent) may say why")
+        return CliError(f"{said} (during {what}){log}; relctl cannot tell whether the "
+                        "operation started: relctl operations lists it if it did, and relctl "
+                        "operation N shows how it ended", code)
     if code != GOES_ON:
         return rpc_error(agent, err, timeout)  # refused before it started
     if connection_lost(err):

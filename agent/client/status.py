@@ -33,7 +33,7 @@ class ExitCode(IntEnum):
     FAILED_CHANGED = 6
     BUSY = 7
     DENIED = 8
-    INTERNAL = 70       # a bug in relctl: EX_SOFTWARE of sysexits.h (the agent uses its 78)
+    INTERNAL = 70       # a bug in relctl or its agent: EX_SOFTWARE of sysexits.h
     INTERRUPTED = 130   # Ctrl-C or SIGTERM: 128 + SIGINT, as shells and httpie use
 
 
@@ -49,8 +49,9 @@ MEANINGS: Mapping[ExitCode, str] = {
                              "may go on; check the node's releases",
     ExitCode.BUSY: "another operation is in progress on the node",
     ExitCode.DENIED: "not allowed: missing or wrong credentials, or the role does not allow it",
-    ExitCode.INTERNAL: "internal error of relctl (a bug; --debug shows where); operations "
-                       "already started may go on on their agents",
+    ExitCode.INTERNAL: "internal error of relctl or of its agent (a bug; --debug or the "
+                       "agent's log shows where); an operation asked for may have started and "
+                       "go on on its agent",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); operations already started may go "
                           "on on their agents",
 }
@@ -117,6 +118,12 @@ class Call(Enum):
 # Never 1 (that says "node unchanged") and never 0: someone has to look at the node.
 GOES_ON = ExitCode.FAILED_CHANGED
 
+# The statuses of an error nobody classified: the agent's "internal error" (INTERNAL: a bug of
+# its own, whose traceback is in its log) and grpc's UNKNOWN (a handler that raised). On an
+# operation's call before the agent named the operation, relctl cannot know whether it
+# started, so the code is INTERNAL: never 1, which says "node unchanged".
+UNCLASSIFIED = frozenset({"INTERNAL", "UNKNOWN"})
+
 
 def exit_code_for_rpc(status: grpc.StatusCode, *, from_agent: bool, lost: bool = False,
                       call: Call = Call.READ, started: bool = False) -> ExitCode:
@@ -127,13 +134,17 @@ def exit_code_for_rpc(status: grpc.StatusCode, *, from_agent: bool, lost: bool =
 
     An operation's call that lost its connection, that relctl stopped waiting for (the
     transport's deadline) or that failed in any way once the operation had started is
-    :data:`GOES_ON`. Any other call that lost its connection is UNAVAILABLE (an upload: no
-    operation started, run it again). The rest map by their status: the agent's refusals by
-    one table, the transport's by another, anything else is FAILED."""
+    :data:`GOES_ON`. An operation's call that failed with an :data:`UNCLASSIFIED` status
+    before that is INTERNAL (it may have started or not). Any other call that lost its
+    connection is UNAVAILABLE (an upload: no operation started, run it again). The rest map by
+    their status: the agent's refusals by one table, the transport's by another, anything else
+    is FAILED (a read or an upload: no operation ran for it)."""
     name = status.name
     if call is Call.OPERATION and (
             started or lost or (name == "DEADLINE_EXCEEDED" and not from_agent)):
         return GOES_ON
+    if call is Call.OPERATION and name in UNCLASSIFIED:
+        return ExitCode.INTERNAL
     if lost:
         return ExitCode.UNAVAILABLE
     table = _AGENT_STATUS if from_agent else _TRANSPORT_STATUS
@@ -166,14 +177,16 @@ def exit_code_for_outcome(outcome: str) -> ExitCode:
 
 # --- one code for a rollout over several agents -------------------------------------------------
 
-# Most serious first: a node left part-way needs a person now; a rolled back node ran the new
-# release and it failed, so the release is suspect; the rest changed nothing.
+# Most serious first: a node left part-way needs a person now, and so does one whose agent
+# failed on an internal error before naming the operation (started or not: unknown); a rolled
+# back node ran the new release and it failed, so the release is suspect; the rest changed
+# nothing.
 WORST_FIRST: tuple[ExitCode, ...] = (
-    ExitCode.FAILED_CHANGED, ExitCode.ROLLED_BACK, ExitCode.FAILED, ExitCode.UNAVAILABLE,
-    ExitCode.DENIED, ExitCode.BUSY, ExitCode.NOT_FOUND, ExitCode.USAGE)
-# Not a row's code: the rollout as a whole was interrupted (whatever its rows say), or relctl
-# itself failed (a bug stops the whole command).
-NOT_A_ROW = frozenset({ExitCode.INTERRUPTED, ExitCode.INTERNAL})
+    ExitCode.FAILED_CHANGED, ExitCode.INTERNAL, ExitCode.ROLLED_BACK, ExitCode.FAILED,
+    ExitCode.UNAVAILABLE, ExitCode.DENIED, ExitCode.BUSY, ExitCode.NOT_FOUND, ExitCode.USAGE)
+# Not a row's code: the rollout as a whole was interrupted (whatever its rows say). (relctl's
+# own bug is INTERNAL too, but stops the whole command before any table is printed.)
+NOT_A_ROW = frozenset({ExitCode.INTERRUPTED})
 
 
 def worst_code(codes: Iterable[ExitCode]) -> ExitCode:

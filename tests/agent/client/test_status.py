@@ -63,7 +63,9 @@ def test_the_help_lists_every_code_in_order_with_its_meaning() -> None:
 def test_the_help_keeps_its_words() -> None:
     assert ("  6  the operation failed part-way, or relctl lost sight of it and it may go on; "
             "check the node's releases") in exit_codes_help()
-    assert "  70  internal error of relctl" in exit_codes_help()
+    assert ("  70  internal error of relctl or of its agent (a bug; --debug or the agent's "
+            "log shows where); an operation asked for may have started and go on on its "
+            "agent") in exit_codes_help()
     assert "  7  another operation is in progress on the node" in exit_codes_help()
 
 
@@ -107,6 +109,10 @@ def test_a_transport_error_maps_by_its_status(status: grpc.StatusCode, code: Exi
     # Started, then any failure: it may go on as well (never 1).
     (grpc.StatusCode.INTERNAL, True, False, True, GOES_ON),
     (grpc.StatusCode.UNKNOWN, False, False, True, GOES_ON),
+    # An error nobody classified before the agent named the operation: started or not,
+    # relctl cannot know, so not 1 ("node unchanged") but INTERNAL.
+    (grpc.StatusCode.INTERNAL, True, False, False, ExitCode.INTERNAL),
+    (grpc.StatusCode.UNKNOWN, False, False, False, ExitCode.INTERNAL),
     # Refused before it started: the agent's or the transport's word.
     (grpc.StatusCode.ABORTED, True, False, False, ExitCode.BUSY),
     (grpc.StatusCode.FAILED_PRECONDITION, True, False, False, ExitCode.FAILED),
@@ -182,10 +188,10 @@ def test_a_cli_error_carries_its_code() -> None:
 # --- a rollout's one code ----------------------------------------------------------------------
 
 def test_worst_first_is_the_documented_order_and_ranks_every_failure() -> None:
-    assert [int(c) for c in WORST_FIRST] == [6, 5, 1, 3, 8, 7, 4, 2]
+    assert [int(c) for c in WORST_FIRST] == [6, 70, 5, 1, 3, 8, 7, 4, 2]
     assert set(WORST_FIRST) == set(ExitCode) - {ExitCode.OK} - NOT_A_ROW
-    assert NOT_A_ROW == {ExitCode.INTERRUPTED, ExitCode.INTERNAL}
-    assert worst_first_text() == "6, 5, 1, 3, 8, 7, 4, 2"
+    assert NOT_A_ROW == {ExitCode.INTERRUPTED}
+    assert worst_first_text() == "6, 70, 5, 1, 3, 8, 7, 4, 2"
 
 
 @pytest.mark.parametrize(("codes", "expected"), [

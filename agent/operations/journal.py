@@ -285,9 +285,10 @@ class Journal:
             found = self._load(f"SELECT {_OP_COLUMNS} FROM operations WHERE id = ?", (op_id,))
         return found[0] if found else None
 
-    def list(self, *, node: str | None = None, limit: int = 50,
+    def list(self, *, limit: int, node: str | None = None,
              before_id: int | None = None) -> builtins.list[OperationRecord]:
-        """Newest first; page on by passing the last id seen as ``before_id``."""
+        """Newest first, at most ``limit`` (the API's default is the contract's, relctl.v1
+        DEFAULT_LIST_LIMIT); page on by passing the last id seen as ``before_id``."""
         if limit <= 0:
             return []   # SQLite reads a negative LIMIT as "no limit"
         where: builtins.list[str] = []

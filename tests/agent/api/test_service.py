@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from agent.api.audit import AuditLog, AuditRecord
 from agent.api.service import AgentService
 from agent.config import NodeConfig
 from agent.nodes.link import NodeLink
@@ -16,7 +17,7 @@ from agent.nodes.manager import NodeManager
 from agent.operations.journal import Journal
 from agent.operations.runner import Operations
 from agent.operations.uploads import UploadStore
-from relctl.v1 import AGENT_ERROR_METADATA, agent_pb2_grpc
+from relctl.v1 import AGENT_ERROR_METADATA, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, agent_pb2_grpc
 from relctl.v1 import agent_pb2 as pb
 from tests.tools.otp_procs import free_port
 from tests.tools.settings import LINK, UPLOADS, settings
@@ -126,3 +127,35 @@ async def test_an_upload_with_a_wrong_checksum_is_refused_and_not_kept(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sha256 mismatch" in (info.value.details() or "")
     assert list((tmp_path / "uploads").iterdir()) == []
+
+
+async def test_a_list_call_answers_the_contracts_default_and_at_most_its_max(
+        tmp_path: Path) -> None:
+    """ListAudit and ListOperations: a limit of 0 (relctl sends its --limit, whose default is
+    the same constant) is DEFAULT_LIST_LIMIT entries, a larger one than MAX_LIST_LIMIT is cut."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    for i in range(MAX_LIST_LIMIT + 5):
+        audit.append(AuditRecord(time=1700000000.0 + i, peer="unix:uid=0", identity="t",
+                                 rpc="Upgrade", node="a@h", result="ok"))
+    journal = Journal.open(tmp_path / "journal.sqlite3")
+    for _ in range(DEFAULT_LIST_LIMIT + 5):
+        journal.start("a@h", "upgrade", "1", "2", "t")
+    nodes = NodeManager([])
+    server = grpc.aio.server()
+    AgentService(nodes, Operations(journal, nodes, rpc_timeout=2.0), rpc_timeout=2.0,
+                 audit=audit).add_to(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = agent_pb2_grpc.AgentStub(channel)
+            for limit, expected in ((0, DEFAULT_LIST_LIMIT), (3, 3),
+                                    (MAX_LIST_LIMIT + 1, MAX_LIST_LIMIT)):
+                trail = await stub.ListAudit(pb.ListAuditRequest(limit=limit), timeout=10)
+                assert len(trail.records) == expected, limit
+            listed = await stub.ListOperations(pb.ListOperationsRequest(), timeout=10)
+            assert len(listed.operations) == DEFAULT_LIST_LIMIT
+    finally:
+        await server.stop(0)
+        audit.close()
+        journal.close()

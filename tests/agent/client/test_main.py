@@ -142,3 +142,17 @@ def test_a_bug_is_its_own_exit_code_not_1(monkeypatch: pytest.MonkeyPatch,
         [line] = capsys.readouterr().err.splitlines()
         assert line.startswith("relctl: internal error: ValueError('unexpected'); an operation "
                                "already started on an agent may go on there")
+
+
+@pytest.mark.parametrize("command", ["operations", "audit"])
+def test_a_list_commands_limit_defaults_to_the_agents_and_says_so(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--limit's default is the contract's DEFAULT_LIST_LIMIT (what an agent answers for 0),
+    not a number of the client's own, and its help shows it with the most an agent gives."""
+    from relctl.v1 import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+
+    limit = next(p for p in load_command(command).params if p.name == "limit")
+    assert limit.default == DEFAULT_LIST_LIMIT == 50
+    assert main([command, "--help"]) == ExitCode.OK
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"[default: {DEFAULT_LIST_LIMIT}; 1<=x<={MAX_LIST_LIMIT}]" in shown

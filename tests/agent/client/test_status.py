@@ -199,6 +199,9 @@ def test_worst_first_is_the_documented_order_and_ranks_every_failure() -> None:
     ([ExitCode.OK, ExitCode.OK], ExitCode.OK),
     ([ExitCode.FAILED, ExitCode.ROLLED_BACK], ExitCode.ROLLED_BACK),
     ([ExitCode.ROLLED_BACK, ExitCode.FAILED_CHANGED], ExitCode.FAILED_CHANGED),
+    # An agent's internal error before it named the operation: started or not, unknown.
+    ([ExitCode.ROLLED_BACK, ExitCode.INTERNAL, ExitCode.FAILED], ExitCode.INTERNAL),
+    ([ExitCode.INTERNAL, ExitCode.FAILED_CHANGED], ExitCode.FAILED_CHANGED),
     ([ExitCode.UNAVAILABLE, ExitCode.FAILED], ExitCode.FAILED),
     ([ExitCode.BUSY, ExitCode.UNAVAILABLE], ExitCode.UNAVAILABLE),
     ([ExitCode.BUSY, ExitCode.DENIED], ExitCode.DENIED),

@@ -27,7 +27,7 @@ from agent.release import OUTCOMES, STEP_STATES, ConfigChange, StepRecord
 FILE_NAME = "journal.sqlite3"
 # Like the audit trail: the agent writes, its group (operators) may read, nobody else.
 FILE_MODE = 0o640
-SCHEMA_VERSION = 4  # 2: operations.config_changes; 3: unpacked; 4: placing
+SCHEMA_VERSION = 5  # 2: operations.config_changes; 3: unpacked; 4: placing; 5: placing.added
 
 # AUTOINCREMENT: ids are never reused, so an id a client pages from keeps meaning one operation.
 _SCHEMA = """
@@ -74,6 +74,10 @@ CREATE TABLE placing (
     PRIMARY KEY (node, op_id)
 );
 """
+# Schema 5: what an operation adds inside directories the root already had (a new file in an
+# existing lib/APP-VSN): taken back on their own, though the directory around them is in use.
+# A column of its own, so that a placing recorded before (schema 4) reads as adding nothing.
+_ADDED = "ALTER TABLE placing ADD COLUMN added TEXT NOT NULL DEFAULT '[]'"
 
 # The sha256 of the tarball each release was unpacked from (one row per node and version),
 # so that a tarball of the same version with other bytes is told apart (see unpacked_sha256).
@@ -91,6 +95,7 @@ _MIGRATIONS = {
     2: "ALTER TABLE operations ADD COLUMN config_changes TEXT NOT NULL DEFAULT '[]'",
     3: _UNPACKED,
     4: _PLACING,
+    5: _ADDED,
 }
 
 
@@ -241,14 +246,15 @@ class Journal:
                                (node, *keep))
 
     def record_placing(self, node: str, op_id: int, version: str, paths: Sequence[str], *,
-                       now: float | None = None) -> None:
+                       added: Sequence[str] = (), now: float | None = None) -> None:
         """Operation ``op_id`` is about to place ``paths`` under ``node``'s root for
-        ``version`` (replacing what it recorded before)."""
+        ``version``, and ``added`` inside directories the root has (replacing what it
+        recorded before)."""
         with self._tx():
             self._conn.execute(
-                "INSERT OR REPLACE INTO placing (node, op_id, version, paths, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?)", (node, op_id, version, json.dumps(list(paths)),
-                                            _now(now)))
+                "INSERT OR REPLACE INTO placing (node, op_id, version, paths, recorded_at, added)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (node, op_id, version, json.dumps(list(paths)),
+                                               _now(now), json.dumps(list(added))))
 
     def settle_placing(self, node: str, op_id: int) -> None:
         """What operation ``op_id`` placed is registered with the node, or taken back."""
@@ -256,16 +262,19 @@ class Journal:
             self._conn.execute("DELETE FROM placing WHERE node = ? AND op_id = ?",
                                (node, op_id))
 
-    def placings(self, node: str) -> builtins.list[tuple[int, str, tuple[str, ...]]]:
-        """(op_id, version, paths) of every placing of ``node`` not settled, oldest first."""
+    def placings(self, node: str
+                 ) -> builtins.list[tuple[int, str, tuple[str, ...], tuple[str, ...]]]:
+        """(op_id, version, paths, added) of every placing of ``node`` not settled, oldest
+        first (``added``: empty for a placing recorded before schema 5)."""
         try:
             with self._tx(write=False):
                 rows = self._conn.execute(
-                    "SELECT op_id, version, paths FROM placing WHERE node = ? ORDER BY op_id",
-                    (node,)).fetchall()
+                    "SELECT op_id, version, paths, added FROM placing WHERE node = ?"
+                    " ORDER BY op_id", (node,)).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read the journal {self.path}: {exc}") from exc
-        return [(int(r[0]), str(r[1]), tuple(str(p) for p in json.loads(r[2]))) for r in rows]
+        return [(int(r[0]), str(r[1]), tuple(str(p) for p in json.loads(r[2])),
+                 tuple(str(p) for p in json.loads(r[3]))) for r in rows]
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -456,4 +465,5 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
     # Statement by statement: executescript() would COMMIT and leave our transaction.
     for statement in filter(str.strip, _SCHEMA.split(";")):
         conn.execute(statement)
+    conn.execute(_ADDED)  # _SCHEMA keeps schema 4's placing table, which migration 4 makes
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -83,10 +83,10 @@ class _JournalLedger:
             log.warning("operation %d: the sha256 of %s is not in the journal (%s); its "
                         "release dir keeps it", self._op_id, version, exc)
 
-    def placing(self, version: str, paths: Sequence[Path]) -> None:
+    def placing(self, version: str, paths: Sequence[Path], added: Sequence[Path] = ()) -> None:
         try:
             self._journal.record_placing(self._node, self._op_id, version,
-                                         [str(p) for p in paths])
+                                         [str(p) for p in paths], added=[str(p) for p in added])
         except JournalError as exc:
             # Not a reason to stop: if this operation never finishes, what it placed stays
             # on the disk (never deleted on a guess) and a retry of VSN says what is in the way.
@@ -108,7 +108,7 @@ class _JournalLedger:
                         self._op_id, exc)
             return ()
         busy = self._busy()
-        return tuple(Placing(op, version, paths) for op, version, paths in rows
+        return tuple(Placing(op, version, paths, added) for op, version, paths, added in rows
                      if op != self._op_id and op not in busy)
 
     def forget(self, placing: Placing) -> None:

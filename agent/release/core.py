@@ -135,8 +135,9 @@ class UnpackLedger(Protocol):
 
     def record(self, version: str, sha256: str) -> None: ...
 
-    def placing(self, version: str, paths: Sequence[Path]) -> None:
-        """This operation is about to place ``paths`` for ``version``."""
+    def placing(self, version: str, paths: Sequence[Path], added: Sequence[Path] = ()) -> None:
+        """This operation is about to place ``paths`` for ``version`` (each absent from the
+        root), and ``added`` inside directories the root has (replacing what it said before)."""
         ...
 
     def settled(self) -> None:
@@ -164,7 +165,7 @@ class NoLedger:
     def record(self, version: str, sha256: str) -> None:
         self._sha[version] = sha256
 
-    def placing(self, version: str, paths: Sequence[Path]) -> None:
+    def placing(self, version: str, paths: Sequence[Path], added: Sequence[Path] = ()) -> None:
         pass
 
     def settled(self) -> None:
@@ -190,6 +191,9 @@ class OperationContext:
     dirs: NodeDirs | None = None
     extracted: Extracted | None = None   # the agent's extraction, until unpack places it
     placed: tuple[Path, ...] = ()        # what this operation put under the root (or may have)
+    # What it added inside dirs the root had (or may have), at the deepest level the root
+    # had: taken back on their own, though the dir around them is in use.
+    added: tuple[Path, ...] = ()
     registered: bool = False             # the node lists the release this operation unpacked
     in_node: str = ""                    # why the node unpacks (the agent may not write)
     # The one way back for what this operation placed (staging.py sets it): run by

@@ -11,7 +11,8 @@ its library lists cannot say what a deletion would break. So the set is built fr
 - the running node's code path (``code:get_path()``) and its ERTS (``erts-VSN``).
 
 A path may be deleted only when it is none of these, holds none of them and lies in none of
-them (:meth:`InUse.holds`). The only releases left out of the ``.rel`` scan are the versions an
+them (:meth:`InUse.holds`); what an operation added inside a dir the root had may go when it
+is none of these and holds none of them (:meth:`InUse.holds_added`). The only releases left out of the ``.rel`` scan are the versions an
 operation of the agent itself was placing (``placing``) and that RELEASES does not list: their
 ``.rel`` is one of the files that operation placed, not a release anyone installed.
 """
@@ -52,12 +53,29 @@ class InUse:
                 return f"{used.relative_to(self.root)} is in use ({reason})"
         return None
 
-    def split(self, paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
-        """The paths that may go, and why each of the others stays."""
+    def holds_added(self, path: Path) -> str | None:
+        """As :meth:`holds`, for what an operation added inside a directory the root had (a
+        file it put into an existing lib/APP-VSN): that the directory around it is in use does
+        not keep it, since nothing in use had it before; being in use or holding what is
+        does."""
+        path = Path(os.path.normpath(path))
+        if path == self.root or self.root not in path.parents:
+            return f"{path} is not inside the release root {self.root}"
+        if self.problems:
+            return f"what is in use under {self.root} is not known ({self.problems[0]})"
+        for used, reason in self.why:
+            if used == path or path in used.parents:
+                return f"{used.relative_to(self.root)} is in use ({reason})"
+        return None
+
+    def split(self, paths: Iterable[Path], *, added: bool = False
+              ) -> tuple[list[Path], list[str]]:
+        """The paths that may go, and why each of the others stays (``added``: they are
+        additions inside dirs the root had, :meth:`holds_added`)."""
         free: list[Path] = []
         kept: list[str] = []
         for path in paths:
-            reason = self.holds(path)
+            reason = self.holds_added(path) if added else self.holds(path)
             if reason is None:
                 free.append(path)
             else:

@@ -42,7 +42,7 @@ from .inuse import ON_CODE_PATH
 from .preflight import SHA_FILE
 from .releases import Release
 from .tarballs import NotADirectoryOnNode, Extracted, Interrupted, WriteFailed, adopt, extract, place, remove
-from .tarballs import clear_leftovers
+from .tarballs import clear_leftovers, planned, unpack_adds
 from .tarballs import ReleaseTarball, TarballError
 from .tarballs import TREE, UNPACK_PREFIX, why_not_write, write_sha
 from .values import FAILED, FAILED_UNCHANGED, Failure, term_text
@@ -76,22 +76,32 @@ def _adopted(ahead: Extracted | None, root: Path) -> Extracted | None:
         return None
 
 
+def _added_text(added: tuple[Path, ...] | list[Path], root: Path) -> str:
+    names = ", ".join(str(p.relative_to(root)) for p in added)
+    return f"; added inside dirs the root had: {names}" if added else ""
+
+
 class Staging:
     def __init__(self, core: EngineCore) -> None:
         self._core = core
 
-    async def _remove(self, paths: list[Path], ctx: OperationContext, *,
-                      placing: str) -> tuple[list[str], list[str]]:
+    async def _remove(self, paths: list[Path], ctx: OperationContext, *, placing: str,
+                      added: list[Path] | tuple[Path, ...] = ()) -> tuple[list[str], list[str]]:
         """Delete those of ``paths`` that nothing in use holds (``placing``: the version they
-        were placed for, whose own .rel does not count). The relative paths removed, and why
-        each of the others stayed. Raises Failure(FAILED) when a deletion fails."""
+        were placed for, whose own .rel does not count), and those of ``added`` (what was
+        added inside dirs the root had, e.g. a new file in the running release's
+        lib/APP-VSN) that are not in use themselves. The relative paths removed, and why each
+        of the others stayed. Raises Failure(FAILED) when a deletion fails."""
         assert ctx.dirs is not None
         root = Path(ctx.dirs.root)
         existing = [p for p in paths if os.path.lexists(p)]
-        if not existing:
+        inside = [p for p in added if os.path.lexists(p)]
+        if not existing and not inside:
             return [], []
         used = await self._core.in_use(ctx, placing={placing})
         free, kept = used.split(existing)
+        free_inside, kept_inside = used.split(inside, added=True)
+        free, kept = free_inside + free, kept_inside + kept
         failed = await asyncio.to_thread(remove, free)
         if failed:
             raise Failure(FAILED, f"cannot delete {', '.join(failed)}; delete it by hand "
@@ -107,7 +117,8 @@ class Staging:
         kept: list[str] = []
         for placing in self._core.ledger.unfinished():
             gone, stayed = await self._remove([Path(p) for p in placing.paths], ctx,
-                                              placing=placing.version)
+                                              placing=placing.version,
+                                              added=[Path(p) for p in placing.added])
             removed += gone
             kept += stayed
             self._core.ledger.forget(placing)
@@ -148,6 +159,7 @@ class Staging:
             # Recorded before the first file is written; taken back by undo() or by the next
             # operation when this one never finishes.
             ctx.placed = tarball.new_paths(root)
+            ctx.added = ()  # what goes inside dirs the root has: known once extracted
             ctx.undo = functools.partial(self.undo, tarball.version, ctx)
             if why_not is None:
                 self._core.ledger.placing(tarball.version, ctx.placed)
@@ -166,6 +178,9 @@ class Staging:
             else:
                 ctx.in_node = why_not and (f"the agent may not write {root} ({why_not}): "
                                            "unpacking in the node")
+                # The node's keep_old_files adds what the root's dirs lack (a file the root's
+                # lib/APP-VSN has not): listed now, recorded with the rest, taken back by undo.
+                ctx.added = await self._unpack_adds(tarball, root)
                 st.detail = await self._stage_tarball(tarball, ctx)
                 st.detail += f"; {ctx.in_node}" if ctx.in_node else ""
             st.detail += cleared
@@ -201,13 +216,23 @@ class Staging:
             raise Failure(FAILED_UNCHANGED, "the extraction was interrupted; nothing was "
                                              "changed") from None
 
+    async def _unpack_adds(self, tarball: ReleaseTarball, root: Path) -> tuple[Path, ...]:
+        try:
+            return await asyncio.to_thread(unpack_adds, tarball, root)
+        except TarballError as exc:
+            raise Failure(FAILED_UNCHANGED, f"{exc}; nothing was changed") from None
+        except OSError as exc:
+            raise Failure(FAILED_UNCHANGED, f"cannot read {exc.filename or tarball.path} to "
+                          f"list what the unpack adds to {root}: {exc.strerror or exc}; "
+                          "nothing was changed") from None
+
     async def _stage_tarball(self, tarball: ReleaseTarball, ctx: OperationContext) -> str:
         """Put the tarball where unpack_release takes it: releases/N.tar.gz."""
         assert ctx.dirs is not None
         dest = Path(ctx.dirs.releases) / f"{tarball.unpack_name}.tar.gz"
         tmp = dest.with_name(f".{dest.name}.relctl-tmp")
         ctx.placed += tuple(p for p in (dest, tmp) if not os.path.lexists(p))
-        self._core.ledger.placing(tarball.version, ctx.placed)
+        self._core.ledger.placing(tarball.version, ctx.placed, ctx.added)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)
@@ -246,7 +271,18 @@ class Staging:
             try:
                 try:
                     write_sha(extracted.tmp / TREE, version, SHA_FILE, tarball.sha256)
-                    placed = place(extracted, root, version)
+                    # What goes inside dirs the root has is recorded before it is moved:
+                    # the undo takes back exactly that, never a file the root had.
+                    tops = set(ctx.placed)
+                    ctx.added = tuple(p for p in planned(extracted, root, version)
+                                      if p not in tops)
+                    self._core.ledger.placing(version, ctx.placed, ctx.added)
+                    try:
+                        placed = place(extracted, root, version)
+                    except BaseException:
+                        ctx.added = ()  # place took back what it moved
+                        raise
+                    ctx.added = tuple(p for p in placed.paths if p not in tops)
                 except OSError as exc:
                     raise Failure(FAILED_UNCHANGED, write_refused(
                         Path(exc.filename or root), exc)) from None
@@ -255,7 +291,8 @@ class Staging:
                                   f"tarball without what it has below {exc.path.name}") from None
                 kept = [d for d in [f"erts-{tarball.erts_version}"] + [
                     f"lib/{app}-{vsn}" for app, vsn in tarball.applications]
-                    if (root / d).is_dir() and root / d not in placed.paths]
+                    if (root / d).is_dir() and root / d not in placed.paths
+                    and not any(root / d in p.parents for p in ctx.added)]
                 res = await self._registered(
                     "set_unpacked", [str(extracted.rel_file), libs], call, version, limit)
             finally:
@@ -264,10 +301,10 @@ class Staging:
                     extracted.held.release()
                 ctx.extracted = None
             self._core.ledger.record(version, tarball.sha256)
-            new = [str(p.relative_to(root)) for p in placed.paths]
+            new = [str(p.relative_to(root)) for p in placed.paths if p not in ctx.added]
             st.detail = (f"the agent unpacked it (the node decompressed nothing): placed "
-                         f"{', '.join(new)}" + (f"; kept as they were: {', '.join(kept)}"
-                                                if kept else "")
+                         f"{', '.join(new)}" + _added_text(ctx.added, root)
+                         + (f"; kept as they were: {', '.join(kept)}" if kept else "")
                          + f"; {call} -> {res}")
 
     async def _registered(self, function: str, args: list[Any], call: str, version: str,
@@ -304,7 +341,10 @@ class Staging:
         async with self._core.steps.step("unpack") as st:
             res = await self._registered("unpack_release", [tarball.unpack_name], call,
                                          tarball.version, limit)
+            assert ctx.dirs is not None
             st.detail = (f"{ctx.in_node}: {call} -> {res}"
+                         + _added_text([p for p in ctx.added if os.path.lexists(p)],
+                                       Path(ctx.dirs.root))
                          + await self._record(tarball, ctx)).lstrip(": ")
 
     async def _record(self, tarball: ReleaseTarball, ctx: OperationContext) -> str:
@@ -376,9 +416,14 @@ class Staging:
         registered it (set_removed, never remove_release, which deletes by its own rules),
         then what this operation placed goes, as far as nothing in use holds it (release_handler
         extracts with keep_old_files, so a bad relup or beam left behind would be used by the
-        retry). Says what it did; raises Failure(FAILED) when it could not."""
-        if not ctx.registered and not any(os.path.lexists(p) for p in ctx.placed):
-            ctx.placed, ctx.undo = (), None  # nothing was placed: nothing to show either
+        retry): the paths it created at the tarball's top two levels (lib/APP-VSN, releases/VSN)
+        and what it added inside dirs the root had (a new file in the running release's
+        lib/APP-VSN, which is in use and stays), never a file the root had before. Says what
+        it did; raises Failure(FAILED) when it could not."""
+        if not ctx.registered and not any(os.path.lexists(p)
+                                          for p in (*ctx.placed, *ctx.added)):
+            # Nothing was placed: nothing to show either.
+            ctx.placed, ctx.added, ctx.undo = (), (), None
             self._core.ledger.settled()
             return f"nothing of {version} was placed"
         async with self._core.steps.step("undo_unpack") as st:
@@ -398,8 +443,9 @@ class Staging:
                                            f"{version} stays unpacked")
                 ctx.registered = False
                 forgot = f"set_removed({version}); "
-            removed, kept = await self._remove(list(ctx.placed), ctx, placing=version)
-            ctx.placed = ()
+            removed, kept = await self._remove(list(ctx.placed), ctx, placing=version,
+                                               added=ctx.added)
+            ctx.placed = ctx.added = ()
             ctx.undo = None
             self._core.ledger.settled()
             st.detail = forgot + (

@@ -140,6 +140,9 @@ class Placing:
     key: int                  # the operation's id (the ledger's key)
     version: str
     paths: tuple[str, ...]
+    # Files and dirs it added inside directories the root had (a new file in an existing
+    # lib/APP-VSN, at the deepest level the root had): taken back though the dir is in use.
+    added: tuple[str, ...] = ()
 
 
 class Caller(Protocol):

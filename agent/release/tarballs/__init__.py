@@ -29,7 +29,9 @@ from .extract import (
     clear_leftovers,
     extract_arriving,
     place,
+    planned,
     remove,
+    unpack_adds,
     why_not_write,
     write_sha,
 )
@@ -40,6 +42,6 @@ __all__ = [
     "MAX_MEMBERS", "MAX_UNPACKED", "TREE", "UNPACK_PREFIX", "UPLOAD_PREFIX", "Contents",
     "Extracted", "HeldDir", "Interrupted", "NotADirectoryOnNode", "ReleaseTarball", "Taken",
     "TarballError", "WriteFailed", "adopt", "check_member", "clear_leftovers", "extract",
-    "extract_arriving", "inspect_tarball", "make_held", "normalise", "place", "remove",
-    "why_not_write", "write_sha",
+    "extract_arriving", "inspect_tarball", "make_held", "normalise", "place", "planned",
+    "remove", "unpack_adds", "why_not_write", "write_sha",
 ]

@@ -389,10 +389,23 @@ class Placed:
     paths: tuple[Path, ...]   # new under ROOT, in the order they were moved there
 
 
+def planned(extracted: Extracted, root: Path, version: str) -> tuple[Path, ...]:
+    """What :func:`place` would move into ROOT, as of now: each path of the extraction the
+    root lacks, at the deepest level the root has (a new lib/APP-VSN whole; a new file or dir
+    inside an existing one by itself), releases/VSN last. Reads only: recorded in the ledger
+    before :func:`place` moves anything, so that an operation that never finishes is taken
+    back exactly (never a file the root had). Raises OSError, NotADirectoryOnNode."""
+    found: list[Path] = []
+    vsn_dir = Path("releases") / version
+    _merge(extracted.tmp / TREE, root, Path(), vsn_dir, found, move=False)
+    return (*found, root / vsn_dir)
+
+
 def place(extracted: Extracted, root: Path, version: str) -> Placed:
     """Move what is new from the extraction into ROOT: a dir the root lacks goes whole (one
     rename), one it has is entered, a file it has stays (keep_old_files). releases/VSN goes
-    last. On failure, what was moved is taken back and the error raised."""
+    last. On failure, what was moved is taken back and the error raised. What it moves into a
+    dir the root had is in :attr:`Placed.paths` by itself (see :func:`planned`)."""
     tree = extracted.tmp / TREE
     vsn_dir = Path("releases") / version
     placed: list[Path] = []
@@ -409,7 +422,9 @@ def place(extracted: Extracted, root: Path, version: str) -> Placed:
     return Placed(tuple(placed))
 
 
-def _merge(tree: Path, root: Path, rel: Path, skip: Path, placed: list[Path]) -> None:
+def _merge(tree: Path, root: Path, rel: Path, skip: Path, placed: list[Path], *,
+           move: bool = True) -> None:
+    """Move (``move``) or only list what of tree/rel the root lacks into ``placed``."""
     with os.scandir(tree / rel) as entries:
         names = sorted(e.name for e in entries)
     for name in names:
@@ -418,13 +433,55 @@ def _merge(tree: Path, root: Path, rel: Path, skip: Path, placed: list[Path]) ->
             continue
         src, dst = tree / part, root / part
         if not os.path.lexists(dst):
-            os.rename(src, dst)
+            if move:
+                os.rename(src, dst)
             placed.append(dst)
         elif src.is_dir() and not src.is_symlink():
             if dst.is_dir():
-                _merge(tree, root, part, skip, placed)
+                _merge(tree, root, part, skip, placed, move=move)
             elif any(os.scandir(src)):  # erl_tar fails to write below a file, so do we
                 raise NotADirectoryOnNode(dst)
+
+
+class _Names:
+    """The MemberSink that only lists what erl_tar would extract (no hard links)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def take(self, tar: tarfile.TarFile, info: tarfile.TarInfo, name: str,
+             data: bytes | None) -> None:
+        if not info.islnk():
+            self.names.append(name)
+
+
+def unpack_adds(tarball: ReleaseTarball, root: Path, *, max_members: int = MAX_MEMBERS,
+                max_unpacked: int = MAX_UNPACKED) -> tuple[Path, ...]:
+    """What release_handler:unpack_release (erl_tar, keep_old_files) would add to ``root``
+    inside the dirs it has of those the tarball names at its top two levels (a file the root's
+    lib/APP-VSN lacks), each at the deepest level the root has, as of now; the rest is
+    :meth:`ReleaseTarball.new_paths`. For the node's own unpack, whose files the agent does not
+    write: listed before it, taken back by the undo as the agent's own additions are. Raises
+    TarballError, OSError."""
+    names = _Names()
+    with open_file(tarball.path, tarball.size) as (raw, _):
+        require_gzip(tarball.path, raw)
+        read_members(tarball.path, raw, Limits(max_members, max_unpacked),
+                     expected_version=tarball.version, sink=names)
+    found: dict[Path, None] = {}
+    for name in names.names:
+        parts = name.split("/")
+        if not os.path.isdir(root.joinpath(*parts[:2])) or os.path.islink(
+                root.joinpath(*parts[:2])):
+            continue  # new at the top two levels (new_paths), or not a dir to enter
+        for depth in range(3, len(parts) + 1):
+            path = root.joinpath(*parts[:depth])
+            if not os.path.lexists(path):
+                found.setdefault(path)
+                break
+            if os.path.islink(path) or not os.path.isdir(path):
+                break  # kept as the root has it (keep_old_files), or erl_tar fails there
+    return tuple(found)
 
 
 def remove(paths: tuple[Path, ...] | list[Path]) -> list[str]:

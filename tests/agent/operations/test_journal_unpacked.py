@@ -1,6 +1,7 @@
 """The journal's record of the tarball each release was unpacked from (schema 3): written,
 read back per node and version, forgotten when the release is gone, and added in place to a
-journal of schema 2."""
+journal of schema 2; and what an operation is placing (schema 4), with what it adds inside
+dirs the root had (schema 5), read from a journal of schema 4 as adding nothing."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_a_schema_2_journal_gets_the_table_in_place(tmp_path: Path) -> None:
         journal.record_unpacked("a@h", "0.0.2", SHA_A, op)
         assert journal.unpacked_sha256("a@h", "0.0.2") == SHA_A
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
 
 
@@ -61,16 +62,18 @@ def test_what_an_operation_places_is_kept_until_settled_and_survives_a_reopen(
     with Journal.open(path) as journal:
         first = journal.start("a@h", "upgrade", "0.0.1", "0.0.2", "alice")
         journal.record_placing("a@h", first, "0.0.2", ["/r/releases/0.0.2"])
-        journal.record_placing("a@h", first, "0.0.2", ["/r/releases/0.0.2", "/r/lib/c-0.0.2"])
+        journal.record_placing("a@h", first, "0.0.2", ["/r/releases/0.0.2", "/r/lib/c-0.0.2"],
+                               added=["/r/lib/stdlib-4.2/extra"])
         second = journal.start("b@h", "upgrade", "0.0.1", "0.0.2", "alice")
         journal.record_placing("b@h", second, "0.0.2", ["/s/releases/0.0.2"])
     # The agent died: the next one finds what each node's operation was placing.
     with Journal.open(path) as journal:
         assert journal.placings("a@h") == [(first, "0.0.2", ("/r/releases/0.0.2",
-                                                              "/r/lib/c-0.0.2"))]
+                                                              "/r/lib/c-0.0.2"),
+                                            ("/r/lib/stdlib-4.2/extra",))]
         journal.settle_placing("a@h", first)
         assert journal.placings("a@h") == []
-        assert journal.placings("b@h") == [(second, "0.0.2", ("/s/releases/0.0.2",))]
+        assert journal.placings("b@h") == [(second, "0.0.2", ("/s/releases/0.0.2",), ())]
 
 
 def test_a_schema_3_journal_gets_the_placing_table_in_place(tmp_path: Path) -> None:
@@ -84,4 +87,27 @@ def test_a_schema_3_journal_gets_the_placing_table_in_place(tmp_path: Path) -> N
     conn.close()
     with Journal.open(path) as journal:
         journal.record_placing("a@h", 1, "0.0.2", ["/x"])
-        assert journal.placings("a@h") == [(1, "0.0.2", ("/x",))]
+        assert journal.placings("a@h") == [(1, "0.0.2", ("/x",), ())]
+
+
+def test_a_placing_recorded_by_schema_4_reads_as_adding_nothing_and_gets_the_column(
+        tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    with Journal.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    with conn:  # what the agent of schema 4 left: a placing without the added column
+        conn.execute("DROP TABLE placing")
+        conn.execute("CREATE TABLE placing (node TEXT NOT NULL, op_id INTEGER NOT NULL, "
+                     "version TEXT NOT NULL, paths TEXT NOT NULL, recorded_at REAL NOT NULL, "
+                     "PRIMARY KEY (node, op_id))")
+        conn.execute("INSERT INTO placing VALUES ('a@h', 3, '0.0.2', '[\"/r/lib/c-0.0.2\"]', 1.0)")
+        conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    with Journal.open(path) as journal:
+        assert journal.placings("a@h") == [(3, "0.0.2", ("/r/lib/c-0.0.2",), ())]
+        journal.record_placing("a@h", 4, "0.0.3", ["/r/lib/c-0.0.3"], added=["/r/lib/k/x"])
+        assert journal.placings("a@h")[1] == (4, "0.0.3", ("/r/lib/c-0.0.3",), ("/r/lib/k/x",))
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    conn.close()

@@ -172,6 +172,7 @@ class MemoryLedger:
     def __init__(self) -> None:
         self.sha: dict[str, str] = {}
         self.placings: list[tuple[str, tuple[Path, ...]]] = []  # what this operation recorded
+        self.added: list[tuple[Path, ...]] = []  # and what it adds inside dirs the root had
         self.unfinished_placings: list[Placing] = []           # other operations'
         self.settled_count = 0
 
@@ -181,8 +182,9 @@ class MemoryLedger:
     def record(self, version: str, sha256: str) -> None:
         self.sha[version] = sha256
 
-    def placing(self, version: str, paths: Sequence[Path]) -> None:
+    def placing(self, version: str, paths: Sequence[Path], added: Sequence[Path] = ()) -> None:
         self.placings.append((version, tuple(paths)))
+        self.added.append(tuple(added))
 
     def settled(self) -> None:
         self.settled_count += 1

@@ -1,0 +1,171 @@
+"""An unpack into a root that has a lib dir of the same name (the running release's
+lib/kernel-VSN) adds the files of the tarball's copy that the root's lacks (keep_old_files).
+The undo of an operation that stops before install (a dry run, a pre_install hook that says
+no) takes back exactly those, each at the deepest level the root had, whichever unpacks: the
+agent, or the node's unpack_release (a root the agent may not write). Every file the root had
+stays as it was; the invariants are checked around every relctl call (tests.tools.invariants).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import tarfile
+from collections.abc import Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge import Atom, Node
+from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
+from tests.tools.needs import require_root
+from tests.tools.otp_procs import NodeProc
+from tests.tools.release_fixture import ReleaseBuild
+
+pytestmark = pytest.mark.otp
+
+NOBODY = 65534
+EXTRA = "ebin/relctl_extra.txt"   # a file the root's lib/kernel-VSN/ebin lacks
+NEW_DIR = "relctl_new"            # a dir the root's lib/kernel-VSN lacks, with a file in it
+
+
+def kernel(root: Path) -> str:
+    [found] = [p.name for p in (root / "lib").glob("kernel-*")]
+    return found
+
+
+def with_additions(src: Path, dest: Path, lib: str) -> Path:
+    """``src``, the same members, plus a file in lib/``lib``/ebin and a dir in lib/``lib``."""
+    with tarfile.open(src, "r:gz") as tin, tarfile.open(dest, "w:gz") as tout:
+        for member in tin:
+            tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
+        for name, data in ((f"lib/{lib}/{EXTRA}", b"added\n"),
+                           (f"lib/{lib}/{NEW_DIR}/inner.txt", b"inner\n")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tout.addfile(info, BytesIO(data))
+    return dest
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` but RELEASES (rewritten by set_removed, compared through
+    which_releases): files by sha256 and mode, links by target, dirs by mode."""
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        info = path.lstat()
+        if rel == "releases/RELEASES":
+            continue
+        if path.is_symlink():
+            out[rel] = f"-> {path.readlink()}"
+        elif path.is_dir():
+            out[rel + "/"] = f"dir {info.st_mode & 0o7777:o}"
+        else:
+            out[rel] = f"{hashlib.sha256(path.read_bytes()).hexdigest()} {info.st_mode:o}"
+    return out
+
+
+def node_call(node: NodeProc, module: str, function: str, args: Sequence[Any] = ()) -> Any:
+    async def call() -> Any:
+        bridge = Node(cookie=node.cookie, epmd_port=node.epmd_port)
+        async with bridge.connect(node.name, timeout=5.0) as conn:
+            return await conn.call(module, function, list(args), timeout=10.0)
+    return asyncio.run(call())
+
+
+def gated_agent(agents: list[AgentProc], node: NodeProc, workdir: Path) -> AgentProc:
+    """An agent whose pre_install hook counter_hooks:run(<<"gate">>) says no (see
+    counter_hooks.erl): the upgrade stops after check, with the release unpacked."""
+    agent = start_agent(workdir, [NodeEntry(node.name, node.cookie, node.epmd_port)],
+                        metrics=False, node_extra={"hooks": [
+                            {"name": "gate", "when": "pre_install", "call": "counter_hooks:run",
+                             "args": ["gate"]}]})
+    agents.append(agent)
+    assert node_call(node, "persistent_term", "put",
+                     [(Atom("counter_hooks"), b"gate"), (Atom("error"), Atom("not_now"))]) \
+        == Atom("ok")
+    return agent
+
+
+def steps(op: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(s["name"], s["state"]) for s in op["steps"]]
+
+
+def detail(op: dict[str, Any], name: str) -> str:
+    [found] = [s["detail"] for s in op["steps"] if s["name"] == name]
+    return str(found)
+
+
+def deleted(op: dict[str, Any]) -> set[str]:
+    """The paths the undo_unpack step says it deleted."""
+    text = detail(op, "undo_unpack")
+    listed = text[text.index("deleted ") + len("deleted "):].split("; ")[0]
+    return set(listed.split(", "))
+
+
+def versions(agent: AgentProc) -> list[tuple[str, str]]:
+    result = relctl("versions", "-o", "json", agents=[agent.address])
+    return [(r["version"], r["status"]) for r in result.json()["nodes"][0]["releases"]]
+
+
+def upgrade(agent: AgentProc, tarball: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    result = relctl("upgrade", "0.0.2", "--tarball", str(tarball), *extra, "-o", "json",
+                    agents=[agent.address], timeout=180)
+    assert result.stdout, result.stderr
+    return result.returncode, result.json()["operation"]
+
+
+def taken_back(agent: AgentProc, node: NodeProc, tarball: Path, by_node: bool) -> None:
+    """A dry run, then an upgrade the gate refuses: each adds the two paths inside
+    lib/kernel-VSN, and each undo takes back exactly them and what it created beside."""
+    root, lib = node.root, kernel(node.root)
+    before = tree(root)
+    assert f"lib/{lib}/{EXTRA}" not in before and f"lib/{lib}/{NEW_DIR}/" not in before
+    added = [f"lib/{lib}/{EXTRA}", f"lib/{lib}/{NEW_DIR}"]
+    mine = {"lib/counter-0.0.2", "releases/0.0.2", *added}
+    if by_node:
+        mine.add("releases/counter-0.0.2.tar.gz")  # staged for unpack_release
+    where = "unpack_release('counter-0.0.2') -> 0.0.2" if by_node else "the agent unpacked it"
+
+    code, dry = upgrade(agent, tarball, "--dry-run")
+    assert (code, dry["outcome"]) == (0, "dry_run"), dry
+    assert tree(root) == before, set(tree(root)) ^ set(before)
+    assert where in detail(dry, "unpack")
+    assert f"; added inside dirs the root had: {', '.join(added)}" in detail(dry, "unpack")
+    assert steps(dry)[-1] == ("undo_unpack", "succeeded")
+    assert deleted(dry) <= mine and set(added) <= deleted(dry), detail(dry, "undo_unpack")
+    assert "kept, being in use" not in detail(dry, "undo_unpack")
+    assert versions(agent) == [("0.0.1", "permanent")]
+
+    code, refused = upgrade(agent, tarball)
+    assert (code, refused["outcome"]) == (1, "failed_unchanged"), refused
+    assert steps(refused)[-2:] == [("pre_install:gate", "failed"), ("undo_unpack", "succeeded")]
+    assert set(added) <= deleted(refused), detail(refused, "undo_unpack")
+    assert deleted(refused) <= mine
+    assert tree(root) == before
+    assert versions(agent) == [("0.0.1", "permanent")]
+
+
+def test_the_agents_unpack_into_an_existing_lib_dir_is_taken_back_exactly(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    tarball = with_additions(release_build.tarball("0.0.2"), tmp_path / "added.tar.gz",
+                             kernel(counter_node.root))
+    agent = gated_agent(agents, counter_node, tmp_path / "agent")
+    taken_back(agent, counter_node, tarball, by_node=False)
+
+
+def test_the_nodes_unpack_release_into_an_existing_lib_dir_is_taken_back_exactly(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    require_root("giving the release root to another user")
+    tarball = with_additions(release_build.tarball("0.0.2"), tmp_path / "added.tar.gz",
+                             kernel(counter_node.root))
+    # The agent may not write a root of another user: unpack_release extracts in the node.
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(counter_node.root)], check=True,
+                   timeout=60)
+    agent = gated_agent(agents, counter_node, tmp_path / "agent")
+    taken_back(agent, counter_node, tarball, by_node=True)

@@ -628,6 +628,45 @@ async def test_a_release_that_fails_its_check_is_taken_back(rig: Rig) -> None:
 
 
 @BOTH_UNPACKS
+async def test_a_file_the_unpack_added_to_a_lib_dir_in_use_is_recorded_first_and_taken_back(
+        rig: Rig) -> None:
+    made = unpacked_files(rig)
+    # The root's stdlib-4.2 lacks a file the tarball's copy has: keep_old_files adds it there.
+    added = rig.root / "lib/stdlib-4.2/ebin/stdlib.app"
+    added.unlink()
+    ledger = MemoryLedger()
+    seen: list[tuple[Path, ...]] = []
+    if rig.by_agent:
+        rig.node.effects["release_handler:set_unpacked"] = lambda: seen.append(ledger.added[-1])
+    else:
+        extract = rig.node.effects["release_handler:unpack_release"]
+
+        def extract_too() -> None:
+            seen.append(ledger.added[-1])
+            extract()
+            added.write_bytes(b"{application, stdlib, []}.\n")
+        rig.node.effects["release_handler:unpack_release"] = extract_too
+    engine = rig.engine_with(ledger)
+    rig.expect(preflight(rig, *UP), config_parses(), unpack_ok(rig),
+               answer("release_handler:check_install_release", ["0.0.2"],
+                      (ERROR, (Atom("no_matching_relup"), "0.0.2", "0.0.1"))),
+               *taken_back(rig), which_releases(*UP))
+    result = await engine.upgrade("0.0.2", tarball(rig), FAST)
+
+    assert_result(result, FAILED_UNCHANGED, "0.0.1", "0.0.2")
+    assert seen == [(added,)]  # in the ledger before the node registered (or unpacked) it
+    assert rig.log.detail("unpack").count(
+        "; added inside dirs the root had: lib/stdlib-4.2/ebin/stdlib.app") == 1
+    assert rig.log.detail("undo_unpack") == (
+        "set_removed(0.0.2); deleted lib/stdlib-4.2/ebin/stdlib.app, lib/counter-0.0.2, "
+        "releases/0.0.2")
+    assert not added.exists()
+    assert [p.exists() for p in made] == [False, False, True, True]
+    assert (rig.root / LIB_FILES_KERNEL).read_bytes() == LIB_FILES[LIB_FILES_KERNEL]
+    rig.done()
+
+
+@BOTH_UNPACKS
 async def test_a_failed_unpack_leaves_nothing_it_staged(rig: Rig) -> None:
     libs = running_libs(rig)
     rig.expect(preflight(rig, *UP), config_parses(),
@@ -742,6 +781,36 @@ async def test_the_next_unpack_removes_what_an_interrupted_one_left_first(rig: R
     assert rig.log.detail("stage").endswith(
         "; removed what an unfinished operation left: releases/0.0.2, lib/counter-0.0.2; "
         "kept, being in use: lib/kernel-8.5.3 is in use (on the running node's code path)")
+    assert ledger.unfinished_placings == []
+    rig.done()
+
+
+@BOTH_UNPACKS
+async def test_what_an_interrupted_one_added_inside_a_dir_in_use_goes_and_only_that(
+        rig: Rig) -> None:
+    # It had added a file to the running release's lib/kernel-8.5.3 (its tarball's copy has
+    # one the root's lacks): that file goes, though the dir is in use; what the dir had stays,
+    # and a record naming the dir itself as added deletes nothing of it.
+    left, owned = half_unpacked(rig)
+    kernel = rig.root / "lib" / "kernel-8.5.3"
+    (kernel / "priv").mkdir()
+    (kernel / "priv" / "added.so").write_bytes(b"added")
+    ledger = MemoryLedger()
+    ledger.unfinished_placings.append(Placing(
+        7, "0.0.2", tuple(str(p) for p in left), (str(kernel / "priv"), str(kernel))))
+    engine = rig.engine_with(ledger)
+    rig.expect(facts(rig, *UP), releases_file(rig.root), config_parses(), code_path(rig.root),
+               unpack_ok(rig), which_releases(*UNPACKED))
+    result = await engine.unpack("0.0.2", tarball(rig))
+
+    assert_result(result, SUCCEEDED, "0.0.1", "0.0.2")
+    assert not (kernel / "priv").exists()
+    assert (kernel / "some.beam").read_bytes() == b"half"
+    assert all(p.exists() for p in owned)
+    assert rig.log.detail("stage").endswith(
+        "; removed what an unfinished operation left: lib/kernel-8.5.3/priv, releases/0.0.2, "
+        "lib/counter-0.0.2; kept, being in use: lib/kernel-8.5.3 is in use (on the running "
+        "node's code path)")
     assert ledger.unfinished_placings == []
     rig.done()
 

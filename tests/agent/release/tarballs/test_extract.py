@@ -28,6 +28,8 @@ from agent.release.tarballs.extract import (
     extract,
     extract_arriving,
     place,
+    planned,
+    unpack_adds,
     why_not_write,
 )
 from agent.release.tarballs.stream import Limits
@@ -80,6 +82,28 @@ def test_new_dirs_are_placed_and_what_the_root_has_is_kept(root: Path, tmp_path:
     assert extracted.rel_file == root / "releases/0.0.2/counter-0.0.2.rel"
     assert extracted.rel_file.read_bytes() == REL
     assert not (root / "releases/counter-0.0.2.rel").exists()
+
+
+def test_what_goes_into_dirs_the_root_has_is_planned_before_and_placed_at_its_deepest_level(
+        root: Path, tmp_path: Path) -> None:
+    tarball = inspect_tarball(make_tarball(tmp_path / "sys.tar.gz", {
+        "releases/counter-0.0.2.rel": REL, "releases/0.0.2/start.boot": b"boot",
+        "lib/kernel-8.5.3/ebin/kernel.app": b"the tarball's",
+        "lib/kernel-8.5.3/ebin/new.beam": b"new in a kept dir",
+        "lib/kernel-8.5.3/priv/sub/new.so": b"new dir in a kept dir",
+        "lib/counter-0.0.2/ebin/counter.beam": b"beam"}), max_size=MAX_UPLOAD)
+    # The node's unpack_release (erl_tar, keep_old_files) adds the same, listed beforehand
+    # from the members: the kept dir's new file and its new dir whole, nothing the root has.
+    adds = [p.relative_to(root) for p in unpack_adds(tarball, root)]
+    assert adds == [Path("lib/kernel-8.5.3/ebin/new.beam"), Path("lib/kernel-8.5.3/priv")]
+    extracted = extract(tarball, root)
+    plan = planned(extracted, root, "0.0.2")
+    assert not (root / "lib/kernel-8.5.3/priv").exists()  # planning moves nothing
+    placed = place(extracted, root, "0.0.2")
+    assert plan == placed.paths
+    assert [p.relative_to(root) for p in placed.paths] == [
+        Path("lib/counter-0.0.2"), *adds, Path("releases/0.0.2")]
+    assert (root / "lib/kernel-8.5.3/ebin/kernel.app").read_bytes() == b"the node's own"
 
 
 def test_a_relx_rel_is_read_from_the_temporary_dir_and_never_placed(

@@ -1,7 +1,7 @@
 """An unpack into a root that has a lib dir of the same name (the running release's
 lib/kernel-VSN) adds the files of the tarball's copy that the root's lacks (keep_old_files).
 The undo of an operation that stops before install (a dry run, a pre_install hook that says
-no) takes back exactly those, each at the deepest level the root had, whichever unpacks: the
+no, a relup check_install_release refuses) takes back exactly those, each at the deepest level the root had, whichever unpacks: the
 agent, or the node's unpack_release (a root the agent may not write). Every file the root had
 stays as it was; the invariants are checked around every relctl call (tests.tools.invariants).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import subprocess
 import tarfile
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.otp
 NOBODY = 65534
 EXTRA = "ebin/relctl_extra.txt"   # a file the root's lib/kernel-VSN/ebin lacks
 NEW_DIR = "relctl_new"            # a dir the root's lib/kernel-VSN lacks, with a file in it
+LOAD_COUNTER = rb'(\{load_object_code,\s*\{counter,\s*"0\.0\.2",\s*\[)'
 
 
 def kernel(root: Path) -> str:
@@ -37,11 +39,20 @@ def kernel(root: Path) -> str:
     return found
 
 
-def with_additions(src: Path, dest: Path, lib: str) -> Path:
-    """``src``, the same members, plus a file in lib/``lib``/ebin and a dir in lib/``lib``."""
+def with_additions(src: Path, dest: Path, lib: str, *, damaged: bool = False) -> Path:
+    """``src``, the same members, plus a file in lib/``lib``/ebin and a dir in lib/``lib``;
+    ``damaged``: its relup entry from 0.0.1 loads a module the release does not ship (a
+    well-formed relup, so preflight passes; check_install_release refuses it)."""
     with tarfile.open(src, "r:gz") as tin, tarfile.open(dest, "w:gz") as tout:
         for member in tin:
-            tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
+            data = tin.extractfile(member) if member.isfile() else None
+            if damaged and member.name == "releases/0.0.2/relup":
+                assert data is not None
+                relup, count = re.subn(LOAD_COUNTER, rb"\g<1>relctl_missing_module,",
+                                       data.read(), count=1)
+                assert count == 1
+                member.size, data = len(relup), BytesIO(relup)
+            tout.addfile(member, data)
         for name, data in ((f"lib/{lib}/{EXTRA}", b"added\n"),
                            (f"lib/{lib}/{NEW_DIR}/inner.txt", b"inner\n")):
             info = tarfile.TarInfo(name)
@@ -118,9 +129,11 @@ def upgrade(agent: AgentProc, tarball: Path, *extra: str) -> tuple[int, dict[str
     return result.returncode, result.json()["operation"]
 
 
-def taken_back(agent: AgentProc, node: NodeProc, tarball: Path, by_node: bool) -> None:
-    """A dry run, then an upgrade the gate refuses: each adds the two paths inside
-    lib/kernel-VSN, and each undo takes back exactly them and what it created beside."""
+def taken_back(agent: AgentProc, node: NodeProc, tarball: Path, damaged: Path,
+               by_node: bool) -> None:
+    """A dry run, an upgrade the gate refuses, and one check_install_release refuses
+    (``damaged``): each adds the two paths inside lib/kernel-VSN, and each undo takes back
+    exactly them and what it created beside."""
     root, lib = node.root, kernel(node.root)
     before = tree(root)
     assert f"lib/{lib}/{EXTRA}" not in before and f"lib/{lib}/{NEW_DIR}/" not in before
@@ -148,24 +161,34 @@ def taken_back(agent: AgentProc, node: NodeProc, tarball: Path, by_node: bool) -
     assert tree(root) == before
     assert versions(agent) == [("0.0.1", "permanent")]
 
+    code, unchecked = upgrade(agent, damaged)
+    assert (code, unchecked["outcome"]) == (1, "failed_unchanged"), unchecked
+    assert "relctl_missing_module" in unchecked["error"], unchecked["error"]
+    assert steps(unchecked)[-2:] == [("check", "failed"), ("undo_unpack", "succeeded")]
+    assert set(added) <= deleted(unchecked) <= mine, detail(unchecked, "undo_unpack")
+    assert tree(root) == before
+    assert versions(agent) == [("0.0.1", "permanent")]
+
 
 def test_the_agents_unpack_into_an_existing_lib_dir_is_taken_back_exactly(
         agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
         tmp_path: Path) -> None:
-    tarball = with_additions(release_build.tarball("0.0.2"), tmp_path / "added.tar.gz",
-                             kernel(counter_node.root))
+    src, lib = release_build.tarball("0.0.2"), kernel(counter_node.root)
+    tarball = with_additions(src, tmp_path / "added.tar.gz", lib)
+    damaged = with_additions(src, tmp_path / "damaged.tar.gz", lib, damaged=True)
     agent = gated_agent(agents, counter_node, tmp_path / "agent")
-    taken_back(agent, counter_node, tarball, by_node=False)
+    taken_back(agent, counter_node, tarball, damaged, by_node=False)
 
 
 def test_the_nodes_unpack_release_into_an_existing_lib_dir_is_taken_back_exactly(
         agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
         tmp_path: Path) -> None:
     require_root("giving the release root to another user")
-    tarball = with_additions(release_build.tarball("0.0.2"), tmp_path / "added.tar.gz",
-                             kernel(counter_node.root))
+    src, lib = release_build.tarball("0.0.2"), kernel(counter_node.root)
+    tarball = with_additions(src, tmp_path / "added.tar.gz", lib)
+    damaged = with_additions(src, tmp_path / "damaged.tar.gz", lib, damaged=True)
     # The agent may not write a root of another user: unpack_release extracts in the node.
     subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(counter_node.root)], check=True,
                    timeout=60)
     agent = gated_agent(agents, counter_node, tmp_path / "agent")
-    taken_back(agent, counter_node, tarball, by_node=True)
+    taken_back(agent, counter_node, tarball, damaged, by_node=True)

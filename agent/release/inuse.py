@@ -11,10 +11,12 @@ its library lists cannot say what a deletion would break. So the set is built fr
 - the running node's code path (``code:get_path()``) and its ERTS (``erts-VSN``).
 
 A path may be deleted only when it is none of these, holds none of them and lies in none of
-them (:meth:`InUse.holds`); what an operation added inside a dir the root had may go when it
-is none of these and holds none of them (:meth:`InUse.holds_added`). The only releases left out of the ``.rel`` scan are the versions an
-operation of the agent itself was placing (``placing``) and that RELEASES does not list: their
-``.rel`` is one of the files that operation placed, not a release anyone installed.
+them (:meth:`InUse.holds`); what an operation added inside a dir the root had (a new file in
+the running release's lib/APP-VSN) may go when it is none of these and holds none of them
+(:meth:`InUse.holds_added`): nothing in use had it before. The only releases left out of the
+``.rel`` scan are the versions an operation of the agent itself was placing (``placing``) and
+that RELEASES does not list: their ``.rel`` is one of the files that operation placed, not a
+release anyone installed.
 """
 
 from __future__ import annotations

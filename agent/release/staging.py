@@ -10,8 +10,12 @@ the node's releases directory and ``release_handler:unpack_release`` extracts an
 What this operation places is written to the agent's ledger before the first file is, and
 kept in its context with the one way back (:meth:`Staging.undo`, run by ``core.guarded``): a
 failed check, a refused hook or a dry run leaves the node's releases as they were, and an
-operation that never finished is taken back by the next one from that record. Nothing is ever
-deleted that the release root's in-use set holds (inuse.py).
+operation that never finished is taken back by the next one from that record. What goes
+inside a directory the root already has (keep_old_files adds the files of the tarball's
+lib/APP-VSN that the root's copy lacks) is recorded on its own (``ctx.added``), before the
+agent moves it (tarballs ``planned``) or before unpack_release runs (``unpack_adds``, from the
+tarball's members): the undo takes back exactly those, though the directory is in use. Nothing
+else is ever deleted that the release root's in-use set holds (inuse.py).
 
 The agent's own extraction dirs (ROOT/.relctl-unpack-*, and an upload's ROOT/.relctl-upload-*)
 are locked by whoever owns them (tarballs/held.py), so the stage also removes those a killed

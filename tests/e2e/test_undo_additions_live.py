@@ -1,9 +1,10 @@
 """An unpack into a root that has a lib dir of the same name (the running release's
 lib/kernel-VSN) adds the files of the tarball's copy that the root's lacks (keep_old_files).
 The undo of an operation that stops before install (a dry run, a pre_install hook that says
-no, a relup check_install_release refuses) takes back exactly those, each at the deepest level the root had, whichever unpacks: the
-agent, or the node's unpack_release (a root the agent may not write). Every file the root had
-stays as it was; the invariants are checked around every relctl call (tests.tools.invariants).
+no, a relup check_install_release refuses) takes back exactly those, each at the deepest level
+the root had, whichever unpacks: the agent, or the node's unpack_release (a root the agent may
+not write). Every file the root had stays as it was; the invariants are checked around every
+relctl call (tests.tools.invariants).
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ The result is what ``unpack_release`` leaves, file for file: erl_tar's ``keep_ol
 (a file the root already has is kept as it is, hard links are not extracted), the systools
 ``releases/NAME-VSN.rel`` copied into ``releases/VSN/`` and not left in ``releases/``, and the
 relx ``releases/VSN/NAME.rel`` not left at all (unpack_release copies it onto itself, then
-deletes it). Everything placed is listed, so that a failure takes back exactly that.
+deletes it). Everything placed is listed, so that a failure takes back exactly that: a dir
+the root lacks by itself, and what goes into a dir the root has (a new file in an existing
+lib/APP-VSN) at the deepest level the root has, listed before anything moves (``planned``);
+for the node's own unpack_release, the same is listed from the members (``unpack_adds``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from agent.release import OUTCOMES, STEP_STATES, ConfigChange, StepRecord
 FILE_NAME = "journal.sqlite3"
 # Like the audit trail: the agent writes, its group (operators) may read, nobody else.
 FILE_MODE = 0o640
-SCHEMA_VERSION = 5  # 2: operations.config_changes; 3: unpacked; 4: placing; 5: placing.added
+SCHEMA_VERSION = 5  # 2: operations.config_changes; 3: unpacked; 4: placing; 5: *.added
 
 # AUTOINCREMENT: ids are never reused, so an id a client pages from keeps meaning one operation.
 _SCHEMA = """
@@ -75,9 +75,11 @@ CREATE TABLE placing (
 );
 """
 # Schema 5: what an operation adds inside directories the root already had (a new file in an
-# existing lib/APP-VSN): taken back on their own, though the directory around them is in use.
-# A column of its own, so that a placing recorded before (schema 4) reads as adding nothing.
-_ADDED = "ALTER TABLE placing ADD COLUMN added TEXT NOT NULL DEFAULT '[]'"
+# existing lib/APP-VSN): taken back on their own, though the directory around them is in use;
+# and, once the release is registered, kept with its record so that its removal can name what
+# stays. Columns of their own: a record written before (schema 4) reads as adding nothing.
+_ADDED = ("ALTER TABLE placing ADD COLUMN added TEXT NOT NULL DEFAULT '[]'",
+          "ALTER TABLE unpacked ADD COLUMN added TEXT NOT NULL DEFAULT '[]'")
 
 # The sha256 of the tarball each release was unpacked from (one row per node and version),
 # so that a tarball of the same version with other bytes is told apart (see unpacked_sha256).
@@ -91,10 +93,10 @@ _OP_COLUMNS = ("id, node, kind, from_version, to_version, requested_by, started_
                "outcome, error, releases_after, config_changes")
 
 # Schema upgrades of an existing journal, by the version they lead to.
-_MIGRATIONS = {
-    2: "ALTER TABLE operations ADD COLUMN config_changes TEXT NOT NULL DEFAULT '[]'",
-    3: _UNPACKED,
-    4: _PLACING,
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE operations ADD COLUMN config_changes TEXT NOT NULL DEFAULT '[]'",),
+    3: (_UNPACKED,),
+    4: (_PLACING,),
     5: _ADDED,
 }
 
@@ -230,12 +232,14 @@ class Journal:
                          "interrupted: agent stopped", _now(now))
 
     def record_unpacked(self, node: str, version: str, sha256: str, op_id: int, *,
-                        now: float | None = None) -> None:
-        """Operation ``op_id`` unpacked ``version`` on ``node`` from a tarball of ``sha256``."""
+                        added: Sequence[str] = (), now: float | None = None) -> None:
+        """Operation ``op_id`` unpacked ``version`` on ``node`` from a tarball of ``sha256``,
+        adding ``added`` inside directories the root had."""
         with self._tx():
             self._conn.execute(
-                "INSERT OR REPLACE INTO unpacked (node, version, sha256, op_id, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?)", (node, version, sha256, op_id, _now(now)))
+                "INSERT OR REPLACE INTO unpacked (node, version, sha256, op_id, recorded_at,"
+                " added) VALUES (?, ?, ?, ?, ?, ?)",
+                (node, version, sha256, op_id, _now(now), json.dumps(list(added))))
 
     def forget_unpacked(self, node: str, keep: Sequence[str]) -> None:
         """Drop the records of ``node``'s releases that are gone (not in ``keep``): a release
@@ -288,6 +292,18 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read the journal {self.path}: {exc}") from exc
         return str(row[0]) if row else None
+
+    def unpacked_added(self, node: str, version: str) -> tuple[str, ...]:
+        """What the unpack recorded by :meth:`record_unpacked` added inside dirs the root had
+        (empty when there is no record, or one of schema 4)."""
+        try:
+            with self._tx(write=False):
+                row = self._conn.execute(
+                    "SELECT added FROM unpacked WHERE node = ? AND version = ?",
+                    (node, version)).fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read the journal {self.path}: {exc}") from exc
+        return tuple(str(p) for p in json.loads(row[0])) if row else ()
 
     def get(self, op_id: int) -> OperationRecord | None:
         with self._tx(write=False):
@@ -449,7 +465,8 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
             _create_schema(conn, path)
         elif version < SCHEMA_VERSION:
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                conn.execute(_MIGRATIONS[target])
+                for statement in _MIGRATIONS[target]:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -465,5 +482,6 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
     # Statement by statement: executescript() would COMMIT and leave our transaction.
     for statement in filter(str.strip, _SCHEMA.split(";")):
         conn.execute(statement)
-    conn.execute(_ADDED)  # _SCHEMA keeps schema 4's placing table, which migration 4 makes
+    for statement in _ADDED:  # _SCHEMA keeps schema 4's tables, which migrations 3, 4 make
+        conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -76,12 +76,21 @@ class _JournalLedger:
                         self._op_id, version, exc)
             return None
 
-    def record(self, version: str, sha256: str) -> None:
+    def record(self, version: str, sha256: str, added: Sequence[Path] = ()) -> None:
         try:
-            self._journal.record_unpacked(self._node, version, sha256, self._op_id)
+            self._journal.record_unpacked(self._node, version, sha256, self._op_id,
+                                          added=[str(p) for p in added])
         except JournalError as exc:
             log.warning("operation %d: the sha256 of %s is not in the journal (%s); its "
                         "release dir keeps it", self._op_id, version, exc)
+
+    def added_by(self, version: str) -> tuple[str, ...]:
+        try:
+            return self._journal.unpacked_added(self._node, version)
+        except JournalError as exc:
+            log.warning("operation %d: cannot read what the unpack of %s added: %s",
+                        self._op_id, version, exc)
+            return ()
 
     def placing(self, version: str, paths: Sequence[Path], added: Sequence[Path] = ()) -> None:
         try:

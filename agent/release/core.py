@@ -133,7 +133,14 @@ class UnpackLedger(Protocol):
 
     def recorded(self, version: str) -> str | None: ...
 
-    def record(self, version: str, sha256: str) -> None: ...
+    def record(self, version: str, sha256: str, added: Sequence[Path] = ()) -> None:
+        """``version`` was unpacked from a tarball of ``sha256``, adding ``added`` inside
+        directories the root had (they stay when the release is removed: see added_by)."""
+        ...
+
+    def added_by(self, version: str) -> tuple[str, ...]:
+        """What the recorded unpack of ``version`` added inside directories the root had."""
+        ...
 
     def placing(self, version: str, paths: Sequence[Path], added: Sequence[Path] = ()) -> None:
         """This operation is about to place ``paths`` for ``version`` (each absent from the
@@ -158,12 +165,17 @@ class NoLedger:
 
     def __init__(self) -> None:
         self._sha: dict[str, str] = {}
+        self._added: dict[str, tuple[str, ...]] = {}
 
     def recorded(self, version: str) -> str | None:
         return self._sha.get(version)
 
-    def record(self, version: str, sha256: str) -> None:
+    def record(self, version: str, sha256: str, added: Sequence[Path] = ()) -> None:
         self._sha[version] = sha256
+        self._added[version] = tuple(str(p) for p in added)
+
+    def added_by(self, version: str) -> tuple[str, ...]:
+        return self._added.get(version, ())
 
     def placing(self, version: str, paths: Sequence[Path], added: Sequence[Path] = ()) -> None:
         pass

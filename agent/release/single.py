@@ -134,5 +134,5 @@ class SingleSteps(EngineParts):
             res = await self._core.call("release_handler", "remove_release", [version])
             if res != _OK:
                 raise Failure(FAILED, f"remove_release({version}) failed: {term_text(res)}")
-            st.detail = f"{version} removed"
+            st.detail = f"{version} removed" + self._staging.left_added(version, ctx)
         return Result(SUCCEEDED, ctx.from_version, version, releases=await self._core.releases())

@@ -304,7 +304,7 @@ class Staging:
                 if extracted.held is not None:  # removed: no scan can mistake it now
                     extracted.held.release()
                 ctx.extracted = None
-            self._core.ledger.record(version, tarball.sha256)
+            self._core.ledger.record(version, tarball.sha256, ctx.added)
             new = [str(p.relative_to(root)) for p in placed.paths if p not in ctx.added]
             st.detail = (f"the agent unpacked it (the node decompressed nothing): placed "
                          f"{', '.join(new)}" + _added_text(ctx.added, root)
@@ -357,7 +357,8 @@ class Staging:
         ledger, so that a later tarball of the same version can be told apart."""
         assert ctx.dirs is not None
         path = Path(ctx.dirs.releases) / tarball.version / SHA_FILE
-        self._core.ledger.record(tarball.version, tarball.sha256)
+        self._core.ledger.record(tarball.version, tarball.sha256,
+                                 [p for p in ctx.added if os.path.lexists(p)])
         if not path.parent.is_dir():
             return ""  # unpack_release always makes releases/VSN; never made up here
         tmp = path.with_name(f".{SHA_FILE}.relctl-tmp")
@@ -385,7 +386,23 @@ class Staging:
                               "tarball was not unpacked")
             ctx.releases = await self._core.releases()
             st.detail = (f"removed {version} (it was {release.status}) and its files, to "
-                         "unpack the given tarball in its place")
+                         "unpack the given tarball in its place" + self.left_added(version, ctx))
+
+    def left_added(self, version: str, ctx: OperationContext) -> str:
+        """After remove_release(``version``): what its unpack added inside dirs the root had
+        and that stays (remove_release keeps a dir another release uses whole), named, with
+        why. relctl does not delete them: a release unpacked after ``version`` may have kept
+        them as its own (keep_old_files), and nothing on disk tells which."""
+        assert ctx.dirs is not None
+        root = Path(ctx.dirs.root)
+        left = [Path(p) for p in self._core.ledger.added_by(version) if os.path.lexists(p)]
+        if not left:
+            return ""
+        names = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+                          for p in left)
+        return (f"; left as they are: {names} (the unpack of {version} added them inside dirs "
+                "other releases use, which remove_release keeps whole; relctl deletes no file "
+                "another release may use: delete them by hand if no release needs them)")
 
     async def check_removal(self, release: Release, ctx: OperationContext) -> None:
         """release_handler:remove_release deletes releases/VSN and each library of VSN that no

@@ -193,3 +193,33 @@ def test_the_nodes_unpack_release_into_an_existing_lib_dir_is_taken_back_exactly
                    timeout=60)
     agent = gated_agent(agents, counter_node, tmp_path / "agent")
     taken_back(agent, counter_node, tarball, damaged, by_node=True)
+
+
+def test_removing_a_release_that_never_ran_names_what_its_unpack_left_in_shared_dirs(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    # Once registered, the additions are the release's files in a dir 0.0.1 uses too:
+    # remove_release keeps that dir whole, and relctl says exactly what stays (a release
+    # unpacked later may have kept them as its own, so it does not delete them).
+    root, lib = counter_node.root, kernel(counter_node.root)
+    tarball = with_additions(release_build.tarball("0.0.2"), tmp_path / "added.tar.gz", lib)
+    agent = start_agent(tmp_path / "agent", [NodeEntry(counter_node.name, counter_node.cookie,
+                                                       counter_node.epmd_port)], metrics=False)
+    agents.append(agent)
+    before = tree(root)
+    added = [f"lib/{lib}/{EXTRA}", f"lib/{lib}/{NEW_DIR}"]
+    unpacked = relctl("unpack", "0.0.2", "--tarball", str(tarball), "-o", "json",
+                      agents=[agent.address], timeout=120)
+    assert unpacked.returncode == 0, unpacked.stdout + unpacked.stderr
+    assert f"; added inside dirs the root had: {', '.join(added)}" in detail(
+        unpacked.json()["operation"], "unpack")
+    removed = relctl("remove", "0.0.2", "-o", "json", agents=[agent.address], timeout=60)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert detail(removed.json()["operation"], "remove") == (
+        f"0.0.2 removed; left as they are: {', '.join(added)} (the unpack of 0.0.2 added them "
+        "inside dirs other releases use, which remove_release keeps whole; relctl deletes no "
+        "file another release may use: delete them by hand if no release needs them)")
+    assert versions(agent) == [("0.0.1", "permanent")]
+    after = tree(root)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(set(after) - set(before)) == [added[0], added[1] + "/", added[1] + "/inner.txt"]

@@ -11,6 +11,9 @@ from pathlib import Path
 from agent.operations.journal import SCHEMA_VERSION, Journal
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
+UNPACKED_V3 = ("CREATE TABLE unpacked (node TEXT NOT NULL, version TEXT NOT NULL, "
+               "sha256 TEXT NOT NULL, op_id INTEGER NOT NULL, recorded_at REAL NOT NULL, "
+               "PRIMARY KEY (node, version))")
 
 
 def test_a_record_is_per_node_and_version_and_the_last_one_wins(tmp_path: Path) -> None:
@@ -83,6 +86,8 @@ def test_a_schema_3_journal_gets_the_placing_table_in_place(tmp_path: Path) -> N
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("DROP TABLE placing")
+        conn.execute("DROP TABLE unpacked")  # as schema 3 made it: no added column
+        conn.execute(UNPACKED_V3)
         conn.execute("PRAGMA user_version = 3")
     conn.close()
     with Journal.open(path) as journal:
@@ -90,24 +95,32 @@ def test_a_schema_3_journal_gets_the_placing_table_in_place(tmp_path: Path) -> N
         assert journal.placings("a@h") == [(1, "0.0.2", ("/x",), ())]
 
 
-def test_a_placing_recorded_by_schema_4_reads_as_adding_nothing_and_gets_the_column(
+def test_records_of_schema_4_read_as_adding_nothing_and_get_the_columns(
         tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     with Journal.open(path):
         pass
     conn = sqlite3.connect(path)
-    with conn:  # what the agent of schema 4 left: a placing without the added column
+    with conn:  # what the agent of schema 4 left: no added columns
         conn.execute("DROP TABLE placing")
         conn.execute("CREATE TABLE placing (node TEXT NOT NULL, op_id INTEGER NOT NULL, "
                      "version TEXT NOT NULL, paths TEXT NOT NULL, recorded_at REAL NOT NULL, "
                      "PRIMARY KEY (node, op_id))")
         conn.execute("INSERT INTO placing VALUES ('a@h', 3, '0.0.2', '[\"/r/lib/c-0.0.2\"]', 1.0)")
+        conn.execute("DROP TABLE unpacked")
+        conn.execute(UNPACKED_V3)
+        conn.execute(f"INSERT INTO unpacked VALUES ('a@h', '0.0.1', '{SHA_A}', 2, 1.0)")
         conn.execute("PRAGMA user_version = 4")
     conn.close()
     with Journal.open(path) as journal:
         assert journal.placings("a@h") == [(3, "0.0.2", ("/r/lib/c-0.0.2",), ())]
         journal.record_placing("a@h", 4, "0.0.3", ["/r/lib/c-0.0.3"], added=["/r/lib/k/x"])
         assert journal.placings("a@h")[1] == (4, "0.0.3", ("/r/lib/c-0.0.3",), ("/r/lib/k/x",))
+        assert journal.unpacked_sha256("a@h", "0.0.1") == SHA_A
+        assert journal.unpacked_added("a@h", "0.0.1") == ()
+        journal.record_unpacked("a@h", "0.0.3", SHA_B, 4, added=["/r/lib/k/x"])
+        assert journal.unpacked_added("a@h", "0.0.3") == ("/r/lib/k/x",)
+        assert journal.unpacked_added("a@h", "0.0.9") == ()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
     conn.close()

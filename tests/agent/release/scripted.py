@@ -171,6 +171,7 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self.sha: dict[str, str] = {}
+        self.recorded_added: dict[str, tuple[str, ...]] = {}  # what each unpack added
         self.placings: list[tuple[str, tuple[Path, ...]]] = []  # what this operation recorded
         self.added: list[tuple[Path, ...]] = []  # and what it adds inside dirs the root had
         self.unfinished_placings: list[Placing] = []           # other operations'
@@ -179,8 +180,12 @@ class MemoryLedger:
     def recorded(self, version: str) -> str | None:
         return self.sha.get(version)
 
-    def record(self, version: str, sha256: str) -> None:
+    def record(self, version: str, sha256: str, added: Sequence[Path] = ()) -> None:
         self.sha[version] = sha256
+        self.recorded_added[version] = tuple(str(p) for p in added)
+
+    def added_by(self, version: str) -> tuple[str, ...]:
+        return self.recorded_added.get(version, ())
 
     def placing(self, version: str, paths: Sequence[Path], added: Sequence[Path] = ()) -> None:
         self.placings.append((version, tuple(paths)))

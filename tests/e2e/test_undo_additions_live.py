@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from agent.operations.journal import Journal
 from bridge import Atom, Node
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
 from tests.tools.needs import require_root
@@ -223,3 +224,38 @@ def test_removing_a_release_that_never_ran_names_what_its_unpack_left_in_shared_
     after = tree(root)
     assert {k: v for k, v in after.items() if k in before} == before
     assert sorted(set(after) - set(before)) == [added[0], added[1] + "/", added[1] + "/inner.txt"]
+
+
+def test_what_an_operation_that_never_finished_added_to_a_lib_dir_in_use_goes_next_time(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    # An agent killed between placing and registering 0.0.2 left its record in the journal
+    # (as this agent writes it) and the files on disk; the next operation, of a new agent on
+    # the same state dir, takes back exactly those: the addition to the running release's
+    # lib/kernel-VSN by itself, and nothing that dir had.
+    root, lib = counter_node.root, kernel(counter_node.root)
+    entry = [NodeEntry(counter_node.name, counter_node.cookie, counter_node.epmd_port)]
+    first = start_agent(tmp_path / "agent", entry, metrics=False)
+    agents.append(first)
+    first.stop()
+    before = tree(root)
+    [journal_path] = (tmp_path / "agent").rglob("journal.sqlite3")
+    left = [root / "lib" / "counter-0.0.2", root / "releases" / "0.0.2"]
+    extra = root / "lib" / lib / EXTRA
+    for path in left:
+        path.mkdir()
+        (path / "half.beam").write_bytes(b"half")
+    extra.write_bytes(b"added\n")
+    with Journal.open(journal_path) as journal:
+        op = journal.start(counter_node.name, "upgrade", "0.0.1", "0.0.2", "killed")
+        journal.record_placing(counter_node.name, op, "0.0.2", [str(p) for p in left],
+                               added=[str(extra)])
+    again = start_agent(tmp_path / "agent", entry, metrics=False)
+    agents.append(again)
+    code, dry = upgrade(again, release_build.tarball("0.0.2"), "--dry-run")
+    assert (code, dry["outcome"]) == (0, "dry_run"), dry
+    assert detail(dry, "stage").endswith(
+        f"; removed what an unfinished operation left: lib/{lib}/{EXTRA}, lib/counter-0.0.2, "
+        "releases/0.0.2"), detail(dry, "stage")
+    assert tree(root) == before, set(tree(root)) ^ set(before)
+    assert versions(again) == [("0.0.1", "permanent")]

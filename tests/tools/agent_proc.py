@@ -136,6 +136,17 @@ class AgentProc(ManagedProcess):
         self.metrics_port = metrics_port
         self.address = f"127.0.0.1:{grpc_port}"
         self.socket = ""  # "unix:PATH" when the agent listens on a Unix socket too
+        # Its journal (state_dir = "state"), watched while it runs: the invariant checks read
+        # what an unfinished operation recorded as added inside a release's dirs.
+        self.journal = config.parent / "state" / "journal.sqlite3"
+        self._watching = True
+        invariants.watch_journal(self.journal)
+
+    def stop(self, grace: float | None = None) -> None:
+        super().stop(grace)
+        if self._watching:
+            self._watching = False
+            invariants.unwatch_journal(self.journal)
 
     @property
     def returncode(self) -> int | None:
@@ -216,6 +227,7 @@ def _start_agent_once(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: boo
     deadline = time.monotonic() + timeout
     while "relctl.agent: ready:" not in agent.log_text()[offset:]:
         if proc.poll() is not None:
+            agent.stop()  # exited: reaped, its journal no longer watched
             text = agent.log_text()[offset:]
             if "(Address already in use)" in text and "cannot start" in text:
                 raise _PortTaken(text)

@@ -14,14 +14,19 @@ with size and sha256. After it:
 
 A violation raises AssertionError from the relctl call itself, so the test fails at the
 command that broke the rule. Files relctl may rewrite by design are left out: a release's
-``relctl.sha256`` and, where a template sits beside it, its rendered ``sys.config``.
+``relctl.sha256`` and, where a template sits beside it, its rendered ``sys.config``; and what
+an operation of a test's agent that never finished recorded as added inside a dir the root
+had (its journal's unsettled ``placing.added``: a file the tarball's lib/APP-VSN has and the
+root's lacked), which is no release's file and which the next operation takes back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +53,44 @@ _watched: dict[int, Watched] = {}
 _lock = threading.Lock()
 # (path, size, mtime_ns, ctime_ns, inode) -> sha256: files are hashed once while unchanged.
 _hashes: dict[tuple[str, int, int, int, int], str] = {}
+
+
+_journals: dict[Path, int] = {}  # the journal of each running agent a test started, counted
+
+
+def watch_journal(path: Path) -> None:
+    """The journal of an agent a test started (its unsettled additions: see the docstring),
+    until :func:`unwatch_journal` (the agent stopped: a new one on it watches it again)."""
+    with _lock:
+        _journals[path] = _journals.get(path, 0) + 1
+
+
+def unwatch_journal(path: Path) -> None:
+    with _lock:
+        if _journals.get(path, 0) > 1:
+            _journals[path] -= 1
+        else:
+            _journals.pop(path, None)
+
+
+def unsettled_additions() -> set[Path]:
+    """What operations that never finished recorded as added inside dirs the root had."""
+    with _lock:
+        journals = list(_journals)
+    found: set[Path] = set()
+    for path in journals:
+        if not path.exists():
+            continue
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+            try:
+                rows = conn.execute("SELECT added FROM placing").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue  # not made yet, or of an older schema: nothing recorded as added
+        found.update(Path(p) for (text,) in rows for p in json.loads(text))
+    return found
 
 
 def watch(key: int, node: Watched) -> None:
@@ -103,7 +146,8 @@ def _release_dirs(root: Path) -> Iterator[tuple[str, list[str]]]:
                         *(f"lib/{app}-{vsn}" for app, vsn in apps)]
 
 
-def snapshot(root: Path) -> Snapshot:
+def snapshot(root: Path, skip: set[Path] | frozenset[Path] = frozenset()) -> Snapshot:
+    """``skip``: paths (and what lies in them) that are no release's files."""
     snap = Snapshot(root)
     for version, dirs in _release_dirs(root):
         snap.releases.add(version)
@@ -116,6 +160,8 @@ def snapshot(root: Path) -> Snapshot:
                     path = Path(folder) / name
                     if name == "relctl.sha256" or (name == "sys.config" and any(
                             (path.parent / t).exists() for t in _TEMPLATES)):
+                        continue
+                    if skip and (path in skip or not skip.isdisjoint(path.parents)):
                         continue
                     rel = str(path.relative_to(root))
                     snap.owners.setdefault(rel, set()).add(version)
@@ -165,7 +211,8 @@ def ask(node: Watched) -> NodeView | None:
 
 
 def before_command() -> list[tuple[Watched, Snapshot]]:
-    return [(node, snapshot(node.root)) for node in watched()]
+    added = unsettled_additions()
+    return [(node, snapshot(node.root, added)) for node in watched()]
 
 
 def after_command(taken: Sequence[tuple[Watched, Snapshot]], argv: Sequence[str]) -> None:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from tests.tools.invariants import NodeView, agree, compare, snapshot
+from agent.operations.journal import Journal
+from tests.tools.invariants import (
+    NodeView,
+    agree,
+    compare,
+    snapshot,
+    unsettled_additions,
+    unwatch_journal,
+    watch_journal,
+)
 
 RELEASES = """%% coding: utf-8
 [{release,"counter","0.0.2","13.1.5",
@@ -60,3 +70,25 @@ def test_releases_start_erl_data_and_the_code_path_mustagree_with_the_node(
         f"{root}/lib/gone-1/ebin is on the node's code path but is gone",
         "releases/RELEASES says permanent ['0.0.2'], which_releases 0.0.1",
         "releases/start_erl.data boots 0.0.2, which_releases says 0.0.1 is permanent"]
+
+
+def test_only_what_an_unfinished_operation_recorded_as_added_may_go_from_a_release_dir(
+        tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    added = root / "lib" / "kernel-8.5.3" / "priv"
+    (added / "sub").mkdir(parents=True)
+    (added / "sub" / "new.so").write_bytes(b"added")
+    journal_path = tmp_path / "state" / "journal.sqlite3"
+    journal_path.parent.mkdir()
+    with Journal.open(journal_path) as journal:
+        op = journal.start("n@h", "upgrade", "0.0.1", "0.0.2", "killed")
+        journal.record_placing("n@h", op, "0.0.2", [], added=[str(added)])
+    watch_journal(journal_path)
+    try:
+        before = snapshot(root, unsettled_additions())
+    finally:
+        unwatch_journal(journal_path)
+    shutil.rmtree(added)
+    (root / "lib" / "kernel-8.5.3" / "ebin" / "m.beam").unlink()
+    assert compare(before, snapshot(root), None) == [
+        "lib/kernel-8.5.3/ebin/m.beam of release 0.0.1, 0.0.2 was deleted"]

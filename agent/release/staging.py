@@ -386,13 +386,15 @@ class Staging:
                               "tarball was not unpacked")
             ctx.releases = await self._core.releases()
             st.detail = (f"removed {version} (it was {release.status}) and its files, to "
-                         "unpack the given tarball in its place" + self.left_added(version, ctx))
+                         "unpack the given tarball in its place"
+                         + self.left_added(version, ctx, replaced=True))
 
-    def left_added(self, version: str, ctx: OperationContext) -> str:
+    def left_added(self, version: str, ctx: OperationContext, *, replaced: bool = False) -> str:
         """After remove_release(``version``): what its unpack added inside dirs the root had
         and that stays (remove_release keeps a dir another release uses whole), named, with
         why. relctl does not delete them: a release unpacked after ``version`` may have kept
-        them as its own (keep_old_files), and nothing on disk tells which."""
+        them as its own (keep_old_files), and nothing on disk tells which. ``replaced``: a
+        tarball of ``version`` is unpacked next, which keeps them as they are."""
         assert ctx.dirs is not None
         root = Path(ctx.dirs.root)
         left = [Path(p) for p in self._core.ledger.added_by(version) if os.path.lexists(p)]
@@ -400,9 +402,12 @@ class Staging:
             return ""
         names = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
                           for p in left)
+        then = ("; the tarball unpacked now keeps them as they are (keep_old_files), not its "
+                "own copies" if replaced else "")
         return (f"; left as they are: {names} (the unpack of {version} added them inside dirs "
                 "other releases use, which remove_release keeps whole; relctl deletes no file "
-                "another release may use: delete them by hand if no release needs them)")
+                "another release may use: delete them by hand if no release needs them"
+                f"{then})")
 
     async def check_removal(self, release: Release, ctx: OperationContext) -> None:
         """release_handler:remove_release deletes releases/VSN and each library of VSN that no

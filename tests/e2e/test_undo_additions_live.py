@@ -41,10 +41,11 @@ def kernel(root: Path) -> str:
     return found
 
 
-def with_additions(src: Path, dest: Path, lib: str, *, damaged: bool = False) -> Path:
-    """``src``, the same members, plus a file in lib/``lib``/ebin and a dir in lib/``lib``;
-    ``damaged``: its relup entry from 0.0.1 loads a module the release does not ship (a
-    well-formed relup, so preflight passes; check_install_release refuses it)."""
+def with_additions(src: Path, dest: Path, lib: str, *, damaged: bool = False,
+                   content: bytes = b"added\n") -> Path:
+    """``src``, the same members, plus a file in lib/``lib``/ebin (``content``) and a dir in
+    lib/``lib``; ``damaged``: its relup entry from 0.0.1 loads a module the release does not
+    ship (a well-formed relup, so preflight passes; check_install_release refuses it)."""
     with tarfile.open(src, "r:gz") as tin, tarfile.open(dest, "w:gz") as tout:
         for member in tin:
             data = tin.extractfile(member) if member.isfile() else None
@@ -55,7 +56,7 @@ def with_additions(src: Path, dest: Path, lib: str, *, damaged: bool = False) ->
                 assert count == 1
                 member.size, data = len(relup), BytesIO(relup)
             tout.addfile(member, data)
-        for name, data in ((f"lib/{lib}/{EXTRA}", b"added\n"),
+        for name, data in ((f"lib/{lib}/{EXTRA}", content),
                            (f"lib/{lib}/{NEW_DIR}/inner.txt", b"inner\n")):
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
@@ -224,6 +225,32 @@ def test_removing_a_release_that_never_ran_names_what_its_unpack_left_in_shared_
     after = tree(root)
     assert {k: v for k, v in after.items() if k in before} == before
     assert sorted(set(after) - set(before)) == [added[0], added[1] + "/", added[1] + "/inner.txt"]
+
+
+def test_replacing_a_release_names_what_its_unpack_left_and_the_new_tarball_keeps(
+        agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
+        tmp_path: Path) -> None:
+    root, lib = counter_node.root, kernel(counter_node.root)
+    src = release_build.tarball("0.0.2")
+    first = with_additions(src, tmp_path / "first.tar.gz", lib)
+    fixed = with_additions(src, tmp_path / "fixed.tar.gz", lib, content=b"fixed\n")
+    agent = start_agent(tmp_path / "agent", [NodeEntry(counter_node.name, counter_node.cookie,
+                                                       counter_node.epmd_port)], metrics=False)
+    agents.append(agent)
+    unpacked = relctl("unpack", "0.0.2", "--tarball", str(first), agents=[agent.address],
+                      timeout=120)
+    assert unpacked.returncode == 0, unpacked.stdout + unpacked.stderr
+    again = relctl("unpack", "0.0.2", "--tarball", str(fixed), "--replace", "-o", "json",
+                   agents=[agent.address], timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    added = [f"lib/{lib}/{EXTRA}", f"lib/{lib}/{NEW_DIR}"]
+    assert detail(again.json()["operation"], "replace") == (
+        f"removed 0.0.2 (it was unpacked) and its files, to unpack the given tarball in its "
+        f"place; left as they are: {', '.join(added)} (the unpack of 0.0.2 added them inside "
+        "dirs other releases use, which remove_release keeps whole; relctl deletes no file "
+        "another release may use: delete them by hand if no release needs them; the tarball "
+        "unpacked now keeps them as they are (keep_old_files), not its own copies)")
+    assert (root / added[0]).read_bytes() == b"added\n"
 
 
 def test_what_an_operation_that_never_finished_added_to_a_lib_dir_in_use_goes_next_time(

@@ -71,15 +71,6 @@ def release(**extra: bytes) -> bytes:
     return tarball_bytes(members)
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    root = tmp_path / "root"
-    (root / "releases").mkdir(parents=True)
-    (root / "lib" / "kernel-8.5.3" / "ebin").mkdir(parents=True)
-    (root / "lib" / "kernel-8.5.3" / "ebin" / "kernel.app").write_bytes(b"the node's own")
-    return root
-
-
 def uploads_in(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith(UPLOAD_PREFIX))
 

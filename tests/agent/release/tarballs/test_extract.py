@@ -49,15 +49,6 @@ def make_tarball(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    root = tmp_path / "root"
-    (root / "releases").mkdir(parents=True)
-    (root / "lib" / "kernel-8.5.3" / "ebin").mkdir(parents=True)
-    (root / "lib" / "kernel-8.5.3" / "ebin" / "kernel.app").write_bytes(b"the node's own")
-    return root
-
-
 def systools(tmp_path: Path) -> ReleaseTarball:
     return inspect_tarball(make_tarball(tmp_path / "sys.tar.gz", {
         "releases/counter-0.0.2.rel": REL, "releases/0.0.2/start.boot": b"boot",

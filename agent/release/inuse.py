@@ -45,11 +45,8 @@ class InUse:
         """Why ``path`` must not be deleted (it is in use, holds or lies in something in
         use, or is not under the root at all), or None when it may go."""
         path = Path(os.path.normpath(path))
-        if path == self.root or self.root not in path.parents:
-            return f"{path} is not inside the release root {self.root}"
-        if self.problems:
-            # A RELEASES or .rel that cannot be read might name this path: keep everything.
-            return f"what is in use under {self.root} is not known ({self.problems[0]})"
+        if (unknown := self._unknown(path)) is not None:
+            return unknown
         for used, reason in self.why:
             if used == path or used in path.parents or path in used.parents:
                 return f"{used.relative_to(self.root)} is in use ({reason})"
@@ -61,13 +58,21 @@ class InUse:
         not keep it, since nothing in use had it before; being in use or holding what is
         does."""
         path = Path(os.path.normpath(path))
-        if path == self.root or self.root not in path.parents:
-            return f"{path} is not inside the release root {self.root}"
-        if self.problems:
-            return f"what is in use under {self.root} is not known ({self.problems[0]})"
+        if (unknown := self._unknown(path)) is not None:
+            return unknown
         for used, reason in self.why:
             if used == path or path in used.parents:
                 return f"{used.relative_to(self.root)} is in use ({reason})"
+        return None
+
+    def _unknown(self, path: Path) -> str | None:
+        """Why nothing can be said of ``path`` (normalised): outside the root, or what is in
+        use there is not known; else None."""
+        if path == self.root or self.root not in path.parents:
+            return f"{path} is not inside the release root {self.root}"
+        if self.problems:
+            # A RELEASES or .rel that cannot be read might name this path: keep everything.
+            return f"what is in use under {self.root} is not known ({self.problems[0]})"
         return None
 
     def split(self, paths: Iterable[Path], *, added: bool = False

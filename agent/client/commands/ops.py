@@ -33,6 +33,14 @@ def _old_name(new: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     return warn
 
 
+def _allow_config_reset(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--allow-config-reset, of the commands that install a release (upgrade, install)."""
+    return click.option("--allow-config-reset", is_flag=True,
+                        help="Install even when the release's runtime config (mix config "
+                             "providers, relx ${VAR}s) cannot be reproduced on the node; those "
+                             "keys fall back.")(f)
+
+
 def _install_timeout(f: Callable[..., Any]) -> Callable[..., Any]:
     """--install-timeout, of every command whose request has install_timeout (upgrade,
     downgrade, install): given or not sent at all (absent: the node's config decides)."""
@@ -92,9 +100,7 @@ operations already started go on on their agents.
 @click.option("--replace", is_flag=True,
               help="VERSION is already on the node (unpacked or old) from other bytes: remove "
                    "it and unpack --tarball instead (never the running or permanent release).")
-@click.option("--allow-config-reset", is_flag=True,
-              help="Install even when the release's runtime config (mix config providers, relx "
-                   "${VAR}s) cannot be reproduced on the node; those keys fall back.")
+@_allow_config_reset
 @click.option("--allow-purge-kill", is_flag=True,
               help="Processes still running old code when the release is made permanent are "
                    "killed by its purge, and each is reported (default: they fail the "
@@ -121,9 +127,7 @@ def upgrade(settings: Settings, version: str, tarball: Path | None, no_permanent
 @click.option("--no-permanent", is_flag=True, help="Install but do not make permanent.")
 @click.option("--dry-run", is_flag=True, help="Stop after check_install_release; change nothing.")
 @_install_timeout
-@click.option("--allow-config-reset", is_flag=True,
-              help="Install even when the release's runtime config (mix config providers, relx "
-                   "${VAR}s) cannot be reproduced on the node; those keys fall back.")
+@_allow_config_reset
 @click.option("--allow-purge-kill", is_flag=True,
               help="Processes still running old code when the release is made permanent are "
                    "killed by its purge, and each is reported (default: they fail the "

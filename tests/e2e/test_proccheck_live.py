@@ -1,6 +1,7 @@
-"""The held-funs search (agent/release/proccheck.py HELD_FUNS) on a real node: a state is only
-walked when its external format names one of the suspect modules, or is too large to copy
-(MaxCopy), so the filter may skip work but never a fun it was asked to find."""
+"""The process checks on a real node (agent/release/proccheck.py). The held-funs search walks
+a state only when its external format names one of the suspect modules, or is too large to
+copy (MaxCopy), so the filter may skip work but never a fun it was asked to find; and every
+check runs at low priority, in its own process."""
 
 from __future__ import annotations
 
@@ -65,3 +66,15 @@ async def test_a_state_too_large_to_copy_is_walked_whatever_it_names(
     assert erl_eval(counter_node, HOLD % 4096) == "ok"
     assert await held(counter_node, ["counter_sp"], 1024) == [Atom("erl_eval")]
     assert await held(counter_node, ["counter_sp"], 1 << 20) == []
+
+
+async def test_the_checks_run_at_low_priority_in_their_own_process(
+        counter_node: NodeProc) -> None:
+    # They yield to the application's processes; the node's own processes keep theirs.
+    async with Node(cookie=counter_node.cookie, epmd_port=counter_node.epmd_port).connect(
+            counter_node.name, timeout=5.0) as conn:
+        probe = Probe(conn, counter_node.name)
+        asked = "{process_info(self(), priority), process_info(whereis(rex), priority)}."
+        for _ in range(2):  # parsed on the node, then from the remembered forms
+            assert await evaluate(probe, asked, [], timeout=10.0) == (
+                (Atom("priority"), Atom("low")), (Atom("priority"), Atom("normal")))

@@ -248,7 +248,7 @@ _PARSED: weakref.WeakKeyDictionary[Caller, dict[str, Any]] = weakref.WeakKeyDict
 # The checks walk process states and code on the user's node while its application serves:
 # at low priority they yield to the application's processes (low is interleaved with normal,
 # never starved). In bench/vs_relx.py the app's p99 during relctl's upgrade went from 3.5-4.2x
-# idle to 1.2-1.8x (0.09-0.10 ms to 0.04-0.05 ms; relx's own upgrade: 0.09-0.12 ms), with the
+# idle to 1.2-2.2x (0.09-0.10 ms to 0.04-0.06 ms; relx's own upgrade: 0.09-0.12 ms), with the
 # check and verify steps as long as before. Only the call's own process takes it.
 YIELDING = "process_flag(priority, low), "
 

@@ -24,6 +24,7 @@ import pytest
 from agent.operations.journal import Journal
 from bridge import Atom, Node
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
+from tests.tools.elixir_fixture import ElixirBuild
 from tests.tools.needs import require_root
 from tests.tools.otp_procs import NodeProc
 from tests.tools.release_fixture import ReleaseBuild
@@ -286,3 +287,40 @@ def test_what_an_operation_that_never_finished_added_to_a_lib_dir_in_use_goes_ne
         "releases/0.0.2"), detail(dry, "stage")
     assert tree(root) == before, set(tree(root)) ^ set(before)
     assert versions(again) == [("0.0.1", "permanent")]
+
+
+def test_a_mix_releases_dry_run_and_refused_upgrade_take_back_what_they_added(
+        agents: list[AgentProc], ex_node: NodeProc, elixir_build: ElixirBuild,
+        tmp_path: Path) -> None:
+    # A mix release ships no RELEASES (the agent writes it at the first operation) and its
+    # tarball, made by relctl make-relup, carries OTP's lib dirs too: the same additions to the
+    # running release's lib/kernel-VSN go as on the systools release.
+    root, lib = ex_node.root, kernel(ex_node.root)
+    tarball = with_additions(elixir_build.tarball, tmp_path / "added.tar.gz", lib)
+    agent = start_agent(tmp_path / "agent", [
+        NodeEntry(ex_node.name, ex_node.cookie, ex_node.epmd_port)], metrics=False,
+        node_extra={"hooks": [{"name": "refuse", "when": "pre_install",
+                               "call": "erlang:node"}]})  # the node's name: not ok
+    agents.append(agent)
+    before = tree(root)
+    added = [f"lib/{lib}/{EXTRA}", f"lib/{lib}/{NEW_DIR}"]
+    assert added[0] not in before and added[1] + "/" not in before
+
+    code, dry = upgrade(agent, tarball, "--dry-run")
+    assert (code, dry["outcome"]) == (0, "dry_run"), dry
+    assert f"; added inside dirs the root had: {', '.join(added)}" in detail(dry, "unpack")
+    assert set(added) <= deleted(dry), detail(dry, "undo_unpack")
+    # RELEASES, which the mix release did not ship, is the one file the agent leaves: it
+    # registers 0.0.1, which runs (tree() compares RELEASES through which_releases).
+    assert tree(root) == before, set(tree(root)) ^ set(before)
+    assert versions(agent) == [("0.0.1", "permanent")]
+
+    code, refused = upgrade(agent, tarball)
+    assert (code, refused["outcome"]) == (1, "failed_unchanged"), refused
+    assert steps(refused)[-2:] == [("pre_install:refuse", "failed"),
+                                   ("undo_unpack", "succeeded")]
+    assert set(added) <= deleted(refused), detail(refused, "undo_unpack")
+    assert tree(root) == before, set(tree(root)) ^ set(before)
+    assert versions(agent) == [("0.0.1", "permanent")]
+    assert node_call(ex_node, "application", "get_key", [Atom("ex_counter"), Atom("vsn")]) \
+        == (Atom("ok"), "0.0.1")

@@ -5,15 +5,15 @@ with the release running at that moment and fail on demand (see counter_hooks.er
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge import Atom, Node
+from bridge import Atom
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
+from tests.tools.node_calls import node_call
 from tests.tools.otp_procs import NodeProc
 from tests.tools.release_fixture import ReleaseBuild
 
@@ -33,14 +33,6 @@ def start_with_hooks(agents: list[AgentProc], node: NodeProc, workdir: Path,
     agents.append(agent)
     return agent
 
-
-def node_call(node: NodeProc, module: str, function: str, args: Sequence[Any] = ()) -> Any:
-    """One RPC from the test's own hidden node (an erl probe would start a VM per call)."""
-    async def call() -> Any:
-        bridge = Node(cookie=node.cookie, epmd_port=node.epmd_port)
-        async with bridge.connect(node.name, timeout=5.0) as conn:
-            return await conn.call(module, function, list(args), timeout=10.0)
-    return asyncio.run(call())
 
 
 def flag(node: NodeProc, name: str, behaviour: Any) -> None:

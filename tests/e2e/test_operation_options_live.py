@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import NodeFactory
-from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
+from tests.tools.agent_proc import AgentProc, relctl, start_agent_for
 from tests.tools.otp_procs import NodeProc, erl_eval
 from tests.tools.release_fixture import ReleaseBuild
 from tests.tools.tarball_variants import rewrite_tarball
@@ -27,14 +27,6 @@ SLEEP_MS = 3000  # what the relup scripts sleep
 # What the install step says when install_release outlived install_timeout (agent/release/
 # switch.py): the agent waited for the node's own answer.
 OUTLIVED_1S = "did not answer within 1 s, then the node finished it"
-
-
-def start_for(agents: list[AgentProc], node: NodeProc, workdir: Path, **node_extra: object
-              ) -> AgentProc:
-    agent = start_agent(workdir, [NodeEntry(node.name, node.cookie, node.epmd_port)],
-                        extra_agent={"reconnect_max_delay": 1}, node_extra=node_extra)
-    agents.append(agent)
-    return agent
 
 
 def releases(node: NodeProc) -> str:
@@ -72,7 +64,7 @@ def test_install_and_downgrade_take_install_timeout_and_a_dry_run_downgrade_chan
         tmp_path: Path) -> None:
     slow = slow_tarball(release_build, tmp_path / "slow.tar.gz")
     # The configured install_timeout is the default (300 s): only the option can make it 1 s.
-    agent = start_for(agents, counter_node, tmp_path / "agent")
+    agent = start_agent_for(agents, counter_node, tmp_path / "agent")
     assert run("unpack", "0.0.2", "--tarball", str(slow), agent=agent)["outcome"] == "succeeded"
 
     installed = run("install", "0.0.2", "--install-timeout", "1", agent=agent)
@@ -106,7 +98,7 @@ def soak_of(op: dict[str, Any]) -> tuple[str, float]:
 def test_health_soak_0_overrides_the_configured_soak_and_no_option_keeps_it(
         agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
         tmp_path: Path) -> None:
-    agent = start_for(agents, counter_node, tmp_path / "agent",
+    agent = start_agent_for(agents, counter_node, tmp_path / "agent",
                       health_probes=["counter:health"], health_soak=SOAK)
     tarball = str(release_build.tarball("0.0.2"))
 
@@ -136,7 +128,7 @@ def test_a_rollout_sends_health_soak_0_to_every_agent(
     fleet = []
     for i in (1, 2):
         node = node_factory(f"counter{i}@localhost")
-        fleet.append(start_for(agents, node, tmp_path / f"agent{i}",
+        fleet.append(start_agent_for(agents, node, tmp_path / f"agent{i}",
                                health_probes=["counter:health"], health_soak=SOAK))
     result = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
                     "--health-soak", "0", "--batch", "2", "-o", "json",

@@ -9,12 +9,10 @@ relctl call (tests.tools.invariants).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import subprocess
 import tarfile
-from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,11 @@ from typing import Any
 import pytest
 
 from agent.operations.journal import Journal
-from bridge import Atom, Node
+from bridge import Atom
 from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
 from tests.tools.elixir_fixture import ElixirBuild
 from tests.tools.needs import require_root
+from tests.tools.node_calls import node_call
 from tests.tools.otp_procs import NodeProc
 from tests.tools.release_fixture import ReleaseBuild
 
@@ -57,11 +56,11 @@ def with_additions(src: Path, dest: Path, lib: str, *, damaged: bool = False,
                 assert count == 1
                 member.size, data = len(relup), BytesIO(relup)
             tout.addfile(member, data)
-        for name, data in ((f"lib/{lib}/{EXTRA}", content),
-                           (f"lib/{lib}/{NEW_DIR}/inner.txt", b"inner\n")):
+        for name, added in ((f"lib/{lib}/{EXTRA}", content),
+                            (f"lib/{lib}/{NEW_DIR}/inner.txt", b"inner\n")):
             info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tout.addfile(info, BytesIO(data))
+            info.size, info.mode = len(added), 0o644
+            tout.addfile(info, BytesIO(added))
     return dest
 
 
@@ -82,13 +81,6 @@ def tree(root: Path) -> dict[str, str]:
             out[rel] = f"{hashlib.sha256(path.read_bytes()).hexdigest()} {info.st_mode:o}"
     return out
 
-
-def node_call(node: NodeProc, module: str, function: str, args: Sequence[Any] = ()) -> Any:
-    async def call() -> Any:
-        bridge = Node(cookie=node.cookie, epmd_port=node.epmd_port)
-        async with bridge.connect(node.name, timeout=5.0) as conn:
-            return await conn.call(module, function, list(args), timeout=10.0)
-    return asyncio.run(call())
 
 
 def gated_agent(agents: list[AgentProc], node: NodeProc, workdir: Path) -> AgentProc:

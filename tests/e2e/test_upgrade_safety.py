@@ -15,11 +15,10 @@ from tests.conftest import NodeFactory
 from tests.tools.agent_proc import (
     ROOT,
     AgentProc,
-    NodeEntry,
     eventually,
     relctl,
     relctl_env,
-    start_agent,
+    start_agent_for,
 )
 from tests.tools.otp_procs import NodeProc, erl_eval
 from tests.tools.release_fixture import ReleaseBuild, make_target_copy
@@ -28,14 +27,6 @@ from tests.tools.tarball_variants import compile_module, rewrite_tarball
 pytestmark = pytest.mark.otp
 
 EXAMPLES = ROOT / "examples" / "counter"
-
-
-def start_for(agents: list[AgentProc], node: NodeProc, workdir: Path, **node_extra: object
-              ) -> AgentProc:
-    agent = start_agent(workdir, [NodeEntry(node.name, node.cookie, node.epmd_port)],
-                        extra_agent={"reconnect_max_delay": 1}, node_extra=node_extra)
-    agents.append(agent)
-    return agent
 
 
 def release_files(node: NodeProc) -> list[str]:
@@ -49,7 +40,7 @@ def versions(agent: AgentProc) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def agent(agents: list[AgentProc], counter_node: NodeProc, tmp_path: Path) -> AgentProc:
-    return start_for(agents, counter_node, tmp_path / "agent")
+    return start_agent_for(agents, counter_node, tmp_path / "agent")
 
 
 @pytest.mark.parametrize("fault", ["not-gzip", "wrong-version", "not-a-release"])
@@ -130,7 +121,7 @@ def test_a_missing_RELEASES_file_is_created_first(
     target = make_target_copy(release_build, tmp_path / "no-releases-target")
     (target / "releases" / "RELEASES").unlink()
     node = node_factory("counter@localhost", target=target)
-    agent = start_for(agents, node, tmp_path / "agent")
+    agent = start_agent_for(agents, node, tmp_path / "agent")
     result = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
                     "-o", "json", agents=[agent.address], timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -171,7 +162,7 @@ def test_an_agent_killed_mid_upgrade_journals_it_as_interrupted(
         agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
         tmp_path: Path) -> None:
     workdir = tmp_path / "agent"
-    agent = start_for(agents, counter_node, workdir, health_probes=["counter:health"],
+    agent = start_agent_for(agents, counter_node, workdir, health_probes=["counter:health"],
                       health_soak=30)
     client = subprocess.Popen(
         [sys.executable, "-m", "agent.client", "--agent", agent.address, "upgrade", "0.0.2",
@@ -191,7 +182,7 @@ def test_an_agent_killed_mid_upgrade_journals_it_as_interrupted(
         client.communicate(timeout=60)
     assert client.returncode == 6  # the operation may go on: never 1
 
-    again = start_for(agents, counter_node, workdir)
+    again = start_agent_for(agents, counter_node, workdir)
     shown = relctl("operation", "1", "-o", "json", agents=[again.address])
     assert shown.returncode == 0, shown.stdout + shown.stderr
     op = shown.json()["operation"]

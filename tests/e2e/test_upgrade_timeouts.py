@@ -20,11 +20,10 @@ import pytest
 from tests.tools.agent_proc import (
     ROOT,
     AgentProc,
-    NodeEntry,
     eventually,
     relctl,
     relctl_env,
-    start_agent,
+    start_agent_for,
 )
 from tests.tools.otp_procs import NodeProc, erl_eval
 from tests.tools.mounts import mount_read_only
@@ -35,14 +34,6 @@ pytestmark = pytest.mark.otp
 
 EXAMPLES = ROOT / "examples" / "counter"
 RELUP = "releases/0.0.2/relup"
-
-
-def start_for(agents: list[AgentProc], node: NodeProc, workdir: Path, **node_extra: object
-              ) -> AgentProc:
-    agent = start_agent(workdir, [NodeEntry(node.name, node.cookie, node.epmd_port)],
-                        extra_agent={"reconnect_max_delay": 1}, node_extra=node_extra)
-    agents.append(agent)
-    return agent
 
 
 def versions(agent: AgentProc) -> list[tuple[str, str]]:
@@ -101,7 +92,7 @@ def test_a_relup_slower_than_install_timeout_is_waited_for_not_undone(
         agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
         tmp_path: Path) -> None:
     slow = slow_relup_tarball(release_build, tmp_path / "slow.tar.gz", 3000)
-    agent = start_for(agents, counter_node, tmp_path / "agent", install_timeout=1)
+    agent = start_agent_for(agents, counter_node, tmp_path / "agent", install_timeout=1)
     result = relctl("upgrade", "0.0.2", "--tarball", str(slow), "-o", "json",
                     agents=[agent.address], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -118,7 +109,7 @@ def test_a_node_stopped_during_install_then_resumed_ends_upgraded(
     # The script sleeps 6 s: a wide enough window for the poll below to see the install running
     # on a busy machine (2 s was missed once in four CI runs).
     slow = slow_relup_tarball(release_build, tmp_path / "slow.tar.gz", 6000)
-    agent = start_for(agents, counter_node, tmp_path / "agent", install_timeout=2)
+    agent = start_agent_for(agents, counter_node, tmp_path / "agent", install_timeout=2)
     client = subprocess.Popen(
         [sys.executable, "-m", "agent.client", "--agent", agent.address, "upgrade", "0.0.2",
          "--tarball", str(slow), "-o", "json"],
@@ -156,7 +147,7 @@ def test_a_six_second_code_change_fits_an_install_timeout_of_30(
     slow = rewrite_tarball(release_build.tarball("0.0.2"), tmp_path / "slow-cc.tar.gz", {
         "lib/counter-0.0.2/ebin/counter.beam": beam})
     erl_eval(counter_node, "counter:incr(), ok")
-    agent = start_for(agents, counter_node, tmp_path / "agent", install_timeout=30)
+    agent = start_agent_for(agents, counter_node, tmp_path / "agent", install_timeout=30)
     started = time.monotonic()
     result = relctl("upgrade", "0.0.2", "--tarball", str(slow), "-o", "json",
                     agents=[agent.address], timeout=120)
@@ -170,7 +161,7 @@ def test_a_six_second_code_change_fits_an_install_timeout_of_30(
 def test_a_read_only_release_root_is_a_clear_unchanged_failure(
         agents: list[AgentProc], counter_node: NodeProc, release_build: ReleaseBuild,
         tmp_path: Path, read_only: list[Path]) -> None:
-    agent = start_for(agents, counter_node, tmp_path / "agent")
+    agent = start_agent_for(agents, counter_node, tmp_path / "agent")
     mount_read_only(read_only, counter_node.root)
     result = relctl("upgrade", "0.0.2", "--tarball", str(release_build.tarball("0.0.2")),
                     "-o", "json", agents=[agent.address], timeout=120)

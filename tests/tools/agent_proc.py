@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.tools import failures, invariants
-from tests.tools.otp_procs import ManagedProcess, track, free_port
+from tests.tools.otp_procs import ManagedProcess, NodeProc, free_port, track
 
 ROOT = Path(__file__).resolve().parents[2]
 _T = TypeVar("_T")
@@ -188,6 +188,16 @@ def start_agent(workdir: Path, nodes: Sequence[NodeEntry], *, metrics: bool = Tr
 
 
 _PORT_ATTEMPTS = 3
+
+
+def start_agent_for(agents: list[AgentProc], node: NodeProc, workdir: Path,
+                    **node_extra: object) -> AgentProc:
+    """An agent for ``node`` alone (``node_extra``: its node table's settings), reconnecting
+    within a second, added to ``agents`` (the e2e fixture that stops them)."""
+    agent = start_agent(workdir, [NodeEntry(node.name, node.cookie, node.epmd_port)],
+                        extra_agent={"reconnect_max_delay": 1}, node_extra=node_extra)
+    agents.append(agent)
+    return agent
 
 
 class _PortTaken(RuntimeError):

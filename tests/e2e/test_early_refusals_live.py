@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools.agent_proc import AgentProc, relctl
+from tests.tools.agent_proc import AgentProc, relctl, start_agent_for
 from tests.tools.otp_procs import NodeProc, erl_eval
 from tests.tools.release_fixture import ReleaseBuild
 from tests.tools.tarball_variants import compile_module, rewrite_tarball
 
-from tests.e2e.test_upgrade_safety import EXAMPLES, start_for, versions
+from tests.e2e.test_upgrade_safety import EXAMPLES, versions
 
 pytestmark = pytest.mark.otp
 
@@ -28,7 +28,7 @@ BEAM = "lib/counter-0.0.2/ebin/counter.beam"
 
 @pytest.fixture
 def agent(agents: list[AgentProc], counter_node: NodeProc, tmp_path: Path) -> AgentProc:
-    return start_for(agents, counter_node, tmp_path / "agent")
+    return start_agent_for(agents, counter_node, tmp_path / "agent")
 
 
 def node_files(node: NodeProc) -> dict[str, bytes]:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import StartNode
-from tests.e2e.test_upgrade_safety import start_for, versions
-from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent
+from tests.e2e.test_upgrade_safety import versions
+from tests.tools.agent_proc import AgentProc, NodeEntry, relctl, start_agent, start_agent_for
 from tests.tools.elixir_fixture import ElixirBuild
 from tests.tools.otp_procs import NodeProc, erl_eval
 from tests.tools.release_fixture import ReleaseBuild
@@ -178,7 +178,7 @@ def real_erts_bin(src: Path, erts: str) -> dict[str, tuple[bytes, int]]:
 
 @pytest.fixture
 def agent(agents: list[AgentProc], counter_node: NodeProc, tmp_path: Path) -> AgentProc:
-    return start_for(agents, counter_node, tmp_path / "agent")
+    return start_agent_for(agents, counter_node, tmp_path / "agent")
 
 
 def refused_both_ways(agent: AgentProc, node: NodeProc, tarball: Path) -> str:
